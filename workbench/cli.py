@@ -1,0 +1,112 @@
+"""Command-line entry point.
+
+Each subcommand is a module in ``workbench/commands/`` defining ``NAME``,
+``HELP``, ``ORDER``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Command modules import nothing heavy at module level, so parsing stays fast
+and headless commands never load Textual.
+
+Exit codes shared by every command: 0 success, 1 the work ran and found
+errors (error findings, failed checks, a regression), 2 bad input or the
+scenario failed, 130 interrupted (Ctrl-C or SIGTERM; partial results kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import signal
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _command_modules() -> list[ModuleType]:
+    from workbench import commands
+
+    mods = []
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"workbench.commands.{info.name}")
+        if hasattr(mod, "NAME") and hasattr(mod, "run"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.NAME))
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+    from workbench import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Debug and profile PyTorch training from the terminal. "
+        "With no command, opens the interactive workbench on the bundled scenarios.",
+    )
+    parser.add_argument("--version", action="version", version=f"torch-workbench {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show full tracebacks on errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    table = {}
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show full tracebacks on errors")
+        mod.add_arguments(p)
+        table[mod.NAME] = mod
+    return parser, table
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    # SIGTERM takes the same path as Ctrl-C: partial results are written by
+    # the commands' KeyboardInterrupt handling, then exit 130.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, table = build_parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
+                    and all(a in ("-v", "--verbose") for a in argv)):
+        argv = [*argv, "tui"] if "tui" in table else argv
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    try:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    except ValueError:  # not in the main thread (tests calling main() from a worker)
+        pass
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        return int(table[args.command].run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one clear paragraph; the traceback only with --verbose
+        from workbench.errors import describe
+
+        message, code = describe(exc)
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        if not verbose and code == EXIT_ERROR and not _is_user_error(exc):
+            print("(run with --verbose for the full traceback)", file=sys.stderr)
+        return code
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from workbench.errors import USER_ERRORS
+
+    return isinstance(exc, USER_ERRORS)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Headless output: rich tables, JSON reports, TensorBoard writers (no Textual)."""

@@ -1,0 +1,86 @@
+"""Writing output files safely: checked before the work, written atomically after."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class OutputPathError(Exception):
+    """An output path cannot be written; raised before any long work starts."""
+
+
+def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> Path:
+    """Fail early, with a clear message, when ``path`` cannot be written.
+
+    For a file: its parent must exist (or be creatable) and be writable, and
+    the path must not be a directory. For a directory: it must be creatable
+    and writable. Creates missing parent directories.
+    """
+    p = Path(path)
+    target_dir = p if directory else p.parent
+    if not directory and p.is_dir():
+        raise OutputPathError(f"{p} is a directory; expected a file path to write.")
+    if directory and p.exists() and not p.is_dir():
+        raise OutputPathError(f"{p} exists and is a file; expected a directory.")
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create directory {target_dir}: {exc.strerror or exc}.") from exc
+    if not os.access(target_dir, os.W_OK | os.X_OK):
+        raise OutputPathError(f"directory {target_dir} is not writable; choose another path.")
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    A reader sees either the old file or the complete new one, never a half;
+    the temp file is removed if anything fails (including KeyboardInterrupt).
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return p
+
+
+def jsonable(value: Any) -> Any:
+    """Strict-JSON form: non-finite floats become the strings "NaN"/"Infinity"/"-Infinity"
+    (jq and browsers reject bare NaN), tuples become lists, dataclasses dicts."""
+    import dataclasses
+    import math
+
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
