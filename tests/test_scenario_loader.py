@@ -227,3 +227,9 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ScenarioError, match="torch.cuda.is_available"):
             resolve_device("cuda")
+
+
+def test_model_on_the_wrong_device(write_scenario) -> None:
+    path = write_scenario(GOOD.replace("nn.Linear(4, 2).to(device)", "nn.Linear(4, 2, device='meta')"))
+    e = _err(path)
+    assert "is on meta but build() was asked for cpu" in str(e) and "model.to(device)" in str(e)

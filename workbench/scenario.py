@@ -280,10 +280,24 @@ class ScenarioSource:
                 "(`return Scenario(model=..., optimizer=..., loss_fn=..., data=...)`).",
                 path=self.path,
             )
+        _check_model_device(result, device, self.where, self.path)
         if not result.name:
             result.name = self.label
         result.source = self
         return result
+
+
+def _check_model_device(s: Scenario, device: torch.device, where: str, path: str | None) -> None:
+    """Every parameter and buffer must sit on the device build() was given."""
+    for name, tensor in itertools.chain(s.model.named_parameters(), s.model.named_buffers()):
+        if tensor.device.type != device.type or (
+            device.index is not None and tensor.device.index not in (None, device.index)
+        ):
+            raise ScenarioError(
+                f"{where}: model tensor {name!r} is on {tensor.device} but build() was asked for "
+                f"{device}; move the model with `model.to(device)` inside build(device).",
+                path=path,
+            )
 
 
 def _short_traceback(exc: BaseException, path: str | None) -> str:
