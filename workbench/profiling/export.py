@@ -1,0 +1,365 @@
+"""Running a scenario's training loop under torch.profiler and writing the trace.
+
+The loop marks every step with ``prof.step()`` and each phase with a
+``record_function`` range named exactly (the analysis relies on them):
+
+``dataloader``      next batch from ``Scenario.data`` and its copy to the device
+``forward``         ``scenario.call_model(inputs)``
+``loss``            ``scenario.loss_fn(outputs, targets)``
+``backward``        ``loss.backward()``
+``optimizer_step``  ``optimizer.step()`` (and the scheduler's step)
+
+Files go where TensorBoard's PyTorch Profiler plugin looks for them:
+``LOGDIR/<run>/<worker>.<span>.pt.trace.json[.gz]`` (tensorboard_trace_handler).
+``profile_scenario`` is the piece a DDP rank calls with its own ``rank``, so
+each rank writes its own worker file into the same run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import UsageError
+from workbench.profiling.trace import WORKER_PATTERN
+
+if TYPE_CHECKING:
+    import torch
+
+    from workbench.scenario import Scenario, ScenarioSource
+
+# Warn (and stop unless forced) when the estimated trace is bigger than this:
+# TensorBoard's plugin and chrome://tracing get slow to unusable past a few hundred MB.
+DEFAULT_MAX_TRACE_MB = 200
+STDERR_LOG = "profiler-stderr.log"
+METADATA_FILE = "workbench-profile.json"  # not matched by the plugin's file pattern
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps total)
+
+
+class TraceTooLargeError(UsageError):
+    """The estimated trace exceeds the size limit; raised before profiling (exit 2)."""
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    wait: int = 1
+    warmup: int = 1
+    active: int = 3
+    memory: bool = False  # profile_memory: [memory] events, memory curve
+    shapes: bool = False  # record_shapes: input shapes in the operator table
+    stack: bool = False  # with_stack (+ with_modules): Python stacks, nn.Module ranges
+    gzip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.wait < 0 or self.warmup < 0:
+            raise UsageError(f"--wait and --warmup must be >= 0, got {self.wait} and {self.warmup}.")
+        if self.active < 1:
+            raise UsageError(f"--active must be >= 1 (steps recorded in the trace), got {self.active}.")
+
+    @property
+    def steps(self) -> int:
+        return self.wait + self.warmup + self.active
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """Trace size projected from one profiled probe step."""
+
+    bytes_per_step: int
+    events_per_step: int
+    active_steps: int
+    gzip: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes_per_step * self.active_steps
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """What a profile wrote."""
+
+    scenario: str
+    device: str
+    logdir: Path
+    run: str
+    run_dir: Path
+    files: tuple[Path, ...]
+    estimate: SizeEstimate | None
+    stderr_log: Path | None  # the profiler's native log lines, when there were any
+    steps: int
+    wall_s: float
+
+
+def default_run_name(label: str, now: datetime | None = None) -> str:
+    """'<scenario label>-<YYYYmmdd-HHMMSS>', safe as a directory name."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{_safe(label)}-{stamp}"
+
+
+def default_worker_name(rank: int = 0) -> str:
+    """'<host>_rank<N>': unique per rank, stable across runs, no dots (the span separator)."""
+    return f"{_safe(socket.gethostname())}_rank{rank}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "run"
+
+
+def quiet_native_logs() -> None:
+    """Ask Kineto and c10 to keep their log lines to themselves (read at start-up;
+    redirect_stderr_fd catches whatever still gets through)."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+@contextlib.contextmanager
+def redirect_stderr_fd(log_path: Path) -> Iterator[Path]:
+    """Send fd 2 (C++ log lines: profiler_start, CPUAllocator warnings) to a file.
+
+    The profiler writes straight to the file descriptor, past sys.stderr, and
+    would draw over a TUI. fd 2 is restored in finally, whatever happens.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield log_path
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
+def _activities(device: torch.device) -> list[Any]:
+    from torch.profiler import ProfilerActivity
+
+    acts = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(ProfilerActivity.CUDA)
+    return acts
+
+
+def _batches(scenario: Scenario) -> Iterator[Any]:
+    """Scenario.data forever: re-iterated when exhausted, so --steps may exceed one epoch."""
+    while True:
+        empty = True
+        for item in scenario.data:
+            empty = False
+            yield item
+        if empty:
+            from workbench.scenario import ScenarioError
+
+            raise ScenarioError("scenario data yielded no batches; it must yield at least one (inputs, targets).")
+
+
+def train_steps(
+    scenario: Scenario, steps: int, on_step: Callable[[int], None] | None = None
+) -> None:
+    """The training loop with the named phase ranges; ``on_step(i)`` after each step."""
+    from torch.profiler import record_function
+
+    from workbench.scenario import split_batch
+
+    device = scenario.device
+    batches = _batches(scenario)
+    scenario.model.train()
+    for i in range(steps):
+        with record_function("dataloader"):
+            batch = split_batch(next(batches)).to(device)
+        scenario.optimizer.zero_grad(set_to_none=True)
+        with record_function("forward"):
+            outputs = scenario.call_model(batch.inputs)
+        with record_function("loss"):
+            loss = scenario.loss_fn(outputs, batch.targets)
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer_step"):
+            scenario.optimizer.step()
+            if scenario.scheduler is not None:
+                scenario.scheduler.step()
+        # No loss.item() here: it would add a host-device sync the real loop may not have.
+        if on_step is not None:
+            on_step(i)
+
+
+def profile_scenario(
+    scenario: Scenario,
+    run_dir: str | Path,
+    options: ProfileOptions,
+    *,
+    rank: int = 0,
+    worker_name: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[Path, ...]:
+    """Profile ``options.steps`` steps of ``scenario`` and write this worker's trace
+    into ``run_dir``. Returns the files written. Callable from a DDP rank."""
+    import torch
+    from torch.profiler import profile, schedule, tensorboard_trace_handler
+
+    run_dir = Path(run_dir)
+    worker = worker_name or default_worker_name(rank)
+    if "." in worker or not WORKER_PATTERN.match(f"{worker}.1.pt.trace.json"):
+        raise UsageError(f"worker name {worker!r} must not contain dots (they separate the span).")
+    before = set(run_dir.glob("*.pt.trace.json*")) if run_dir.is_dir() else set()
+    torch.manual_seed(scenario.seed)
+    with profile(
+        activities=_activities(scenario.device),
+        schedule=schedule(wait=options.wait, warmup=options.warmup, active=options.active, repeat=1),
+        on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=worker, use_gzip=options.gzip),
+        record_shapes=options.shapes,
+        profile_memory=options.memory,
+        with_stack=options.stack,
+        with_modules=options.stack,
+    ) as prof:
+
+        def step_done(i: int) -> None:
+            prof.step()
+            if on_progress is not None:
+                on_progress(i + 1, options.steps)
+
+        train_steps(scenario, options.steps, step_done)
+    return tuple(sorted(set(run_dir.glob("*.pt.trace.json*")) - before))
+
+
+def estimate_trace_size(scenario: Scenario, options: ProfileOptions) -> SizeEstimate:
+    """Profile one step with the same options into a temp file and measure it.
+
+    The probe uses its own scenario (a fresh build), so the real run starts
+    from the same state as without the probe.
+    """
+    import json
+
+    from torch.profiler import profile
+
+    with tempfile.TemporaryDirectory(prefix="workbench-probe-") as tmp:
+        path = Path(tmp) / "probe.pt.trace.json"
+        with profile(
+            activities=_activities(scenario.device),
+            record_shapes=options.shapes,
+            profile_memory=options.memory,
+            with_stack=options.stack,
+            with_modules=options.stack,
+        ) as prof:
+            train_steps(scenario, 1)
+        prof.export_chrome_trace(str(path))
+        raw = path.read_bytes()
+    size = len(gzip.compress(raw, compresslevel=6)) if options.gzip else len(raw)
+    try:
+        events = len(json.loads(raw).get("traceEvents", []))
+    except ValueError:
+        events = 0
+    return SizeEstimate(size, events, options.active, options.gzip)
+
+
+def run_profile(
+    source: ScenarioSource,
+    device: str | torch.device,
+    logdir: str | Path,
+    options: ProfileOptions,
+    *,
+    run: str | None = None,
+    max_trace_mb: float = DEFAULT_MAX_TRACE_MB,
+    force: bool = False,
+    estimate: bool = True,
+    on_progress: ProgressCallback | None = None,
+    on_estimate: Callable[[SizeEstimate], None] | None = None,
+) -> ProfileRun:
+    """Build the scenario, check the output, estimate the size, profile, write.
+
+    Raises OutputPathError before any work when the run directory cannot be
+    written, and TraceTooLargeError when the estimate exceeds ``max_trace_mb``
+    (unless ``force``).
+    """
+    quiet_native_logs()
+    from workbench.report.files import atomic_write_json, check_writable
+    from workbench.scenario import resolve_device
+
+    dev = resolve_device(device)
+    run_name = run or default_run_name(source.label)
+    if not run_name or "/" in run_name or run_name in (".", ".."):
+        raise UsageError(f"--run {run_name!r}: expected a plain directory name.")
+    run_dir = check_writable(Path(logdir) / run_name, directory=True)
+    log_path = run_dir / STDERR_LOG
+    started = time.perf_counter()
+    size: SizeEstimate | None = None
+    with redirect_stderr_fd(log_path):
+        if estimate:
+            size = estimate_trace_size(source.build(dev), options)
+    if size is not None:
+        if on_estimate is not None:
+            on_estimate(size)
+        if size.total_bytes > max_trace_mb * 2**20 and not force:
+            _drop_if_empty(log_path)
+            raise TraceTooLargeError(
+                f"the trace would be about {size.total_bytes / 2**20:.0f} MB "
+                f"({size.bytes_per_step / 2**20:.1f} MB per step x {size.active_steps} active steps, "
+                f"measured on one probe step), over the {max_trace_mb:g} MB limit. Record fewer "
+                "steps (--active), drop --stack/--shapes/--memory, add --gzip, or pass --force "
+                "(or a larger --max-trace-mb) to write it anyway."
+            )
+    scenario = source.build(dev)
+    with redirect_stderr_fd(log_path):
+        files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
+    import torch
+
+    atomic_write_json(
+        run_dir / METADATA_FILE,
+        {
+            "scenario": source.spec,
+            "label": source.label,
+            "device": str(dev),
+            "options": asdict(options),
+            "torch": torch.__version__,
+            "files": [f.name for f in files],
+        },
+    )
+    return ProfileRun(
+        scenario=source.label,
+        device=str(dev),
+        logdir=Path(logdir),
+        run=run_name,
+        run_dir=run_dir,
+        files=files,
+        estimate=size,
+        stderr_log=None if _drop_if_empty(log_path) else log_path,
+        steps=options.steps,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _drop_if_empty(path: Path) -> bool:
+    """Remove an empty log; True when it was empty (or absent)."""
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+            return True
+        return False
+    except FileNotFoundError:
+        return True
+
+
+def read_metadata(run_dir: str | Path) -> dict[str, Any]:
+    """The sidecar written next to the traces ({} when absent or unreadable)."""
+    import json
+
+    try:
+        data = json.loads((Path(run_dir) / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
