@@ -1,0 +1,120 @@
+"""The workbench App: screens, the command palette, captured warnings.
+
+``create_app`` is the one factory the CLI and the tests share.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from workbench.scenario import ScenarioSource
+from workbench.tui import messages as msg
+from workbench.tui.screens.main import ACTIONS, MainScreen
+from workbench.tui.screens.picker import PickerScreen, picker_entries
+
+
+class _LogHandler(logging.Handler):
+    """Log records (torch's included) go to the app's log, not over the screen."""
+
+    def __init__(self, app: WorkbenchApp) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.app.capture(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+class WorkbenchApp(App[None]):
+    """The interactive stepping workbench."""
+
+    CSS_PATH = "styles/workbench.tcss"
+    TITLE = "torch workbench"
+
+    def __init__(self, specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True) -> None:
+        super().__init__()
+        self.specs = list(specs)
+        self.device = device
+        self.show_volatile = show_volatile
+        self.logbook: deque[str] = deque(maxlen=500)
+        self._saved_showwarning: Any = None
+        self._log_handler = _LogHandler(self)
+        self._warned = False
+
+    def get_default_screen(self) -> Screen:
+        return MainScreen(self.device, self.show_volatile)
+
+    @property
+    def main(self) -> MainScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, MainScreen)
+        return screen
+
+    def on_mount(self) -> None:
+        self._saved_showwarning = warnings.showwarning
+        warnings.showwarning = self._showwarning
+        logging.getLogger().addHandler(self._log_handler)
+        single = len(self.specs) == 1 and not Path(self.specs[0]).is_dir()
+        if single:
+            self.main.load_spec(self.specs[0])
+        else:
+            self.action_pick_scenario()
+
+    def on_unmount(self) -> None:
+        if self._saved_showwarning is not None:
+            warnings.showwarning = self._saved_showwarning
+        logging.getLogger().removeHandler(self._log_handler)
+        session = self.main.session if self.screen_stack else None
+        if session is not None:
+            session.stop.set()
+
+    # -- warnings and logs ------------------------------------------------------------
+    def _showwarning(self, message: Any, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        # May run on a worker thread: capture() only appends and posts.
+        self.capture(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
+
+    def capture(self, text: str) -> None:
+        self.logbook.append(text)
+        self.post_message(msg.LogLine(text))
+
+    @on(msg.LogLine)
+    def log_line(self, message: msg.LogLine) -> None:
+        if not self._warned:
+            self._warned = True
+            self.notify(f"{message.text[:120]}\n(l shows every captured warning)", title="warning captured",
+                        severity="warning")
+
+    # -- scenario picker ------------------------------------------------------------------
+    def action_pick_scenario(self) -> None:
+        current = self.main.session.source if self.main.session is not None else None
+
+        def picked(source: ScenarioSource | None) -> None:
+            if source is not None:
+                self.main.load(source)
+
+        self.push_screen(PickerScreen(picker_entries(self.specs), current), picked)
+
+    # -- command palette --------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        main = self.main
+        for a in ACTIONS:
+            if a.action == "quit":
+                continue
+            yield SystemCommand(a.title.capitalize() if a.title[0].islower() else a.title,
+                                f"{a.help}  [{a.key if a.key != 'question_mark' else '?'}]",
+                                getattr(main, f"action_{a.action}"))
+
+
+def create_app(specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True) -> WorkbenchApp:
+    """The app the CLI runs; tests build theirs the same way."""
+    return WorkbenchApp(specs, device=device, show_volatile=show_volatile)

@@ -1,0 +1,83 @@
+"""Every message a worker thread sends to the UI, in one place.
+
+Workers never touch widgets or reactives: they ``post_message`` one of these
+small frozen payloads (``post_message`` is thread-safe) and the screen's
+handlers update the widgets on the UI thread. Latest-value messages say so
+in ``can_replace`` so a burst collapses into the newest state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from workbench.tui.session import EngineView, InspectorData, RunSummary
+
+
+@dataclass
+class ScenarioLoading(Message):
+    """A worker started building a scenario (label shown while it loads)."""
+
+    label: str
+
+
+@dataclass
+class ScenarioLoaded(Message):
+    """The engine is ready on a freshly built scenario."""
+
+    view: EngineView
+
+
+@dataclass
+class ScenarioFailed(Message):
+    """Building the scenario raised; the text is what the error panel shows."""
+
+    label: str
+    title: str
+    details: str
+
+
+@dataclass
+class EngineUpdated(Message):
+    """The engine's latest state: after a phase, a step, or a throttled tick of a run."""
+
+    view: EngineView
+
+    def can_replace(self, message: Message) -> bool:
+        # Only the newest state matters; an older one still queued is dropped.
+        return isinstance(message, EngineUpdated)
+
+
+@dataclass
+class WorkDone(Message):
+    """A stepping action finished (always sent last, after the final EngineUpdated)."""
+
+    view: EngineView | None
+    summary: RunSummary | None = None
+
+
+@dataclass
+class StepFailed(Message):
+    """The user's code raised inside a phase; the engine is still usable."""
+
+    title: str
+    details: str
+    view: EngineView | None
+
+
+@dataclass
+class InspectorReady(Message):
+    """Histograms and stats of the selected module."""
+
+    data: InspectorData
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, InspectorReady)
+
+
+@dataclass
+class LogLine(Message):
+    """A warning or log record captured instead of drawing over the screen."""
+
+    text: str

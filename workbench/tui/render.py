@@ -1,0 +1,92 @@
+"""Pure text renderers (sparklines, histograms, heat cells, meters).
+
+No Textual here: each function turns numbers into a rich ``Text`` so widgets
+stay thin and the look is testable without an app.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich.text import Text
+
+from workbench.tui import theme
+
+BARS = "▁▂▃▄▅▆▇█"
+SHADES = " ░▒▓█"
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def sparkline(values: Sequence[float | None], width: int, log: bool = False) -> Text:
+    """The last ``width`` values as block characters; non-finite ones as a red ✖."""
+    values = list(values)[-width:] if width > 0 else []
+    text = Text()
+    finite = _finite(values)
+    if log:
+        finite = [math.log10(v) for v in finite if v > 0]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    for v in values:
+        if v is None:
+            text.append("·", theme.DIM)
+        elif not math.isfinite(v):
+            text.append("✖", theme.ERROR)
+        else:
+            x = math.log10(v) if log and v > 0 else (lo if log else v)
+            frac = 0.5 if hi == lo else (x - lo) / (hi - lo)
+            text.append(BARS[min(int(frac * (len(BARS) - 1) + 0.5), len(BARS) - 1)], theme.INFO)
+    return text
+
+
+def histogram(counts: Sequence[int], style: str = theme.INFO) -> Text:
+    """Bin counts as one row of bars; empty bins stay blank so gaps show."""
+    text = Text()
+    top = max(counts) if counts else 0
+    for c in counts:
+        if top == 0 or c == 0:
+            text.append(" ")
+        else:
+            text.append(BARS[min(int(c / top * (len(BARS) - 1) + 0.999), len(BARS) - 1)], style)
+    return text
+
+
+def heat_cell(value: float | None, lo: float, hi: float) -> Text:
+    """One cell of the grad-norm heat strip, on a log scale between lo and hi."""
+    if value is None:
+        return Text("·", theme.DIM)
+    if not math.isfinite(value):
+        return Text("✖", theme.ERROR)
+    if value <= 0:
+        return Text(" ")
+    if hi <= lo:
+        frac = 0.5
+    else:
+        frac = (math.log10(value) - lo) / (hi - lo)
+    idx = max(1, min(int(frac * (len(SHADES) - 2) + 1.5), len(SHADES) - 1))
+    style = theme.WARNING if frac > 0.9 else theme.INFO
+    return Text(SHADES[idx], style)
+
+
+def meter(fraction: float, width: int, style: str = theme.INFO) -> Text:
+    """A horizontal bar ▕████▍   ▏ filled to ``fraction`` (clamped to 0..1)."""
+    eighths = "▏▎▍▌▋▊▉█"
+    fraction = max(0.0, min(1.0, fraction)) if math.isfinite(fraction) else 0.0
+    cells = fraction * width
+    full = int(cells)
+    rest = int((cells - full) * 8)
+    bar = "█" * full + (eighths[rest - 1] if rest and full < width else "")
+    text = Text("▕", theme.DIM)
+    text.append(bar.ljust(width), style)
+    text.append("▏", theme.DIM)
+    return text
+
+
+def shape_str(shape: Sequence[int] | None, batch: bool = True) -> str:
+    """64×30×30 for (N, 64, 30, 30): the batch dimension is dropped."""
+    if shape is None:
+        return "·"
+    dims = list(shape)[1:] if batch and len(shape) > 1 else list(shape)
+    return "×".join(str(d) for d in dims) if dims else "scalar"

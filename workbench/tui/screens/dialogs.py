@@ -1,0 +1,199 @@
+"""Small modal screens: help, step ×k prompt, breakpoints form, log, inspector."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Input, Label, OptionList, RichLog, Static
+from textual.widgets.option_list import Option
+
+from workbench.tui import theme
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the main screen, from its own bindings (one source of truth)."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "close")]
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style=theme.ACCENT, no_wrap=True)
+        table.add_column()
+        for key, text in self.keys:
+            table.add_row(key, text)
+        with VerticalScroll(classes="dialog"):
+            yield Label(Text("Keys", theme.ACCENT))
+            yield Static(table)
+            yield Label(Text(
+                "\nctrl+p opens the command palette (every action is there).\n"
+                "Rows: dim = measured in an earlier step, not yet in this one; "
+                "red ✖ = error finding or NaN/Inf; yellow ⚠ = warning.\n"
+                "space folds a module; enter on a finding jumps to its module.", theme.DIM))
+        yield Footer()
+
+
+class StepsPrompt(ModalScreen[int | None]):
+    """Ask how many steps to run."""
+
+    BINDINGS = [Binding("escape", "dismiss_none", "cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog small"):
+            yield Label("Run how many steps?")
+            yield Input(value="10", type="integer", id="steps")
+            yield Label("", id="steps-error")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        try:
+            steps = int(event.value)
+        except ValueError:
+            steps = 0
+        if steps <= 0:
+            self.query_one("#steps-error", Label).update(Text("a whole number above 0", theme.ERROR))
+            return
+        self.dismiss(steps)
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
+    """Add and remove breakpoint conditions; returns the full list on save.
+
+    Conditions are checked with ``Breakpoint.parse`` as they are typed in,
+    so a bad one is refused here with the parser's own message.
+    """
+
+    BINDINGS = [
+        Binding("escape", "dismiss_none", "cancel"),
+        Binding("delete,d", "remove", "remove selected"),
+        Binding("ctrl+s", "save", "save"),
+    ]
+
+    def __init__(self, conditions: Sequence[str], kinds: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.conditions = list(conditions)
+        self.kinds = list(kinds)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Text("Breakpoints", theme.ACCENT))
+            yield OptionList(id="bp-list")
+            yield Input(placeholder="nan_inf · loss>5 · grad_norm>100 · step==12 · dead_units@features.*",
+                        id="bp-input")
+            yield Label("", id="bp-error")
+            kinds = ", ".join(self.kinds) if self.kinds else "see the engine's finding kinds"
+            yield Label(Text(
+                f"finding kinds: {kinds}\nkind:warning sets a minimum severity, kind@glob limits "
+                "it to modules. A hit pauses before the optimizer step.", theme.DIM))
+            with Horizontal(classes="buttons"):
+                yield Button("Add", id="bp-add", variant="primary")
+                yield Button("Remove", id="bp-remove")
+                yield Button("Save", id="bp-save", variant="success")
+                yield Button("Cancel", id="bp-cancel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._refresh()
+        self.query_one(Input).focus()
+
+    def _refresh(self) -> None:
+        lst = self.query_one("#bp-list", OptionList)
+        lst.clear_options()
+        if self.conditions:
+            lst.add_options(Option(c, id=f"b{i}") for i, c in enumerate(self.conditions))
+        else:
+            lst.add_option(Option(Text("none set", theme.DIM), disabled=True))
+
+    def _add(self) -> None:
+        from workbench.engine.breakpoints import Breakpoint
+
+        field = self.query_one("#bp-input", Input)
+        text = field.value.strip()
+        if not text:
+            return
+        try:
+            bp = Breakpoint.parse(text)
+        except Exception as exc:  # the parser's message is the user's guide
+            self.query_one("#bp-error", Label).update(Text(str(exc), theme.ERROR))
+            return
+        self.query_one("#bp-error", Label).update(Text(f"added: {bp.describe()}", theme.OK))
+        if text not in self.conditions:
+            self.conditions.append(text)
+        field.value = ""
+        self._refresh()
+
+    @on(Input.Submitted, "#bp-input")
+    def submitted(self) -> None:
+        self._add()
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        {"bp-add": self._add, "bp-remove": self.action_remove, "bp-save": self.action_save,
+         "bp-cancel": self.action_dismiss_none}[event.button.id or "bp-cancel"]()
+
+    def action_remove(self) -> None:
+        lst = self.query_one("#bp-list", OptionList)
+        if lst.highlighted is not None and self.conditions:
+            del self.conditions[lst.highlighted]
+            self._refresh()
+
+    def action_save(self) -> None:
+        self.dismiss(tuple(self.conditions))
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class LogScreen(ModalScreen[None]):
+    """Warnings and log records captured while the app ran."""
+
+    BINDINGS = [Binding("escape,q,l", "dismiss", "close")]
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Text("Captured warnings and logs", theme.ACCENT))
+            log = RichLog(wrap=True, highlight=False, markup=False)
+            yield log
+        yield Footer()
+
+    def on_mount(self) -> None:
+        log = self.query_one(RichLog)
+        for line in self.lines or ["nothing captured"]:
+            log.write(line)
+
+
+class InspectorScreen(ModalScreen[None]):
+    """The inspector as a modal (used on small terminals)."""
+
+    BINDINGS = [Binding("escape,i,q", "dismiss", "close")]
+
+    def __init__(self, title: str, body: object) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog"):
+            yield Label(Text(self.title_text, theme.ACCENT))
+            yield Static(self.body)  # type: ignore[arg-type]
+        yield Footer()

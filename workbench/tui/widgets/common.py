@@ -1,0 +1,65 @@
+"""Widgets shared by every screen (bench and profile screens reuse these)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Label, ProgressBar, Static
+
+from workbench.tui import theme
+
+
+class ErrorPanel(Vertical):
+    """A traceback the user's code raised; hidden until there is one.
+
+    The app keeps running: the panel says what to do next (reset, pick
+    another scenario) and Escape hides it.
+    """
+
+    DEFAULT_CSS = """
+    ErrorPanel { display: none; border: heavy $error; height: auto; max-height: 60%; }
+    ErrorPanel.shown { display: block; }
+    ErrorPanel > #error-title { color: $error; text-style: bold; }
+    ErrorPanel > VerticalScroll { height: auto; max-height: 20; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Label("", id="error-title")
+        with VerticalScroll():
+            yield Static("", id="error-details")
+        yield Label(Text("R reset · s switch scenario · esc hide", theme.DIM), id="error-hint")
+
+    def show_error(self, title: str, details: str) -> None:
+        self.border_title = "Error"
+        self.query_one("#error-title", Label).update(Text(title))
+        self.query_one("#error-details", Static).update(Text(details.rstrip()))
+        self.add_class("shown")
+
+    def hide(self) -> None:
+        self.remove_class("shown")
+
+    @property
+    def shown(self) -> bool:
+        return self.has_class("shown")
+
+
+class ProgressPanel(Vertical):
+    """A titled progress bar with a status line, for long worker jobs."""
+
+    DEFAULT_CSS = """
+    ProgressPanel { height: auto; border: round $primary; padding: 0 1; }
+    ProgressPanel > ProgressBar { width: 1fr; }
+    """
+
+    def __init__(self, title: str = "Progress", **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.border_title = title
+
+    def compose(self) -> ComposeResult:
+        yield ProgressBar(total=None, show_eta=False)
+        yield Label("", id="progress-status")
+
+    def set_progress(self, done: float, total: float | None, status: str = "") -> None:
+        self.query_one(ProgressBar).update(total=total, progress=done)
+        self.query_one("#progress-status", Label).update(status)

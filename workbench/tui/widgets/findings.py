@@ -1,0 +1,66 @@
+"""The live list of health findings; selecting one jumps to its module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import OptionList
+from textual.widgets.option_list import Option
+
+from workbench.report.numbers import fmt_float
+from workbench.tui import theme
+from workbench.tui.session import EngineView
+
+PHASE_SHORT = {"forward": "fwd", "loss": "loss", "backward": "bwd", "optimizer_step": "opt"}
+
+
+class FindingsPanel(OptionList):
+    """Newest first; a finding's module is the option id."""
+
+    class JumpToModule(Message):
+        def __init__(self, module: str) -> None:
+            super().__init__()
+            self.module = module
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shown: tuple[Any, ...] = ()
+
+    def show(self, view: EngineView | None) -> None:
+        findings = tuple(reversed(view.findings)) if view is not None else ()
+        self.border_title = f"Findings {len(findings)}" if findings else "Findings"
+        if findings == self._shown:
+            return
+        self._shown = findings
+        highlighted = self.highlighted
+        self.clear_options()
+        if not findings:
+            self.add_option(Option(Text("no findings yet", theme.DIM), disabled=True))
+            return
+        self.add_options(_option(i, f) for i, f in enumerate(findings))
+        if highlighted is not None and highlighted < len(findings):
+            self.highlighted = highlighted
+
+    def finding_at(self, index: int) -> Any:
+        return self._shown[index] if 0 <= index < len(self._shown) else None
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        finding = self.finding_at(event.option_index)
+        if finding is not None and finding.module is not None:
+            self.post_message(self.JumpToModule(finding.module))
+
+
+def _option(index: int, f: Any) -> Option:
+    phase = getattr(f.phase, "value", f.phase)
+    head = Text()
+    head.append(f"{theme.severity_icon(f.severity)} ", theme.severity_style(f.severity))
+    head.append(f"{f.kind} ", theme.severity_style(f.severity))
+    head.append(f"{f.module or 'model'}", "bold")
+    head.append(f"  {PHASE_SHORT.get(str(phase), str(phase))} s{f.step}", theme.DIM)
+    body = Text("  " + f.message, theme.DIM)
+    if f.value is not None and f.threshold is not None:
+        body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)
+    return Option(Text("\n").join([head, body]), id=f"f{index}")

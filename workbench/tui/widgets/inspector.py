@@ -1,0 +1,49 @@
+"""The tensor inspector: histograms and stats of the selected module."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from workbench.report.numbers import fmt_float, human_count
+from workbench.tui import theme
+from workbench.tui.render import histogram
+from workbench.tui.session import InspectorData
+
+
+class Inspector(Static):
+    """Shows one InspectorData; the screen asks a worker for it on selection."""
+
+    def show(self, data: InspectorData | None, stats: object | None = None) -> None:
+        self.border_title = "Inspector" if data is None else f"Inspector · {data.module or 'model'} · {data.description}"
+        self.update(render_inspector(data, stats))
+
+
+def render_inspector(data: InspectorData | None, stats: object | None = None) -> RenderableType:
+    if data is None:
+        return Text("select a module in the table", theme.DIM)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    for h in data.histograms:
+        bad = f"  NaN {h.nan:,} Inf {h.inf:,}" if h.nan or h.inf else ""
+        note = Text(f"{fmt_float(h.lo)} … {fmt_float(h.hi)}  n={human_count(h.numel)}"
+                    f"{' (sampled)' if h.sampled else ''}", theme.DIM)
+        if bad:
+            note.append(bad, theme.ERROR)
+        grid.add_row(Text(h.label, theme.DIM), histogram(h.counts), note)
+    parts: list[RenderableType] = [grid]
+    if stats is not None and getattr(stats, "mean", None) is not None:
+        parts.append(Text(
+            f"activation mean {fmt_float(stats.mean)}  std {fmt_float(stats.std)}  "
+            f"min {fmt_float(stats.min)}  max {fmt_float(stats.max)}  |max| {fmt_float(stats.abs_max)}",
+            theme.DIM))
+    if data.nan_total:
+        where = ", ".join("[" + ", ".join(map(str, p)) + "]" for p in data.nan_positions)
+        parts.append(Text(f"non-finite at {where} … {data.nan_total:,} of {data.numel:,}", theme.ERROR))
+    for note in data.notes:
+        parts.append(Text(note, theme.DIM))
+    return Group(*parts)

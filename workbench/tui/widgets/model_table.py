@@ -1,0 +1,227 @@
+"""The model as a collapsible table: one row per module, coloured by health."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable
+
+from workbench.report.numbers import fmt_float, human_count
+from workbench.tui import theme
+from workbench.tui.render import shape_str
+from workbench.tui.session import EngineView, ModuleNode, group_grad_norms
+
+COLUMNS = (
+    ("module", "module"),
+    ("type", "type"),
+    ("shape", "out shape"),
+    ("params", "params"),
+    ("mean", "mean"),
+    ("std", "std"),
+    ("min", "min"),
+    ("max", "max"),
+    ("zero", "0%"),
+    ("naninf", "NaN/Inf"),
+    ("grad", "∇‖"),
+    ("uw", "u/w"),
+)
+
+
+class ModelTable(DataTable):
+    """Rows follow the engine's module order; space/enter folds a subtree."""
+
+    BINDINGS = [
+        Binding("space", "toggle_node", "fold", show=False),
+        Binding("left", "collapse_node", "collapse", show=False),
+        Binding("right", "expand_node", "expand", show=False),
+    ]
+
+    class ModuleSelected(Message):
+        """The highlighted module changed (the inspector follows it)."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
+        self.view: EngineView | None = None
+        self.collapsed: set[str] = set()
+        self._row_names: list[str] = []
+        self._cells: dict[str, tuple[Any, ...]] = {}
+        self._selected: str | None = None
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+
+    # -- data --------------------------------------------------------------------
+    def show(self, view: EngineView | None) -> None:
+        self.view = view
+        self._refresh_rows()
+
+    def select_module(self, name: str) -> None:
+        """Unfold the module's ancestors and move the cursor onto it."""
+        if self.view is None:
+            return
+        nodes = {n.name: n for n in self.view.modules}
+        node = nodes.get(name)
+        while node is not None and node.parent is not None:
+            self.collapsed.discard(node.parent)
+            node = nodes.get(node.parent)
+        self._refresh_rows()
+        if name in self._row_names:
+            self.move_cursor(row=self._row_names.index(name))
+
+    @property
+    def selected(self) -> str | None:
+        return self._selected
+
+    def _visible(self) -> list[ModuleNode]:
+        assert self.view is not None
+        hidden: set[str] = set()
+        rows = []
+        for node in self.view.modules:
+            if node.parent is not None and (node.parent in hidden or node.parent in self.collapsed):
+                hidden.add(node.name)
+                continue
+            rows.append(node)
+        return rows
+
+    def _refresh_rows(self) -> None:
+        if self.view is None:
+            self.clear()
+            self._row_names, self._cells = [], {}
+            return
+        view = self.view
+        nodes = self._visible()
+        names = [n.name for n in nodes]
+        stats = view.module_stats()
+        fresh = view.fresh_modules()
+        params = view.current.params if view.current is not None and getattr(view.current, "params", ()) else (
+            view.last.params if view.last is not None else ())
+        grad_norms = group_grad_norms(params)
+        uw = _update_ratios(params)
+        health = _health(view)
+        cells = {n.name: _row(n, stats.get(n.name), n.name in fresh, grad_norms.get(n.name),
+                             uw.get(n.name), health.get(n.name), n.name in self.collapsed)
+                 for n in nodes}
+        if names != self._row_names:
+            keep = self._selected
+            self.clear()
+            for name in names:
+                self.add_row(*cells[name], key=name)
+            self._row_names = names
+            if keep in names:
+                self.move_cursor(row=names.index(keep), animate=False)
+        else:
+            for name in names:
+                old = self._cells.get(name)
+                new = cells[name]
+                if old != new:
+                    for (key, _), before, after in zip(COLUMNS, old or (None,) * len(new), new):
+                        if before != after:
+                            self.update_cell(name, key, after)
+        self._cells = cells
+
+    # -- folding -----------------------------------------------------------------
+    def _cursor_name(self) -> str | None:
+        if not self._row_names or self.cursor_row < 0 or self.cursor_row >= len(self._row_names):
+            return None
+        return self._row_names[self.cursor_row]
+
+    def _has_children(self, name: str) -> bool:
+        return any(n.name == name and n.children for n in (self.view.modules if self.view else ()))
+
+    def action_toggle_node(self) -> None:
+        name = self._cursor_name()
+        if name is None or not self._has_children(name):
+            return
+        self.collapsed.symmetric_difference_update({name})
+        self._refresh_rows()
+
+    def action_collapse_node(self) -> None:
+        name = self._cursor_name()
+        if name is not None and self._has_children(name) and name not in self.collapsed:
+            self.collapsed.add(name)
+            self._refresh_rows()
+
+    def action_expand_node(self) -> None:
+        name = self._cursor_name()
+        if name is not None and name in self.collapsed:
+            self.collapsed.discard(name)
+            self._refresh_rows()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_toggle_node()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        name = event.row_key.value if event.row_key is not None else None
+        if name is not None and name != self._selected:
+            self._selected = name
+            self.post_message(self.ModuleSelected(name))
+
+
+def _update_ratios(params: Any) -> dict[str, float | None]:
+    """The largest update/weight ratio among a module's own parameters."""
+    out: dict[str, float | None] = {}
+    for p in params:
+        r = p.update_ratio
+        if r is None:
+            continue
+        prev = out.get(p.module)
+        if prev is None or (math.isfinite(r) and r > prev) or not math.isfinite(r):
+            out[p.module] = r
+    return out
+
+
+def _health(view: EngineView) -> dict[str, str]:
+    """Worst finding severity per module, in the step in progress or the last one."""
+    steps = {view.step, view.step - 1}
+    out: dict[str, str] = {}
+    for f in view.findings:
+        if f.step in steps and f.module is not None:
+            if theme.SEVERITY_RANK.get(f.severity, -1) > theme.SEVERITY_RANK.get(out.get(f.module, ""), -1):
+                out[f.module] = f.severity
+    return out
+
+
+def _num(value: float | None, style: str) -> Text:
+    text = fmt_float(value)
+    if value is not None and not math.isfinite(value):
+        return Text(text, theme.ERROR, justify="right")
+    return Text(text, style, justify="right")
+
+
+def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, uw: float | None,
+         severity: str | None, collapsed: bool) -> tuple[Text, ...]:
+    fold = ("▸ " if collapsed else "▾ ") if node.children else "  "
+    icon = theme.severity_icon(severity) if severity in ("error", "warning") else " "
+    name_style = theme.severity_style(severity) if severity in ("error", "warning") else ""
+    name = Text("  " * max(node.depth - 1, 0) + icon + fold + node.short, name_style)
+    # Numbers from an earlier step are dim: not measured in this step yet.
+    style = "" if fresh else theme.DIM
+    if stats is None:
+        values: tuple[Text, ...] = tuple(Text("·", theme.DIM, justify="right") for _ in range(6))
+        naninf = Text("·", theme.DIM, justify="right")
+    else:
+        zero = None if stats.zero_fraction is None else 100 * stats.zero_fraction
+        values = (
+            Text(shape_str(stats.shape), style),
+            _num(stats.mean, style), _num(stats.std, style), _num(stats.min, style),
+            _num(stats.max, style),
+            Text("·" if zero is None else f"{zero:.0f}", style, justify="right"),
+        )
+        bad = (stats.nan_count or 0) + (stats.inf_count or 0)
+        naninf = Text(f"{stats.nan_count or 0}/{stats.inf_count or 0}" if bad else "0",
+                      theme.ERROR if bad else style, justify="right")
+    params = Text(human_count(node.num_params) if node.num_params else "·",
+                  "" if node.num_params else theme.DIM, justify="right")
+    return (name, Text(node.type_name, theme.DIM), values[0], params, *values[1:], naninf,
+            _num(grad, ""), _num(uw, ""))

@@ -1,0 +1,164 @@
+"""The small panels around the model table: title, phase bar, charts, memory.
+
+Each holds the latest :class:`EngineView` and renders it; none computes a
+statistic the engine already measured.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from workbench.report.numbers import fmt_float, fmt_ms, human_bytes, human_count
+from workbench.tui import theme
+from workbench.tui.render import heat_cell, meter, sparkline
+from workbench.tui.session import PHASE_LABEL, PHASES, EngineView, group_grad_norms
+
+
+class ViewPanel(Static):
+    """A panel redrawn from the newest EngineView (None: nothing loaded)."""
+
+    view: reactive[EngineView | None] = reactive(None, always_update=True)
+    # Tests and snapshots turn this off to hide timings and RSS.
+    show_volatile: bool = True
+
+    def __init__(self, *args: Any, show_volatile: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.show_volatile = show_volatile
+
+    def watch_view(self, view: EngineView | None) -> None:
+        self.update(self.render_view(view) if view is not None else Text("no scenario loaded · s picks one", theme.DIM))
+
+    def render_view(self, view: EngineView) -> RenderableType:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TitleBar(Static):
+    """torch workbench ─ scenario · model · params · device · threads   state."""
+
+    def show(self, view: EngineView | None, state: str, label: str = "") -> None:
+        left = Text(" torch workbench", theme.ACCENT)
+        if view is not None:
+            s = view.summary
+            left.append(f" ─ {s.label} · {s.model_class} · {human_count(s.parameters)} params · "
+                        f"{s.device} · {s.threads} thread{'s' if s.threads != 1 else ''}")
+        elif label:
+            left.append(f" ─ {label}")
+        right = Text(state + " ", theme.NEXT if "paused" in state or "running" in state else "")
+        table = Table.grid(expand=True)
+        table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        table.add_column(justify="right", no_wrap=True)
+        table.add_row(left, right)
+        self.update(table)
+
+
+class PhaseBar(ViewPanel):
+    """✔ forward 6.1 ms  ✔ loss 0.2 ms  ▶ backward  · optimizer step   step · loss · lr."""
+
+    def render_view(self, view: EngineView) -> RenderableType:
+        seconds = dict(getattr(view.current, "phase_seconds", None) or {})
+        line = Text()
+        for phase in PHASES:
+            label = PHASE_LABEL[phase]
+            if phase in view.done_phases or phase.value in seconds or phase in seconds:
+                took = seconds.get(phase, seconds.get(phase.value))
+                line.append("✔ ", theme.OK).append(label)
+                if self.show_volatile and took is not None:
+                    line.append(f" {fmt_ms(took)}", theme.DIM)
+            elif phase == view.next_phase:
+                line.append("▶ ", theme.NEXT).append(label, theme.NEXT)
+                if view.pending_break is not None and phase.value == "optimizer_step":
+                    line.append(f" (held by breakpoint {view.pending_break.breakpoint})", theme.ERROR)
+            else:
+                line.append("· ", theme.DIM).append(label, theme.DIM)
+            line.append("   ")
+        info = Text()
+        info.append(f"step {view.step}", theme.ACCENT)
+        last = view.last
+        loss = getattr(view.current, "loss", None)
+        if loss is None and last is not None:
+            loss = last.loss
+        info.append("  loss ").append(fmt_float(loss, 4), theme.ERROR if loss is not None and not math.isfinite(loss) else "")
+        lrs = last.lrs if last is not None else ()
+        if lrs:
+            info.append("  lr ").append(" ".join(fmt_float(lr, 3) for lr in lrs))
+        info.append(f"  ({view.summary.optimizer})", theme.DIM)
+        if last is not None and last.skipped:
+            info.append("  last step skipped", theme.WARNING)
+        return Group(line, info)
+
+
+class ChartsPanel(ViewPanel):
+    """Loss and total grad norm sparklines, and a per-layer grad-norm heat strip."""
+
+    def render_view(self, view: EngineView) -> RenderableType:
+        width = max(self.size.width - 16, 8)
+        history = view.history
+        if not history:
+            return Text("charts fill in after the first full step", theme.DIM)
+        losses = [r.loss for r in history]
+        norms = [r.total_grad_norm for r in history]
+        out = Table.grid(padding=(0, 1))
+        out.add_column(no_wrap=True)
+        out.add_column(no_wrap=True, justify="right")
+        out.add_column(no_wrap=True)
+        out.add_row(Text("loss", theme.DIM), fmt_float(losses[-1], 4), sparkline(losses, width))
+        out.add_row(Text("∇‖", theme.DIM), fmt_float(norms[-1], 3), sparkline(norms, width, log=True))
+        # Heat strip: layers with parameters (rows) × recent steps (columns).
+        rows = max(self.size.height - 3, 0)
+        layers = [n.name for n in view.modules if n.num_params and not n.children][:rows]
+        recent = history[-width:]
+        per_step = [group_grad_norms(r.params) for r in recent]
+        values = [v for step in per_step for v in step.values() if v and math.isfinite(v) and v > 0]
+        lo, hi = (math.log10(min(values)), math.log10(max(values))) if values else (0.0, 0.0)
+        for layer in layers:
+            strip = Text()
+            for step in per_step:
+                strip.append_text(heat_cell(step.get(layer), lo, hi))
+            out.add_row(Text(_tail(layer, 10), theme.DIM), "", strip)
+        return out
+
+
+def _tail(name: str, width: int) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+class MemoryPanel(ViewPanel):
+    """RSS, CUDA when present, activation bytes, the debugger's own cost."""
+
+    selected: str | None = None
+
+    def render_view(self, view: EngineView) -> RenderableType:
+        record = view.last
+        out = Table.grid(padding=(0, 1))
+        out.add_column(no_wrap=True)
+        out.add_column(no_wrap=True)
+        if record is None:
+            return Text("memory is sampled once per step", theme.DIM)
+        mem = record.memory
+        vol = self.show_volatile
+        out.add_row(Text("RSS", theme.DIM), human_bytes(mem.rss_bytes) if vol else "—")
+        if mem.cuda_allocated is not None:
+            line = Text(human_bytes(mem.cuda_allocated) if vol else "—")
+            if vol and mem.cuda_reserved:
+                line.append(" ").append_text(meter(mem.cuda_allocated / mem.cuda_reserved, 10))
+            out.add_row(Text("CUDA alloc", theme.DIM), line)
+            out.add_row(Text("CUDA peak", theme.DIM), human_bytes(mem.cuda_peak) if vol else "—")
+        out.add_row(Text("activations", theme.DIM), human_bytes(mem.activation_bytes))
+        stats = view.module_stats().get(self.selected or "")
+        if self.selected is not None and stats is not None:
+            out.add_row(Text("selected", theme.DIM), f"{human_bytes(stats.bytes)} ({self.selected or 'model'})")
+        total = sum(record.phase_seconds.values()) if record.phase_seconds else 0.0
+        tax = record.instrument_seconds
+        if vol and tax is not None and total > 0:
+            out.add_row(Text("debugger", theme.DIM),
+                        f"{fmt_ms(tax)} of {fmt_ms(total)} per step ({100 * tax / total:.0f}%)")
+        elif not vol:
+            out.add_row(Text("debugger", theme.DIM), "—")
+        return out
