@@ -1,0 +1,74 @@
+"""The real `workbench` command in a real terminal (tmux), read back with capture-pane."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+NAN = HERE / "tui_scenarios" / "nan_at_step3.py"
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    def __init__(self) -> None:
+        self.socket = f"wb-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def __call__(self, *args: str) -> str:
+        result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        return result.stdout
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p")
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared; the screen was:\n{screen}")
+
+    def keys(self, *keys: str) -> None:
+        self("send-keys", *keys)
+
+
+def test_workbench_command_reaches_a_nan_breakpoint_in_tmux(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("workbench")
+    rc_file = tmp_path / "rc"
+    command = f"{exe} tui {NAN} --device cpu; echo $? > {rc_file}; sleep 30"
+    tmux = Tmux()
+    try:
+        tmux("new-session", "-d", "-x", "120", "-y", "40", command)
+        tmux.wait_for("next: forward")
+        tmux.keys("f")
+        screen = tmux.wait_for("next: loss")
+        assert "✔ forward" in screen
+        tmux.keys("B")
+        tmux.wait_for("Breakpoints")
+        tmux.keys("nan_inf", "Enter")
+        tmux.wait_for("added: nan_inf")
+        tmux.keys("C-s")
+        tmux.wait_for("next: loss")
+        tmux.keys("r")
+        screen = tmux.wait_for("breakpoint nan_inf")
+        assert "step 3" in screen
+        assert "fc1" in screen
+        assert "▶ optimizer step" in screen
+        tmux.keys("q")
+        deadline = time.monotonic() + 20
+        while not rc_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        tmux("kill-server")
