@@ -492,7 +492,10 @@ def _shapes(e: dict[str, Any]) -> str | None:
     dims = _args(e).get("Input Dims")
     if not isinstance(dims, list) or not any(dims):
         return None
-    return ", ".join(str(list(d)) if isinstance(d, list) else str(d) for d in dims)
+    parts = [str(list(d)) if isinstance(d, list) else str(d) for d in dims]
+    while parts and parts[-1] == "[]":  # trailing scalars/None arguments: noise in a table
+        parts.pop()
+    return ", ".join(parts)
 
 
 def _is_tensor_core_kernel(name: str) -> bool:

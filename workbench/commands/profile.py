@@ -1,0 +1,129 @@
+"""workbench profile: trace a scenario's training steps and analyse the trace in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "profile"
+ORDER = 40
+HELP = "profile training steps: TensorBoard trace, step breakdown, top ops, advice"
+DESCRIPTION = (
+    "Run the scenario's training loop under torch.profiler with a wait/warmup/active "
+    "schedule and write LOGDIR/<run>/<worker>.<span>.pt.trace.json (TensorBoard's PyTorch "
+    "Profiler plugin, Perfetto and chrome://tracing read it). Then print our own analysis: "
+    "per-step time breakdown (kernel, memcpy, memset, communication, runtime, DataLoader, "
+    "CPU exec, other), top operators, phases/modules, memory, and recommendations with the "
+    "`workbench bench` variant that tests each. `--analyze DIR` analyses an existing trace "
+    "directory without running anything."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", nargs="?", help="scenario file, file.py:function or module (not with --analyze)")
+    p.add_argument("--analyze", metavar="DIR", help="analyse an existing run directory, logdir or trace file")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--logdir", default="runs/profile", help="where runs go (default: runs/profile)")
+    p.add_argument("--run", help="run name (default: <scenario>-<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--wait", type=int, default=1, help="steps run before profiling starts (default 1)")
+    p.add_argument("--warmup", type=int, default=1, help="steps profiled but discarded (default 1)")
+    p.add_argument("--active", type=int, default=3, help="steps recorded in the trace (default 3)")
+    p.add_argument("--steps", type=int, help="total steps; sets --active to STEPS - wait - warmup")
+    p.add_argument("--memory", action="store_true", help="record memory events (profile_memory)")
+    p.add_argument("--shapes", action="store_true", help="record operator input shapes (record_shapes)")
+    p.add_argument("--stack", action="store_true", help="record Python stacks and nn.Module ranges (slower)")
+    p.add_argument("--gzip", action="store_true", help="write .pt.trace.json.gz")
+    p.add_argument("--max-trace-mb", type=float, default=None,
+                   help="stop before profiling when the estimated trace is larger (default 200)")
+    p.add_argument("--force", action="store_true", help="write the trace even above --max-trace-mb")
+    p.add_argument("--top", type=int, default=15, help="rows in the operator table (default 15)")
+    p.add_argument("--open-tensorboard", action="store_true",
+                   help="start TensorBoard on 127.0.0.1 (a free port) afterwards; Ctrl-C stops it")
+
+
+def _options(args: argparse.Namespace):  # -> ProfileOptions
+    from workbench.errors import UsageError
+    from workbench.profiling.export import ProfileOptions
+
+    active = args.active
+    if args.steps is not None:
+        active = args.steps - args.wait - args.warmup
+        if active < 1:
+            raise UsageError(
+                f"--steps {args.steps} leaves no active step after --wait {args.wait} and "
+                f"--warmup {args.warmup}; use --steps >= {args.wait + args.warmup + 1}."
+            )
+    return ProfileOptions(wait=args.wait, warmup=args.warmup, active=active, memory=args.memory,
+                          shapes=args.shapes, stack=args.stack, gzip=args.gzip)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.errors import UsageError
+
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1, got {args.top}.")
+    if args.analyze and args.scenario:
+        raise UsageError("pass either a SCENARIO to profile or --analyze DIR, not both.")
+    if not args.analyze and not args.scenario:
+        raise UsageError("missing SCENARIO (e.g. `workbench profile scenarios/cnn_image.py`), or --analyze DIR.")
+    if args.max_trace_mb is not None and args.max_trace_mb <= 0:
+        raise UsageError(f"--max-trace-mb must be > 0, got {args.max_trace_mb:g}.")
+    options = None if args.analyze else _options(args)
+
+    from workbench.profiling.export import quiet_native_logs
+
+    quiet_native_logs()  # before torch starts Kineto
+    from rich.console import Console
+
+    from workbench.profiling.runs import analyze_path
+    from workbench.report.profile import estimate_line, files_view, run_view
+
+    console = Console()
+    if args.analyze:
+        analysis = analyze_path(args.analyze)
+        console.print(run_view(analysis, args.top))
+        logdir = analysis.run_dir.parent
+    else:
+        from workbench.profiling.export import DEFAULT_MAX_TRACE_MB, run_profile
+        from workbench.scenario import load_source
+
+        source = load_source(args.scenario)
+        limit = args.max_trace_mb or DEFAULT_MAX_TRACE_MB
+        with console.status(f"profiling {source.label}: estimating the trace size ...") as status:
+
+            def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
+                console.print(estimate_line(size))
+                if size.total_bytes > limit * 2**20 and args.force:
+                    console.print(f"[yellow]warning: over the {limit:g} MB limit; writing it anyway (--force)[/]")
+
+            def on_progress(done: int, total: int) -> None:
+                status.update(f"profiling {source.label}: step {done}/{total}")
+
+            result = run_profile(
+                source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit,
+                force=args.force, on_progress=on_progress, on_estimate=on_estimate,
+            )
+        console.print(files_view(result))
+        if not result.files:
+            return 1
+        analysis = analyze_path(result.run_dir)
+        console.print(run_view(analysis, args.top))
+        logdir = result.logdir
+    if args.open_tensorboard:
+        return _serve(console, logdir)
+    return 0
+
+
+def _serve(console, logdir) -> int:  # noqa: ANN001 - rich Console, Path
+    from workbench.profiling.tensorboard import start_tensorboard
+
+    with console.status("starting TensorBoard ..."):
+        tb = start_tensorboard(logdir)
+    console.print(f"TensorBoard serves {logdir} at [cyan]{tb.url}[/] (pid {tb.pid}, log {tb.log_path}).")
+    console.print("Press Ctrl-C to stop it.")
+    try:
+        tb.process.wait()
+    except KeyboardInterrupt:
+        console.print("stopping TensorBoard")
+    finally:
+        tb.stop()
+    return 0
