@@ -1,1 +1,55 @@
-"""engine layer."""
+"""The stepping engine: one training step as four inspectable phases (torch only, no UI).
+
+API overview::
+
+    from workbench.engine import Engine, EngineConfig, Breakpoint, Phase
+
+    with Engine(scenario, EngineConfig(stats_every=1, history=256)) as eng:
+        eng.add_breakpoint(Breakpoint.parse("nan_inf"))     # or "loss>5", "step==12", "dead_units@features.*"
+        r = eng.advance()            # exactly one phase -> PhaseResult(phase, step, seconds, loss, findings, break_hit)
+        rec = eng.step_once()        # finish the step -> StepRecord (modules, params, findings, memory, timing)
+        out = eng.run(100, should_stop=lambda: paused, on_step=print)   # -> RunOutcome(steps_done, stopped_by, ...)
+        if out.stopped_by == "breakpoint":      # paused BEFORE the optimizer step
+            eng.next_phase                       # Phase.OPTIMIZER_STEP
+            eng.skip_step()                      # or eng.run(...) to continue
+        eng.history, eng.findings, eng.current, eng.module_names, eng.module_tree
+
+* records.py      frozen results: Phase, ModuleStats, ParamStats, Finding, MemorySample, StepRecord,
+                  BreakHit, StepProgress, PhaseResult, RunOutcome, ModuleNode; finding kind strings.
+* breakpoints.py  Breakpoint (factories, parse, describe, check).
+* engine.py       EngineConfig, Engine.
+* health.py       HealthThresholds (documented defaults) and the rules.
+* probe.py        module hooks: batched forward stats, output-gradient norms, NaN root cause.
+* params.py       per-parameter grad / weight / update stats.
+* memory.py       RSS and CUDA allocator samples.
+* errors.py       StepError (a user exception in a phase; the engine stays usable).
+* summary.py      a torchinfo-like static model summary (shapes, params, FLOPs).
+
+Each phase does at most one device->host transfer (search for "Sync point").
+"""
+
+from workbench.engine.breakpoints import Breakpoint
+from workbench.engine.engine import Engine, EngineConfig
+from workbench.engine.errors import StepError
+from workbench.engine.health import HealthThresholds
+from workbench.engine.records import (
+    FINDING_KINDS,
+    PHASES,
+    BreakHit,
+    Finding,
+    MemorySample,
+    ModuleNode,
+    ModuleStats,
+    ParamStats,
+    Phase,
+    PhaseResult,
+    RunOutcome,
+    StepProgress,
+    StepRecord,
+)
+
+__all__ = [
+    "Breakpoint", "BreakHit", "Engine", "EngineConfig", "FINDING_KINDS", "Finding", "HealthThresholds",
+    "MemorySample", "ModuleNode", "ModuleStats", "PHASES", "ParamStats", "Phase", "PhaseResult",
+    "RunOutcome", "StepError", "StepProgress", "StepRecord",
+]

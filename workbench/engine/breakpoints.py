@@ -1,0 +1,152 @@
+"""Breakpoints: conditions that pause the engine before the optimizer step.
+
+``Breakpoint.parse`` understands what a user types on the command line or in
+the TUI::
+
+    nan_inf                 any finding of that kind
+    dead_units@features.*   ... on a module (or parameter) matching the glob
+    any>=error              any finding at severity >= error (also: warning, info)
+    exploding_gradient>=error@fc*
+    loss>5                  the loss above 5 (also loss>=5)
+    grad_norm>100           the total gradient norm above 100
+    step==12                step 12 (also step=12)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from workbench.engine.records import FINDING_KINDS, SEVERITY_RANK, BreakHit, Finding, Phase
+
+ANY_KIND = "any"
+Condition = Literal["finding", "loss", "grad_norm", "step"]
+
+_SYNTAX = (
+    "expected KIND[>=SEVERITY][@MODULE_GLOB] (KIND one of "
+    + ", ".join((ANY_KIND, *FINDING_KINDS))
+    + "), loss>X, grad_norm>X or step==N"
+)
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    condition: Condition
+    kind: str | None = None  # finding kind, or "any"
+    min_severity: str | None = None
+    module_glob: str | None = None
+    threshold: float | None = None  # loss / grad_norm
+    step: int | None = None
+
+    # -- factories -------------------------------------------------------------------
+    @classmethod
+    def on_finding(
+        cls, kind: str = ANY_KIND, *, min_severity: str | None = None, module: str | None = None
+    ) -> Breakpoint:
+        if kind != ANY_KIND and kind not in FINDING_KINDS:
+            raise ValueError(f"unknown finding kind {kind!r}; {_SYNTAX}")
+        if min_severity is not None and min_severity not in SEVERITY_RANK:
+            raise ValueError(
+                f"unknown severity {min_severity!r}; expected one of {', '.join(SEVERITY_RANK)}"
+            )
+        return cls("finding", kind=kind, min_severity=min_severity, module_glob=module)
+
+    @classmethod
+    def loss_above(cls, value: float) -> Breakpoint:
+        return cls("loss", threshold=float(value))
+
+    @classmethod
+    def grad_norm_above(cls, value: float) -> Breakpoint:
+        return cls("grad_norm", threshold=float(value))
+
+    @classmethod
+    def at_step(cls, step: int) -> Breakpoint:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return cls("step", step=int(step))
+
+    @classmethod
+    def parse(cls, text: str) -> Breakpoint:
+        """Parse one breakpoint; ValueError says what was expected."""
+        raw = text.strip()
+        compact = raw.replace(" ", "")
+        m = re.fullmatch(r"(loss|grad_norm)>=?(.+)", compact)
+        if m:
+            try:
+                value = float(m.group(2))
+            except ValueError:
+                raise ValueError(f"breakpoint {raw!r}: {m.group(2)!r} is not a number; {_SYNTAX}") from None
+            return cls.loss_above(value) if m.group(1) == "loss" else cls.grad_norm_above(value)
+        m = re.fullmatch(r"step==?(\d+)", compact)
+        if m:
+            return cls.at_step(int(m.group(1)))
+        m = re.fullmatch(r"([a-z_]+)(?:>=(info|warning|error))?(?:@(.+))?", compact)
+        if not m:
+            raise ValueError(f"breakpoint {raw!r} not understood; {_SYNTAX}")
+        kind, severity, glob = m.groups()
+        if kind not in FINDING_KINDS and kind != ANY_KIND:
+            raise ValueError(f"breakpoint {raw!r}: unknown finding kind {kind!r}; {_SYNTAX}")
+        return cls.on_finding(kind, min_severity=severity, module=glob)
+
+    # -- use ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        if self.condition == "loss":
+            return f"loss>{self.threshold:g}"
+        if self.condition == "grad_norm":
+            return f"grad_norm>{self.threshold:g}"
+        if self.condition == "step":
+            return f"step=={self.step}"
+        text = self.kind or ANY_KIND
+        if self.min_severity:
+            text += f">={self.min_severity}"
+        if self.module_glob:
+            text += f"@{self.module_glob}"
+        return text
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def matches_finding(self, finding: Finding) -> bool:
+        if self.condition != "finding":
+            return False
+        if self.kind not in (None, ANY_KIND) and finding.kind != self.kind:
+            return False
+        if self.min_severity and SEVERITY_RANK[finding.severity] < SEVERITY_RANK[self.min_severity]:
+            return False
+        if self.module_glob:
+            names = [finding.module] + ([finding.parameter] if finding.parameter else [])
+            if not any(fnmatch.fnmatchcase(n, self.module_glob) for n in names):
+                return False
+        return True
+
+    def check(
+        self,
+        *,
+        step: int,
+        phase: Phase,
+        loss: float | None,
+        total_grad_norm: float | None,
+        findings: Iterable[Finding],
+    ) -> BreakHit | None:
+        """A BreakHit when this breakpoint fires on the given state, else None."""
+        if self.condition == "finding":
+            for finding in findings:
+                if self.matches_finding(finding):
+                    return BreakHit(step, phase, self.describe(), finding,
+                                    f"{finding.kind} on {finding.where}: {finding.message}")
+            return None
+        if self.condition == "step":
+            if step == self.step:
+                return BreakHit(step, phase, self.describe(), None, f"reached step {step}")
+            return None
+        value = loss if self.condition == "loss" else total_grad_norm
+        assert self.threshold is not None
+        if value is not None and (value > self.threshold or math.isnan(value)):
+            label = "loss" if self.condition == "loss" else "total gradient norm"
+            return BreakHit(step, phase, self.describe(), None,
+                            f"{label} {value:.4g} > {self.threshold:g}")
+        return None

@@ -1,0 +1,689 @@
+"""The stepping engine: one training step as four inspectable phases.
+
+``Engine`` wraps a Scenario, attaches the probes (hooks) and runs
+forward -> loss -> backward -> optimizer_step one phase at a time. Each
+phase ends with at most ONE device->host transfer (the ``.tolist()`` calls
+marked "sync point" below); the rest stays on the device.
+
+Thread use: every method may be called from a worker thread (the TUI does);
+the engine installs no signal handlers. It is not safe to call one engine
+from two threads at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.engine import memory
+from workbench.engine.breakpoints import Breakpoint
+from workbench.engine.errors import StepError
+from workbench.engine.health import HealthMonitor, HealthThresholds
+from workbench.engine.params import (
+    ParamRef,
+    grad_stats_tensor,
+    param_refs,
+    param_stats_from_rows,
+    total_grad_norm_tensor,
+)
+from workbench.engine.probe import (
+    F_DEAD,
+    F_IN_FINITE,
+    F_INF,
+    F_MAX,
+    F_MIN,
+    F_NAN,
+    F_SAMPLE_N,
+    F_SAT,
+    F_STD,
+    F_SUM,
+    F_ZERO,
+    ActivationProbe,
+    CallInfo,
+)
+from workbench.engine.records import (
+    PHASES,
+    BreakHit,
+    Finding,
+    MemorySample,
+    ModuleNode,
+    ModuleStats,
+    ParamStats,
+    Phase,
+    PhaseResult,
+    RunOutcome,
+    StepProgress,
+    StepRecord,
+)
+from workbench.scenario import Scenario, ScenarioError, ScenarioSource, split_batch
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How much the engine measures and keeps.
+
+    stats_every: module/parameter stats every k-th step (step % k == 0); the
+        other steps record only loss, total grad norm, lr, timing and memory.
+    history: ring size of ``Engine.history`` (StepRecords kept).
+    max_findings: ring size of ``Engine.findings``.
+    sample_size: elements sampled per tensor for std/zero/NaN counts.
+    """
+
+    stats_every: int = 1
+    history: int = 256
+    max_findings: int = 2000
+    sample_size: int = 65536
+    thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+    breakpoints: tuple[Breakpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.stats_every < 1:
+            raise ValueError(f"stats_every must be >= 1, got {self.stats_every}")
+        if self.history < 1:
+            raise ValueError(f"history must be >= 1, got {self.history}")
+
+
+@dataclass
+class _StepState:
+    """The step in progress (mutable; exposed as a frozen StepProgress)."""
+
+    step: int
+    measured: bool
+    phases_done: list[Phase] = field(default_factory=list)
+    batch_inputs: tuple[torch.Tensor, ...] = ()
+    batch_targets: torch.Tensor | None = None
+    batch_size: int = 0
+    outputs: Any = None
+    loss_tensor: torch.Tensor | None = None
+    loss: float | None = None
+    total_grad_norm: float | None = None
+    lrs: tuple[float, ...] = ()
+    phase_seconds: dict[Phase, float] = field(default_factory=dict)
+    data_seconds: float = 0.0
+    modules: tuple[ModuleStats, ...] = ()
+    params: tuple[ParamStats, ...] = ()
+    findings: list[Finding] = field(default_factory=list)
+    outputs_finite: bool | None = None
+    activation_bytes: int | None = None
+    instrument: dict[str, float] = field(default_factory=dict)
+
+    def charge(self, what: str, seconds: float) -> None:
+        self.instrument[what] = self.instrument.get(what, 0.0) + seconds
+
+
+class Engine:
+    """Step a Scenario phase by phase with health checks; see the package docstring."""
+
+    def __init__(self, scenario: Scenario, config: EngineConfig | None = None) -> None:
+        self._scenario = scenario
+        self.config = config or EngineConfig()
+        model = scenario.model
+        self._device = scenario.device
+        # Restored by close(): training flags of every module and the RNG streams.
+        self._saved_training = [(m, m.training) for m in model.modules()]
+        self._saved_cpu_rng = torch.get_rng_state()
+        self._saved_cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        torch.manual_seed(scenario.seed)
+        model.train()
+        self._probe = ActivationProbe(model, self.config.sample_size)
+        self._probe.attach()
+        self._params: list[ParamRef] = param_refs(model)
+        self._health = HealthMonitor(self.config.thresholds)
+        self._breakpoints: list[Breakpoint] = list(self.config.breakpoints)
+        self._history: deque[StepRecord] = deque(maxlen=self.config.history)
+        self._findings: deque[Finding] = deque(maxlen=self.config.max_findings)
+        self._data_iter: Iterator[Any] | None = None
+        self._epoch = 0
+        self._batches_in_epoch = 0
+        self._step = 0
+        self._next_phase = Phase.FORWARD
+        self._pending_break: BreakHit | None = None
+        self._last_error: StepError | None = None
+        self._closed = False
+        self._skipped_steps = 0
+        self._state = self._new_state()
+        self._phase_findings: list[Finding] = []
+        scenario.optimizer.zero_grad(set_to_none=True)
+
+    @classmethod
+    def from_source(
+        cls, source: ScenarioSource, device: str | torch.device = "cpu", config: EngineConfig | None = None
+    ) -> Engine:
+        return cls(source.build(device), config)
+
+    # -- read-only views ----------------------------------------------------------------
+    @property
+    def scenario(self) -> Scenario:
+        return self._scenario
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def step(self) -> int:
+        """Index of the step in progress, or of the next one when none is."""
+        return self._step
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def next_phase(self) -> Phase:
+        return self._next_phase
+
+    @property
+    def history(self) -> tuple[StepRecord, ...]:
+        return tuple(self._history)
+
+    @property
+    def last_record(self) -> StepRecord | None:
+        return self._history[-1] if self._history else None
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(self._findings)
+
+    @property
+    def pending_break(self) -> BreakHit | None:
+        return self._pending_break
+
+    @property
+    def last_error(self) -> StepError | None:
+        return self._last_error
+
+    @property
+    def breakpoints(self) -> tuple[Breakpoint, ...]:
+        return tuple(self._breakpoints)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def skipped_steps(self) -> int:
+        return self._skipped_steps
+
+    @property
+    def current(self) -> StepProgress:
+        s = self._state
+        return StepProgress(
+            step=s.step, next_phase=self._next_phase, phases_done=tuple(s.phases_done), loss=s.loss,
+            total_grad_norm=s.total_grad_norm, phase_seconds=dict(s.phase_seconds), modules=s.modules,
+            params=s.params, findings=tuple(s.findings), measured=s.measured,
+        )
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """Execution order once a forward ran (modules never called come last), else registration order."""
+        registered = [name for name, _ in self._scenario.model.named_modules()]
+        seen = self._probe.execution_order
+        if not seen:
+            return tuple(registered)
+        seen_set = set(seen)
+        return tuple(seen + [n for n in registered if n not in seen_set])
+
+    @property
+    def module_tree(self) -> dict[str, ModuleNode]:
+        tree: dict[str, ModuleNode] = {}
+        for name, module in self._scenario.model.named_modules():
+            children = tuple(f"{name}.{c}" if name else c for c, _ in module.named_children())
+            tree[name] = ModuleNode(
+                name=name, type_name=type(module).__name__, children=children,
+                own_params=sum(p.numel() for p in module.parameters(recurse=False)),
+                total_params=sum(p.numel() for p in module.parameters()),
+            )
+        return tree
+
+    # -- breakpoints ------------------------------------------------------------------
+    def add_breakpoint(self, bp: Breakpoint | str) -> Breakpoint:
+        if isinstance(bp, str):
+            bp = Breakpoint.parse(bp)
+        if bp not in self._breakpoints:
+            self._breakpoints.append(bp)
+        return bp
+
+    def remove_breakpoint(self, bp: Breakpoint | str) -> None:
+        if isinstance(bp, str):
+            bp = Breakpoint.parse(bp)
+        if bp in self._breakpoints:
+            self._breakpoints.remove(bp)
+
+    # -- stepping -------------------------------------------------------------------------
+    def advance(self) -> PhaseResult:
+        """Run exactly the next phase; a user exception becomes StepError."""
+        self._check_open()
+        self._pending_break = None
+        phase = self._next_phase
+        s = self._state
+        before = dict(s.instrument)
+        start = time.perf_counter()
+        try:
+            if phase is Phase.FORWARD:
+                self._forward(s)
+            elif phase is Phase.LOSS:
+                self._loss(s)
+            elif phase is Phase.BACKWARD:
+                self._backward(s)
+            else:
+                self._optimizer_step(s)
+        except StepError:
+            self._abort_step()
+            raise
+        except Exception as exc:
+            error = StepError(phase, s.step, exc)
+            self._last_error = error
+            self._abort_step()
+            raise error from exc
+        wall = time.perf_counter() - start
+        spent = sum(s.instrument.values()) - sum(before.values())
+        # Phase time is the user's work: the debugger's own cost is accounted separately.
+        s.phase_seconds[phase] = max(wall - spent - (s.data_seconds if phase is Phase.FORWARD else 0.0), 0.0)
+        s.phases_done.append(phase)
+        phase_findings = tuple(self._phase_findings)
+        self._findings.extend(phase_findings)
+        hit = self._check_breakpoints(phase, s, phase_findings)
+        record = None
+        if phase is Phase.OPTIMIZER_STEP:
+            record = self._finish_step(s, skipped=False)
+        else:
+            self._next_phase = phase.next
+        self._pending_break = hit
+        return PhaseResult(phase, s.step, wall, s.loss, phase_findings, hit, record)
+
+    def step_once(self) -> StepRecord:
+        """Finish the current step from whatever phase is next (breakpoints do not stop it)."""
+        while True:
+            result = self.advance()
+            if result.record is not None:
+                self._pending_break = None
+                return result.record
+
+    def run(
+        self,
+        steps: int | None = None,
+        *,
+        until_break: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> RunOutcome:
+        """Complete ``steps`` steps (None: until stopped or a breakpoint).
+
+        ``should_stop`` is polled between phases so a UI can pause mid-step;
+        a StepError ends the run with stopped_by="error" (it is not raised).
+        """
+        if steps is not None and steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        done = 0
+        while steps is None or done < steps:
+            if should_stop is not None and should_stop():
+                return RunOutcome(done, "stopped")
+            try:
+                result = self.advance()
+            except StepError as exc:
+                return RunOutcome(done, "error", error=exc)
+            if result.record is not None:
+                done += 1
+                if on_step is not None:
+                    on_step(result.record)
+            if until_break and result.break_hit is not None:
+                return RunOutcome(done, "breakpoint", result.break_hit)
+        return RunOutcome(done, "steps")
+
+    def skip_step(self) -> StepRecord:
+        """Drop what is left of the current step (usually its optimizer step) and move on."""
+        self._check_open()
+        if not self._state.phases_done:
+            raise RuntimeError("no step in progress to skip: the next phase is the forward of a new step")
+        self._pending_break = None
+        s = self._state
+        self._scenario.optimizer.zero_grad(set_to_none=True)
+        s.lrs = self._lrs()
+        self._probe.reset()
+        return self._finish_step(s, skipped=True)
+
+    def close(self) -> None:
+        """Remove every hook, restore training flags and RNG state. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._probe.detach()
+        self._state = self._new_state()
+        for module, training in self._saved_training:
+            module.training = training
+        torch.set_rng_state(self._saved_cpu_rng)
+        if self._saved_cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self._saved_cuda_rng)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- phases -----------------------------------------------------------------------------
+    def _forward(self, s: _StepState) -> None:
+        self._phase_findings = []
+        t0 = time.perf_counter()
+        batch = self._next_batch().to(self._device)
+        s.data_seconds = time.perf_counter() - t0
+        s.batch_inputs, s.batch_targets, s.batch_size = batch.inputs, batch.targets, batch.size
+        memory.reset_peak(self._device)
+        self._probe.begin_forward(s.measured)
+        try:
+            s.outputs = self._scenario.call_model(batch.inputs)
+        finally:
+            self._probe.end_forward()
+            s.charge("forward_hooks", self._probe.seconds)
+        if not s.measured:
+            return
+        t0 = time.perf_counter()
+        stacked = self._probe.stacked_forward()
+        # Sync point: the forward's one device->host transfer, all modules at once.
+        rows = stacked.tolist() if stacked is not None else []
+        calls = self._probe.calls
+        s.modules, root = self._module_stats(calls, rows)
+        s.outputs_finite = root is None
+        s.activation_bytes = self._activation_bytes(calls)
+        s.charge("forward_stats", time.perf_counter() - t0)
+        self._run_health(s, lambda: self._health.forward(s.step, s.modules, root))
+
+    def _loss(self, s: _StepState) -> None:
+        self._phase_findings = []
+        loss = self._scenario.loss_fn(s.outputs, s.batch_targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            got = type(loss).__name__ if not isinstance(loss, torch.Tensor) else f"a tensor of shape {tuple(loss.shape)}"
+            raise ScenarioError(
+                f"loss_fn returned {got}; expected a scalar Tensor (reduce with .mean() or .sum())."
+            )
+        s.loss_tensor = loss
+        t0 = time.perf_counter()
+        # Sync point: the loss value, the LOSS phase's one transfer (a user's loop logs it too).
+        s.loss = float(loss.detach().reshape(()).tolist())
+        s.charge("loss_value", time.perf_counter() - t0)
+        self._run_health(s, lambda: self._health.loss(s.step, s.loss, s.outputs_finite))
+
+    def _backward(self, s: _StepState) -> None:
+        self._phase_findings = []
+        assert s.loss_tensor is not None
+        self._probe.seconds = 0.0
+        s.loss_tensor.backward()
+        s.charge("grad_hooks", self._probe.seconds)
+        t0 = time.perf_counter()
+        root = None
+        if s.measured:
+            grad_stats, with_grad = grad_stats_tensor(self._params, self.config.sample_size)
+            act = self._probe.stacked_grads()
+            parts = [t.reshape(-1) for t in (act, grad_stats) if t is not None]
+            n_act = act.numel() if act is not None else 0
+            # Sync point: the backward's one transfer (activation-grad norms + parameter stats).
+            flat = torch.cat([p.to(parts[0].device, torch.float32) for p in parts]).tolist() if parts else []
+            act_norms = flat[:n_act]
+            width = grad_stats.shape[1] if grad_stats is not None else 0
+            rows = [flat[n_act + i * width: n_act + (i + 1) * width] for i in range(len(with_grad))]
+            params = param_stats_from_rows(self._params, rows, with_grad)
+            norms = [p.grad_norm for p in params if p.grad_norm is not None]
+            s.total_grad_norm = math.sqrt(sum(n * n for n in norms)) if norms else None
+            s.params = tuple(params)
+            s.modules = self._attach_grad_norms(s.modules, act_norms)
+            if s.loss is None or math.isfinite(s.loss):
+                root = self._backward_root(act_norms, params)
+        else:
+            total = total_grad_norm_tensor(self._params)
+            # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
+            s.total_grad_norm = float(total.tolist()) if total is not None else None
+            no_grad = [p for p in self._params if p.param.grad is None]
+            if no_grad:  # a host-side check: no transfer needed to see a missing .grad
+                s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,
+                                            None, None, None, None, has_grad=False) for p in no_grad)
+        s.charge("backward_stats", time.perf_counter() - t0)
+        self._run_health(s, lambda: self._health.backward(s.step, s.total_grad_norm, s.params, root, s.measured))
+
+    def _optimizer_step(self, s: _StepState) -> None:
+        self._phase_findings = []
+        opt = self._scenario.optimizer
+        s.lrs = self._lrs()
+        before: list[torch.Tensor] | None = None
+        t0 = time.perf_counter()
+        refs = [r for r in self._params]
+        if s.measured and refs:
+            with torch.no_grad():
+                before = [r.param.detach().clone() for r in refs]
+        s.charge("update_stats", time.perf_counter() - t0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if self._scenario.scheduler is not None:
+            self._scenario.scheduler.step()
+        if before is None:
+            return
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            now = [r.param.detach() for r in refs]
+            update_norms = torch._foreach_norm(torch._foreach_sub(now, before))
+            weight_norms = torch._foreach_norm(now)
+            both = torch.stack([n.to(torch.float32) for n in (*update_norms, *weight_norms)])
+        # Sync point: the optimizer phase's one transfer (update and weight norms).
+        values = both.tolist()
+        n = len(refs)
+        updates, weights_after = values[:n], values[n:]
+        by_name = {p.name: p for p in s.params}
+        params: list[ParamStats] = []
+        non_finite: list[ParamStats] = []
+        for ref, upd, w_after in zip(refs, updates, weights_after):
+            p = by_name.get(ref.name)
+            if p is None:
+                continue
+            w = p.weight_norm
+            ratio = upd / w if w is not None and w > 0 and math.isfinite(w) else None
+            p = dataclasses.replace(p, update_norm=upd, update_ratio=ratio)
+            params.append(p)
+            if not math.isfinite(w_after) and (w is None or math.isfinite(w)):
+                non_finite.append(dataclasses.replace(p, weight_norm=w_after))
+        s.params = tuple(params)
+        s.charge("update_stats", time.perf_counter() - t0)
+        self._run_health(s, lambda: self._health.optimizer_step(s.step, s.params, non_finite))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _new_state(self) -> _StepState:
+        return _StepState(step=self._step, measured=self._step % self.config.stats_every == 0)
+
+    def _run_health(self, s: _StepState, rule: Callable[[], list[Finding]]) -> None:
+        t0 = time.perf_counter()
+        found = rule()
+        s.findings.extend(found)
+        self._phase_findings.extend(found)
+        s.charge("health", time.perf_counter() - t0)
+
+    def _lrs(self) -> tuple[float, ...]:
+        return tuple(float(g.get("lr", float("nan"))) for g in self._scenario.optimizer.param_groups)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Engine is closed; build a new one")
+
+    def _next_batch(self) -> Any:
+        data = self._scenario.data
+        for attempt in range(2):
+            if self._data_iter is None:
+                self._data_iter = iter(data)
+                self._batches_in_epoch = 0
+            try:
+                item = next(self._data_iter)
+            except StopIteration:
+                # Cycle: restart the loader when exhausted and count the epoch.
+                self._data_iter = None
+                if self._batches_in_epoch > 0:
+                    self._epoch += 1
+                continue
+            self._batches_in_epoch += 1
+            return split_batch(item)
+        raise ScenarioError("scenario data yielded no batches; it must yield at least one (inputs, targets).")
+
+    def _check_breakpoints(self, phase: Phase, s: _StepState, phase_findings: Sequence[Finding]) -> BreakHit | None:
+        # Pause before the optimizer step (after backward), with everything the step found so far;
+        # update findings only exist after the step, so those pause right after it.
+        if not self._breakpoints:
+            return None
+        if phase is Phase.BACKWARD:
+            candidates: Sequence[Finding] = s.findings
+        elif phase is Phase.OPTIMIZER_STEP:
+            candidates = phase_findings
+        else:
+            return None
+        for bp in self._breakpoints:
+            if phase is Phase.OPTIMIZER_STEP and bp.condition != "finding":
+                continue
+            hit = bp.check(step=s.step, phase=phase, loss=s.loss, total_grad_norm=s.total_grad_norm,
+                           findings=candidates)
+            if hit is not None:
+                return hit
+        return None
+
+    def _finish_step(self, s: _StepState, *, skipped: bool) -> StepRecord:
+        t0 = time.perf_counter()
+        mem = memory.sample(self._device, s.activation_bytes)
+        s.charge("memory", time.perf_counter() - t0)
+        record = StepRecord(
+            step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,
+            phase_seconds=dict(s.phase_seconds), memory=mem, modules=s.modules, params=s.params,
+            findings=tuple(s.findings), skipped=skipped,
+            instrument_seconds=sum(s.instrument.values()), instrument_breakdown=dict(s.instrument),
+            epoch=self._epoch, batch_size=s.batch_size, measured=s.measured,
+            data_seconds=s.data_seconds,
+        )
+        if skipped:
+            self._skipped_steps += 1
+        self._history.append(record)
+        self._step += 1
+        self._next_phase = Phase.FORWARD
+        self._state = self._new_state()
+        return record
+
+    def _abort_step(self) -> None:
+        """Leave the engine usable after a user exception: the next call starts a fresh step."""
+        self._probe.reset()
+        try:
+            self._scenario.optimizer.zero_grad(set_to_none=True)
+        except Exception:  # a broken optimizer must not hide the user's original error
+            pass
+        self._step += 1
+        self._next_phase = Phase.FORWARD
+        self._state = self._new_state()
+
+    def _module_stats(self, calls: list[CallInfo], rows: list[list[float]]) -> tuple[tuple[ModuleStats, ...], tuple[str, bool] | None]:
+        last: dict[str, tuple[CallInfo, list[float]]] = {}
+        counts: dict[str, int] = {}
+        root: tuple[str, bool] | None = None
+        fallback: tuple[str, bool] | None = None
+        for call, row in zip(calls, rows):
+            counts[call.name] = counts.get(call.name, 0) + 1
+            last[call.name] = (call, row)
+            if not call.measured:
+                continue
+            finite = math.isfinite(row[F_MIN]) and math.isfinite(row[F_MAX])
+            if not finite:
+                inputs_finite = row[F_IN_FINITE] == 1.0
+                # Calls are in completion order: a child before its parent, so the first
+                # non-finite output with finite inputs is the innermost culprit.
+                if inputs_finite and root is None:
+                    root = (call.name, True)
+                if fallback is None:
+                    fallback = (call.name, False)
+        order = {name: i for i, name in enumerate(self._probe.execution_order)}
+        stats = [self._one_module(call, row, counts[name]) for name, (call, row) in last.items()]
+        stats.sort(key=lambda m: order.get(m.name, len(order)))
+        return tuple(stats), root or fallback
+
+    @staticmethod
+    def _one_module(call: CallInfo, row: list[float], calls: int) -> ModuleStats:
+        type_name = type(call.module).__name__
+        if not call.measured:
+            return ModuleStats(call.name, type_name, (), "", "", None, None, None, None, None, None,
+                               None, None, 0, calls=calls,
+                               inputs_finite=row[F_IN_FINITE] == 1.0 if math.isfinite(row[F_IN_FINITE]) else None)
+        numel = max(call.numel, 1)
+        mn, mx = row[F_MIN], row[F_MAX]
+        finite = math.isfinite(mn) and math.isfinite(mx)
+        scale = numel / max(row[F_SAMPLE_N], 1.0)
+        nan = 0 if finite else max(int(round(row[F_NAN] * scale)), 1 if math.isnan(mn) else 0)
+        inf = 0 if finite else max(int(round(row[F_INF] * scale)),
+                                   1 if (math.isinf(mn) or math.isinf(mx)) else 0)
+
+        def opt(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return ModuleStats(
+            name=call.name, type_name=type_name, shape=call.shape, dtype=call.dtype, device=call.device,
+            mean=row[F_SUM] / numel, std=row[F_STD], min=mn, max=mx,
+            abs_max=max(abs(mn), abs(mx)) if not (math.isnan(mn) or math.isnan(mx)) else float("nan"),
+            zero_fraction=row[F_ZERO], nan_count=nan, inf_count=inf, bytes=call.nbytes, calls=calls,
+            inputs_finite=row[F_IN_FINITE] == 1.0, dead_fraction=opt(row[F_DEAD]),
+            saturated_fraction=opt(row[F_SAT]), sampled=call.sampled,
+        )
+
+    @staticmethod
+    def _activation_bytes(calls: list[CallInfo]) -> int:
+        seen: set[int] = set()
+        total = 0
+        for call in calls:
+            if call.is_leaf and call.measured and call.out_id not in seen:
+                seen.add(call.out_id or -1)
+                total += call.nbytes
+        return total
+
+    def _attach_grad_norms(self, modules: tuple[ModuleStats, ...], norms: list[float]) -> tuple[ModuleStats, ...]:
+        by_name: dict[str, float] = {}
+        for call_index, norm in zip(self._probe.grad_calls, norms):
+            by_name[self._probe.calls[call_index].name] = norm  # the last call's gradient wins
+        return tuple(
+            dataclasses.replace(m, grad_norm=by_name[m.name], grad_finite=math.isfinite(by_name[m.name]))
+            if m.name in by_name else m
+            for m in modules
+        )
+
+    def _backward_root(self, norms: list[float], params: list[ParamStats]) -> tuple[str, str | None, str] | None:
+        calls = self._probe.calls
+        grad_of: dict[int, float] = dict(zip(self._probe.grad_calls, norms))
+        backward_order = {call: i for i, call in enumerate(self._probe.grad_calls)}
+        bad = {c for c, n in grad_of.items() if not math.isfinite(n)}
+        if bad:
+            # Where the gradient turned non-finite: a call whose output gradient is finite but
+            # which passed a non-finite gradient to the module that produced its input.
+            candidates = [c for c in calls if c.index in grad_of and c.index not in bad
+                          and any(p in bad for p in c.producers)]
+            names = [c.name for c in candidates]
+            innermost = [c for c in candidates
+                         if not any(o != c.name and (c.name == "" or o.startswith(c.name + ".")) for o in names)]
+            innermost.sort(key=lambda c: backward_order.get(c.index, 0))
+            if innermost:
+                c = innermost[0]
+                return (c.name, None,
+                        f"module {c.name!r} ({type(c.module).__name__}) turned a finite gradient into "
+                        "NaN/Inf in its backward: the gradient reaching its output is finite, the one "
+                        "it passes to its input is not. Look for sqrt/log/pow/division at 0 or "
+                        "a custom autograd Function in it.")
+            out_call = self._probe.model_output_call
+            if out_call is not None and out_call in bad:
+                return ("", None,
+                        "the loss's backward produced a NaN/Inf gradient for the model output: "
+                        "check the loss function near 0/1 (log of 0) and its targets.")
+            first = min(bad, key=lambda c: backward_order[c])
+            c = calls[first]
+            return (c.name, None,
+                    f"the first non-finite gradient in backward order is at the output of "
+                    f"{c.name!r} ({type(c.module).__name__}).")
+        for p in reversed(params):  # backward visits the last layers first
+            if p.has_grad and p.grad_norm is not None and not math.isfinite(p.grad_norm):
+                return (p.module, p.name,
+                        f"the gradient of parameter {p.name!r} is NaN/Inf while every activation "
+                        "gradient is finite: something in its weight-gradient path (a hook, a custom "
+                        "autograd Function, a .register_hook) introduces it.")
+        return None

@@ -1,0 +1,284 @@
+"""Health rules: turn one phase's measurements into Findings.
+
+The rules run on host-side numbers only (after the phase's single transfer).
+Every threshold lives in ``HealthThresholds``; the defaults were chosen so
+that the bundled healthy scenarios raise no error finding over 30 steps
+while the pathological ones in tests/broken_scenarios/ each trip their rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workbench.engine.records import (
+    DEAD_UNITS,
+    EXPLODING_GRADIENT,
+    HUGE_UPDATES,
+    LOSS_DIVERGENCE,
+    NAN_INF,
+    NO_GRADIENT,
+    SATURATED_ACTIVATIONS,
+    TINY_UPDATES,
+    VANISHING_GRADIENT,
+    Finding,
+    ModuleStats,
+    ParamStats,
+    Phase,
+)
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Thresholds of the health rules, with the reasoning behind each default.
+
+    grad_norm_abs: a total or per-parameter gradient norm above 1e3 is far
+        outside what a normalised model with a mean-reduced loss produces
+        (the bundled scenarios stay below ~30); it means an unscaled loss,
+        a missing normalisation or a learning rate that already diverged.
+    grad_norm_spike: x times the norm's running average (EMA, decay
+        ``ema_decay``) after ``warmup_steps`` steps; noise between batches
+        moves the norm by 2-3x, a blow-up by orders of magnitude.
+    vanishing_ratio / learning_ratio: a parameter whose grad norm is below
+        1e-7 of its weight norm while another parameter's is above 1e-4
+        gets no meaningful signal compared with the rest of the network.
+    dead_fraction: over half of a ReLU layer's units zero for the whole batch.
+    saturated_fraction / saturation_band: over 90% of a Sigmoid/Tanh layer's
+        outputs within 0.1% of the output range from a bound (the gradient
+        there is < 1e-3 of its peak).
+    tiny_update_ratio / huge_update_ratio: the healthy band of
+        ||update|| / ||weight|| is roughly 1e-4..1e-2 per step (Karpathy's
+        ~1e-3 rule of thumb); below 1e-8 nothing is learnt, above 1.0 the
+        step replaces the weights. Ratios are ignored while the weight norm
+        is below ``min_weight_norm`` (zero-initialised biases) and, for
+        huge_updates, during the first ``warmup_steps`` steps (Adam's first
+        steps are lr-sized whatever the weight scale).
+    loss_factor / loss_window: the mean of the last 5 losses above 4x the
+        best such mean seen (and at least ``loss_min_rise`` above it).
+    """
+
+    grad_norm_abs: float = 1e3
+    grad_norm_spike: float = 50.0
+    ema_decay: float = 0.9
+    warmup_steps: int = 5
+    vanishing_ratio: float = 1e-7
+    learning_ratio: float = 1e-4
+    dead_fraction: float = 0.5
+    saturated_fraction: float = 0.9
+    saturation_band: float = 1e-3
+    tiny_update_ratio: float = 1e-8
+    huge_update_ratio: float = 1.0
+    min_weight_norm: float = 1e-3
+    loss_factor: float = 4.0
+    loss_window: int = 5
+    loss_min_rise: float = 0.1
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+class HealthMonitor:
+    """Stateful rules (running averages, best loss) for one engine."""
+
+    def __init__(self, thresholds: HealthThresholds) -> None:
+        self.t = thresholds
+        self._total_ema: float | None = None
+        self._param_ema: dict[str, float] = {}
+        self._losses: deque[float] = deque(maxlen=thresholds.loss_window)
+        self._best_window: float | None = None
+        self._steps_seen = 0
+
+    # -- forward ---------------------------------------------------------------------
+    def forward(self, step: int, modules: Sequence[ModuleStats], root: tuple[str, bool] | None) -> list[Finding]:
+        """``root``: (module, inputs_were_finite) of the first non-finite output, if any."""
+        out: list[Finding] = []
+        if root is not None:
+            name, inputs_finite = root
+            where = f"module {name!r}" if name else "the model's forward()"
+            if inputs_finite:
+                msg = (f"{where} produced NaN/Inf from finite inputs: the first non-finite "
+                       "activation of this step. Look for log/sqrt/division of values that can "
+                       "reach 0 or below, exp overflow, or weights already non-finite.")
+            else:
+                msg = (f"{where} received NaN/Inf inputs: the batch itself (or code outside any "
+                       "module) is non-finite. Check the data pipeline.")
+            out.append(Finding(step, Phase.FORWARD, name, None, NAN_INF, "error", None, None, msg))
+        for m in modules:
+            if m.dead_fraction is not None and m.dead_fraction > self.t.dead_fraction:
+                out.append(Finding(
+                    step, Phase.FORWARD, m.name, None, DEAD_UNITS, "warning", m.dead_fraction,
+                    self.t.dead_fraction,
+                    f"{m.dead_fraction:.0%} of the units of {m.name!r} ({m.type_name}) output zero "
+                    "for the whole batch: they pass no gradient and no longer learn. Try a lower "
+                    "learning rate, LeakyReLU/GELU, or check the bias initialisation.",
+                ))
+            if m.saturated_fraction is not None and m.saturated_fraction > self.t.saturated_fraction:
+                out.append(Finding(
+                    step, Phase.FORWARD, m.name, None, SATURATED_ACTIVATIONS, "warning",
+                    m.saturated_fraction, self.t.saturated_fraction,
+                    f"{m.saturated_fraction:.0%} of the outputs of {m.name!r} ({m.type_name}) are "
+                    "pinned at its bounds, where its gradient is almost zero. Normalise its inputs "
+                    "(BatchNorm/LayerNorm), scale down the preceding weights, or use logits with a "
+                    "*WithLogits loss.",
+                ))
+        return out
+
+    # -- loss ------------------------------------------------------------------------
+    def loss(self, step: int, loss: float | None, outputs_finite: bool | None) -> list[Finding]:
+        out: list[Finding] = []
+        if loss is None:
+            return out
+        if not math.isfinite(loss):
+            if outputs_finite is not False:
+                out.append(Finding(
+                    step, Phase.LOSS, "", None, NAN_INF, "error", loss, None,
+                    f"the loss function returned {loss} from finite model outputs: check the "
+                    "targets and the loss inputs (log of 0, probabilities outside [0, 1]).",
+                ))
+            out.append(Finding(
+                step, Phase.LOSS, "", None, LOSS_DIVERGENCE, "error", loss, None,
+                f"the loss is {loss}: training has diverged. Lower the learning rate, clip "
+                "gradients, or find the first nan_inf finding of this step.",
+            ))
+            return out
+        self._losses.append(loss)
+        if len(self._losses) == self._losses.maxlen:
+            window = sum(self._losses) / len(self._losses)
+            best = self._best_window
+            if best is None or window < best:
+                self._best_window = window
+            elif window > self.t.loss_factor * best and window - best > self.t.loss_min_rise:
+                out.append(Finding(
+                    step, Phase.LOSS, "", None, LOSS_DIVERGENCE, "error", window,
+                    self.t.loss_factor * best,
+                    f"the loss (mean of the last {len(self._losses)} steps: {window:.4g}) rose to "
+                    f"{window / best:.1f}x its best ({best:.4g}): training is diverging. Lower the "
+                    "learning rate or add gradient clipping.",
+                ))
+        return out
+
+    # -- backward --------------------------------------------------------------------
+    def backward(
+        self,
+        step: int,
+        total_norm: float | None,
+        params: Sequence[ParamStats],
+        root: tuple[str, str | None, str] | None,
+        measured: bool,
+    ) -> list[Finding]:
+        """``root``: (module, parameter, message) where gradients first turned non-finite."""
+        t = self.t
+        out: list[Finding] = []
+        self._steps_seen += 1
+        if root is not None:
+            module, parameter, message = root
+            out.append(Finding(step, Phase.BACKWARD, module, parameter, NAN_INF, "error", None, None, message))
+        elif total_norm is not None and not math.isfinite(total_norm):
+            out.append(Finding(
+                step, Phase.BACKWARD, "", None, NAN_INF, "error", total_norm, None,
+                "the total gradient norm is non-finite"
+                + ("" if measured else " (per-layer stats were skipped this step: run with "
+                   "stats every step to find the module)") + ".",
+            ))
+        warm = self._steps_seen > t.warmup_steps
+        if _finite(total_norm):
+            assert total_norm is not None
+            if total_norm > t.grad_norm_abs:
+                out.append(Finding(
+                    step, Phase.BACKWARD, "", None, EXPLODING_GRADIENT, "error", total_norm, t.grad_norm_abs,
+                    f"the total gradient norm is {total_norm:.4g} (> {t.grad_norm_abs:g}). Lower the "
+                    "learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), or check the "
+                    "loss scale and input normalisation.",
+                ))
+            elif warm and self._total_ema and total_norm > t.grad_norm_spike * self._total_ema:
+                out.append(Finding(
+                    step, Phase.BACKWARD, "", None, EXPLODING_GRADIENT, "error", total_norm,
+                    t.grad_norm_spike * self._total_ema,
+                    f"the total gradient norm jumped to {total_norm:.4g}, "
+                    f"{total_norm / self._total_ema:.0f}x its running average "
+                    f"({self._total_ema:.3g}). Clip gradients or lower the learning rate.",
+                ))
+            self._total_ema = total_norm if self._total_ema is None else (
+                t.ema_decay * self._total_ema + (1 - t.ema_decay) * total_norm)
+        learning = any(
+            _finite(p.grad_norm) and _finite(p.weight_norm) and p.weight_norm > t.min_weight_norm  # type: ignore[operator]
+            and p.grad_norm / p.weight_norm > t.learning_ratio  # type: ignore[operator]
+            for p in params
+        )
+        for p in params:
+            if not p.has_grad:
+                out.append(Finding(
+                    step, Phase.BACKWARD, p.module, p.name, NO_GRADIENT, "error", None, None,
+                    f"parameter {p.name!r} requires grad but received no gradient: it is not on "
+                    "the path from the inputs to the loss (an unused branch, a .detach(), "
+                    "torch.no_grad() or .data in forward). Fix the graph, or freeze it with "
+                    "requires_grad_(False).",
+                ))
+                continue
+            g = p.grad_norm
+            if not _finite(g):
+                continue
+            assert g is not None
+            ema = self._param_ema.get(p.name)
+            if g > t.grad_norm_abs:
+                out.append(Finding(
+                    step, Phase.BACKWARD, p.module, p.name, EXPLODING_GRADIENT, "error", g, t.grad_norm_abs,
+                    f"the gradient norm of {p.name!r} is {g:.4g} (> {t.grad_norm_abs:g}). Clip "
+                    "gradients, lower the learning rate, or add normalisation before this layer.",
+                ))
+            elif warm and ema and g > t.grad_norm_spike * ema:
+                out.append(Finding(
+                    step, Phase.BACKWARD, p.module, p.name, EXPLODING_GRADIENT, "error", g,
+                    t.grad_norm_spike * ema,
+                    f"the gradient norm of {p.name!r} jumped to {g:.4g}, {g / ema:.0f}x its running "
+                    f"average ({ema:.3g}). Clip gradients or lower the learning rate.",
+                ))
+            self._param_ema[p.name] = g if ema is None else t.ema_decay * ema + (1 - t.ema_decay) * g
+            w = p.weight_norm
+            if learning and _finite(w) and w > t.min_weight_norm and g / w < t.vanishing_ratio:  # type: ignore[operator]
+                ratio = g / w  # type: ignore[operator]
+                out.append(Finding(
+                    step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, "warning", ratio,
+                    t.vanishing_ratio,
+                    f"the gradient of {p.name!r} is {ratio:.2g} of its weight norm while other "
+                    "layers learn: it gets almost no signal. Look for saturated or dead "
+                    "activations upstream, a very deep plain stack (add residuals/normalisation), "
+                    "or a detached path.",
+                ))
+        return out
+
+    # -- optimizer step -------------------------------------------------------------
+    def optimizer_step(self, step: int, params: Sequence[ParamStats], non_finite: Sequence[ParamStats]) -> list[Finding]:
+        t = self.t
+        out: list[Finding] = []
+        for p in non_finite:
+            out.append(Finding(
+                step, Phase.OPTIMIZER_STEP, p.module, p.name, NAN_INF, "error", p.weight_norm, None,
+                f"parameter {p.name!r} became non-finite in the optimizer step: the update "
+                "overflowed or the gradient was non-finite. Clip gradients, lower the learning "
+                "rate, or check the optimizer's eps.",
+            ))
+        warm = self._steps_seen > t.warmup_steps
+        for p in params:
+            r, w = p.update_ratio, p.weight_norm
+            if not _finite(r) or not _finite(w) or w < t.min_weight_norm:  # type: ignore[operator]
+                continue
+            assert r is not None
+            if r < t.tiny_update_ratio and p.has_grad:
+                out.append(Finding(
+                    step, Phase.OPTIMIZER_STEP, p.module, p.name, TINY_UPDATES, "warning", r,
+                    t.tiny_update_ratio,
+                    f"the step changed {p.name!r} by {r:.2g} of its norm: it is not learning. "
+                    "Raise the learning rate, or check for vanishing gradients or a frozen group.",
+                ))
+            elif warm and r > t.huge_update_ratio:
+                out.append(Finding(
+                    step, Phase.OPTIMIZER_STEP, p.module, p.name, HUGE_UPDATES, "warning", r,
+                    t.huge_update_ratio,
+                    f"the step changed {p.name!r} by {r:.2g}x its norm: the weights are being "
+                    "overwritten each step. Lower the learning rate or add warm-up.",
+                ))
+        return out

@@ -1,0 +1,89 @@
+"""Per-parameter gradient, weight and update stats, batched into one transfer per phase."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from workbench.engine.probe import strided_sample
+from workbench.engine.records import ParamStats
+
+# Layout of the per-parameter gradient vector.
+(G_NORM, G_SUM, G_MIN, G_MAX, G_STD, G_NAN, G_INF, G_SAMPLE_N, G_WEIGHT) = range(9)
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    name: str
+    module: str
+    param: nn.Parameter
+
+
+def param_refs(model: nn.Module) -> list[ParamRef]:
+    """Trainable parameters with their qualified and owning-module names (shared ones once)."""
+    refs: list[ParamRef] = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            module, _, _ = name.rpartition(".")
+            refs.append(ParamRef(name, module, p))
+    return refs
+
+
+def grad_stats_tensor(refs: list[ParamRef], sample_size: int) -> tuple[torch.Tensor | None, list[int]]:
+    """(P_with_grad, 9) stats on the device, and the indexes of refs that had a grad."""
+    with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
+    if not with_grad:
+        return None, with_grad
+    grads = [refs[i].param.grad.detach() for i in with_grad]  # type: ignore[union-attr]
+    weights = [refs[i].param.detach() for i in with_grad]
+    f32 = torch.float32
+    grad_norms = torch._foreach_norm(grads)
+    weight_norms = torch._foreach_norm(weights)
+    rows = []
+    for g, gn, wn in zip(grads, grad_norms, weight_norms):
+        mn, mx = torch.aminmax(g)
+        sample = strided_sample(g, sample_size).to(f32)
+        rows.append(torch.stack([
+            gn.to(f32), g.sum(dtype=f32), mn.to(f32), mx.to(f32), sample.std(correction=0)
+            if sample.numel() > 1 else sample.new_zeros(()),
+            torch.isnan(sample).sum(dtype=f32), torch.isinf(sample).sum(dtype=f32),
+            sample.new_full((), float(sample.numel())), wn.to(f32),
+        ]))
+    return torch.stack(rows), with_grad
+
+
+def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
+    grads = [r.param.grad.detach() for r in refs if r.param.grad is not None]
+    if not grads:
+        return None
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.to(torch.float32) for n in norms]))
+
+
+def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_grad: list[int]) -> list[ParamStats]:
+    by_index = dict(zip(with_grad, rows))
+    out: list[ParamStats] = []
+    for i, ref in enumerate(refs):
+        shape = tuple(ref.param.shape)
+        row = by_index.get(i)
+        if row is None:
+            out.append(ParamStats(ref.name, ref.module, shape, None, None, None, None, None, None,
+                                  None, has_grad=False))
+            continue
+        numel = max(ref.param.numel(), 1)
+        mn, mx = row[G_MIN], row[G_MAX]
+        finite = math.isfinite(mn) and math.isfinite(mx)
+        scale = numel / max(row[G_SAMPLE_N], 1.0)
+        nan = 0 if finite else max(int(round(row[G_NAN] * scale)), 1 if math.isnan(mn) else 0)
+        inf = 0 if finite else max(int(round(row[G_INF] * scale)),
+                                   1 if (math.isinf(mn) or math.isinf(mx)) else 0)
+        out.append(ParamStats(
+            name=ref.name, module=ref.module, shape=shape, grad_norm=row[G_NORM],
+            grad_mean=row[G_SUM] / numel, grad_std=row[G_STD],
+            grad_abs_max=max(abs(mn), abs(mx)) if finite else float("nan") if nan else float("inf"),
+            grad_nan=nan, grad_inf=inf, weight_norm=row[G_WEIGHT],
+        ))
+    return out

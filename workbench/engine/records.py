@@ -1,0 +1,240 @@
+"""The engine's results: plain, frozen dataclasses (no torch tensors inside).
+
+Every number is a plain Python ``int``/``float`` (``None`` when it was not
+measured), so records can be kept in a ring buffer, sent to a UI thread,
+pickled, or written to JSON without touching the device again.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning", "info"]
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "error": 2}
+
+# Finding kinds (exact strings shared with the UI, breakpoints and reports).
+NAN_INF = "nan_inf"
+EXPLODING_GRADIENT = "exploding_gradient"
+VANISHING_GRADIENT = "vanishing_gradient"
+DEAD_UNITS = "dead_units"
+SATURATED_ACTIVATIONS = "saturated_activations"
+NO_GRADIENT = "no_gradient"
+TINY_UPDATES = "tiny_updates"
+HUGE_UPDATES = "huge_updates"
+LOSS_DIVERGENCE = "loss_divergence"
+FINDING_KINDS: tuple[str, ...] = (
+    NAN_INF,
+    EXPLODING_GRADIENT,
+    VANISHING_GRADIENT,
+    DEAD_UNITS,
+    SATURATED_ACTIVATIONS,
+    NO_GRADIENT,
+    TINY_UPDATES,
+    HUGE_UPDATES,
+    LOSS_DIVERGENCE,
+)
+
+
+class Phase(str, enum.Enum):
+    """One quarter of a training step, in the order the engine runs them."""
+
+    FORWARD = "forward"
+    LOSS = "loss"
+    BACKWARD = "backward"
+    OPTIMIZER_STEP = "optimizer_step"
+
+    def __str__(self) -> str:  # "forward", not "Phase.FORWARD", in messages
+        return self.value
+
+    @property
+    def next(self) -> Phase:
+        order = PHASES
+        return order[(order.index(self) + 1) % len(order)]
+
+
+PHASES: tuple[Phase, ...] = (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
+
+
+@dataclass(frozen=True)
+class ModuleStats:
+    """One module's forward output, summarised (the last call when a module runs twice).
+
+    ``std``, ``zero_fraction`` and (for non-finite tensors) ``nan_count`` /
+    ``inf_count`` come from an evenly strided sample of at most
+    ``SAMPLE_SIZE`` elements when ``sampled`` is True; ``mean``, ``min``,
+    ``max`` and ``abs_max`` always cover the whole tensor, and a finite
+    tensor always has exactly 0 NaN/Inf.
+    """
+
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    abs_max: float | None
+    zero_fraction: float | None
+    nan_count: int | None
+    inf_count: int | None
+    bytes: int
+    calls: int = 1  # how many times the module ran in this forward
+    inputs_finite: bool | None = None  # every floating input of the last call was finite
+    dead_fraction: float | None = None  # ReLU family: units zero for the whole batch
+    saturated_fraction: float | None = None  # Sigmoid/Tanh: outputs pinned at their bounds
+    grad_norm: float | None = None  # norm of d(loss)/d(output), filled after backward
+    grad_finite: bool | None = None
+    sampled: bool = False
+
+    @property
+    def finite(self) -> bool | None:
+        if self.nan_count is None or self.inf_count is None:
+            return None
+        return self.nan_count == 0 and self.inf_count == 0
+
+
+@dataclass(frozen=True)
+class ParamStats:
+    """One parameter after backward (grad_*) and after the optimizer step (update_*)."""
+
+    name: str
+    module: str
+    shape: tuple[int, ...]
+    grad_norm: float | None
+    grad_mean: float | None
+    grad_std: float | None
+    grad_abs_max: float | None
+    grad_nan: int | None
+    grad_inf: int | None
+    weight_norm: float | None
+    update_norm: float | None = None
+    update_ratio: float | None = None
+    has_grad: bool = True  # False: requires_grad but .grad is None after backward
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A health problem, in plain words with the number and what to try."""
+
+    step: int
+    phase: Phase
+    module: str
+    parameter: str | None
+    kind: str
+    severity: Severity
+    value: float | None
+    threshold: float | None
+    message: str
+
+    @property
+    def where(self) -> str:
+        name = self.parameter or self.module
+        return name if name else "(model)"
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    rss_bytes: int | None
+    cuda_allocated: int | None = None
+    cuda_reserved: int | None = None
+    cuda_peak: int | None = None
+    activation_bytes: int | None = None  # leaf-module outputs of the last measured forward
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Everything recorded for one completed training step."""
+
+    step: int
+    loss: float | None
+    total_grad_norm: float | None
+    lrs: tuple[float, ...]
+    phase_seconds: dict[Phase, float]
+    memory: MemorySample
+    modules: tuple[ModuleStats, ...]  # empty when stats were skipped this step
+    params: tuple[ParamStats, ...]
+    findings: tuple[Finding, ...]
+    skipped: bool = False  # the optimizer step was skipped (Engine.skip_step)
+    instrument_seconds: float = 0.0  # the debugger's own cost in this step
+    instrument_breakdown: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0
+    batch_size: int = 0
+    measured: bool = True  # module/param stats were taken this step
+    data_seconds: float = 0.0  # fetching the batch (not part of any phase)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.phase_seconds.values())
+
+    def module(self, name: str) -> ModuleStats | None:
+        for m in self.modules:
+            if m.name == name:
+                return m
+        return None
+
+    def param(self, name: str) -> ParamStats | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class BreakHit:
+    """A breakpoint fired: the engine is paused (before the optimizer step)."""
+
+    step: int
+    phase: Phase
+    breakpoint: str  # Breakpoint.describe()
+    finding: Finding | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """The step in progress, as far as it got (Engine.current)."""
+
+    step: int
+    next_phase: Phase
+    phases_done: tuple[Phase, ...]
+    loss: float | None
+    total_grad_norm: float | None
+    phase_seconds: dict[Phase, float]
+    modules: tuple[ModuleStats, ...]
+    params: tuple[ParamStats, ...]
+    findings: tuple[Finding, ...]
+    measured: bool
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    phase: Phase
+    step: int
+    seconds: float
+    loss: float | None  # set once the LOSS phase has run
+    findings: tuple[Finding, ...]
+    break_hit: BreakHit | None = None
+    record: StepRecord | None = None  # set when this phase completed the step
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    steps_done: int
+    stopped_by: Literal["steps", "breakpoint", "stopped", "error"]
+    break_hit: BreakHit | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class ModuleNode:
+    """One node of Engine.module_tree."""
+
+    name: str
+    type_name: str
+    children: tuple[str, ...]
+    own_params: int  # parameters registered directly on this module
+    total_params: int  # including every descendant
