@@ -1,0 +1,244 @@
+"""`workbench profile`: real traces from real runs, read back by us and by torch-tb-profiler."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, SCENARIOS
+from workbench.cli import main
+from workbench.profiling.analysis import CATEGORIES, PHASES, analyze_file
+from workbench.profiling.export import (
+    METADATA_FILE,
+    ProfileOptions,
+    default_worker_name,
+    profile_scenario,
+    redirect_stderr_fd,
+)
+from workbench.profiling.runs import analyze_path
+from workbench.scenario import load_source
+
+MLP = str(SCENARIOS / "mlp_digits.py")
+SMALL = ["--wait", "0", "--warmup", "1", "--active", "2"]
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One real profile of mlp_digits (memory + shapes), shared by the tests below."""
+    logdir = tmp_path_factory.mktemp("logs")
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["profile", MLP, "--logdir", str(logdir), "--run", "r1", *SMALL, "--memory", "--shapes"])
+    assert rc == 0, out.getvalue()
+    return logdir / "r1", out.getvalue()
+
+
+def _trace(run_dir: Path) -> Path:
+    (path,) = run_dir.glob("*.pt.trace.json")
+    return path
+
+
+def test_profile_writes_the_tensorboard_layout_and_says_how_to_view_it(profiled: tuple[Path, str]) -> None:
+    run_dir, output = profiled
+    path = _trace(run_dir)
+    assert path.name.startswith(default_worker_name(0) + ".")
+    assert f"tensorboard --logdir {run_dir.parent}" in output
+    assert "trace size estimate" in output
+    meta = json.loads((run_dir / METADATA_FILE).read_text())
+    assert meta["scenario"] == MLP and meta["options"]["active"] == 2 and meta["files"] == [path.name]
+
+
+def test_trace_is_chrome_format_with_our_phase_ranges(profiled: tuple[Path, str]) -> None:
+    data = json.loads(_trace(profiled[0]).read_text())
+    events = data["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert set(PHASES) <= names
+    steps = sorted(e["name"] for e in events if str(e.get("name", "")).startswith("ProfilerStep#"))
+    assert steps == ["ProfilerStep#1", "ProfilerStep#2"]  # wait 0, warmup 1 (step 0), active 2
+    assert any(e.get("name") == "[memory]" for e in events)
+    assert any("Input Dims" in e.get("args", {}) for e in events if e.get("cat") == "cpu_op")
+
+
+def test_breakdown_of_a_real_trace_sums_to_the_step_time(profiled: tuple[Path, str]) -> None:
+    a = analyze_file(_trace(profiled[0]))
+    assert len(a.steps) == 2
+    for step in a.steps:
+        assert [c for c, _ in step.categories] == list(CATEGORIES)
+        assert all(t >= 0 for _, t in step.categories)
+        assert sum(t for _, t in step.categories) == pytest.approx(step.duration_us, rel=1e-9)
+        assert step.time("cpu_exec") > 0 and step.time("dataloader") > 0
+        assert step.time("kernel") == 0  # CPU only
+        assert {p for p, _ in step.phases} == set(PHASES)
+    assert any(o.name == "aten::addmm" and o.input_shapes for o in a.operators)
+    assert a.memory and a.memory[0].device == "cpu" and a.memory[0].peak_bytes > 0
+    assert a.gpu_utilization is None
+
+
+def test_output_shows_breakdown_operators_memory_and_rules(profiled: tuple[Path, str]) -> None:
+    output = profiled[1]
+    for text in ("step time breakdown", "CPU Exec", "top 15 operators", "aten::", "memory", "optimizer_step"):
+        assert text in output
+    assert "recommendations" in output or "No rule fired" in output
+
+
+def test_torch_tb_profiler_loads_our_run(profiled: tuple[Path, str], tmp_path: Path) -> None:
+    pytest.importorskip("torch_tb_profiler")
+    run_dir = profiled[0]
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from torch_tb_profiler import io
+        from torch_tb_profiler.profiler.loader import RunLoader
+
+        if __name__ == "__main__":
+            run = RunLoader("r1", sys.argv[1], io.Cache(sys.argv[2])).load()
+            (profile,) = run.get_profiles()
+            print(json.dumps({
+                "name": run.name,
+                "workers": list(run.workers),
+                "spans": list(run.get_spans() or []),
+                "steps": len(profile.overview["steps"]["rows"]),
+                "op_rows": len(profile.operation_table_by_name["data"]),
+            }))
+        """
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir.resolve()), str(cache)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["name"] == "r1"
+    assert loaded["workers"] == [default_worker_name(0)]
+    assert loaded["spans"] == ["1"]  # the plugin numbers spans from 1
+    assert loaded["steps"] == 2
+    assert loaded["op_rows"] > 5
+
+
+def test_analyze_an_existing_directory(profiled: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = profiled[0]
+    assert main(["profile", "--analyze", str(run_dir.parent)]) == 0  # a logdir: its newest run
+    out = capsys.readouterr().out
+    assert "run r1" in out and "step time breakdown" in out and "mlp_digits.py" in out
+
+
+def test_analyze_a_missing_directory_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--analyze", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope: no such file or directory" in err and "--verbose" not in err
+    assert main(["profile", "--analyze", str(tmp_path)]) == 2
+    assert "no *.pt.trace.json" in capsys.readouterr().err
+
+
+def test_unwritable_logdir_fails_before_profiling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["profile", MLP, "--logdir", str(blocker), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create directory" in err and str(blocker) in err
+    assert "trace size estimate" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "missing SCENARIO"),
+        ([MLP, "--analyze", "x"], "not both"),
+        ([MLP, "--steps", "2"], "--steps 2 leaves no active step"),
+        ([MLP, "--active", "0"], "--active must be >= 1"),
+        ([MLP, "--top", "0"], "--top must be >= 1"),
+        ([str(ROOT / "nope.py")], "nope.py: no such file"),
+    ],
+)
+def test_bad_arguments_are_exit_2_with_one_message(argv: list[str], message: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_huge_trace_estimate_stops_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["profile", MLP, "--logdir", str(tmp_path), "--run", "big", *SMALL, "--max-trace-mb", "0.01"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "over the 0.01 MB limit" in err and "--force" in err
+    assert not list((tmp_path / "big").glob("*.pt.trace.json*"))
+
+
+def test_gzip_trace_with_stack_has_module_ranges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["profile", MLP, "--logdir", str(tmp_path), "--run", "gz", *SMALL, "--gzip", "--stack"])
+    assert rc == 0, capsys.readouterr().err
+    (path,) = (tmp_path / "gz").glob("*.pt.trace.json.gz")
+    a = analyze_file(path)
+    assert {m.name for m in a.modules if m.kind == "module"} >= {"MLP_0", "Linear_0"}
+    assert a.with_stack
+
+
+def test_one_worker_file_per_rank_in_the_same_run(tmp_path: Path) -> None:
+    """What a DDP launcher does: each rank calls profile_scenario with its rank."""
+    source = load_source(MLP)
+    opts = ProfileOptions(wait=0, warmup=1, active=1)
+    for rank in (0, 1):
+        (written,) = profile_scenario(source.build("cpu"), tmp_path / "ddp", opts, rank=rank)
+        assert f"_rank{rank}." in written.name
+    result = analyze_path(tmp_path / "ddp")
+    assert sorted(w.worker for w in result.workers) == [default_worker_name(0), default_worker_name(1)]
+
+
+def test_stderr_redirect_captures_fd2_and_restores_it(tmp_path: Path) -> None:
+    log = tmp_path / "err.log"
+    before = os.fstat(2)
+    with redirect_stderr_fd(log):
+        os.write(2, b"[W profiler_start] native noise\n")
+    assert log.read_text() == "[W profiler_start] native noise\n"
+    after = os.fstat(2)
+    assert (before.st_ino, before.st_dev) == (after.st_ino, after.st_dev)
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_run_and_stops(profiled: tuple[Path, str]) -> None:
+    pytest.importorskip("tensorboard")
+    from workbench.profiling.tensorboard import start_tensorboard
+
+    tb = start_tensorboard(profiled[0].parent)
+    try:
+        base = tb.url.split("/#")[0]
+        deadline = time.monotonic() + 120
+        runs: dict = {"loading": True}
+        while runs.get("loading") and time.monotonic() < deadline:  # the plugin scans the logdir in the background
+            with urllib.request.urlopen(f"{base}/data/plugin/pytorch_profiler/runs", timeout=60) as resp:
+                runs = json.loads(resp.read())
+            time.sleep(0.5)
+        assert "r1" in runs["runs"]
+    finally:
+        tb.stop()
+    assert tb.process.poll() is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_profile_of_cnn_image_has_kernel_time(tmp_path: Path) -> None:
+    from workbench.profiling.export import run_profile
+
+    result = run_profile(load_source(str(SCENARIOS / "cnn_image.py")), "cuda", tmp_path,
+                         ProfileOptions(wait=1, warmup=1, active=3, memory=True), run="gpu")
+    (a,) = analyze_path(result.run_dir).workers
+    assert a.has_device_events and a.devices
+    for step in a.steps:
+        assert step.time("kernel") > 0
+        assert sum(t for _, t in step.categories) == pytest.approx(step.duration_us, rel=1e-9)
+    assert any(o.self_device_us > 0 for o in a.operators)
+    assert any(m.device.startswith("cuda") for m in a.memory)
