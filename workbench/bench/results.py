@@ -1,0 +1,230 @@
+"""Benchmark results: frozen dataclasses, lazy statistics, strict-JSON round trip.
+
+Modelled on ``torch.utils.benchmark``'s ``Measurement``: a :class:`Timing`
+keeps every raw sample (seconds per step) and computes median, IQR and min
+on demand, so nothing derived is stored twice and a JSON file can always be
+re-analysed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+FORMAT = "torch-workbench-bench"
+FORMAT_VERSION = 1
+
+# IQR/median above this means the machine was busy while we measured.
+NOISY_IQR_RATIO = 0.10
+
+Status = Literal["ok", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-step seconds of each timed block (block time / steps in the block)."""
+
+    samples: tuple[float, ...]
+    steps_per_sample: int = 1
+    samples_per_step: int = 0  # training samples consumed by one step (the batch size)
+
+    @cached_property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else math.nan
+
+    @cached_property
+    def min(self) -> float:
+        return min(self.samples) if self.samples else math.nan
+
+    @cached_property
+    def iqr(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        q = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return q[2] - q[0]
+
+    @property
+    def noisy(self) -> bool:
+        return self.median > 0 and self.iqr / self.median > NOISY_IQR_RATIO
+
+    @property
+    def throughput(self) -> float | None:
+        """Training samples per second at the median step time."""
+        if not self.samples_per_step or not self.median or math.isnan(self.median):
+            return None
+        return self.samples_per_step / self.median
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One row of the comparison table.
+
+    ``speedup`` compares ``timing`` with ``speedup_basis``: the fp32 training
+    row for training variants, the variant's own fp32 reference (``reference``)
+    otherwise, e.g. fp32 inference for int8. ``final_loss`` is the mean loss
+    over the fixed benchmark batches after the same steps as fp32.
+    """
+
+    name: str
+    status: Status
+    description: str = ""
+    reason: str = ""
+    timing: Timing | None = None
+    reference: Timing | None = None
+    speedup: float | None = None
+    speedup_basis: str = ""
+    peak_memory: int | None = None  # bytes
+    memory_method: str = ""
+    final_loss: float | None = None
+    warnings: tuple[str, ...] = ()
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu: str
+    cores: int
+    threads: int  # torch.get_num_threads() during the run
+    gpus: tuple[str, ...]
+    torch_version: str
+    cpu_capability: str = ""
+    cuda_version: str | None = None
+
+    def summary(self) -> str:
+        gpus = ", ".join(self.gpus) if self.gpus else "no CUDA device"
+        cap = f" ({self.cpu_capability})" if self.cpu_capability else ""
+        cuda = f", CUDA {self.cuda_version}" if self.cuda_version else ""
+        return (
+            f"{self.cpu}{cap}, {self.cores} cores, torch threads {self.threads}; "
+            f"{gpus}; torch {self.torch_version}{cuda}"
+        )
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    warmup: int
+    steps: int
+    block: int
+    batches: int  # distinct batches reused by every variant
+    batch_size: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    scenario: str
+    device: str
+    hardware: Hardware
+    settings: BenchSettings
+    results: tuple[VariantResult, ...]
+    started: str = ""  # ISO time
+    wall_s: float = 0.0
+    interrupted: bool = False
+
+    def get(self, name: str) -> VariantResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+
+# -- JSON ----------------------------------------------------------------------------
+
+
+class BenchFileError(ValueError):
+    """A file given to --compare is missing, corrupt, or not a bench result."""
+
+
+def to_dict(run: BenchRun) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    data = {"format": FORMAT, "version": FORMAT_VERSION, **data}
+    return data
+
+
+def _num(value: Any) -> Any:
+    # jsonable() wrote non-finite floats as strings; turn them back.
+    if value in ("NaN", "Infinity", "-Infinity"):
+        return float(value.replace("Infinity", "inf"))
+    return value
+
+
+def _timing(data: dict[str, Any] | None) -> Timing | None:
+    if data is None:
+        return None
+    return Timing(
+        samples=tuple(float(_num(s)) for s in data["samples"]),
+        steps_per_sample=int(data.get("steps_per_sample", 1)),
+        samples_per_step=int(data.get("samples_per_step", 0)),
+    )
+
+
+def from_dict(data: Any, where: str = "bench file") -> BenchRun:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BenchFileError(
+            f"{where}: not a workbench bench result (expected a JSON object with "
+            f'"format": "{FORMAT}"). Pass a file written by `workbench bench ... --json FILE`.'
+        )
+    if data.get("version") != FORMAT_VERSION:
+        raise BenchFileError(
+            f"{where}: bench format version {data.get('version')!r}; this workbench reads "
+            f"version {FORMAT_VERSION}. Re-run `workbench bench --json` with this version."
+        )
+    try:
+        hw = dict(data["hardware"])
+        hw["gpus"] = tuple(hw.get("gpus", ()))
+        results = []
+        for r in data["results"]:
+            r = dict(r)
+            r["timing"] = _timing(r.get("timing"))
+            r["reference"] = _timing(r.get("reference"))
+            r["warnings"] = tuple(r.get("warnings", ()))
+            for key in ("speedup", "final_loss"):
+                r[key] = _num(r.get(key))
+            results.append(VariantResult(**r))
+        return BenchRun(
+            scenario=data["scenario"],
+            device=data["device"],
+            hardware=Hardware(**hw),
+            settings=BenchSettings(**data["settings"]),
+            results=tuple(results),
+            started=data.get("started", ""),
+            wall_s=float(data.get("wall_s", 0.0)),
+            interrupted=bool(data.get("interrupted", False)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BenchFileError(
+            f"{where}: a bench result with a missing or malformed field ({type(exc).__name__}: "
+            f"{exc}). Was it edited by hand? Re-create it with `workbench bench --json`."
+        ) from exc
+
+
+def load_run(path: str | Path) -> BenchRun:
+    """Read a file written by ``workbench bench --json``; BenchFileError says what is wrong."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BenchFileError(f"{p}: no such file; pass a JSON file written by `workbench bench --json`.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchFileError(f"{p}: cannot be read ({exc}).") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BenchFileError(
+            f"{p}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); the file is corrupt "
+            "or truncated. Re-create it with `workbench bench --json`."
+        ) from exc
+    return from_dict(data, str(p))
+
+
+def save_run(path: str | Path, run: BenchRun) -> Path:
+    from workbench.report.files import atomic_write_json
+
+    return atomic_write_json(path, to_dict(run))

@@ -1,0 +1,101 @@
+"""The Variant contract and the helper every training variant shares."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.bench.context import BenchContext
+from workbench.bench.memory import track_peak
+from workbench.bench.results import Hardware, Timing, VariantResult
+from workbench.bench.steps import mean_loss
+from workbench.bench.timing import StepFn, measure
+from workbench.scenario import Batch, Scenario
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the scenario's training (or inference, or input pipeline).
+
+    Subclasses override :meth:`applicable` (None, or why the row is skipped on
+    this machine) and :meth:`run`. ``run`` raising marks the row failed; the
+    runner keeps going with the others.
+    """
+
+    name: str
+    description: str = ""
+
+    def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
+        return None
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------------------
+    def ok(self, **fields: Any) -> VariantResult:
+        timing: Timing | None = fields.get("timing")
+        warnings = list(fields.pop("warnings", ()))
+        for label, t in (("timing", timing), ("reference", fields.get("reference"))):
+            if t is not None and t.noisy:
+                warnings.append(
+                    f"{label}: IQR is {t.iqr / t.median:.0%} of the median; the machine was busy, "
+                    "re-run or raise --steps"
+                )
+        return VariantResult(self.name, "ok", self.description, warnings=tuple(warnings), **fields)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a training variant hands to :func:`run_training`."""
+
+    step: StepFn
+    model: nn.Module | None = None  # the model to score (default: scenario.model)
+    extras: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    finish: Callable[[dict[str, Any]], None] | None = None  # adds extras after timing
+
+
+def run_training(
+    variant: Variant,
+    ctx: BenchContext,
+    prepare: Callable[[Scenario, Sequence[Batch]], Prepared],
+    *,
+    convert: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    samples_per_step: int | None = None,
+) -> VariantResult:
+    """Fresh scenario, fixed batches on the device, warm-up, timed blocks, final loss."""
+    scenario = ctx.build()
+    batches = ctx.device_batches(convert)
+    first: list[float] = []
+    with track_peak(ctx.device) as peak:
+        prepared = prepare(scenario, batches)
+        timing = measure(
+            prepared.step,
+            ctx.plan,
+            ctx.device,
+            samples_per_step=samples_per_step or ctx.batch_size,
+            tick=ctx.tick,
+            first_step_s=first,
+        )
+    extras = dict(prepared.extras)
+    if first:
+        extras["first_step_s"] = first[0]
+    if prepared.finish is not None:
+        prepared.finish(extras)
+    loss = mean_loss(scenario, ctx.batches, prepared.model)
+    warnings = list(prepared.warnings)
+    if not math.isfinite(loss):
+        warnings.append(f"final loss is {loss}: this variant diverged")
+    return variant.ok(
+        timing=timing,
+        peak_memory=peak.bytes,
+        memory_method=peak.method,
+        final_loss=loss,
+        extras=extras,
+        warnings=tuple(warnings),
+    )

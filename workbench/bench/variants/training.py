@@ -1,0 +1,203 @@
+"""Single-process training variants: fp32, AMP, accumulation, channels-last, compile, DataParallel."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.bench.context import BenchContext
+from workbench.bench.results import Hardware, VariantResult
+from workbench.bench.steps import accum_step_fn, train_step_fn
+from workbench.bench.variants.base import Prepared, Variant, run_training
+from workbench.scenario import Batch, Scenario
+
+
+@dataclass(frozen=True)
+class FP32(Variant):
+    name: str = "fp32"
+    description: str = "baseline: float32 training step"
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        return run_training(self, ctx, lambda s, b: Prepared(train_step_fn(s, b)))
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class AMP(Variant):
+    """Mixed precision. CUDA: fp16 + GradScaler (or bf16 without scaler). CPU: bf16."""
+
+    name: str = "amp"
+    description: str = "torch.autocast: fp16 + GradScaler on CUDA, bf16 on CPU"
+    dtype: str = "auto"  # "auto" (fp16 on CUDA, bf16 on CPU) or "bf16"
+
+    def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
+        if self.dtype == "bf16":
+            if scenario.device.type != "cuda":
+                return "on CPU `amp` already runs bf16; this row is for CUDA bf16"
+            if not torch.cuda.is_bf16_supported():
+                return f"{torch.cuda.get_device_name(scenario.device)} does not support bf16"
+        return None
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        cuda = ctx.device.type == "cuda"
+        use_fp16 = cuda and self.dtype == "auto"
+        dtype = torch.float16 if use_fp16 else torch.bfloat16
+        extras: dict[str, Any] = {"autocast_dtype": str(dtype).removeprefix("torch."),
+                                  "api": f"torch.autocast('{ctx.device.type}')"}
+        warnings: list[str] = []
+        if not cuda and not cpu_has_native_bf16():
+            warnings.append(
+                "this CPU has no native bf16 (oneDNN reports none): autocast emulates it, "
+                "expect a slowdown here and a speedup on CPUs with AVX512-BF16/AMX"
+            )
+        extras["native_bf16"] = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+
+        def prepare(scenario: Scenario, batches: Sequence[Batch]) -> Prepared:
+            if not use_fp16:
+                return Prepared(train_step_fn(scenario, batches, autocast=dtype), extras=extras,
+                                warnings=tuple(warnings))
+            scaler = torch.amp.GradScaler("cuda")
+            init_scale = scaler.get_scale()
+            extras["grad_scaler"] = "torch.amp.GradScaler('cuda')"
+
+            def finish(out: dict[str, Any]) -> None:
+                # The scale halves on every skipped step and doubles only after
+                # growth_interval good steps, so while fewer steps than that
+                # ran, log2(initial / final) counts the skipped steps without a
+                # per-step sync inside the timed loop.
+                final = scaler.get_scale()  # .item() inside: a sync, after timing
+                out["grad_scale_final"] = final
+                if ctx.plan.total < scaler.get_growth_interval() and final > 0:
+                    out["gradscaler_skipped_steps"] = round(math.log2(init_scale / final))
+                else:
+                    out["gradscaler_skipped_steps"] = None
+
+            return Prepared(train_step_fn(scenario, batches, autocast=dtype, scaler=scaler),
+                            extras=extras, finish=finish)
+
+        return run_training(self, ctx, prepare)
+
+
+@dataclass(frozen=True)
+class Accumulate(Variant):
+    """Gradient accumulation at the same effective batch: micro-batch = batch / k."""
+
+    name: str = "accum-4"
+    description: str = "gradient accumulation: k micro-batches per optimizer step"
+    k: int = 4
+
+    def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
+        size = _first_batch_size(scenario)
+        if size is not None and size < self.k:
+            return f"a batch of {size} samples cannot be split into {self.k} micro-batches"
+        return None
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        micro = ctx.batch_size / self.k
+        return run_training(
+            self, ctx,
+            lambda s, b: Prepared(accum_step_fn(s, b, self.k),
+                                  extras={"micro_batches": self.k, "micro_batch_size": micro}),
+        )
+
+
+def _first_batch_size(scenario: Scenario) -> int | None:
+    size = getattr(scenario.data, "batch_size", None)
+    return size if isinstance(size, int) else None
+
+
+def has_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@dataclass(frozen=True)
+class ChannelsLast(Variant):
+    name: str = "channels-last"
+    description: str = "NHWC memory format for model and 4-D inputs"
+
+    def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
+        if "cnn" in scenario.tags or has_conv2d(scenario.model):
+            return None
+        return "only for CNN scenarios (no Conv2d in the model and no 'cnn' tag)"
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        def to_nhwc(t: torch.Tensor) -> torch.Tensor:
+            # Inputs are converted once, outside timing, like a loader would deliver them.
+            return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+        def prepare(scenario: Scenario, batches: Sequence[Batch]) -> Prepared:
+            scenario.model.to(memory_format=torch.channels_last)
+            return Prepared(train_step_fn(scenario, batches))
+
+        return run_training(self, ctx, prepare, convert=to_nhwc)
+
+
+@dataclass(frozen=True)
+class Compile(Variant):
+    name: str = "compile"
+    description: str = "torch.compile (inductor); compile time reported apart"
+
+    def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
+        if not hasattr(torch, "compile"):
+            return f"torch {torch.__version__} has no torch.compile"
+        return None
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        if ctx.plan.warmup < 1:
+            raise ValueError("compile needs at least one warm-up step (it compiles there)")
+
+        def prepare(scenario: Scenario, batches: Sequence[Batch]) -> Prepared:
+            compiled = torch.compile(scenario.model)
+
+            def finish(out: dict[str, Any]) -> None:
+                out["backend"] = "inductor"
+
+            # Score with the plain module: same parameters, and eval mode would recompile.
+            return Prepared(train_step_fn(scenario, batches, model=compiled), finish=finish)
+
+        t0 = time.perf_counter()
+        result = run_training(self, ctx, prepare)
+        extras = dict(result.extras, wall_s=time.perf_counter() - t0)
+        first = extras.get("first_step_s")
+        if first is not None and result.timing is not None:
+            # The first step traces and compiles; what it took beyond a normal step is compile time.
+            extras["compile_s"] = max(first - result.timing.median, 0.0)
+        return dataclasses.replace(result, extras=extras)
+
+
+@dataclass(frozen=True)
+class DataParallel(Variant):
+    name: str = "dataparallel"
+    description: str = "nn.DataParallel across all CUDA devices"
+
+    def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
+        found = len(hardware.gpus)
+        if found < 2:
+            # nn.DataParallel with no GPUs silently runs the bare module: never report that.
+            return f"needs ≥2 CUDA devices, found {found}"
+        if scenario.device.type != "cuda":
+            return f"runs on CUDA; this bench uses {scenario.device} (pass --device cuda)"
+        return None
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        def prepare(scenario: Scenario, batches: Sequence[Batch]) -> Prepared:
+            wrapped = nn.DataParallel(scenario.model)
+            return Prepared(
+                train_step_fn(scenario, batches, model=wrapped),
+                extras={"device_ids": list(wrapped.device_ids)},
+            )
+
+        return run_training(self, ctx, prepare)

@@ -1,0 +1,121 @@
+"""workbench bench SCENARIO: side-by-side benchmarks of training variants."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "bench"
+ORDER = 50
+HELP = "benchmark fp32 vs AMP, accumulation, DDP, int8, DataLoader, compile ... side by side"
+DESCRIPTION = (
+    "Run the scenario's training step under several variants on identical batches and compare "
+    "median step time, IQR, throughput, speedup, peak memory and final loss. "
+    "`workbench bench --compare OLD.json NEW.json` gates regressions (exit 1 past --threshold). "
+    "Variants: fp32, amp, amp-bf16, accum-K, channels-last, compile, dataparallel, ddp-N, "
+    "int8-dynamic, loader-wN[-pin]; aliases dataloader, default, all."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", nargs="?", help="scenario file, PATH.py:function or module")
+    p.add_argument("--variants", help="comma-separated variant names (default: the default set)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per variant (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps per variant (default 3)")
+    p.add_argument("--block", type=int, default=1, help="steps per timed block (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's current setting)")
+    p.add_argument("--json", metavar="FILE", help="write every raw sample and result as JSON")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                   help="compare two --json files instead of running; exit 1 on a regression")
+    p.add_argument("--threshold", type=float, default=10.0,
+                   help="with --compare: percent slower that counts as a regression (default 10)")
+    p.add_argument("--list-variants", action="store_true", help="list the variants and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from workbench.errors import UsageError
+
+    console = Console()
+    if args.list_variants:
+        from rich.table import Table
+
+        from workbench.bench.variants import catalogue
+
+        table = Table("variant", "what it measures", title="bench variants", title_justify="left")
+        for name, text in catalogue():
+            table.add_row(name, text)
+        console.print(table)
+        return 0
+    if args.compare:
+        if args.scenario:
+            raise UsageError("--compare takes two JSON files and no scenario; drop the scenario.")
+        return _compare(console, args.compare[0], args.compare[1], args.threshold)
+    if not args.scenario:
+        raise UsageError("give a scenario to benchmark (e.g. `workbench bench scenarios/cnn_image.py`), "
+                         "or --compare OLD.json NEW.json; see `workbench list`.")
+    return _bench(console, args)
+
+
+def _compare(console: object, old: str, new: str, threshold_pct: float) -> int:
+    from workbench.bench.compare import compare_runs
+    from workbench.bench.results import BenchFileError, load_run
+    from workbench.errors import UsageError
+    from workbench.report.bench import compare_table
+
+    if threshold_pct < 0:
+        raise UsageError(f"--threshold {threshold_pct}: expected a percentage >= 0 (e.g. 10).")
+    try:
+        cmp = compare_runs(load_run(old), load_run(new), threshold_pct / 100)
+    except BenchFileError as exc:
+        raise UsageError(str(exc)) from exc
+    console.print(compare_table(cmp))  # type: ignore[attr-defined]
+    return 1 if cmp.regressions else 0
+
+
+def _bench(console: object, args: argparse.Namespace) -> int:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from workbench.bench import Plan, run_bench, save_run
+    from workbench.bench.variants import resolve
+    from workbench.errors import UsageError
+    from workbench.report.bench import render_run
+    from workbench.report.files import check_writable
+    from workbench.scenario import load_source
+
+    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--block", args.block, 1)):
+        if value < low:
+            raise UsageError(f"{flag} {value}: expected an integer >= {low}.")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise UsageError(f"--threads {args.threads}: expected a positive integer.")
+    names = [n for n in args.variants.split(",")] if args.variants else None
+    variants = resolve(names)  # unknown names fail here, before any work
+    if args.json:
+        check_writable(args.json)
+    source = load_source(args.scenario)
+    plan = Plan(args.warmup, args.steps, args.block)
+
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[row]}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:  # type: ignore[arg-type]
+        task = bar.add_task("starting", total=len(variants) * plan.total, row="")
+
+        def progress(p: object) -> None:
+            done = p.index * plan.total + p.done  # type: ignore[attr-defined]
+            row = f"row {p.index + 1}/{p.count}"  # type: ignore[attr-defined]
+            bar.update(task, completed=done, description=p.variant, row=row)  # type: ignore[attr-defined]
+
+        result = run_bench(source, variants, device=args.device, plan=plan, threads=args.threads,
+                           progress=progress)
+    console.print(render_run(result))  # type: ignore[attr-defined]
+    if args.json:
+        save_run(args.json, result)
+        console.print(f"wrote {args.json}")  # type: ignore[attr-defined]
+    console.print(f"bench wall time {result.wall_s:.1f} s (torch {torch.__version__})")  # type: ignore[attr-defined]
+    if result.interrupted:
+        console.print("[yellow]interrupted: the table above is partial[/]")  # type: ignore[attr-defined]
+        return 130
+    failed = [r.name for r in result.results if r.status == "failed"]
+    return 1 if failed else 0
