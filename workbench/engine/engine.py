@@ -62,7 +62,7 @@ from workbench.engine.records import (
     StepProgress,
     StepRecord,
 )
-from workbench.scenario import Scenario, ScenarioError, ScenarioSource, split_batch
+from workbench.scenario import Batch, Scenario, ScenarioError, ScenarioSource, split_batch
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,14 @@ class EngineConfig:
         other steps record only loss, total grad norm, lr, timing and memory.
     history: ring size of ``Engine.history`` (StepRecords kept).
     max_findings: ring size of ``Engine.findings``.
-    sample_size: elements sampled per tensor for std/zero/NaN counts.
+    sample_size: elements sampled per tensor for std, zero fraction, saturation and
+        NaN/Inf counts (4096 gives those fractions to about +-1.5%).
     """
 
     stats_every: int = 1
     history: int = 256
     max_findings: int = 2000
-    sample_size: int = 65536
+    sample_size: int = 4096
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     breakpoints: tuple[Breakpoint, ...] = ()
 
@@ -220,6 +221,14 @@ class Engine:
             total_grad_norm=s.total_grad_norm, phase_seconds=dict(s.phase_seconds), modules=s.modules,
             params=s.params, findings=tuple(s.findings), measured=s.measured,
         )
+
+    @property
+    def batch(self) -> Batch | None:
+        """The batch of the step in progress (on the device), None between steps."""
+        s = self._state
+        if s.batch_targets is None:
+            return None
+        return Batch(s.batch_inputs, s.batch_targets)
 
     @property
     def module_names(self) -> tuple[str, ...]:
@@ -390,9 +399,15 @@ class Engine:
         # Sync point: the forward's one device->host transfer, all modules at once.
         rows = stacked.tolist() if stacked is not None else []
         calls = self._probe.calls
-        s.modules, root = self._module_stats(calls, rows)
-        s.outputs_finite = root is None
+        s.modules, first_bad = self._module_stats(calls, rows)
+        s.outputs_finite = first_bad is None
+        root = None
+        if first_bad is not None:
+            name, inputs_finite = first_bad
+            root = (name, inputs_finite, self._weights_non_finite(name))
         s.activation_bytes = self._activation_bytes(calls)
+        if not self._health.cancelled_biases:
+            self._health.cancelled_biases = self._biases_before_batchnorm()
         s.charge("forward_stats", time.perf_counter() - t0)
         self._run_health(s, lambda: self._health.forward(s.step, s.modules, root))
 
@@ -628,6 +643,29 @@ class Engine:
             inputs_finite=row[F_IN_FINITE] == 1.0, dead_fraction=opt(row[F_DEAD]),
             saturated_fraction=opt(row[F_SAT]), sampled=call.sampled,
         )
+
+    def _weights_non_finite(self, name: str) -> bool:
+        module = dict(self._scenario.model.named_modules()).get(name)
+        own = list(module.parameters(recurse=False)) if module is not None else []
+        if not own:
+            return False
+        # Deliberate extra sync, only on a step that already found a NaN/Inf: is the cause the
+        # module's own weights (poisoned by an earlier step) or its computation?
+        return not bool(torch.stack([torch.isfinite(p).all() for p in own]).all().tolist())
+
+    def _biases_before_batchnorm(self) -> set[str]:
+        """Biases of leaf modules whose next module in execution order is a BatchNorm/InstanceNorm."""
+        modules = dict(self._scenario.model.named_modules())
+        leaves = [n for n in self._probe.execution_order
+                  if n in modules and not any(True for _ in modules[n].children())]
+        cancelled = set()
+        for name, following in zip(leaves, leaves[1:]):
+            bias = getattr(modules[name], "bias", None)
+            norm = isinstance(modules[following], (torch.nn.modules.batchnorm._BatchNorm,
+                                                   torch.nn.modules.instancenorm._InstanceNorm))
+            if norm and isinstance(bias, torch.nn.Parameter):
+                cancelled.add(f"{name}.bias" if name else "bias")
+        return cancelled
 
     @staticmethod
     def _activation_bytes(calls: list[CallInfo]) -> int:

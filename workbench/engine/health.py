@@ -90,15 +90,22 @@ class HealthMonitor:
         self._losses: deque[float] = deque(maxlen=thresholds.loss_window)
         self._best_window: float | None = None
         self._steps_seen = 0
+        self._nan_step: int | None = None  # the last step that already has a nan_inf finding
+        self.cancelled_biases: set[str] = set()  # biases a following BatchNorm cancels
+        self._told_cancelled: set[str] = set()
 
     # -- forward ---------------------------------------------------------------------
-    def forward(self, step: int, modules: Sequence[ModuleStats], root: tuple[str, bool] | None) -> list[Finding]:
-        """``root``: (module, inputs_were_finite) of the first non-finite output, if any."""
+    def forward(self, step: int, modules: Sequence[ModuleStats], root: tuple[str, bool, bool] | None) -> list[Finding]:
+        """``root``: (module, inputs_were_finite, own_weights_non_finite) of the first non-finite output."""
         out: list[Finding] = []
         if root is not None:
-            name, inputs_finite = root
+            name, inputs_finite, bad_weights = root
             where = f"module {name!r}" if name else "the model's forward()"
-            if inputs_finite:
+            if bad_weights:
+                msg = (f"{where} produced NaN/Inf because its own parameters are already non-finite "
+                       "(an earlier step's update or gradient went non-finite; see the first "
+                       "nan_inf finding). Restart from a checkpoint and fix that step.")
+            elif inputs_finite:
                 msg = (f"{where} produced NaN/Inf from finite inputs: the first non-finite "
                        "activation of this step. Look for log/sqrt/division of values that can "
                        "reach 0 or below, exp overflow, or weights already non-finite.")
@@ -106,6 +113,7 @@ class HealthMonitor:
                 msg = (f"{where} received NaN/Inf inputs: the batch itself (or code outside any "
                        "module) is non-finite. Check the data pipeline.")
             out.append(Finding(step, Phase.FORWARD, name, None, NAN_INF, "error", None, None, msg))
+            self._nan_step = step
         for m in modules:
             if m.dead_fraction is not None and m.dead_fraction > self.t.dead_fraction:
                 out.append(Finding(
@@ -132,7 +140,8 @@ class HealthMonitor:
         if loss is None:
             return out
         if not math.isfinite(loss):
-            if outputs_finite is not False:
+            if outputs_finite is not False and self._nan_step != step:
+                self._nan_step = step
                 out.append(Finding(
                     step, Phase.LOSS, "", None, NAN_INF, "error", loss, None,
                     f"the loss function returned {loss} from finite model outputs: check the "
@@ -173,10 +182,14 @@ class HealthMonitor:
         t = self.t
         out: list[Finding] = []
         self._steps_seen += 1
-        if root is not None:
+        if self._nan_step == step:
+            pass  # non-finite gradients follow from the forward/loss finding of this step
+        elif root is not None:
             module, parameter, message = root
             out.append(Finding(step, Phase.BACKWARD, module, parameter, NAN_INF, "error", None, None, message))
+            self._nan_step = step
         elif total_norm is not None and not math.isfinite(total_norm):
+            self._nan_step = step
             out.append(Finding(
                 step, Phase.BACKWARD, "", None, NAN_INF, "error", total_norm, None,
                 "the total gradient norm is non-finite"
@@ -240,6 +253,19 @@ class HealthMonitor:
             w = p.weight_norm
             if learning and _finite(w) and w > t.min_weight_norm and g / w < t.vanishing_ratio:  # type: ignore[operator]
                 ratio = g / w  # type: ignore[operator]
+                if p.name in self.cancelled_biases:
+                    # Not a training problem: BatchNorm subtracts the per-channel mean, so this
+                    # bias cannot change the output and its gradient is rounding noise. Say it once.
+                    if p.name not in self._told_cancelled:
+                        self._told_cancelled.add(p.name)
+                        out.append(Finding(
+                            step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, "info", ratio,
+                            t.vanishing_ratio,
+                            f"{p.name!r} feeds a BatchNorm, which subtracts the per-channel mean: "
+                            "this bias cannot change the output, so its gradient is ~0. It is "
+                            "redundant; create the layer with bias=False.",
+                        ))
+                    continue
                 out.append(Finding(
                     step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, "warning", ratio,
                     t.vanishing_ratio,
@@ -254,13 +280,17 @@ class HealthMonitor:
     def optimizer_step(self, step: int, params: Sequence[ParamStats], non_finite: Sequence[ParamStats]) -> list[Finding]:
         t = self.t
         out: list[Finding] = []
-        for p in non_finite:
+        if non_finite and self._nan_step != step:
+            # One finding for the step (the first parameter), not one per parameter.
+            p = non_finite[0]
+            others = f" (and {len(non_finite) - 1} more)" if len(non_finite) > 1 else ""
             out.append(Finding(
                 step, Phase.OPTIMIZER_STEP, p.module, p.name, NAN_INF, "error", p.weight_norm, None,
-                f"parameter {p.name!r} became non-finite in the optimizer step: the update "
-                "overflowed or the gradient was non-finite. Clip gradients, lower the learning "
-                "rate, or check the optimizer's eps.",
+                f"parameter {p.name!r}{others} became non-finite in the optimizer step although "
+                "its gradient was finite: the update overflowed. Lower the learning rate, clip "
+                "gradients, or check the optimizer's eps / weight decay.",
             ))
+            self._nan_step = step
         warm = self._steps_seen > t.warmup_steps
         for p in params:
             r, w = p.update_ratio, p.weight_norm

@@ -63,7 +63,7 @@ class ModuleStats:
 
     ``std``, ``zero_fraction`` and (for non-finite tensors) ``nan_count`` /
     ``inf_count`` come from an evenly strided sample of at most
-    ``SAMPLE_SIZE`` elements when ``sampled`` is True; ``mean``, ``min``,
+    ``EngineConfig.sample_size`` elements when ``sampled`` is True; ``mean``, ``min``,
     ``max`` and ``abs_max`` always cover the whole tensor, and a finite
     tensor always has exactly 0 NaN/Inf.
     """

@@ -1,0 +1,289 @@
+"""The stepping engine: phases, records, bounded history, clean detach, errors, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tests.conftest import BROKEN, SCENARIOS
+from workbench.engine import (
+    Breakpoint,
+    Engine,
+    EngineConfig,
+    Phase,
+    StepError,
+)
+from workbench.scenario import ScenarioError, load, split_batch
+
+PATHO = BROKEN / "pathologies.py"
+
+
+def patho(kind: str):
+    return load(f"{PATHO}:build_{kind}")
+
+
+def test_advance_runs_one_phase_at_a_time() -> None:
+    with Engine(load(SCENARIOS / "mlp_digits.py")) as eng:
+        assert eng.next_phase is Phase.FORWARD and eng.step == 0
+        r = eng.advance()
+        assert (r.phase, r.step, r.loss, r.record) == (Phase.FORWARD, 0, None, None)
+        assert eng.next_phase is Phase.LOSS
+        cur = eng.current
+        assert cur.phases_done == (Phase.FORWARD,)
+        assert {m.name for m in cur.modules} == {"", "fc1", "act", "fc2"}
+        assert cur.params == ()
+        r = eng.advance()
+        assert r.phase is Phase.LOSS and r.loss is not None and r.loss > 0
+        r = eng.advance()
+        assert r.phase is Phase.BACKWARD and eng.next_phase is Phase.OPTIMIZER_STEP
+        assert eng.current.total_grad_norm is not None
+        assert {p.name for p in eng.current.params} == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+        r = eng.advance()
+        assert r.phase is Phase.OPTIMIZER_STEP and r.record is not None
+        assert eng.step == 1 and eng.next_phase is Phase.FORWARD
+        rec = r.record
+        assert rec.step == 0 and set(rec.phase_seconds) == set(Phase)
+        assert rec.lrs == (pytest.approx(1e-3),) or len(rec.lrs) == 1
+        fc1 = rec.param("fc1.weight")
+        assert fc1 is not None and fc1.update_norm is not None and fc1.update_ratio is not None
+        assert fc1.update_ratio == pytest.approx(fc1.update_norm / fc1.weight_norm)
+        assert rec.memory.rss_bytes and rec.memory.activation_bytes
+        assert rec.memory.cuda_allocated is None  # CPU run
+
+
+def test_module_stats_match_a_direct_computation() -> None:
+    scenario = load(SCENARIOS / "mlp_digits.py")
+    with Engine(scenario) as eng:
+        eng.advance()
+        fc1 = {m.name: m for m in eng.current.modules}["fc1"]
+        with torch.no_grad():
+            expected = scenario.model.fc1(eng.batch.inputs[0])
+    assert fc1.shape == tuple(expected.shape) and fc1.dtype == "float32" and fc1.device == "cpu"
+    assert fc1.mean == pytest.approx(expected.mean().item(), abs=1e-5)
+    assert fc1.min == pytest.approx(expected.min().item()) and fc1.max == pytest.approx(expected.max().item())
+    assert fc1.abs_max == pytest.approx(expected.abs().max().item())
+    assert fc1.std == pytest.approx(expected.std().item(), rel=0.05)  # from a 4096-element sample
+    assert fc1.nan_count == 0 and fc1.inf_count == 0 and fc1.bytes == expected.numel() * 4
+
+
+def _plain_losses(spec: str, steps: int) -> list[float]:
+    s = load(spec)
+    torch.manual_seed(s.seed)
+    s.model.train()
+    losses: list[float] = []
+    it = iter(s.data)
+    for _ in range(steps):
+        batch = split_batch(next(it))
+        loss = s.loss_fn(s.call_model(batch.inputs), batch.targets)
+        loss.backward()
+        s.optimizer.step()
+        s.optimizer.zero_grad()
+        if s.scheduler is not None:
+            s.scheduler.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name", ["mlp_digits.py", "regression_mse.py", "cnn_image.py:build_batchnorm"])
+def test_instrumented_training_is_identical_to_a_plain_loop(name: str) -> None:
+    spec = f"{SCENARIOS}/{name}"
+    expected = _plain_losses(spec, 4)
+    with Engine(load(spec)) as eng:
+        eng.run(4)
+        got = [r.loss for r in eng.history]
+    assert got == expected  # bit-identical: the hooks observe, they never change the math
+
+
+def test_stats_every_k_and_bounded_history() -> None:
+    with Engine(load(SCENARIOS / "mlp_digits.py"), EngineConfig(stats_every=3, history=4)) as eng:
+        out = eng.run(7)
+        assert out.steps_done == 7 and out.stopped_by == "steps"
+        hist = eng.history
+        assert [r.step for r in hist] == [3, 4, 5, 6]
+        assert [bool(r.modules) for r in hist] == [True, False, False, True]
+        assert all(r.loss is not None and r.total_grad_norm is not None for r in hist)
+        assert not hist[1].params and hist[1].measured is False
+        assert all(r.instrument_seconds >= 0 for r in hist)
+
+
+def test_data_is_cycled_and_epochs_counted() -> None:
+    with Engine(patho("detached")) as eng:  # 4 batches per epoch
+        eng.run(9)
+        assert [r.epoch for r in eng.history] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+
+
+def test_close_removes_every_hook_and_restores_training_and_rng() -> None:
+    scenario = load(SCENARIOS / "cnn_image.py:build_batchnorm")
+    scenario.model.eval()
+    scenario.model.classifier.train()  # a mixed state must come back exactly
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    eng = Engine(scenario)
+    assert scenario.model.training
+    eng.run(1)
+    eng.close()
+    eng.close()  # idempotent
+    for m in scenario.model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    assert not scenario.model.training and scenario.model.classifier.training
+    assert not scenario.model.features.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    with pytest.raises(RuntimeError, match="closed"):
+        eng.advance()
+
+
+def test_in_place_relu_after_batchnorm_gets_forward_and_gradient_stats() -> None:
+    with Engine(load(SCENARIOS / "cnn_image.py:build_batchnorm")) as eng:
+        rec = eng.step_once()
+    relu, bn = rec.module("features.2"), rec.module("features.1")
+    assert relu is not None and bn is not None
+    assert relu.min == 0.0 and bn.min < 0  # BN's stats were taken before ReLU overwrote it
+    assert relu.grad_norm and bn.grad_norm and relu.dead_fraction == 0.0
+    assert rec.module("classifier.1").type_name == "Dropout"
+    assert eng.module_names[:4] == ("", "features", "features.0", "features.1")
+
+
+def test_lstm_tuple_output_is_summarised_by_its_first_tensor() -> None:
+    with Engine(load(SCENARIOS / "lstm_text.py")) as eng:
+        rec = eng.step_once()
+    lstm = rec.module("lstm")
+    assert lstm is not None and lstm.shape == (64, 24, 64) and lstm.grad_norm is not None
+    assert rec.module("embedding").shape == (64, 24, 32)
+    assert rec.param("embedding.weight").has_grad
+
+
+def test_multi_input_and_a_module_called_twice() -> None:
+    with Engine(patho("multi_input")) as eng:
+        rec = eng.step_once()
+    act = rec.module("act")
+    assert act is not None and act.calls == 2  # stats describe the last call
+    assert rec.module("b").shape == (64, 8) and not rec.findings
+
+
+def test_custom_forward_is_used() -> None:
+    from workbench.scenario import replace
+
+    base = load(SCENARIOS / "mlp_digits.py")
+    seen: list[int] = []
+
+    def forward(model, inputs):
+        seen.append(len(inputs))
+        return model(*inputs) * 0.5
+
+    with Engine(replace(base, forward=forward)) as eng:
+        eng.step_once()
+    assert seen == [1]
+
+
+def test_user_exception_becomes_step_error_and_the_engine_keeps_going() -> None:
+    with Engine(patho("raises")) as eng:  # forward raises on its 4th call
+        out = eng.run(10)
+        assert out.stopped_by == "error" and out.steps_done == 3
+        err = out.error
+        assert isinstance(err, StepError) and err.phase is Phase.FORWARD and err.step == 3
+        assert isinstance(err.original, RuntimeError) and "deliberate failure" in err.traceback_text
+        assert err.user_frame and "pathologies.py" in err.user_frame
+        assert eng.next_phase is Phase.FORWARD and eng.step == 4
+        assert [r.step for r in eng.history] == [0, 1, 2]
+        rec = eng.step_once()  # usable afterwards
+        assert rec.step == 4 and len(eng.history) == 4
+
+
+def test_a_loss_that_is_not_a_scalar_is_a_clear_step_error() -> None:
+    with Engine(patho("bad_loss")) as eng:
+        eng.advance()
+        with pytest.raises(StepError) as info:
+            eng.advance()
+    assert info.value.phase is Phase.LOSS
+    assert isinstance(info.value.original, ScenarioError)
+    assert "expected a scalar Tensor" in str(info.value)
+
+
+def test_breakpoint_pauses_before_the_optimizer_step_and_skip_drops_it() -> None:
+    with Engine(patho("nan_forward"), EngineConfig(breakpoints=(Breakpoint.parse("nan_inf"),))) as eng:
+        weights = [p.detach().clone() for p in eng.scenario.model.parameters()]
+        out = eng.run(5)
+        assert out.stopped_by == "breakpoint" and out.steps_done == 0
+        hit = out.break_hit
+        assert hit is not None and hit.step == 0 and hit.phase is Phase.BACKWARD
+        assert hit.finding is not None and hit.finding.module == "1" and hit.breakpoint == "nan_inf"
+        assert eng.pending_break == hit and eng.next_phase is Phase.OPTIMIZER_STEP
+        rec = eng.skip_step()
+        assert rec.skipped and eng.skipped_steps == 1 and eng.next_phase is Phase.FORWARD
+        for before, p in zip(weights, eng.scenario.model.parameters()):
+            assert torch.equal(before, p) and p.grad is None
+
+
+@pytest.mark.parametrize(
+    ("text", "stops_at"),
+    [("step==2", 2), ("loss>0.5", 0), ("grad_norm>1e-9", 0), ("any>=info", 0)],
+)
+def test_breakpoint_conditions(text: str, stops_at: int) -> None:
+    with Engine(patho("dead_relu")) as eng:
+        eng.add_breakpoint(text)
+        assert eng.breakpoints == (Breakpoint.parse(text),)
+        out = eng.run(6)
+        assert out.stopped_by == "breakpoint" and out.break_hit.step == stops_at
+        eng.remove_breakpoint(text)
+        assert eng.run(2).stopped_by == "steps"
+
+
+def test_module_glob_breakpoint_only_matches_that_module() -> None:
+    with Engine(patho("dead_relu")) as eng:
+        eng.add_breakpoint(Breakpoint.on_finding("dead_units", module="0*"))
+        assert eng.run(3).stopped_by == "steps"
+        eng.add_breakpoint("dead_units@1")
+        out = eng.run(3)
+        assert out.stopped_by == "breakpoint" and out.break_hit.finding.module == "1"
+
+
+def test_should_stop_is_polled_between_phases() -> None:
+    polls = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 2
+
+    with Engine(load(SCENARIOS / "mlp_digits.py")) as eng:
+        out = eng.run(None, should_stop=stop)
+        assert out.stopped_by == "stopped" and out.steps_done == 0
+        assert eng.next_phase is Phase.BACKWARD
+        seen = []
+        out = eng.run(2, on_step=seen.append)
+        assert [r.step for r in seen] == [0, 1] and out.steps_done == 2
+
+
+def test_runs_from_a_worker_thread() -> None:
+    result = {}
+
+    def work() -> None:
+        with Engine(load(SCENARIOS / "collab_filter.py")) as eng:
+            result["out"] = eng.run(3)
+            result["rec"] = eng.history[-1]
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(60)
+    assert result["out"].steps_done == 3
+    rec = result["rec"]
+    assert rec.module("user").shape == (256, 16)
+    assert rec.param("user.weight").grad_norm > 0  # embedding rows outside the batch: zero, not missing
+
+
+def test_module_tree() -> None:
+    with Engine(load(SCENARIOS / "resnet_tiny.py")) as eng:
+        tree = eng.module_tree
+    assert tree[""].total_params == sum(p.numel() for p in eng.scenario.model.parameters())
+    assert all(c in tree for node in tree.values() for c in node.children)
+
+
+def test_breakpoint_parse_errors_say_what_is_expected() -> None:
+    for bad in ("nan", "loss>abc", "step==-1", "dead_units>=fatal", ""):
+        with pytest.raises(ValueError, match="expected"):
+            Breakpoint.parse(bad)
+    for text in ("nan_inf", "dead_units@features.*", "any>=error", "loss>5", "grad_norm>100", "step==12",
+                 "exploding_gradient>=warning@fc*"):
+        assert Breakpoint.parse(text).describe() == text
+    assert Breakpoint.parse("loss >= 5").describe() == "loss>5"
