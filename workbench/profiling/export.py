@@ -277,6 +277,7 @@ def run_profile(
     max_trace_mb: float = DEFAULT_MAX_TRACE_MB,
     force: bool = False,
     estimate: bool = True,
+    capture_stderr: bool = True,
     on_progress: ProgressCallback | None = None,
     on_estimate: Callable[[SizeEstimate], None] | None = None,
 ) -> ProfileRun:
@@ -285,6 +286,11 @@ def run_profile(
     Raises OutputPathError before any work when the run directory cannot be
     written, and TraceTooLargeError when the estimate exceeds ``max_trace_mb``
     (unless ``force``).
+
+    ``capture_stderr=False`` is for Textual apps: Textual draws the screen on
+    fd 2 (sys.__stderr__), so redirecting fd 2 would blank the UI, not protect
+    it. There the environment variables of quiet_native_logs, set before
+    torch is imported (workbench.tui does), keep the profiler quiet.
     """
     quiet_native_logs()
     from workbench.report.files import atomic_write_json, check_writable
@@ -298,7 +304,8 @@ def run_profile(
     log_path = run_dir / STDERR_LOG
     started = time.perf_counter()
     size: SizeEstimate | None = None
-    with redirect_stderr_fd(log_path):
+    capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
+    with capture:
         if estimate:
             size = estimate_trace_size(source.build(dev), options)
     if size is not None:
@@ -314,7 +321,8 @@ def run_profile(
                 "(or a larger --max-trace-mb) to write it anyway."
             )
     scenario = source.build(dev)
-    with redirect_stderr_fd(log_path):
+    capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
+    with capture:
         files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
     import torch
 
