@@ -38,6 +38,18 @@ async def settle(pilot, rounds: int = 200) -> MainScreen:
     return main
 
 
+def plain(widget) -> str:
+    """What a Static-based widget shows, as plain text (rendered 200 columns wide)."""
+    from rich.console import Console
+
+    content = widget.content
+    if isinstance(content, str):
+        return content
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(content)
+    return console.export_text()
+
+
 def cell(table: ModelTable, module: str, column: str) -> str:
     return table.get_cell(module, column).plain
 
@@ -65,5 +77,188 @@ async def test_no_scenario_opens_picker_and_escape_leaves_an_empty_workbench() -
         assert isinstance(app.screen, MainScreen)
         assert app.main.session is None
         await pilot.press("n")  # nothing loaded: a notice, not a crash
+        await pilot.pause()
+        assert app.is_running
+
+
+async def test_stepping_phase_by_phase_shows_the_engines_numbers() -> None:
+    from workbench.engine import Engine
+
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    # The same scenario in a second engine: same seed, same model, same batches.
+    reference = Engine.from_source(load_source(MLP), "cpu")
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            main = await settle(pilot)
+            assert main.view is not None and main.view.next_phase.value == "forward"
+            table = main.query_one(ModelTable)
+            assert cell(table, "fc1", "shape").strip() == "·"  # nothing measured yet
+
+            await pilot.press("f")
+            main = await settle(pilot)
+            reference.advance()
+            fc1 = reference.current.modules
+            stats = {m.name: m for m in fc1}["fc1"]
+            assert main.view.next_phase.value == "loss"
+            assert cell(table, "fc1", "shape").strip() == "128"
+            assert cell(table, "fc1", "mean").strip() == fmt_float(stats.mean, 2)
+            assert cell(table, "fc1", "max").strip() == fmt_float(stats.max, 2)
+            assert cell(table, "act", "min").strip() == fmt_float({m.name: m for m in fc1}["act"].min, 2)
+            phase = plain(main.query_one("#phase"))
+            assert "✔ forward" in phase and "▶ loss" in phase
+
+            await pilot.press("f", "f")  # loss, backward
+            main = await settle(pilot)
+            await pilot.pause()
+            reference.advance()
+            reference.advance()
+            assert main.view.current.loss == pytest.approx(reference.current.loss)
+            assert f"loss {fmt_float(reference.current.loss, 4)}" in plain(main.query_one("#phase"))
+            assert main.view.next_phase.value == "optimizer_step"
+
+            await pilot.press("f")  # optimizer step completes step 0
+            main = await settle(pilot)
+            record = reference.step_once()
+            assert main.view.step == 1 and main.view.last.loss == pytest.approx(record.loss)
+            uw = max(p.update_ratio for p in record.params if p.module == "fc2")
+            assert cell(table, "fc2", "uw").strip() == fmt_float(uw, 2)
+
+            await pilot.press("n")  # a full step
+            main = await settle(pilot)
+            assert main.view.step == 2 and len(main.view.history) == 2
+            assert app.is_running
+    finally:
+        reference.close()
+
+
+async def test_nan_breakpoint_stops_at_the_right_step_and_module() -> None:
+    from workbench.tui.screens.dialogs import BreakpointsScreen
+
+    app = create_app([NAN], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("B")
+        await pilot.pause()
+        assert isinstance(app.screen, BreakpointsScreen)
+        await pilot.press(*"nonsense", "enter")
+        await pilot.pause()
+        assert "unknown finding kind 'nonsense'" in plain(app.screen.query_one("#bp-error"))
+        app.screen.query_one("#bp-input").value = ""
+        await pilot.press(*"nan_inf", "enter", "ctrl+s")
+        main = await settle(pilot)
+        assert main.conditions == ("nan_inf",)
+        assert [bp.describe() for bp in main.view.breakpoints] == ["nan_inf"]
+
+        await pilot.press("r")
+        main = await settle(pilot)
+        hit = main.view.pending_break
+        assert hit is not None and hit.step == 3
+        assert hit.finding is not None and hit.finding.module == "fc1"
+        assert main.view.next_phase.value == "optimizer_step"
+        table = main.query_one(ModelTable)
+        assert table.selected == "fc1"  # the cursor jumped to the culprit
+        assert "breakpoint nan_inf" in plain(main.query_one("#phase"))
+        assert cell(table, "fc1", "mean").strip() == "nan"
+
+        await pilot.press("x")  # skip the poisoned optimizer step
+        main = await settle(pilot)
+        assert main.view.step == 4 and main.view.last.skipped
+
+
+async def test_exception_in_a_step_shows_the_error_panel_and_the_app_keeps_going() -> None:
+    app = create_app([RAISES_FORWARD], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")  # step 0 works
+        main = await settle(pilot)
+        assert main.view.step == 1
+        await pilot.press("f")  # the forward of step 1 raises
+        main = await settle(pilot)
+        panel = main.query_one(ErrorPanel)
+        assert panel.shown
+        title = plain(panel.query_one("#error-title"))
+        details = plain(panel.query_one("#error-details"))
+        assert "RuntimeError" in title and "forward" in title
+        assert "deliberate failure on call 2" in details and "raises_in_forward.py" in details
+        assert app.is_running
+        await pilot.press("n")  # the engine starts a fresh step; call 3 succeeds
+        main = await settle(pilot)
+        assert not panel.shown and main.view.step >= 1
+        await pilot.press("R")  # reset rebuilds from the file
+        main = await settle(pilot)
+        assert main.view is not None and main.view.step == 0 and not main.view.history
+
+
+async def test_failing_build_shows_the_error_and_the_picker_still_works() -> None:
+    app = create_app([RAISES_BUILD], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        panel = main.query_one(ErrorPanel)
+        assert panel.shown and main.session is None
+        text = plain(panel.query_one("#error-title")) + plain(panel.query_one("#error-details"))
+        assert "KeyError" in text and "raises_on_build.py" in text
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, PickerScreen)
+        picker = app.screen
+        index = next(i for i, e in enumerate(picker.entries) if e.label == "mlp_digits")
+        picker.dismiss(picker.entries[index].source)
+        main = await settle(pilot)
+        assert main.view is not None and main.view.summary.label == "mlp_digits"
+        assert not panel.shown
+
+
+async def test_run_pauses_mid_run_and_throttles_updates() -> None:
+    from workbench.tui import messages as msg
+
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        updates: list[int] = []
+        original = main.engine_updated
+
+        def counting(message: msg.EngineUpdated) -> None:
+            updates.append(message.view.step)
+            original(message)
+
+        main.engine_updated = counting  # type: ignore[method-assign]
+        await pilot.press("r")  # no breakpoint: runs until paused
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if main.view.step >= 3:
+                break
+        assert main.busy == "run"
+        await pilot.press("p")
+        main = await settle(pilot)
+        assert main.busy is None and main.session.stop.is_set()
+        steps = main.view.step
+        assert steps >= 3
+        assert "paused after" in main.status
+        # Throttled to ~10 updates a second however fast steps go.
+        assert len(updates) <= steps
+
+
+async def test_keys_help_palette_and_missing_screens() -> None:
+    from workbench.tui.screens.dialogs import HelpScreen, StepsPrompt
+
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        main = await settle(pilot)
+        assert main.has_class("narrow")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("N")
+        await pilot.pause()
+        assert isinstance(app.screen, StepsPrompt)
+        app.screen.query_one("#steps").value = ""
+        await pilot.press("3", "enter")
+        main = await settle(pilot)
+        assert main.view.step == 3
+        titles = [c.title for c in app.get_system_commands(main)]
+        for expected in ("Phase", "Step", "Run→break", "Breakpoints", "Reset", "Bench", "Profile"):
+            assert expected in titles
+        await pilot.press("b")  # the bench screen may not exist yet: a notice, not a crash
         await pilot.pause()
         assert app.is_running

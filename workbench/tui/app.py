@@ -62,6 +62,9 @@ class WorkbenchApp(App[None]):
         self._saved_showwarning = warnings.showwarning
         warnings.showwarning = self._showwarning
         logging.getLogger().addHandler(self._log_handler)
+
+    def begin(self) -> None:
+        """Open the scenario given on the command line, or the picker (main screen is mounted)."""
         single = len(self.specs) == 1 and not Path(self.specs[0]).is_dir()
         if single:
             self.main.load_spec(self.specs[0])

@@ -271,6 +271,8 @@ class Session:
             except AttributeError:
                 return InspectorData(module_name, "(no such module)", ())
             first_line = repr(module).splitlines()[0]
+            if first_line.endswith("("):  # a container: its repr lists the children
+                first_line = type(module).__name__
             description = first_line if len(first_line) < 70 else first_line[:67] + "..."
             histograms: list[Histogram] = []
             notes: list[str] = []

@@ -101,6 +101,9 @@ class MainScreen(Screen[None]):
         self.query_one(Inspector).show(None)
         self._set_narrow(self.size.width)
         self._refresh_all()
+        begin = getattr(self.app, "begin", None)
+        if begin is not None:
+            self.call_after_refresh(begin)
 
     def on_resize(self, event: object) -> None:
         self._set_narrow(self.size.width)
@@ -170,7 +173,8 @@ class MainScreen(Screen[None]):
             self.notify("no scenario loaded: press s to pick one", severity="warning")
             return
         if self.busy is not None:
-            self.notify(f"busy ({self.busy}); p pauses a run", severity="warning")
+            hint = "; p pauses it" if self.busy in ("run", "steps") else ""
+            self.notify(f"busy ({self.busy}){hint}", severity="warning")
             return
         self.busy = action
         self.query_one(ErrorPanel).hide()
@@ -284,7 +288,8 @@ class MainScreen(Screen[None]):
 
     def action_breakpoints(self) -> None:
         if self.busy is not None:
-            self.notify("pause first (p), then edit breakpoints", severity="warning")
+            hint = "pause first (p)" if self.busy in ("run", "steps") else f"wait for {self.busy} to finish"
+            self.notify(f"{hint}, then edit breakpoints", severity="warning")
             return
         from workbench.tui.screens.dialogs import BreakpointsScreen
 
@@ -409,10 +414,20 @@ class MainScreen(Screen[None]):
 
     def _refresh_title(self) -> None:
         view = self.view
-        state = self.status
-        if view is not None and self.busy not in ("run", "steps"):
-            state = f"step {view.step} · {state}"
+        if self.busy in ("run", "steps"):
+            state = self.status.split(" (")[0]
+        elif self.busy == "loading":
+            state = "loading…"
+        elif view is None:
+            state = "no scenario"
+        elif view.pending_break is not None:
+            state = f"step {view.step} · paused before optimizer step"
+        elif self.query_one(ErrorPanel).shown:
+            state = f"step {view.step} · error"
+        else:
+            state = f"step {view.step} · next {PHASE_LABEL[view.next_phase]}"
         self.query_one(TitleBar).show(view, state, self.loading_label)
+        self.query_one(PhaseBar).status = self.status
 
     def _refresh_all(self) -> None:
         view = self.view

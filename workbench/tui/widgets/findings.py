@@ -63,4 +63,6 @@ def _option(index: int, f: Any) -> Option:
     body = Text("  " + f.message, theme.DIM)
     if f.value is not None and f.threshold is not None:
         body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)
-    return Option(Text("\n").join([head, body]), id=f"f{index}")
+    text = Text("\n").join([head, body])
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return Option(text, id=f"f{index}")

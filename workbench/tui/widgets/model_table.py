@@ -15,20 +15,21 @@ from workbench.tui import theme
 from workbench.tui.render import shape_str
 from workbench.tui.session import EngineView, ModuleNode, group_grad_norms
 
+# Cells carry their own one-space gap (cell_padding=0) so the table fits
+# beside the side panels at 120 columns.
 COLUMNS = (
     ("module", "module"),
-    ("type", "type"),
-    ("shape", "out shape"),
-    ("params", "params"),
-    ("mean", "mean"),
-    ("std", "std"),
-    ("min", "min"),
-    ("max", "max"),
-    ("zero", "0%"),
-    ("naninf", "NaN/Inf"),
-    ("grad", "∇‖"),
-    ("uw", "u/w"),
+    ("shape", " out shape"),
+    ("params", " params"),
+    ("mean", "   mean"),
+    ("std", "   std"),
+    ("min", "    min"),
+    ("max", "   max"),
+    ("naninf", " NaN"),
+    ("grad", "    ∇‖"),
+    ("uw", "   u/w"),
 )
+DIGITS = 2
 
 
 class ModelTable(DataTable):
@@ -48,7 +49,7 @@ class ModelTable(DataTable):
             self.name = name
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=False, cell_padding=0, **kwargs)
         self.view: EngineView | None = None
         self.collapsed: set[str] = set()
         self._row_names: list[str] = []
@@ -102,13 +103,17 @@ class ModelTable(DataTable):
         names = [n.name for n in nodes]
         stats = view.module_stats()
         fresh = view.fresh_modules()
-        params = view.current.params if view.current is not None and getattr(view.current, "params", ()) else (
-            view.last.params if view.last is not None else ())
-        grad_norms = group_grad_norms(params)
-        uw = _update_ratios(params)
+        # Gradients of this step exist after its backward, updates after its
+        # optimizer step; until then the previous step's show, dimmed.
+        current_params = tuple(view.current.params) if view.current is not None else ()
+        last_params = tuple(view.last.params) if view.last is not None else ()
+        grad_fresh = bool(current_params)
+        grad_norms = group_grad_norms(current_params or last_params)
+        uw_fresh = any(p.update_ratio is not None for p in current_params)
+        uw = _update_ratios(current_params if uw_fresh else last_params)
         health = _health(view)
-        cells = {n.name: _row(n, stats.get(n.name), n.name in fresh, grad_norms.get(n.name),
-                             uw.get(n.name), health.get(n.name), n.name in self.collapsed)
+        cells = {n.name: _row(n, stats.get(n.name), n.name in fresh, grad_norms.get(n.name), grad_fresh,
+                             uw.get(n.name), uw_fresh, health.get(n.name), n.name in self.collapsed)
                  for n in nodes}
         if names != self._row_names:
             keep = self._selected
@@ -192,36 +197,37 @@ def _health(view: EngineView) -> dict[str, str]:
     return out
 
 
+def _cell(text: str, style: str = "") -> Text:
+    return Text(" " + text, style, justify="right")
+
+
 def _num(value: float | None, style: str) -> Text:
-    text = fmt_float(value)
     if value is not None and not math.isfinite(value):
-        return Text(text, theme.ERROR, justify="right")
-    return Text(text, style, justify="right")
+        return _cell(fmt_float(value), theme.ERROR)
+    return _cell(fmt_float(value, DIGITS), style if value is not None else theme.DIM)
 
 
-def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, uw: float | None,
-         severity: str | None, collapsed: bool) -> tuple[Text, ...]:
+def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, grad_fresh: bool,
+         uw: float | None, uw_fresh: bool, severity: str | None, collapsed: bool) -> tuple[Text, ...]:
     fold = ("▸ " if collapsed else "▾ ") if node.children else "  "
     icon = theme.severity_icon(severity) if severity in ("error", "warning") else " "
     name_style = theme.severity_style(severity) if severity in ("error", "warning") else ""
     name = Text("  " * max(node.depth - 1, 0) + icon + fold + node.short, name_style)
+    name.append(" " + node.type_name, theme.DIM)
     # Numbers from an earlier step are dim: not measured in this step yet.
     style = "" if fresh else theme.DIM
     if stats is None:
-        values: tuple[Text, ...] = tuple(Text("·", theme.DIM, justify="right") for _ in range(6))
-        naninf = Text("·", theme.DIM, justify="right")
+        values: tuple[Text, ...] = tuple(_cell("·", theme.DIM) for _ in range(5))
+        naninf = _cell("·", theme.DIM)
     else:
-        zero = None if stats.zero_fraction is None else 100 * stats.zero_fraction
         values = (
-            Text(shape_str(stats.shape), style),
+            _cell(shape_str(stats.shape), style),
             _num(stats.mean, style), _num(stats.std, style), _num(stats.min, style),
             _num(stats.max, style),
-            Text("·" if zero is None else f"{zero:.0f}", style, justify="right"),
         )
         bad = (stats.nan_count or 0) + (stats.inf_count or 0)
-        naninf = Text(f"{stats.nan_count or 0}/{stats.inf_count or 0}" if bad else "0",
-                      theme.ERROR if bad else style, justify="right")
-    params = Text(human_count(node.num_params) if node.num_params else "·",
-                  "" if node.num_params else theme.DIM, justify="right")
-    return (name, Text(node.type_name, theme.DIM), values[0], params, *values[1:], naninf,
-            _num(grad, ""), _num(uw, ""))
+        naninf = _cell(f"{human_count(bad)}" if bad else "0", theme.ERROR if bad else style)
+    params = _cell(human_count(node.num_params) if node.num_params else "·",
+                   "" if node.num_params else theme.DIM)
+    return (name, values[0], params, *values[1:], naninf,
+            _num(grad, "" if grad_fresh else theme.DIM), _num(uw, "" if uw_fresh else theme.DIM))

@@ -61,18 +61,33 @@ class TitleBar(Static):
 class PhaseBar(ViewPanel):
     """✔ forward 6.1 ms  ✔ loss 0.2 ms  ▶ backward  · optimizer step   step · loss · lr."""
 
+    status: reactive[str] = reactive("")
+
+    def watch_status(self, status: str) -> None:
+        self.watch_view(self.view)
+
     def render_view(self, view: EngineView) -> RenderableType:
         seconds = dict(getattr(view.current, "phase_seconds", None) or {})
-        line = Text()
+        previous = not view.done_phases and view.last is not None
+        if previous:  # a new step has not started: show how long the last one took
+            seconds = dict(view.last.phase_seconds)
+        line = Text(no_wrap=True, overflow="ellipsis")
         for phase in PHASES:
             label = PHASE_LABEL[phase]
-            if phase in view.done_phases or phase.value in seconds or phase in seconds:
+            if previous and phase != view.next_phase:
+                took = seconds.get(phase)
+                line.append("· ", theme.DIM).append(label, theme.DIM)
+                if self.show_volatile and took is not None:
+                    line.append(f" {fmt_ms(took)}", theme.DIM)
+            elif phase in view.done_phases:
                 took = seconds.get(phase, seconds.get(phase.value))
                 line.append("✔ ", theme.OK).append(label)
                 if self.show_volatile and took is not None:
                     line.append(f" {fmt_ms(took)}", theme.DIM)
             elif phase == view.next_phase:
                 line.append("▶ ", theme.NEXT).append(label, theme.NEXT)
+                if previous and self.show_volatile and seconds.get(phase) is not None:
+                    line.append(f" {fmt_ms(seconds[phase])}", theme.DIM)
                 if view.pending_break is not None and phase.value == "optimizer_step":
                     line.append(f" (held by breakpoint {view.pending_break.breakpoint})", theme.ERROR)
             else:
@@ -91,7 +106,9 @@ class PhaseBar(ViewPanel):
         info.append(f"  ({view.summary.optimizer})", theme.DIM)
         if last is not None and last.skipped:
             info.append("  last step skipped", theme.WARNING)
-        return Group(line, info)
+        status = Text(self.status, theme.NEXT if view.pending_break is not None else theme.DIM,
+                      no_wrap=True, overflow="ellipsis")
+        return Group(line, info, status)
 
 
 class ChartsPanel(ViewPanel):
@@ -137,8 +154,8 @@ class MemoryPanel(ViewPanel):
     def render_view(self, view: EngineView) -> RenderableType:
         record = view.last
         out = Table.grid(padding=(0, 1))
-        out.add_column(no_wrap=True)
-        out.add_column(no_wrap=True)
+        out.add_column(no_wrap=True, min_width=11)
+        out.add_column(no_wrap=True, overflow="ellipsis")
         if record is None:
             return Text("memory is sampled once per step", theme.DIM)
         mem = record.memory
@@ -154,11 +171,11 @@ class MemoryPanel(ViewPanel):
         stats = view.module_stats().get(self.selected or "")
         if self.selected is not None and stats is not None:
             out.add_row(Text("selected", theme.DIM), f"{human_bytes(stats.bytes)} ({self.selected or 'model'})")
-        total = sum(record.phase_seconds.values()) if record.phase_seconds else 0.0
-        tax = record.instrument_seconds
-        if vol and tax is not None and total > 0:
+        # phase_seconds is the user's work; instrument_seconds the debugger's own on top.
+        work, tax = record.seconds, record.instrument_seconds
+        if vol and work > 0:
             out.add_row(Text("debugger", theme.DIM),
-                        f"{fmt_ms(tax)} of {fmt_ms(total)} per step ({100 * tax / total:.0f}%)")
-        elif not vol:
+                        f"{(work + tax) / work:.2f}× (+{fmt_ms(tax)}/step)")
+        else:
             out.add_row(Text("debugger", theme.DIM), "—")
         return out
