@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(ROOT / "scenarios" / "cnn_image.py"))
     args = parser.parse_args(argv)
 
-    from workbench.profiling.export import quiet_native_logs
+    from workbench.profiling.native_logs import quiet_native_logs
 
     quiet_native_logs()
     import torch

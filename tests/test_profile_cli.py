@@ -136,6 +136,32 @@ def test_analyze_an_existing_directory(profiled: tuple[Path, str], capsys: pytes
     assert "run r1" in out and "step time breakdown" in out and "mlp_digits.py" in out
 
 
+def test_analyze_writes_json_when_asked(profiled: tuple[Path, str], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "a.json"
+    assert main(["profile", "--analyze", str(profiled[0]), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (worker,) = data["workers"]
+    assert len(worker["steps"]) == 2 and worker["operators"] and data["run"] == "r1"
+
+
+def test_interrupt_keeps_the_partial_trace(tmp_path: Path) -> None:
+    from workbench.profiling.export import ProfileInterrupted, run_profile
+
+    def stop_at_step_3(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ProfileInterrupted) as info:
+        run_profile(load_source(MLP), "cpu", tmp_path, ProfileOptions(wait=0, warmup=1, active=5),
+                    run="cut", estimate=False, on_progress=stop_at_step_3)
+    (partial,) = info.value.files
+    assert info.value.run_dir == tmp_path / "cut"
+    assert len(analyze_file(partial).steps) >= 1
+    log = tmp_path / "cut" / "profiler-stderr.log"
+    assert not log.exists() or log.stat().st_size > 0  # an empty log is removed
+
+
 def test_analyze_a_missing_directory_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "--analyze", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-trace-mb", type=float, default=None,
                    help="stop before profiling when the estimated trace is larger (default 200)")
     p.add_argument("--force", action="store_true", help="write the trace even above --max-trace-mb")
+    p.add_argument("--json", metavar="FILE", help="also write the full analysis as JSON (checked before profiling)")
     p.add_argument("--top", type=int, default=15, help="rows in the operator table (default 15)")
     p.add_argument("--open-tensorboard", action="store_true",
                    help="start TensorBoard on 127.0.0.1 (a free port) afterwards; Ctrl-C stops it")
@@ -57,6 +58,9 @@ def _options(args: argparse.Namespace):  # -> ProfileOptions
 
 
 def run(args: argparse.Namespace) -> int:
+    from workbench.profiling.native_logs import quiet_native_logs
+
+    quiet_native_logs()  # first: importing workbench.errors already loads torch
     from workbench.errors import UsageError
 
     if args.top < 1:
@@ -69,21 +73,22 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-trace-mb must be > 0, got {args.max_trace_mb:g}.")
     options = None if args.analyze else _options(args)
 
-    from workbench.profiling.export import quiet_native_logs
-
-    quiet_native_logs()  # before torch starts Kineto
     from rich.console import Console
 
     from workbench.profiling.runs import analyze_path
     from workbench.report.profile import estimate_line, files_view, run_view
 
     console = Console()
+    if args.json:
+        from workbench.report.files import check_writable
+
+        check_writable(args.json)
     if args.analyze:
         analysis = analyze_path(args.analyze)
         console.print(run_view(analysis, args.top))
         logdir = analysis.run_dir.parent
     else:
-        from workbench.profiling.export import DEFAULT_MAX_TRACE_MB, run_profile
+        from workbench.profiling.export import DEFAULT_MAX_TRACE_MB, ProfileInterrupted, run_profile
         from workbench.scenario import load_source
 
         source = load_source(args.scenario)
@@ -98,16 +103,27 @@ def run(args: argparse.Namespace) -> int:
             def on_progress(done: int, total: int) -> None:
                 status.update(f"profiling {source.label}: step {done}/{total}")
 
-            result = run_profile(
-                source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit,
-                force=args.force, on_progress=on_progress, on_estimate=on_estimate,
-            )
+            try:
+                result = run_profile(
+                    source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit,
+                    force=args.force, on_progress=on_progress, on_estimate=on_estimate,
+                )
+            except ProfileInterrupted as stop:
+                for f in stop.files:
+                    console.print(f"partial trace kept: {f}")
+                if stop.files:
+                    console.print(f"analyse it with: workbench profile --analyze {stop.run_dir}")
+                raise
         console.print(files_view(result))
         if not result.files:
             return 1
         analysis = analyze_path(result.run_dir)
         console.print(run_view(analysis, args.top))
         logdir = result.logdir
+    if args.json:
+        from workbench.report.files import atomic_write_json
+
+        console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
     if args.open_tensorboard:
         return _serve(console, logdir)
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UsageError
+from workbench.profiling.native_logs import quiet_native_logs
 from workbench.profiling.trace import WORKER_PATTERN
 
 if TYPE_CHECKING:
@@ -46,6 +47,15 @@ STDERR_LOG = "profiler-stderr.log"
 METADATA_FILE = "workbench-profile.json"  # not matched by the plugin's file pattern
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps total)
+
+
+class ProfileInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM during profiling; the profiler still wrote what it had."""
+
+    def __init__(self, run_dir: Path, files: tuple[Path, ...]) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.files = files
 
 
 class TraceTooLargeError(UsageError):
@@ -116,13 +126,6 @@ def default_worker_name(rank: int = 0) -> str:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "run"
-
-
-def quiet_native_logs() -> None:
-    """Ask Kineto and c10 to keep their log lines to themselves (read at start-up;
-    redirect_stderr_fd catches whatever still gets through)."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 
 @contextlib.contextmanager
@@ -322,8 +325,13 @@ def run_profile(
             )
     scenario = source.build(dev)
     capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
-    with capture:
-        files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
+    try:
+        with capture:
+            files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
+    except KeyboardInterrupt as exc:
+        # Leaving the profiler context flushed the steps recorded so far.
+        _drop_if_empty(log_path)
+        raise ProfileInterrupted(run_dir, tuple(sorted(run_dir.glob("*.pt.trace.json*")))) from exc
     import torch
 
     atomic_write_json(
