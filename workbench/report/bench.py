@@ -114,6 +114,8 @@ def method_notes(run: BenchRun) -> list[str]:
     apis = sorted({str(r.extras["api"]) for r in run.results if r.ok and "api" in r.extras})
     out += [f"api: {a}" for a in apis]
     for r in run.results:
+        if r.status == "failed":
+            out.append(f"✖ {r.name} failed: {r.reason}")
         for w in r.warnings:
             out.append(f"⚠ {r.name}: {w}")
     return out

@@ -120,11 +120,17 @@ def resolve(names: Iterable[str] | None) -> list[Variant]:
     """
     wanted = list(DEFAULT if names is None else names)
     expanded: list[str] = []
+
+    def expand(name: str) -> None:
+        for part in ALIASES.get(name, (name,)):
+            if part in ALIASES and part != name:
+                expand(part)
+            else:
+                expanded.append(part)
+
     for name in wanted:
-        name = name.strip()
-        if not name:
-            continue
-        expanded.extend(ALIASES.get(name, (name,)))
+        if name.strip():
+            expand(name.strip())
     if not expanded:
         raise UsageError(f"no variants given; valid variants: {valid_names()}")
     variants = [_one(n) for n in expanded]

@@ -36,9 +36,12 @@ def quantize(model: nn.Module) -> nn.Module:
     """An int8 inference copy of ``model``; the original is untouched."""
     float_copy = copy.deepcopy(model).cpu().eval()
     with warnings.catch_warnings():
-        # quantize_dynamic warns that it moves to torchao; the row names the API instead.
+        # quantize_dynamic (and importing its modules, which use torch.jit.script_method)
+        # warns that it moves to torchao; the row names the API instead.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
+        import torch.ao.quantization
+
         return torch.ao.quantization.quantize_dynamic(float_copy, set(QUANTIZABLE), dtype=torch.qint8)
 
 

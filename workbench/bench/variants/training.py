@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +170,11 @@ class Compile(Variant):
             return Prepared(train_step_fn(scenario, batches, model=compiled), finish=finish)
 
         t0 = time.perf_counter()
-        result = run_training(self, ctx, prepare)
+        with warnings.catch_warnings():
+            # Inductor imports torch.ao modules that warn about torch.jit.script_method:
+            # torch's own noise, not the user's.
+            warnings.filterwarnings("ignore", ".*torch.jit.script_method.*", DeprecationWarning)
+            result = run_training(self, ctx, prepare)
         extras = dict(result.extras, wall_s=time.perf_counter() - t0)
         first = extras.get("first_step_s")
         if first is not None and result.timing is not None:
