@@ -33,3 +33,18 @@ def fixed_scenarios(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_picker_snapshot(snap_compare, fixed_scenarios: Path) -> None:
     assert snap_compare(create_app([], device="cpu", show_volatile=False), terminal_size=SIZE)
+
+
+def test_main_screen_snapshot(snap_compare, fixed_scenarios: Path) -> None:
+    """mlp_digits loaded, before its first step: layout, tree, inspector of the model."""
+
+    async def loaded(pilot) -> None:
+        for _ in range(200):
+            await pilot.app.workers.wait_for_complete()
+            await pilot.pause()
+            main = pilot.app.main
+            if main.view is not None and main.busy is None and main._inspected is not None:
+                break
+
+    app = create_app([str(fixed_scenarios / "mlp_digits.py")], device="cpu", show_volatile=False)
+    assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
