@@ -197,3 +197,12 @@ def build_multi_input(device):
     data = [((torch.randn(N, D, generator=g), torch.randn(N, 4, generator=g)), torch.randn(N, 1, generator=g))
             for _ in range(3)]
     return _scenario(Two().to(device), data)
+
+
+def build_spike(device):
+    """Healthy, except batch 6 whose inputs are 300x too large (a unit bug in one shard)."""
+    torch.manual_seed(0)
+    data = _data(n_batches=8)
+    data[6] = (data[6][0] * 300.0, data[6][1])
+    model = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, 1)).to(device)
+    return _scenario(model, data, opt=torch.optim.SGD(model.parameters(), lr=1e-3))

@@ -1,0 +1,67 @@
+"""At most one device->host transfer per phase, whatever the number of layers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.engine import Engine, EngineConfig, Phase
+from workbench.scenario import Scenario
+
+# Every way a tensor's values reach the host.
+TRANSFER_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+def deep_mlp(depth: int) -> Scenario:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(16, 16), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(16, 1))
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(32, 16, generator=g), torch.randn(32, 1, generator=g)) for _ in range(2)]
+    # SGD: Adam calls .item() on its own CPU step counter inside optimizer.step(), a sync of
+    # the user's optimizer that this test must not blame on the debugger.
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                    loss_fn=nn.MSELoss(), data=data)
+
+
+@pytest.fixture
+def count_transfers(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    counts: Counter = Counter()
+    for name in TRANSFER_METHODS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, __original=original, __name=name, **k):
+            counts[__name] += 1
+            return __original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return counts
+
+
+def transfers_per_phase(depth: int, counts: Counter, stats_every: int = 1) -> dict[Phase, int]:
+    per_phase: dict[Phase, int] = {}
+    with Engine(deep_mlp(depth), EngineConfig(stats_every=stats_every)) as eng:
+        eng.step_once()  # warm-up step outside the count
+        for _ in range(4):
+            before = sum(counts.values())
+            result = eng.advance()
+            per_phase[result.phase] = sum(counts.values()) - before
+    return per_phase
+
+
+def test_one_transfer_per_phase_independent_of_depth(count_transfers: Counter) -> None:
+    shallow = transfers_per_phase(2, count_transfers)
+    deep = transfers_per_phase(40, count_transfers)
+    assert shallow == deep, (shallow, deep)
+    assert all(n <= 1 for n in deep.values()), deep
+    assert deep[Phase.FORWARD] == 1 and deep[Phase.BACKWARD] == 1
+
+
+def test_unmeasured_steps_transfer_only_loss_and_grad_norm(count_transfers: Counter) -> None:
+    per_phase = transfers_per_phase(40, count_transfers, stats_every=1000)  # step 1 is unmeasured
+    assert per_phase == {Phase.FORWARD: 0, Phase.LOSS: 1, Phase.BACKWARD: 1, Phase.OPTIMIZER_STEP: 0}

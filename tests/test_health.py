@@ -1,0 +1,148 @@
+"""Each health rule fires on the right module of a broken model, and not on healthy ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import BROKEN, SCENARIOS
+from workbench.engine import FINDING_KINDS, Engine, EngineConfig, Finding, HealthThresholds, Phase
+from workbench.scenario import discover, load
+
+PATHO = BROKEN / "pathologies.py"
+
+
+def findings_of(kind: str, steps: int = 8, **config) -> list[Finding]:
+    with Engine(load(f"{PATHO}:build_{kind}"), EngineConfig(**config)) as eng:
+        out = eng.run(steps)
+        assert out.stopped_by == "steps", out.error
+        return list(eng.findings)
+
+
+def first(findings: list[Finding], kind: str) -> Finding:
+    matches = [f for f in findings if f.kind == kind]
+    assert matches, f"no {kind} finding in {[(f.kind, f.where) for f in findings]}"
+    return matches[0]
+
+
+def test_nan_in_forward_points_at_the_root_module_not_downstream() -> None:
+    found = findings_of("nan_forward", steps=2)
+    f = first(found, "nan_inf")
+    assert (f.step, f.phase, f.module, f.severity) == (0, Phase.FORWARD, "1", "error")
+    assert "finite inputs" in f.message
+    # Only the root is reported for step 0, not the Linear after it or the whole model.
+    assert [x.module for x in found if x.kind == "nan_inf" and x.step == 0] == ["1"]
+    assert first(found, "loss_divergence").step == 0
+    # Step 1: the first Linear's weights were poisoned by step 0's update.
+    step1 = [x for x in found if x.kind == "nan_inf" and x.step == 1]
+    assert step1[0].module == "0" and "own parameters" in step1[0].message
+
+
+def test_nan_in_backward_only_names_the_module_whose_backward_made_it() -> None:
+    found = findings_of("nan_backward", steps=1)
+    f = first(found, "nan_inf")
+    assert (f.phase, f.module) == (Phase.BACKWARD, "2")
+    assert "BadBackward" in f.message
+
+
+def test_nan_in_the_batch_is_blamed_on_the_data() -> None:
+    f = first(findings_of("nan_input", steps=1), "nan_inf")
+    assert f.module == "0" and "batch" in f.message
+
+
+def test_dead_relu() -> None:
+    f = first(findings_of("dead_relu", steps=1), "dead_units")
+    assert (f.module, f.severity, f.value) == ("1", "warning", 1.0)
+
+
+def test_detached_branch_has_no_gradient() -> None:
+    found = findings_of("detached", steps=1)
+    assert {(f.parameter, f.severity) for f in found if f.kind == "no_gradient"} == {
+        ("unused.weight", "error"), ("unused.bias", "error")}
+    assert not [f for f in found if f.parameter and f.parameter.startswith("used")]
+
+
+def test_detached_branch_is_found_on_unmeasured_steps_too() -> None:
+    found = findings_of("detached", steps=3, stats_every=100)
+    assert {f.step for f in found if f.kind == "no_gradient"} == {0, 1, 2}
+
+
+def test_exploding_gradient() -> None:
+    found = findings_of("exploding", steps=1)
+    total = [f for f in found if f.kind == "exploding_gradient" and f.parameter is None]
+    assert total and total[0].value > 1e3 and total[0].severity == "error"
+
+
+def test_exploding_gradient_spike_against_the_running_average() -> None:
+    # Below the absolute limit, the outlier batch 6 is still caught as a jump.
+    found = findings_of("spike", steps=8, thresholds=HealthThresholds(grad_norm_abs=1e30))
+    spikes = [f for f in found if f.kind == "exploding_gradient"]
+    assert spikes and min(f.step for f in spikes) == 6  # (step 7 follows: step 6 wrecked the weights)
+    assert "running average" in spikes[0].message
+
+
+def test_saturated_sigmoid() -> None:
+    f = first(findings_of("saturated", steps=1), "saturated_activations")
+    assert f.module == "1" and f.value > 0.9
+
+
+def test_vanishing_gradient_in_a_deep_sigmoid_stack() -> None:
+    found = findings_of("vanishing", steps=1)
+    modules = {f.module for f in found if f.kind == "vanishing_gradient"}
+    assert "0" in modules and "24" not in modules  # the first layers starve, the head learns
+
+
+def test_tiny_and_huge_updates() -> None:
+    tiny = first(findings_of("tiny_updates", steps=1), "tiny_updates")
+    assert tiny.phase is Phase.OPTIMIZER_STEP and tiny.value < 1e-8
+    huge = first(findings_of("huge_updates", steps=8), "huge_updates")
+    assert huge.value > 1.0 and huge.step >= HealthThresholds().warmup_steps
+
+
+def test_loss_divergence() -> None:
+    f = first(findings_of("diverging", steps=12), "loss_divergence")
+    assert f.severity == "error" and f.step >= HealthThresholds().loss_window - 1
+
+
+def test_every_kind_is_covered_by_a_broken_model() -> None:
+    kinds = set()
+    for name in ("nan_forward", "dead_relu", "detached", "exploding", "saturated", "vanishing",
+                 "tiny_updates", "huge_updates", "diverging"):
+        kinds |= {f.kind for f in findings_of(name, steps=8)}
+    assert kinds == set(FINDING_KINDS)
+
+
+@pytest.mark.slow
+def test_batchnorm_cancelled_bias_is_info_once_not_a_warning() -> None:
+    with Engine(load(f"{SCENARIOS}/cnn_image.py:build_batchnorm")) as eng:
+        eng.run(8)
+        found = list(eng.findings)
+    assert {(f.parameter, f.severity) for f in found} <= {("features.0.bias", "info"), ("features.4.bias", "info")}
+    assert len(found) == len({f.parameter for f in found})
+
+
+def _healthy(label: str, steps: int) -> list[Finding]:
+    src = next(s for s in discover(SCENARIOS) if s.label == label)
+    with Engine(src.build("cpu")) as eng:
+        out = eng.run(steps)
+        assert out.stopped_by == "steps", out.error
+        return [f for f in eng.findings if f.severity != "info"]
+
+
+SMALL = ["mlp_digits", "collab_filter", "regression_mse", "binary_bce", "binary_bce:build_logits"]
+
+
+@pytest.mark.parametrize("label", SMALL)
+def test_small_bundled_scenarios_are_healthy_for_30_steps(label: str) -> None:
+    assert _healthy(label, 30) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", ["lstm_text", "cnn_image", "cnn_image:build_batchnorm", "gru_bidirectional", "resnet_tiny"])
+def test_large_bundled_scenarios_are_healthy_for_30_steps(label: str) -> None:
+    assert _healthy(label, 30) == []
+
+
+def test_every_bundled_scenario_is_covered() -> None:
+    labels = {s.label for s in discover(SCENARIOS)}
+    assert labels == set(SMALL) | {"lstm_text", "cnn_image", "cnn_image:build_batchnorm", "gru_bidirectional", "resnet_tiny"}
