@@ -155,6 +155,9 @@ def format_error(exc: BaseException) -> tuple[str, str]:
         if step is not None:
             where += f" of step {step}"
     title = f"{type(original).__name__}{where}: {original}"
+    frame = getattr(exc, "user_frame", None)
+    if isinstance(frame, str):
+        title += f"  (at {frame})"
     details = getattr(exc, "traceback_text", None)
     if not isinstance(details, str):
         details = "".join(traceback.format_exception(original))

@@ -107,7 +107,10 @@ class PickerScreen(ModalScreen[ScenarioSource | None]):
                 options.append(Option(Text(group, "bold underline"), disabled=True))
             text = Text(no_wrap=True, overflow="ellipsis")
             text.append(f"{e.label:<28}", theme.ERROR if e.error else "bold")
-            text.append(" " + (e.error.splitlines()[0] if e.error else e.summary), theme.DIM)
+            summary = e.error.splitlines()[0] if e.error else e.summary
+            if len(summary) > 80:  # one line per scenario
+                summary = summary[:79] + "…"
+            text.append(" " + summary, theme.DIM)
             options.append(Option(text, id=f"e{i}", disabled=e.error is not None))
         return options
 

@@ -18,10 +18,10 @@ class ErrorPanel(Vertical):
     """
 
     DEFAULT_CSS = """
-    ErrorPanel { display: none; border: heavy $error; height: auto; max-height: 60%; }
+    ErrorPanel { display: none; border: heavy $error; height: auto; max-height: 14; }
     ErrorPanel.shown { display: block; }
     ErrorPanel > #error-title { color: $error; text-style: bold; }
-    ErrorPanel > VerticalScroll { height: auto; max-height: 20; }
+    ErrorPanel > VerticalScroll { height: auto; max-height: 10; }
     """
 
     def compose(self) -> ComposeResult:
@@ -35,6 +35,8 @@ class ErrorPanel(Vertical):
         self.query_one("#error-title", Label).update(Text(title))
         self.query_one("#error-details", Static).update(Text(details.rstrip()))
         self.add_class("shown")
+        # The user's frame and the exception are at the end of a traceback.
+        self.call_after_refresh(self.query_one(VerticalScroll).scroll_end, animate=False)
 
     def hide(self) -> None:
         self.remove_class("shown")
