@@ -245,24 +245,27 @@ def launch_local(
             except queue_mod.Empty:
                 return
 
+    def explain() -> str:
+        # A rank that dies makes its peers fail in the collective ("Read error",
+        # "Connection closed"); name the dead rank first, it is the cause.
+        drain(0.5)
+        reported = {int(e.split(":", 1)[0].split()[1]) for e in errors}
+        dead = [r for r, p in enumerate(procs)
+                if p.exitcode not in (None, 0) and r not in results and r not in reported]
+        parts = [f"rank {r} died with exit code {procs[r].exitcode} before reporting a result" for r in dead]
+        return "; then ".join([*parts, *errors]) or "a rank exited without reporting a result"
+
     failure: str | None = None
     deadline = t0 + timeout_s
     try:
         while len(results) < world_size:
             drain(0.2)
-            if errors:
-                failure = errors[0]
-                break
             dead = [r for r, p in enumerate(procs) if r not in results and p.exitcode is not None]
-            if dead:
-                drain(1.0)  # a dying rank's error (or late result) may still be in flight
-                if errors:
-                    failure = errors[0]
-                    break
-                dead = [r for r in dead if r not in results]
-                if dead:
-                    failure = (f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} "
-                               "before reporting a result")
+            if errors or dead:
+                if not errors:
+                    drain(1.0)  # a dying rank's error (or late result) may still be in flight
+                if errors or any(r not in results for r in dead):
+                    failure = explain()
                     break
             if time.perf_counter() > deadline:
                 waiting = sorted(set(range(world_size)) - set(results))
