@@ -128,6 +128,29 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "run"
 
 
+_prepared = False
+
+
+def prepare_profiler() -> None:
+    """Start and stop an empty profile on the calling thread, once per process.
+
+    Kineto wants its first initialisation on the thread that imported torch:
+    a first profile from a worker thread prints "External init callback must
+    run in same thread as registerClient" on fd 2, whatever the log level,
+    and in a TUI that line lands on the screen. Call this on the main thread
+    before profiling from a worker. The first call takes a moment (Kineto
+    starts up); later calls return at once.
+    """
+    global _prepared
+    if _prepared:
+        return
+    from torch.profiler import profile
+
+    with profile():
+        pass
+    _prepared = True
+
+
 @contextlib.contextmanager
 def redirect_stderr_fd(log_path: Path) -> Iterator[Path]:
     """Send fd 2 (C++ log lines: profiler_start, CPUAllocator warnings) to a file.

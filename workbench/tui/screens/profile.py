@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from workbench.profiling.analysis import TraceAnalysis, top_operators
-from workbench.profiling.export import ProfileOptions, ProfileRun, run_profile
+from workbench.profiling.export import ProfileOptions, ProfileRun, prepare_profiler, run_profile
 from workbench.profiling.runs import RunAnalysis, analyze_path
 from workbench.profiling.tensorboard import tensorboard_command
 from workbench.report.profile import bar_legend, breakdown_table, recommendations_view, stacked_bar
@@ -126,7 +126,17 @@ class ProfileScreen(Screen[None]):
         self.query_one(ErrorPanel).hide()
         progress = self.query_one(ProgressPanel)
         progress.display = True
-        progress.set_progress(0, self.options.steps, "building the scenario and estimating the trace size")
+        progress.set_progress(0, self.options.steps, "starting the profiler")
+        # Draw the panel first: the first prepare_profiler() blocks the UI thread briefly.
+        self.call_after_refresh(self._start)
+
+    def _start(self) -> None:
+        try:
+            prepare_profiler()  # on the UI (main) thread, or Kineto prints over the screen
+        except Exception as exc:  # a torch build without Kineto: the worker will say more
+            self.app.log(f"prepare_profiler: {exc}")
+        self.query_one(ProgressPanel).set_progress(
+            0, self.options.steps, "building the scenario and estimating the trace size")
         self._profile(self.source, self.device, self.logdir, self.options)
 
     # -- the worker ------------------------------------------------------------------------
