@@ -81,7 +81,8 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
 
     BINDINGS = [
         Binding("escape", "dismiss_none", "cancel"),
-        Binding("delete,d", "remove", "remove selected"),
+        # ctrl+r: plain letters and delete belong to the input field.
+        Binding("ctrl+r", "remove", "remove selected", priority=True),
         Binding("ctrl+s", "save", "save"),
     ]
 

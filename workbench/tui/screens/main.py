@@ -370,6 +370,8 @@ class MainScreen(Screen[None]):
         table = self.query_one(ModelTable)
         table.select_module(message.module)
         table.focus()
+        if message.text:
+            self.notify(message.text, title="finding", timeout=10)
 
     @on(ModelTable.ModuleSelected)
     def module_selected(self, message: ModelTable.ModuleSelected) -> None:

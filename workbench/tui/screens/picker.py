@@ -108,8 +108,8 @@ class PickerScreen(ModalScreen[ScenarioSource | None]):
             text = Text(no_wrap=True, overflow="ellipsis")
             text.append(f"{e.label:<28}", theme.ERROR if e.error else "bold")
             summary = e.error.splitlines()[0] if e.error else e.summary
-            if len(summary) > 80:  # one line per scenario
-                summary = summary[:79] + "…"
+            if len(summary) > 64:  # one line per scenario
+                summary = summary[:63] + "…"
             text.append(" " + summary, theme.DIM)
             options.append(Option(text, id=f"e{i}", disabled=e.error is not None))
         return options

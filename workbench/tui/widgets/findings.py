@@ -20,9 +20,10 @@ class FindingsPanel(OptionList):
     """Newest first; a finding's module is the option id."""
 
     class JumpToModule(Message):
-        def __init__(self, module: str) -> None:
+        def __init__(self, module: str, text: str = "") -> None:
             super().__init__()
             self.module = module
+            self.text = text
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -39,7 +40,8 @@ class FindingsPanel(OptionList):
         if not findings:
             self.add_option(Option(Text("no findings yet", theme.DIM), disabled=True))
             return
-        self.add_options(_option(i, f) for i, f in enumerate(findings))
+        width = max(self.size.width - 4, 20)
+        self.add_options(_option(i, f, width) for i, f in enumerate(findings))
         if highlighted is not None and highlighted < len(findings):
             self.highlighted = highlighted
 
@@ -50,10 +52,10 @@ class FindingsPanel(OptionList):
         event.stop()
         finding = self.finding_at(event.option_index)
         if finding is not None and finding.module is not None:
-            self.post_message(self.JumpToModule(finding.module))
+            self.post_message(self.JumpToModule(finding.module, f"{finding.kind} on {finding.where}: {finding.message}"))
 
 
-def _option(index: int, f: Any) -> Option:
+def _option(index: int, f: Any, width: int) -> Option:
     phase = getattr(f.phase, "value", f.phase)
     head = Text()
     head.append(f"{theme.severity_icon(f.severity)} ", theme.severity_style(f.severity))
@@ -63,6 +65,7 @@ def _option(index: int, f: Any) -> Option:
     body = Text("  " + f.message, theme.DIM)
     if f.value is not None and f.threshold is not None:
         body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)
-    text = Text("\n").join([head, body])
-    text.no_wrap, text.overflow = True, "ellipsis"
-    return Option(text, id=f"f{index}")
+    # Two lines per finding; Enter shows the whole message and jumps to the module.
+    for line in (head, body):
+        line.truncate(width, overflow="ellipsis")
+    return Option(Text("\n").join([head, body]), id=f"f{index}")

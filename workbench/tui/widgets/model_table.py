@@ -213,7 +213,8 @@ def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, grad_fre
     icon = theme.severity_icon(severity) if severity in ("error", "warning") else " "
     name_style = theme.severity_style(severity) if severity in ("error", "warning") else ""
     name = Text("  " * max(node.depth - 1, 0) + icon + fold + node.short, name_style)
-    name.append(" " + node.type_name, theme.DIM)
+    if node.name:  # the title bar already names the model's class
+        name.append(" " + node.type_name, theme.DIM)
     # Numbers from an earlier step are dim: not measured in this step yet.
     style = "" if fresh else theme.DIM
     if stats is None:
