@@ -40,7 +40,7 @@ from typing import Any
 
 from workbench.profiling import intervals
 from workbench.profiling.intervals import Span
-from workbench.profiling.trace import TraceFile, load_trace
+from workbench.profiling.trace import TraceFile, find_runs, load_trace
 
 # The record_function names the profile loop writes; the analysis relies on them.
 PHASES = ("dataloader", "forward", "loss", "backward", "optimizer_step")
@@ -218,8 +218,6 @@ def analyze_file(trace: TraceFile | str | Path) -> TraceAnalysis:
 
 
 def _trace_file(path: Path) -> TraceFile:
-    from workbench.profiling.trace import find_runs
-
     (files,) = find_runs(path).values()
     return files[0]
 
@@ -321,7 +319,7 @@ def analyze_trace(
         devices=devices,
         record_shapes=record_shapes,
         profile_memory=bool(data.get("profile_memory")) or bool(memory),
-        with_stack=bool(modules_raw) or any(str(e.get("cat", "")) == "python_function" for e in durations[:2000]),
+        with_stack=bool(modules_raw) or any(str(e.get("cat", "")) == "python_function" for e in durations),
         uses_dataparallel="DataParallel.forward" in names,
         uses_ddp="DistributedDataParallel.forward" in names,
         comm_libs=tuple(sorted(comm_libs)),

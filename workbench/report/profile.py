@@ -103,7 +103,7 @@ def phase_table(analysis: TraceAnalysis, top: int = 10) -> Table | None:
         return None
     n = max(len(analysis.steps), 1)
     device = analysis.has_device_events
-    table = Table(title="phases and modules (mean per step, ms)", title_justify="left")
+    table = Table(title="phases and modules (mean per step, ms)", title_justify="left", min_width=60)
     table.add_column("range", no_wrap=True)
     table.add_column("calls", justify="right")
     table.add_column("host", justify="right")
@@ -118,9 +118,6 @@ def phase_table(analysis: TraceAnalysis, top: int = 10) -> Table | None:
         for m in modules:
             row = [f"nn.Module {m.name}", str(m.calls), _ms(m.host_us / n), _ms(m.self_host_us / n)]
             table.add_row(*row, *([_ms(m.device_us / n)] if device else []))
-    elif phases:
-        table.caption = "nn.Module ranges need --stack (Python tracing)"
-        table.caption_justify = "left"
     return table
 
 
@@ -128,7 +125,8 @@ def operator_table(analysis: TraceAnalysis, top: int = 15) -> Table:
     device = analysis.has_device_events
     ops = top_operators(analysis.operators, top)
     order = "self device time" if any(o.self_device_us > 0 for o in ops) else "self CPU time"
-    table = Table(title=f"top {len(ops)} operators by {order} (all profiled steps, ms)", title_justify="left")
+    table = Table(title=f"top {len(ops)} operators by {order} (all profiled steps, ms)", title_justify="left",
+                  min_width=72)
     table.add_column("operator", overflow="fold")
     table.add_column("calls", justify="right")
     table.add_column("self CPU", justify="right")
@@ -145,9 +143,6 @@ def operator_table(analysis: TraceAnalysis, top: int = 15) -> Table:
         if analysis.record_shapes:
             row.append(o.input_shapes or "")
         table.add_row(*row)
-    if not analysis.record_shapes:
-        table.caption = "input shapes need --shapes (record_shapes)"
-        table.caption_justify = "left"
     return table
 
 
@@ -219,7 +214,12 @@ def worker_view(analysis: TraceAnalysis, top: int = 15) -> Group:
     phases = phase_table(analysis)
     if phases is not None:
         parts.append(phases)
-    parts += [operator_table(analysis, top), memory_table(analysis)]
+    if not analysis.with_stack:
+        parts.append(Text("nn.Module ranges need --stack (Python tracing)", style="dim"))
+    parts.append(operator_table(analysis, top))
+    if not analysis.record_shapes:
+        parts.append(Text("input shapes need --shapes (record_shapes)", style="dim"))
+    parts.append(memory_table(analysis))
     return Group(*parts)
 
 
