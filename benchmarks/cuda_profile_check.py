@@ -73,6 +73,9 @@ def _check(logdir: Path, scenario: str) -> int:
     for op in top_operators(a.operators, 8, by="self_device_us"):
         print(f"  {op.name:40s} calls {op.calls:3d}  self device {op.self_device_us / 1e3:7.2f} ms  "
               f"self CPU {op.self_cpu_us / 1e3:7.2f} ms  {op.input_shapes or ''}")
+    for k in a.kernels[:8]:
+        print(f"  kernel {k.name[:70]:70s} x{k.calls:<3d} {k.total_us / 1e3:7.2f} ms  "
+              f"Tensor Cores: {'yes' if k.tensor_core else 'no'}")
     for m in a.memory:
         cap = f" of {m.capacity_bytes / 2**30:.1f} GiB" if m.capacity_bytes else ""
         print(f"memory {m.device}: peak {m.peak_bytes / 2**20:.1f} MiB{cap} at {m.peak_step} {m.peak_phase or ''}")

@@ -120,6 +120,38 @@ def test_gpu_trace_device_time_reaches_the_launching_operator() -> None:
     assert phases["forward"].device_us == 40 + 10  # kernels/copies launched inside forward
     assert a.gpu_utilization == pytest.approx(72 / 150)
     assert a.tc_eligible_kernel_us == 72 and a.tensor_core_kernel_us == 0
+    assert [(k.name, k.calls, k.total_us, k.tensor_core) for k in a.kernels] == [
+        ("volta_sgemm_128x64_nn", 1, 40, False), ("implicit_convolve_sgemm", 1, 32, False)]
+
+
+def test_gpu_trace_renders_kernel_table_and_gpu_rows() -> None:
+    import io
+
+    from rich.console import Console
+
+    from workbench.report.profile import worker_view
+
+    console = Console(width=140, record=True, file=io.StringIO())
+    console.print(worker_view(analyze_trace(gpu_trace())))
+    text = console.export_text()
+    for expected in ("Kernel", "Memcpy", "Runtime", "self device", "top 2 kernels", "volta_sgemm_128x64_nn",
+                     "GPU kernel-busy share: 48.0%", "cuda:0", "93.8% used",
+                     "GPU 0: Tesla V100, 16.0 GB, compute capability 7.0"):
+        assert expected in text, expected
+
+
+@pytest.mark.parametrize(("name", "tensor_core"), [
+    ("volta_h884gemm_64x64_nt", True),
+    ("ampere_tf32_s1688gemm_64x128_sliced1x2_ldg8_f2f_tn", True),
+    ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_32x6_tn_align8", True),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel__5x_cublas", True),
+    ("volta_sgemm_128x64_nn", False),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", False),
+])
+def test_tensor_core_kernel_names(name: str, tensor_core: bool) -> None:
+    from workbench.profiling.analysis import _is_tensor_core_kernel
+
+    assert _is_tensor_core_kernel(name) is tensor_core
 
 
 def test_gpu_memory_curve_peak_capacity_and_where() -> None:

@@ -72,6 +72,8 @@ TENSOR_CORE_KERNEL_PATTERNS = (
     "first_layer_wgrad_kernel", "conv1x1", "conv2d_c1_k1", "direct_group", "xmma_implicit_gemm",
     "xmma_sparse_conv", "xmma_warp_specialized_implicit_gemm", "xmma_gemm", "xmma_sparse_gemm",
     "c1688",
+    # ours: CUTLASS tensor-op kernels and Hopper warpgroup-MMA kernels (not yet checked on hardware)
+    "tensorop", "gmma",
 )
 TENSOR_CORE_ELIGIBLE_OPS = frozenset({
     "aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::conv_tbc",
@@ -123,6 +125,17 @@ class OperatorStat:
 
 
 @dataclass(frozen=True)
+class KernelStat:
+    """One device kernel name: how often, how long, whether it runs on Tensor Cores."""
+
+    name: str
+    calls: int
+    total_us: float
+    max_us: float
+    tensor_core: bool
+
+
+@dataclass(frozen=True)
 class ModuleStat:
     """A phase range (kind 'phase') or an nn.Module forward (kind 'module', needs --stack)."""
 
@@ -169,6 +182,7 @@ class TraceAnalysis:
     span: str | None
     steps: tuple[StepBreakdown, ...]
     operators: tuple[OperatorStat, ...]  # sorted: self device time, then self CPU time
+    kernels: tuple[KernelStat, ...]  # sorted by total time; empty without a GPU
     modules: tuple[ModuleStat, ...]
     memory: tuple[MemoryCurve, ...]
     devices: tuple[DeviceInfo, ...]
@@ -313,6 +327,7 @@ def analyze_trace(
         span=span,
         steps=tuple(breakdowns),
         operators=tuple(operators),
+        kernels=tuple(_kernel_stats(kernels)),
         modules=tuple(_phase_stats(phase_events, launch_ts, device_events)
                       + _module_stats(modules_raw, launch_ts, device_events)),
         memory=memory,
@@ -484,6 +499,18 @@ def _operators(host_ops: list[dict], device_by_ext: dict[Any, float]) -> tuple[l
     ]
     stats.sort(key=lambda s: (-s.self_device_us, -s.self_cpu_us, s.name))
     return stats, tc_eligible_us
+
+
+def _kernel_stats(kernels: list[dict]) -> list[KernelStat]:
+    acc: dict[str, list[float]] = {}
+    for k in kernels:
+        row = acc.setdefault(str(k.get("name", "")), [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += float(k["dur"])
+        row[2] = max(row[2], float(k["dur"]))
+    stats = [KernelStat(n, int(r[0]), r[1], r[2], _is_tensor_core_kernel(n)) for n, r in acc.items()]
+    stats.sort(key=lambda k: (-k.total_us, k.name))
+    return stats
 
 
 def _shapes(e: dict[str, Any]) -> str | None:

@@ -146,6 +146,22 @@ def operator_table(analysis: TraceAnalysis, top: int = 15) -> Table:
     return table
 
 
+def kernel_table(analysis: TraceAnalysis, top: int = 10) -> Table:
+    kernel_total = sum(k.total_us for k in analysis.kernels) or 1.0
+    table = Table(title=f"top {min(top, len(analysis.kernels))} kernels (all profiled steps, ms)",
+                  title_justify="left", min_width=72)
+    table.add_column("kernel", overflow="fold")
+    table.add_column("calls", justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("Tensor Cores", justify="center")
+    for k in analysis.kernels[:top]:
+        table.add_row(k.name, str(k.calls), _ms(k.total_us), _pct(k.total_us / kernel_total), _ms(k.max_us),
+                      Text("yes", style="green") if k.tensor_core else Text("no", style="dim"))
+    return table
+
+
 def sparkline(values: Sequence[float]) -> str:
     if not values:
         return ""
@@ -208,6 +224,9 @@ def worker_view(analysis: TraceAnalysis, top: int = 15) -> Group:
     parts: list[RenderableType] = [head]
     for note in analysis.notes:
         parts.append(Text(f"note: {note}", style="yellow"))
+    for d in analysis.devices:
+        cc = f", compute capability {d.compute_major}.{d.compute_minor}" if d.compute_major is not None else ""
+        parts.append(Text(f"GPU {d.index}: {d.name}, {human_bytes(d.total_memory)}{cc}", style="dim"))
     if analysis.gpu_utilization is not None:
         parts.append(Text(f"GPU kernel-busy share: {_pct(analysis.gpu_utilization)}"))
     parts += [stacked_bar(analysis), bar_legend(analysis), breakdown_table(analysis)]
@@ -219,6 +238,8 @@ def worker_view(analysis: TraceAnalysis, top: int = 15) -> Group:
     parts.append(operator_table(analysis, top))
     if not analysis.record_shapes:
         parts.append(Text("input shapes need --shapes (record_shapes)", style="dim"))
+    if analysis.kernels:
+        parts.append(kernel_table(analysis, min(top, 10)))
     parts.append(memory_table(analysis))
     return Group(*parts)
 
