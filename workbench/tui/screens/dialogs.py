@@ -150,9 +150,13 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
 
     def action_remove(self) -> None:
         lst = self.query_one("#bp-list", OptionList)
-        if lst.highlighted is not None and self.conditions:
-            del self.conditions[lst.highlighted]
-            self._refresh()
+        if not self.conditions:
+            return
+        # The highlighted one; with the list never visited, the newest.
+        index = lst.highlighted if lst.highlighted is not None else len(self.conditions) - 1
+        removed = self.conditions.pop(min(index, len(self.conditions) - 1))
+        self.query_one("#bp-error", Label).update(Text(f"removed: {removed}", theme.WARNING))
+        self._refresh()
 
     def action_save(self) -> None:
         self.dismiss(tuple(self.conditions))

@@ -175,7 +175,7 @@ class MemoryPanel(ViewPanel):
         work, tax = record.seconds, record.instrument_seconds
         if vol and work > 0:
             out.add_row(Text("debugger", theme.DIM),
-                        f"{(work + tax) / work:.2f}× (+{fmt_ms(tax)}/step)")
+                        f"{(work + tax) / work:.2f}× +{fmt_ms(tax)}")
         else:
             out.add_row(Text("debugger", theme.DIM), "—")
         return out
