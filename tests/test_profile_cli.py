@@ -294,6 +294,41 @@ def test_tensorboard_serves_the_run_and_stops(profiled: tuple[Path, str]) -> Non
     assert tb.process.poll() is not None
 
 
+@pytest.mark.slow
+def test_open_tensorboard_serves_until_stopped_and_leaves_nothing_running(profiled: tuple[Path, str]) -> None:
+    """The CLI path: start, print the URL and pid, stop on SIGTERM (Ctrl-C's twin), exit 0."""
+    import re
+    import signal
+
+    pytest.importorskip("tensorboard")
+    cmd = [sys.executable, "-m", "workbench", "profile", "--analyze", str(profiled[0]), "--open-tensorboard"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)/#pytorch_profiler \(pid (\d+)", text)
+        assert match, text[-2000:]
+        with urllib.request.urlopen(f"{match.group(1)}/data/plugins_listing", timeout=30) as resp:
+            assert b"pytorch_profiler" in resp.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    child = int(match.group(2))
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # reaped by the CLI's tb.stop(); allow the kernel a moment
+            os.kill(child, 0)
+            time.sleep(0.1)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_profile_of_cnn_image_has_kernel_time(tmp_path: Path) -> None:
