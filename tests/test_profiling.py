@@ -194,6 +194,12 @@ def test_trace_without_profiler_steps_is_one_step_with_a_note() -> None:
     assert "no ProfilerStep" in a.notes[0]
 
 
+def test_empty_trace_says_so_and_recommends_nothing() -> None:
+    a = analyze_trace({"traceEvents": []})
+    assert a.steps == () and "nothing to break down" in a.notes[0]
+    assert recommend(a) == ()
+
+
 def test_self_time_subtracts_nested_children() -> None:
     a = analyze_trace({"traceEvents": [
         _x("user_annotation", "ProfilerStep#0", 0, 100),

@@ -401,6 +401,7 @@ def _step_spans(
     if not host:
         host_events = [e for e in durations if str(e.get("cat", "")).lower() in _HOST_OP_CATS]
         if not host_events:
+            notes.append("no host operators or ProfilerStep spans in the trace: nothing to break down")
             return []
         notes.append("no ProfilerStep#N spans (was prof.step() called?): the whole trace is one step")
         start = min(float(e["ts"]) for e in host_events)

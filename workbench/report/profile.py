@@ -229,6 +229,8 @@ def worker_view(analysis: TraceAnalysis, top: int = 15) -> Group:
         parts.append(Text(f"GPU {d.index}: {d.name}, {human_bytes(d.total_memory)}{cc}", style="dim"))
     if analysis.gpu_utilization is not None:
         parts.append(Text(f"GPU kernel-busy share: {_pct(analysis.gpu_utilization)}"))
+    if not analysis.steps:
+        return Group(*parts)
     parts += [stacked_bar(analysis), bar_legend(analysis), breakdown_table(analysis)]
     phases = phase_table(analysis)
     if phases is not None:
