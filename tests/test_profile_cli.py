@@ -110,6 +110,9 @@ def test_torch_tb_profiler_loads_our_run(profiled: tuple[Path, str], tmp_path: P
                 "workers": list(run.workers),
                 "spans": list(run.get_spans() or []),
                 "steps": len(profile.overview["steps"]["rows"]),
+                # each row: step label, then (value, tooltip) per category; values sum to the step
+                "step_us": [sum(v for v in row[1:] if isinstance(v, (int, float)))
+                            for row in profile.overview["steps"]["rows"]],
                 "op_rows": len(profile.operation_table_by_name["data"]),
             }))
         """
@@ -127,6 +130,8 @@ def test_torch_tb_profiler_loads_our_run(profiled: tuple[Path, str], tmp_path: P
     assert loaded["spans"] == ["1"]  # the plugin numbers spans from 1
     assert loaded["steps"] == 2
     assert loaded["op_rows"] > 5
+    ours = [s.duration_us for s in analyze_file(_trace(run_dir)).steps]
+    assert loaded["step_us"] == pytest.approx(ours, rel=1e-6)  # same steps, same lengths as the plugin
 
 
 def test_analyze_an_existing_directory(profiled: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
