@@ -333,3 +333,17 @@ def test_truncated_or_foreign_json_names_the_file(tmp_path: Path) -> None:
     bad.write_text('{"events": []}')
     with pytest.raises(TraceError, match="without a 'traceEvents' list"):
         load_trace(bad)
+
+
+def test_every_named_variant_is_one_workbench_bench_knows() -> None:
+    variants = pytest.importorskip("workbench.bench.variants")
+    everything = Facts(
+        dataloader_share=0.5, communication_share=0.5, other_share=0.5, uses_dataparallel=True,
+        used_devices=2, uses_ddp=True, comm_libs=("gloo",), gpu_utilization=0.1,
+        tensor_core_share=0.0, tc_eligible_share=0.5, gpus=(GpuFacts(0, "V100", 7.0, 100, 99),),
+    )
+    recs = recommend(everything)
+    assert len(recs) == len(advice.RULES)  # all of them fire at once
+    named = {r.variant for r in recs} | {v for v in advice.ENGINE_VARIANTS.values() if v}
+    for name in named:
+        assert variants.resolve(name.split(","))  # raises UsageError for an unknown name
