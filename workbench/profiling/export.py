@@ -207,6 +207,9 @@ def train_steps(
     scenario.model.train()
     for i in range(steps):
         with record_function("dataloader"):
+            # A blocking host-to-device copy, as in a plain training loop: that wait is
+            # part of what the profile should show (the `dataloader` bench variant
+            # measures pin_memory + non_blocking instead).
             batch = split_batch(next(batches)).to(device)
         scenario.optimizer.zero_grad(set_to_none=True)
         with record_function("forward"):
