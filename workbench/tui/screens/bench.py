@@ -1,0 +1,196 @@
+"""The bench screen: pick variants, run them in a worker, watch the table fill in.
+
+``r`` (or the Run button) benchmarks the checked variants on identical
+batches, exactly like ``workbench bench``; rows appear as they finish and a
+bar chart of speedups follows. Escape returns.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Label, SelectionList, Static
+
+from workbench.bench.results import BenchRun, VariantResult
+from workbench.bench.runner import BenchProgress, run_bench
+from workbench.bench.timing import Plan
+from workbench.bench.variants import DEFAULT
+from workbench.report.bench import hardware_line, notes, quality, speedup_bars
+from workbench.report.numbers import fmt_ms, human_bytes, human_count
+from workbench.scenario import ScenarioSource
+from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
+
+# What the checklist offers; compile is unchecked by default (≈20 s per model on a small CPU).
+CHOICES: tuple[tuple[str, bool], ...] = (
+    ("fp32", True), ("amp", True), ("amp-bf16", True), ("accum-4", True), ("channels-last", True),
+    ("dataparallel", True), ("ddp-2", True), ("int8-dynamic", True), ("dataloader", True),
+    ("compile", False),
+)
+assert all(name in DEFAULT or name == "compile" for name, _ in CHOICES)
+PROGRESS_INTERVAL_S = 0.1
+
+
+# -- messages from the worker ---------------------------------------------------------------
+
+
+@dataclass
+class BenchTick(Message):
+    progress: BenchProgress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, BenchTick)
+
+
+@dataclass
+class BenchRowDone(Message):
+    result: VariantResult
+    index: int
+    count: int
+
+
+@dataclass
+class BenchFinished(Message):
+    run: BenchRun
+
+
+@dataclass
+class BenchFailed(Message):
+    title: str
+    details: str
+
+
+class BenchScreen(Screen[None]):
+    DEFAULT_CSS = """
+    BenchScreen #bench-title { text-style: bold; margin: 0 1; }
+    BenchScreen #picker { width: 30; height: auto; }
+    BenchScreen SelectionList { height: auto; max-height: 14; }
+    BenchScreen #results { width: 1fr; }
+    BenchScreen #bars, BenchScreen #hardware { height: auto; margin: 1 0 0 0; }
+    """
+
+    BINDINGS = [
+        Binding("escape", "back", "back"),
+        Binding("r", "run", "run the checked variants"),
+    ]
+
+    def __init__(self, source: ScenarioSource, device: str, plan: Plan = Plan()) -> None:
+        super().__init__()
+        self.source = source
+        self.device = str(device)
+        self.plan = plan
+        self.running = False
+        self.run_result: BenchRun | None = None
+        self._last_tick = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Label(f"Bench · {self.source.label} on {self.device}", id="bench-title")
+        with Horizontal():
+            with Vertical(id="picker"):
+                yield SelectionList[str](*[(n, n, on_) for n, on_ in CHOICES], id="variants")
+                yield Button("Run (r)", id="run", variant="primary")
+            with VerticalScroll(id="results"):
+                yield ProgressPanel("Benchmark", id="progress")
+                yield ErrorPanel(id="error")
+                yield Static("", id="hardware")
+                yield DataTable(id="table", zebra_stripes=True, cursor_type="row")
+                yield Static("", id="bars")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("variant", "status", "median", "IQR", "samples/s", "speedup", "peak mem",
+                          "quality", "notes")
+        self.query_one(ProgressPanel).display = False
+
+    # -- actions ------------------------------------------------------------------------
+    def action_back(self) -> None:
+        error = self.query_one(ErrorPanel)
+        if error.shown:
+            error.hide()
+            return
+        self.app.pop_screen()
+
+    @on(Button.Pressed, "#run")
+    def action_run(self) -> None:
+        if self.running:
+            self.notify("a benchmark is already running", severity="warning")
+            return
+        names = list(self.query_one(SelectionList).selected)
+        if not names:
+            self.notify("check at least one variant", severity="warning")
+            return
+        self.running = True
+        self.query_one(ErrorPanel).hide()
+        self.query_one(DataTable).clear()
+        self.query_one("#bars", Static).update("")
+        progress = self.query_one(ProgressPanel)
+        progress.display = True
+        progress.set_progress(0, None, "building the scenario")
+        self._bench(names)
+
+    # -- the worker ---------------------------------------------------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def _bench(self, names: list[str]) -> None:
+        def progress(p: BenchProgress) -> None:
+            if p.result is not None:
+                self.post_message(BenchRowDone(p.result, p.index, p.count))
+                return
+            now = time.monotonic()
+            if now - self._last_tick >= PROGRESS_INTERVAL_S:  # throttle: ~10 messages/s
+                self._last_tick = now
+                self.post_message(BenchTick(p))
+
+        try:
+            run = run_bench(self.source, names, device=self.device, plan=self.plan, progress=progress)
+        except Exception as exc:  # the user's scenario or a bad name: show it, keep the app alive
+            self.post_message(BenchFailed(f"{type(exc).__name__}: {exc}".splitlines()[0],
+                                          traceback.format_exc()))
+            return
+        self.post_message(BenchFinished(run))
+
+    # -- handlers (UI thread) ------------------------------------------------------------
+    def on_bench_tick(self, message: BenchTick) -> None:
+        p = message.progress
+        total = p.count * p.total
+        self.query_one(ProgressPanel).set_progress(
+            p.index * p.total + p.done, total, f"{p.variant}: step {p.done}/{p.total} (row {p.index + 1}/{p.count})")
+
+    def on_bench_row_done(self, message: BenchRowDone) -> None:
+        self.query_one(DataTable).add_row(*row_cells(message.result), key=message.result.name)
+
+    def on_bench_finished(self, message: BenchFinished) -> None:
+        self.running = False
+        self.run_result = message.run
+        self.query_one(ProgressPanel).display = False
+        self.query_one("#hardware", Static).update(hardware_line(message.run))
+        table = self.query_one(DataTable)
+        with self.app.batch_update():
+            table.clear()  # rows again, now with speedups against fp32
+            for r in message.run.results:
+                table.add_row(*row_cells(r), key=r.name)
+        self.query_one("#bars", Static).update(speedup_bars(message.run))
+
+    def on_bench_failed(self, message: BenchFailed) -> None:
+        self.running = False
+        self.query_one(ProgressPanel).display = False
+        self.query_one(ErrorPanel).show_error(message.title, message.details)
+
+
+def row_cells(r: VariantResult) -> tuple[str, ...]:
+    if not r.ok or r.timing is None:
+        return (r.name, r.status, "", "", "", "", "", "", r.reason)
+    t = r.timing
+    return (
+        r.name, "ok", fmt_ms(t.median), fmt_ms(t.iqr),
+        human_count(t.throughput) if t.throughput else "·",
+        f"{r.speedup:.2f}×" if r.speedup is not None else "·",
+        human_bytes(r.peak_memory), quality(r, None), notes(r),
+    )
