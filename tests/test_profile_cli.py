@@ -206,7 +206,7 @@ def test_huge_trace_estimate_stops_before_writing(tmp_path: Path, capsys: pytest
     assert rc == 2
     err = capsys.readouterr().err
     assert "over the 0.01 MB limit" in err and "--force" in err
-    assert not list((tmp_path / "big").glob("*.pt.trace.json*"))
+    assert not (tmp_path / "big").exists()  # nothing written, not even an empty run dir
 
 
 def test_gzip_trace_with_stack_has_module_ranges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,6 +216,23 @@ def test_gzip_trace_with_stack_has_module_ranges(tmp_path: Path, capsys: pytest.
     a = analyze_file(path)
     assert {m.name for m in a.modules if m.kind == "module"} >= {"MLP_0", "Linear_0"}
     assert a.with_stack
+
+
+def test_a_scenario_that_fails_leaves_no_empty_run_dir(tmp_path: Path, write_scenario,  # noqa: ANN001
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    broken = write_scenario(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n\n"
+        "class Boom(nn.Linear):\n    def forward(self, x):\n        raise RuntimeError('boom in forward')\n\n"
+        "def build(device):\n    m = Boom(4, 2)\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.MSELoss(), data=[(torch.randn(3, 4), torch.randn(3, 2))])\n",
+        "boom.py",
+    )
+    logdir = tmp_path / "logs"
+    assert main(["profile", str(broken), "--logdir", str(logdir), "--run", "x", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}:7: the forward phase of a profiled step raised RuntimeError: boom in forward" in err
+    assert not (logdir / "x").exists()
 
 
 def test_one_worker_file_per_rank_in_the_same_run(tmp_path: Path) -> None:

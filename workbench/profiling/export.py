@@ -200,31 +200,64 @@ def train_steps(
     """The training loop with the named phase ranges; ``on_step(i)`` after each step."""
     from torch.profiler import record_function
 
-    from workbench.scenario import split_batch
+    from workbench.scenario import ScenarioError, split_batch
 
     device = scenario.device
     batches = _batches(scenario)
     scenario.model.train()
-    for i in range(steps):
-        with record_function("dataloader"):
-            # A blocking host-to-device copy, as in a plain training loop: that wait is
-            # part of what the profile should show (the `dataloader` bench variant
-            # measures pin_memory + non_blocking instead).
-            batch = split_batch(next(batches)).to(device)
-        scenario.optimizer.zero_grad(set_to_none=True)
-        with record_function("forward"):
-            outputs = scenario.call_model(batch.inputs)
-        with record_function("loss"):
-            loss = scenario.loss_fn(outputs, batch.targets)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("optimizer_step"):
-            scenario.optimizer.step()
-            if scenario.scheduler is not None:
-                scenario.scheduler.step()
-        # No loss.item() here: it would add a host-device sync the real loop may not have.
-        if on_step is not None:
-            on_step(i)
+    phase = "dataloader"
+    try:
+        for i in range(steps):
+            phase = "dataloader"
+            with record_function("dataloader"):
+                # A blocking host-to-device copy, as in a plain training loop: that wait is
+                # part of what the profile should show (the `dataloader` bench variant
+                # measures pin_memory + non_blocking instead).
+                batch = split_batch(next(batches)).to(device)
+            scenario.optimizer.zero_grad(set_to_none=True)
+            phase = "forward"
+            with record_function("forward"):
+                outputs = scenario.call_model(batch.inputs)
+            phase = "loss"
+            with record_function("loss"):
+                loss = scenario.loss_fn(outputs, batch.targets)
+            phase = "backward"
+            with record_function("backward"):
+                loss.backward()
+            phase = "optimizer_step"
+            with record_function("optimizer_step"):
+                scenario.optimizer.step()
+                if scenario.scheduler is not None:
+                    scenario.scheduler.step()
+            # No loss.item() here: it would add a host-device sync the real loop may not have.
+            if on_step is not None:
+                on_step(i)
+    except ScenarioError:
+        raise
+    except Exception as exc:
+        raise _step_error(scenario, phase, exc) from exc
+
+
+def _step_error(scenario: Scenario, phase: str, exc: Exception) -> Exception:
+    """The user's code raised inside a step: say where (file:line) and in which phase."""
+    import traceback
+
+    from workbench.scenario import ScenarioError
+
+    source = scenario.source
+    path = source.path if source is not None else None
+    line = None
+    if path is not None:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if Path(frame.filename).resolve() == Path(path).resolve():
+                line = frame.lineno
+    where = (source.where if source is not None else scenario.name or "scenario") + (f":{line}" if line else "")
+    return ScenarioError(
+        f"{where}: the {phase} phase of a profiled step raised {type(exc).__name__}: {exc}. "
+        "Fix the scenario (run with --verbose for the full traceback).",
+        path=path,
+        line=line,
+    )
 
 
 def profile_scenario(
@@ -322,14 +355,44 @@ def run_profile(
     torch is imported (workbench.tui does), keep the profiler quiet.
     """
     quiet_native_logs()
-    from workbench.report.files import atomic_write_json, check_writable
+    from workbench.report.files import check_writable
     from workbench.scenario import resolve_device
 
     dev = resolve_device(device)
     run_name = run or default_run_name(source.label)
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UsageError(f"--run {run_name!r}: expected a plain directory name.")
+    created = not (Path(logdir) / run_name).exists()
     run_dir = check_writable(Path(logdir) / run_name, directory=True)
+    log_path = run_dir / STDERR_LOG
+    try:
+        return _profile_into(source, dev, Path(logdir), run_name, run_dir, options, max_trace_mb=max_trace_mb,
+                             force=force, estimate=estimate, capture_stderr=capture_stderr,
+                             on_progress=on_progress, on_estimate=on_estimate)
+    except BaseException:
+        # Leave nothing behind but what is worth keeping: a non-empty log, a partial trace.
+        _drop_if_empty(log_path)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # fails, as it should, when anything is left inside
+        raise
+
+
+def _profile_into(
+    source: ScenarioSource,
+    dev: torch.device,
+    logdir: Path,
+    run_name: str,
+    run_dir: Path,
+    options: ProfileOptions,
+    *,
+    max_trace_mb: float,
+    force: bool,
+    estimate: bool,
+    capture_stderr: bool,
+    on_progress: ProgressCallback | None,
+    on_estimate: Callable[[SizeEstimate], None] | None,
+) -> ProfileRun:
     log_path = run_dir / STDERR_LOG
     started = time.perf_counter()
     size: SizeEstimate | None = None
@@ -341,7 +404,6 @@ def run_profile(
         if on_estimate is not None:
             on_estimate(size)
         if size.total_bytes > max_trace_mb * 2**20 and not force:
-            _drop_if_empty(log_path)
             raise TraceTooLargeError(
                 f"the trace would be about {size.total_bytes / 2**20:.0f} MB "
                 f"({size.bytes_per_step / 2**20:.1f} MB per step x {size.active_steps} active steps, "
@@ -356,9 +418,10 @@ def run_profile(
             files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
     except KeyboardInterrupt as exc:
         # Leaving the profiler context flushed the steps recorded so far.
-        _drop_if_empty(log_path)
         raise ProfileInterrupted(run_dir, tuple(sorted(run_dir.glob("*.pt.trace.json*")))) from exc
     import torch
+
+    from workbench.report.files import atomic_write_json
 
     atomic_write_json(
         run_dir / METADATA_FILE,
@@ -374,7 +437,7 @@ def run_profile(
     return ProfileRun(
         scenario=source.label,
         device=str(dev),
-        logdir=Path(logdir),
+        logdir=logdir,
         run=run_name,
         run_dir=run_dir,
         files=files,
