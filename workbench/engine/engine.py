@@ -43,7 +43,7 @@ from workbench.engine.probe import (
     F_SAMPLE_N,
     F_SAT,
     F_STD,
-    F_SUM,
+    F_MEAN,
     F_ZERO,
     ActivationProbe,
     CallInfo,
@@ -395,9 +395,9 @@ class Engine:
         if not s.measured:
             return
         t0 = time.perf_counter()
-        stacked = self._probe.stacked_forward()
+        stacked = self._probe.forward_tensor()
         # Sync point: the forward's one device->host transfer, all modules at once.
-        rows = stacked.tolist() if stacked is not None else []
+        rows = self._probe.decode_forward(stacked.tolist() if stacked is not None else [])
         calls = self._probe.calls
         s.modules, first_bad = self._module_stats(calls, rows)
         s.outputs_finite = first_bad is None
@@ -637,7 +637,7 @@ class Engine:
 
         return ModuleStats(
             name=call.name, type_name=type_name, shape=call.shape, dtype=call.dtype, device=call.device,
-            mean=row[F_SUM] / numel, std=row[F_STD], min=mn, max=mx,
+            mean=row[F_MEAN], std=row[F_STD], min=mn, max=mx,
             abs_max=max(abs(mn), abs(mx)) if not (math.isnan(mn) or math.isnan(mx)) else float("nan"),
             zero_fraction=row[F_ZERO], nan_count=nan, inf_count=inf, bytes=call.nbytes, calls=calls,
             inputs_finite=row[F_IN_FINITE] == 1.0, dead_fraction=opt(row[F_DEAD]),

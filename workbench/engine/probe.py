@@ -10,12 +10,13 @@ Design (see ../shared/ENVIRONMENT.md for the measurements behind it):
 * Every reduction stays on the device as a small tensor; the phase ends with
   ``torch.stack`` and ONE ``.tolist()`` (the only host-device sync of the
   phase), whatever the number of layers.
-* Per tensor: ``sum`` and ``aminmax`` over the whole tensor (one pass each,
-  the cheap reductions on CPU; a NaN anywhere turns min/max into NaN, an Inf
-  shows in min or max, so finiteness is exact); std, zero fraction, NaN/Inf
-  counts and saturation on an evenly strided sample of ``sample_size``
-  elements (``std``/``var_mean`` over a whole activation costs several
-  passes). ReLU-family outputs add one ``amax`` over the batch for dead units.
+* Per tensor, exactly one pass over the whole tensor: ``aminmax`` (a NaN
+  anywhere turns min/max into NaN, an Inf shows in one of them, so min, max
+  and finiteness are exact), or for ReLU-family outputs the per-unit ``amax``
+  over the batch (dead units, exact max and finiteness). Mean, std, zero
+  fraction, NaN/Inf counts and saturation come from a fixed-size sample of
+  ``sample_size`` elements (``std``/``var_mean`` over a whole activation
+  costs several passes on CPU), reduced for all calls at once.
 * NaN/Inf root cause: each call remembers whether its inputs were finite,
   reusing the finiteness already computed for the tensor that produced them
   (looked up by identity and version, so in-place modules are handled), and
@@ -28,16 +29,17 @@ A module called several times in one forward (a shared ReLU) contributes one
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 # Layout of the per-call forward stats vector.
-(F_SUM, F_MIN, F_MAX, F_STD, F_ZERO, F_NAN, F_INF, F_SAMPLE_N, F_IN_FINITE, F_DEAD, F_SAT) = range(11)
+(F_MEAN, F_MIN, F_MAX, F_STD, F_ZERO, F_NAN, F_INF, F_SAMPLE_N, F_IN_FINITE, F_DEAD, F_SAT) = range(11)
 F_WIDTH = 11
 
 # Outputs exactly zero for negative inputs: a unit can die.
@@ -87,6 +89,53 @@ def strided_sample(t: torch.Tensor, size: int) -> torch.Tensor:
     return flat[:: (n + size - 1) // size].contiguous()
 
 
+class SampleIndex:
+    """Cached index tensors that pick exactly ``size`` elements of a flat tensor.
+
+    Every sample has the same length, so all of a phase's samples stack into
+    one (calls, size) matrix reduced with a handful of batched ops. Positions
+    are a fixed pseudo-random draw per tensor size (sorted, for locality):
+    an even stride aliases with NCHW layouts (a stride of H*W samples one
+    pixel of every plane). A tensor smaller than ``size`` is covered evenly.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(-1)
+        n = flat.numel()
+        key = (n, flat.device)
+        idx = self._cache.get(key)
+        if idx is None:
+            if n <= self.size:
+                idx = (torch.arange(self.size, dtype=torch.int64) * n) // self.size
+            else:
+                g = torch.Generator().manual_seed(n)  # its own generator: the user's RNG is untouched
+                idx = torch.randint(0, n, (self.size,), generator=g).sort().values
+            if len(self._cache) > 512:  # shapes that change every step (variable lengths)
+                self._cache.clear()
+            # One host->device copy per tensor size, then reused every step.
+            idx = idx.to(flat.device)
+            self._cache[key] = idx
+        return flat.index_select(0, idx)
+
+
+# Columns of sample_reductions.
+S_MEAN, S_STD, S_ZERO, S_NAN, S_INF = range(5)
+
+
+def sample_reductions(samples: torch.Tensor) -> torch.Tensor:
+    """(rows, S) samples -> (rows, 5): mean, std, zero fraction, NaN count, Inf count."""
+    mean = samples.mean(dim=1, keepdim=True)
+    std = (samples - mean).square().mean(dim=1).sqrt()
+    zero = (samples == 0).sum(dim=1, dtype=torch.float32) / samples.shape[1]
+    nan = torch.isnan(samples).sum(dim=1, dtype=torch.float32)
+    inf = torch.isinf(samples).sum(dim=1, dtype=torch.float32)
+    return torch.stack([mean[:, 0], std, zero, nan, inf], dim=1)
+
+
 @dataclass
 class CallInfo:
     """Host-side facts about one module call (no sync needed to know them)."""
@@ -100,27 +149,36 @@ class CallInfo:
     numel: int = 0
     nbytes: int = 0
     sampled: bool = False
-    measured: bool = False  # an output tensor was summarised
+    measured: bool = False  # an output tensor was summarised (row = its position in the stats)
+    row: int = -1
     producers: tuple[int, ...] = ()  # calls whose outputs fed this call
-    input_flags: list[torch.Tensor] = field(default_factory=list)
+    external: tuple[int, ...] = ()  # inputs no module produced (rows of the external stats)
     is_leaf: bool = True
     out_id: int | None = None
+    relu_row: int = -1  # position among ReLU-family calls (dead units)
+    saturation: tuple[float, float] | None = None
 
 
 @dataclass
 class _Cached:
     tensor: torch.Tensor  # held so the id cannot be reused during the phase
     version: int
-    finite: torch.Tensor  # 0-d float: 1.0 finite, 0.0 not
-    producer: int | None
+    producer: int | None  # call index, or None for an external input
+    external: int | None  # row in the external stats
 
 
 class ActivationProbe:
-    """Attach to a model; collect batched forward and output-gradient stats per step."""
+    """Attach to a model; collect batched forward and output-gradient stats per step.
+
+    Per call, the hook launches only ``sum``, ``aminmax`` and one
+    ``index_select`` (plus ``amax`` over the batch for ReLU-family outputs);
+    everything else is computed once per phase on the stacked results.
+    """
 
     def __init__(self, model: nn.Module, sample_size: int = 4096) -> None:
         self.model = model
         self.sample_size = sample_size
+        self._sampler = SampleIndex(sample_size)
         self.names: dict[nn.Module, str] = {}
         for name, module in model.named_modules():
             # A module registered under two names keeps the first (as named_modules does).
@@ -129,16 +187,10 @@ class ActivationProbe:
         self._handles: list[Any] = []
         self.active = False  # measuring this forward
         self.generation = 0  # tensor hooks from an older step do nothing
-        self.calls: list[CallInfo] = []
-        self.vectors: list[torch.Tensor] = []
-        self.grad_calls: list[int] = []  # backward firing order
-        self.grad_norms: list[torch.Tensor] = []
-        self._cache: dict[int, _Cached] = {}
-        self._pending_inputs: dict[int, list[tuple[tuple[int, ...], list[torch.Tensor]]]] = {}
         self.execution_order: list[str] = []
         self._seen: set[str] = set()
-        self.seconds = 0.0  # time spent inside hooks this phase
-        self.model_output_call: int | None = None
+        self._const_cache: dict[Any, tuple[torch.Tensor, ...]] = {}
+        self.reset()
 
     # -- lifecycle ----------------------------------------------------------------
     def attach(self) -> None:
@@ -162,14 +214,19 @@ class ActivationProbe:
 
     def reset(self) -> None:
         self.active = False
-        self.calls = []
-        self.vectors = []
-        self.grad_calls = []
-        self.grad_norms = []
-        self._cache.clear()
-        self._pending_inputs.clear()
-        self.seconds = 0.0
-        self.model_output_call = None
+        self.calls: list[CallInfo] = []
+        self._mins: list[torch.Tensor] = []
+        self._maxs: list[torch.Tensor] = []
+        self._samples: list[torch.Tensor] = []
+        self._ext_mins: list[torch.Tensor] = []
+        self._ext_maxs: list[torch.Tensor] = []
+        self._relu_max: list[torch.Tensor] = []  # per-unit max over the batch, one per ReLU call
+        self.grad_calls: list[int] = []  # backward firing order
+        self.grad_norms: list[torch.Tensor] = []
+        self._cache: dict[int, _Cached] = {}
+        self._pending_inputs: dict[int, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+        self.seconds = 0.0  # time spent inside hooks this phase
+        self.model_output_call: int | None = None
 
     def end_forward(self) -> None:
         # Inputs and outputs are kept alive by autograd as needed; drop our references.
@@ -178,15 +235,18 @@ class ActivationProbe:
         self.active = False
 
     # -- hooks ------------------------------------------------------------------------
-    def _finite_flag(self, t: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    def _lookup(self, t: torch.Tensor) -> _Cached:
         cached = self._cache.get(id(t))
         if cached is not None and cached.tensor is t and cached.version == t._version:
-            return cached.finite, cached.producer
-        # A tensor no module produced (the batch, or a functional op in a forward()).
+            return cached
+        # A tensor no module produced (the batch, or a functional op inside a forward()):
+        # its own min/max say whether it is finite.
         mn, mx = torch.aminmax(t.detach())
-        flag = (torch.isfinite(mn) & torch.isfinite(mx)).to(torch.float32)
-        self._cache[id(t)] = _Cached(t, t._version, flag, None)
-        return flag, None
+        self._ext_mins.append(mn.to(torch.float32))
+        self._ext_maxs.append(mx.to(torch.float32))
+        entry = _Cached(t, t._version, None, len(self._ext_mins) - 1)
+        self._cache[id(t)] = entry
+        return entry
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         name = self.names.get(module)
@@ -198,15 +258,18 @@ class ActivationProbe:
         if not self.active:
             return
         start = time.perf_counter()
+        producers: list[int] = []
+        external: list[int] = []
         with torch.no_grad():
-            flags: list[torch.Tensor] = []
-            producers: list[int] = []
             for t in float_tensors(args):
-                flag, producer = self._finite_flag(t)
-                flags.append(flag)
-                if producer is not None:
-                    producers.append(producer)
-        self._pending_inputs.setdefault(id(module), []).append((tuple(producers), flags))
+                if t.numel() == 0:
+                    continue
+                entry = self._lookup(t)
+                if entry.producer is not None:
+                    producers.append(entry.producer)
+                elif entry.external is not None:
+                    external.append(entry.external)
+        self._pending_inputs.setdefault(id(module), []).append((tuple(producers), tuple(external)))
         self.seconds += time.perf_counter() - start
 
     def _post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -217,72 +280,59 @@ class ActivationProbe:
             return
         start = time.perf_counter()
         pending = self._pending_inputs.get(id(module))
-        producers, flags = pending.pop() if pending else ((), [])
-        call = CallInfo(len(self.calls), name, module, producers=producers, is_leaf=self._leaf[module])
+        producers, external = pending.pop() if pending else ((), ())
+        call = CallInfo(len(self.calls), name, module, producers=producers, external=external,
+                        is_leaf=self._leaf[module])
         self.calls.append(call)
         out = first_float_tensor(output)
-        with torch.no_grad():
-            if flags:
-                in_finite = torch.stack(flags).amin()
-            else:
-                in_finite = torch.ones((), device=out.device if out is not None else "cpu")
-            if out is None:
-                vec = torch.full((F_WIDTH,), _NAN, device=in_finite.device)
-                vec[F_IN_FINITE] = in_finite
-            else:
-                vec = self._summarise(module, out.detach(), in_finite, call)
-                finite = (torch.isfinite(vec[F_MIN]) & torch.isfinite(vec[F_MAX])).to(torch.float32)
-                self._cache[id(out)] = _Cached(out, out._version, finite, call.index)
-                call.out_id = id(out)
-                if out.requires_grad:
-                    gen = self.generation
-                    out.register_hook(lambda g, i=call.index, gen=gen: self._grad_hook(g, i, gen))
-        self.vectors.append(vec)
+        if out is not None and out.numel() > 0:
+            with torch.no_grad():
+                self._summarise(module, out.detach(), call)
+            self._cache[id(out)] = _Cached(out, out._version, call.index, None)
+            call.out_id = id(out)
+            if out.requires_grad:
+                gen = self.generation
+                out.register_hook(lambda g, i=call.index, gen=gen: self._grad_hook(g, i, gen))
         if module is self.model:
             self.model_output_call = call.index
         self.seconds += time.perf_counter() - start
 
-    def _summarise(self, module: nn.Module, t: torch.Tensor, in_finite: torch.Tensor, call: CallInfo) -> torch.Tensor:
+    def _summarise(self, module: nn.Module, t: torch.Tensor, call: CallInfo) -> None:
         call.shape = tuple(t.shape)
         call.dtype = str(t.dtype).replace("torch.", "")
         call.device = str(t.device)
         call.numel = t.numel()
         call.nbytes = t.numel() * t.element_size()
         call.measured = True
-        if t.numel() == 0:
-            vec = torch.full((F_WIDTH,), _NAN, device=t.device)
-            vec[F_IN_FINITE] = in_finite
-            vec[F_NAN] = 0
-            vec[F_INF] = 0
-            vec[F_SAMPLE_N] = 0
-            return vec
-        f32 = torch.float32
-        total = t.sum(dtype=f32)
-        mn, mx = torch.aminmax(t)
-        sample = strided_sample(t, self.sample_size).to(f32)
-        call.sampled = sample.numel() < t.numel()
-        n = sample.numel()
-        std = sample.std(correction=0)
-        zero = (sample == 0).sum(dtype=f32)
-        nan = torch.isnan(sample).sum(dtype=f32)
-        inf = torch.isinf(sample).sum(dtype=f32)
-        dead = torch.full((), _NAN, device=t.device)
-        sat = torch.full((), _NAN, device=t.device)
+        call.row = len(self._samples)
+        call.sampled = t.numel() > self.sample_size
+        # Now, not at phase end: the tensor may be modified in place by the next module.
+        # A fixed-size copy serves the mean, std, zeros, NaN/Inf counts and saturation,
+        # reduced together with every other call's at phase end.
+        sample = self._sampler.take(t)
+        self._samples.append(sample)
+        # Exactly ONE pass over the whole tensor: min/max (exact finiteness: a NaN anywhere
+        # makes both NaN, an Inf shows in one of them).
         if isinstance(module, RELU_FAMILY) and t.dim() >= 2:
-            # A unit (feature of a 2-D output, channel of N,C,... outputs) is dead when
-            # it is zero for every sample and position of the batch.
-            dims = tuple(d for d in range(t.dim()) if d != (t.dim() - 1 if t.dim() == 2 else 1))
-            dead = (t.amax(dim=dims) <= 0).to(f32).mean()
-        else:
-            for kind, (lo, hi) in SATURATING.items():
-                if isinstance(module, kind):
-                    band = 1e-3 * (hi - lo)
-                    sat = ((sample <= lo + band) | (sample >= hi - band)).to(f32).mean()
-                    break
-        return torch.stack([
-            total, mn.to(f32), mx.to(f32), std, zero / n, nan, inf,
-            in_finite.new_full((), float(n)).to(t.device), in_finite.to(t.device), dead, sat,
-        ])
+            # ReLU family: the pass is the per-unit max over the batch instead, which gives the
+            # dead units (a feature of a 2-D output, a channel of N,C,... outputs, zero for the
+            # whole batch), the exact max and exact finiteness (NaN propagates, ReLU maps -inf
+            # to 0); the min of a ReLU output comes from the sample.
+            unit_dim = t.dim() - 1 if t.dim() == 2 else 1
+            dims = tuple(d for d in range(t.dim()) if d != unit_dim)
+            unit_max = t.amax(dim=dims)
+            call.relu_row = len(self._relu_max)
+            self._relu_max.append(unit_max)
+            self._mins.append(sample.amin())
+            self._maxs.append(unit_max.amax())
+            return
+        mn, mx = torch.aminmax(t)
+        self._mins.append(mn)
+        self._maxs.append(mx)
+        for kind, bounds in SATURATING.items():
+            if isinstance(module, kind):
+                call.saturation = bounds
+                break
 
     def _grad_hook(self, grad: torch.Tensor, call_index: int, generation: int) -> None:
         if generation != self.generation:
@@ -295,12 +345,79 @@ class ActivationProbe:
         self.seconds += time.perf_counter() - start
 
     # -- batched results ------------------------------------------------------------------
-    def stacked_forward(self) -> torch.Tensor | None:
-        """All calls' stats as one (calls, F_WIDTH) tensor on the device, or None."""
-        if not self.vectors:
+    def forward_tensor(self) -> torch.Tensor | None:
+        """Every measured call's stats as ONE flat float32 tensor on the device (decode_forward reads it)."""
+        if not self._samples:
             return None
-        device = self.vectors[0].device
-        return torch.stack([v.to(device) for v in self.vectors])
+        f32 = torch.float32
+        device = self._samples[0].device
+        parts = [
+            torch.stack([m.to(f32) for m in self._mins]),
+            torch.stack([m.to(f32) for m in self._maxs]),
+        ]
+        samples = torch.stack([s.to(device, f32) for s in self._samples])
+        reduced = sample_reductions(samples)  # (rows, 5)
+        parts.append(reduced.reshape(-1))
+        sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
+        if sat_calls:
+            idx, lo, hi = self._saturation_tensors(sat_calls, device)
+            rows = samples.index_select(0, idx)
+            band = 1e-3 * (hi - lo)
+            parts.append(((rows <= lo + band) | (rows >= hi - band)).to(f32).mean(dim=1))
+        if self._relu_max:
+            parts.append(torch.stack([(m <= 0).to(f32).mean() for m in self._relu_max]))
+        if self._ext_mins:
+            parts.append(torch.stack(self._ext_mins))
+            parts.append(torch.stack(self._ext_maxs))
+        return torch.cat([p.to(device) for p in parts])
+
+    def _saturation_tensors(self, sat_calls: list[CallInfo], device: torch.device) -> tuple[torch.Tensor, ...]:
+        # Built once per model layout: a host->device copy of a Python list every step would
+        # wait for the device on CUDA (pageable memory), a hidden sync.
+        key = (device, tuple((c.row, c.saturation) for c in sat_calls))
+        cached = self._const_cache.get(key)
+        if cached is None:
+            idx = torch.tensor([c.row for c in sat_calls], device=device)
+            lo = torch.tensor([c.saturation[0] for c in sat_calls], device=device)[:, None]  # type: ignore[index]
+            hi = torch.tensor([c.saturation[1] for c in sat_calls], device=device)[:, None]  # type: ignore[index]
+            cached = (idx, lo, hi)
+            self._const_cache[key] = cached
+        return cached
+
+    def decode_forward(self, flat: list[float]) -> list[list[float]]:
+        """One F_WIDTH row per call (completion order) from forward_tensor().tolist()."""
+        n = len(self._samples)
+        mins, maxs = flat[:n], flat[n:2 * n]
+        off = 2 * n
+        reduced = flat[off:off + 5 * n]
+        off += 5 * n
+        sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
+        sat = dict(zip((c.index for c in sat_calls), flat[off:off + len(sat_calls)]))
+        off += len(sat_calls)
+        dead = flat[off:off + len(self._relu_max)]
+        off += len(self._relu_max)
+        e = len(self._ext_mins)
+        ext_finite = [math.isfinite(lo) and math.isfinite(hi)
+                      for lo, hi in zip(flat[off:off + e], flat[off + e:off + 2 * e])]
+        out_finite: dict[int, bool] = {}
+        rows: list[list[float]] = []
+        for call in self.calls:
+            row = [_NAN] * F_WIDTH
+            if call.measured:
+                r = call.row
+                row[F_MIN], row[F_MAX] = mins[r], maxs[r]
+                row[F_MEAN], row[F_STD], row[F_ZERO], row[F_NAN], row[F_INF] = reduced[5 * r:5 * r + 5]
+                row[F_SAMPLE_N] = float(self.sample_size)
+                if call.relu_row >= 0:
+                    row[F_DEAD] = dead[call.relu_row]
+                if call.index in sat:
+                    row[F_SAT] = sat[call.index]
+                out_finite[call.index] = math.isfinite(row[F_MIN]) and math.isfinite(row[F_MAX])
+            inputs_ok = all(out_finite.get(p, True) for p in call.producers) and all(
+                ext_finite[x] for x in call.external)
+            row[F_IN_FINITE] = 1.0 if inputs_ok else 0.0
+            rows.append(row)
+        return rows
 
     def stacked_grads(self) -> torch.Tensor | None:
         if not self.grad_norms:

@@ -61,11 +61,13 @@ PHASES: tuple[Phase, ...] = (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.OP
 class ModuleStats:
     """One module's forward output, summarised (the last call when a module runs twice).
 
-    ``std``, ``zero_fraction`` and (for non-finite tensors) ``nan_count`` /
-    ``inf_count`` come from an evenly strided sample of at most
-    ``EngineConfig.sample_size`` elements when ``sampled`` is True; ``mean``, ``min``,
-    ``max`` and ``abs_max`` always cover the whole tensor, and a finite
-    tensor always has exactly 0 NaN/Inf.
+    ``min``, ``max``, ``abs_max`` and finiteness cover the whole tensor (a
+    finite tensor has exactly 0 NaN/Inf). ``mean``, ``std``,
+    ``zero_fraction``, ``saturated_fraction`` and, for non-finite tensors,
+    ``nan_count`` / ``inf_count`` are estimated from a fixed sample of
+    ``EngineConfig.sample_size`` elements when ``sampled`` is True (the
+    tensor is larger than the sample). For ReLU-family outputs ``min`` comes
+    from the sample (the pass over the tensor is the per-unit max).
     """
 
     name: str

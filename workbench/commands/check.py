@@ -1,0 +1,126 @@
+"""workbench check PATH...: run every scenario a few steps; fail on error findings (CI friendly)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "check"
+ORDER = 25
+HELP = "run each scenario N steps under the health checks; exit 1 on error findings (for CI)"
+DESCRIPTION = (
+    "Run every scenario in the given files or directories (directories are not searched "
+    "recursively) for --steps steps with the health rules on, and print one table. Exit "
+    "codes: 0 all healthy, 1 some scenario had an error finding, 2 some scenario failed to "
+    "load or raised (this wins over 1). --junit writes JUnit XML for CI systems."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="scenario files (file.py, file.py:function) or directories of scenarios")
+    p.add_argument("--steps", type=int, default=20, help="steps per scenario (default 20)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--every", type=int, default=1, metavar="K", help="module/parameter stats every K-th step")
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML (checked before running)")
+    p.add_argument("--json", metavar="FILE", help="write every result and finding as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+
+    from workbench.errors import UsageError
+    from workbench.report.files import atomic_write_json, atomic_write_text, check_writable
+
+    for flag in ("steps", "every"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    for path in (args.junit, args.json):
+        if path:
+            check_writable(path)
+
+    from pathlib import Path
+
+    from workbench.engine import Engine, EngineConfig, StepError
+    from workbench.report.json_report import finding_json
+    from workbench.report.junit import junit_xml
+    from workbench.report.run import CheckResult, check_table, group_findings
+    from workbench.scenario import ScenarioError, ScenarioSource, discover, load_source, resolve_device
+
+    device = resolve_device(args.device)
+    sources: list[ScenarioSource] = []
+    for path in args.paths:
+        base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
+        if Path(base).is_dir():
+            sources.extend(discover(base))
+        else:
+            sources.append(load_source(path))
+
+    console = Console()
+    results: list[CheckResult] = []
+    with console.status("checking...") as status:
+        for i, source in enumerate(sources, 1):
+            status.update(f"[{i}/{len(sources)}] {source.label}")
+            start = time.perf_counter()
+            try:
+                scenario = source.build(device)
+            except ScenarioError as exc:
+                message = str(exc)
+                results.append(CheckResult(source.label, source.where, "failed", 0,
+                                           time.perf_counter() - start, None, 0, 0,
+                                           message.splitlines()[0], failure=message))
+                continue
+            with Engine(scenario, EngineConfig(stats_every=args.every)) as engine:
+                outcome = engine.run(args.steps, until_break=False)
+                history = engine.history
+                findings = tuple(engine.findings)
+            seconds = time.perf_counter() - start
+            errors = [f for f in findings if f.severity == "error"]
+            warnings = [f for f in findings if f.severity == "warning"]
+            final = history[-1].loss if history else None
+            if isinstance(outcome.error, StepError):
+                err = outcome.error
+                where = f" ({err.user_frame})" if err.user_frame else ""
+                results.append(CheckResult(source.label, source.where, "failed", outcome.steps_done, seconds,
+                                           final, len(errors), len(warnings), f"{err}{where}", findings,
+                                           failure=err.traceback_text))
+            elif errors:
+                first = group_findings(errors)[0]
+                results.append(CheckResult(source.label, source.where, "findings", outcome.steps_done, seconds,
+                                           final, len(errors), len(warnings),
+                                           f"{first.kind} on {first.where} (step {first.first_step}): "
+                                           f"{first.message}", findings))
+            else:
+                results.append(CheckResult(source.label, source.where, "ok", outcome.steps_done, seconds, final,
+                                           0, len(warnings), "", findings))
+
+    console.print(check_table(results))
+    failed = [r for r in results if r.status == "failed"]
+    flagged = [r for r in results if r.status == "findings"]
+    console.print(
+        f"{len(results)} scenarios, {args.steps} steps each on {device}: "
+        f"{len(results) - len(failed) - len(flagged)} ok, {len(flagged)} with error findings, "
+        f"{len(failed)} failed",
+        highlight=False,
+    )
+    if args.junit:
+        atomic_write_text(args.junit, junit_xml(results))
+        console.print(f"JUnit XML written to {args.junit}", highlight=False)
+    if args.json:
+        atomic_write_json(args.json, {
+            "schema": "workbench.check/1",
+            "device": str(device),
+            "steps": args.steps,
+            "results": [
+                {"label": r.label, "path": r.path, "status": r.status, "steps": r.steps, "seconds": r.seconds,
+                 "final_loss": r.final_loss, "errors": r.errors, "warnings": r.warnings,
+                 "first_problem": r.first_problem, "failure": r.failure,
+                 "findings": [finding_json(f) for f in r.findings]}
+                for r in results
+            ],
+        })
+        console.print(f"report written to {args.json}", highlight=False)
+    if failed:
+        return 2
+    return 1 if flagged else 0

@@ -1,0 +1,53 @@
+"""workbench summary SCENARIO: a torchinfo-like model summary (shapes, params, FLOPs, bytes)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "summary"
+ORDER = 15
+HELP = "model summary: per-layer output shape, parameters, FLOPs and activation bytes"
+DESCRIPTION = (
+    "One forward pass on the scenario's first batch (eval mode, no gradients; the model, "
+    "BatchNorm statistics and RNG are left untouched) under torch.utils.flop_counter, then a "
+    "table per layer: output shape, parameters, trainable, forward FLOPs (matmul/conv/"
+    "attention), activation bytes; and totals."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="scenario file, file.py:function or module")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--depth", type=int, default=None, help="hide layers nested deeper than this")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.errors import UsageError
+    from workbench.report.files import atomic_write_json, check_writable
+
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth must be >= 0, got {args.depth}.")
+    if args.json:
+        check_writable(args.json)
+
+    from rich.console import Console
+
+    from workbench.engine.summary import summarize
+    from workbench.report.summary import summary_renderable
+    from workbench.scenario import ScenarioError, load
+
+    scenario = load(args.scenario, args.device)
+    try:
+        summary = summarize(scenario)
+    except ScenarioError:
+        raise
+    except Exception as exc:
+        raise ScenarioError(
+            f"{args.scenario}: the summary's forward pass raised {type(exc).__name__}: {exc}. "
+            "Run `workbench run` on it for the traceback."
+        ) from exc
+    Console().print(summary_renderable(summary, args.depth))
+    if args.json:
+        atomic_write_json(args.json, summary)
+    return 0

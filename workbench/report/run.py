@@ -1,0 +1,185 @@
+"""Rendering engine results for the headless `run` and `check` commands (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from workbench.engine.records import SEVERITY_RANK, Finding, StepRecord
+from workbench.report.numbers import fmt_float, fmt_ms, human_bytes
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings of one kind at one place, folded over steps."""
+
+    kind: str
+    severity: str
+    module: str
+    parameter: str | None
+    first_step: int
+    last_step: int
+    count: int
+    message: str  # the first occurrence's
+
+    @property
+    def where(self) -> str:
+        return self.parameter or self.module or "(model)"
+
+
+def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """Fold repeated findings (same kind and place) into one row, worst first, then by step."""
+    groups: dict[tuple[str, str, str | None], list[Finding]] = {}
+    for f in findings:
+        groups.setdefault((f.kind, f.module, f.parameter), []).append(f)
+    out = [
+        FindingGroup(kind, fs[0].severity, module, param, fs[0].step, fs[-1].step, len(fs), fs[0].message)
+        for (kind, module, param), fs in groups.items()
+    ]
+    out.sort(key=lambda g: (-SEVERITY_RANK[g.severity], g.first_step))
+    return out
+
+
+def _zero_pct(x: float | None) -> str:
+    return "·" if x is None else f"{x:.0%}"
+
+
+def layer_table(record: StepRecord, title: str | None = None) -> Table:
+    """Per-module forward stats (and output-gradient norm) of one measured step.
+
+    min/max and the rest are in the JSON report; the table keeps what fits 80 columns.
+    """
+    # A light box: ten columns must still fit an 80-column terminal.
+    table = Table(title=title or f"layers at step {record.step}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("module (type)", style="cyan", overflow="fold", min_width=18)
+    table.add_column("output", overflow="fold", min_width=9)
+    for label in ("mean", "std", "abs max"):
+        table.add_column(label, justify="right", no_wrap=True, min_width=7)
+    table.add_column("zeros", justify="right", no_wrap=True, min_width=5)
+    table.add_column("nan/inf", justify="right", no_wrap=True)
+    table.add_column("grad", justify="right", no_wrap=True, min_width=7)
+    rows = []
+    for m in record.modules:
+        bad = (m.nan_count or 0) + (m.inf_count or 0)
+        nan_inf = Text(f"{m.nan_count}/{m.inf_count}", style="bold red") if bad else Text("0", style="dim")
+        if m.nan_count is None:
+            nan_inf = Text("·")
+        notes = []
+        if m.dead_fraction:
+            notes.append(f"dead {m.dead_fraction:.0%}")
+        if m.saturated_fraction:
+            notes.append(f"saturated {m.saturated_fraction:.0%}")
+        if m.calls > 1:
+            notes.append(f"called {m.calls}x (last shown)")
+        if m.inputs_finite is False:
+            notes.append("non-finite input")
+        rows.append([
+            f"{m.name or '(model)'} ({m.type_name})",
+            "x".join(map(str, m.shape)) if m.shape else "·",
+            fmt_float(m.mean), fmt_float(m.std), fmt_float(m.abs_max),
+            _zero_pct(m.zero_fraction), nan_inf, fmt_float(m.grad_norm), ", ".join(notes),
+        ])
+    with_notes = any(row[-1] for row in rows)
+    if with_notes:
+        table.add_column("notes", overflow="fold")
+    for row in rows:
+        table.add_row(*(row if with_notes else row[:-1]))
+    return table
+
+
+def param_table(record: StepRecord) -> Table:
+    table = Table(title=f"parameters at step {record.step}", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    table.add_column("parameter", style="cyan", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("grad norm", justify="right")
+    table.add_column("grad abs max", justify="right")
+    table.add_column("weight norm", justify="right")
+    table.add_column("update/weight", justify="right")
+    for p in record.params:
+        grad = fmt_float(p.grad_norm) if p.has_grad else Text("no grad", style="bold red")
+        table.add_row(
+            p.name, "x".join(map(str, p.shape)), grad, fmt_float(p.grad_abs_max),
+            fmt_float(p.weight_norm), fmt_float(p.update_ratio),
+        )
+    return table
+
+
+def findings_table(findings: Sequence[Finding], limit: int = 20) -> Table:
+    groups = group_findings(findings)
+    table = Table(title=f"findings ({len(findings)} in {len(groups)} groups)", title_justify="left")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("where", style="cyan", no_wrap=True)
+    table.add_column("steps", no_wrap=True, justify="right")
+    table.add_column("message", overflow="fold")
+    for g in groups[:limit]:
+        steps = str(g.first_step) if g.count == 1 else f"{g.first_step}-{g.last_step} ({g.count}x)"
+        table.add_row(Text(g.severity, style=SEVERITY_STYLE[g.severity]), g.kind, g.where, steps, g.message)
+    if len(groups) > limit:
+        table.caption = f"{len(groups) - limit} more groups in the JSON report"
+    return table
+
+
+def run_line(summary: dict) -> Text:
+    """One line: steps, loss, time per step and the debugger's own share."""
+    parts = [f"{summary['steps_done']} steps"]
+    if summary.get("final_loss") is not None:
+        parts.append(f"loss {fmt_float(summary['first_loss'])} -> {fmt_float(summary['final_loss'])}")
+    if summary.get("mean_step_seconds") is not None:
+        parts.append(f"{fmt_ms(summary['mean_step_seconds'])}/step")
+    if summary.get("instrument_fraction") is not None:
+        parts.append(f"debugger {summary['instrument_fraction']:.0%} of it")
+    if summary.get("peak_rss_bytes"):
+        parts.append(f"RSS {human_bytes(summary['peak_rss_bytes'])}")
+    if summary.get("peak_cuda_bytes"):
+        parts.append(f"CUDA peak {human_bytes(summary['peak_cuda_bytes'])}")
+    counts = summary["findings_by_severity"]
+    text = Text(", ".join(parts) + "; ")
+    text.append(f"{counts.get('error', 0)} errors", style="bold red" if counts.get("error") else "green")
+    text.append(f", {counts.get('warning', 0)} warnings", style="yellow" if counts.get("warning") else "")
+    return text
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One scenario's outcome in `workbench check`."""
+
+    label: str
+    path: str
+    status: str  # "ok" | "findings" | "failed"
+    steps: int
+    seconds: float
+    final_loss: float | None
+    errors: int
+    warnings: int
+    first_problem: str  # the first error finding, or the failure message
+    findings: tuple[Finding, ...] = ()
+    failure: str | None = None  # message + traceback when it failed to load or raised
+
+
+def check_table(results: Sequence[CheckResult]) -> Table:
+    table = Table(title="workbench check", title_justify="left")
+    table.add_column("scenario", style="cyan", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("steps", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("errors", justify="right")
+    table.add_column("warnings", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("first problem", overflow="fold")
+    style = {"ok": "green", "findings": "bold red", "failed": "bold red"}
+    word = {"ok": "ok", "findings": "errors", "failed": "FAILED"}
+    for r in results:
+        table.add_row(
+            r.label, Text(word[r.status], style=style[r.status]), str(r.steps), fmt_float(r.final_loss),
+            str(r.errors), str(r.warnings), fmt_ms(r.seconds), r.first_problem,
+        )
+    return table

@@ -1,0 +1,58 @@
+"""Rendering the model summary (rich), torchinfo style."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from workbench.engine.summary import ModelSummary
+from workbench.report.numbers import human_bytes, human_count
+
+
+def summary_renderable(s: ModelSummary, max_depth: int | None = None) -> Group:
+    table = Table(title=f"{s.scenario}: {s.model_class} on {s.device}, batch {s.batch_size}",
+                  title_justify="left")
+    table.add_column("layer (type)", no_wrap=True)
+    table.add_column("output shape", no_wrap=True)
+    table.add_column("params", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("activations", justify="right")
+    for layer in s.layers:
+        if max_depth is not None and layer.depth > max_depth:
+            continue
+        label = "  " * layer.depth + (layer.name.rsplit(".", 1)[-1] or "(model)") + f" ({layer.type_name})"
+        if layer.calls > 1:
+            label += f" x{layer.calls}"
+        shape = "·" if layer.output_shape is None else "[" + ", ".join(map(str, layer.output_shape)) + "]"
+        style = "" if layer.is_leaf else "dim"
+        table.add_row(
+            Text(label, style="bold" if not layer.name else style), shape,
+            human_count(layer.params) if layer.params else "·",
+            ("yes" if layer.trainable == layer.params else human_count(layer.trainable)) if layer.params else "·",
+            human_count(layer.flops) if layer.flops else ("·" if layer.flops_counted else "not counted"),
+            human_bytes(layer.activation_bytes) if layer.activation_bytes else "·",
+            style=style,
+        )
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column(justify="right")
+    inputs = ", ".join("[" + ", ".join(map(str, shape)) + "]" for shape in s.input_shapes)
+    for label, value in (
+        ("inputs", inputs),
+        ("total params", f"{s.total_params:,} ({human_bytes(s.param_bytes)})"),
+        ("trainable params", f"{s.trainable_params:,}"),
+        ("non-trainable params", f"{s.total_params - s.trainable_params:,}"),
+        ("buffers", human_bytes(s.buffer_bytes)),
+        ("forward FLOPs / batch", f"{human_count(s.forward_flops)} (matmul/conv/attention only)"),
+        ("activations / forward", f"{human_bytes(s.activation_bytes)} (leaf outputs)"),
+        ("input bytes", human_bytes(s.input_bytes)),
+    ):
+        totals.add_row(label, value)
+    parts: list = [table, totals]
+    if s.uncounted:
+        parts.append(Text(
+            "FLOPs of " + ", ".join(s.uncounted) + " are not counted: torch.utils.flop_counter has no "
+            "formula for the fused RNN kernels, so the forward total is a lower bound.", style="yellow"))
+    return Group(*parts)
