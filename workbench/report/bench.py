@@ -74,8 +74,8 @@ def bench_table(run: BenchRun) -> Table:
     table.add_column("variant", no_wrap=True)
     for col in ("median", "IQR", "min", "samples/s", "speedup", "peak mem"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("quality", no_wrap=True)
-    table.add_column("notes", ratio=1)
+    table.add_column("quality")
+    table.add_column("notes", ratio=1, min_width=28)
     for r in run.results:
         style = STATUS_STYLE[r.status]
         if not r.ok or r.timing is None:
