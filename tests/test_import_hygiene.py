@@ -23,6 +23,11 @@ def test_import_linter_contract() -> None:
 HEADLESS = [
     ["--help"],
     ["list"],
+    ["bench", "--list-variants"],
+    ["profile", "--help"],
+    ["summary", "scenarios/mlp_digits.py"],
+    ["run", "scenarios/mlp_digits.py", "--steps", "2"],
+    ["check", "scenarios/mlp_digits.py", "--steps", "2"],
 ]
 
 

@@ -103,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    from workbench.errors import USER_ERRORS
+    from workbench.errors import user_errors
 
-    return isinstance(exc, USER_ERRORS)
+    return isinstance(exc, user_errors())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,9 @@
-"""Turning exceptions into one clear paragraph and an exit code (no UI imports)."""
+"""Turning exceptions into one clear paragraph and an exit code (no UI imports).
+
+Nothing here imports torch at module level: commands that must set
+environment variables before torch loads (the profiler's log levels) can
+import this module first.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,21 @@ class UsageError(Exception):
     """A bad command-line value (unknown variant, steps <= 0 ...): exit 2."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is complete for a user (no traceback hint)."""
+    import sys
+
     errors: list[type[BaseException]] = [UsageError, OutputPathError]
-    try:
-        from workbench.scenario import ScenarioError
-
-        errors.append(ScenarioError)
-    except ImportError:  # pragma: no cover - torch missing
-        pass
+    # Only look at the scenario module if something already imported it: an
+    # error raised by it implies it is loaded, and we never pull torch in here.
+    scenario = sys.modules.get("workbench.scenario")
+    if scenario is not None:
+        errors.append(scenario.ScenarioError)
     return tuple(errors)
-
-
-USER_ERRORS = _user_errors()
 
 
 def describe(exc: BaseException) -> tuple[str, int]:
     """The message a user sees and the exit code for an exception."""
-    if isinstance(exc, USER_ERRORS):
+    if isinstance(exc, user_errors()):
         return str(exc), 2
     return f"{type(exc).__name__}: {exc}", 2
