@@ -47,6 +47,7 @@ from workbench.engine.probe import (
     F_ZERO,
     ActivationProbe,
     CallInfo,
+    SampleIndex,
 )
 from workbench.engine.records import (
     PHASES,
@@ -136,6 +137,7 @@ class Engine:
         self._probe = ActivationProbe(model, self.config.sample_size)
         self._probe.attach()
         self._params: list[ParamRef] = param_refs(model)
+        self._sampler = SampleIndex(self.config.sample_size)
         self._health = HealthMonitor(self.config.thresholds)
         self._breakpoints: list[Breakpoint] = list(self.config.breakpoints)
         self._history: deque[StepRecord] = deque(maxlen=self.config.history)
@@ -435,7 +437,7 @@ class Engine:
         t0 = time.perf_counter()
         root = None
         if s.measured:
-            grad_stats, with_grad = grad_stats_tensor(self._params, self.config.sample_size)
+            grad_stats, with_grad = grad_stats_tensor(self._params, self._sampler)
             act = self._probe.stacked_grads()
             parts = [t.reshape(-1) for t in (act, grad_stats) if t is not None]
             n_act = act.numel() if act is not None else 0
@@ -471,7 +473,8 @@ class Engine:
         refs = [r for r in self._params]
         if s.measured and refs:
             with torch.no_grad():
-                before = [r.param.detach().clone() for r in refs]
+                # One fused copy of every parameter (the update is measured against it).
+                before = torch._foreach_mul([r.param.detach() for r in refs], 1.0)
         s.charge("update_stats", time.perf_counter() - t0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -29,10 +29,15 @@ class StepError(Exception):
     @property
     def user_frame(self) -> str | None:
         """'file:line in function' of the innermost frame outside torch and the engine."""
+        import os
+
+        import torch
+
+        import workbench
+
+        library = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (torch, workbench))
         frames = traceback.extract_tb(self.original.__traceback__)
         for frame in reversed(frames):
-            name = frame.filename.replace("\\", "/")
-            if "/torch/" in name or "/workbench/engine/" in name:
-                continue
-            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+            if not frame.filename.startswith(library):
+                return f"{frame.filename}:{frame.lineno} in {frame.name}"
         return None

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.engine.probe import strided_sample
+from workbench.engine.probe import S_MEAN, S_NAN, S_INF, S_STD, SampleIndex, sample_reductions
 from workbench.engine.records import ParamStats
 
 # Layout of the per-parameter gradient vector.
-(G_NORM, G_SUM, G_MIN, G_MAX, G_STD, G_NAN, G_INF, G_SAMPLE_N, G_WEIGHT) = range(9)
+(G_NORM, G_MEAN, G_MIN, G_MAX, G_STD, G_NAN, G_INF, G_SAMPLE_N, G_WEIGHT) = range(9)
 
 
 @dataclass(frozen=True)
@@ -32,27 +32,35 @@ def param_refs(model: nn.Module) -> list[ParamRef]:
     return refs
 
 
-def grad_stats_tensor(refs: list[ParamRef], sample_size: int) -> tuple[torch.Tensor | None, list[int]]:
-    """(P_with_grad, 9) stats on the device, and the indexes of refs that had a grad."""
+def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch.Tensor | None, list[int]]:
+    """(P_with_grad, 9) stats on the device, and the indexes of refs that had a grad.
+
+    Norms are exact (``_foreach_norm``: one fused launch for all parameters),
+    min/max exact (one ``aminmax`` pass per gradient); mean, std and NaN/Inf
+    counts come from a fixed sample, reduced for all parameters at once.
+    """
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
         return None, with_grad
     grads = [refs[i].param.grad.detach() for i in with_grad]  # type: ignore[union-attr]
     weights = [refs[i].param.detach() for i in with_grad]
     f32 = torch.float32
-    grad_norms = torch._foreach_norm(grads)
-    weight_norms = torch._foreach_norm(weights)
-    rows = []
-    for g, gn, wn in zip(grads, grad_norms, weight_norms):
+    device = grads[0].device
+    grad_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads)])
+    weight_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(weights)])
+    mins, maxs, samples = [], [], []
+    for g in grads:
         mn, mx = torch.aminmax(g)
-        sample = strided_sample(g, sample_size).to(f32)
-        rows.append(torch.stack([
-            gn.to(f32), g.sum(dtype=f32), mn.to(f32), mx.to(f32), sample.std(correction=0)
-            if sample.numel() > 1 else sample.new_zeros(()),
-            torch.isnan(sample).sum(dtype=f32), torch.isinf(sample).sum(dtype=f32),
-            sample.new_full((), float(sample.numel())), wn.to(f32),
-        ]))
-    return torch.stack(rows), with_grad
+        mins.append(mn.to(device, f32))
+        maxs.append(mx.to(device, f32))
+        samples.append(sampler.take(g).to(device, f32))
+    reduced = sample_reductions(torch.stack(samples))  # (P, 5)
+    n = torch.full_like(grad_norms, float(sampler.size))
+    stats = torch.stack([
+        grad_norms, reduced[:, S_MEAN], torch.stack(mins), torch.stack(maxs), reduced[:, S_STD],
+        reduced[:, S_NAN], reduced[:, S_INF], n, weight_norms,
+    ], dim=1)
+    return stats, with_grad
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
@@ -82,7 +90,7 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_gr
                                    1 if (math.isinf(mn) or math.isinf(mx)) else 0)
         out.append(ParamStats(
             name=ref.name, module=ref.module, shape=shape, grad_norm=row[G_NORM],
-            grad_mean=row[G_SUM] / numel, grad_std=row[G_STD],
+            grad_mean=row[G_MEAN], grad_std=row[G_STD],
             grad_abs_max=max(abs(mn), abs(mx)) if finite else float("nan") if nan else float("inf"),
             grad_nan=nan, grad_inf=inf, weight_norm=row[G_WEIGHT],
         ))

@@ -78,17 +78,6 @@ def float_tensors(values: Iterable[Any]) -> list[torch.Tensor]:
     return out
 
 
-def strided_sample(t: torch.Tensor, size: int) -> torch.Tensor:
-    """At most ``size`` evenly strided elements of ``t``, flattened."""
-    flat = t.reshape(-1)
-    n = flat.numel()
-    if n <= size:
-        return flat
-    # Contiguous copy of a few thousand elements: reductions over a strided view are
-    # several times slower than the copy itself.
-    return flat[:: (n + size - 1) // size].contiguous()
-
-
 class SampleIndex:
     """Cached index tensors that pick exactly ``size`` elements of a flat tensor.
 
