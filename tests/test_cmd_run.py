@@ -1,0 +1,141 @@
+"""`workbench run`: exit codes, the JSON report (also on error and interrupt), TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BROKEN, ROOT, SCENARIOS
+from workbench.cli import main
+
+
+def flat(text: str) -> str:
+    """Rich wraps at 80 columns under pytest: compare with whitespace collapsed."""
+    return " ".join(text.split())
+
+PATHO = BROKEN / "pathologies.py"
+
+
+def strict_json(path: Path) -> dict:
+    def reject(token: str) -> None:
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_healthy_run_prints_layers_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report.json"
+    assert main(["run", str(SCENARIOS / "mlp_digits.py"), "--steps", "3", "--device", "cpu", "--json", str(out)]) == 0
+    text = flat(capsys.readouterr().out)
+    assert "layers at step 2" in text and "fc1 (Linear)" in text and "0 errors" in text
+    report = strict_json(out)
+    assert set(report) >= {"scenario", "device", "steps", "findings", "summary", "error"}
+    assert report["scenario"] == "mlp_digits" and report["device"] == "cpu" and report["error"] is None
+    assert [s["step"] for s in report["steps"]] == [0, 1, 2]
+    step = report["steps"][-1]
+    assert {m["name"] for m in step["modules"]} == {"", "fc1", "act", "fc2"}
+    assert set(step["phase_seconds"]) == {"forward", "loss", "backward", "optimizer_step"}
+    assert step["params"][0]["update_ratio"] > 0 and step["memory"]["rss_bytes"] > 0
+    assert report["summary"]["steps_done"] == 3 and report["summary"]["stopped_by"] == "steps"
+
+
+def test_error_findings_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r.json"
+    assert main(["run", f"{PATHO}:build_detached", "--steps", "2", "--json", str(out)]) == 1
+    assert "no_gradient" in flat(capsys.readouterr().out)
+    report = strict_json(out)
+    assert {f["parameter"] for f in report["findings"]} == {"unused.weight", "unused.bias"}
+    assert report["summary"]["findings_by_severity"] == {"error": 4}
+
+
+def test_nan_values_are_strict_json(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert main(["run", f"{PATHO}:build_nan_forward", "--steps", "2", "--json", str(out)]) == 1
+    report = strict_json(out)
+    assert report["steps"][0]["loss"] == "NaN"
+    assert report["findings"][0]["kind"] == "nan_inf" and report["findings"][0]["module"] == "1"
+
+
+def test_a_raising_scenario_exits_2_and_keeps_the_steps_done(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r.json"
+    assert main(["run", str(ROOT / "scenarios/broken/raises_at_step3.py"), "--steps", "6", "--json", str(out)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "step 3, forward phase" in err and "raises_at_step3.py:28" in err and "Traceback" in err
+    report = strict_json(out)
+    assert len(report["steps"]) == 3
+    assert report["error"]["type"] == "RuntimeError" and report["error"]["phase"] == "forward"
+    assert report["error"]["step"] == 3 and "view(32" in report["error"]["traceback"]
+    assert report["summary"]["stopped_by"] == "error"
+
+
+def test_a_scenario_that_fails_to_load_exits_2_with_json(write_scenario, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    path = write_scenario("def build(device):\n    raise ValueError('no data here')\n", "bad.py")
+    out = tmp_path / "r.json"
+    assert main(["run", str(path), "--json", str(out)]) == 2
+    assert "no data here" in flat(capsys.readouterr().err)
+    report = strict_json(out)
+    assert report["steps"] == [] and report["error"]["type"] == "ScenarioError"
+
+
+def test_break_on_stops_before_the_optimizer_step(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "r.json"
+    spec = str(ROOT / "scenarios/broken/nan_at_step7.py")
+    assert main(["run", spec, "--steps", "20", "--break-on", "nan_inf", "--json", str(out)]) == 1
+    assert "stopped at breakpoint nan_inf at step 7" in flat(capsys.readouterr().out)
+    report = strict_json(out)
+    hit = report["summary"]["break_hit"]
+    assert hit["step"] == 7 and hit["finding"]["module"] == "norm"
+    assert len(report["steps"]) == 7 and report["summary"]["stopped_by"] == "breakpoint"
+
+
+def test_bad_arguments_are_one_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = str(SCENARIOS / "mlp_digits.py")
+    assert main(["run", spec, "--break-on", "nan"]) == 2
+    assert "unknown finding kind 'nan'" in flat(capsys.readouterr().err)
+    assert main(["run", spec, "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in flat(capsys.readouterr().err)
+    assert main(["run", spec, "--json", str(tmp_path)]) == 2  # a directory, refused before running
+    assert "is a directory" in flat(capsys.readouterr().err)
+
+
+def test_interrupt_writes_a_partial_report_and_exits_130(write_scenario, tmp_path: Path) -> None:
+    path = write_scenario(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
+        "class Stop(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__(); self.fc = nn.Linear(4, 1); self.n = 0\n"
+        "    def forward(self, x):\n"
+        "        self.n += 1\n"
+        "        if self.n == 3:\n            raise KeyboardInterrupt\n"
+        "        return self.fc(x)\n"
+        "def build(device):\n"
+        "    m = Stop()\n"
+        "    data = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.MSELoss(), data=data)\n",
+        "stop.py",
+    )
+    out = tmp_path / "r.json"
+    assert main(["run", str(path), "--steps", "10", "--json", str(out)]) == 130
+    report = strict_json(out)
+    assert len(report["steps"]) == 2 and report["error"]["type"] == "KeyboardInterrupt"
+    assert report["summary"]["stopped_by"] == "interrupted"
+
+
+def test_tensorboard_scalars_and_histograms_read_back(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    assert main(["run", str(SCENARIOS / "regression_mse.py"), "--steps", "4", "--tensorboard", str(logdir),
+                 "--histogram-every", "2"]) == 0
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss", "lr/group0", "grad_norm/total", "grad_norm/0.weight"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss")] == [0, 1, 2, 3]
+    assert acc.Scalars("lr/group0")[0].value == pytest.approx(1e-2)
+    assert {"weights/0.weight", "grads/0.weight"} <= set(tags["histograms"])
+    assert [e.step for e in acc.Histograms("grads/0.weight")] == [0, 2]

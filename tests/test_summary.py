@@ -1,0 +1,60 @@
+"""`workbench summary`: per-layer shapes, parameters and FLOPs; the model is left untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SCENARIOS
+from workbench.cli import main
+
+
+def flat(text: str) -> str:
+    """Rich wraps at 80 columns under pytest: compare with whitespace collapsed."""
+    return " ".join(text.split())
+from workbench.engine.summary import summarize
+from workbench.scenario import load
+
+
+def test_cnn_summary_numbers() -> None:
+    s = load(SCENARIOS / "cnn_image.py")
+    summary = summarize(s)
+    layers = {layer.name: layer for layer in summary.layers}
+    conv1 = layers["features.0"]
+    assert conv1.output_shape == (64, 64, 30, 30) and conv1.params == 64 * 3 * 9 + 64
+    # 2 FLOPs per multiply-add: N * C_out * H_out * W_out * C_in * k * k
+    assert conv1.flops == 2 * 64 * 64 * 30 * 30 * 3 * 3 * 3
+    assert layers["classifier.1"].flops == 2 * 64 * 4608 * 10
+    assert layers[""].params == summary.total_params == s.num_parameters()
+    assert summary.forward_flops == sum(layer.flops for layer in summary.layers if layer.is_leaf)
+    assert conv1.activation_bytes == 64 * 64 * 30 * 30 * 4
+    assert [layer.name for layer in summary.layers][:3] == ["", "features", "features.0"]
+
+
+def test_summary_leaves_the_model_as_it_was() -> None:
+    s = load(SCENARIOS / "cnn_image.py:build_batchnorm")
+    bn = s.model.features[1]
+    before = bn.running_mean.clone()
+    rng = torch.get_rng_state()
+    summarize(s)
+    assert torch.equal(bn.running_mean, before) and s.model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_lstm_flops_are_flagged_as_not_counted() -> None:
+    summary = summarize(load(SCENARIOS / "lstm_text.py"))
+    assert summary.uncounted == ("lstm",)
+
+
+def test_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s.json"
+    assert main(["summary", str(SCENARIOS / "resnet_tiny.py"), "--json", str(out)]) == 0
+    text = flat(capsys.readouterr().out)
+    assert "conv1 (Conv2d)" in text and "total params" in text and "19,862" in text
+    data = json.loads(out.read_text())
+    assert data["total_params"] == 19862 and data["layers"][0]["name"] == ""
+    assert main(["summary", str(SCENARIOS / "resnet_tiny.py"), "--depth", "1"]) == 0
+    assert "conv1 (Conv2d)" not in flat(capsys.readouterr().out)
