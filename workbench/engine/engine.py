@@ -682,8 +682,12 @@ class Engine:
 
     def _attach_grad_norms(self, modules: tuple[ModuleStats, ...], norms: list[float]) -> tuple[ModuleStats, ...]:
         by_name: dict[str, float] = {}
-        for call_index, norm in zip(self._probe.grad_calls, norms):
-            by_name[self._probe.calls[call_index].name] = norm  # the last call's gradient wins
+        calls = self._probe.calls
+        grad_of = dict(zip(self._probe.grad_calls, norms))
+        for call in calls:  # a later call of the same module wins: stats describe the last call
+            index = call.alias_of if call.alias_of is not None else call.index
+            if index in grad_of:
+                by_name[call.name] = grad_of[index]
         return tuple(
             dataclasses.replace(m, grad_norm=by_name[m.name], grad_finite=math.isfinite(by_name[m.name]))
             if m.name in by_name else m

@@ -145,6 +145,7 @@ class CallInfo:
     is_leaf: bool = True
     out_id: int | None = None
     relu_row: int = -1  # position among ReLU-family calls (dead units)
+    alias_of: int | None = None  # returned another call's output unchanged: shares its stats
     saturation: tuple[float, float] | None = None
 
 
@@ -274,6 +275,19 @@ class ActivationProbe:
                         is_leaf=self._leaf[module])
         self.calls.append(call)
         out = first_float_tensor(output)
+        same = self._cache.get(id(out)) if out is not None else None
+        if out is not None and same is not None and same.tensor is out and same.version == out._version \
+                and same.producer is not None:
+            # A container returning its last child's output unchanged (Sequential, the root):
+            # share that call's stats and gradient instead of reducing the same tensor again.
+            original = self.calls[same.producer]
+            call.alias_of = original.index
+            for attr in ("shape", "dtype", "device", "numel", "nbytes", "sampled", "measured", "row", "out_id"):
+                setattr(call, attr, getattr(original, attr))
+            if module is self.model:
+                self.model_output_call = original.index
+            self.seconds += time.perf_counter() - start
+            return
         if out is not None and out.numel() > 0:
             with torch.no_grad():
                 self._summarise(module, out.detach(), call)
@@ -392,7 +406,13 @@ class ActivationProbe:
         rows: list[list[float]] = []
         for call in self.calls:
             row = [_NAN] * F_WIDTH
-            if call.measured:
+            if call.alias_of is not None:
+                base = rows[call.alias_of]
+                row[:F_IN_FINITE] = base[:F_IN_FINITE]
+                row[F_DEAD] = row[F_SAT] = _NAN
+                if call.measured:
+                    out_finite[call.index] = out_finite.get(call.alias_of, True)
+            elif call.measured:
                 r = call.row
                 row[F_MIN], row[F_MAX] = mins[r], maxs[r]
                 row[F_MEAN], row[F_STD], row[F_ZERO], row[F_NAN], row[F_INF] = reduced[5 * r:5 * r + 5]
