@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 message = str(exc)
                 results.append(CheckResult(source.label, source.where, "failed", 0,
                                            time.perf_counter() - start, None, 0, 0,
-                                           message.splitlines()[0], failure=message))
+                                           "failed to load", failure=message, detail=message))
                 continue
             with Engine(scenario, EngineConfig(stats_every=args.every)) as engine:
                 outcome = engine.run(args.steps, until_break=False)
@@ -81,21 +81,25 @@ def run(args: argparse.Namespace) -> int:
             final = history[-1].loss if history else None
             if isinstance(outcome.error, StepError):
                 err = outcome.error
-                where = f" ({err.user_frame})" if err.user_frame else ""
+                where = f" at {err.user_frame}" if err.user_frame else ""
                 results.append(CheckResult(source.label, source.where, "failed", outcome.steps_done, seconds,
-                                           final, len(errors), len(warnings), f"{err}{where}", findings,
-                                           failure=err.traceback_text))
+                                           final, len(errors), len(warnings),
+                                           f"{type(err.original).__name__} at step {err.step} ({err.phase.value})",
+                                           findings, failure=err.traceback_text, detail=f"{err}{where}"))
             elif errors:
                 first = group_findings(errors)[0]
                 results.append(CheckResult(source.label, source.where, "findings", outcome.steps_done, seconds,
                                            final, len(errors), len(warnings),
-                                           f"{first.kind} on {first.where} (step {first.first_step}): "
-                                           f"{first.message}", findings))
+                                           f"{first.kind} on {first.where} at step {first.first_step}",
+                                           findings, detail=first.message))
             else:
                 results.append(CheckResult(source.label, source.where, "ok", outcome.steps_done, seconds, final,
                                            0, len(warnings), "", findings))
 
     console.print(check_table(results))
+    for r in results:
+        if r.detail:
+            console.print(f"[bold red]✖ {r.label}[/]: {r.detail}", highlight=False)
     failed = [r for r in results if r.status == "failed"]
     flagged = [r for r in results if r.status == "findings"]
     console.print(

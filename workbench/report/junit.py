@@ -19,9 +19,9 @@ def junit_xml(results: Sequence[CheckResult], suite: str = "workbench check") ->
         case = ET.SubElement(ts, "testcase", classname="workbench.check", name=r.label, file=r.path,
                              time=f"{r.seconds:.3f}")
         if r.status == "failed":
-            el = ET.SubElement(case, "error", message=r.first_problem.splitlines()[0] if r.first_problem else "",
-                               type="ScenarioFailed")
-            el.text = r.failure or r.first_problem
+            message = (r.detail or r.first_problem).splitlines()[0] if (r.detail or r.first_problem) else ""
+            el = ET.SubElement(case, "error", message=message, type="ScenarioFailed")
+            el.text = r.failure or r.detail or r.first_problem
         elif r.status == "findings":
             errors_only = [g for g in group_findings(r.findings) if g.severity == "error"]
             el = ET.SubElement(case, "failure", message=r.first_problem, type="HealthFinding")

@@ -160,9 +160,10 @@ class CheckResult:
     final_loss: float | None
     errors: int
     warnings: int
-    first_problem: str  # the first error finding, or the failure message
+    first_problem: str  # short: "nan_inf on norm at step 7", "RuntimeError at step 3 (forward)"
     findings: tuple[Finding, ...] = ()
-    failure: str | None = None  # message + traceback when it failed to load or raised
+    failure: str | None = None  # traceback (or the loader's full message) when it failed
+    detail: str = ""  # the first problem in full: the finding's message or the error message
 
 
 def check_table(results: Sequence[CheckResult]) -> Table:
@@ -174,12 +175,13 @@ def check_table(results: Sequence[CheckResult]) -> Table:
     table.add_column("errors", justify="right")
     table.add_column("warnings", justify="right")
     table.add_column("time", justify="right")
-    table.add_column("first problem", overflow="fold")
+    problems = any(r.first_problem for r in results)
+    if problems:
+        table.add_column("first problem", overflow="fold", min_width=20)
     style = {"ok": "green", "findings": "bold red", "failed": "bold red"}
     word = {"ok": "ok", "findings": "errors", "failed": "FAILED"}
     for r in results:
-        table.add_row(
-            r.label, Text(word[r.status], style=style[r.status]), str(r.steps), fmt_float(r.final_loss),
-            str(r.errors), str(r.warnings), fmt_ms(r.seconds), r.first_problem,
-        )
+        cells = [r.label, Text(word[r.status], style=style[r.status]), str(r.steps), fmt_float(r.final_loss),
+                 str(r.errors), str(r.warnings), fmt_ms(r.seconds)]
+        table.add_row(*cells, *([r.first_problem] if problems else []))
     return table
