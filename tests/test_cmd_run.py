@@ -84,7 +84,9 @@ def test_break_on_stops_before_the_optimizer_step(tmp_path: Path, capsys: pytest
     out = tmp_path / "r.json"
     spec = str(ROOT / "scenarios/broken/nan_at_step7.py")
     assert main(["run", spec, "--steps", "20", "--break-on", "nan_inf", "--json", str(out)]) == 1
-    assert "stopped at breakpoint nan_inf at step 7" in flat(capsys.readouterr().out)
+    printed = flat(capsys.readouterr().out)
+    assert "stopped at breakpoint nan_inf at step 7" in printed
+    assert "layers at step 7 (paused before its optimizer step)" in printed
     report = strict_json(out)
     hit = report["summary"]["break_hit"]
     assert hit["step"] == 7 and hit["finding"]["module"] == "norm"

@@ -114,7 +114,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
         f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}",
         highlight=False,
     )
-    done, stopped_by, hit, error = 0, "steps", None, None
+    done, stopped_by, hit, error, paused = 0, "steps", None, None, None
     try:
         with console.status("running...") as status:
             while done < args.steps:
@@ -130,6 +130,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
                     status.update(f"step {done}/{args.steps}  loss {result.record.loss}")
                 if result.break_hit is not None:
                     stopped_by, hit = "breakpoint", result.break_hit
+                    paused = engine.current  # the step the breakpoint stopped in, before its update
                     break
     except StepError as exc:
         stopped_by, error = "error", exc
@@ -153,7 +154,10 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
     write_json(summary, error_payload)
 
     measured = [r for r in records if r.modules]
-    if measured:
+    if paused is not None and paused.modules:
+        console.print(layer_table(paused, title=f"layers at step {paused.step} (paused before its optimizer step)"))
+        console.print(param_table(paused))
+    elif measured:
         console.print(layer_table(measured[-1]))
         console.print(param_table(measured[-1]))
     if findings:

@@ -48,14 +48,16 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     device = grads[0].device
     grad_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads)])
     weight_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(weights)])
-    mins, maxs, samples = [], [], []
+    mins, maxs, samples, lengths = [], [], [], []
     for g in grads:
         mn, mx = torch.aminmax(g)
         mins.append(mn.to(device, f32))
         maxs.append(mx.to(device, f32))
-        samples.append(sampler.take(g).to(device, f32))
-    reduced = sample_reductions(torch.stack(samples))  # (P, 5)
-    n = torch.full_like(grad_norms, float(sampler.size))
+        sample, real = sampler.take(g)
+        samples.append(sample.to(device, f32))
+        lengths.append(real)
+    mask, n = sampler.mask(tuple(lengths), device)
+    reduced = sample_reductions(torch.stack(samples), mask, n)  # (P, 5)
     stats = torch.stack([
         grad_norms, reduced[:, S_MEAN], torch.stack(mins), torch.stack(maxs), reduced[:, S_STD],
         reduced[:, S_NAN], reduced[:, S_INF], n, weight_norms,

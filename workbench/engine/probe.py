@@ -79,50 +79,74 @@ def float_tensors(values: Iterable[Any]) -> list[torch.Tensor]:
 
 
 class SampleIndex:
-    """Cached index tensors that pick exactly ``size`` elements of a flat tensor.
+    """Fixed-size samples of flat tensors, so a phase's samples stack into one matrix.
 
-    Every sample has the same length, so all of a phase's samples stack into
-    one (calls, size) matrix reduced with a handful of batched ops. Positions
-    are a fixed pseudo-random draw per tensor size (sorted, for locality):
-    an even stride aliases with NCHW layouts (a stride of H*W samples one
-    pixel of every plane). A tensor smaller than ``size`` is covered evenly.
+    A tensor larger than ``size`` gives ``size`` elements at a fixed
+    pseudo-random set of positions per tensor size (sorted, for locality): an
+    even stride aliases with NCHW layouts (a stride of H*W samples one pixel
+    of every plane). A smaller tensor is copied whole and zero-padded; its
+    length goes into ``SampleBatch`` so the padding never counts, and its
+    stats are exact.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._masks: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def take(self, t: torch.Tensor) -> torch.Tensor:
+    def take(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(a copy of ``size`` elements, how many of them are real)."""
         flat = t.reshape(-1)
         n = flat.numel()
+        if n <= self.size:
+            return torch.nn.functional.pad(flat, (0, self.size - n)), n
         key = (n, flat.device)
         idx = self._cache.get(key)
         if idx is None:
-            if n <= self.size:
-                idx = (torch.arange(self.size, dtype=torch.int64) * n) // self.size
-            else:
-                g = torch.Generator().manual_seed(n)  # its own generator: the user's RNG is untouched
-                idx = torch.randint(0, n, (self.size,), generator=g).sort().values
+            g = torch.Generator().manual_seed(n)  # its own generator: the user's RNG is untouched
+            idx = torch.randint(0, n, (self.size,), generator=g).sort().values
             if len(self._cache) > 512:  # shapes that change every step (variable lengths)
                 self._cache.clear()
             # One host->device copy per tensor size, then reused every step.
             idx = idx.to(flat.device)
             self._cache[key] = idx
-        return flat.index_select(0, idx)
+        return flat.index_select(0, idx), self.size
+
+    def mask(self, lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, size) bool mask of real elements and (rows,) float lengths, cached per layout.
+
+        Cached because a host->device copy of a Python list every step would wait for the
+        device on CUDA (pageable memory): a hidden sync.
+        """
+        key = (device, lengths)
+        cached = self._masks.get(key)
+        if cached is None:
+            n = torch.tensor(lengths, dtype=torch.float32).to(device)
+            mask = torch.arange(self.size, device=device)[None, :] < n[:, None]
+            if len(self._masks) > 64:
+                self._masks.clear()
+            cached = (mask, n)
+            self._masks[key] = cached
+        return cached
 
 
 # Columns of sample_reductions.
 S_MEAN, S_STD, S_ZERO, S_NAN, S_INF = range(5)
 
 
-def sample_reductions(samples: torch.Tensor) -> torch.Tensor:
-    """(rows, S) samples -> (rows, 5): mean, std, zero fraction, NaN count, Inf count."""
-    mean = samples.mean(dim=1, keepdim=True)
-    std = (samples - mean).square().mean(dim=1).sqrt()
-    zero = (samples == 0).sum(dim=1, dtype=torch.float32) / samples.shape[1]
-    nan = torch.isnan(samples).sum(dim=1, dtype=torch.float32)
-    inf = torch.isinf(samples).sum(dim=1, dtype=torch.float32)
-    return torch.stack([mean[:, 0], std, zero, nan, inf], dim=1)
+def sample_reductions(samples: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(rows, S) samples -> (rows, 5): mean, std, zero fraction, NaN count, Inf count.
+
+    ``mask`` marks the real elements (padding is zeros and never counts).
+    """
+    f32 = torch.float32
+    mean = samples.sum(dim=1, dtype=f32) / lengths
+    centred = (samples - mean[:, None]) * mask
+    std = (centred.square().sum(dim=1) / lengths).sqrt()
+    zero = ((samples == 0) & mask).sum(dim=1, dtype=f32) / lengths
+    nan = torch.isnan(samples).sum(dim=1, dtype=f32)
+    inf = torch.isinf(samples).sum(dim=1, dtype=f32)
+    return torch.stack([mean, std, zero, nan, inf], dim=1)
 
 
 @dataclass
@@ -208,6 +232,7 @@ class ActivationProbe:
         self._mins: list[torch.Tensor] = []
         self._maxs: list[torch.Tensor] = []
         self._samples: list[torch.Tensor] = []
+        self._lengths: list[int] = []
         self._ext_mins: list[torch.Tensor] = []
         self._ext_maxs: list[torch.Tensor] = []
         self._relu_max: list[torch.Tensor] = []  # per-unit max over the batch, one per ReLU call
@@ -312,8 +337,9 @@ class ActivationProbe:
         # Now, not at phase end: the tensor may be modified in place by the next module.
         # A fixed-size copy serves the mean, std, zeros, NaN/Inf counts and saturation,
         # reduced together with every other call's at phase end.
-        sample = self._sampler.take(t)
+        sample, real = self._sampler.take(t)
         self._samples.append(sample)
+        self._lengths.append(real)
         # Exactly ONE pass over the whole tensor: min/max (exact finiteness: a NaN anywhere
         # makes both NaN, an Inf shows in one of them).
         if isinstance(module, RELU_FAMILY) and t.dim() >= 2:
@@ -326,7 +352,7 @@ class ActivationProbe:
             unit_max = t.amax(dim=dims)
             call.relu_row = len(self._relu_max)
             self._relu_max.append(unit_max)
-            self._mins.append(sample.amin())
+            self._mins.append(sample[:real].amin())
             self._maxs.append(unit_max.amax())
             return
         mn, mx = torch.aminmax(t)
@@ -359,14 +385,16 @@ class ActivationProbe:
             torch.stack([m.to(f32) for m in self._maxs]),
         ]
         samples = torch.stack([s.to(device, f32) for s in self._samples])
-        reduced = sample_reductions(samples)  # (rows, 5)
+        mask, lengths = self._sampler.mask(tuple(self._lengths), device)
+        reduced = sample_reductions(samples, mask, lengths)  # (rows, 5)
         parts.append(reduced.reshape(-1))
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
         if sat_calls:
             idx, lo, hi = self._saturation_tensors(sat_calls, device)
             rows = samples.index_select(0, idx)
             band = 1e-3 * (hi - lo)
-            parts.append(((rows <= lo + band) | (rows >= hi - band)).to(f32).mean(dim=1))
+            pinned = ((rows <= lo + band) | (rows >= hi - band)) & mask.index_select(0, idx)
+            parts.append(pinned.sum(dim=1, dtype=f32) / lengths.index_select(0, idx))
         if self._relu_max:
             parts.append(torch.stack([(m <= 0).to(f32).mean() for m in self._relu_max]))
         if self._ext_mins:
@@ -416,7 +444,7 @@ class ActivationProbe:
                 r = call.row
                 row[F_MIN], row[F_MAX] = mins[r], maxs[r]
                 row[F_MEAN], row[F_STD], row[F_ZERO], row[F_NAN], row[F_INF] = reduced[5 * r:5 * r + 5]
-                row[F_SAMPLE_N] = float(self.sample_size)
+                row[F_SAMPLE_N] = float(self._lengths[r])
                 if call.relu_row >= 0:
                     row[F_DEAD] = dead[call.relu_row]
                 if call.index in sat:

@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from workbench.engine.records import SEVERITY_RANK, Finding, StepRecord
+from workbench.engine.records import SEVERITY_RANK, Finding, StepProgress, StepRecord
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -50,7 +50,7 @@ def _zero_pct(x: float | None) -> str:
     return "·" if x is None else f"{x:.0%}"
 
 
-def layer_table(record: StepRecord, title: str | None = None) -> Table:
+def layer_table(record: StepRecord | StepProgress, title: str | None = None) -> Table:
     """Per-module forward stats (and output-gradient norm) of one measured step.
 
     min/max and the rest are in the JSON report; the table keeps what fits 80 columns.
@@ -79,7 +79,7 @@ def layer_table(record: StepRecord, title: str | None = None) -> Table:
         if m.calls > 1:
             notes.append(f"called {m.calls}x (last shown)")
         if m.inputs_finite is False:
-            notes.append("non-finite input")
+            notes.append("input NaN/Inf")
         rows.append([
             f"{m.name or '(model)'} ({m.type_name})",
             "x".join(map(str, m.shape)) if m.shape else "·",
@@ -94,7 +94,7 @@ def layer_table(record: StepRecord, title: str | None = None) -> Table:
     return table
 
 
-def param_table(record: StepRecord) -> Table:
+def param_table(record: StepRecord | StepProgress) -> Table:
     table = Table(title=f"parameters at step {record.step}", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     table.add_column("parameter", style="cyan", no_wrap=True)
