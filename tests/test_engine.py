@@ -291,3 +291,16 @@ def test_breakpoint_parse_errors_say_what_is_expected() -> None:
                  "exploding_gradient>=warning@fc*"):
         assert Breakpoint.parse(text).describe() == text
     assert Breakpoint.parse("loss >= 5").describe() == "loss>5"
+
+
+def test_activation_sample_for_inspectors() -> None:
+    with Engine(load(SCENARIOS / "mlp_digits.py")) as eng:
+        assert eng.activation_sample("fc1") is None  # nothing measured yet
+        eng.advance()
+        with torch.no_grad():
+            expected = eng.scenario.model.fc2(eng.scenario.model.act(eng.scenario.model.fc1(eng.batch.inputs[0])))
+        small = eng.activation_sample("fc2")  # 640 elements: all of them
+        assert small is not None and torch.equal(small, expected.reshape(-1))
+        big = eng.activation_sample("fc1")  # 8192 elements: a 4096 sample
+        assert big is not None and big.numel() == 4096 and big.device.type == "cpu"
+        assert eng.activation_sample("nope") is None

@@ -232,6 +232,17 @@ class Engine:
             return None
         return Batch(s.batch_inputs, s.batch_targets)
 
+    def activation_sample(self, name: str) -> torch.Tensor | None:
+        """Values of module ``name``'s output from the last measured forward, as a CPU tensor.
+
+        The whole output when it has at most ``sample_size`` elements, else a fixed
+        pseudo-random sample of that many; None when the module was not measured (or the
+        next forward already started). For inspectors and histograms: the copy to the host
+        is a deliberate sync, made only when asked.
+        """
+        sample = self._probe.sample_of(name)
+        return None if sample is None else sample.detach().to("cpu", copy=True)
+
     @property
     def module_names(self) -> tuple[str, ...]:
         """Execution order once a forward ran (modules never called come last), else registration order."""

@@ -464,6 +464,13 @@ class ActivationProbe:
             rows.append(row)
         return rows
 
+    def sample_of(self, name: str) -> torch.Tensor | None:
+        """The real elements of ``name``'s output sample from the last measured forward, or None."""
+        for call in reversed(self.calls):
+            if call.name == name and call.measured and 0 <= call.row < len(self._samples):
+                return self._samples[call.row][: self._lengths[call.row]]
+        return None
+
     def stacked_grads(self) -> torch.Tensor | None:
         if not self.grad_norms:
             return None
