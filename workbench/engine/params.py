@@ -12,7 +12,7 @@ from workbench.engine.probe import S_MEAN, S_NAN, S_INF, S_STD, SampleIndex, sam
 from workbench.engine.records import ParamStats
 
 # Layout of the per-parameter gradient vector.
-(G_NORM, G_MEAN, G_MIN, G_MAX, G_STD, G_NAN, G_INF, G_SAMPLE_N, G_WEIGHT) = range(9)
+(G_NORM, G_MEAN, G_ABS_MAX, G_STD, G_NAN, G_INF, G_SAMPLE_N, G_WEIGHT) = range(8)
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,13 @@ def param_refs(model: nn.Module) -> list[ParamRef]:
 
 
 def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch.Tensor | None, list[int]]:
-    """(P_with_grad, 9) stats on the device, and the indexes of refs that had a grad.
+    """(P_with_grad, 8) stats on the device, and the indexes of refs that had a grad.
 
-    Norms are exact (``_foreach_norm``: one fused launch for all parameters),
-    min/max exact (one ``aminmax`` pass per gradient); mean, std and NaN/Inf
-    counts come from a fixed sample, reduced for all parameters at once.
+    The 2-norm and the abs max are exact (``_foreach_norm`` with ord 2 and inf:
+    one fused launch each for all parameters; NaN propagates through both, an
+    Inf shows in both); mean, std and NaN/Inf counts come from a fixed sample
+    (exact for gradients of up to ``sampler.size`` elements), reduced for all
+    parameters at once.
     """
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
@@ -47,19 +49,17 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     f32 = torch.float32
     device = grads[0].device
     grad_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads)])
+    abs_max = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads, float("inf"))])
     weight_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(weights)])
-    mins, maxs, samples, lengths = [], [], [], []
+    samples, lengths = [], []
     for g in grads:
-        mn, mx = torch.aminmax(g)
-        mins.append(mn.to(device, f32))
-        maxs.append(mx.to(device, f32))
         sample, real = sampler.take(g)
         samples.append(sample.to(device, f32))
         lengths.append(real)
     mask, n = sampler.mask(tuple(lengths), device)
     reduced = sample_reductions(torch.stack(samples), mask, n)  # (P, 5)
     stats = torch.stack([
-        grad_norms, reduced[:, S_MEAN], torch.stack(mins), torch.stack(maxs), reduced[:, S_STD],
+        grad_norms, reduced[:, S_MEAN], abs_max, reduced[:, S_STD],
         reduced[:, S_NAN], reduced[:, S_INF], n, weight_norms,
     ], dim=1)
     return stats, with_grad
@@ -84,16 +84,14 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_gr
                                   None, has_grad=False))
             continue
         numel = max(ref.param.numel(), 1)
-        mn, mx = row[G_MIN], row[G_MAX]
-        finite = math.isfinite(mn) and math.isfinite(mx)
+        abs_max = row[G_ABS_MAX]
+        finite = math.isfinite(abs_max)
         scale = numel / max(row[G_SAMPLE_N], 1.0)
-        nan = 0 if finite else max(int(round(row[G_NAN] * scale)), 1 if math.isnan(mn) else 0)
-        inf = 0 if finite else max(int(round(row[G_INF] * scale)),
-                                   1 if (math.isinf(mn) or math.isinf(mx)) else 0)
+        nan = 0 if finite else max(int(round(row[G_NAN] * scale)), 1 if math.isnan(abs_max) else 0)
+        inf = 0 if finite else max(int(round(row[G_INF] * scale)), 1 if math.isinf(abs_max) else 0)
         out.append(ParamStats(
             name=ref.name, module=ref.module, shape=shape, grad_norm=row[G_NORM],
-            grad_mean=row[G_MEAN], grad_std=row[G_STD],
-            grad_abs_max=max(abs(mn), abs(mx)) if finite else float("nan") if nan else float("inf"),
+            grad_mean=row[G_MEAN], grad_std=row[G_STD], grad_abs_max=abs_max,
             grad_nan=nan, grad_inf=inf, weight_norm=row[G_WEIGHT],
         ))
     return out
