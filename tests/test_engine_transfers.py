@@ -65,3 +65,18 @@ def test_one_transfer_per_phase_independent_of_depth(count_transfers: Counter) -
 def test_unmeasured_steps_transfer_only_loss_and_grad_norm(count_transfers: Counter) -> None:
     per_phase = transfers_per_phase(40, count_transfers, stats_every=1000)  # step 1 is unmeasured
     assert per_phase == {Phase.FORWARD: 0, Phase.LOSS: 1, Phase.BACKWARD: 1, Phase.OPTIMIZER_STEP: 0}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+def test_cuda_one_transfer_per_phase_and_memory(count_transfers: Counter) -> None:
+    scenario = deep_mlp(8)
+    scenario.model.cuda()
+    scenario.optimizer = torch.optim.SGD(scenario.model.parameters(), lr=0.01, momentum=0.9)
+    with Engine(scenario) as eng:
+        eng.step_once()
+        before = sum(count_transfers.values())
+        rec = eng.step_once()
+        assert sum(count_transfers.values()) - before <= 4
+    assert rec.memory.cuda_allocated and rec.memory.cuda_peak and rec.memory.cuda_reserved
+    assert rec.module("0").device.startswith("cuda")
