@@ -35,6 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tensorboard:
+        import os
+
+        # Histograms go through numpy, whose OpenBLAS threads then spin and slow the next
+        # torch step ~2x (ENVIRONMENT.md). It only takes effect before numpy loads, and
+        # importing torch loads numpy: so here, before anything imports torch.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from workbench.errors import UsageError
 
     for flag in ("steps", "every", "histogram_every", "findings"):

@@ -13,6 +13,8 @@ API overview::
             eng.next_phase                       # Phase.OPTIMIZER_STEP
             eng.skip_step()                      # or eng.run(...) to continue
         eng.history, eng.findings, eng.current, eng.module_names, eng.module_tree
+        eng.batch                                # the step's Batch (inputs, targets) on the device
+        eng.activation_sample("features.0")      # CPU copy of that output (<= sample_size values)
 
 * records.py      frozen results: Phase, ModuleStats, ParamStats, Finding, MemorySample, StepRecord,
                   BreakHit, StepProgress, PhaseResult, RunOutcome, ModuleNode; finding kind strings.
@@ -25,7 +27,11 @@ API overview::
 * errors.py       StepError (a user exception in a phase; the engine stays usable).
 * summary.py      a torchinfo-like static model summary (shapes, params, FLOPs).
 
-Each phase does at most one device->host transfer (search for "Sync point").
+Each phase does at most one device->host transfer (search for "Sync point"); the
+only other syncs are deliberate and on demand (activation_sample, a NaN diagnosis).
+A user exception inside a phase is raised as StepError and the engine stays usable.
+Per step, ``StepRecord.instrument_breakdown`` times each instrument separately (hooks,
+stats, health rules, memory) so a UI can show the debugger's own cost live.
 """
 
 from workbench.engine.breakpoints import Breakpoint

@@ -21,7 +21,8 @@ class TensorBoardMissing(Exception):
 
 def _summary_writer() -> Any:
     # add_histogram goes through numpy; OpenBLAS's spinning threads then slow the next torch
-    # step ~2x on small CPUs (ENVIRONMENT.md). It must be set before numpy loads OpenBLAS.
+    # step ~2x on small CPUs (ENVIRONMENT.md). This only helps if numpy is not loaded yet
+    # (importing torch loads it): `workbench run --tensorboard` sets it before torch.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from torch.utils.tensorboard import SummaryWriter
