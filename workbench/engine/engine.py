@@ -50,10 +50,8 @@ from workbench.engine.probe import (
     SampleIndex,
 )
 from workbench.engine.records import (
-    PHASES,
     BreakHit,
     Finding,
-    MemorySample,
     ModuleNode,
     ModuleStats,
     ParamStats,
@@ -481,7 +479,7 @@ class Engine:
         s.lrs = self._lrs()
         before: list[torch.Tensor] | None = None
         t0 = time.perf_counter()
-        refs = [r for r in self._params]
+        refs = self._params
         if s.measured and refs:
             with torch.no_grad():
                 # One fused copy of every parameter (the update is measured against it).
