@@ -65,7 +65,6 @@ def layer_table(record: StepRecord | StepProgress, title: str | None = None) -> 
     table.add_column("zeros", justify="right", no_wrap=True, min_width=5)
     table.add_column("nan/inf", justify="right", no_wrap=True)
     table.add_column("grad", justify="right", no_wrap=True, min_width=7)
-    rows = []
     for m in record.modules:
         bad = (m.nan_count or 0) + (m.inf_count or 0)
         nan_inf = Text(f"{m.nan_count}/{m.inf_count}", style="bold red") if bad else Text("0", style="dim")
@@ -80,17 +79,15 @@ def layer_table(record: StepRecord | StepProgress, title: str | None = None) -> 
             notes.append(f"called {m.calls}x (last shown)")
         if m.inputs_finite is False:
             notes.append("input NaN/Inf")
-        rows.append([
-            f"{m.name or '(model)'} ({m.type_name})",
+        label = Text(f"{m.name or '(model)'} ({m.type_name})")
+        if notes:  # on a second line of the module cell: a column of its own does not fit 80 columns
+            label.append("\n  " + ", ".join(notes), style="yellow")
+        table.add_row(
+            label,
             "x".join(map(str, m.shape)) if m.shape else "·",
             fmt_float(m.mean), fmt_float(m.std), fmt_float(m.abs_max),
-            _zero_pct(m.zero_fraction), nan_inf, fmt_float(m.grad_norm), ", ".join(notes),
-        ])
-    with_notes = any(row[-1] for row in rows)
-    if with_notes:
-        table.add_column("notes", overflow="fold")
-    for row in rows:
-        table.add_row(*(row if with_notes else row[:-1]))
+            _zero_pct(m.zero_fraction), nan_inf, fmt_float(m.grad_norm),
+        )
     return table
 
 
