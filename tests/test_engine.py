@@ -304,3 +304,34 @@ def test_activation_sample_for_inspectors() -> None:
         big = eng.activation_sample("fc1")  # 8192 elements: a 4096 sample
         assert big is not None and big.numel() == 4096 and big.device.type == "cpu"
         assert eng.activation_sample("nope") is None
+
+
+def test_sparse_embedding_gradients() -> None:
+    from torch import nn
+
+    from workbench.scenario import Scenario
+
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 8, sparse=True)
+            self.fc = nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(x).mean(1))
+
+    torch.manual_seed(0)
+    model = Bag()
+    data = [(torch.randint(0, 50, (16, 5)), torch.randn(16, 1)) for _ in range(3)]
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        loss_fn=nn.MSELoss(), data=data)
+    with Engine(scenario) as eng:
+        for _ in range(3):  # forward, loss, backward
+            eng.advance()
+        grad = eng.scenario.model.emb.weight.grad
+        assert grad is not None and grad.is_sparse
+        expected = grad.coalesce().values().norm().item()
+        rec = eng.step_once()
+    p = rec.param("emb.weight")
+    assert p is not None and p.grad_norm == pytest.approx(expected, rel=1e-5)
+    assert p.update_norm and not [f for f in rec.findings if f.severity == "error"]

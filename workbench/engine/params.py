@@ -32,6 +32,17 @@ def param_refs(model: nn.Module) -> list[ParamRef]:
     return refs
 
 
+def _grad_values(p: nn.Parameter) -> torch.Tensor:
+    """The gradient as a dense tensor of its values.
+
+    A sparse gradient (nn.Embedding(sparse=True)) is summarised over its stored values:
+    norms and the abs max are the same as the full tensor's, mean/std describe the rows
+    the batch touched.
+    """
+    g = p.grad.detach()  # type: ignore[union-attr]
+    return g.coalesce().values() if g.is_sparse else g
+
+
 def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch.Tensor | None, list[int]]:
     """(P_with_grad, 8) stats on the device, and the indexes of refs that had a grad.
 
@@ -44,7 +55,7 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
         return None, with_grad
-    grads = [refs[i].param.grad.detach() for i in with_grad]  # type: ignore[union-attr]
+    grads = [_grad_values(refs[i].param) for i in with_grad]
     weights = [refs[i].param.detach() for i in with_grad]
     f32 = torch.float32
     device = grads[0].device
@@ -66,7 +77,7 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
-    grads = [r.param.grad.detach() for r in refs if r.param.grad is not None]
+    grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
     if not grads:
         return None
     norms = torch._foreach_norm(grads)
