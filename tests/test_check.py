@@ -76,3 +76,19 @@ def test_bundled_scenarios_pass(tmp_path: Path, capsys: pytest.CaptureFixture) -
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("failures") == "0" and suite.get("errors") == "0"
     assert int(suite.get("tests")) == len(discover(SCENARIOS))
+
+
+def test_interrupt_keeps_the_finished_scenarios(mixed_dir: Path, tmp_path: Path) -> None:
+    (mixed_dir / "zz_stop.py").write_text(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
+        "class Stop(nn.Linear):\n"
+        "    def forward(self, x):\n        raise KeyboardInterrupt\n"
+        "def build(device):\n"
+        "    m = Stop(4, 1)\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.MSELoss(), data=[(torch.randn(8, 4), torch.randn(8, 1))])\n"
+    )
+    junit = tmp_path / "junit.xml"
+    assert main(["check", str(mixed_dir), "--steps", "2", "--junit", str(junit)]) == 130
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert [c.get("name") for c in suite.iter("testcase")] == ["detached_branch", "mlp_digits"]

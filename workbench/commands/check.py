@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 NAME = "check"
 ORDER = 25
@@ -26,12 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from rich.console import Console
 
     from workbench.errors import UsageError
-    from workbench.report.files import atomic_write_json, atomic_write_text, check_writable
+    from workbench.report.files import check_writable
 
     for flag in ("steps", "every"):
         if getattr(args, flag) < 1:
@@ -42,11 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
-    from workbench.engine import Engine, EngineConfig, StepError
-    from workbench.report.json_report import finding_json
-    from workbench.report.junit import junit_xml
-    from workbench.report.run import CheckResult, check_table, group_findings
-    from workbench.scenario import ScenarioError, ScenarioSource, discover, load_source, resolve_device
+    from workbench.report.run import check_table
+    from workbench.scenario import ScenarioSource, discover, load_source, resolve_device
 
     device = resolve_device(args.device)
     sources: list[ScenarioSource] = []
@@ -59,6 +55,40 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     results: list[CheckResult] = []
+    try:
+        _check_all(sources, device, args, results, console)
+    except KeyboardInterrupt:
+        # Keep what was checked: the table and the reports cover the finished scenarios.
+        console.print(check_table(results))
+        _write_reports(args, results, device, console)
+        console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
+        raise
+
+    console.print(check_table(results))
+    for r in results:
+        if r.detail:
+            console.print(f"[bold red]✖ {r.label}[/]: {r.detail}", highlight=False)
+    failed = [r for r in results if r.status == "failed"]
+    flagged = [r for r in results if r.status == "findings"]
+    console.print(
+        f"{len(results)} scenarios, {args.steps} steps each on {device}: "
+        f"{len(results) - len(failed) - len(flagged)} ok, {len(flagged)} with error findings, "
+        f"{len(failed)} failed (time includes building each scenario)",
+        highlight=False,
+    )
+    _write_reports(args, results, device, console)
+    if failed:
+        return 2
+    return 1 if flagged else 0
+
+
+def _check_all(sources: list, device: Any, args: argparse.Namespace, results: list, console: Any) -> None:
+    import time
+
+    from workbench.engine import Engine, EngineConfig, StepError
+    from workbench.report.run import CheckResult, group_findings
+    from workbench.scenario import ScenarioError
+
     with console.status("checking...") as status:
         for i, source in enumerate(sources, 1):
             status.update(f"[{i}/{len(sources)}] {source.label}")
@@ -96,18 +126,12 @@ def run(args: argparse.Namespace) -> int:
                 results.append(CheckResult(source.label, source.where, "ok", outcome.steps_done, seconds, final,
                                            0, len(warnings), "", findings))
 
-    console.print(check_table(results))
-    for r in results:
-        if r.detail:
-            console.print(f"[bold red]✖ {r.label}[/]: {r.detail}", highlight=False)
-    failed = [r for r in results if r.status == "failed"]
-    flagged = [r for r in results if r.status == "findings"]
-    console.print(
-        f"{len(results)} scenarios, {args.steps} steps each on {device}: "
-        f"{len(results) - len(failed) - len(flagged)} ok, {len(flagged)} with error findings, "
-        f"{len(failed)} failed",
-        highlight=False,
-    )
+
+def _write_reports(args: argparse.Namespace, results: list, device: Any, console: Any) -> None:
+    from workbench.report.files import atomic_write_json, atomic_write_text
+    from workbench.report.json_report import finding_json
+    from workbench.report.junit import junit_xml
+
     if args.junit:
         atomic_write_text(args.junit, junit_xml(results))
         console.print(f"JUnit XML written to {args.junit}", highlight=False)
@@ -119,12 +143,9 @@ def run(args: argparse.Namespace) -> int:
             "results": [
                 {"label": r.label, "path": r.path, "status": r.status, "steps": r.steps, "seconds": r.seconds,
                  "final_loss": r.final_loss, "errors": r.errors, "warnings": r.warnings,
-                 "first_problem": r.first_problem, "failure": r.failure,
+                 "first_problem": r.first_problem, "detail": r.detail, "failure": r.failure,
                  "findings": [finding_json(f) for f in r.findings]}
                 for r in results
             ],
         })
         console.print(f"report written to {args.json}", highlight=False)
-    if failed:
-        return 2
-    return 1 if flagged else 0
