@@ -9,6 +9,7 @@ while the pathological ones in tests/broken_scenarios/ each trip their rule.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ class HealthThresholds:
         is below ``min_weight_norm`` (zero-initialised biases) and, for
         huge_updates, during the first ``warmup_steps`` steps (Adam's first
         steps are lr-sized whatever the weight scale).
-    loss_factor / loss_window: the mean of the last 5 losses above 4x the
-        best such mean seen (and at least ``loss_min_rise`` above it).
+    loss_factor / loss_window: the median of the last 5 losses above 4x the
+        best such median seen (and at least ``loss_min_rise`` above it); a
+        median, so a single spiky batch that training recovers from is not
+        divergence (the bidirectional GRU under RMSprop has one at step 66).
     """
 
     grad_norm_abs: float = 1e3
@@ -155,7 +158,9 @@ class HealthMonitor:
             return out
         self._losses.append(loss)
         if len(self._losses) == self._losses.maxlen:
-            window = sum(self._losses) / len(self._losses)
+            # The median, not the mean: one spiky batch (RMSprop/Adam do that and recover)
+            # must not read as divergence; a sustained rise moves the median.
+            window = statistics.median(self._losses)
             best = self._best_window
             if best is None or window < best:
                 self._best_window = window
@@ -163,7 +168,7 @@ class HealthMonitor:
                 out.append(Finding(
                     step, Phase.LOSS, "", None, LOSS_DIVERGENCE, "error", window,
                     self.t.loss_factor * best,
-                    f"the loss (mean of the last {len(self._losses)} steps: {window:.4g}) rose to "
+                    f"the loss (median of the last {len(self._losses)} steps: {window:.4g}) rose to "
                     f"{window / best:.1f}x its best ({best:.4g}): training is diverging. Lower the "
                     "learning rate or add gradient clipping.",
                 ))
