@@ -1,0 +1,119 @@
+"""Ctrl-C / SIGTERM during run, bench and profile: partial results kept, exit 130, nothing left behind.
+
+Each test starts the real command in a subprocess on a slow scenario, waits
+until it has done some work, sends the signal, then checks the exit code,
+that the partial output exists and parses, that no temp files are left and
+that no child process outlives the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT
+
+SLOW = ROOT / "tests" / "reliability_cases" / "slow_steps.py"
+pytestmark = pytest.mark.slow
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120")
+    return subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"command ended early ({proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("timed out waiting for the command to start working")
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, str, str]:
+    children = _descendants(proc.pid)
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the command did not stop within 60 s of the signal")
+    # No orphans: every process the command had started is gone.
+    deadline = time.monotonic() + 15
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"orphans left: {alive}"
+    return proc.returncode, out, err
+
+
+def _no_temp_files(directory: Path) -> None:
+    leftovers = [p for p in directory.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_interrupted_writes_partial_json(sig, tmp_path: Path) -> None:
+    report = tmp_path / "run.json"
+    tb = tmp_path / "tb"
+    proc = _start(["run", str(SLOW), "--steps", "100000", "--json", str(report),
+                   "--tensorboard", str(tb)], tmp_path)
+    # TensorBoard event files appear once steps are logged.
+    _wait_for(lambda: any(tb.glob("events.out.tfevents.*")), 120, proc)
+    time.sleep(4.0)  # the writer exists before the first step; let a few 50 ms steps run
+    code, out, err = _stop(proc, sig)
+    assert code == 130, err
+    data = json.loads(report.read_text())
+    assert len(data["steps"]) >= 1
+    assert data["summary"]["stopped_by"] == "interrupted"
+    assert "partial report" in err
+    _no_temp_files(tmp_path)
+
+
+def test_bench_interrupted_keeps_finished_rows_and_stops_ranks(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    proc = _start(["bench", str(SLOW), "--variants", "fp32,ddp-2", "--steps", "400", "--json", str(report)],
+                  tmp_path)
+    # Wait until the DDP ranks are up (the fp32 row is finished by then).
+    _wait_for(lambda: len(_descendants(proc.pid)) >= 2, 180, proc)
+    time.sleep(2.0)
+    code, out, err = _stop(proc, signal.SIGTERM)
+    assert code == 130, err
+    data = json.loads(report.read_text())
+    names = [row["name"] for row in data["results"]]
+    assert "fp32" in names
+    _no_temp_files(tmp_path)
+
+
+def test_profile_interrupted_keeps_what_was_written(tmp_path: Path) -> None:
+    logdir = tmp_path / "prof"
+    proc = _start(["profile", str(SLOW), "--logdir", str(logdir), "--run", "r", "--steps", "100000",
+                   "--wait", "0", "--warmup", "1", "--active", "100000", "--force"], tmp_path)
+    _wait_for(lambda: (logdir / "r").exists(), 120, proc)
+    time.sleep(3.0)
+    code, out, err = _stop(proc, signal.SIGINT)
+    assert code == 130, err
+    assert "interrupted" in (out + err)
+    _no_temp_files(tmp_path)
