@@ -92,3 +92,12 @@ def test_interrupt_keeps_the_finished_scenarios(mixed_dir: Path, tmp_path: Path)
     assert main(["check", str(mixed_dir), "--steps", "2", "--junit", str(junit)]) == 130
     suite = ET.parse(junit).getroot().find("testsuite")
     assert [c.get("name") for c in suite.iter("testcase")] == ["detached_branch", "mlp_digits"]
+
+
+def test_an_interrupt_while_building_writes_empty_reports(write_scenario, tmp_path: Path) -> None:
+    path = write_scenario("def build(device):\n    raise KeyboardInterrupt\n", "stop.py")
+    junit, report = tmp_path / "junit.xml", tmp_path / "check.json"
+    assert main(["check", str(path), "--junit", str(junit), "--json", str(report)]) == 130
+    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "0"
+    data = json.loads(report.read_text())
+    assert data["results"] == [] and data["stopped_by"] == "interrupted"

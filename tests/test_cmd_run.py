@@ -126,6 +126,34 @@ def test_interrupt_writes_a_partial_report_and_exits_130(write_scenario, tmp_pat
     assert report["summary"]["stopped_by"] == "interrupted"
 
 
+_STOP_EARLY = {
+    # Ctrl-C while the scenario is being built (no engine yet).
+    "build": "def build(device):\n    raise KeyboardInterrupt\n",
+    # Ctrl-C inside the first batch fetch, before step 0 finished anything.
+    "first_batch": (
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
+        "class Data:\n    def __iter__(self):\n        raise KeyboardInterrupt\n        yield\n"
+        "def build(device):\n"
+        "    m = nn.Linear(4, 1)\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.MSELoss(), data=Data())\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("when", list(_STOP_EARLY))
+def test_an_early_interrupt_still_writes_the_report(when: str, write_scenario, tmp_path: Path, capsys) -> None:
+    path = write_scenario(_STOP_EARLY[when], "early.py")
+    out = tmp_path / "r.json"
+    assert main(["run", str(path), "--steps", "10", "--json", str(out)]) == 130
+    assert "partial report (0 steps)" in capsys.readouterr().err
+    report = strict_json(out)
+    assert report["steps"] == [] and report["summary"]["stopped_by"] == "interrupted"
+    assert report["summary"]["steps_done"] == 0 and report["error"]["type"] == "KeyboardInterrupt"
+    assert report["scenario"] == "early"
+    assert set(tmp_path.iterdir()) == {path, out}  # no temp files left behind
+
+
 def test_tensorboard_scalars_and_histograms_read_back(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

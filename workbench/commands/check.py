@@ -44,24 +44,26 @@ def run(args: argparse.Namespace) -> int:
     from workbench.report.run import check_table
     from workbench.scenario import ScenarioSource, discover, load_source, resolve_device
 
-    device = resolve_device(args.device)
-    sources: list[ScenarioSource] = []
-    for path in args.paths:
-        base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
-        if Path(base).is_dir():
-            sources.extend(discover(base))
-        else:
-            sources.append(load_source(path))
-
     console = Console()
     results: list[CheckResult] = []
+    sources: list[ScenarioSource] = []
+    device: Any = args.device
+    # The output paths are accepted: from here a Ctrl-C (while loading, building or
+    # stepping) still writes the reports for the scenarios finished so far.
     try:
+        device = resolve_device(args.device)
+        for path in args.paths:
+            base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
+            if Path(base).is_dir():
+                sources.extend(discover(base))
+            else:
+                sources.append(load_source(path))
         _check_all(sources, device, args, results, console)
     except KeyboardInterrupt:
-        # Keep what was checked: the table and the reports cover the finished scenarios.
         console.print(check_table(results))
-        _write_reports(args, results, device, console)
-        console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
+        _write_reports(args, results, device, console, interrupted=True)
+        total = f" of {len(sources)}" if sources else ""
+        console.print(f"interrupted after {len(results)}{total} scenarios", highlight=False)
         raise
 
     console.print(check_table(results))
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(failed)} failed (time includes building each scenario)",
         highlight=False,
     )
-    _write_reports(args, results, device, console)
+    _write_reports(args, results, device, console, interrupted=False)
     if failed:
         return 2
     return 1 if flagged else 0
@@ -111,11 +113,11 @@ def _check_all(sources: list, device: Any, args: argparse.Namespace, results: li
             final = history[-1].loss if history else None
             if isinstance(outcome.error, StepError):
                 err = outcome.error
-                where = f" at {err.user_frame}" if err.user_frame else ""
+                what = f"out of memory at batch size {err.batch_size}" if err.oom else type(err.original).__name__
                 results.append(CheckResult(source.label, source.where, "failed", outcome.steps_done, seconds,
                                            final, len(errors), len(warnings),
-                                           f"{type(err.original).__name__} at step {err.step} ({err.phase.value})",
-                                           findings, failure=err.traceback_text, detail=f"{err}{where}"))
+                                           f"{what} at step {err.step} ({err.phase.value})",
+                                           findings, failure=err.traceback_text, detail=str(err)))
             elif errors:
                 first = group_findings(errors)[0]
                 results.append(CheckResult(source.label, source.where, "findings", outcome.steps_done, seconds,
@@ -127,7 +129,8 @@ def _check_all(sources: list, device: Any, args: argparse.Namespace, results: li
                                            0, len(warnings), "", findings))
 
 
-def _write_reports(args: argparse.Namespace, results: list, device: Any, console: Any) -> None:
+def _write_reports(args: argparse.Namespace, results: list, device: Any, console: Any, *,
+                   interrupted: bool) -> None:
     from workbench.report.files import atomic_write_json, atomic_write_text
     from workbench.report.json_report import finding_json
     from workbench.report.junit import junit_xml
@@ -140,6 +143,7 @@ def _write_reports(args: argparse.Namespace, results: list, device: Any, console
             "schema": "workbench.check/1",
             "device": str(device),
             "steps": args.steps,
+            "stopped_by": "interrupted" if interrupted else "done",
             "results": [
                 {"label": r.label, "path": r.path, "status": r.status, "steps": r.steps, "seconds": r.seconds,
                  "final_loss": r.final_loss, "errors": r.errors, "warnings": r.warnings,

@@ -65,101 +65,118 @@ def run(args: argparse.Namespace) -> int:
     if args.tensorboard:
         check_writable(args.tensorboard, directory=True)
 
-    return _run_session(args, tuple(breakpoints))
+    # From here on the output paths are accepted: however the run ends (done, a failing
+    # scenario, Ctrl-C while building it or at step k) the JSON report is written.
+    report = _Report(args.json, args.scenario, str(args.device))
+    try:
+        return _run_session(args, tuple(breakpoints), report)
+    except KeyboardInterrupt:
+        report.write("interrupted", {"type": "KeyboardInterrupt", "message": "interrupted",
+                                     "phase": None, "step": report.step, "traceback": None})
+        if args.json:
+            import sys
+
+            sys.stderr.write(f"partial report ({len(report.records)} steps) written to {args.json}\n")
+        raise
 
 
-def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
+class _Report:
+    """What the run has so far: steps, findings, where it ran; written as JSON however it ends."""
+
+    def __init__(self, path: str | None, label: str, device: str) -> None:
+        from workbench.engine import Finding, StepRecord
+
+        self.path = path
+        self.label = label
+        self.device = device
+        self.records: list[StepRecord] = []
+        self.findings: list[Finding] = []
+        self.step: int | None = None  # the engine's step in progress, once there is an engine
+
+    def write(self, stopped_by: str, error: dict[str, Any] | None, break_hit: Any = None) -> dict[str, Any]:
+        from workbench.report import json_report
+        from workbench.report.files import atomic_write_json
+
+        summary = json_report.run_summary(self.records, self.findings, steps_done=len(self.records),
+                                          stopped_by=stopped_by, break_hit=break_hit)
+        if self.path:
+            atomic_write_json(self.path, json_report.run_report(
+                scenario=self.label, device=self.device, records=self.records, findings=self.findings,
+                summary=summary, error=error))
+        return summary
+
+
+def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: _Report) -> int:
     from rich.console import Console
 
     from workbench.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-    from workbench.engine import Engine, EngineConfig, Finding, Phase, StepError, StepRecord
+    from workbench.engine import Engine, EngineConfig, Phase, StepError
     from workbench.errors import UsageError
     from workbench.report import json_report
-    from workbench.report.files import atomic_write_json
     from workbench.report.run import findings_table, layer_table, param_table, run_line
     from workbench.scenario import ScenarioError, load_source, resolve_device
 
     console = Console()
     err = Console(stderr=True)
-    records: list[StepRecord] = []
-    findings: list[Finding] = []
-    label, device_name = args.scenario, str(args.device)
-
-    def write_json(summary: dict[str, Any], error: dict[str, Any] | None) -> None:
-        if args.json:
-            atomic_write_json(args.json, json_report.run_report(
-                scenario=label, device=device_name, records=records, findings=findings,
-                summary=summary, error=error))
-
     tb = None
-    if args.tensorboard:
-        from workbench.report.tensorboard import TensorBoardMissing, TensorBoardWriter
-
-        try:
-            tb = TensorBoardWriter(args.tensorboard, args.histogram_every)
-        except TensorBoardMissing as exc:
-            raise UsageError(str(exc)) from None
-
-    try:
-        source = load_source(args.scenario)
-        label = source.label
-        device = resolve_device(args.device)
-        device_name = str(device)
-        scenario = source.build(device)
-    except ScenarioError as exc:
-        write_json(json_report.run_summary([], [], steps_done=0, stopped_by="error"),
-                   json_report.error_json(exc))
-        if tb is not None:
-            tb.close()
-        raise
-
-    config = EngineConfig(stats_every=args.every, breakpoints=breakpoints)
-    engine = Engine(scenario, config)
-    named = f" ({scenario.name})" if scenario.name != label else ""
-    console.print(
-        f"[bold]{label}[/]{named} on {device_name}: {type(scenario.model).__name__}, "
-        f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}",
-        highlight=False,
-    )
+    engine = None
     done, stopped_by, hit, error, paused = 0, "steps", None, None, None
     try:
-        with console.status("running...") as status:
-            while done < args.steps:
-                result = engine.advance()
-                findings.extend(result.findings)
-                if tb is not None and result.phase is Phase.BACKWARD and tb.wants_histograms(result.step):
-                    tb.histograms(scenario.model, result.step)
-                if result.record is not None:
-                    records.append(result.record)
-                    done += 1
-                    if tb is not None:
-                        tb.step(result.record)
-                    status.update(f"step {done}/{args.steps}  loss {result.record.loss}")
-                if result.break_hit is not None:
-                    stopped_by, hit = "breakpoint", result.break_hit
-                    paused = engine.current  # the step the breakpoint stopped in, before its update
-                    break
-    except StepError as exc:
-        stopped_by, error = "error", exc
-    except KeyboardInterrupt:
-        summary = json_report.run_summary(records, findings, steps_done=done, stopped_by="interrupted")
-        write_json(summary, {"type": "KeyboardInterrupt", "message": "interrupted", "phase": None,
-                             "step": engine.step, "traceback": None})
-        if args.json:
-            err.print(f"partial report ({done} steps) written to {args.json}", highlight=False)
-        raise
+        if args.tensorboard:
+            from workbench.report.tensorboard import TensorBoardMissing, TensorBoardWriter
+
+            try:
+                tb = TensorBoardWriter(args.tensorboard, args.histogram_every)
+            except TensorBoardMissing as exc:
+                raise UsageError(str(exc)) from None
+        try:
+            source = load_source(args.scenario)
+            report.label = source.label
+            device = resolve_device(args.device)
+            report.device = str(device)
+            scenario = source.build(device)
+        except ScenarioError as exc:
+            report.write("error", json_report.error_json(exc))
+            raise
+
+        engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints))
+        report.step = engine.step
+        label = report.label
+        named = f" ({scenario.name})" if scenario.name != label else ""
+        console.print(
+            f"[bold]{label}[/]{named} on {report.device}: {type(scenario.model).__name__}, "
+            f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}",
+            highlight=False,
+        )
+        try:
+            with console.status("running...") as status:
+                while done < args.steps:
+                    result = engine.advance()
+                    report.step = engine.step
+                    report.findings.extend(result.findings)
+                    if tb is not None and result.phase is Phase.BACKWARD and tb.wants_histograms(result.step):
+                        tb.histograms(scenario.model, result.step)
+                    if result.record is not None:
+                        report.records.append(result.record)
+                        done += 1
+                        if tb is not None:
+                            tb.step(result.record)
+                        status.update(f"step {done}/{args.steps}  loss {result.record.loss}")
+                    if result.break_hit is not None:
+                        stopped_by, hit = "breakpoint", result.break_hit
+                        paused = engine.current  # the step the breakpoint stopped in, before its update
+                        break
+        except StepError as exc:
+            stopped_by, error = "error", exc
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         if tb is not None:
             tb.close()
 
-    summary = json_report.run_summary(records, findings, steps_done=done, stopped_by=stopped_by, break_hit=hit)
-    error_payload = None
-    if error is not None:
-        error_payload = json_report.error_json(error.original, error.traceback_text,
-                                               phase=error.phase.value, step=error.step)
-    write_json(summary, error_payload)
+    summary = report.write(stopped_by, json_report.step_error_json(error) if error is not None else None, hit)
 
+    records = report.records
     measured = [r for r in records if r.modules]
     if paused is not None and paused.modules:
         console.print(layer_table(paused, title=f"layers at step {paused.step} (paused before its optimizer step)"))
@@ -167,8 +184,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
     elif measured:
         console.print(layer_table(measured[-1]))
         console.print(param_table(measured[-1]))
-    if findings:
-        console.print(findings_table(findings, limit=args.findings))
+    if report.findings:
+        console.print(findings_table(report.findings, limit=args.findings))
     console.print(run_line(summary))
     if hit is not None:
         console.print(f"[bold yellow]stopped at breakpoint[/] {hit.breakpoint} at step {hit.step}, "
@@ -179,11 +196,11 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
         console.print(f"TensorBoard logs in {args.tensorboard} (tensorboard --logdir {args.tensorboard})",
                       highlight=False)
     if error is not None:
-        where = f" at {error.user_frame}" if error.user_frame else ""
         import sys
 
         sys.stderr.write(error.traceback_text if getattr(args, "verbose", False) else _user_traceback(error))
-        err.print(f"[bold red]error:[/] {label}: {error}{where}", highlight=False)
+        # soft_wrap: shapes and file:line stay on one line (copyable, greppable).
+        err.print(f"[bold red]error:[/] {report.label}: {error}", highlight=False, soft_wrap=True)
         if isinstance(error.original, ScenarioError):
             err.print("Fix the scenario and run again.", highlight=False)
         return EXIT_ERROR
@@ -192,19 +209,13 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...]) -> int:
     return EXIT_OK
 
 
-
 def _user_traceback(error: Any) -> str:
     """The traceback without torch's and the engine's own frames (--verbose shows them all)."""
-    import os
     import traceback
 
-    import torch
-
-    import workbench
-
-    library = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (torch, workbench))
     exc = error.original
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(library)]
-    lines = ["Traceback (user code; --verbose for all frames):\n", *traceback.format_list(frames)]
+    if not error.user_traceback:
+        return ""  # no user frame (a loss or layer of torch's raised): the error line says it all
+    lines = ["Traceback (user code; --verbose for all frames):\n", error.user_traceback]
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines)

@@ -24,7 +24,7 @@ import torch
 
 from workbench.engine import memory
 from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.errors import StepError
+from workbench.engine.errors import ErrorContext, StepError, describe_call, innermost_module
 from workbench.engine.health import HealthMonitor, HealthThresholds
 from workbench.engine.params import (
     ParamRef,
@@ -296,12 +296,12 @@ class Engine:
             else:
                 self._optimizer_step(s)
         except StepError:
-            self._abort_step()
+            self._abort_step(s)
             raise
         except Exception as exc:
-            error = StepError(phase, s.step, exc)
+            error = StepError(phase, s.step, exc, self._error_context(phase, s, exc))
             self._last_error = error
-            self._abort_step()
+            self._abort_step(s)
             raise error from exc
         wall = time.perf_counter() - start
         spent = sum(s.instrument.values()) - sum(before.values())
@@ -393,9 +393,11 @@ class Engine:
     def _forward(self, s: _StepState) -> None:
         self._phase_findings = []
         t0 = time.perf_counter()
-        batch = self._next_batch().to(self._device)
+        batch = self._next_batch()
+        s.batch_size = batch.size  # known before the copy, so an OOM in .to() can name it
+        batch = batch.to(self._device)
         s.data_seconds = time.perf_counter() - t0
-        s.batch_inputs, s.batch_targets, s.batch_size = batch.inputs, batch.targets, batch.size
+        s.batch_inputs, s.batch_targets = batch.inputs, batch.targets
         memory.reset_peak(self._device)
         self._probe.begin_forward(s.measured)
         try:
@@ -594,13 +596,29 @@ class Engine:
         self._state = self._new_state()
         return record
 
-    def _abort_step(self) -> None:
-        """Leave the engine usable after a user exception: the next call starts a fresh step."""
+    def _error_context(self, phase: Phase, s: _StepState, exc: BaseException) -> ErrorContext:
+        return ErrorContext(
+            batch_size=s.batch_size or None,
+            call=describe_call(phase, s.batch_inputs, s.outputs, s.batch_targets, self._device),
+            module=innermost_module(exc, self._scenario.model) if phase is Phase.FORWARD else None,
+        )
+
+    def _abort_step(self, s: _StepState) -> None:
+        """Leave the engine usable after a user exception: the next call starts a fresh step.
+
+        The failed step's tensors are dropped here (the StepError's traceback still
+        references ``s``), so after an out-of-memory error the memory really is free.
+        """
+        s.outputs, s.loss_tensor, s.batch_inputs, s.batch_targets = None, None, (), None
         self._probe.reset()
         try:
             self._scenario.optimizer.zero_grad(set_to_none=True)
         except Exception:  # a broken optimizer must not hide the user's original error
             pass
+        if self._device.type == "cuda":
+            # Hand the failed step's cached blocks back so the next step (or another
+            # process) starts from a clean allocator; cheap, and only on an error.
+            torch.cuda.empty_cache()
         self._step += 1
         self._next_phase = Phase.FORWARD
         self._state = self._new_state()

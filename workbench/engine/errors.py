@@ -1,43 +1,274 @@
-"""StepError: a user exception raised inside one phase of a training step."""
+"""StepError: a user exception raised inside one phase of a training step, with advice.
+
+The common ways a training step fails (a loss that rejects the shapes, class
+indices of the wrong dtype, tensors on two devices, BatchNorm at batch size 1,
+out of memory, ...) are recognised in one table, ``KNOWN_ERRORS``, so every
+front end (run, check, the TUI) gives the same one-line advice.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from workbench.engine.records import Phase
+
+
+@dataclass(frozen=True)
+class ErrorContext:
+    """What the engine knew when the phase failed (all optional: data may fail before a batch exists)."""
+
+    batch_size: int | None = None
+    call: str | None = None  # the call that raised, with shapes: "loss_fn(outputs (8, 3) float32, ...)"
+    module: str | None = None  # the innermost model module on the stack: "'1' (BatchNorm1d)"
+
+
+Advice = Callable[[re.Match[str], Phase, ErrorContext], str]
+
+
+@dataclass(frozen=True)
+class KnownError:
+    """One recognisable failure: an exception type and message pattern -> advice."""
+
+    name: str
+    pattern: re.Pattern[str]
+    advice: str | Advice  # fixed text, or built from the match and the context
+    types: tuple[type[BaseException], ...] = (Exception,)
+    phases: tuple[Phase, ...] = ()  # empty: any phase
+
+    def match(self, exc: BaseException, phase: Phase) -> re.Match[str] | None:
+        if not isinstance(exc, self.types) or (self.phases and phase not in self.phases):
+            return None
+        return self.pattern.search(str(exc))
+
+
+def _batch(ctx: ErrorContext) -> str:
+    return f"batch size {ctx.batch_size}" if ctx.batch_size is not None else "this batch size"
+
+
+def _oom(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+    return (f"out of memory in the {phase.value} phase at {_batch(ctx)}: use a smaller batch, mixed "
+            "precision (AMP) or gradient accumulation over smaller micro-batches; compare them with "
+            "`workbench bench SCENARIO --variants fp32,amp,accum-4`.")
+
+
+def _batchnorm(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+    which = f"BatchNorm module {ctx.module}" if ctx.module else "BatchNorm"
+    return (f"{_batch(ctx)}: {which} in training mode needs more than one value per channel: use a batch "
+            "of 2 or more, or drop_last=True on the DataLoader (a last partial batch of one sample "
+            "fails the same way).")
+
+
+# Fixed advice (the ones below depend on the match or the context).
+LOSS_SHAPES = (
+    "the loss cannot pair these outputs with these targets: the model's last layer must give one output "
+    "per class (or per regression target) and the targets must fit it; element-wise losses (MSE, BCE) "
+    "need equal shapes (outputs.squeeze(-1) or targets.unsqueeze(-1) for an (N, 1) vs (N,) mismatch), "
+    "CrossEntropyLoss wants (N,) class indices or (N, C) probabilities."
+)
+CLASS_TARGETS = (
+    "CrossEntropyLoss/NLLLoss take targets as class indices, shape (N,) and dtype torch.long "
+    "(targets.long()), or as class probabilities, floating point with the outputs' shape (N, C); "
+    "one-hot integer targets: use targets.argmax(1)."
+)
+FLOAT_TARGETS = "this loss needs floating-point targets: convert them with targets.float() in the data."
+CLASS_RANGE = (
+    "a target class index is >= the number of model outputs (or negative): the last layer needs as many "
+    "outputs as classes (max target + 1), and class indices start at 0."
+)
+DEVICES = (
+    "tensors on two devices met: build the model with model.to(device), create tensors inside "
+    "forward/loss on the input's device (torch.zeros(..., device=x.device)), and move loss weights too; "
+    "the engine moves every batch to the scenario's device itself."
+)
+DTYPES = (
+    "the data's dtype differs from the weights': numpy arrays become float64, so convert with "
+    "torch.as_tensor(x, dtype=torch.float32) or .float() in the data (or use model.double())."
+)
+
+
+def _linear(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+    who = f"Linear {ctx.module}" if ctx.module else "a Linear layer"
+    return (f"{who} receives {m.group(2)} features per sample but was built for {m.group(3)}: set its "
+            "in_features to what reaches it (check the flatten/reshape before it).")
+
+
+def _conv(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+    who = ctx.module or "a convolution"
+    return (f"{who} expects {m.group(1)} input channels but got {m.group(2)}: match in_channels to the "
+            "data (grayscale 1, RGB 3) and keep images channels-first, (N, C, H, W).")
+
+
+def _embedding(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+    who = f"Embedding {ctx.module}" if ctx.module else "an Embedding"
+    return (f"{who} got an index outside [0, num_embeddings): size it to the largest id + 1 "
+            "or remap the ids.")
+
+
+def _re(text: str) -> re.Pattern[str]:
+    return re.compile(text, re.DOTALL)
+
+
+# First match wins: specific patterns before general ones.
+KNOWN_ERRORS: tuple[KnownError, ...] = (
+    KnownError("out_of_memory", _re(r"."), _oom, types=(torch.OutOfMemoryError,)),
+    KnownError("batchnorm_batch_1", _re(r"Expected more than 1 value per channel when training"), _batchnorm),
+    KnownError("class_index_targets", _re(
+        r"expected target dtype to be Long|expected scalar type Long|Expected floating point type for "
+        r"target with class probabilities|0D or 1D target tensor expected|nll_loss.*not implemented for"),
+        CLASS_TARGETS, phases=(Phase.LOSS,)),
+    KnownError("class_out_of_range", _re(r"Target -?\d+ is out of bounds"), CLASS_RANGE, phases=(Phase.LOSS,)),
+    KnownError("float_targets", _re(r"can't be cast to the desired output type (Long|Int|Bool)"),
+               FLOAT_TARGETS, phases=(Phase.LOSS,)),
+    KnownError("device_mismatch", _re(
+        r"Expected all tensors to be on the same device|is not on the expected device|"
+        r"Input type \(torch\.\w*FloatTensor\) and weight type \(torch\.\w*FloatTensor\)"), DEVICES),
+    KnownError("dtype_mismatch", _re(
+        r"must have the same dtype|expected scalar type (Float|Double|Half|BFloat16) but found|"
+        r"Input type \(\w+\) and (bias|weight) type \(\w+\) should be the same"), DTYPES),
+    KnownError("loss_shapes", _re(
+        r"must match the size of tensor|Expected input batch_size|Target size .* must be the same as "
+        r"input size|Using a target size .* different to the input size|shapes cannot be multiplied"),
+        LOSS_SHAPES, phases=(Phase.LOSS,)),
+    KnownError("linear_in_features", _re(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and "
+                                         r"(\d+)x(\d+)\)"), _linear, phases=(Phase.FORWARD,)),
+    KnownError("conv_channels", _re(r"expected input\[.*\] to have (\d+) channels, but got (\d+) channels"),
+               _conv, phases=(Phase.FORWARD,)),
+    KnownError("embedding_index", _re(r"index out of range in self"), _embedding, phases=(Phase.FORWARD,)),
+)
+
+
+def known_error(exc: BaseException, phase: Phase) -> tuple[KnownError, re.Match[str]] | None:
+    for known in KNOWN_ERRORS:
+        m = known.match(exc, phase)
+        if m is not None:
+            return known, m
+    return None
+
+
+def describe_value(value: Any, device: torch.device | None = None) -> str:
+    """'(8, 3) float32' for a tensor (plus 'on cuda:0' off ``device``), recursively for containers."""
+    if isinstance(value, torch.Tensor):
+        text = f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+        if device is not None and value.device != device:
+            text += f" on {value.device}"
+        return text
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(describe_value(v, device) for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"{type(value).__name__}[{inner}{more}]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k!r}: {describe_value(v, device)}" for k, v in list(value.items())[:4])
+        return f"dict{{{inner}{', ...' if len(value) > 4 else ''}}}"
+    return type(value).__name__
+
+
+def innermost_module(exc: BaseException, model: torch.nn.Module) -> str | None:
+    """"'name' (Type)" of the deepest module of ``model`` whose code is on the exception's stack."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: str | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, torch.nn.Module) and id(candidate) in names:
+            found = f"{names[id(candidate)] or '(root)'!r} ({type(candidate).__name__})"
+        tb = tb.tb_next
+    return found
+
+
+def user_frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """Frames of the user's code: everything outside torch and the workbench package."""
+    import workbench
+
+    library = (os.path.dirname(torch.__file__ or "") + os.sep,
+               os.path.dirname(workbench.__file__ or "") + os.sep)
+    return [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(library)]
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Drop the locals of the exception's finished frames (a failed step's activations).
+
+    Before Python 3.13, reading ``f_locals`` (innermost_module does) caches a dict
+    snapshot on the frame that ``frame.clear()`` leaves alone; reading it once more
+    after the clear re-syncs it from the now-empty frame and drops those references.
+    """
+    if exc.__traceback__ is None:
+        return
+    traceback.clear_frames(exc.__traceback__)
+    tb = exc.__traceback__
+    while tb is not None:
+        tb.tb_frame.f_locals  # noqa: B018 - the read is the re-sync
+        tb = tb.tb_next
 
 
 class StepError(Exception):
     """The scenario's own code raised during ``phase`` of ``step``.
 
     ``original`` is the user's exception and ``traceback_text`` its formatted
-    traceback; the engine that raised this is still usable (history intact,
-    the next call starts a fresh step).
+    traceback; ``call`` the call that failed (with shapes), ``advice`` a hint from
+    ``KNOWN_ERRORS`` (or None) and ``oom`` whether it ran out of memory. The
+    exception's frames are cleared once formatted, so the tensors they held (an
+    out-of-memory step's activations) are freed; the engine that raised this is
+    still usable (history intact, the next call starts a fresh step).
     """
 
-    def __init__(self, phase: Phase, step: int, original: BaseException) -> None:
+    def __init__(self, phase: Phase, step: int, original: BaseException,
+                 context: ErrorContext | None = None) -> None:
+        ctx = context or ErrorContext()
         self.phase = phase
         self.step = step
         self.original = original
+        self.batch_size = ctx.batch_size
+        self.call = ctx.call
+        self.module = ctx.module
+        self.oom = isinstance(original, torch.OutOfMemoryError)
         self.traceback_text = "".join(
             traceback.format_exception(type(original), original, original.__traceback__)
         )
-        super().__init__(
-            f"step {step}, {phase.value} phase: {type(original).__name__}: {original}"
+        frames = user_frames(original)
+        self.user_traceback = "".join(traceback.format_list(frames))
+        self.user_frame: str | None = (
+            f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
         )
+        hit = known_error(original, phase)
+        self.kind: str | None = hit[0].name if hit else None
+        self.advice: str | None = None
+        if hit is not None:
+            advice = hit[0].advice
+            self.advice = advice if isinstance(advice, str) else advice(hit[1], phase, ctx)
+        _release_frames(original)
+        super().__init__(self._message())
 
     @property
-    def user_frame(self) -> str | None:
-        """'file:line in function' of the innermost frame outside torch and the engine."""
-        import os
+    def headline(self) -> str:
+        """One line: 'step 3, forward phase: RuntimeError: ...' (the first line of the message)."""
+        first = str(self.original).strip().partition("\n")[0]
+        return f"step {self.step}, {self.phase.value} phase: {type(self.original).__name__}: {first}"
 
-        import torch
+    def _message(self) -> str:
+        lines = [f"step {self.step}, {self.phase.value} phase: {type(self.original).__name__}: {self.original}"]
+        where = [w for w in (self.call, f"module {self.module}" if self.module else None) if w]
+        if where:
+            lines.append(f"  in {', inside '.join(where)}")
+        if self.user_frame:
+            lines.append(f"  at {self.user_frame}")
+        if self.advice:
+            lines.append(f"  hint: {self.advice}")
+        return "\n".join(lines)
 
-        import workbench
 
-        library = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (torch, workbench))
-        frames = traceback.extract_tb(self.original.__traceback__)
-        for frame in reversed(frames):
-            if not frame.filename.startswith(library):
-                return f"{frame.filename}:{frame.lineno} in {frame.name}"
-        return None
+def describe_call(phase: Phase, inputs: Sequence[Any], outputs: Any, targets: Any,
+                  device: torch.device | None) -> str | None:
+    """The call a phase makes, with shapes; None when there is nothing informative to show."""
+    if phase is Phase.FORWARD and inputs:
+        return f"model({', '.join(describe_value(x, device) for x in inputs)})"
+    if phase is Phase.LOSS and targets is not None:
+        return (f"loss_fn(outputs {describe_value(outputs, device)}, "
+                f"targets {describe_value(targets, device)})")
+    return None
