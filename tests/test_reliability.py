@@ -138,3 +138,20 @@ def test_compare_refuses_foreign_or_corrupt_files(name, text, words, tmp_path, c
     assert main(["bench", "--compare", str(bad), str(bad)]) == 2
     err = capsys.readouterr().err
     assert name in err and "Traceback" not in err
+
+
+def test_every_torch_load_is_weights_only() -> None:
+    """A checkpoint is data, not code: torch.load must never unpickle arbitrary objects."""
+    import ast
+
+    unsafe = []
+    for folder in ("workbench", "scenarios", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "load" and ast.unparse(node.func.value) == "torch"):
+                    continue
+                flag = next((k.value for k in node.keywords if k.arg == "weights_only"), None)
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    unsafe.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not unsafe, f"torch.load without weights_only=True at {unsafe}"
