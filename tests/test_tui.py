@@ -16,7 +16,7 @@ from workbench.tui.app import create_app  # noqa: E402
 from workbench.tui.screens.main import MainScreen  # noqa: E402
 from workbench.tui.screens.picker import PickerScreen, picker_entries  # noqa: E402
 from workbench.tui.widgets.common import ErrorPanel  # noqa: E402
-from workbench.tui.widgets.model_table import ModelTable  # noqa: E402
+from workbench.tui.widgets.model_table import ModelTable, short_float  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -101,9 +101,9 @@ async def test_stepping_phase_by_phase_shows_the_engines_numbers() -> None:
             stats = {m.name: m for m in fc1}["fc1"]
             assert main.view.next_phase.value == "loss"
             assert cell(table, "fc1", "shape").strip() == "128"
-            assert cell(table, "fc1", "mean").strip() == fmt_float(stats.mean, 2)
-            assert cell(table, "fc1", "max").strip() == fmt_float(stats.max, 2)
-            assert cell(table, "act", "min").strip() == fmt_float({m.name: m for m in fc1}["act"].min, 2)
+            assert cell(table, "fc1", "mean").strip() == short_float(stats.mean)
+            assert cell(table, "fc1", "max").strip() == short_float(stats.max)
+            assert cell(table, "act", "min").strip() == short_float({m.name: m for m in fc1}["act"].min)
             phase = plain(main.query_one("#phase"))
             assert "✔ forward" in phase and "▶ loss" in phase
 
@@ -121,7 +121,7 @@ async def test_stepping_phase_by_phase_shows_the_engines_numbers() -> None:
             record = reference.step_once()
             assert main.view.step == 1 and main.view.last.loss == pytest.approx(record.loss)
             uw = max(p.update_ratio for p in record.params if p.module == "fc2")
-            assert cell(table, "fc2", "uw").strip() == fmt_float(uw, 2)
+            assert cell(table, "fc2", "uw").strip() == short_float(uw)
 
             await pilot.press("n")  # a full step
             main = await settle(pilot)
@@ -262,3 +262,109 @@ async def test_keys_help_palette_and_missing_screens() -> None:
         await pilot.press("b")  # the bench screen may not exist yet: a notice, not a crash
         await pilot.pause()
         assert app.is_running
+
+
+NAN7 = str(ROOT / "scenarios" / "broken" / "nan_at_step7.py")
+
+
+def test_picker_lists_the_broken_demos_with_their_descriptions() -> None:
+    entries = {e.label: e for e in picker_entries([])}
+    broken = [label for label, e in entries.items() if e.group == "broken demos"]
+    assert {"nan_at_step7", "dead_relu", "detached_branch", "raises_at_step3"} <= set(broken)
+    # The Scenario's own description= (read without importing), not the file's first docstring line.
+    assert entries["nan_at_step7"].summary.startswith("BROKEN: hand-written normalisation without eps")
+    assert "--break-on nan_inf" in entries["nan_at_step7"].details  # the docstring says how to find it
+    # A variant passing its description through a helper gets its own line.
+    assert entries["cnn_image:build_batchnorm"].summary != entries["cnn_image"].summary
+    assert "BatchNorm2d" in entries["cnn_image:build_batchnorm"].summary
+
+
+async def run_to_breakpoint(pilot, condition: str) -> MainScreen:
+    """Add one breakpoint through the form (B, type, Enter, Ctrl+S), then run (r) until it fires."""
+    from workbench.tui.screens.dialogs import BreakpointsScreen
+
+    await settle(pilot)
+    await pilot.press("B")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, BreakpointsScreen)
+    await pilot.press(*condition, "enter", "ctrl+s")
+    await settle(pilot)
+    await pilot.press("r")
+    return await settle(pilot)
+
+
+async def test_nan_inf_breakpoint_on_the_bundled_demo_stops_at_step_7_on_norm() -> None:
+    app = create_app([NAN7], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await run_to_breakpoint(pilot, "nan_inf")
+        hit = main.view.pending_break
+        assert hit is not None and hit.step == 7 and main.view.step == 7
+        assert hit.finding is not None and hit.finding.kind == "nan_inf" and hit.finding.module == "norm"
+        table = main.query_one(ModelTable)
+        assert table.selected == "norm"
+        assert cell(table, "norm", "naninf").strip() == "64"  # 64 rows × the one stuck feature
+        # The inspector follows the cursor: NaN positions in the output's own (batch, feature) shape.
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if main._inspected is not None and main._inspected.module == "norm":
+                break
+        data = main._inspected
+        assert data.nan_total == 64 and data.numel == 64 * 12 and data.output_numel is None
+        assert data.nan_positions[:2] == ((0, 3), (1, 3))  # sensor 3, stuck at 0 in batch 7
+        assert "non-finite at [0, 3], [1, 3], [2, 3] …" in plain(main.query_one("#inspector"))
+        assert "step 7 · paused before optimizer step" in plain(main.query_one("#title"))
+
+
+async def test_stale_rows_are_dim_and_changed_numbers_flash() -> None:
+    from workbench.tui import theme
+
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")  # step 0 complete: its numbers are now from the previous step
+        main = await settle(pilot)
+        table = main.query_one(ModelTable)
+        mean = table.get_cell("fc1", "mean")
+        assert mean.plain.strip() not in ("", "·") and str(mean.style) == theme.DIM
+        await pilot.press("f")  # the forward of step 1 measures them again
+        main = await settle(pilot)
+        mean = table.get_cell("fc1", "mean")
+        assert str(mean.style) == ""  # fresh: no longer dim
+        flashing = table.flashing
+        assert ("fc1", "mean") in flashing  # a new batch: the mean changed, so it flashes
+        assert ("fc1", "shape") not in flashing  # same shape: no flash
+        assert any(str(span.style) == theme.FLASH for span in mean.spans)  # drawn in the flash style
+        await pilot.pause(1.0)
+        assert not table.flashing  # and it stops: same number, plain style
+        mean = table.get_cell("fc1", "mean")
+        assert not mean.spans and str(mean.style) == ""
+
+
+async def test_memory_panel_shows_the_debugger_tax_per_instrument() -> None:
+    from workbench.tui.widgets.panels import INSTRUMENT_LABEL, MemoryPanel, debugger_tax
+
+    app = create_app([MLP], device="cpu", show_volatile=True)
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(3):
+            await settle(pilot)
+            await pilot.press("n")
+        main = await settle(pilot)
+        history = main.view.history
+        tax = debugger_tax(history)
+        assert tax is not None and tax.steps == 3
+        # The panel averages what the engine recorded; nothing is measured twice.
+        assert tax.tax_seconds == pytest.approx(sum(r.instrument_seconds for r in history) / 3)
+        assert dict(tax.instruments).keys() == set().union(*(r.instrument_breakdown for r in history))
+        text = " ".join(plain(main.query_one(MemoryPanel)).split())
+        assert f"debugger tax {tax.ratio:.2f}×" in text
+        top = tax.instruments[0][0]
+        assert INSTRUMENT_LABEL.get(top, top) in text
+
+
+def test_table_numbers_fit_their_columns_without_being_cropped() -> None:
+    from workbench.tui.widgets.model_table import short_count
+
+    assert [short_float(v) for v in (0.035, -0.0063, 1234.5, -12345.678, 1e-9, 0.0, float("nan"))] == [
+        "0.035", "-6e-3", "1234", "-1e4", "1e-9", "0", "nan"]
+    # A NaN count of 2,048 must not read as "2.0" (a cropped "2.05 K").
+    assert [short_count(n) for n in (64, 2048, 921_600, 1_384_448)] == ["64", "2048", "922K", "1.4M"]

@@ -126,9 +126,13 @@ class InspectorData:
     description: str
     histograms: tuple[Histogram, ...]
     notes: tuple[str, ...] = ()
+    # Non-finite activation values: positions in the output's own shape when
+    # the engine's sample is the whole output, else none (a sample's indices
+    # say nothing about where in the tensor they were).
     nan_positions: tuple[tuple[int, ...], ...] = ()
-    nan_total: int = 0
+    nan_total: int = 0  # non-finite values among the `numel` values looked at
     numel: int = 0
+    output_numel: int | None = None  # size of the whole output when only a sample was seen
 
 
 class WorkbenchStepError(Exception):
@@ -279,15 +283,22 @@ class Session:
             description = first_line if len(first_line) < 70 else first_line[:67] + "..."
             histograms: list[Histogram] = []
             notes: list[str] = []
-            sample = getattr(engine, "activation_sample", None)
-            act = sample(module_name) if callable(sample) else None
+            act = engine.activation_sample(module_name)  # host copy: a deliberate, on-demand sync
             nan_positions: tuple[tuple[int, ...], ...] = ()
             nan_total = numel = 0
+            output_numel: int | None = None
             if act is not None:
                 histograms.append(_histogram("activation", act))
-                nan_positions, nan_total, numel = _nan_positions(act)
+                shape = _output_shape(engine, module_name)
+                whole = shape is not None and math.prod(shape) == act.numel()
+                if shape is not None and not whole:
+                    output_numel = math.prod(shape)
+                nan_positions, nan_total, numel = _nan_positions(act.reshape(shape) if whole else act,
+                                                                 with_positions=whole)
+            elif engine.current.phases_done:
+                notes.append("activation: not measured in this step (stats off, or the module did not run)")
             else:
-                notes.append("activation histogram: the engine keeps no activation sample")
+                notes.append("activation: none yet (after forward)")
             params = [p for p in module.parameters() if p is not None]
             if params:
                 with torch.no_grad():
@@ -301,7 +312,7 @@ class Session:
             else:
                 notes.append("no parameters")
             return InspectorData(module_name, description, tuple(histograms), tuple(notes),
-                                 nan_positions, nan_total, numel)
+                                 nan_positions, nan_total, numel, output_numel)
 
     # -- helpers ------------------------------------------------------------------
     def _engine(self) -> Engine:
@@ -398,12 +409,22 @@ def _histogram(label: str, tensor: torch.Tensor) -> Histogram:
     return Histogram(label, lo, hi, tuple(int(c) for c in counts.tolist()), numel, nan, inf, sampled)
 
 
-def _nan_positions(tensor: torch.Tensor, limit: int = 3) -> tuple[tuple[tuple[int, ...], ...], int, int]:
+def _output_shape(engine: Engine, name: str) -> tuple[int, ...] | None:
+    """Shape of the module's last measured output (the step in progress first)."""
+    for modules in (engine.current.modules, engine.history[-1].modules if engine.history else ()):
+        for m in modules or ():
+            if m.name == name:
+                return tuple(m.shape)
+    return None
+
+
+def _nan_positions(tensor: torch.Tensor, limit: int = 3,
+                   with_positions: bool = True) -> tuple[tuple[tuple[int, ...], ...], int, int]:
     bad = ~torch.isfinite(tensor.detach())
-    total = int(bad.sum())  # host sync: shown as a count
-    if total == 0:
-        return (), 0, tensor.numel()
-    idx = bad.nonzero()[:limit].tolist()  # host sync: a few indices for the inspector
+    total = int(bad.sum())  # the tensor is a host copy already: no device sync
+    if total == 0 or not with_positions:
+        return (), total, tensor.numel()
+    idx = bad.nonzero()[:limit].tolist()
     return tuple(tuple(i) for i in idx), total, tensor.numel()
 
 

@@ -13,6 +13,7 @@ INFO = "cyan"
 DIM = "grey50"
 ACCENT = "bold cyan"
 NEXT = "bold yellow"
+FLASH = "bold black on yellow"  # a number the last phase changed (briefly)
 
 SEVERITY_STYLE = {"error": ERROR, "warning": WARNING, "info": INFO}
 SEVERITY_ICON = {"error": "✖", "warning": "⚠", "info": "ℹ"}

@@ -97,11 +97,12 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
             yield OptionList(id="bp-list")
             yield Input(placeholder="nan_inf · loss>5 · grad_norm>100 · step==12 · dead_units@features.*",
                         id="bp-input")
-            yield Label("", id="bp-error")
+            yield Static("", id="bp-error")  # wraps a long parser message
             kinds = ", ".join(self.kinds) if self.kinds else "see the engine's finding kinds"
-            yield Label(Text(
+            # A Static wraps (a Label would cut the list at the dialog's edge).
+            yield Static(Text(
                 f"finding kinds: {kinds}\nkind:warning sets a minimum severity, kind@glob limits "
-                "it to modules. A hit pauses before the optimizer step.", theme.DIM))
+                "it to modules. A hit pauses before the optimizer step.", theme.DIM), id="bp-help")
             with Horizontal(classes="buttons"):
                 yield Button("Add", id="bp-add", variant="primary")
                 yield Button("Remove", id="bp-remove")
@@ -131,9 +132,9 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         try:
             bp = Breakpoint.parse(text)
         except Exception as exc:  # the parser's message is the user's guide
-            self.query_one("#bp-error", Label).update(Text(str(exc), theme.ERROR))
+            self.query_one("#bp-error", Static).update(Text(str(exc), theme.ERROR))
             return
-        self.query_one("#bp-error", Label).update(Text(f"added: {bp.describe()}", theme.OK))
+        self.query_one("#bp-error", Static).update(Text(f"added: {bp.describe()}", theme.OK))
         if text not in self.conditions:
             self.conditions.append(text)
         field.value = ""
@@ -155,7 +156,7 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         # The highlighted one; with the list never visited, the newest.
         index = lst.highlighted if lst.highlighted is not None else len(self.conditions) - 1
         removed = self.conditions.pop(min(index, len(self.conditions) - 1))
-        self.query_one("#bp-error", Label).update(Text(f"removed: {removed}", theme.WARNING))
+        self.query_one("#bp-error", Static).update(Text(f"removed: {removed}", theme.WARNING))
         self._refresh()
 
     def action_save(self) -> None:

@@ -224,7 +224,7 @@ class MainScreen(Screen[None]):
             self.view = message.view
         view = self.view
         if message.summary is not None:
-            self.status = message.summary.reason
+            self.status = message.summary.reason + self._run_rate(view)
             if message.summary.stopped_by == "breakpoint":
                 self.notify(message.summary.reason, title="breakpoint", severity="warning")
                 hit = view.pending_break if view is not None else None
@@ -237,6 +237,20 @@ class MainScreen(Screen[None]):
             self.status = f"next: {PHASE_LABEL[view.next_phase]}"
         self._refresh_all()
         self._request_inspect()
+
+    def _run_rate(self, view: EngineView | None) -> str:
+        """Appended to a finished run's status: how many steps, how fast ("" when none ran)."""
+        if view is None or self._run_started is None:
+            return ""
+        t0, step0 = self._run_started
+        steps = view.step - step0
+        if steps <= 0:
+            return ""
+        text = f" · {steps} step{'s' if steps != 1 else ''}"
+        if not self.show_volatile:  # snapshots and tests: no timings
+            return text
+        seconds = max(time.monotonic() - t0, 1e-9)
+        return f"{text} in {seconds:.1f} s ({steps / seconds:.1f} steps/s)"
 
     @on(msg.StepFailed)
     def step_failed(self, message: msg.StepFailed) -> None:
@@ -435,7 +449,8 @@ class MainScreen(Screen[None]):
         view = self.view
         with self.app.batch_update():
             self._refresh_title()
-            self.query_one(ModelTable).show(view)
+            # Flash what a phase changed; during a run everything changes ten times a second.
+            self.query_one(ModelTable).show(view, flash=self.busy not in ("run", "steps"))
             self.query_one(FindingsPanel).show(view)
             for panel in (self.query_one(PhaseBar), self.query_one(ChartsPanel), self.query_one(MemoryPanel)):
                 panel.view = view

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Label, OptionList
+from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from workbench.scenario import ScenarioError, ScenarioSource, default_scenario_dir, discover, load_source
@@ -26,8 +26,9 @@ from workbench.tui import theme
 class PickerEntry:
     group: str
     source: ScenarioSource | None
-    summary: str
+    summary: str  # the Scenario's description when the file states it, else its docstring's first line
     error: str | None = None
+    details: str = ""  # the module docstring: what the scenario is, and for the broken demos what to look for
 
     @property
     def label(self) -> str:
@@ -40,10 +41,9 @@ def picker_entries(paths: list[str]) -> list[PickerEntry]:
     for spec in paths:
         try:
             if Path(spec).is_dir():
-                entries.extend(PickerEntry(spec, s, _summary(s)) for s in discover(spec))
+                entries.extend(_entry(spec, s) for s in discover(spec))
             else:
-                src = load_source(spec)
-                entries.append(PickerEntry("given", src, _summary(src)))
+                entries.append(_entry("given", load_source(spec)))
         except ScenarioError as exc:
             entries.append(PickerEntry("given", None, spec, error=str(exc)))
     bundled = default_scenario_dir()
@@ -56,25 +56,60 @@ def picker_entries(paths: list[str]) -> list[PickerEntry]:
                 found = discover(directory)
             except ScenarioError:
                 continue
-            entries.extend(PickerEntry(group, s, _summary(s)) for s in found if s not in given)
+            entries.extend(_entry(group, s) for s in found if s not in given)
     return entries
 
 
-def _summary(source: ScenarioSource) -> str:
-    """First line of the build function's docstring, else of the module's."""
+def _entry(group: str, source: ScenarioSource) -> PickerEntry:
     if source.path is None:
-        return source.spec
+        return PickerEntry(group, source, source.spec)
     try:
         tree = ast.parse(Path(source.path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
-        return f"(cannot read: {exc})"
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == source.function:
-            doc = ast.get_docstring(node)
-            if doc:
-                return doc.strip().splitlines()[0]
-    doc = ast.get_docstring(tree)
-    return doc.strip().splitlines()[0] if doc else ""
+        return PickerEntry(group, source, f"(cannot read: {exc})")
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    build = functions.get(source.function or "build")
+    module_doc = _plain(ast.get_docstring(tree) or "")
+    summary = (build is not None and _description(build, functions)) or ""
+    if not summary and build is not None:
+        summary = _plain(ast.get_docstring(build) or "").split("\n", 1)[0]
+    return PickerEntry(group, source, summary or module_doc.split("\n", 1)[0], details=module_doc)
+
+
+def _description(build: ast.FunctionDef, functions: dict[str, ast.FunctionDef]) -> str | None:
+    """The ``description=`` the build function passes, when it is a literal in the file.
+
+    Read with ``ast`` (no import, no torch). Found directly in a call
+    (``Scenario(..., description="...")``) or one helper call deep
+    (``_scenario(device, model, "name", "the description")`` where the
+    helper's parameter is called ``description``); anything computed is
+    left to the docstring.
+    """
+    for node in ast.walk(build):
+        if not isinstance(node, ast.Call):
+            continue
+        for kw in node.keywords:
+            if kw.arg == "description" and _is_text(kw.value):
+                return kw.value.value  # type: ignore[attr-defined]
+        helper = functions.get(node.func.id) if isinstance(node.func, ast.Name) else None
+        if helper is None:
+            continue
+        params = [a.arg for a in helper.args.posonlyargs + helper.args.args]
+        if "description" in params:
+            at = params.index("description")
+            if at < len(node.args) and _is_text(node.args[at]):
+                return node.args[at].value  # type: ignore[attr-defined]
+    return None
+
+
+def _is_text(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and bool(node.value.strip())
+
+
+def _plain(doc: str) -> str:
+    """A docstring as the picker shows it: ``code`` marks dropped, paragraphs reflowed to the width."""
+    paragraphs = [" ".join(p.split()) for p in doc.replace("``", "").split("\n\n")]
+    return "\n".join(p for p in paragraphs if p)
 
 
 class PickerScreen(ModalScreen[ScenarioSource | None]):
@@ -94,6 +129,7 @@ class PickerScreen(ModalScreen[ScenarioSource | None]):
         with Vertical(id="picker"):
             yield Label(Text("Pick a scenario", theme.ACCENT), id="picker-title")
             yield OptionList(*self._options(), id="picker-list")
+            yield Static("", id="picker-details")
             yield Label(Text("enter load · esc back · q quit   "
                              "(workbench tui PATH.py opens your own file)", theme.DIM))
         yield Footer()
@@ -108,9 +144,7 @@ class PickerScreen(ModalScreen[ScenarioSource | None]):
             text = Text(no_wrap=True, overflow="ellipsis")
             text.append(f"{e.label:<28}", theme.ERROR if e.error else "bold")
             summary = e.error.splitlines()[0] if e.error else e.summary
-            if len(summary) > 64:  # one line per scenario
-                summary = summary[:63] + "…"
-            text.append(" " + summary, theme.DIM)
+            text.append(" " + summary, theme.DIM)  # one line per scenario: no_wrap ends it with …
             options.append(Option(text, id=f"e{i}", disabled=e.error is not None))
         return options
 
@@ -125,6 +159,17 @@ class PickerScreen(ModalScreen[ScenarioSource | None]):
             if self.current is None or entry.source == self.current:
                 lst.highlighted = index
                 break
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        details = self.query_one("#picker-details", Static)
+        if event.option.id is None:
+            details.update("")
+            return
+        entry = self.entries[int(event.option.id[1:])]
+        text = Text(f"{entry.label}: ", "bold")
+        text.append(entry.error or entry.details or entry.summary, theme.ERROR if entry.error else "")
+        details.update(text)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()

@@ -30,8 +30,12 @@ def render_inspector(data: InspectorData | None, stats: object | None = None) ->
     grid.add_column(no_wrap=True)
     for h in data.histograms:
         bad = f"  NaN {h.nan:,} Inf {h.inf:,}" if h.nan or h.inf else ""
-        note = Text(f"{fmt_float(h.lo)} … {fmt_float(h.hi)}  n={human_count(h.numel)}"
-                    f"{' (sampled)' if h.sampled else ''}", theme.DIM)
+        n = f"n={human_count(h.numel)}"
+        if h.label == "activation" and data.output_numel is not None:
+            n = f"sample of {human_count(h.numel)} from {human_count(data.output_numel)}"
+        elif h.sampled:
+            n += " (sampled)"
+        note = Text(f"{fmt_float(h.lo)} … {fmt_float(h.hi)}  {n}", theme.DIM)
         if bad:
             note.append(bad, theme.ERROR)
         grid.add_row(Text(h.label, theme.DIM), histogram(h.counts), note)
@@ -41,9 +45,14 @@ def render_inspector(data: InspectorData | None, stats: object | None = None) ->
             f"activation mean {fmt_float(stats.mean)}  std {fmt_float(stats.std)}  "
             f"min {fmt_float(stats.min)}  max {fmt_float(stats.max)}  |max| {fmt_float(stats.abs_max)}",
             theme.DIM))
-    if data.nan_total:
+    if data.nan_total and data.nan_positions:
         where = ", ".join("[" + ", ".join(map(str, p)) + "]" for p in data.nan_positions)
-        parts.append(Text(f"non-finite at {where} … {data.nan_total:,} of {data.numel:,}", theme.ERROR))
+        more = " …" if data.nan_total > len(data.nan_positions) else ""
+        parts.append(Text(f"non-finite at {where}{more} ({data.nan_total:,} of {data.numel:,})", theme.ERROR))
+    elif data.nan_total:
+        parts.append(Text(f"non-finite: {data.nan_total:,} of {data.numel:,} sampled values "
+                          f"(positions need the whole output, {human_count(data.output_numel or 0)} values)",
+                          theme.ERROR))
     for note in data.notes:
         parts.append(Text(note, theme.DIM))
     return Group(*parts)

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from workbench.report.numbers import fmt_float, human_count
 from workbench.tui import theme
@@ -16,20 +17,61 @@ from workbench.tui.render import shape_str
 from workbench.tui.session import EngineView, ModuleNode, group_grad_norms
 
 # Cells carry their own one-space gap (cell_padding=0) so the table fits
-# beside the side panels at 120 columns.
+# beside the side panels at 120 columns. Number columns have fixed widths
+# and their values are formatted to fit (never cropped: a cropped "2.05 K"
+# reads as 2); the module column takes what is left and its names are cut
+# with an ellipsis instead.
 COLUMNS = (
     ("module", "module"),
     ("shape", " out shape"),
     ("params", " params"),
-    ("mean", "   mean"),
+    ("mean", "  mean"),
     ("std", "   std"),
-    ("min", "    min"),
+    ("min", "   min"),
     ("max", "   max"),
-    ("naninf", " NaN"),
+    ("naninf", "  NaN"),
     ("grad", "    ∇‖"),
     ("uw", "   u/w"),
 )
+WIDTH = {"params": 7, "mean": 6, "std": 6, "min": 6, "max": 6, "naninf": 5, "grad": 6, "uw": 6}
+MIN_NAME_WIDTH = 12
 DIGITS = 2
+# Numbers that changed since the last phase flash this long, so the eye
+# finds what the phase just touched.
+FLASH_SECONDS = 0.8
+NUMERIC = frozenset(key for key, _ in COLUMNS) - {"module", "params"}
+
+
+def short_float(value: float | None, width: int = 5) -> str:
+    """A number in at most ``width`` characters, as precise as that allows."""
+    if value is None:
+        return "·"
+    if not math.isfinite(value):
+        return fmt_float(value)
+    candidates = [fmt_float(value, DIGITS), f"{value:.2g}", f"{value:.0f}" if abs(value) >= 1 else "",
+                  f"{value:.1g}"]
+    # Python pads exponents ("1e+03"); ours are shorter ("1e3", "6.3e-3").
+    candidates = [c for c in candidates if c and "e+" not in c and "e-0" not in c]
+    if value != 0:
+        exponent = math.floor(math.log10(abs(value)))
+        for digits in (1, 0):
+            candidates.append(f"{value / 10 ** exponent:.{digits}f}e{exponent}")
+    for text in candidates:
+        if len(text) <= width:
+            return text
+    return candidates[-1]
+
+
+def short_count(n: int, width: int = 4) -> str:
+    """A count in at most ``width`` characters: 64, 2048, 922K, 14M."""
+    text = str(n)
+    for div, unit in ((1e3, "K"), (1e6, "M"), (1e9, "G")):
+        if len(text) <= width:
+            break
+        text = f"{n / div:.1f}{unit}"
+        if len(text) > width:
+            text = f"{n / div:.0f}{unit}"
+    return text
 
 
 class ModelTable(DataTable):
@@ -55,15 +97,22 @@ class ModelTable(DataTable):
         self._row_names: list[str] = []
         self._cells: dict[str, tuple[Any, ...]] = {}
         self._selected: str | None = None
+        self._name_width = 0  # the module column's width the rows were cut to
+        self._flashing: set[tuple[str, int]] = set()  # (row, column index) shown in the flash style
+        self._flash_timer: Any = None
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
-            self.add_column(label, key=key)
+            self.add_column(label, key=key, width=WIDTH.get(key))
+
+    def on_resize(self) -> None:
+        self._refresh_rows()  # the module column takes the new width
 
     # -- data --------------------------------------------------------------------
-    def show(self, view: EngineView | None) -> None:
+    def show(self, view: EngineView | None, flash: bool = False) -> None:
+        """Redraw from ``view``; with ``flash``, numbers that changed flash briefly."""
         self.view = view
-        self._refresh_rows()
+        self._refresh_rows(flash)
 
     def select_module(self, name: str) -> None:
         """Unfold the module's ancestors and move the cursor onto it."""
@@ -93,10 +142,11 @@ class ModelTable(DataTable):
             rows.append(node)
         return rows
 
-    def _refresh_rows(self) -> None:
+    def _refresh_rows(self, flash: bool = False) -> None:
         if self.view is None:
             self.clear()
             self._row_names, self._cells = [], {}
+            self._flashing.clear()
             return
         view = self.view
         nodes = self._visible()
@@ -115,9 +165,12 @@ class ModelTable(DataTable):
         cells = {n.name: _row(n, stats.get(n.name), n.name in fresh, grad_norms.get(n.name), grad_fresh,
                              uw.get(n.name), uw_fresh, health.get(n.name), n.name in self.collapsed)
                  for n in nodes}
-        if names != self._row_names:
+        name_width = self._fit_names(cells)
+        if names != self._row_names or name_width != self._name_width:
+            self._name_width = name_width
             keep = self._selected
             self.clear()
+            self._flashing.clear()
             for name in names:
                 self.add_row(*cells[name], key=name)
             self._row_names = names
@@ -125,13 +178,49 @@ class ModelTable(DataTable):
                 self.move_cursor(row=names.index(keep), animate=False)
         else:
             for name in names:
-                old = self._cells.get(name)
-                new = cells[name]
-                if old != new:
-                    for (key, _), before, after in zip(COLUMNS, old or (None,) * len(new), new):
-                        if before != after:
-                            self.update_cell(name, key, after)
+                old = self._cells.get(name) or (None,) * len(cells[name])
+                for index, ((key, _), before, after) in enumerate(zip(COLUMNS, old, cells[name])):
+                    # Text equality ignores the base style: compare it too, or a
+                    # number turning dim (or back) would never be redrawn.
+                    if _look(before) == _look(after):
+                        continue
+                    shown = after
+                    if flash and key in NUMERIC and _measured(before) and before.plain != after.plain:
+                        shown = after.copy()
+                        shown.stylize(theme.FLASH)
+                        self._flashing.add((name, index))
+                    # Grow a column for a wider value, never shrink it: widths stay put while stepping.
+                    grow = after.cell_len > self.columns[key].content_width  # type: ignore[index]
+                    self.update_cell(name, key, shown, update_width=grow)
         self._cells = cells
+        if self._flashing:
+            if self._flash_timer is not None:
+                self._flash_timer.stop()
+            self._flash_timer = self.set_timer(FLASH_SECONDS, self._end_flash)
+
+    def _fit_names(self, cells: dict[str, tuple[Any, ...]]) -> int:
+        """Cut module names to the width the number columns leave (returns that width)."""
+        shape_width = max([len(COLUMNS[1][1])] + [c[1].cell_len for c in cells.values()])
+        current = self.columns.get(ColumnKey("shape"))
+        if current is not None:
+            shape_width = max(shape_width, current.content_width)
+        room = self.scrollable_content_region.width - shape_width - sum(WIDTH.values())
+        width = max(room, MIN_NAME_WIDTH) if room > 0 or self.size.width else 10_000
+        for row in cells.values():
+            row[0].truncate(width, overflow="ellipsis")
+        return width
+
+    def _end_flash(self) -> None:
+        flashing, self._flashing = self._flashing, set()
+        for name, index in flashing:
+            row = self._cells.get(name)
+            if row is not None and name in self._row_names:
+                self.update_cell(name, COLUMNS[index][0], row[index])
+
+    @property
+    def flashing(self) -> set[tuple[str, str]]:
+        """(module, column) cells flashing now: numbers the last phase changed."""
+        return {(name, COLUMNS[index][0]) for name, index in self._flashing}
 
     # -- folding -----------------------------------------------------------------
     def _cursor_name(self) -> str | None:
@@ -197,6 +286,15 @@ def _health(view: EngineView) -> dict[str, str]:
     return out
 
 
+def _look(cell: Text | None) -> tuple[str, str] | None:
+    return None if cell is None else (cell.plain, str(cell.style))
+
+
+def _measured(cell: Text | None) -> bool:
+    """The cell held a number (not blank or the "not measured" dot)."""
+    return cell is not None and cell.plain.strip() not in ("", "·")
+
+
 def _cell(text: str, style: str = "") -> Text:
     return Text(" " + text, style, justify="right")
 
@@ -204,7 +302,7 @@ def _cell(text: str, style: str = "") -> Text:
 def _num(value: float | None, style: str) -> Text:
     if value is not None and not math.isfinite(value):
         return _cell(fmt_float(value), theme.ERROR)
-    return _cell(fmt_float(value, DIGITS), style if value is not None else theme.DIM)
+    return _cell(short_float(value), style if value is not None else theme.DIM)
 
 
 def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, grad_fresh: bool,
@@ -227,7 +325,7 @@ def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, grad_fre
             _num(stats.max, style),
         )
         bad = (stats.nan_count or 0) + (stats.inf_count or 0)
-        naninf = _cell(f"{human_count(bad)}" if bad else "0", theme.ERROR if bad else style)
+        naninf = _cell(short_count(bad) if bad else "0", theme.ERROR if bad else style)
     params = _cell(human_count(node.num_params) if node.num_params else "·",
                    "" if node.num_params else theme.DIM)
     return (name, values[0], params, *values[1:], naninf,

@@ -7,6 +7,8 @@ statistic the engine already measured.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -146,15 +148,55 @@ def _tail(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+# The engine's instrument names (StepRecord.instrument_breakdown), as the memory panel shows them.
+INSTRUMENT_LABEL = {
+    "forward_hooks": "fwd hooks", "forward_stats": "fwd stats", "loss_value": "loss read",
+    "grad_hooks": "grad hooks", "backward_stats": "bwd stats", "update_stats": "upd stats",
+    "health": "health", "memory": "memory",
+}
+# The debugger tax is averaged over this many recent steps: one step's timing is noise.
+TAX_WINDOW = 10
+
+
+@dataclass(frozen=True)
+class DebuggerTax:
+    """What the debugger's instruments cost per step, over the last few steps."""
+
+    steps: int
+    work_seconds: float  # the user's own step: phases plus fetching the batch
+    tax_seconds: float
+    instruments: tuple[tuple[str, float], ...]  # (engine name, seconds per step), costliest first
+
+    @property
+    def ratio(self) -> float:
+        return (self.work_seconds + self.tax_seconds) / self.work_seconds if self.work_seconds > 0 else math.nan
+
+
+def debugger_tax(history: Sequence[Any], window: int = TAX_WINDOW) -> DebuggerTax | None:
+    """Mean per-step cost of each instrument over the last ``window`` steps (None before a step)."""
+    recent = list(history)[-window:]
+    if not recent:
+        return None
+    totals: dict[str, float] = {}
+    for r in recent:
+        for name, seconds in (r.instrument_breakdown or {}).items():
+            totals[name] = totals.get(name, 0.0) + seconds
+    n = len(recent)
+    work = sum(r.seconds + r.data_seconds for r in recent) / n
+    tax = sum(r.instrument_seconds for r in recent) / n
+    ranked = sorted(((name, t / n) for name, t in totals.items()), key=lambda x: -x[1])
+    return DebuggerTax(n, work, tax, tuple(ranked))
+
+
 class MemoryPanel(ViewPanel):
-    """RSS, CUDA when present, activation bytes, the debugger's own cost."""
+    """RSS, CUDA when present, activation bytes, the debugger's own cost per instrument."""
 
     selected: str | None = None
 
     def render_view(self, view: EngineView) -> RenderableType:
         record = view.last
         out = Table.grid(padding=(0, 1))
-        out.add_column(no_wrap=True, min_width=11)
+        out.add_column(no_wrap=True, min_width=12)
         out.add_column(no_wrap=True, overflow="ellipsis")
         if record is None:
             return Text("memory is sampled once per step", theme.DIM)
@@ -171,11 +213,16 @@ class MemoryPanel(ViewPanel):
         stats = view.module_stats().get(self.selected or "")
         if self.selected is not None and stats is not None:
             out.add_row(Text("selected", theme.DIM), f"{human_bytes(stats.bytes)} ({self.selected or 'model'})")
-        # phase_seconds is the user's work; instrument_seconds the debugger's own on top.
-        work, tax = record.seconds, record.instrument_seconds
-        if vol and work > 0:
-            out.add_row(Text("debugger", theme.DIM),
-                        f"{(work + tax) / work:.2f}× +{fmt_ms(tax)}")
-        else:
-            out.add_row(Text("debugger", theme.DIM), "—")
+        tax = debugger_tax(view.history)
+        if not vol or tax is None or tax.work_seconds <= 0:
+            out.add_row(Text("debugger tax", theme.DIM), "—")
+            return out
+        style = theme.WARNING if tax.ratio > 1.5 else ""
+        out.add_row(Text("debugger tax", theme.DIM), Text(f"{tax.ratio:.2f}× +{fmt_ms(tax.tax_seconds)}", style))
+        # The costliest instruments in the rows left (the panel's height decides how many).
+        room = self.size.height - out.row_count if self.size.height else 2  # size: the content area
+        for name, seconds in tax.instruments[:max(room, 0)]:
+            share = seconds / tax.tax_seconds if tax.tax_seconds > 0 else 0.0
+            out.add_row(Text(" " + INSTRUMENT_LABEL.get(name, name.replace("_", " ")), theme.DIM),
+                        Text(f"{fmt_ms(seconds):>8} {share:4.0%}", theme.DIM))
         return out
