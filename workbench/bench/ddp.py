@@ -28,7 +28,7 @@ import torch
 from workbench.bench.context import collect
 from workbench.bench.memory import track_peak
 from workbench.bench.steps import call, loss_is_summed, mean_loss, split_micro
-from workbench.bench.timing import Plan, measure
+from workbench.bench.timing import Plan, measure, where_failed
 from workbench.scenario import Batch, ScenarioSource
 
 
@@ -40,7 +40,7 @@ class DDPJob:
     device: str  # "cpu" or "cuda"
     plan: Plan
     comm_steps: int = 4  # fwd+bwd steps timed with and without gradient sync
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # collective timeout inside the ranks
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class RankResult:
     world_size: int
     backend: str
     samples: tuple[float, ...]  # seconds per step, one per timed block
+    timed_steps: int  # fewer than the plan's steps when its time budget ran out
     shard_size: int
     synced_s: float  # median fwd+bwd with gradient all-reduce
     local_s: float  # median fwd+bwd under no_sync()
@@ -61,6 +62,10 @@ class RankResult:
 
 class RankFailed(RuntimeError):
     """A rank raised, died or timed out; the message names the rank and the error."""
+
+    def __init__(self, message: str, oom: bool = False) -> None:
+        super().__init__(message)
+        self.oom = oom  # a rank ran out of memory: the runner reports it as OOM
 
 
 def free_port() -> int:
@@ -88,7 +93,9 @@ def run_rank(
     init_method: str,
     local_rank: int | None = None,
     tick: Callable[[int, int], None] | None = None,
+    beat: Callable[[], None] | None = None,
 ) -> RankResult:
+    """The life of one rank; ``tick`` reports timed-loop progress, ``beat`` that it is alive."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -136,7 +143,18 @@ def run_rank(
                     scenario.scheduler.step()
                 return loss
 
-            timing = measure(step, job.plan, device, tick=tick if rank == 0 else None)
+            flag = torch.zeros(1, device=device)
+
+            def agree(stop: bool) -> bool:
+                # A collective between timed blocks (outside the clock): a rank that left
+                # the loop alone would leave its peers waiting in the next all-reduce.
+                flag.fill_(1.0 if stop else 0.0)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                return bool(flag.item())  # .item(): host-device sync, once per block
+
+            timing = measure(step, job.plan, device, tick=tick if rank == 0 else None, agree=agree)
+        if beat is not None:
+            beat()
         final = mean_loss(scenario, global_batches) if rank == 0 else None
         digest = param_digest(scenario.model)
 
@@ -151,6 +169,8 @@ def run_rank(
             return run
 
         synced = measure(zeroed(fwd_bwd), comm_plan, device)
+        if beat is not None:
+            beat()
 
         def local(i: int) -> None:
             with ddp.no_sync():
@@ -163,6 +183,7 @@ def run_rank(
             world_size=world_size,
             backend=backend,
             samples=timing.samples,
+            timed_steps=timing.timed_steps,
             shard_size=shards[0][0].size,
             synced_s=synced.median,
             local_s=unsynced.median,
@@ -192,11 +213,14 @@ def _spawn_entry(rank: int, world_size: int, port: int, job: DDPJob, out: Any) -
         result = run_rank(
             rank, world_size, job, f"tcp://127.0.0.1:{port}",
             tick=lambda done, total: out.put(("tick", rank, done, total)),
+            beat=lambda: out.put(("alive", rank)),
         )
         out.put(("ok", rank, asdict(result)))
     except BaseException as exc:  # report anything, including KeyboardInterrupt
-        lines = traceback.format_exception_only(type(exc), exc)
-        out.put(("error", rank, "".join(lines).strip()))
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        where = where_failed(exc)
+        oom = isinstance(exc, torch.OutOfMemoryError)
+        out.put(("error", rank, f"{text} ({where})" if where else text, oom))
         raise SystemExit(1) from None
 
 
@@ -211,9 +235,11 @@ def launch_local(
 ) -> tuple[list[RankResult], float]:
     """Spawn ``world_size`` ranks, wait for all results; (results by rank, wall seconds).
 
-    Raises RankFailed when a rank raises, exits without a result, or the
-    whole run passes ``timeout_s``; the other ranks are then terminated,
-    so nothing hangs and no process is left behind.
+    Raises RankFailed when a rank raises, exits without a result, or no rank
+    has reported anything (start-up, a step, a result) for ``timeout_s``;
+    the other ranks are then terminated, so nothing hangs and no process
+    is left behind. A stall timeout, not a total one: a long explicit
+    ``--steps`` run is fine as long as the ranks keep stepping.
     """
     import torch.multiprocessing as mp
 
@@ -228,8 +254,12 @@ def launch_local(
         p.start()
     results: dict[int, RankResult] = {}
     errors: list[str] = []
+    oom = False
+    heard = t0
 
     def handle(msg: tuple[Any, ...]) -> None:
+        nonlocal heard, oom
+        heard = time.perf_counter()
         kind, rank = msg[0], msg[1]
         if kind == "tick" and tick is not None:
             tick(msg[2], msg[3])
@@ -237,6 +267,7 @@ def launch_local(
             results[rank] = RankResult(**{**msg[2], "samples": tuple(msg[2]["samples"])})
         elif kind == "error":
             errors.append(f"rank {rank}: {msg[2]}")
+            oom = oom or bool(msg[3])
 
     def drain(wait: float) -> None:
         for _ in range(1000):  # bounded, so deaths and the deadline are still checked
@@ -256,7 +287,6 @@ def launch_local(
         return "; then ".join([*parts, *errors]) or "a rank exited without reporting a result"
 
     failure: str | None = None
-    deadline = t0 + timeout_s
     try:
         while len(results) < world_size:
             drain(0.2)
@@ -265,18 +295,19 @@ def launch_local(
                 if not errors:
                     drain(1.0)  # a dying rank's error (or late result) may still be in flight
                 if errors or any(r not in results for r in dead):
-                    failure = explain()
+                    failure = f"{explain()}; the other ranks were stopped (stall timeout {timeout_s:.0f} s)"
                     break
-            if time.perf_counter() > deadline:
+            if time.perf_counter() - heard > timeout_s:
                 waiting = sorted(set(range(world_size)) - set(results))
-                failure = f"timed out after {timeout_s:.0f} s waiting for rank(s) {waiting}"
+                failure = (f"timed out: no word from the ranks for {timeout_s:.0f} s (the DDP stall "
+                           f"timeout) while waiting for rank(s) {waiting}; all ranks were stopped")
                 break
     finally:
         _reap(procs, graceful=failure is None)
         out.close()
         out.join_thread()
     if failure is not None:
-        raise RankFailed(failure)
+        raise RankFailed(failure, oom=oom)
     return [results[r] for r in range(world_size)], time.perf_counter() - t0
 
 

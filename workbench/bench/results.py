@@ -33,6 +33,14 @@ class Timing:
     samples: tuple[float, ...]
     steps_per_sample: int = 1
     samples_per_step: int = 0  # training samples consumed by one step (the batch size)
+    planned_steps: int = 0  # steps the plan asked to time (0: not recorded)
+    timed_steps: int = 0  # steps actually timed; fewer than planned when the budget ran out
+    budget_s: float | None = None  # the per-measurement time budget, None for "time every step"
+
+    @property
+    def cut_short(self) -> bool:
+        """Timing stopped at the time budget before every planned step was timed."""
+        return 0 < self.timed_steps < self.planned_steps
 
     @cached_property
     def median(self) -> float:
@@ -68,7 +76,9 @@ class VariantResult:
     ``speedup`` compares ``timing`` with ``speedup_basis``: the fp32 training
     row for training variants, the variant's own fp32 reference (``reference``)
     otherwise, e.g. fp32 inference for int8. ``final_loss`` is the mean loss
-    over the fixed benchmark batches after the same steps as fp32.
+    over the fixed benchmark batches after ``steps_trained`` optimizer steps;
+    ``baseline_loss`` is fp32's loss after that same number of steps (the
+    runner re-runs fp32 when a time budget stopped the rows at different steps).
     """
 
     name: str
@@ -84,6 +94,8 @@ class VariantResult:
     final_loss: float | None = None
     warnings: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
+    steps_trained: int | None = None  # warm-up + timed optimizer steps behind final_loss
+    baseline_loss: float | None = None  # fp32's final loss after steps_trained steps
 
     @property
     def ok(self) -> bool:
@@ -118,6 +130,8 @@ class BenchSettings:
     batches: int  # distinct batches reused by every variant
     batch_size: int
     threads: int
+    budget_s: float | None = None  # per-row timing budget (None: every step timed)
+    min_samples: int = 0  # timed blocks a budget never cuts below
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,9 @@ def _timing(data: dict[str, Any] | None) -> Timing | None:
         samples=tuple(float(_num(s)) for s in data["samples"]),
         steps_per_sample=int(data.get("steps_per_sample", 1)),
         samples_per_step=int(data.get("samples_per_step", 0)),
+        planned_steps=int(data.get("planned_steps", 0)),
+        timed_steps=int(data.get("timed_steps", 0)),
+        budget_s=None if data.get("budget_s") is None else float(data["budget_s"]),
     )
 
 
@@ -185,7 +202,7 @@ def from_dict(data: Any, where: str = "bench file") -> BenchRun:
             r["timing"] = _timing(r.get("timing"))
             r["reference"] = _timing(r.get("reference"))
             r["warnings"] = tuple(r.get("warnings", ()))
-            for key in ("speedup", "final_loss"):
+            for key in ("speedup", "final_loss", "baseline_loss"):
                 r[key] = _num(r.get(key))
             results.append(VariantResult(**r))
         return BenchRun(

@@ -1,8 +1,10 @@
 """Run a list of variants on one scenario and collect a :class:`BenchRun`.
 
 Each row is isolated: a variant that raises (or runs out of memory) becomes
-a failed row with the reason and the others still run. Ctrl-C stops after
-the current row and returns what finished, marked interrupted.
+a failed row with the reason and the others still run; after an OOM the
+CUDA cache is emptied and the peak statistics reset, so the next row starts
+clean. Ctrl-C stops the current row and returns what finished, marked
+interrupted.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 from workbench.bench import hardware as hw
 from workbench.bench.context import BenchContext, collect
 from workbench.bench.results import BenchRun, BenchSettings, VariantResult
-from workbench.bench.timing import Plan
+from workbench.bench.timing import DEFAULT_PLAN, Plan, where_failed
 from workbench.bench.variants import BASELINE, Variant, resolve
+from workbench.bench.variants.base import fp32_loss_after
 from workbench.scenario import ScenarioSource, resolve_device
 
 
@@ -44,7 +47,7 @@ def run_bench(
     variants: Iterable[str] | Iterable[Variant] | None = None,
     *,
     device: str | torch.device = "cpu",
-    plan: Plan = Plan(),
+    plan: Plan = DEFAULT_PLAN,
     threads: int | None = None,
     progress: ProgressFn | None = None,
 ) -> BenchRun:
@@ -62,7 +65,8 @@ def run_bench(
         probe = source.build(dev)
         batches, eval_batches = collect(probe, plan.total)
         settings = BenchSettings(plan.warmup, plan.steps, plan.block, len(batches), batches[0].size,
-                                 torch.get_num_threads())
+                                 torch.get_num_threads(), plan.budget_s,
+                                 plan.min_samples if plan.budget_s is not None else 0)
         for index, variant in enumerate(chosen):
             def tick(done: int, total: int, _name: str = variant.name, _i: int = index) -> None:
                 if progress is not None:
@@ -78,6 +82,11 @@ def run_bench(
             results.append(result)
             if progress is not None:
                 progress(BenchProgress(variant.name, index, len(chosen), plan.total, plan.total, result))
+        try:
+            results = with_baseline_losses(
+                results, BenchContext(source, dev, plan, batches, eval_batches, hardware), rerun=not interrupted)
+        except KeyboardInterrupt:
+            interrupted = True
     finally:
         torch.set_num_threads(previous_threads)
     return BenchRun(
@@ -112,15 +121,70 @@ def run_one(variant: Variant, ctx: BenchContext, probe: object) -> VariantResult
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        oom = isinstance(exc, torch.OutOfMemoryError)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        reason = ("out of memory: " if oom else f"{type(exc).__name__}: ") + detail
-        return VariantResult(variant.name, "failed", variant.description, reason=reason)
+        return VariantResult(variant.name, "failed", variant.description, reason=failure_reason(exc, variant, ctx),
+                             extras={"oom": is_oom(exc), "row_wall_s": time.perf_counter() - t0})
     finally:
-        gc.collect()
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()  # an OOM in one row must not starve the next
+        release_memory(ctx.device)
     return dataclasses.replace(result, extras={**result.extras, "row_wall_s": time.perf_counter() - t0})
+
+
+def is_oom(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (what torch.cuda.OutOfMemoryError is), also from a DDP rank."""
+    return isinstance(exc, torch.OutOfMemoryError) or bool(getattr(exc, "oom", False))
+
+
+def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> str:
+    """One line: 'out of memory at step 3, batch size 64 (micro-batch 16): ...' or 'Type: message (at step k)'."""
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else ""
+    where = where_failed(exc)
+    if is_oom(exc):
+        head = f"out of memory {where}" if where else "out of memory"
+        head += f", {variant.batch_note(ctx)}"
+        return f"{head}: {detail}" if detail else head
+    reason = f"{type(exc).__name__}: {detail}"
+    return f"{reason} ({where})" if where else reason
+
+
+def release_memory(device: torch.device) -> None:
+    """After a row: drop its garbage; on CUDA return cached blocks and reset the peak.
+
+    An OOM in one row must not starve the next one, nor leave its peak in the
+    next row's "CUDA max allocated" figure.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def with_baseline_losses(results: list[VariantResult], ctx: BenchContext, *, rerun: bool = True) -> list[VariantResult]:
+    """Give every trained row fp32's loss after the same number of optimizer steps.
+
+    Rows that trained as many steps as the fp32 row compare with its final
+    loss. A row a time budget stopped earlier or later gets an untimed fp32
+    re-run to that step count (``rerun``; one per distinct count), so the
+    quality column never compares losses after different amounts of training.
+    """
+    base = next((r for r in results if r.name == BASELINE and r.ok), None)
+    if base is None or base.steps_trained is None or base.final_loss is None:
+        return results
+    known: dict[int, float | None] = {base.steps_trained: base.final_loss}
+    out = []
+    for r in results:
+        steps = r.steps_trained
+        if r is not base and r.ok and r.final_loss is not None and steps is not None:
+            if steps not in known and rerun:
+                try:
+                    known[steps] = fp32_loss_after(ctx, steps)
+                except Exception:  # fp32 trained fine once; if a re-run fails, show no delta
+                    known[steps] = None
+                finally:
+                    release_memory(ctx.device)
+            if known.get(steps) is not None:
+                r = dataclasses.replace(r, baseline_loss=known[steps])
+        out.append(r)
+    return out
 
 
 def with_speedups(results: list[VariantResult]) -> list[VariantResult]:

@@ -2,6 +2,12 @@
 
 One function, :func:`measure`, times any ``step(i)`` callable the same way
 for every variant, so the rows of a comparison differ only in the step.
+
+A plan may carry a time budget: timing then stops after the block that
+passes ``budget_s`` of timed time, once ``min_samples`` blocks are in. A
+slow variant (bf16 emulated on a CPU without it: 10x the fp32 step) then
+costs seconds, not minutes; the Timing records what was planned so the
+report can say the row was cut short.
 """
 
 from __future__ import annotations
@@ -30,17 +36,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Fewest timed blocks a budget may leave: a median and an IQR need a few samples.
+MIN_SAMPLES = 5
+
+
 @dataclass(frozen=True)
 class Plan:
-    """How many steps to warm up and time, and in blocks of how many."""
+    """How many steps to warm up and time, in blocks of how many, within what time budget.
+
+    ``budget_s`` None times every planned step (what an explicit ``--steps`` asks for).
+    """
 
     warmup: int = 3
     steps: int = 15
     block: int = 1
+    budget_s: float | None = None
+    min_samples: int = MIN_SAMPLES
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.steps < 1 or self.block < 1:
+        if self.warmup < 0 or self.steps < 1 or self.block < 1 or self.min_samples < 1:
             raise ValueError(f"bad timing plan {self}: need warmup >= 0, steps >= 1, block >= 1")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"bad timing plan {self}: budget_s must be > 0 seconds or None")
 
     @property
     def total(self) -> int:
@@ -53,6 +70,17 @@ class Plan:
         return [self.block] * full + ([rest] if rest else [])
 
 
+# Given "this rank wants to stop", says whether all stop: ranks of DDP must stop together.
+Agree = Callable[[bool], bool]
+
+
+# Timed seconds per measurement before a default run stops timing a row (once it
+# has MIN_SAMPLES): the default matrix on cnn_image then fits in a minute on 2
+# cores even where autocast emulates bf16 at ~10x the fp32 step.
+DEFAULT_BUDGET_S = 2.0
+DEFAULT_PLAN = Plan(warmup=3, steps=15, budget_s=DEFAULT_BUDGET_S)
+
+
 def measure(
     step: StepFn,
     plan: Plan,
@@ -61,24 +89,29 @@ def measure(
     samples_per_step: int = 0,
     tick: Tick | None = None,
     first_step_s: list[float] | None = None,
+    agree: Agree | None = None,
 ) -> Timing:
     """Run ``plan.warmup`` untimed steps, then time ``plan.steps`` steps in blocks.
 
     ``step(i)`` receives the global step index (warm-up included) so callers
     can cycle through fixed batches. ``first_step_s``, when given, receives
-    the wall time of step 0 (compile time for torch.compile).
+    the wall time of step 0 (compile time for torch.compile). With a budget,
+    timing stops early (see :class:`Plan`); ``agree`` makes that decision
+    collective. An exception from a step propagates unchanged but for a
+    ``bench_step`` attribute, read back by :func:`where_failed`.
     """
     done = 0
     for i in range(plan.warmup):
         t0 = time.perf_counter()
-        step(i)
+        _run(step, i, warmup=True)
         synchronize(device)  # warm-up work must not leak into the first block
         if i == 0 and first_step_s is not None:
             first_step_s.append(time.perf_counter() - t0)
         done += 1
         if tick:
             tick(done, plan.total)
-    samples = []
+    samples: list[float] = []
+    timed_s = 0.0
     i = plan.warmup
     with cuda_events(device) as events:
         for size in plan.blocks:
@@ -87,7 +120,7 @@ def measure(
             if events is not None:
                 events[0].record()
             for _ in range(size):
-                step(i)
+                _run(step, i, warmup=False)
                 i += 1
             if events is not None:
                 events[1].record()
@@ -95,12 +128,36 @@ def measure(
                 samples.append(events[0].elapsed_time(events[1]) / 1e3 / size)
             else:
                 samples.append((time.perf_counter() - t0) / size)
+            timed_s += time.perf_counter() - t0
             done += size
             if tick:
                 tick(done, plan.total)
+            if plan.budget_s is not None and i - plan.warmup < plan.steps:
+                over = timed_s >= plan.budget_s and len(samples) >= plan.min_samples
+                # Outside the clock: with ``agree`` this is a collective (all ranks stop together).
+                if agree(over) if agree is not None else over:
+                    break
     if first_step_s is not None and plan.warmup == 0 and samples:
         first_step_s.append(samples[0])
-    return Timing(tuple(samples), plan.block, samples_per_step)
+    return Timing(tuple(samples), plan.block, samples_per_step, planned_steps=plan.steps,
+                  timed_steps=i - plan.warmup, budget_s=plan.budget_s)
+
+
+def _run(step: StepFn, i: int, *, warmup: bool) -> None:
+    try:
+        step(i)
+    except Exception as exc:
+        if not hasattr(exc, "bench_step"):  # the innermost measure() knows the step
+            exc.bench_step = (i, warmup)  # type: ignore[attr-defined]
+        raise
+
+
+def where_failed(exc: BaseException) -> str:
+    """'at step 4' / 'at step 0 (warm-up)' for an error raised by a timed step, else ''."""
+    at = getattr(exc, "bench_step", None)
+    if not at:
+        return ""
+    return f"at step {at[0]}" + (" (warm-up)" if at[1] else "")
 
 
 @contextlib.contextmanager

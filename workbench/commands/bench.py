@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workbench.bench.timing import Plan
 
 NAME = "bench"
 ORDER = 50
@@ -20,7 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", nargs="?", help="scenario file, PATH.py:function or module")
     p.add_argument("--variants", help="comma-separated variant names (default: the default set)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--steps", type=int, default=15, help="timed steps per variant (default 15)")
+    p.add_argument("--steps", type=int,
+                   help="time exactly N steps per variant, no time budget (default: up to 15, "
+                        "stopping after --budget seconds once 5 are timed)")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="timed seconds per variant before timing stops, once 5 steps are in "
+                        "(default 2)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps per variant (default 3)")
     p.add_argument("--block", type=int, default=1, help="steps per timed block (default 1)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's current setting)")
@@ -74,6 +83,16 @@ def _compare(console: object, old: str, new: str, threshold_pct: float) -> int:
     return 1 if cmp.regressions else 0
 
 
+def _plan(args: argparse.Namespace) -> Plan:
+    """--steps N times exactly N steps; without it the default plan's time budget applies."""
+    from workbench.bench.timing import DEFAULT_PLAN, Plan
+
+    if args.steps is not None:
+        return Plan(args.warmup, args.steps, args.block)
+    budget = args.budget if args.budget is not None else DEFAULT_PLAN.budget_s
+    return Plan(args.warmup, DEFAULT_PLAN.steps, args.block, budget_s=budget)
+
+
 def _bench(console: object, args: argparse.Namespace) -> int:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -86,8 +105,14 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     from workbench.scenario import load_source
 
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--block", args.block, 1)):
-        if value < low:
+        if value is not None and value < low:
             raise UsageError(f"{flag} {value}: expected an integer >= {low}.")
+    if args.budget is not None and args.steps is not None:
+        raise UsageError("give --steps N (time exactly N steps) or --budget SECONDS (time until the "
+                         "budget is spent), not both.")
+    if args.budget is not None and not args.budget > 0:
+        raise UsageError(f"--budget {args.budget}: expected seconds > 0 (e.g. --budget 5), "
+                         "or --steps N to time exactly N steps.")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         raise UsageError(f"--threads {args.threads}: expected a positive integer.")
     names = [n for n in args.variants.split(",")] if args.variants else None
@@ -95,7 +120,7 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json)
     source = load_source(args.scenario)
-    plan = Plan(args.warmup, args.steps, args.block)
+    plan = _plan(args)
 
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[row]}"), TimeElapsedColumn(),

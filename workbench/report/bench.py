@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rich.console import Group, RenderableType
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -11,16 +12,22 @@ from workbench.bench.results import BenchRun, VariantResult
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes, human_count
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
+# Narrower consoles (80-column CI logs, pipes) get the notes under the table, not in it.
+WIDE = 150
 
 
 def hardware_line(run: BenchRun) -> Text:
     s = run.settings
+    if s.budget_s is not None:
+        timed = (f"up to {s.steps} timed steps (timing stops after {s.budget_s:g} s once "
+                 f"{s.min_samples} are in; --steps N times exactly N)")
+    else:
+        timed = f"{s.steps} timed steps"
     return Text.assemble(
         ("hardware ", "bold"), run.hardware.summary(), "\n",
         ("bench    ", "bold"),
-        f"{run.scenario} on {run.device}: {s.warmup} warm-up + {s.steps} timed steps "
-        f"(blocks of {s.block}), {s.batches} fixed batches of {s.batch_size}, "
-        f"{s.threads} torch threads",
+        f"{run.scenario} on {run.device}: {s.warmup} warm-up + {timed}, blocks of {s.block}, "
+        f"{s.batches} fixed batches of {s.batch_size}, {s.threads} torch threads",
     )
 
 
@@ -33,24 +40,35 @@ def quality(r: VariantResult, baseline: VariantResult | None) -> str:
     if r.final_loss is None:
         return "·"
     text = f"loss {fmt_float(r.final_loss, 4)}"
-    if baseline is not None and baseline.final_loss is not None and r is not baseline:
-        delta = r.final_loss - baseline.final_loss
+    reference = r.baseline_loss
+    if reference is None and baseline is not None and r is not baseline and r.steps_trained is None:
+        reference = baseline.final_loss  # a file from before steps were recorded
+    if reference is not None and r is not baseline:
+        delta = r.final_loss - reference
         text += f" ({'+' if delta >= 0 else ''}{fmt_float(delta, 2)})"
     return text
 
 
-def notes(r: VariantResult) -> str:
+def notes(r: VariantResult, baseline: VariantResult | None = None) -> str:
     """The one or two extras that matter most for this kind of row (warnings go below)."""
     if not r.ok:
         return f"{r.status}: {r.reason}"
     e = r.extras
     parts = []
+    t = r.timing
+    if t is not None and t.cut_short:
+        parts.append(f"timed {t.timed_steps}/{t.planned_steps} steps ({t.budget_s:g} s budget)")
+    if (r.baseline_loss is not None and baseline is not None and r.steps_trained is not None
+            and r.steps_trained != baseline.steps_trained):
+        parts.append(f"loss vs fp32 after {r.steps_trained} steps")
     if r.speedup_basis and r.speedup_basis != "fp32":
         parts.append(f"speedup vs {r.speedup_basis}")
     if "allreduce_share" in e:
         parts.append(f"{e['backend']}: all-reduce {e['allreduce_share']:.0%} of fwd+bwd")
         parts.append("params equal on all ranks" if e.get("params_identical") else "PARAMS DIFFER")
         parts.append(f"launch {e['launch_wall_s']:.1f} s")
+        if e.get("timeout_s") is not None:
+            parts.append(f"stall timeout {e['timeout_s']:.0f} s")
     if "quantized_layers" in e:
         parts.append(f"{len(e['quantized_layers'])} layer(s) int8, {len(e['float_layers'])} left float")
         parts.append(f"size ÷{e['size_ratio']:.2f}")
@@ -67,29 +85,66 @@ def notes(r: VariantResult) -> str:
     return "; ".join(parts)
 
 
-def bench_table(run: BenchRun) -> Table:
+def bench_table(run: BenchRun, wide: bool = True) -> Table:
+    """Rows = variants. Not ``wide``: the quality and notes go to :func:`notes_lines`."""
     baseline = run.get("fp32")
-    table = Table(title=f"bench: {run.scenario}" + (" (interrupted: partial)" if run.interrupted else ""),
-                  title_justify="left")
+    title = f"bench: {run.scenario}" + (" (interrupted: partial)" if run.interrupted else "")
+    table = Table(title=title if wide else f"{title}; step times in ms", title_justify="left",
+                  box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
+    ms = fmt_ms if wide else _bare_ms  # narrow: the unit goes to the title
     table.add_column("variant", no_wrap=True)
     for col in ("median", "IQR", "min", "samples/s", "speedup", "peak mem"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("quality")
-    table.add_column("notes", ratio=1, min_width=28)
+    if wide:
+        table.add_column("quality", no_wrap=True)
+        table.add_column("notes", ratio=1, min_width=28)
     for r in run.results:
         style = STATUS_STYLE[r.status]
         if not r.ok or r.timing is None:
-            table.add_row(Text(r.name, style=style), "", "", "", "", "", "", "", Text(notes(r), style=style))
+            cells = ["", "", "", "", "", "", "", Text(notes(r, baseline), style=style)] if wide else \
+                [Text(r.status, style=style), "", "", "", "", ""]
+            table.add_row(Text(r.name, style=style), *cells)
             continue
         t = r.timing
-        iqr = Text(fmt_ms(t.iqr), style="yellow" if t.noisy else "")
-        table.add_row(
-            Text(r.name, style=style), fmt_ms(t.median), iqr, fmt_ms(t.min),
-            human_count(t.throughput) if t.throughput else "·",
-            f"{r.speedup:.2f}×" if r.speedup is not None else "·", human_bytes(r.peak_memory),
-            quality(r, baseline), notes(r),
-        )
+        iqr = Text(ms(t.iqr), style="yellow" if t.noisy else "")
+        cells = [ms(t.median), iqr, ms(t.min), human_count(t.throughput) if t.throughput else "·",
+                 f"{r.speedup:.2f}×" if r.speedup is not None else "·", human_bytes(r.peak_memory)]
+        if wide:
+            cells += [quality(r, baseline), notes(r, baseline)]
+        table.add_row(Text(r.name, style=style), *cells)
     return table
+
+
+def _bare_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
+
+
+def notes_lines(run: BenchRun) -> list[Text]:
+    """'variant: quality; notes' per row, for consoles too narrow for those columns."""
+    baseline = run.get("fp32")
+    out = []
+    for r in run.results:
+        parts = [quality(r, baseline)] if r.ok else []
+        parts.append(notes(r, baseline))
+        text = "; ".join(p for p in parts if p and p != "·")
+        if text:
+            out.append(Text.assemble((f"{r.name}: ", STATUS_STYLE[r.status]), text))
+    return out
+
+
+class _TableForWidth:
+    """The full table on a wide console; on a narrow one the table, then one notes line per row."""
+
+    def __init__(self, run: BenchRun) -> None:
+        self.run = run
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if options.max_width >= WIDE:
+            yield bench_table(self.run)
+        else:
+            yield bench_table(self.run, wide=False)
+            yield from notes_lines(self.run)
 
 
 def speedup_bars(run: BenchRun, width: int = 40) -> RenderableType:
@@ -122,7 +177,7 @@ def method_notes(run: BenchRun) -> list[str]:
 
 
 def render_run(run: BenchRun) -> RenderableType:
-    parts: list[RenderableType] = [hardware_line(run), bench_table(run), speedup_bars(run)]
+    parts: list[RenderableType] = [hardware_line(run), _TableForWidth(run), speedup_bars(run)]
     parts += [Text(n, style="dim") for n in method_notes(run)]
     return Group(*parts)
 

@@ -13,7 +13,7 @@ from torch import nn
 from workbench.bench.context import BenchContext
 from workbench.bench.memory import track_peak
 from workbench.bench.results import Hardware, Timing, VariantResult
-from workbench.bench.steps import mean_loss
+from workbench.bench.steps import mean_loss, train_step_fn
 from workbench.bench.timing import StepFn, measure
 from workbench.scenario import Batch, Scenario
 
@@ -35,6 +35,10 @@ class Variant:
 
     def run(self, ctx: BenchContext) -> VariantResult:
         raise NotImplementedError
+
+    def batch_note(self, ctx: BenchContext) -> str:
+        """What one step processes, for an out-of-memory reason ("batch size 64")."""
+        return f"batch size {ctx.batch_size}"
 
     # -- helpers for subclasses ----------------------------------------------------------
     def ok(self, **fields: Any) -> VariantResult:
@@ -96,6 +100,20 @@ def run_training(
         peak_memory=peak.bytes,
         memory_method=peak.method,
         final_loss=loss,
+        steps_trained=ctx.plan.warmup + timing.timed_steps,
         extras=extras,
         warnings=tuple(warnings),
     )
+
+
+def fp32_loss_after(ctx: BenchContext, steps: int) -> float:
+    """fp32's final loss after ``steps`` optimizer steps on the fixed batches (untimed).
+
+    The quality reference for a row that a time budget stopped at another
+    step count than fp32: losses only compare after the same steps.
+    """
+    scenario = ctx.build()
+    step = train_step_fn(scenario, ctx.device_batches())
+    for i in range(steps):
+        step(i)
+    return mean_loss(scenario, ctx.batches)

@@ -20,7 +20,8 @@ class DDPVariant(Variant):
     name: str = "ddp-2"
     description: str = "DistributedDataParallel, N local ranks, batch split across ranks"
     world_size: int = 2
-    timeout_s: float = 180.0
+    # A row fails when no rank reports (start-up, a step, a result) for this long.
+    timeout_s: float = 120.0
 
     def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
         import torch.distributed as dist
@@ -39,13 +40,17 @@ class DDPVariant(Variant):
             return f"a batch of {size} samples cannot be split across {self.world_size} ranks"
         return None
 
+    def batch_note(self, ctx: BenchContext) -> str:
+        return f"global batch size {ctx.batch_size} ({ctx.batch_size / self.world_size:g} per rank)"
+
     def run(self, ctx: BenchContext) -> VariantResult:
         ranks, wall = launch_local(ctx.source, self.world_size, ctx.device.type, ctx.plan,
                                    timeout_s=self.timeout_s, tick=ctx.tick)
         lead = ranks[0]
         # Ranks step in lockstep (the all-reduce waits for the slowest), so a
         # rank's step time is the global step time for the whole batch.
-        timing = Timing(lead.samples, ctx.plan.block, ctx.batch_size)
+        timing = Timing(lead.samples, ctx.plan.block, ctx.batch_size, planned_steps=ctx.plan.steps,
+                        timed_steps=lead.timed_steps, budget_s=ctx.plan.budget_s)
         digests = {r.param_digest for r in ranks}
         share = max(lead.synced_s - lead.local_s, 0.0) / lead.synced_s if lead.synced_s else 0.0
         per_rank: list[dict[str, Any]] = []
@@ -63,12 +68,14 @@ class DDPVariant(Variant):
             peak_memory=max(peaks) if peaks else None,
             memory_method=lead.memory_method,
             final_loss=lead.final_loss,
+            steps_trained=ctx.plan.warmup + lead.timed_steps,
             extras={
                 "backend": lead.backend,
                 "world_size": self.world_size,
                 "launcher": "torch.multiprocessing spawn, 127.0.0.1, free port",
                 "threads_per_rank": 1 if ctx.device.type == "cpu" else None,
                 "launch_wall_s": wall,
+                "timeout_s": self.timeout_s,
                 "allreduce_share": share,
                 "fwd_bwd_synced_s": lead.synced_s,
                 "fwd_bwd_no_sync_s": lead.local_s,

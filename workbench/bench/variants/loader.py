@@ -114,6 +114,7 @@ class Loader(Variant):
             peak_memory=peak.bytes,
             memory_method=peak.method,
             final_loss=mean_loss(scenario, ctx.batches),
+            steps_trained=ctx.plan.warmup + timing.timed_steps,
             extras={
                 "num_workers": self.workers,
                 "pin_memory": self.pin,

@@ -76,6 +76,9 @@ class DynamicInt8(Variant):
             return "no Linear/LSTM/GRU layers to quantize"
         return None
 
+    def batch_note(self, ctx: BenchContext) -> str:
+        return f"inference batch size {ctx.eval_batches[0].size}"
+
     def run(self, ctx: BenchContext) -> VariantResult:
         scenario = ctx.build()
         model = scenario.model.eval()

@@ -106,6 +106,9 @@ class Accumulate(Variant):
             return f"a batch of {size} samples cannot be split into {self.k} micro-batches"
         return None
 
+    def batch_note(self, ctx: BenchContext) -> str:
+        return f"batch size {ctx.batch_size} (micro-batch {ctx.batch_size / self.k:g})"
+
     def run(self, ctx: BenchContext) -> VariantResult:
         micro = ctx.batch_size / self.k
         return run_training(

@@ -21,7 +21,7 @@ from textual.widgets import Button, DataTable, Footer, Label, SelectionList, Sta
 
 from workbench.bench.results import BenchRun, VariantResult
 from workbench.bench.runner import BenchProgress, run_bench
-from workbench.bench.timing import Plan
+from workbench.bench.timing import DEFAULT_PLAN, Plan
 from workbench.bench.variants import DEFAULT
 from workbench.report.bench import hardware_line, notes, quality, speedup_bars
 from workbench.report.numbers import fmt_ms, human_bytes, human_count
@@ -81,7 +81,7 @@ class BenchScreen(Screen[None]):
         Binding("r", "run", "run the checked variants"),
     ]
 
-    def __init__(self, source: ScenarioSource, device: str, plan: Plan = Plan()) -> None:
+    def __init__(self, source: ScenarioSource, device: str, plan: Plan = DEFAULT_PLAN) -> None:
         super().__init__()
         self.source = source
         self.device = str(device)
@@ -175,7 +175,7 @@ class BenchScreen(Screen[None]):
         with self.app.batch_update():
             table.clear()  # rows again, now with speedups against fp32
             for r in message.run.results:
-                table.add_row(*row_cells(r), key=r.name)
+                table.add_row(*row_cells(r, message.run.get("fp32")), key=r.name)
         self.query_one("#bars", Static).update(speedup_bars(message.run))
 
     def on_bench_failed(self, message: BenchFailed) -> None:
@@ -184,7 +184,7 @@ class BenchScreen(Screen[None]):
         self.query_one(ErrorPanel).show_error(message.title, message.details)
 
 
-def row_cells(r: VariantResult) -> tuple[str, ...]:
+def row_cells(r: VariantResult, baseline: VariantResult | None = None) -> tuple[str, ...]:
     if not r.ok or r.timing is None:
         return (r.name, r.status, "", "", "", "", "", "", r.reason)
     t = r.timing
@@ -192,5 +192,5 @@ def row_cells(r: VariantResult) -> tuple[str, ...]:
         r.name, "ok", fmt_ms(t.median), fmt_ms(t.iqr),
         human_count(t.throughput) if t.throughput else "·",
         f"{r.speedup:.2f}×" if r.speedup is not None else "·",
-        human_bytes(r.peak_memory), quality(r, None), notes(r),
+        human_bytes(r.peak_memory), quality(r, baseline), notes(r, baseline),
     )

@@ -1,0 +1,231 @@
+"""workbench bench under faults and time pressure: out of memory, the time budget, the CLI flags.
+
+Out of memory is simulated on CPU by a forward that raises torch.OutOfMemoryError
+(what torch.cuda.OutOfMemoryError is) for some batches only; a CUDA test makes
+a real one where a GPU exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_bench import TINY
+from workbench.bench import Plan, run_bench
+from workbench.bench.context import BenchContext, collect
+from workbench.bench.hardware import detect
+from workbench.bench.results import VariantResult, load_run
+from workbench.bench.runner import run_one
+from workbench.bench.timing import measure
+from workbench.bench.variants import Variant
+from workbench.bench.variants.base import fp32_loss_after
+from workbench.cli import main
+from workbench.scenario import load_source
+
+FAULTS = TINY + '''
+import time
+
+def _with_forward(forward):
+    def build_with(device):
+        s = build(device)
+        s.forward = forward
+        return s
+    return build_with
+
+def _oom_above_8(model, inputs):
+    # Like a GPU that fits the activations of 8 samples: training on the full batch
+    # fails, accumulation's micro-batches fit, and so does scoring under no_grad.
+    if torch.is_grad_enabled() and inputs[0].shape[0] > 8:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return model(*inputs)
+
+def _oom_under_autocast(model, inputs):
+    if torch.is_autocast_enabled("cpu"):
+        raise torch.OutOfMemoryError("CPU out of memory under autocast")
+    return model(*inputs)
+
+def _slow_under_autocast(model, inputs):
+    if torch.is_autocast_enabled("cpu"):
+        time.sleep(0.3)  # like bf16 emulated on a CPU without it
+    return model(*inputs)
+
+build_oom_above_8 = _with_forward(_oom_above_8)
+build_oom_under_autocast = _with_forward(_oom_under_autocast)
+build_slow_amp = _with_forward(_slow_under_autocast)
+'''
+
+PLAN = Plan(warmup=1, steps=3)
+
+
+@pytest.fixture
+def faults(tmp_path: Path) -> Path:
+    path = tmp_path / "faults.py"
+    path.write_text(FAULTS)
+    return path
+
+
+# -- out of memory --------------------------------------------------------------------------
+
+
+def test_oom_marks_the_row_with_batch_and_micro_batch_and_the_rest_finish(faults: Path) -> None:
+    run = run_bench(load_source(f"{faults}:build_oom_above_8"), ["fp32", "accum-2", "accum-4", "amp"], plan=PLAN)
+    fp32, amp = run.get("fp32"), run.get("amp")
+    assert fp32.status == "failed" and fp32.extras["oom"] is True
+    assert fp32.reason == ("out of memory at step 0 (warm-up), batch size 16: "
+                           "CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert amp.status == "failed" and amp.reason.startswith("out of memory at step 0 (warm-up), batch size 16")
+    # Accumulation over micro-batches of 8 and 4 fits: those rows finish.
+    for name in ("accum-2", "accum-4"):
+        row = run.get(name)
+        assert row.ok, row.reason
+        assert row.speedup is None and row.baseline_loss is None  # no fp32 row to compare with
+
+
+def test_oom_only_under_autocast_fails_amp_alone(faults: Path) -> None:
+    run = run_bench(load_source(f"{faults}:build_oom_under_autocast"), ["fp32", "amp", "accum-2"], plan=PLAN)
+    assert [(r.name, r.status) for r in run.results] == [("fp32", "ok"), ("amp", "failed"), ("accum-2", "ok")]
+    assert run.get("amp").reason == ("out of memory at step 0 (warm-up), batch size 16: "
+                                     "CPU out of memory under autocast")
+    assert run.get("accum-2").speedup is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class _OOMInStep(Variant):
+    """Raises OOM from inside a timed step, at step 2 of the plan."""
+
+    name: str = "oom-step"
+
+    def run(self, ctx: BenchContext) -> VariantResult:
+        def step(i: int) -> None:
+            if i == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+        measure(step, ctx.plan, torch.device("cpu"))  # CPU clocks: no GPU needed to raise
+        raise AssertionError("unreachable")
+
+
+def test_oom_on_cuda_empties_the_cache_and_resets_the_peak(
+    faults: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner's CUDA clean-up path, run without a GPU: the row is built on
+    # CPU batches but the context says "cuda", and torch.cuda's calls are recorded.
+    source = load_source(f"{faults}:build_oom_above_8")
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: calls.append(f"reset_peak_memory_stats({device})"))
+    probe = source.build("cpu")
+    ctx = BenchContext(source, torch.device("cuda"), PLAN, collect(probe, 1)[0], (), detect())
+    row = run_one(_OOMInStep(), ctx, probe)
+    assert row.status == "failed" and row.extras["oom"]
+    assert row.reason == ("out of memory at step 2, batch size 16: "
+                          "CUDA out of memory. Tried to allocate 1.00 GiB")
+    assert calls == ["empty_cache", "reset_peak_memory_stats(cuda)"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a real out-of-memory error")
+def test_real_cuda_oom_row_then_the_next_row_runs(tmp_path: Path) -> None:
+    path = tmp_path / "cuda_oom.py"
+    path.write_text(TINY + '''
+def _huge(model, inputs):
+    if inputs[0].shape[0] > 8:  # far more than any GPU holds
+        torch.empty(1 << 50, dtype=torch.uint8, device=inputs[0].device)
+    return model(*inputs)
+
+def build_huge(device):
+    s = build(device)
+    s.forward = _huge
+    return s
+''')
+    run = run_bench(load_source(f"{path}:build_huge"), ["fp32", "accum-2"], device="cuda", plan=PLAN)
+    assert run.get("fp32").status == "failed" and run.get("fp32").extras["oom"]
+    assert run.get("fp32").reason.startswith("out of memory at step 0 (warm-up), batch size 16")
+    accum = run.get("accum-2")
+    assert accum.ok, accum.reason
+    assert accum.memory_method == "CUDA max allocated" and accum.peak_memory < 1 << 30
+
+
+# -- the time budget ------------------------------------------------------------------------
+
+
+def test_budget_cuts_a_slow_row_and_scores_it_against_fp32_at_the_same_steps(faults: Path) -> None:
+    source = load_source(f"{faults}:build_slow_amp")
+    plan = Plan(warmup=1, steps=20, budget_s=0.6, min_samples=3)
+    # One thread: on a busy 2-core machine two OpenMP threads wait for each other
+    # (measured: this 1 ms step took 75 ms at load 4), which would spend fp32's budget.
+    run = run_bench(source, ["fp32", "amp", "accum-2"], plan=plan, threads=1)
+    fp32, amp, accum = run.get("fp32"), run.get("amp"), run.get("accum-2")
+    assert fp32.ok and amp.ok and accum.ok
+    assert run.settings.budget_s == 0.6 and run.settings.min_samples == 3
+    # amp sleeps 0.3 s a step: the budget stops it at the third sample; fp32 (~1 ms) runs all 20.
+    assert amp.timing.cut_short and amp.timing.timed_steps == 3 == len(amp.timing.samples)
+    assert amp.timing.planned_steps == 20 and amp.steps_trained == 4
+    assert not fp32.timing.cut_short and fp32.steps_trained == 21
+    # amp's loss is compared with fp32 after 4 steps, not after fp32's 21.
+    # (fp32_loss_after itself is checked against a real fp32 row below.)
+    probe = source.build("cpu")
+    batches, evals = collect(probe, plan.total)
+    ctx = BenchContext(source, torch.device("cpu"), plan, batches, evals, run.hardware)
+    assert amp.baseline_loss == pytest.approx(fp32_loss_after(ctx, 4), rel=1e-6)
+    assert amp.baseline_loss != pytest.approx(fp32.final_loss, rel=1e-3)
+    assert accum.baseline_loss == fp32.final_loss  # same step count: fp32's own loss
+
+    from rich.console import Console
+
+    from workbench.report.bench import render_run
+
+    for width in (80, 200):  # notes under the table, then in it
+        console = Console(width=width, record=True)
+        console.print(render_run(run))
+        text = " ".join(console.export_text().split())
+        assert "timed 3/20 steps (0.6 s budget)" in text
+        assert "loss vs fp32 after 4 steps" in text
+        assert "timing stops after 0.6 s once 3 are in" in text
+
+
+def test_without_a_budget_every_planned_step_is_timed(faults: Path) -> None:
+    run = run_bench(load_source(f"{faults}:build_slow_amp"), ["fp32", "amp"], plan=Plan(warmup=1, steps=4))
+    amp = run.get("amp")
+    assert amp.timing.timed_steps == 4 and not amp.timing.cut_short
+    assert amp.baseline_loss == run.get("fp32").final_loss
+
+
+def test_fp32_loss_after_matches_an_fp32_row(faults: Path) -> None:
+    source = load_source(str(faults))
+    run = run_bench(source, ["fp32"], plan=PLAN)
+    probe = source.build("cpu")
+    batches, evals = collect(probe, PLAN.total)
+    ctx = BenchContext(source, torch.device("cpu"), PLAN, batches, evals, run.hardware)
+    assert fp32_loss_after(ctx, PLAN.total) == pytest.approx(run.get("fp32").final_loss, rel=1e-6)
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_steps_overrides_the_budget_and_oom_exits_1(
+    faults: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b.json"
+    assert main(["bench", str(faults), "--variants", "fp32", "--warmup", "1", "--budget", "0.05",
+                 "--json", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["budget_s"] == 0.05 and settings["steps"] == 15
+    assert main(["bench", str(faults), "--variants", "fp32", "--warmup", "1", "--steps", "2",
+                 "--json", str(out)]) == 0
+    run = load_run(out)
+    assert run.settings.budget_s is None and run.get("fp32").timing.timed_steps == 2
+    capsys.readouterr()
+
+    assert main(["bench", str(faults), "--steps", "2", "--budget", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["bench", str(faults), "--budget", "0"]) == 2
+    assert "--budget 0" in capsys.readouterr().err
+
+    code = main(["bench", f"{faults}:build_oom_above_8", "--variants", "fp32,accum-2", "--steps", "2",
+                 "--warmup", "1"])
+    assert code == 1
+    assert "out of memory at step 0 (warm-up), batch size 16" in capsys.readouterr().out
