@@ -204,7 +204,10 @@ class ModelTable(DataTable):
         current = self.columns.get(ColumnKey("shape"))
         if current is not None:
             shape_width = max(shape_width, current.content_width)
-        room = self.scrollable_content_region.width - shape_width - sum(WIDTH.values())
+        # Room for a vertical scrollbar is kept even before one shows, so
+        # the last column never slides under it when the rows outgrow the panel.
+        usable = self.content_region.width - self.styles.scrollbar_size_vertical
+        room = usable - shape_width - sum(WIDTH.values())
         width = max(room, MIN_NAME_WIDTH) if room > 0 or self.size.width else 10_000
         for row in cells.values():
             row[0].truncate(width, overflow="ellipsis")
