@@ -33,6 +33,26 @@ def build_rank1_dies(device):
     if os.environ.get("RANK") == "1":
         s.forward = _die
     return s
+
+def _hang(model, inputs):
+    import time
+    time.sleep(3600)
+
+def build_rank1_hangs(device):
+    s = build(device)
+    if os.environ.get("RANK") == "1":
+        s.forward = _hang
+    return s
+
+def _slow(model, inputs):
+    import time
+    time.sleep(0.05)
+    return model(*inputs)
+
+def build_slow(device):
+    s = build(device)
+    s.forward = _slow
+    return s
 '''
 
 PLAN = Plan(warmup=1, steps=3)
@@ -63,6 +83,7 @@ def test_ddp_two_gloo_ranks_keep_identical_parameters(faulty: Path) -> None:
     # the full batch's, so the final loss matches fp32 up to float rounding.
     assert ddp.final_loss == pytest.approx(fp32.final_loss, rel=1e-4)
     assert ddp.timing.samples_per_step == 16
+    assert e["timeout_s"] == 120.0  # the stall timeout, stated in the row
     assert not multiprocessing.active_children()
 
 
@@ -74,6 +95,7 @@ def test_a_rank_that_raises_fails_the_row_with_its_error(faulty: Path) -> None:
     row = run.get("ddp-2")
     assert row.status == "failed"
     assert row.reason.startswith("RankFailed: rank 1:") and "boom on rank 1" in row.reason
+    assert "stall timeout 120 s" in row.reason
     assert run.get("accum-2").ok  # the rows after it still ran
     assert not multiprocessing.active_children()
 
@@ -86,6 +108,42 @@ def test_a_rank_that_dies_fails_the_row_and_the_others_are_stopped(faulty: Path)
     row = run.get("ddp-2")
     assert row.status == "failed"
     assert "rank 1 died with exit code 3" in row.reason
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.slow  # waits out a 30 s stall timeout
+def test_a_rank_that_hangs_fails_the_row_at_the_stall_timeout(faulty: Path) -> None:
+    from workbench.bench.variants.distributed import DDPVariant
+
+    t0 = time.perf_counter()
+    variant = DDPVariant("ddp-2", world_size=2, timeout_s=30.0)
+    run = run_bench(load_source(f"{faulty}:build_rank1_hangs"), [variant], plan=PLAN)
+    elapsed = time.perf_counter() - t0
+    row = run.get("ddp-2")
+    assert row.status == "failed"
+    assert "no word from the ranks for 30 s (the DDP stall timeout)" in row.reason
+    assert "all ranks were stopped" in row.reason
+    assert 30 <= elapsed < 90
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.slow  # spawns 2 ranks that each import torch: 10-20 s on 2 shared cores
+def test_ddp_ranks_stop_together_at_the_time_budget(faulty: Path) -> None:
+    # 50 ms a step, a 0.4 s budget: the ranks agree to stop after ~8 of 40 steps;
+    # a rank that stopped alone would leave the other hanging in its all-reduce.
+    plan = Plan(warmup=1, steps=40, budget_s=0.4, min_samples=3)
+    run = run_bench(load_source(f"{faulty}:build_slow"), ["fp32", "ddp-2"], plan=plan, threads=1)
+    ddp, fp32 = run.get("ddp-2"), run.get("fp32")
+    assert ddp.ok, ddp.reason
+    t = ddp.timing
+    assert t.cut_short and 3 <= t.timed_steps < 40 and len(t.samples) == t.timed_steps
+    assert all(len(r["samples"]) == t.timed_steps for r in ddp.extras["per_rank"])
+    assert ddp.extras["params_identical"] is True
+    assert ddp.steps_trained == 1 + t.timed_steps
+    if ddp.steps_trained == fp32.steps_trained:
+        assert ddp.baseline_loss == fp32.final_loss
+    # Half the batch per rank, DDP averages: fp32 after the same steps gives the same loss.
+    assert ddp.final_loss == pytest.approx(ddp.baseline_loss, rel=1e-4)
     assert not multiprocessing.active_children()
 
 

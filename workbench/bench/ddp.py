@@ -113,6 +113,8 @@ def run_rank(
         timeout=datetime.timedelta(seconds=job.timeout_s),
     )
     init_s = time.perf_counter() - t0
+    if beat is not None:
+        beat()  # the rendezvous worked: the launcher's stall clock restarts here
     ddp = None
     try:
         scenario = job.source.build(device)
@@ -266,7 +268,7 @@ def launch_local(
         elif kind == "ok":
             results[rank] = RankResult(**{**msg[2], "samples": tuple(msg[2]["samples"])})
         elif kind == "error":
-            errors.append(f"rank {rank}: {msg[2]}")
+            errors.append(f"rank {rank}: {' '.join(str(msg[2]).split())}")  # one line for the row
             oom = oom or bool(msg[3])
 
     def drain(wait: float) -> None:
