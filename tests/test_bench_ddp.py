@@ -19,40 +19,34 @@ from workbench.scenario import load_source
 
 FAULTY = TINY + '''
 import os
+import time
 
 def build_rank1_raises(device):
     if os.environ.get("RANK") == "1":
         raise RuntimeError("boom on rank 1")
     return build(device)
 
+def _with_forward(forward, ranks=("0", "1")):
+    def build_with(device):
+        s = build(device)
+        if os.environ.get("RANK") in ranks:
+            s.forward = forward
+        return s
+    return build_with
+
 def _die(model, inputs):
     os._exit(3)
 
-def build_rank1_dies(device):
-    s = build(device)
-    if os.environ.get("RANK") == "1":
-        s.forward = _die
-    return s
-
 def _hang(model, inputs):
-    import time
     time.sleep(3600)
 
-def build_rank1_hangs(device):
-    s = build(device)
-    if os.environ.get("RANK") == "1":
-        s.forward = _hang
-    return s
-
 def _slow(model, inputs):
-    import time
     time.sleep(0.05)
     return model(*inputs)
 
-def build_slow(device):
-    s = build(device)
-    s.forward = _slow
-    return s
+build_rank1_dies = _with_forward(_die, ranks=("1",))
+build_rank1_hangs = _with_forward(_hang, ranks=("1",))
+build_slow = _with_forward(_slow)
 '''
 
 PLAN = Plan(warmup=1, steps=3)
