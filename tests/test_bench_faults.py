@@ -229,3 +229,51 @@ def test_cli_steps_overrides_the_budget_and_oom_exits_1(
                  "--warmup", "1"])
     assert code == 1
     assert "out of memory at step 0 (warm-up), batch size 16" in capsys.readouterr().out
+
+
+# -- interrupts -----------------------------------------------------------------------------
+
+SLOW_DATA = TINY.replace("from workbench import Scenario", '''from workbench import Scenario
+import time
+
+
+class SlowData(TensorDataset):
+    def __getitem__(self, i):
+        time.sleep(0.005)  # an input pipeline that needs its workers
+        return super().__getitem__(i)
+''').replace("data=DataLoader(TensorDataset(x, y)", "data=DataLoader(SlowData(x, y)")
+
+
+@pytest.mark.slow  # a real CLI process, signalled while its DataLoader workers run
+def test_sigterm_during_a_loader_row_stops_its_workers_and_keeps_fp32(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    scenario, report = tmp_path / "slow_data.py", tmp_path / "bench.json"
+    scenario.write_text(SLOW_DATA)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "bench", str(scenario), "--variants", "loader-w2", "--steps", "400",
+         "--warmup", "1", "--json", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="120"),
+    )
+    workers: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "resource_tracker" not in " ".join(c.cmdline())]
+    assert len(workers) >= 2, "the loader-w2 row never started its workers"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in out
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and [r["name"] for r in data["results"]] == ["fp32"]
+    psutil.wait_procs(workers, timeout=10)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*bench.json*"))
