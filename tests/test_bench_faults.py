@@ -203,6 +203,24 @@ def test_fp32_loss_after_matches_an_fp32_row(faults: Path) -> None:
     assert fp32_loss_after(ctx, PLAN.total) == pytest.approx(run.get("fp32").final_loss, rel=1e-6)
 
 
+def test_load_average_is_recorded_and_a_busy_machine_is_flagged(faults: Path) -> None:
+    from rich.console import Console
+
+    from workbench.bench.results import from_dict, to_dict
+    from workbench.report.bench import render_run
+
+    run = run_bench(load_source(str(faults)), ["fp32"], plan=PLAN)
+    assert run.load is not None and all(x >= 0 for x in run.load)
+    cores = run.hardware.cores
+    busy = dataclasses.replace(run, load=(cores + 1.5, cores + 2.25))
+    assert from_dict(json.loads(json.dumps(to_dict(busy)))) == busy
+    console = Console(width=200, record=True)
+    console.print(render_run(busy))
+    text = console.export_text()
+    assert f"load average {cores + 1.5:.2f} → {cores + 2.25:.2f}" in text
+    assert f"load average up to {cores + 2.25:.1f} on {cores} cores" in text
+
+
 # -- CLI ------------------------------------------------------------------------------------
 
 

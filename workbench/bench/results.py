@@ -144,6 +144,10 @@ class BenchRun:
     started: str = ""  # ISO time
     wall_s: float = 0.0
     interrupted: bool = False
+    # 1-minute load average at the start and the end: other processes on the
+    # machine inflate every timing (two torch threads on 2 shared cores wait
+    # for each other; measured 5x slower steps with one busy neighbour).
+    load: tuple[float, float] | None = None
 
     def get(self, name: str) -> VariantResult | None:
         return next((r for r in self.results if r.name == name), None)
@@ -214,6 +218,7 @@ def from_dict(data: Any, where: str = "bench file") -> BenchRun:
             started=data.get("started", ""),
             wall_s=float(data.get("wall_s", 0.0)),
             interrupted=bool(data.get("interrupted", False)),
+            load=tuple(float(x) for x in data["load"]) if data.get("load") else None,  # type: ignore[arg-type]
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BenchFileError(

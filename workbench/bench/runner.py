@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ def run_bench(
     if threads is not None:
         torch.set_num_threads(threads)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    load_start = load_average()
     t0 = time.perf_counter()
     results: list[VariantResult] = []
     interrupted = False
@@ -98,7 +100,16 @@ def run_bench(
         started=started,
         wall_s=time.perf_counter() - t0,
         interrupted=interrupted,
+        load=(load_start, load_average()) if load_start is not None else None,
     )
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _variants(variants: Iterable[str] | Iterable[Variant] | None) -> list[Variant]:

@@ -23,8 +23,9 @@ def hardware_line(run: BenchRun) -> Text:
                  f"{s.min_samples} are in; --steps N times exactly N)")
     else:
         timed = f"{s.steps} timed steps"
+    load = f"; load average {run.load[0]:.2f} → {run.load[1]:.2f}" if run.load else ""
     return Text.assemble(
-        ("hardware ", "bold"), run.hardware.summary(), "\n",
+        ("hardware ", "bold"), run.hardware.summary(), load, "\n",
         ("bench    ", "bold"),
         f"{run.scenario} on {run.device}: {s.warmup} warm-up + {timed}, blocks of {s.block}, "
         f"{s.batches} fixed batches of {s.batch_size}, {s.threads} torch threads",
@@ -166,6 +167,9 @@ def speedup_bars(run: BenchRun, width: int = 40) -> RenderableType:
 def method_notes(run: BenchRun) -> list[str]:
     methods = sorted({r.memory_method for r in run.results if r.ok and r.memory_method})
     out = [f"peak memory: {m}" for m in methods]
+    if run.load and max(run.load) > run.hardware.cores:
+        out.append(f"⚠ load average up to {max(run.load):.1f} on {run.hardware.cores} cores: other processes "
+                   "competed for the CPU and every timing above is inflated; re-run on a quiet machine")
     apis = sorted({str(r.extras["api"]) for r in run.results if r.ok and "api" in r.extras})
     out += [f"api: {a}" for a in apis]
     for r in run.results:
