@@ -55,7 +55,8 @@ class Plan:
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.steps < 1 or self.block < 1 or self.min_samples < 1:
-            raise ValueError(f"bad timing plan {self}: need warmup >= 0, steps >= 1, block >= 1, min_samples >= 1")
+            raise ValueError(f"bad timing plan {self}: need warmup >= 0, steps >= 1, block >= 1, "
+                             "min_samples >= 1")
         if self.budget_s is not None and not self.budget_s > 0:
             raise ValueError(f"bad timing plan {self}: budget_s must be > 0 seconds or None")
 
