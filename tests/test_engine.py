@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from torch import nn
 
 from tests.conftest import BROKEN, SCENARIOS
 from workbench.engine import (
@@ -15,6 +16,7 @@ from workbench.engine import (
     Phase,
     StepError,
 )
+from workbench import Scenario
 from workbench.scenario import ScenarioError, load, split_batch
 
 PATHO = BROKEN / "pathologies.py"
@@ -335,3 +337,35 @@ def test_sparse_embedding_gradients() -> None:
     p = rec.param("emb.weight")
     assert p is not None and p.grad_norm == pytest.approx(expected, rel=1e-5)
     assert p.update_norm and not [f for f in rec.findings if f.severity == "error"]
+
+
+class _Poke(nn.Module):
+    """Writes 3 NaNs, 2 Infs and a row of 10 zeros into its (8, 10) input's copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        out[0, :3] = float("nan")
+        out[1, :2] = float("inf")
+        out[2, :] = 0.0
+        return out
+
+
+def test_nan_inf_counts_and_zero_fraction_are_exact() -> None:
+    # NaN/Inf counts are computed only once min/max show a non-finite value; zeros are
+    # counted over the zero-padded sample with the padding taken off again.
+    model = nn.Sequential(nn.Linear(4, 10), _Poke())
+    data = [(torch.randn(8, 4), torch.randn(8, 10))]
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        loss_fn=nn.MSELoss(), data=data)
+    with Engine(scenario) as eng:
+        eng.advance()
+        poke = {m.name: m for m in eng.current.modules}["1"]
+        fc = {m.name: m for m in eng.current.modules}["0"]
+        assert not poke.sampled and poke.nan_count == 3 and poke.inf_count == 2
+        assert poke.zero_fraction == pytest.approx(10 / 80)
+        assert fc.nan_count == 0 and fc.inf_count == 0 and fc.zero_fraction == 0.0
+    with Engine(patho("nan_backward")) as eng:  # every gradient below BadBackward is NaN
+        eng.advance(), eng.advance(), eng.advance()
+        params = {p.name: p for p in eng.current.params}
+        assert params["0.weight"].grad_nan == params["0.weight"].shape[0] * params["0.weight"].shape[1]
+        assert params["0.bias"].grad_inf == 0 and params["3.weight"].grad_nan == 0

@@ -151,6 +151,7 @@ class Engine:
         self._skipped_steps = 0
         self._state = self._new_state()
         self._phase_findings: list[Finding] = []
+        self._biases_checked = False
         scenario.optimizer.zero_grad(set_to_none=True)
 
     @classmethod
@@ -419,8 +420,9 @@ class Engine:
             name, inputs_finite = first_bad
             root = (name, inputs_finite, self._weights_non_finite(name))
         s.activation_bytes = self._activation_bytes(calls)
-        if not self._health.cancelled_biases:
+        if not self._biases_checked:  # the layer order is known after the first measured forward
             self._health.cancelled_biases = self._biases_before_batchnorm()
+            self._biases_checked = True
         s.charge("forward_stats", time.perf_counter() - t0)
         self._run_health(s, lambda: self._health.forward(s.step, s.modules, root))
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.engine.probe import S_MEAN, S_NAN, S_INF, S_STD, SampleIndex, sample_reductions
+from workbench.engine.probe import S_MEAN, S_STD, SampleIndex, nonfinite_counts, sample_reductions
 from workbench.engine.records import ParamStats
 
 # Layout of the per-parameter gradient vector.
-(G_NORM, G_MEAN, G_ABS_MAX, G_STD, G_NAN, G_INF, G_SAMPLE_N, G_WEIGHT) = range(8)
+(G_NORM, G_MEAN, G_ABS_MAX, G_STD, G_SAMPLE_N, G_WEIGHT) = range(6)
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ def _grad_values(p: nn.Parameter) -> torch.Tensor:
 
 
 def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch.Tensor | None, list[int]]:
-    """(P_with_grad, 8) stats on the device, and the indexes of refs that had a grad.
+    """(P_with_grad, 6) stats on the device (G_* columns), and the indexes of refs that had a grad.
 
-    The 2-norm and the abs max are exact (``_foreach_norm`` with ord 2 and inf:
-    one fused launch each for all parameters; NaN propagates through both, an
-    Inf shows in both); mean, std and NaN/Inf counts come from a fixed sample
-    (exact for gradients of up to ``sampler.size`` elements), reduced for all
-    parameters at once.
+    The 2-norm and the abs max are exact (``_foreach_norm``, one fused launch for all
+    parameters, and ``_abs_maxes``; NaN propagates through both, an Inf shows in
+    both); mean and std come from a fixed sample (exact for gradients of up to
+    ``sampler.size`` elements), reduced for all parameters at once. NaN/Inf counts
+    are exact and computed only when the abs max is non-finite (param_stats_from_rows).
     """
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
@@ -60,7 +60,7 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     f32 = torch.float32
     device = grads[0].device
     grad_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads)])
-    abs_max = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads, float("inf"))])
+    abs_max = _abs_maxes(grads, device)
     weight_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(weights)])
     samples, lengths = [], []
     for g in grads:
@@ -68,12 +68,22 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
         samples.append(sample.to(device, f32))
         lengths.append(real)
     mask, n = sampler.mask(tuple(lengths), device)
-    reduced = sample_reductions(torch.stack(samples), mask, n)  # (P, 5)
-    stats = torch.stack([
-        grad_norms, reduced[:, S_MEAN], abs_max, reduced[:, S_STD],
-        reduced[:, S_NAN], reduced[:, S_INF], n, weight_norms,
-    ], dim=1)
+    reduced = sample_reductions(torch.stack(samples), mask, n)  # (P, 3)
+    stats = torch.stack([grad_norms, reduced[:, S_MEAN], abs_max, reduced[:, S_STD], n, weight_norms], dim=1)
     return stats, with_grad
+
+
+def _abs_maxes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Exact max |x| per tensor (NaN if any NaN, Inf if any Inf), as one (P,) float32 tensor."""
+    f32 = torch.float32
+    if device.type != "cpu":
+        # One fused launch for every tensor: launches are what cost on an accelerator.
+        return torch.stack([n.to(device, f32) for n in torch._foreach_norm(tensors, float("inf"))])
+    # On CPU the inf-norm takes a slow path (about 10x an aminmax per tensor, measured on
+    # cnn_image's gradients); max(-min, max) is the same number and NaN propagates.
+    zero = torch.zeros((), device=device)
+    lows, highs = zip(*(torch.aminmax(t) if t.numel() else (zero, zero) for t in tensors))
+    return torch.maximum(torch.stack(highs).to(f32), torch.stack(lows).to(f32).neg())
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
@@ -86,6 +96,9 @@ def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
 
 def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_grad: list[int]) -> list[ParamStats]:
     by_index = dict(zip(with_grad, rows))
+    # Exact NaN/Inf counts of the gradients whose abs max is non-finite (rare: one extra sync then).
+    bad = [i for i in with_grad if not math.isfinite(by_index[i][G_ABS_MAX])]
+    counts = dict(zip(bad, nonfinite_counts([_grad_values(refs[i].param) for i in bad])))
     out: list[ParamStats] = []
     for i, ref in enumerate(refs):
         shape = tuple(ref.param.shape)
@@ -94,15 +107,10 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_gr
             out.append(ParamStats(ref.name, ref.module, shape, None, None, None, None, None, None,
                                   None, has_grad=False))
             continue
-        numel = max(ref.param.numel(), 1)
-        abs_max = row[G_ABS_MAX]
-        finite = math.isfinite(abs_max)
-        scale = numel / max(row[G_SAMPLE_N], 1.0)
-        nan = 0 if finite else max(int(round(row[G_NAN] * scale)), 1 if math.isnan(abs_max) else 0)
-        inf = 0 if finite else max(int(round(row[G_INF] * scale)), 1 if math.isinf(abs_max) else 0)
+        nan, inf = counts.get(i, (0.0, 0.0))
         out.append(ParamStats(
             name=ref.name, module=ref.module, shape=shape, grad_norm=row[G_NORM],
-            grad_mean=row[G_MEAN], grad_std=row[G_STD], grad_abs_max=abs_max,
-            grad_nan=nan, grad_inf=inf, weight_norm=row[G_WEIGHT],
+            grad_mean=row[G_MEAN], grad_std=row[G_STD], grad_abs_max=row[G_ABS_MAX],
+            grad_nan=int(nan), grad_inf=int(inf), weight_norm=row[G_WEIGHT],
         ))
     return out

@@ -131,22 +131,38 @@ class SampleIndex:
 
 
 # Columns of sample_reductions.
-S_MEAN, S_STD, S_ZERO, S_NAN, S_INF = range(5)
+S_MEAN, S_STD, S_ZERO = range(3)
 
 
 def sample_reductions(samples: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(rows, S) samples -> (rows, 5): mean, std, zero fraction, NaN count, Inf count.
+    """(rows, S) samples -> (rows, 3): mean, std, zero fraction.
 
-    ``mask`` marks the real elements (padding is zeros and never counts).
+    ``mask`` marks the real elements (padding is zeros and never counts). NaN/Inf
+    counts are not here: they only matter for a non-finite tensor, which min/max
+    already reveal, so ``nonfinite_counts`` computes them on those rare steps (bool
+    reductions cost several times a float one on CPU).
     """
     f32 = torch.float32
     mean = samples.sum(dim=1, dtype=f32) / lengths
     centred = (samples - mean[:, None]) * mask
     std = (centred.square().sum(dim=1) / lengths).sqrt()
-    zero = ((samples == 0) & mask).sum(dim=1, dtype=f32) / lengths
-    nan = torch.isnan(samples).sum(dim=1, dtype=f32)
-    inf = torch.isinf(samples).sum(dim=1, dtype=f32)
-    return torch.stack([mean, std, zero, nan, inf], dim=1)
+    # Padding is exactly zero: count every zero, then take the padding off (no mask pass).
+    zero = ((samples == 0).sum(dim=1, dtype=torch.int32) - (samples.shape[1] - lengths)) / lengths
+    return torch.stack([mean, std, zero], dim=1)
+
+
+def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float]]:
+    """(NaN count, Inf count) of each tensor.
+
+    A deliberate extra device->host sync, made only on a step whose min/max already
+    showed a NaN/Inf somewhere (never on a healthy step).
+    """
+    if not tensors:
+        return []
+    device = tensors[0].device
+    counts = torch.stack([torch.stack([torch.isnan(t).sum(), torch.isinf(t).sum()]).to(device)
+                          for t in tensors])
+    return [(float(nan), float(inf)) for nan, inf in counts.tolist()]
 
 
 @dataclass
@@ -394,7 +410,7 @@ class ActivationProbe:
         ]
         samples = torch.stack([s.to(device, f32) for s in self._samples])
         mask, lengths = self._sampler.mask(tuple(self._lengths), device)
-        reduced = sample_reductions(samples, mask, lengths)  # (rows, 5)
+        reduced = sample_reductions(samples, mask, lengths)  # (rows, 3)
         parts.append(reduced.reshape(-1))
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
         if sat_calls:
@@ -428,8 +444,10 @@ class ActivationProbe:
         n = len(self._samples)
         mins, maxs = flat[:n], flat[n:2 * n]
         off = 2 * n
-        reduced = flat[off:off + 5 * n]
-        off += 5 * n
+        reduced = flat[off:off + 3 * n]
+        off += 3 * n
+        bad = [r for r in range(n) if not (math.isfinite(mins[r]) and math.isfinite(maxs[r]))]
+        counts = dict(zip(bad, nonfinite_counts([self._samples[r][: self._lengths[r]] for r in bad])))
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
         sat = dict(zip((c.index for c in sat_calls), flat[off:off + len(sat_calls)]))
         off += len(sat_calls)
@@ -451,7 +469,8 @@ class ActivationProbe:
             elif call.measured:
                 r = call.row
                 row[F_MIN], row[F_MAX] = mins[r], maxs[r]
-                row[F_MEAN], row[F_STD], row[F_ZERO], row[F_NAN], row[F_INF] = reduced[5 * r:5 * r + 5]
+                row[F_MEAN], row[F_STD], row[F_ZERO] = reduced[3 * r:3 * r + 3]
+                row[F_NAN], row[F_INF] = counts.get(r, (0.0, 0.0))
                 row[F_SAMPLE_N] = float(self._lengths[r])
                 if call.relu_row >= 0:
                     row[F_DEAD] = dead[call.relu_row]
