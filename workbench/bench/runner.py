@@ -169,7 +169,9 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def with_baseline_losses(results: list[VariantResult], ctx: BenchContext, *, rerun: bool = True) -> list[VariantResult]:
+def with_baseline_losses(
+    results: list[VariantResult], ctx: BenchContext, *, rerun: bool = True
+) -> list[VariantResult]:
     """Give every trained row fp32's loss after the same number of optimizer steps.
 
     Rows that trained as many steps as the fp32 row compare with its final
