@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not in the main thread (tests calling main() from a worker)
         pass
     verbose = bool(getattr(args, "verbose", False))
+    if not verbose and args.command != "tui":
+        _short_warnings()
     try:
         return int(table[args.command].run(args) or 0)
     except KeyboardInterrupt:
@@ -100,6 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not verbose and code == EXIT_ERROR and not _is_user_error(exc):
             print("(run with --verbose for the full traceback)", file=sys.stderr)
         return code
+
+
+def _short_warnings() -> None:
+    """Library warnings as one line each, without a site-packages path (--verbose keeps them whole)."""
+    import warnings
+
+    seen: set[tuple[str, str]] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        key = (category.__name__, str(message))
+        if key in seen:
+            return
+        seen.add(key)
+        print(f"warning: {category.__name__}: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _is_user_error(exc: BaseException) -> bool:
