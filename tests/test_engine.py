@@ -151,6 +151,30 @@ def test_in_place_relu_after_batchnorm_gets_forward_and_gradient_stats() -> None
     assert eng.module_names[:4] == ("", "features", "features.0", "features.1")
 
 
+def test_flatten_shares_its_producers_stats_with_its_own_shape() -> None:
+    # Flatten returns a view of MaxPool's output (same memory): it reuses MaxPool's stats
+    # instead of a second pass; shape, gradient and the counted bytes stay right.
+    scenario = load(SCENARIOS / "cnn_image.py")
+    with Engine(scenario) as eng:
+        eng.advance()
+        with torch.no_grad():
+            relu_out = scenario.model.features[:5](eng.batch.inputs[0])
+            expected = scenario.model.features[5](relu_out).flatten(1)
+        rec = eng.step_once()
+    pool, flat, relu = rec.module("features.5"), rec.module("classifier.0"), rec.module("features.4")
+    assert pool is not None and flat is not None and relu is not None
+    assert flat.shape == tuple(expected.shape) and pool.shape == (expected.shape[0], 128, 6, 6)
+    assert (flat.min, flat.max, flat.mean, flat.std, flat.zero_fraction) == (
+        pool.min, pool.max, pool.mean, pool.std, pool.zero_fraction)
+    assert flat.min == pytest.approx(expected.min().item()) and flat.max == pytest.approx(expected.max().item())
+    assert flat.grad_norm == pytest.approx(pool.grad_norm, rel=1e-5) and flat.grad_finite
+    # Dead channels from the per-unit max (N,C,H,W: a channel zero over the whole batch).
+    assert relu.max == pytest.approx(relu_out.max().item())
+    assert relu.dead_fraction == pytest.approx((relu_out.amax(dim=(0, 2, 3)) <= 0).float().mean().item())
+    leaf_bytes = sum(m.bytes for m in rec.modules if m.name not in ("", "features", "classifier"))
+    assert rec.memory.activation_bytes == leaf_bytes - flat.bytes
+
+
 def test_lstm_tuple_output_is_summarised_by_its_first_tensor() -> None:
     with Engine(load(SCENARIOS / "lstm_text.py")) as eng:
         rec = eng.step_once()

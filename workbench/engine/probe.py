@@ -17,6 +17,10 @@ Design (see ../shared/ENVIRONMENT.md for the measurements behind it):
   fraction, NaN/Inf counts and saturation come from a fixed-size sample of
   ``sample_size`` elements (``std``/``var_mean`` over a whole activation
   costs several passes on CPU), reduced for all calls at once.
+* No pass at all for an output that is the same memory as a measured input
+  (Flatten, reshape-only modules: contiguous, same start, size and dtype,
+  unmodified since): it shares that call's stats, like a container returning
+  its child's output does.
 * NaN/Inf root cause: each call remembers whether its inputs were finite,
   reusing the finiteness already computed for the tensor that produced them
   (looked up by identity and version, so in-place modules are handled), and
@@ -186,6 +190,7 @@ class CallInfo:
     out_id: int | None = None
     relu_row: int = -1  # position among ReLU-family calls (dead units)
     alias_of: int | None = None  # returned another call's output unchanged: shares its stats
+    view_of: int | None = None  # returned a view of another call's output (same memory): shares its stats
     saturation: tuple[float, float] | None = None
 
 
@@ -330,16 +335,49 @@ class ActivationProbe:
             self.seconds += time.perf_counter() - start
             return
         if out is not None and out.numel() > 0:
-            with torch.no_grad():
-                self._summarise(module, out.detach(), call)
+            viewed = self._viewed_input(args, out)
+            if viewed is not None:
+                # Flatten, a reshape-only module: the same values in the same memory, so the
+                # producer's stats hold and a second pass over them would only cost.
+                self._share_view(call, self.calls[viewed], out)
+            else:
+                with torch.no_grad():
+                    self._summarise(module, out.detach(), call)
             self._cache[id(out)] = _Cached(out, out._version, call.index, None)
-            call.out_id = id(out)
+            if call.view_of is None:  # a view keeps its producer's id: the bytes are counted once
+                call.out_id = id(out)
             if out.requires_grad:
                 gen = self.generation
                 out.register_hook(lambda g, i=call.index, gen=gen: self._grad_hook(g, i, gen))
         if module is self.model:
             self.model_output_call = call.index
         self.seconds += time.perf_counter() - start
+
+    def _viewed_input(self, args: tuple[Any, ...], out: torch.Tensor) -> int | None:
+        """The measured call whose output ``out`` views element for element, or None.
+
+        Both contiguous, same start, element count and dtype: exactly the same memory in the
+        same order. The shared version counter must be unchanged since that call measured
+        it, so an in-place module (``ReLU(inplace=True)``) is never taken for a view.
+        """
+        if not out.is_contiguous():
+            return None
+        for t in float_tensors(args):
+            cached = self._cache.get(id(t))
+            if cached is None or cached.tensor is not t or cached.producer is None:
+                continue
+            if (t.is_contiguous() and t.data_ptr() == out.data_ptr() and t.numel() == out.numel()
+                    and t.dtype == out.dtype and cached.version == out._version
+                    and self.calls[cached.producer].measured):
+                return cached.producer
+        return None
+
+    @staticmethod
+    def _share_view(call: CallInfo, original: CallInfo, out: torch.Tensor) -> None:
+        call.view_of = original.index
+        for attr in ("dtype", "device", "numel", "nbytes", "sampled", "measured", "row", "out_id"):
+            setattr(call, attr, getattr(original, attr))
+        call.shape = tuple(out.shape)
 
     def _summarise(self, module: nn.Module, t: torch.Tensor, call: CallInfo) -> None:
         call.shape = tuple(t.shape)
@@ -363,9 +401,13 @@ class ActivationProbe:
             # dead units (a feature of a 2-D output, a channel of N,C,... outputs, zero for the
             # whole batch), the exact max and exact finiteness (NaN propagates, ReLU maps -inf
             # to 0); the min of a ReLU output comes from the sample.
-            unit_dim = t.dim() - 1 if t.dim() == 2 else 1
-            dims = tuple(d for d in range(t.dim()) if d != unit_dim)
-            unit_max = t.amax(dim=dims)
+            if t.dim() > 2 and t.is_contiguous():
+                # N,C,... contiguous: the inner reduction first runs over contiguous memory,
+                # about 1.5x faster on CPU than amax over dims (0, 2, ...) in one call.
+                unit_max = t.reshape(t.shape[0], t.shape[1], -1).amax(dim=2).amax(dim=0)
+            else:
+                unit_dim = t.dim() - 1 if t.dim() == 2 else 1
+                unit_max = t.amax(dim=tuple(d for d in range(t.dim()) if d != unit_dim))
             call.relu_row = len(self._relu_max)
             self._relu_max.append(unit_max)
             self._mins.append(sample[:real].amin())
@@ -460,12 +502,13 @@ class ActivationProbe:
         rows: list[list[float]] = []
         for call in self.calls:
             row = [_NAN] * F_WIDTH
-            if call.alias_of is not None:
-                base = rows[call.alias_of]
+            shared = call.alias_of if call.alias_of is not None else call.view_of
+            if shared is not None:
+                base = rows[shared]
                 row[:F_IN_FINITE] = base[:F_IN_FINITE]
                 row[F_DEAD] = row[F_SAT] = _NAN
                 if call.measured:
-                    out_finite[call.index] = out_finite.get(call.alias_of, True)
+                    out_finite[call.index] = out_finite.get(shared, True)
             elif call.measured:
                 r = call.row
                 row[F_MIN], row[F_MAX] = mins[r], maxs[r]
