@@ -279,6 +279,25 @@ def test_picker_lists_the_broken_demos_with_their_descriptions() -> None:
     assert "BatchNorm2d" in entries["cnn_image:build_batchnorm"].summary
 
 
+async def test_save_keeps_a_typed_condition_not_yet_added() -> None:
+    """Typing a condition and pressing Ctrl+S (no Enter) saves it; a bad one keeps the form open."""
+    from workbench.tui.screens.dialogs import BreakpointsScreen
+
+    app = create_app([NAN], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("B")
+        await pilot.pause()
+        await pilot.press(*"loss>", "ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, BreakpointsScreen)  # did not parse: still open, error shown
+        assert plain(app.screen.query_one("#bp-error"))
+        app.screen.query_one("#bp-input").value = ""
+        await pilot.press(*"nan_inf", "ctrl+s")
+        main = await settle(pilot)
+        assert main.conditions == ("nan_inf",)
+
+
 async def run_to_breakpoint(pilot, condition: str) -> MainScreen:
     """Add one breakpoint through the form (B, type, Enter, Ctrl+S), then run (r) until it fires."""
     from workbench.tui.screens.dialogs import BreakpointsScreen

@@ -122,23 +122,25 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         else:
             lst.add_option(Option(Text("none set", theme.DIM), disabled=True))
 
-    def _add(self) -> None:
+    def _add(self) -> bool:
+        """Add the typed condition; False when it does not parse (the error is shown)."""
         from workbench.engine.breakpoints import Breakpoint
 
         field = self.query_one("#bp-input", Input)
         text = field.value.strip()
         if not text:
-            return
+            return True
         try:
             bp = Breakpoint.parse(text)
         except Exception as exc:  # the parser's message is the user's guide
             self.query_one("#bp-error", Static).update(Text(str(exc), theme.ERROR))
-            return
+            return False
         self.query_one("#bp-error", Static).update(Text(f"added: {bp.describe()}", theme.OK))
         if text not in self.conditions:
             self.conditions.append(text)
         field.value = ""
         self._refresh()
+        return True
 
     @on(Input.Submitted, "#bp-input")
     def submitted(self) -> None:
@@ -160,7 +162,9 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         self._refresh()
 
     def action_save(self) -> None:
-        self.dismiss(tuple(self.conditions))
+        # A condition typed but not yet added is what the user means to save.
+        if self._add():
+            self.dismiss(tuple(self.conditions))
 
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
