@@ -45,6 +45,11 @@ async def test_bench_screen_runs_checked_variants(tmp_path: Path) -> None:
         console.print(screen.query_one("#bars", Static).content)
         bars = console.export_text()
         assert "accum-4" in bars and "×" in bars
+        # The highlighted row is shown in full below the table (wide notes run off the screen).
+        table.move_cursor(row=2)
+        await pilot.pause()
+        detail = str(screen.query_one("#detail", Static).content)
+        assert detail.startswith("dataparallel: skipped:") and "≥2 CUDA" in detail
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is not screen

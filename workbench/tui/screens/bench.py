@@ -101,6 +101,7 @@ class BenchScreen(Screen[None]):
                 yield ErrorPanel(id="error")
                 yield Static("", id="hardware")
                 yield DataTable(id="table", zebra_stripes=True, cursor_type="row")
+                yield Static("", id="detail")  # the highlighted row in full: notes run off wide tables
                 yield Static("", id="bars")
         yield Footer()
 
@@ -178,10 +179,30 @@ class BenchScreen(Screen[None]):
                 table.add_row(*row_cells(r, message.run.get("fp32")), key=r.name)
         self.query_one("#bars", Static).update(speedup_bars(message.run))
 
+    @on(DataTable.RowHighlighted, "#table")
+    def show_detail(self, event: DataTable.RowHighlighted) -> None:
+        name = event.row_key.value if event.row_key is not None else None
+        run = self.run_result
+        result = run.get(name) if run is not None and name else None
+        if result is None:
+            cells = event.data_table.get_row(event.row_key) if event.row_key is not None else []
+            text = "  ".join(str(c) for c in cells if str(c))
+        else:
+            text = row_detail(result, run.get("fp32"))
+        self.query_one("#detail", Static).update(text)
+
     def on_bench_failed(self, message: BenchFailed) -> None:
         self.running = False
         self.query_one(ProgressPanel).display = False
         self.query_one(ErrorPanel).show_error(message.title, message.details)
+
+
+def row_detail(r: VariantResult, baseline: VariantResult | None = None) -> str:
+    """One row in words, unclipped: status, reason or quality, and every note."""
+    if not r.ok or r.timing is None:
+        return f"{r.name}: {r.status}: {r.reason}"
+    parts = [f"{r.name}: {fmt_ms(r.timing.median)} median", quality(r, baseline), notes(r, baseline)]
+    return " · ".join(p for p in parts if p)
 
 
 def row_cells(r: VariantResult, baseline: VariantResult | None = None) -> tuple[str, ...]:
