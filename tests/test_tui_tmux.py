@@ -60,7 +60,9 @@ def test_workbench_command_reaches_a_nan_breakpoint_in_tmux(tmp_path: Path) -> N
         tmux.keys("nan_inf", "Enter")
         tmux.wait_for("added: nan_inf")
         tmux.keys("C-s")
-        tmux.wait_for("next loss")
+        # The main screen's footer shows again only once the form has closed ("next loss" is
+        # visible behind the modal, so waiting on it would race the next key into the form).
+        tmux.wait_for("run→break")
         tmux.keys("r")
         screen = tmux.wait_for("breakpoint nan_inf")
         assert "step 3" in screen
