@@ -9,10 +9,17 @@ in ``can_replace`` so a burst collapses into the newest state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from workbench.tui.session import EngineView, InspectorData, RunSummary
+
+if TYPE_CHECKING:  # annotations only: the main screen need not load bench/profiling
+    from workbench.bench.results import BenchRun, VariantResult
+    from workbench.bench.runner import BenchProgress
+    from workbench.profiling.export import ProfileRun
+    from workbench.profiling.runs import RunAnalysis
 
 
 @dataclass
@@ -81,3 +88,54 @@ class LogLine(Message):
     """A warning or log record captured instead of drawing over the screen."""
 
     text: str
+
+
+# -- benchmarks and profiles (BenchScreen, ProfileScreen) ----------------------------------
+
+
+@dataclass
+class BenchTick(Message):
+    """Progress inside a variant; only the newest matters."""
+
+    progress: BenchProgress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, BenchTick)
+
+
+@dataclass
+class BenchRowDone(Message):
+    result: VariantResult
+    index: int
+    count: int
+
+
+@dataclass
+class BenchFinished(Message):
+    run: BenchRun
+
+
+@dataclass
+class ProfileProgress(Message):
+    """Profiled steps so far; only the newest matters."""
+
+    done: int
+    total: int
+    status: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ProfileProgress)
+
+
+@dataclass
+class ProfileReady(Message):
+    run: ProfileRun
+    analysis: RunAnalysis
+
+
+@dataclass
+class JobFailed(Message):
+    """A benchmark or profile job raised: a one-line title and the traceback."""
+
+    title: str
+    details: str

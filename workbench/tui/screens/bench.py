@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, SelectionList, Static
 
@@ -26,6 +24,7 @@ from workbench.bench.variants import DEFAULT
 from workbench.report.bench import hardware_line, notes, quality, speedup_bars
 from workbench.report.numbers import fmt_ms, human_bytes, human_count
 from workbench.scenario import ScenarioSource
+from workbench.tui.messages import BenchFinished, BenchRowDone, BenchTick, JobFailed
 from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
 
 # What the checklist offers; compile is unchecked by default (≈20 s per model on a small CPU).
@@ -36,35 +35,6 @@ CHOICES: tuple[tuple[str, bool], ...] = (
 )
 assert all(name in DEFAULT or name == "compile" for name, _ in CHOICES)
 PROGRESS_INTERVAL_S = 0.1
-
-
-# -- messages from the worker ---------------------------------------------------------------
-
-
-@dataclass
-class BenchTick(Message):
-    progress: BenchProgress
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, BenchTick)
-
-
-@dataclass
-class BenchRowDone(Message):
-    result: VariantResult
-    index: int
-    count: int
-
-
-@dataclass
-class BenchFinished(Message):
-    run: BenchRun
-
-
-@dataclass
-class BenchFailed(Message):
-    title: str
-    details: str
 
 
 class BenchScreen(Screen[None]):
@@ -152,7 +122,7 @@ class BenchScreen(Screen[None]):
         try:
             run = run_bench(self.source, names, device=self.device, plan=self.plan, progress=progress)
         except Exception as exc:  # the user's scenario or a bad name: show it, keep the app alive
-            self.post_message(BenchFailed(f"{type(exc).__name__}: {exc}".splitlines()[0],
+            self.post_message(JobFailed(f"{type(exc).__name__}: {exc}".splitlines()[0],
                                           traceback.format_exc()))
             return
         self.post_message(BenchFinished(run))
@@ -191,7 +161,7 @@ class BenchScreen(Screen[None]):
             text = row_detail(result, run.get("fp32"))
         self.query_one("#detail", Static).update(text)
 
-    def on_bench_failed(self, message: BenchFailed) -> None:
+    def on_job_failed(self, message: JobFailed) -> None:
         self.running = False
         self.query_one(ProgressPanel).display = False
         self.query_one(ErrorPanel).show_error(message.title, message.details)

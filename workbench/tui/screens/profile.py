@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Group
@@ -19,7 +18,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
@@ -30,6 +28,7 @@ from workbench.profiling.tensorboard import tensorboard_command
 from workbench.report.profile import bar_legend, breakdown_table, recommendations_view, stacked_bar
 from workbench.scenario import ScenarioSource
 from workbench.tui import theme
+from workbench.tui.messages import JobFailed, ProfileProgress, ProfileReady
 from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
 
 # Profiling in the TUI records memory (for the peak) but not stacks: --stack
@@ -37,31 +36,6 @@ from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
 TUI_OPTIONS = ProfileOptions(wait=1, warmup=1, active=3, memory=True, shapes=False, stack=False)
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress messages a second
 TOP_OPS = 12
-
-
-# -- messages from the worker ---------------------------------------------------------------
-
-
-@dataclass
-class ProfileProgress(Message):
-    done: int
-    total: int
-    status: str
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, ProfileProgress)
-
-
-@dataclass
-class ProfileReady(Message):
-    run: ProfileRun
-    analysis: RunAnalysis
-
-
-@dataclass
-class ProfileFailed(Message):
-    title: str
-    details: str
 
 
 # -- the screen ------------------------------------------------------------------------------
@@ -159,7 +133,7 @@ class ProfileScreen(Screen[None]):
             self.post_message(ProfileProgress(options.steps, options.steps, "analysing the trace"))
             analysis = analyze_path(result.run_dir)
         except Exception as exc:  # the user's code or a bad path: shown, never fatal
-            self.post_message(ProfileFailed(
+            self.post_message(JobFailed(
                 f"profiling {source.label} failed: {type(exc).__name__}",
                 f"{exc}\n\n{''.join(traceback.format_exception(exc)[-3:])}",
             ))
@@ -171,8 +145,8 @@ class ProfileScreen(Screen[None]):
     def _progress(self, message: ProfileProgress) -> None:
         self.query_one(ProgressPanel).set_progress(message.done, message.total, message.status)
 
-    @on(ProfileFailed)
-    def _failed(self, message: ProfileFailed) -> None:
+    @on(JobFailed)
+    def _failed(self, message: JobFailed) -> None:
         self.running = False
         self.query_one(ProgressPanel).display = False
         self.query_one(ErrorPanel).show_error(message.title, message.details)
