@@ -304,13 +304,17 @@ def test_tensorboard_serves_the_run_and_stops(profiled: tuple[Path, str]) -> Non
     tb = start_tensorboard(profiled[0].parent)
     try:
         base = tb.url.split("/#")[0]
+        # The plugin scans the logdir in a background thread and hands each loaded run
+        # to a second thread through a queue. "loading" is false both before the first
+        # scan and between a load finishing and the run being added, so poll for the
+        # run itself, not for "loading" to drop.
         deadline = time.monotonic() + 120
-        runs: dict = {"loading": True}
-        while runs.get("loading") and time.monotonic() < deadline:  # the plugin scans the logdir in the background
+        runs: dict = {"runs": []}
+        while "r1" not in runs["runs"] and time.monotonic() < deadline:
             with urllib.request.urlopen(f"{base}/data/plugin/pytorch_profiler/runs", timeout=60) as resp:
                 runs = json.loads(resp.read())
             time.sleep(0.5)
-        assert "r1" in runs["runs"]
+        assert "r1" in runs["runs"], runs
     finally:
         tb.stop()
     assert tb.process.poll() is not None
