@@ -246,46 +246,6 @@ def test_one_worker_file_per_rank_in_the_same_run(tmp_path: Path) -> None:
     assert sorted(w.worker for w in result.workers) == [default_worker_name(0), default_worker_name(1)]
 
 
-def _ddp_rank(rank: int, world: int, port: int, run_dir: str) -> None:
-    """One gloo rank on 127.0.0.1: the model wrapped in DDP, profiled with its rank."""
-    import gc
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from workbench.scenario import replace
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        scenario = load_source(MLP).build("cpu")
-        ddp = replace(scenario, model=DistributedDataParallel(scenario.model))
-        profile_scenario(ddp, Path(run_dir), ProfileOptions(wait=0, warmup=1, active=2), rank=rank)
-        del ddp
-        gc.collect()  # before destroy_process_group: avoids an abort at exit (ENVIRONMENT.md)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_real_ddp_gloo_run_shows_communication_per_rank(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    from workbench.profiling.export import quiet_native_logs
-    from workbench.profiling.tensorboard import free_port
-
-    quiet_native_logs()  # inherited by the spawned ranks, which import torch afresh
-    mp.spawn(_ddp_rank, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2)
-    result = analyze_path(tmp_path / "ddp")
-    assert sorted(w.worker for w in result.workers) == [default_worker_name(0), default_worker_name(1)]
-    for w in result.workers:
-        assert w.uses_ddp and w.comm_libs == ("gloo",)
-        assert all(s.time("communication") > 0 for s in w.steps)
-    # gloo on CPU: no GPU, so the NCCL rule must stay silent.
-    assert "ddp_backend" not in {r.rule for r in result.recommendations}
-
-
 def test_stderr_redirect_captures_fd2_and_restores_it(tmp_path: Path) -> None:
     log = tmp_path / "err.log"
     before = os.fstat(2)

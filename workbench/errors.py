@@ -24,6 +24,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     scenario = sys.modules.get("workbench.scenario")
     if scenario is not None:
         errors.append(scenario.ScenarioError)
+    distributed = sys.modules.get("workbench.distributed")
+    if distributed is not None:
+        errors.append(distributed.RankFailed)  # names the rank and its error already
     return tuple(errors)
 
 

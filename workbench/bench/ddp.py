@@ -1,8 +1,8 @@
 """DistributedDataParallel: the per-rank work and a local launcher.
 
 ``run_rank`` is the whole life of one rank (init, train, measure, teardown).
-The local launcher spawns N ranks on 127.0.0.1 with a free port; the same
-``run_rank`` runs under torchrun through ``python -m workbench.bench.ddp_worker``.
+``launch_local`` spawns N ranks on 127.0.0.1 (``workbench.distributed``); the
+same ``run_rank`` runs under torchrun through ``python -m workbench.bench.ddp_worker``.
 
 Each rank trains on its slice of the same global batches the other rows
 use (global batch / N per rank), so the effective batch, and with it the
@@ -11,17 +11,10 @@ final loss, compares with fp32.
 
 from __future__ import annotations
 
-import datetime
-import gc
 import hashlib
-import os
-import queue as queue_mod
-import socket
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -29,6 +22,7 @@ from workbench.bench.context import collect
 from workbench.bench.memory import track_peak
 from workbench.bench.steps import call, loss_is_summed, mean_loss, split_micro
 from workbench.bench.timing import Plan, measure, where_failed
+from workbench.distributed import Beat, Tick, backend_for, join_group, leave_group, spawn_ranks
 from workbench.scenario import Batch, ScenarioSource
 
 
@@ -60,24 +54,6 @@ class RankResult:
     init_s: float
 
 
-class RankFailed(RuntimeError):
-    """A rank raised, died or timed out; the message names the rank and the error."""
-
-    def __init__(self, message: str, oom: bool = False) -> None:
-        super().__init__(message)
-        self.oom = oom  # a rank ran out of memory: the runner reports it as OOM
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def backend_for(device: str) -> str:
-    return "nccl" if device.startswith("cuda") else "gloo"
-
-
 def param_digest(model: torch.nn.Module) -> str:
     """A hash of every parameter's bytes: equal digests mean bit-identical replicas."""
     h = hashlib.sha256()
@@ -100,18 +76,8 @@ def run_rank(
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     backend = backend_for(job.device)
-    if job.device.startswith("cuda"):
-        device = torch.device("cuda", local_rank if local_rank is not None else rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        # N ranks share the cores: one thread each, so ranks do not oversubscribe.
-        torch.set_num_threads(1)
     t0 = time.perf_counter()
-    dist.init_process_group(
-        backend, init_method=init_method, rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(seconds=job.timeout_s),
-    )
+    device = join_group(rank, world_size, job.device, init_method, local_rank=local_rank, timeout_s=job.timeout_s)
     init_s = time.perf_counter() - t0
     if beat is not None:
         beat()  # the rendezvous worked: the launcher's stall clock restarts here
@@ -199,31 +165,14 @@ def run_rank(
         # Teardown order matters: a live DDP reducer during destroy_process_group
         # can abort the process at exit ("terminate called without an active exception").
         del ddp
-        gc.collect()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_group()
 
 
 # -- the local launcher ---------------------------------------------------------------
 
 
-def _spawn_entry(rank: int, world_size: int, port: int, job: DDPJob, out: Any) -> None:
-    """Child process body: set torchrun-style env, run the rank, report back."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
-        result = run_rank(
-            rank, world_size, job, f"tcp://127.0.0.1:{port}",
-            tick=lambda done, total: out.put(("tick", rank, done, total)),
-            beat=lambda: out.put(("alive", rank)),
-        )
-        out.put(("ok", rank, asdict(result)))
-    except BaseException as exc:  # report anything, including KeyboardInterrupt
-        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        where = where_failed(exc)
-        oom = isinstance(exc, torch.OutOfMemoryError)
-        out.put(("error", rank, f"{text} ({where})" if where else text, oom))
-        raise SystemExit(1) from None
+def _rank_entry(rank: int, world_size: int, init_method: str, job: DDPJob, tick: Tick, beat: Beat) -> RankResult:
+    return run_rank(rank, world_size, job, init_method, tick=tick, beat=beat)
 
 
 def launch_local(
@@ -233,94 +182,9 @@ def launch_local(
     plan: Plan,
     *,
     timeout_s: float = 180.0,
-    tick: Callable[[int, int], None] | None = None,
+    tick: Tick | None = None,
 ) -> tuple[list[RankResult], float]:
-    """Spawn ``world_size`` ranks, wait for all results; (results by rank, wall seconds).
-
-    Raises RankFailed when a rank raises, exits without a result, or no rank
-    has reported anything (start-up, a step, a result) for ``timeout_s``;
-    the other ranks are then terminated, so nothing hangs and no process
-    is left behind. A stall timeout, not a total one: a long explicit
-    ``--steps`` run is fine as long as the ranks keep stepping.
-    """
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = free_port()
+    """Spawn ``world_size`` ranks on 127.0.0.1 and wait for all results; (results by
+    rank, wall seconds). Raises RankFailed as ``spawn_ranks`` does."""
     job = DDPJob(source, device, plan, timeout_s=timeout_s)
-    procs = [ctx.Process(target=_spawn_entry, args=(r, world_size, port, job, out), daemon=True)
-             for r in range(world_size)]
-    t0 = time.perf_counter()
-    for p in procs:
-        p.start()
-    results: dict[int, RankResult] = {}
-    errors: list[str] = []
-    oom = False
-    heard = t0
-
-    def handle(msg: tuple[Any, ...]) -> None:
-        nonlocal heard, oom
-        heard = time.perf_counter()
-        kind, rank = msg[0], msg[1]
-        if kind == "tick" and tick is not None:
-            tick(msg[2], msg[3])
-        elif kind == "ok":
-            results[rank] = RankResult(**{**msg[2], "samples": tuple(msg[2]["samples"])})
-        elif kind == "error":
-            errors.append(f"rank {rank}: {' '.join(str(msg[2]).split())}")  # one line for the row
-            oom = oom or bool(msg[3])
-
-    def drain(wait: float) -> None:
-        for _ in range(1000):  # bounded, so deaths and the deadline are still checked
-            try:
-                handle(out.get(timeout=wait))
-            except queue_mod.Empty:
-                return
-
-    def explain() -> str:
-        # A rank that dies makes its peers fail in the collective ("Read error",
-        # "Connection closed"); name the dead rank first, it is the cause.
-        drain(0.5)
-        reported = {int(e.split(":", 1)[0].split()[1]) for e in errors}
-        dead = [r for r, p in enumerate(procs)
-                if p.exitcode not in (None, 0) and r not in results and r not in reported]
-        parts = [f"rank {r} died with exit code {procs[r].exitcode} before reporting a result" for r in dead]
-        return "; then ".join([*parts, *errors]) or "a rank exited without reporting a result"
-
-    failure: str | None = None
-    try:
-        while len(results) < world_size:
-            drain(0.2)
-            dead = [r for r, p in enumerate(procs) if r not in results and p.exitcode is not None]
-            if errors or dead:
-                if not errors:
-                    drain(1.0)  # a dying rank's error (or late result) may still be in flight
-                if errors or any(r not in results for r in dead):
-                    failure = f"{explain()}; the other ranks were stopped (stall timeout {timeout_s:.0f} s)"
-                    break
-            if time.perf_counter() - heard > timeout_s:
-                waiting = sorted(set(range(world_size)) - set(results))
-                failure = (f"timed out: no word from the ranks for {timeout_s:.0f} s (the DDP stall "
-                           f"timeout) while waiting for rank(s) {waiting}; all ranks were stopped")
-                break
-    finally:
-        _reap(procs, graceful=failure is None)
-        out.close()
-        out.join_thread()
-    if failure is not None:
-        raise RankFailed(failure, oom=oom)
-    return [results[r] for r in range(world_size)], time.perf_counter() - t0
-
-
-def _reap(procs: list[Any], graceful: bool) -> None:
-    """Join ranks that finished; terminate, then kill, those that did not."""
-    for p in procs:
-        p.join(timeout=10.0 if graceful else 0.5)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=3.0)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=3.0)
+    return spawn_ranks(_rank_entry, job, world_size, timeout_s=timeout_s, tick=tick, where=where_failed)

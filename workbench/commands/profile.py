@@ -14,7 +14,10 @@ DESCRIPTION = (
     "per-step time breakdown (kernel, memcpy, memset, communication, runtime, DataLoader, "
     "CPU exec, other), top operators, phases/modules, memory, and recommendations with the "
     "`workbench bench` variant that tests each. `--analyze DIR` analyses an existing trace "
-    "directory without running anything."
+    "directory without running anything. `--ddp N` profiles N local DistributedDataParallel "
+    "ranks (gloo on CPU, NCCL on CUDA), one worker file per rank; under torchrun "
+    "(`torchrun --nproc-per-node N -m workbench profile SCENARIO`) each process "
+    "profiles itself as one rank."
 )
 
 
@@ -23,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--analyze", metavar="DIR", help="analyse an existing run directory, logdir or trace file")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--logdir", default="runs/profile", help="where runs go (default: runs/profile)")
-    p.add_argument("--run", help="run name (default: <scenario>-<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--run", "--run-name", dest="run",
+                   help="run name (default: <scenario>-<YYYYmmdd-HHMMSS>); under torchrun spell it "
+                        "--run-name (torchrun reads --run as its own --run-path)")
     p.add_argument("--wait", type=int, default=1, help="steps run before profiling starts (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="steps profiled but discarded (default 1)")
     p.add_argument("--active", type=int, default=3, help="steps recorded in the trace (default 3)")
@@ -32,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes", action="store_true", help="record operator input shapes (record_shapes)")
     p.add_argument("--stack", action="store_true", help="record Python stacks and nn.Module ranges (slower)")
     p.add_argument("--gzip", action="store_true", help="write .pt.trace.json.gz")
+    p.add_argument("--ddp", type=int, metavar="N",
+                   help="profile N local DDP ranks (batch split across them), one trace file per rank")
     p.add_argument("--max-trace-mb", type=float, default=None,
                    help="stop before profiling when the estimated trace is larger (default 200)")
     p.add_argument("--force", action="store_true", help="write the trace even above --max-trace-mb")
@@ -71,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("missing SCENARIO (e.g. `workbench profile scenarios/cnn_image.py`), or --analyze DIR.")
     if args.max_trace_mb is not None and args.max_trace_mb <= 0:
         raise UsageError(f"--max-trace-mb must be > 0, got {args.max_trace_mb:g}.")
+    if args.ddp is not None and (args.analyze or args.ddp < 2):
+        raise UsageError(f"--ddp N needs a SCENARIO and N >= 2, got --ddp {args.ddp}"
+                         + (" with --analyze." if args.analyze else "."))
     options = None if args.analyze else _options(args)
 
     from rich.console import Console
@@ -88,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
         console.print(run_view(analysis, args.top))
         logdir = analysis.run_dir.parent
     else:
+        from workbench.distributed import under_torchrun
         from workbench.profiling.export import DEFAULT_MAX_TRACE_MB, ProfileInterrupted, run_profile
         from workbench.scenario import load_source
 
         source = load_source(args.scenario)
         limit = args.max_trace_mb or DEFAULT_MAX_TRACE_MB
+        if under_torchrun():
+            if args.ddp is not None:
+                raise UsageError("--ddp spawns local ranks; under torchrun each process is already a rank. "
+                                 "Leave --ddp out (torchrun --nproc-per-node sets the number of ranks).")
+            return _as_torchrun_rank(args, console, source, options, limit)
         with console.status(f"profiling {source.label}: estimating the trace size ...") as status:
 
             def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
@@ -107,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 result = run_profile(
                     source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit,
                     force=args.force, on_progress=on_progress, on_estimate=on_estimate,
+                    ranks=args.ddp or 1,
                 )
             except ProfileInterrupted as stop:
                 for f in stop.files:
@@ -126,6 +143,36 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
     if args.open_tensorboard:
         return _serve(console, logdir)
+    return 0
+
+
+def _as_torchrun_rank(args, console, source, options, limit) -> int:  # noqa: ANN001
+    """One rank of a torchrun job; rank 0 prints the files and the analysis of all ranks."""
+    import os
+
+    from workbench.profiling.ddp import profile_torchrun
+    from workbench.profiling.runs import analyze_path
+    from workbench.report.profile import estimate_line, files_view, run_view
+
+    rank = int(os.environ["RANK"])
+    lead = rank == 0
+    result = profile_torchrun(
+        source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit, force=args.force,
+        on_estimate=(lambda size: console.print(estimate_line(size))) if lead else None,
+    )
+    if not lead:
+        for f in result.files:
+            console.print(f"rank {rank} wrote {f}")
+        return 0 if result.files else 1
+    console.print(files_view(result))
+    if not result.files:
+        return 1
+    analysis = analyze_path(result.run_dir)
+    console.print(run_view(analysis, args.top))
+    if args.json:
+        from workbench.report.files import atomic_write_json
+
+        console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
     return 0
 
 

@@ -91,10 +91,11 @@ class SizeEstimate:
     events_per_step: int
     active_steps: int
     gzip: bool
+    workers: int = 1  # DDP ranks, one trace file each
 
     @property
     def total_bytes(self) -> int:
-        return self.bytes_per_step * self.active_steps
+        return self.bytes_per_step * self.active_steps * self.workers
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class ProfileRun:
     stderr_log: Path | None  # the profiler's native log lines, when there were any
     steps: int
     wall_s: float
+    ranks: int = 1  # DDP ranks (one worker file each); 1 for a plain run
 
 
 def default_run_name(label: str, now: datetime | None = None) -> str:
@@ -278,7 +280,9 @@ def profile_scenario(
     worker = worker_name or default_worker_name(rank)
     if "." in worker or not WORKER_PATTERN.match(f"{worker}.1.pt.trace.json"):
         raise UsageError(f"worker name {worker!r} must not contain dots (they separate the span).")
-    before = set(run_dir.glob("*.pt.trace.json*")) if run_dir.is_dir() else set()
+    # This worker's files only: other DDP ranks write into the same directory meanwhile.
+    pattern = f"{worker}.*.pt.trace.json*"
+    before = set(run_dir.glob(pattern)) if run_dir.is_dir() else set()
     torch.manual_seed(scenario.seed)
     with profile(
         activities=_activities(scenario.device),
@@ -296,14 +300,15 @@ def profile_scenario(
                 on_progress(i + 1, options.steps)
 
         train_steps(scenario, options.steps, step_done)
-    return tuple(sorted(set(run_dir.glob("*.pt.trace.json*")) - before))
+    return tuple(sorted(set(run_dir.glob(pattern)) - before))
 
 
-def estimate_trace_size(scenario: Scenario, options: ProfileOptions) -> SizeEstimate:
+def estimate_trace_size(scenario: Scenario, options: ProfileOptions, workers: int = 1) -> SizeEstimate:
     """Profile one step with the same options into a temp file and measure it.
 
     The probe uses its own scenario (a fresh build), so the real run starts
-    from the same state as without the probe.
+    from the same state as without the probe. With DDP ``workers``, each rank
+    writes a file of about that size (plus its all-reduce events).
     """
     import json
 
@@ -326,7 +331,7 @@ def estimate_trace_size(scenario: Scenario, options: ProfileOptions) -> SizeEsti
         events = len(json.loads(raw).get("traceEvents", []))
     except ValueError:
         events = 0
-    return SizeEstimate(size, events, options.active, options.gzip)
+    return SizeEstimate(size, events, options.active, options.gzip, workers)
 
 
 def run_profile(
@@ -342,8 +347,14 @@ def run_profile(
     capture_stderr: bool = True,
     on_progress: ProgressCallback | None = None,
     on_estimate: Callable[[SizeEstimate], None] | None = None,
+    ranks: int = 1,
+    rank_timeout_s: float = 180.0,
 ) -> ProfileRun:
     """Build the scenario, check the output, estimate the size, profile, write.
+
+    ``ranks`` > 1 spawns that many local DDP ranks (workbench.profiling.ddp),
+    each writing its own worker file into the run directory; a rank that
+    fails, dies or is silent for ``rank_timeout_s`` raises RankFailed.
 
     Raises OutputPathError before any work when the run directory cannot be
     written, and TraceTooLargeError when the estimate exceeds ``max_trace_mb``
@@ -359,6 +370,10 @@ def run_profile(
     from workbench.scenario import resolve_device
 
     dev = resolve_device(device)
+    if ranks < 1:
+        raise UsageError(f"--ddp must be >= 2 ranks (or left out), got {ranks}.")
+    if ranks > 1:
+        check_ddp_ranks(dev, ranks)
     run_name = run or default_run_name(source.label)
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UsageError(f"--run {run_name!r}: expected a plain directory name.")
@@ -368,10 +383,11 @@ def run_profile(
     try:
         return _profile_into(source, dev, Path(logdir), run_name, run_dir, options, max_trace_mb=max_trace_mb,
                              force=force, estimate=estimate, capture_stderr=capture_stderr,
-                             on_progress=on_progress, on_estimate=on_estimate)
+                             on_progress=on_progress, on_estimate=on_estimate, ranks=ranks,
+                             rank_timeout_s=rank_timeout_s)
     except BaseException:
         # Leave nothing behind but what is worth keeping: a non-empty log, a partial trace.
-        _drop_if_empty(log_path)
+        drop_if_empty(log_path)
         if created:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # fails, as it should, when anything is left inside
@@ -392,6 +408,8 @@ def _profile_into(
     capture_stderr: bool,
     on_progress: ProgressCallback | None,
     on_estimate: Callable[[SizeEstimate], None] | None,
+    ranks: int = 1,
+    rank_timeout_s: float = 180.0,
 ) -> ProfileRun:
     log_path = run_dir / STDERR_LOG
     started = time.perf_counter()
@@ -399,23 +417,24 @@ def _profile_into(
     capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
     with capture:
         if estimate:
-            size = estimate_trace_size(source.build(dev), options)
+            size = estimate_trace_size(source.build(dev), options, workers=ranks)
     if size is not None:
         if on_estimate is not None:
             on_estimate(size)
         if size.total_bytes > max_trace_mb * 2**20 and not force:
-            raise TraceTooLargeError(
-                f"the trace would be about {size.total_bytes / 2**20:.0f} MB "
-                f"({size.bytes_per_step / 2**20:.1f} MB per step x {size.active_steps} active steps, "
-                f"measured on one probe step), over the {max_trace_mb:g} MB limit. Record fewer "
-                "steps (--active), drop --stack/--shapes/--memory, add --gzip, or pass --force "
-                "(or a larger --max-trace-mb) to write it anyway."
-            )
-    scenario = source.build(dev)
+            raise TraceTooLargeError(too_large_message(size, max_trace_mb))
     capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
     try:
-        with capture:
-            files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
+        if ranks > 1:
+            from workbench.profiling.ddp import RankProfileJob, profile_ddp
+
+            job = RankProfileJob(source, dev.type, str(run_dir), options, timeout_s=rank_timeout_s)
+            with capture:  # the spawned ranks inherit fd 2: their native log lines go to the log too
+                files = profile_ddp(job, ranks, on_progress=on_progress)
+        else:
+            scenario = source.build(dev)
+            with capture:
+                files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
     except KeyboardInterrupt as exc:
         # Leaving the profiler context flushed the steps recorded so far.
         raise ProfileInterrupted(run_dir, tuple(sorted(run_dir.glob("*.pt.trace.json*")))) from exc
@@ -430,6 +449,7 @@ def _profile_into(
             "label": source.label,
             "device": str(dev),
             "options": asdict(options),
+            "ranks": ranks,
             "torch": torch.__version__,
             "files": [f.name for f in files],
         },
@@ -442,13 +462,43 @@ def _profile_into(
         run_dir=run_dir,
         files=files,
         estimate=size,
-        stderr_log=None if _drop_if_empty(log_path) else log_path,
+        stderr_log=None if drop_if_empty(log_path) else log_path,
         steps=options.steps,
         wall_s=time.perf_counter() - started,
+        ranks=ranks,
     )
 
 
-def _drop_if_empty(path: Path) -> bool:
+def too_large_message(size: SizeEstimate, max_trace_mb: float) -> str:
+    ranks = f" x {size.workers} ranks" if size.workers > 1 else ""
+    return (
+        f"the trace would be about {size.total_bytes / 2**20:.0f} MB "
+        f"({size.bytes_per_step / 2**20:.1f} MB per step x {size.active_steps} active steps{ranks}, "
+        f"measured on one probe step), over the {max_trace_mb:g} MB limit. Record fewer "
+        "steps (--active), drop --stack/--shapes/--memory, add --gzip, or pass --force "
+        "(or a larger --max-trace-mb) to write it anyway."
+    )
+
+
+def check_ddp_ranks(device: torch.device, ranks: int) -> None:
+    """Say before spawning anything why ``ranks`` DDP ranks cannot run here."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise UsageError(f"--ddp {ranks}: torch {torch.__version__} was built without torch.distributed.")
+    if device.type == "cuda":
+        if not dist.is_nccl_available():
+            raise UsageError(f"--ddp {ranks}: this torch build has no NCCL backend; use --device cpu (gloo).")
+        found = torch.cuda.device_count()
+        if found < ranks:
+            raise UsageError(f"--ddp {ranks} on CUDA needs one GPU per rank, found {found}; "
+                             f"use --ddp {found} or fewer, or --device cpu (gloo).")
+    elif not dist.is_gloo_available():
+        raise UsageError(f"--ddp {ranks}: this torch build has no gloo backend for CPU ranks.")
+
+
+def drop_if_empty(path: Path) -> bool:
     """Remove an empty log; True when it was empty (or absent)."""
     try:
         if path.stat().st_size == 0:

@@ -270,14 +270,15 @@ def estimate_line(size: SizeEstimate) -> Text:
     return Text(
         f"trace size estimate: {human_bytes(size.total_bytes)} {kind} "
         f"({human_bytes(size.bytes_per_step)}, {size.events_per_step:,} events per step, "
-        f"x {size.active_steps} active steps)",
+        f"x {size.active_steps} active steps" + (f" x {size.workers} ranks)" if size.workers > 1 else ")"),
         style="dim",
     )
 
 
 def files_view(result: ProfileRun) -> Group:
     lines: list[RenderableType] = []
-    lines.append(Text(f"profiled {result.steps} steps of {result.scenario} on {result.device} "
+    ranks = f" x {result.ranks} DDP ranks" if result.ranks > 1 else ""
+    lines.append(Text(f"profiled {result.steps} steps of {result.scenario} on {result.device}{ranks} "
                       f"in {result.wall_s:.1f} s", style="bold"))
     for f in result.files:
         lines.append(Text(f"  wrote {f} ({human_bytes(f.stat().st_size)})"))

@@ -1,0 +1,183 @@
+"""Profiling DistributedDataParallel ranks.
+
+Every rank wraps the scenario's model in DistributedDataParallel, trains on
+its 1/N slice of each batch (the global batch stays the scenario's, as in
+``workbench bench --variants ddp-N``), and writes its own worker file,
+``<host>_rank<N>.<span>.pt.trace.json``, into the one run directory. The
+gradient all-reduce shows up in each trace as communication, which the
+analysis and TensorBoard's distributed view read per worker.
+
+``profile_ddp`` spawns N local ranks (gloo on CPU, nccl on CUDA, one GPU per
+rank). ``profile_rank`` is the per-rank piece; under torchrun the
+``workbench profile`` command calls it in each process it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.distributed import Beat, Tick, join_group, leave_group, spawn_ranks
+from workbench.profiling.export import (
+    ProfileOptions,
+    ProfileRun,
+    ProgressCallback,
+    SizeEstimate,
+    TraceTooLargeError,
+    check_ddp_ranks,
+    default_run_name,
+    drop_if_empty,
+    estimate_trace_size,
+    profile_scenario,
+    redirect_stderr_fd,
+    too_large_message,
+)
+from workbench.scenario import ScenarioError, ScenarioSource, replace, split_batch
+
+
+@dataclass(frozen=True)
+class RankProfileJob:
+    """Everything a rank needs; picklable for the spawn context."""
+
+    source: ScenarioSource
+    device: str  # "cpu" or "cuda"
+    run_dir: str
+    options: ProfileOptions
+    timeout_s: float = 180.0  # collective timeout inside the ranks
+
+
+class RankShard:
+    """``data`` with every batch cut along dim 0 into ``world_size`` slices; yields slice ``rank``."""
+
+    def __init__(self, data: Iterable[Any], rank: int, world_size: int) -> None:
+        self.data, self.rank, self.world_size = data, rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        for item in self.data:
+            batch = split_batch(item)
+            if batch.size < self.world_size:
+                raise ScenarioError(
+                    f"a batch of {batch.size} samples cannot be split over {self.world_size} ranks; "
+                    f"use a batch size of at least {self.world_size} or fewer ranks (--ddp)."
+                )
+            inputs = tuple(torch.tensor_split(t, self.world_size)[self.rank] for t in batch.inputs)
+            yield inputs, torch.tensor_split(batch.targets, self.world_size)[self.rank]
+
+
+def profile_rank(
+    rank: int,
+    world_size: int,
+    job: RankProfileJob,
+    device: torch.device,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[Path, ...]:
+    """In an initialised process group: build, wrap in DDP, profile, then wait for
+    every rank (a barrier), so the run directory is complete when any rank returns."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    scenario = job.source.build(device)
+    ddp = DistributedDataParallel(scenario.model, device_ids=[device.index] if device.type == "cuda" else None)
+    try:
+        wrapped = replace(scenario, model=ddp, data=RankShard(scenario.data, rank, world_size))
+        files = profile_scenario(wrapped, job.run_dir, job.options, rank=rank, on_progress=on_progress)
+        dist.barrier()
+        return files
+    finally:
+        del ddp  # before leave_group: a live reducer can abort the process at exit
+
+
+def _rank_entry(rank: int, world_size: int, init_method: str, job: RankProfileJob, tick: Tick,
+                beat: Beat) -> tuple[Path, ...]:
+    device = join_group(rank, world_size, job.device, init_method, timeout_s=job.timeout_s)
+    beat()  # the rendezvous worked: the launcher's stall clock restarts here
+    try:
+        return profile_rank(rank, world_size, job, device, on_progress=tick if rank == 0 else None)
+    finally:
+        leave_group()
+
+
+def profile_ddp(
+    job: RankProfileJob,
+    world_size: int,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[Path, ...]:
+    """Spawn ``world_size`` local ranks and profile each; the files written, rank by rank.
+
+    Raises ``workbench.distributed.RankFailed`` naming the rank when one
+    raises, dies or stalls for ``job.timeout_s``; the other ranks are stopped.
+    """
+    if world_size < 2:
+        raise ValueError(f"profile_ddp needs at least 2 ranks, got {world_size}")
+    per_rank, _ = spawn_ranks(_rank_entry, job, world_size, timeout_s=job.timeout_s, tick=on_progress)
+    return tuple(f for files in per_rank for f in files)
+
+
+def profile_torchrun(
+    source: ScenarioSource,
+    device: str,
+    logdir: str | Path,
+    options: ProfileOptions,
+    *,
+    run: str | None = None,
+    max_trace_mb: float,
+    force: bool = False,
+    timeout_s: float = 300.0,
+    on_progress: ProgressCallback | None = None,
+    on_estimate: Callable[[SizeEstimate], None] | None = None,
+) -> ProfileRun:
+    """This process is one rank of a torchrun job (RANK, WORLD_SIZE, ... set): profile it.
+
+    Rank 0 picks the run name (its clock) and measures the trace size; both are
+    broadcast, so every rank writes into the same run directory and all stop
+    together when the trace would be too large. Returns this rank's run; for
+    rank 0 its ``files`` are every worker file in the run directory (rank 0
+    waits for all ranks), for the others their own.
+    """
+    import os
+    import time
+
+    import torch.distributed as dist
+
+    from workbench.report.files import check_writable
+    from workbench.scenario import resolve_device
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    kind = resolve_device(device).type
+    check_ddp_ranks(torch.device(kind), world if kind == "cpu" else 1)
+    started = time.perf_counter()
+    dev = join_group(rank, world, kind, "env://", local_rank=local, timeout_s=timeout_s)
+    try:
+        size: SizeEstimate | None = None
+        verdict: list[Any] = [run or default_run_name(source.label), None, None]
+        if rank == 0:
+            size = estimate_trace_size(source.build(dev), options, workers=world)
+            verdict[1] = size
+            if size.total_bytes > max_trace_mb * 2**20 and not force:
+                verdict[2] = too_large_message(size, max_trace_mb)
+        dist.broadcast_object_list(verdict, src=0)  # the one collective before profiling
+        run_name, size, refusal = verdict
+        if on_estimate is not None and size is not None:
+            on_estimate(size)
+        if refusal is not None:
+            raise TraceTooLargeError(refusal)
+        run_dir = check_writable(Path(logdir) / run_name, directory=True)
+        job = RankProfileJob(source, kind, str(run_dir), options, timeout_s=timeout_s)
+        with redirect_stderr_fd(run_dir / f"profiler-stderr.rank{rank}.log") as log_path:
+            files = profile_rank(rank, world, job, dev, on_progress=on_progress)
+    finally:
+        leave_group()
+    if rank == 0:
+        files = tuple(sorted(run_dir.glob("*.pt.trace.json*")))
+    return ProfileRun(
+        scenario=source.label, device=str(dev), logdir=Path(logdir), run=run_name, run_dir=run_dir,
+        files=files, estimate=size, stderr_log=None if drop_if_empty(log_path) else log_path,
+        steps=options.steps, wall_s=time.perf_counter() - started, ranks=world,
+    )
