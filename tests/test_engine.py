@@ -248,7 +248,8 @@ def test_breakpoint_pauses_before_the_optimizer_step_and_skip_drops_it() -> None
 
 @pytest.mark.parametrize(
     ("text", "stops_at"),
-    [("step==2", 2), ("loss>0.5", 0), ("grad_norm>1e-9", 0), ("any>=info", 0)],
+    [("step==2", 2), ("loss>0.5", 0), ("grad_norm>1e-9", 0), ("any>=info", 0), ("loss<1e9", 0),
+     ("grad_norm<1e9", 0)],
 )
 def test_breakpoint_conditions(text: str, stops_at: int) -> None:
     with Engine(patho("dead_relu")) as eng:
@@ -317,6 +318,39 @@ def test_breakpoint_parse_errors_say_what_is_expected() -> None:
                  "exploding_gradient>=warning@fc*"):
         assert Breakpoint.parse(text).describe() == text
     assert Breakpoint.parse("loss >= 5").describe() == "loss>5"
+    assert Breakpoint.parse("loss <= 0.05").describe() == "loss<0.05"
+    for text in ("loss<0.05", "grad_norm<1e-06"):
+        assert Breakpoint.parse(text).describe() == text
+    with pytest.raises(ValueError, match="not nan"):
+        Breakpoint.parse("loss>nan")
+
+
+def test_below_breakpoints_fire_under_the_threshold_and_never_on_nan() -> None:
+    def fires(text: str, loss: float | None, norm: float | None = None) -> bool:
+        hit = Breakpoint.parse(text).check(step=3, phase=Phase.BACKWARD, loss=loss, total_grad_norm=norm,
+                                           findings=())
+        return hit is not None
+
+    assert fires("loss<0.05", 0.01) and not fires("loss<0.05", 0.05) and not fires("loss<0.05", 0.2)
+    assert not fires("loss<0.05", float("nan"))  # a NaN loss has not converged
+    assert fires("loss>5", float("nan"))  # but it is "above" any bound: divergence stops there
+    assert fires("grad_norm<1e-6", None, 1e-8) and not fires("grad_norm<1e-6", None, None)
+    hit = Breakpoint.parse("loss<0.05").check(step=3, phase=Phase.BACKWARD, loss=0.01, total_grad_norm=None,
+                                             findings=())
+    assert hit.reason == "loss 0.01 < 0.05"
+
+
+def test_run_stops_when_the_loss_converges() -> None:
+    with Engine(load(SCENARIOS / "mlp_digits.py")) as eng:
+        eng.run(1)
+        target = eng.history[-1].loss * 0.9
+        eng.add_breakpoint(f"loss<{target:g}")
+        out = eng.run(200)
+        assert out.stopped_by == "breakpoint", "the loss never fell 10% in 200 steps"
+        hit = out.break_hit
+        assert hit.step >= 1 and hit.reason.startswith("loss ")
+        assert float(hit.reason.split()[1]) < target
+        assert all(r.loss >= target for r in eng.history if r.step < hit.step)  # the first step below it
 
 
 def test_activation_sample_for_inspectors() -> None:

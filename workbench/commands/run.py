@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="module/parameter stats every K-th step (default 1: every step)")
     p.add_argument("--break-on", action="append", default=[], metavar="COND",
                    help="stop at the first step where COND holds: a finding kind (nan_inf, "
-                        "dead_units@features.*, any>=error), loss>X, grad_norm>X or step==N; repeatable")
+                        "dead_units@features.*, any>=error), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N; repeatable")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON (checked before running)")
     p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars and histograms to DIR")
     p.add_argument("--histogram-every", type=int, default=10, metavar="K",

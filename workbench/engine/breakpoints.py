@@ -7,8 +7,10 @@ the TUI::
     dead_units@features.*   ... on a module (or parameter) matching the glob
     any>=error              any finding at severity >= error (also: warning, info)
     exploding_gradient>=error@fc*
-    loss>5                  the loss above 5 (also loss>=5)
-    grad_norm>100           the total gradient norm above 100
+    loss>5                  the loss above 5 (also loss>=5), or non-finite
+    loss<0.05               the loss below 0.05 (also loss<=0.05): "it has converged, stop here"
+    grad_norm>100           the total gradient norm above 100, or non-finite
+    grad_norm<1e-6          the total gradient norm below 1e-6 (vanished)
     step==12                step 12 (also step=12)
 """
 
@@ -29,7 +31,7 @@ Condition = Literal["finding", "loss", "grad_norm", "step"]
 _SYNTAX = (
     "expected KIND[>=SEVERITY][@MODULE_GLOB] (KIND one of "
     + ", ".join((ANY_KIND, *FINDING_KINDS))
-    + "), loss>X, grad_norm>X or step==N"
+    + "), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N"
 )
 
 
@@ -40,6 +42,7 @@ class Breakpoint:
     min_severity: str | None = None
     module_glob: str | None = None
     threshold: float | None = None  # loss / grad_norm
+    below: bool = False  # loss / grad_norm: fire below the threshold instead of above
     step: int | None = None
 
     # -- factories -------------------------------------------------------------------
@@ -64,6 +67,14 @@ class Breakpoint:
         return cls("grad_norm", threshold=float(value))
 
     @classmethod
+    def loss_below(cls, value: float) -> Breakpoint:
+        return cls("loss", threshold=float(value), below=True)
+
+    @classmethod
+    def grad_norm_below(cls, value: float) -> Breakpoint:
+        return cls("grad_norm", threshold=float(value), below=True)
+
+    @classmethod
     def at_step(cls, step: int) -> Breakpoint:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
@@ -74,13 +85,16 @@ class Breakpoint:
         """Parse one breakpoint; ValueError says what was expected."""
         raw = text.strip()
         compact = raw.replace(" ", "")
-        m = re.fullmatch(r"(loss|grad_norm)>=?(.+)", compact)
+        m = re.fullmatch(r"(loss|grad_norm)([<>])=?(.+)", compact)
         if m:
             try:
-                value = float(m.group(2))
+                value = float(m.group(3))
             except ValueError:
-                raise ValueError(f"breakpoint {raw!r}: {m.group(2)!r} is not a number; {_SYNTAX}") from None
-            return cls.loss_above(value) if m.group(1) == "loss" else cls.grad_norm_above(value)
+                raise ValueError(f"breakpoint {raw!r}: {m.group(3)!r} is not a number; {_SYNTAX}") from None
+            if math.isnan(value):
+                raise ValueError(f"breakpoint {raw!r}: the threshold must be a number, not nan; "
+                                 "to stop on a NaN loss use loss_divergence or nan_inf")
+            return cls(m.group(1), threshold=value, below=m.group(2) == "<")  # type: ignore[arg-type]
         m = re.fullmatch(r"step==?(\d+)", compact)
         if m:
             return cls.at_step(int(m.group(1)))
@@ -94,10 +108,8 @@ class Breakpoint:
 
     # -- use ---------------------------------------------------------------------------
     def describe(self) -> str:
-        if self.condition == "loss":
-            return f"loss>{self.threshold:g}"
-        if self.condition == "grad_norm":
-            return f"grad_norm>{self.threshold:g}"
+        if self.condition in ("loss", "grad_norm"):
+            return f"{self.condition}{'<' if self.below else '>'}{self.threshold:g}"
         if self.condition == "step":
             return f"step=={self.step}"
         text = self.kind or ANY_KIND
@@ -145,8 +157,12 @@ class Breakpoint:
             return None
         value = loss if self.condition == "loss" else total_grad_norm
         assert self.threshold is not None
-        if value is not None and (value > self.threshold or math.isnan(value)):
-            label = "loss" if self.condition == "loss" else "total gradient norm"
-            return BreakHit(step, phase, self.describe(), None,
-                            f"{label} {value:.4g} > {self.threshold:g}")
+        if value is None:
+            return None
+        label = "loss" if self.condition == "loss" else "total gradient norm"
+        if self.below:
+            if value < self.threshold:  # NaN compares False: a NaN loss has not converged
+                return BreakHit(step, phase, self.describe(), None, f"{label} {value:.4g} < {self.threshold:g}")
+        elif value > self.threshold or math.isnan(value):
+            return BreakHit(step, phase, self.describe(), None, f"{label} {value:.4g} > {self.threshold:g}")
         return None

@@ -95,7 +95,7 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         with Vertical(classes="dialog"):
             yield Label(Text("Breakpoints", theme.ACCENT))
             yield OptionList(id="bp-list")
-            yield Input(placeholder="nan_inf · loss>5 · grad_norm>100 · step==12 · dead_units@features.*",
+            yield Input(placeholder="nan_inf · loss>5 · loss<0.05 · grad_norm>100 · step==12 · dead_units@features.*",
                         id="bp-input")
             yield Static("", id="bp-error")  # wraps a long parser message
             kinds = ", ".join(self.kinds) if self.kinds else "see the engine's finding kinds"
