@@ -107,13 +107,22 @@ def test_bench_interrupted_keeps_finished_rows_and_stops_ranks(tmp_path: Path) -
     _no_temp_files(tmp_path)
 
 
-def test_profile_interrupted_keeps_what_was_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_profile_interrupted_keeps_what_was_written(sig, tmp_path: Path) -> None:
     logdir = tmp_path / "prof"
     proc = _start(["profile", str(SLOW), "--logdir", str(logdir), "--run", "r", "--steps", "100000",
                    "--wait", "0", "--warmup", "1", "--active", "100000", "--force"], tmp_path)
     _wait_for(lambda: (logdir / "r").exists(), 120, proc)
     time.sleep(3.0)
-    code, out, err = _stop(proc, signal.SIGINT)
+    code, out, err = _stop(proc, sig)
     assert code == 130, err
     assert "interrupted" in (out + err)
+    # The profiler flushed the steps recorded so far: a trace that parses, with whole steps in it.
+    (trace,) = (logdir / "r").glob("*.pt.trace.json")
+    assert f"partial trace kept: {trace}" in " ".join(out.split()).replace(" ", "").replace(
+        "partialtracekept:", "partial trace kept: ")
+    from workbench.profiling.analysis import analyze_file
+
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert len(analyze_file(trace).steps) >= 1
     _no_temp_files(tmp_path)

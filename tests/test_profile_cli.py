@@ -231,8 +231,35 @@ def test_a_scenario_that_fails_leaves_no_empty_run_dir(tmp_path: Path, write_sce
     logdir = tmp_path / "logs"
     assert main(["profile", str(broken), "--logdir", str(logdir), "--run", "x", *SMALL]) == 2
     err = capsys.readouterr().err
-    assert f"{broken}:7: the forward phase of a profiled step raised RuntimeError: boom in forward" in err
+    assert f"{broken}:7: the forward phase of step 0 raised RuntimeError: boom in forward" in err
     assert not (logdir / "x").exists()
+
+
+def test_a_failure_at_step_k_keeps_the_steps_before_it(tmp_path: Path, write_scenario,  # noqa: ANN001
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Fails at step 3 of 5 (0 wait, 1 warm-up, 4 active): steps 1-2 are in the trace, and the
+    error names the step, the file:line and where the partial trace is."""
+    broken = write_scenario(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n\n"
+        "class Late(nn.Linear):\n    calls = 0\n    def forward(self, x):\n        Late.calls += 1\n"
+        "        if Late.calls > 3:  # steps 0-2 run (the probe step has a fresh build); step 3 raises\n"
+        "            raise RuntimeError('boom at step 3')\n        return super().forward(x)\n\n"
+        "def build(device):\n    m = Late(4, 2)\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.MSELoss(), data=[(torch.randn(3, 4), torch.randn(3, 2))])\n",
+        "late.py",
+    )
+    logdir = tmp_path / "logs"
+    assert main(["profile", str(broken), "--logdir", str(logdir), "--run", "x", "--wait", "0", "--warmup", "1",
+                 "--active", "4"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{broken}:10: the forward phase of step 3 raised RuntimeError: boom at step 3" in err
+    (trace,) = (logdir / "x").glob("*.pt.trace.json")
+    assert "traced and kept" in err and str(trace) in err.replace(" ", "")
+    a = analyze_file(trace)
+    # The warm-up step 0 is dropped; steps 1-2 are whole; step 3's range ends at the error.
+    assert [s.name for s in a.steps] == ["ProfilerStep#1", "ProfilerStep#2", "ProfilerStep#3"]
+    assert json.loads(trace.read_text())["traceEvents"]
 
 
 def test_one_worker_file_per_rank_in_the_same_run(tmp_path: Path) -> None:
@@ -329,3 +356,24 @@ def test_cuda_profile_of_cnn_image_has_kernel_time(tmp_path: Path) -> None:
         assert sum(t for _, t in step.categories) == pytest.approx(step.duration_us, rel=1e-9)
     assert any(o.self_device_us > 0 for o in a.operators)
     assert any(m.device.startswith("cuda") for m in a.memory)
+
+
+def test_findings_of_a_run_report_join_the_recommendations(profiled: tuple[Path, str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "dead.json"
+    assert main(["run", str(ROOT / "scenarios/broken/dead_relu.py"), "--steps", "3", "--json", str(report)]) == 0
+    capsys.readouterr()
+    out_json = tmp_path / "analysis.json"
+    assert main(["profile", "--analyze", str(profiled[0]), "--findings", str(report), "--json", str(out_json)]) == 0
+    assert "engine:dead_units" in capsys.readouterr().out
+    recs = json.loads(out_json.read_text())["recommendations"]
+    (dead,) = [r for r in recs if r["rule"] == "engine:dead_units"]
+    assert "hidden.act" in dead["message"] and dead["source"] == "engine"
+    # Not a run report, or not JSON: refused with the file named, before any work.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "workbench.bench/1"}')
+    assert main(["profile", "--analyze", str(profiled[0]), "--findings", str(bad)]) == 2
+    assert f"{bad}: not a `workbench run --json` report" in " ".join(capsys.readouterr().err.split())
+    bad.write_text("{")
+    assert main(["profile", "--analyze", str(profiled[0]), "--findings", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

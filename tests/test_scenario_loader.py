@@ -84,6 +84,15 @@ def test_discover_lists_build_variants(write_scenario, tmp_path) -> None:
     assert labels == ["a", "a:build_other"]
 
 
+
+def test_discover_accepts_any_name_for_builds_parameter(write_scenario, tmp_path) -> None:
+    # `def build(dev)` loads from its path, so it is listed too; a helper such as
+    # `def build_layers(sizes)` is not a variant.
+    write_scenario(GOOD.replace("def build(device", "def build(dev").replace("(device)", "(dev)")
+                   + "\n\ndef build_layers(sizes):\n    return sizes\n", name="b.py")
+    assert [s.label for s in discover(tmp_path)] == ["b"]
+
+
 # -- errors -------------------------------------------------------------------------
 
 def _err(spec, device="cpu") -> ScenarioError:

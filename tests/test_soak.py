@@ -8,12 +8,18 @@ an overnight session; this runs long enough to see one. Slow: CI runs it.
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
-from tests.conftest import SCENARIOS
+from tests.conftest import ROOT, SCENARIOS
 from workbench.engine import Engine, EngineConfig, StepRecord
 from workbench.scenario import load
 
@@ -65,3 +71,46 @@ def test_five_thousand_steps_leak_nothing(one_thread) -> None:
     assert min(rss) >= rss0 * (1 - TOLERANCE), f"RSS fell more than 5% after warm-up: {report}"
     assert max(s[2] for s in samples) <= fds0, f"open file descriptors grew: {[s[2] for s in samples]}"
     assert max(s[3] for s in samples) <= threads0, f"threads grew: {[s[3] for s in samples]}"
+
+
+def test_headless_run_of_five_thousand_steps_holds_flat(tmp_path: Path) -> None:
+    """The same soak through `workbench run --json`: the command streams its steps to the
+    report's temp file and keeps running totals, so its own memory stays flat too."""
+    report = tmp_path / "soak.json"
+    cmd = [sys.executable, "-m", "workbench", "run", str(SCENARIOS / "regression_mse.py"), "--steps", str(STEPS),
+           "--device", "cpu", "--every", "1", "--json", str(report)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"})
+    watched = psutil.Process(proc.pid)
+    samples: list[tuple[int, int, int, int]] = []  # (report bytes so far, rss, fds, threads)
+    deadline = time.monotonic() + 600
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            partial = next(tmp_path.glob(".soak.json.*.tmp"), None)
+            try:
+                size = partial.stat().st_size if partial is not None else 0
+                samples.append((size, watched.memory_info().rss, watched.num_fds(), watched.num_threads()))
+            except (FileNotFoundError, psutil.NoSuchProcess):
+                pass  # the report was just renamed into place, or the run just ended
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    data = json.loads(report.read_text())
+    assert len(data["steps"]) == STEPS and data["summary"]["steps_done"] == STEPS
+    assert not list(tmp_path.glob("*.tmp"))
+
+    # Progress from the streamed bytes: one line per step, all about the same length.
+    per_step = report.stat().st_size / STEPS
+    after = [s for s in samples if s[0] >= WARMUP * per_step]
+    assert len(after) >= 10, f"too few samples after warm-up: {len(after)} of {len(samples)}"
+    rss = [s[1] for s in after]
+    base = rss[0]
+    shown = ", ".join(f"{s[0] / per_step:.0f}: {s[1] / 2**20:.1f} MiB" for s in after[:: max(len(after) // 12, 1)])
+    print(f"headless RSS after warm-up (step: RSS): {shown}")  # shown with -s
+    assert max(rss) <= base * (1 + TOLERANCE), f"RSS grew more than 5% after warm-up: {shown}"
+    assert min(rss) >= base * (1 - TOLERANCE), f"RSS fell more than 5% after warm-up: {shown}"
+    assert max(s[2] for s in after) <= after[0][2], f"open file descriptors grew: {[s[2] for s in after]}"
+    assert max(s[3] for s in after) <= after[0][3], f"threads grew: {[s[3] for s in after]}"

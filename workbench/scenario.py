@@ -419,14 +419,17 @@ def load(spec: str | Path, device: str | torch.device = "cpu") -> Scenario:
     return load_source(spec).build(device)
 
 
-_BUILD_RE = re.compile(r"^def (build(?:_\w+)?)\(\s*device\b", re.MULTILINE)
+# `def build(<any name>)`, and `def build_<variant>(device...)`: a variant must call its
+# parameter `device`, so helpers such as `def build_layers(sizes)` are not listed.
+_BUILD_RE = re.compile(r"^def (build)\(\s*\w+|^def (build_\w+)\(\s*device\b", re.MULTILINE)
 
 
 def discover(directory: str | Path) -> list[ScenarioSource]:
     """Every scenario file in ``directory`` (not recursive; ``_*.py`` skipped).
 
     A file counts as a scenario when its source defines a top-level
-    ``build(device)``; each further top-level ``build_<variant>(device)`` is
+    ``build(device)`` (the parameter may have any name); each further top-level
+    ``build_<variant>(device)`` is
     listed as ``file.py:build_<variant>``. Sorted by file name.
     """
     root = Path(directory)
@@ -445,7 +448,7 @@ def discover(directory: str | Path) -> list[ScenarioSource]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        functions = _BUILD_RE.findall(text)
+        functions = [plain or variant for plain, variant in _BUILD_RE.findall(text)]
         # build first, then the variants the file offers (build_batchnorm, ...).
         for func in sorted(set(functions), key=lambda f: (f != "build", f)):
             spec = str(path) if func == "build" else f"{path}:{func}"

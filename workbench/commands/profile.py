@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write the trace even above --max-trace-mb")
     p.add_argument("--json", metavar="FILE", help="also write the full analysis as JSON (checked before profiling)")
     p.add_argument("--top", type=int, default=15, help="rows in the operator table (default 15)")
+    p.add_argument("--findings", metavar="REPORT",
+                   help="add the health findings of a `workbench run --json` report to the recommendations")
     p.add_argument("--open-tensorboard", action="store_true",
                    help="start TensorBoard on 127.0.0.1 (a free port) afterwards; Ctrl-C stops it")
 
@@ -93,8 +95,13 @@ def run(args: argparse.Namespace) -> int:
         from workbench.report.files import check_writable
 
         check_writable(args.json)
+    findings: tuple = ()
+    if args.findings:
+        from workbench.report.json_report import read_findings
+
+        findings = read_findings(args.findings)  # checked before profiling
     if args.analyze:
-        analysis = analyze_path(args.analyze)
+        analysis = analyze_path(args.analyze, findings=findings)
         console.print(run_view(analysis, args.top))
         logdir = analysis.run_dir.parent
     else:
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             if args.ddp is not None:
                 raise UsageError("--ddp spawns local ranks; under torchrun each process is already a rank. "
                                  "Leave --ddp out (torchrun --nproc-per-node sets the number of ranks).")
-            return _as_torchrun_rank(args, console, source, options, limit)
+            return _as_torchrun_rank(args, console, source, options, limit, findings)
         with console.status(f"profiling {source.label}: estimating the trace size ...") as status:
 
             def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(files_view(result))
         if not result.files:
             return 1
-        analysis = analyze_path(result.run_dir)
+        analysis = analyze_path(result.run_dir, findings=findings)
         console.print(run_view(analysis, args.top))
         logdir = result.logdir
     if args.json:
@@ -146,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_torchrun_rank(args, console, source, options, limit) -> int:  # noqa: ANN001
+def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  # noqa: ANN001
     """One rank of a torchrun job; rank 0 prints the files and the analysis of all ranks."""
     import os
 
@@ -167,7 +174,7 @@ def _as_torchrun_rank(args, console, source, options, limit) -> int:  # noqa: AN
     console.print(files_view(result))
     if not result.files:
         return 1
-    analysis = analyze_path(result.run_dir)
+    analysis = analyze_path(result.run_dir, findings=findings)
     console.print(run_view(analysis, args.top))
     if args.json:
         from workbench.report.files import atomic_write_json

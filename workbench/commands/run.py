@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--every", type=int, default=1, metavar="K",
                    help="module/parameter stats every K-th step (default 1: every step)")
-    p.add_argument("--break-on", action="append", default=[], metavar="COND",
+    p.add_argument("--break-on", action="extend", nargs="+", default=[], metavar="COND",
                    help="stop at the first step where COND holds: a finding kind (nan_inf, "
-                        "dead_units@features.*, any>=error), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N; repeatable")
+                        "dead_units@features.*, any>=error), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N; several after one flag, or the flag repeated")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON (checked before running)")
     p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars and histograms to DIR")
     p.add_argument("--histogram-every", type=int, default=10, metavar="K",
@@ -76,34 +76,77 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             import sys
 
-            sys.stderr.write(f"partial report ({len(report.records)} steps) written to {args.json}\n")
+            sys.stderr.write(f"partial report ({report.steps_done} steps) written to {args.json}\n")
         raise
+    except Exception as exc:  # our own bug, or one we did not foresee: keep the steps done
+        import traceback
+
+        from workbench.report import json_report
+
+        report.write("error", json_report.error_json(exc, traceback.format_exc(), step=report.step))
+        raise
+    finally:
+        if report.stream is not None and report.stream.open:
+            report.stream.abort()  # only when writing the report itself failed
+
+
+MAX_FINDINGS = 10_000  # listed in the report; all are counted in its summary
 
 
 class _Report:
-    """What the run has so far: steps, findings, where it ran; written as JSON however it ends."""
+    """What the run has so far, written as JSON however it ends.
+
+    Steps stream to the report's temp file as they happen and the summary is kept
+    as running totals, so a 5,000-step run holds no list of records: only the
+    findings (bounded by the engine) and the last measured step for the tables.
+    """
 
     def __init__(self, path: str | None, label: str, device: str) -> None:
         from workbench.engine import Finding, StepRecord
+        from workbench.report.files import JsonStream
+        from workbench.report.json_report import RunTally, report_head
 
-        self.path = path
         self.label = label
         self.device = device
-        self.records: list[StepRecord] = []
+        self.stream = JsonStream(path, "steps", report_head()) if path else None
+        self.tally = RunTally()
         self.findings: list[Finding] = []
+        self.last_measured: StepRecord | None = None
         self.step: int | None = None  # the engine's step in progress, once there is an engine
+        self.summary: dict[str, Any] | None = None
+
+    @property
+    def steps_done(self) -> int:
+        return self.tally.steps
+
+    def add_findings(self, findings: Any) -> None:  # Sequence[Finding]
+        """Count every finding; list the first MAX_FINDINGS (a model gone NaN repeats
+        its findings every step, and the first ones name the cause)."""
+        self.tally.count(findings)
+        room = max(MAX_FINDINGS - len(self.findings), 0)
+        self.findings.extend(findings[:room])
+        self.tally.findings_not_listed += max(len(findings) - room, 0)
+
+    def add(self, record: Any) -> None:  # StepRecord
+        from workbench.report.json_report import step_json
+
+        self.tally.add(record)
+        if record.modules:
+            self.last_measured = record
+        if self.stream is not None:
+            self.stream.add(step_json(record))
 
     def write(self, stopped_by: str, error: dict[str, Any] | None, break_hit: Any = None) -> dict[str, Any]:
-        from workbench.report import json_report
-        from workbench.report.files import atomic_write_json
+        """Finish the report (once: a later call, e.g. Ctrl-C while printing, keeps the first)."""
+        from workbench.report.json_report import report_rest
 
-        summary = json_report.run_summary(self.records, self.findings, steps_done=len(self.records),
-                                          stopped_by=stopped_by, break_hit=break_hit)
-        if self.path:
-            atomic_write_json(self.path, json_report.run_report(
-                scenario=self.label, device=self.device, records=self.records, findings=self.findings,
-                summary=summary, error=error))
-        return summary
+        if self.summary is not None:
+            return self.summary
+        self.summary = self.tally.summary(stopped_by=stopped_by, break_hit=break_hit)
+        if self.stream is not None:
+            self.stream.finish(report_rest(scenario=self.label, device=self.device, findings=self.findings,
+                                           summary=self.summary, error=error))
+        return self.summary
 
 
 def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: _Report) -> int:
@@ -136,7 +179,9 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             report.device = str(device)
             scenario = source.build(device)
         except ScenarioError as exc:
-            report.write("error", json_report.error_json(exc))
+            import traceback
+
+            report.write("error", json_report.error_json(exc, traceback.format_exc()))
             raise
 
         engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints))
@@ -153,11 +198,11 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                 while done < args.steps:
                     result = engine.advance()
                     report.step = engine.step
-                    report.findings.extend(result.findings)
+                    report.add_findings(result.findings)
                     if tb is not None and result.phase is Phase.BACKWARD and tb.wants_histograms(result.step):
                         tb.histograms(scenario.model, result.step)
                     if result.record is not None:
-                        report.records.append(result.record)
+                        report.add(result.record)
                         done += 1
                         if tb is not None:
                             tb.step(result.record)
@@ -176,16 +221,17 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
 
     summary = report.write(stopped_by, json_report.step_error_json(error) if error is not None else None, hit)
 
-    records = report.records
-    measured = [r for r in records if r.modules]
     if paused is not None and paused.modules:
         console.print(layer_table(paused, title=f"layers at step {paused.step} (paused before its optimizer step)"))
         console.print(param_table(paused))
-    elif measured:
-        console.print(layer_table(measured[-1]))
-        console.print(param_table(measured[-1]))
+    elif report.last_measured is not None:
+        console.print(layer_table(report.last_measured))
+        console.print(param_table(report.last_measured))
     if report.findings:
         console.print(findings_table(report.findings, limit=args.findings))
+        if report.tally.findings_not_listed:
+            console.print(f"{report.tally.findings_not_listed:,} later findings are counted in the summary but "
+                          f"not listed (the report lists the first {MAX_FINDINGS:,}).", highlight=False)
     console.print(run_line(summary))
     if hit is not None:
         console.print(f"[bold yellow]stopped at breakpoint[/] {hit.breakpoint} at step {hit.step}, "

@@ -237,10 +237,10 @@ def train_steps(
     except ScenarioError:
         raise
     except Exception as exc:
-        raise _step_error(scenario, phase, exc) from exc
+        raise _step_error(scenario, phase, i, exc) from exc
 
 
-def _step_error(scenario: Scenario, phase: str, exc: Exception) -> Exception:
+def _step_error(scenario: Scenario, phase: str, step: int, exc: Exception) -> Exception:
     """The user's code raised inside a step: say where (file:line) and in which phase."""
     import traceback
 
@@ -255,7 +255,7 @@ def _step_error(scenario: Scenario, phase: str, exc: Exception) -> Exception:
                 line = frame.lineno
     where = (source.where if source is not None else scenario.name or "scenario") + (f":{line}" if line else "")
     return ScenarioError(
-        f"{where}: the {phase} phase of a profiled step raised {type(exc).__name__}: {exc}. "
+        f"{where}: the {phase} phase of step {step} raised {type(exc).__name__}: {exc}. "
         "Fix the scenario (run with --verbose for the full traceback).",
         path=path,
         line=line,
@@ -424,6 +424,9 @@ def _profile_into(
         if size.total_bytes > max_trace_mb * 2**20 and not force:
             raise TraceTooLargeError(too_large_message(size, max_trace_mb))
     capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
+    from workbench.scenario import ScenarioError
+
+    kept = set(run_dir.glob("*.pt.trace.json*"))
     try:
         if ranks > 1:
             from workbench.profiling.ddp import RankProfileJob, profile_ddp
@@ -438,6 +441,15 @@ def _profile_into(
     except KeyboardInterrupt as exc:
         # Leaving the profiler context flushed the steps recorded so far.
         raise ProfileInterrupted(run_dir, tuple(sorted(run_dir.glob("*.pt.trace.json*")))) from exc
+    except ScenarioError as exc:
+        # Leaving the profiler context flushed the steps before the failing one: say so.
+        partial = sorted(set(run_dir.glob("*.pt.trace.json*")) - kept)
+        if not partial:
+            raise
+        names = ", ".join(str(f) for f in partial)
+        raise ScenarioError(f"{exc} The steps before it were traced and kept (the failing step's range "
+                            f"ends at the error): {names} "
+                            f"(workbench profile --analyze {run_dir}).", path=exc.path, line=exc.line) from exc
     import torch
 
     from workbench.report.files import atomic_write_json

@@ -92,3 +92,63 @@ def jsonable(value: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return atomic_write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+class JsonStream:
+    """One JSON object written atomically, with one array in it streamed item by item.
+
+    ``add(item)`` appends an element of the array ``key`` to a temp file in the
+    target's directory, so memory stays flat however long the run; ``finish(rest)``
+    writes the other keys, fsyncs and renames the file over ``path``; ``abort()``
+    removes the temp file. A reader never sees a half-written report.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: str, head: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        self.tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+        self._count = 0
+        self._fh.write("{\n")
+        for k, v in head.items():
+            self._fh.write(f"  {json.dumps(k)}: {_indented(v)},\n")
+        self._fh.write(f"  {json.dumps(key)}: [")
+
+    @property
+    def open(self) -> bool:
+        return not self._fh.closed
+
+    def add(self, item: Any) -> None:
+        # One line per element: compact, and greppable in a long run's report.
+        self._fh.write(("," if self._count else "") + "\n    " + json.dumps(jsonable(item), allow_nan=False))
+        self._count += 1
+
+    def finish(self, rest: dict[str, Any]) -> Path:
+        try:
+            self._fh.write("\n  ]" if self._count else "]")
+            for k, v in rest.items():
+                self._fh.write(f",\n  {json.dumps(k)}: {_indented(v)}")
+            self._fh.write("\n}\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _indented(value: Any) -> str:
+    """json.dumps at indent 2, nested one level (the value of a top-level key)."""
+    return json.dumps(jsonable(value), indent=2, allow_nan=False).replace("\n", "\n  ")

@@ -1,4 +1,9 @@
-"""The JSON report of `workbench run` / `workbench check` (plain dicts, strict JSON via files.jsonable)."""
+"""The JSON report of `workbench run` / `workbench check` (plain dicts, strict JSON via files.jsonable).
+
+`workbench run` streams it: ``report_head()``, then one ``step_json`` per step as the
+steps happen (report.files.JsonStream), then ``report_rest(...)`` with the findings,
+the summary (from a ``RunTally``) and the error. Memory stays flat however long the run.
+"""
 
 from __future__ import annotations
 
@@ -42,35 +47,64 @@ def step_json(r: StepRecord) -> dict[str, Any]:
     }
 
 
-def run_summary(records: Sequence[StepRecord], findings: Sequence[Finding], *, steps_done: int,
-                stopped_by: str, break_hit: BreakHit | None = None) -> dict[str, Any]:
-    losses = [r.loss for r in records if r.loss is not None and math.isfinite(r.loss)]
-    step_seconds = [r.seconds for r in records]
-    instrument = [r.instrument_seconds for r in records]
-    mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
-    mean_instr = sum(instrument) / len(instrument) if instrument else None
-    rss = [r.memory.rss_bytes for r in records if r.memory.rss_bytes]
-    cuda = [r.memory.cuda_peak for r in records if r.memory.cuda_peak]
-    return {
-        "steps_done": steps_done,
-        "stopped_by": stopped_by,
-        "first_loss": records[0].loss if records else None,
-        "final_loss": records[-1].loss if records else None,
-        "best_loss": min(losses) if losses else None,
-        "mean_step_seconds": mean_step,
-        "mean_instrument_seconds": mean_instr,
-        # The debugger's own cost relative to the training work it watched.
-        "instrument_fraction": (mean_instr / mean_step) if mean_step and mean_instr is not None else None,
-        "peak_rss_bytes": max(rss) if rss else None,
-        "peak_cuda_bytes": max(cuda) if cuda else None,
-        "findings_by_severity": dict(Counter(f.severity for f in findings)),
-        "findings_by_kind": dict(Counter(f.kind for f in findings)),
-        "break_hit": None if break_hit is None else {
-            "step": break_hit.step, "phase": break_hit.phase.value, "breakpoint": break_hit.breakpoint,
-            "reason": break_hit.reason,
-            "finding": finding_json(break_hit.finding) if break_hit.finding else None,
-        },
-    }
+@dataclasses.dataclass
+class RunTally:
+    """The run summary's figures, kept as running totals: a long run needs no list of records."""
+
+    steps: int = 0
+    first_loss: float | None = None
+    final_loss: float | None = None
+    best_loss: float | None = None
+    seconds: float = 0.0
+    instrument_seconds: float = 0.0
+    peak_rss: int | None = None
+    peak_cuda: int | None = None
+    by_severity: Counter[str] = dataclasses.field(default_factory=Counter)
+    by_kind: Counter[str] = dataclasses.field(default_factory=Counter)
+    findings_not_listed: int = 0  # past the report's cap: counted, not listed
+
+    def add(self, r: StepRecord) -> None:
+        if self.steps == 0:
+            self.first_loss = r.loss
+        self.steps += 1
+        self.final_loss = r.loss
+        if r.loss is not None and math.isfinite(r.loss):
+            self.best_loss = r.loss if self.best_loss is None else min(self.best_loss, r.loss)
+        self.seconds += r.seconds
+        self.instrument_seconds += r.instrument_seconds
+        if r.memory.rss_bytes:
+            self.peak_rss = max(self.peak_rss or 0, r.memory.rss_bytes)
+        if r.memory.cuda_peak:
+            self.peak_cuda = max(self.peak_cuda or 0, r.memory.cuda_peak)
+
+    def count(self, findings: Sequence[Finding]) -> None:
+        self.by_severity.update(f.severity for f in findings)
+        self.by_kind.update(f.kind for f in findings)
+
+    def summary(self, *, stopped_by: str, break_hit: BreakHit | None = None) -> dict[str, Any]:
+        mean_step = self.seconds / self.steps if self.steps else None
+        mean_instr = self.instrument_seconds / self.steps if self.steps else None
+        return {
+            "steps_done": self.steps,
+            "stopped_by": stopped_by,
+            "first_loss": self.first_loss,
+            "final_loss": self.final_loss,
+            "best_loss": self.best_loss,
+            "mean_step_seconds": mean_step,
+            "mean_instrument_seconds": mean_instr,
+            # The debugger's own cost relative to the training work it watched.
+            "instrument_fraction": (mean_instr / mean_step) if mean_step and mean_instr is not None else None,
+            "peak_rss_bytes": self.peak_rss,
+            "peak_cuda_bytes": self.peak_cuda,
+            "findings_by_severity": dict(self.by_severity),
+            "findings_by_kind": dict(self.by_kind),
+            "findings_not_listed": self.findings_not_listed,
+            "break_hit": None if break_hit is None else {
+                "step": break_hit.step, "phase": break_hit.phase.value, "breakpoint": break_hit.breakpoint,
+                "reason": break_hit.reason,
+                "finding": finding_json(break_hit.finding) if break_hit.finding else None,
+            },
+        }
 
 
 def error_json(exc: BaseException, traceback_text: str | None = None, *, phase: str | None = None,
@@ -79,13 +113,15 @@ def error_json(exc: BaseException, traceback_text: str | None = None, *, phase: 
             "traceback": traceback_text}
 
 
-def run_report(*, scenario: str, device: str, records: Sequence[StepRecord], findings: Sequence[Finding],
-               summary: dict[str, Any], error: dict[str, Any] | None) -> dict[str, Any]:
+def report_head() -> dict[str, Any]:
+    return {"schema": SCHEMA}
+
+
+def report_rest(*, scenario: str, device: str, findings: Sequence[Finding], summary: dict[str, Any],
+                error: dict[str, Any] | None) -> dict[str, Any]:
     return {
-        "schema": SCHEMA,
         "scenario": scenario,
         "device": device,
-        "steps": [step_json(r) for r in records],
         "findings": [finding_json(f) for f in findings],
         "summary": summary,
         "error": error,
@@ -98,3 +134,35 @@ def step_error_json(err: Any) -> dict[str, Any]:
     payload.update({"call": err.call, "module": err.module, "at": err.user_frame, "kind": err.kind,
                     "hint": err.advice, "oom": err.oom, "batch_size": err.batch_size})
     return payload
+
+
+def read_findings(path: str) -> tuple[Any, ...]:
+    """The findings of a `workbench run --json` report, as objects with the Finding's
+    fields (kind, severity, module, message, ...). UsageError says what is wrong."""
+    import json
+    from types import SimpleNamespace
+
+    from workbench.errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file; pass the report of `workbench run SCENARIO --json FILE`.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot be read ({exc}).") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}); pass the report of "
+                         "`workbench run SCENARIO --json FILE`.") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("findings"), list):
+        raise UsageError(f"{path}: not a `workbench run --json` report (expected \"schema\": \"{SCHEMA}\" "
+                         "and a \"findings\" list).")
+    fields = ("step", "phase", "module", "parameter", "kind", "severity", "value", "threshold", "message")
+    out = []
+    for i, item in enumerate(data["findings"]):
+        if not isinstance(item, dict) or not isinstance(item.get("kind"), str) or not isinstance(
+                item.get("message"), str):
+            raise UsageError(f"{path}: findings[{i}] is not a finding (expected an object with "
+                             "\"kind\" and \"message\" strings).")
+        out.append(SimpleNamespace(**{k: item.get(k) for k in fields}))
+    return tuple(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -331,9 +332,11 @@ class MainScreen(Screen[None]):
         self._push_tool("bench", "BenchScreen", "benchmarks")
 
     def action_profile(self) -> None:
-        self._push_tool("profile", "ProfileScreen", "profile")
+        # The debugger's findings so far join the trace's recommendations ("ours").
+        findings = tuple(self.view.findings) if self.view is not None else ()
+        self._push_tool("profile", "ProfileScreen", "profile", findings=findings)
 
-    def _push_tool(self, module: str, cls: str, what: str) -> None:
+    def _push_tool(self, module: str, cls: str, what: str, **extra: Any) -> None:
         if self.session is None:
             self.notify("load a scenario first (s)", severity="warning")
             return
@@ -347,7 +350,7 @@ class MainScreen(Screen[None]):
                 raise
             self.notify(f"{what} screen not available yet", severity="warning")
             return
-        self.app.push_screen(screen_cls(self.session.source, self.session.device))
+        self.app.push_screen(screen_cls(self.session.source, self.session.device, **extra))
 
     def action_inspect(self) -> None:
         from workbench.tui.screens.dialogs import InspectorScreen

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from rich.console import Group
 from rich.text import Text
@@ -60,8 +61,10 @@ class ProfileScreen(Screen[None]):
         device: str,
         logdir: str | Path = "runs/profile",
         options: ProfileOptions = TUI_OPTIONS,
+        findings: tuple[Any, ...] = (),
     ) -> None:
         super().__init__()
+        self.findings = findings  # the debugger's health findings: recommendations of our own
         self.source = source
         self.device = str(device)
         self.logdir = Path(logdir).resolve()  # shown to the user: absolute, whatever the cwd later
@@ -131,7 +134,7 @@ class ProfileScreen(Screen[None]):
             # quiet log levels before torch was imported.
             result = run_profile(source, device, logdir, options, capture_stderr=False, on_progress=progress)
             self.post_message(ProfileProgress(options.steps, options.steps, "analysing the trace"))
-            analysis = analyze_path(result.run_dir)
+            analysis = analyze_path(result.run_dir, findings=self.findings)
         except Exception as exc:  # the user's code or a bad path: shown, never fatal
             self.post_message(JobFailed(
                 f"profiling {source.label} failed: {type(exc).__name__}",
