@@ -344,6 +344,31 @@ def build_fragile(device):
     assert "ValueError: this model refuses int8" in out
 
 
+def test_cli_exit_2_with_the_traceback_when_every_row_fails(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "always_raises.py"
+    path.write_text(TINY + '''
+def _forward(model, inputs):
+    raise RuntimeError("this scenario never trains")
+
+def build_broken(device):
+    s = build(device)
+    s.forward = _forward
+    return s
+''')
+    report = tmp_path / "bench.json"
+    code = main(["bench", f"{path}:build_broken", "--variants", "fp32,accum-2", "--steps", "2", "--warmup", "1",
+                 "--json", str(report)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "every row failed, so the scenario does not train here" in err
+    assert "RuntimeError: this scenario never trains" in err and f"traceback in {report}" in err
+    rows = json.loads(report.read_text())["results"]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    tb = rows[0]["extras"]["traceback"]
+    assert tb.startswith("Traceback") and f'File "{path}", line' in tb and "never trains" in tb
+
+
 def test_report_renders_every_status(tiny: Path) -> None:
     from rich.console import Console
 

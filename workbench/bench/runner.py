@@ -133,7 +133,8 @@ def run_one(variant: Variant, ctx: BenchContext, probe: object) -> VariantResult
         raise
     except Exception as exc:
         return VariantResult(variant.name, "failed", variant.description, reason=failure_reason(exc, variant, ctx),
-                             extras={"oom": is_oom(exc), "row_wall_s": time.perf_counter() - t0})
+                             extras={"oom": is_oom(exc), "row_wall_s": time.perf_counter() - t0,
+                                     "traceback": format_traceback(exc)})
     finally:
         release_memory(ctx.device)
     return dataclasses.replace(result, extras={**result.extras, "row_wall_s": time.perf_counter() - t0})
@@ -142,6 +143,14 @@ def run_one(variant: Variant, ctx: BenchContext, probe: object) -> VariantResult
 def is_oom(exc: BaseException) -> bool:
     """torch.OutOfMemoryError (what torch.cuda.OutOfMemoryError is), also from a DDP rank."""
     return isinstance(exc, torch.OutOfMemoryError) or bool(getattr(exc, "oom", False))
+
+
+def format_traceback(exc: BaseException, limit: int = 60) -> str:
+    """The failed row's traceback for the JSON report (its last ``limit`` lines)."""
+    import traceback
+
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    return "\n".join(lines[-limit:])
 
 
 def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> str:

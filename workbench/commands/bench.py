@@ -14,6 +14,8 @@ HELP = "benchmark fp32 vs AMP, accumulation, DDP, int8, DataLoader, compile ... 
 DESCRIPTION = (
     "Run the scenario's training step under several variants on identical batches and compare "
     "median step time, IQR, throughput, speedup, peak memory and final loss. "
+    "Exit codes: 0 every row ran or was skipped with its reason, 1 a row failed, 2 bad input or "
+    "every row failed (the scenario raises; the JSON rows hold the traceback), 130 interrupted. "
     "`workbench bench --compare OLD.json NEW.json` gates regressions (exit 1 past --threshold). "
     "Variants: fp32, amp, amp-bf16, accum-K, channels-last, compile, dataparallel, ddp-N, "
     "int8-dynamic, loader-wN[-pin]; aliases dataloader, default, all."
@@ -142,5 +144,20 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     if result.interrupted:
         console.print("[yellow]interrupted: the table above is partial[/]")  # type: ignore[attr-defined]
         return 130
-    failed = [r.name for r in result.results if r.status == "failed"]
+    failed = [r for r in result.results if r.status == "failed"]
+    ran = [r for r in result.results if r.status != "skipped"]
+    if failed and len(failed) == len(ran) and not any(r.extras.get("oom") for r in failed):
+        # Every row that ran raised: the scenario itself does not train (an out-of-memory
+        # row is a finding about the hardware, not this). Exit 2, as `workbench run` does.
+        first = failed[0]
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        if args.verbose and first.extras.get("traceback"):
+            err.print(first.extras["traceback"], markup=False, highlight=False)
+        where = f"traceback in {args.json}" if args.json else "--verbose or --json for the traceback"
+        err.print(f"[bold red]error:[/] every row failed, so the scenario does not train here; the "
+                  f"{first.name} row: {first.reason} ({where}). Fix the scenario and run again.",
+                  highlight=False, soft_wrap=True)
+        return 2
     return 1 if failed else 0
