@@ -7,7 +7,9 @@ accum-4, channels-last and int8-dynamic of one scenario side by side. The
 training step is the same ``step(i)`` the workbench harness times; int8
 rows time inference (their fp32 reference is the `fp32-inference` row).
 Also here: the harness vs ``torch.utils.benchmark.Timer`` on the same step,
-and the wall time of the default variant matrix on cnn_image.
+the wall time of the default variant matrix on cnn_image, and the rows that
+need their own processes, workers, compiler or GPUs (ddp-2, loader-wN,
+compile, amp-bf16, dataparallel) through the runner, skips with reasons.
 """
 
 from __future__ import annotations
@@ -127,3 +129,34 @@ def _load() -> float | None:
         return os.getloadavg()[0]
     except OSError:
         return None
+
+
+# Rows that cannot be a single in-process step closure: spawned DDP ranks, DataLoader
+# workers, torch.compile (compile time reported apart), and the CUDA-only rows, which
+# skip on a CPU machine with their reason recorded rather than vanish from the suite.
+ROW_VARIANTS = ["fp32", "ddp-2", "loader-w0", "loader-w2", "compile", "amp-bf16", "dataparallel"]
+
+
+def test_rows_with_processes_workers_compile_or_gpus(benchmark) -> None:
+    """The rest of the variant registry, through the same runner as `workbench bench`."""
+    source = next(s for s in SOURCES if s.label == "mlp_digits")
+    runs = []
+
+    def once() -> None:
+        runs.append(run_bench(source, ROW_VARIANTS, plan=Plan(warmup=2, steps=12)))
+
+    benchmark.pedantic(once, rounds=1, iterations=1)
+    (run,) = runs
+    rows = {}
+    for r in run.results:
+        rows[r.name] = {"status": r.status, "reason": r.reason,
+                        "median_ms": r.timing.median * 1e3 if r.timing else None, "speedup": r.speedup}
+    benchmark.extra_info.update(rows=rows, load_avg_1m=_load())
+    print("\n" + "\n".join(
+        f"{name:<13} {row['status']:<8} "
+        + (f"{row['median_ms']:8.2f} ms  {row['speedup']:.2f}x" if row["median_ms"] is not None and row["speedup"]
+           else row["reason"])
+        for name, row in rows.items()))
+    failed = {n: r["reason"] for n, r in rows.items() if r["status"] == "failed"}
+    assert not failed, failed
+    assert rows["fp32"]["status"] == "ok" and rows["ddp-2"]["status"] == "ok"
