@@ -274,6 +274,12 @@ THRESHOLDS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _measured(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
 def from_findings(findings: Iterable[Any]) -> list[Recommendation]:
     """One recommendation per finding kind, from any objects with ``kind`` and
     ``message`` (the engine's Finding, or anything shaped like it)."""
@@ -295,7 +301,7 @@ def from_findings(findings: Iterable[Any]) -> list[Recommendation]:
                 f"engine:{kind}",
                 f"{finding.message}{more}",
                 "the engine's health rule" + (f" ({severity})" if severity else ""),
-                str(getattr(finding, "value", "") or ""),
+                _measured(getattr(finding, "value", None)),
                 ENGINE_VARIANTS.get(kind),
                 source="engine",
             )
