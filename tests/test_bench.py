@@ -382,3 +382,18 @@ def test_report_renders_every_status(tiny: Path) -> None:
     for needle in ("fp32", "1.00×", "vs fp32 inference", "skipped: needs ≥2 CUDA", "failed: RuntimeError: x",
                    detect().cpu, "torch threads"):
         assert needle in text
+
+
+@pytest.mark.slow  # one fresh process (a torch import) per row
+def test_isolate_memory_measures_each_row_in_a_fresh_process(tiny: Path) -> None:
+    run = run_bench(load_source(str(tiny)), ["fp32", "loader-w2"], plan=Plan(warmup=1, steps=2),
+                    isolate_memory=True)
+    for row in run.results:
+        assert row.ok, row.reason
+        assert row.memory_method.startswith("peak RSS of an isolated process"), row.memory_method
+        start = row.extras["isolated_start_rss"]
+        # The whole process: torch's runtime (tens of MB at least) plus the row's own work.
+        assert start > 20 * 2**20 and row.peak_memory >= start
+        assert row.extras["in_process_method"].startswith("RSS high-water rise")
+    # loader-w2's isolated process starts DataLoader workers of its own: it must not be daemonic.
+    assert not [w for r in run.results for w in r.warnings if "isolated memory run failed" in w]

@@ -139,7 +139,9 @@ def spawn_ranks(
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_spawn_entry, args=(r, world_size, port, entry, payload, where, out), daemon=True)
+    # Not daemonic: a rank may start processes of its own (DataLoader workers), which
+    # daemonic processes may not. The finally below stops every rank however this ends.
+    procs = [ctx.Process(target=_spawn_entry, args=(r, world_size, port, entry, payload, where, out))
              for r in range(world_size)]
     t0 = time.perf_counter()
     for p in procs:

@@ -7,6 +7,8 @@ the default matrix. Instead, on Linux, the kernel's RSS high-water mark
 read after it; the row reports the rise above the RSS at the start. Memory
 the allocator keeps cached from earlier rows is not counted again, so the
 figure is a lower bound of an isolated run; the method is named in the row.
+``workbench bench --isolate-memory`` measures the isolated run itself
+(bench/isolated.py), at the cost of a process per row.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class PeakMemory:
     method: str = ""
 
 
-def _status_kb(key: str) -> int | None:
+def proc_status_bytes(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -60,12 +62,12 @@ def track_peak(device: torch.device) -> Iterator[PeakMemory]:
             peak.bytes = max(torch.cuda.max_memory_allocated(device) - base, 0)
             peak.method = CUDA_METHOD
         return
-    base = _status_kb("VmRSS")
+    base = proc_status_bytes("VmRSS")
     usable = base is not None and _reset_hwm()
     try:
         yield peak
     finally:
-        hwm = _status_kb("VmHWM") if usable else None
+        hwm = proc_status_bytes("VmHWM") if usable else None
         if hwm is not None and base is not None:
             peak.bytes = max(hwm - base, 0)
             peak.method = CPU_METHOD

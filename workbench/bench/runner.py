@@ -51,7 +51,14 @@ def run_bench(
     plan: Plan = DEFAULT_PLAN,
     threads: int | None = None,
     progress: ProgressFn | None = None,
+    isolate_memory: bool = False,
 ) -> BenchRun:
+    """Every variant on identical batches, one row each; never raises for a row's failure.
+
+    ``isolate_memory`` (CPU): each row that ran is run again for a few steps in
+    a fresh process, and its peak RSS replaces the in-process figure (kept in
+    the row's extras). DDP rows measure per rank already and are left as they are.
+    """
     dev = resolve_device(device)
     chosen = _variants(variants)
     previous_threads = torch.get_num_threads()
@@ -78,6 +85,8 @@ def run_bench(
             ctx = BenchContext(source, dev, plan, batches, eval_batches, hardware, tick)
             try:
                 result = run_one(variant, ctx, probe)
+                if isolate_memory and result.ok and dev.type == "cpu" and not variant.name.startswith("ddp"):
+                    result = with_isolated_peak(result, variant, source)
             except KeyboardInterrupt:
                 interrupted = True
                 break
@@ -138,6 +147,22 @@ def run_one(variant: Variant, ctx: BenchContext, probe: object) -> VariantResult
     finally:
         release_memory(ctx.device)
     return dataclasses.replace(result, extras={**result.extras, "row_wall_s": time.perf_counter() - t0})
+
+
+def with_isolated_peak(result: VariantResult, variant: Variant, source: ScenarioSource) -> VariantResult:
+    """The row with its memory from an isolated process; on failure the in-process figure stays, warned."""
+    from workbench.bench.isolated import isolated_peak
+    from workbench.distributed import RankFailed
+
+    extras = {**result.extras, "in_process_peak": result.peak_memory,
+              "in_process_method": result.memory_method}
+    try:
+        peak = isolated_peak(source, variant, torch.get_num_threads())
+    except RankFailed as exc:
+        warning = f"isolated memory run failed, in-process figure kept: {exc}"
+        return dataclasses.replace(result, extras=extras, warnings=(*result.warnings, warning))
+    extras["isolated_start_rss"] = peak.start_bytes
+    return dataclasses.replace(result, peak_memory=peak.peak_bytes, memory_method=peak.method, extras=extras)
 
 
 def is_oom(exc: BaseException) -> bool:

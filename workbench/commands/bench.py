@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=1, help="steps per timed block (default 1)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's current setting)")
     p.add_argument("--json", metavar="FILE", help="write every raw sample and result as JSON")
+    p.add_argument("--isolate-memory", action="store_true",
+                   help="CPU: measure each row's peak RSS in a fresh process (a few steps; +2-5 s per row) "
+                        "instead of the in-process high-water rise")
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                    help="compare two --json files instead of running; exit 1 on a regression")
     p.add_argument("--threshold", type=float, default=10.0,
@@ -135,7 +138,7 @@ def _bench(console: object, args: argparse.Namespace) -> int:
             bar.update(task, completed=done, description=p.variant, row=row)  # type: ignore[attr-defined]
 
         result = run_bench(source, variants, device=args.device, plan=plan, threads=args.threads,
-                           progress=progress)
+                           progress=progress, isolate_memory=args.isolate_memory)
     console.print(render_run(result))  # type: ignore[attr-defined]
     if args.json:
         save_run(args.json, result)
