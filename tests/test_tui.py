@@ -165,6 +165,34 @@ async def test_nan_breakpoint_stops_at_the_right_step_and_module() -> None:
         assert main.view.step == 4 and main.view.last.skipped
 
 
+async def test_rewind_goes_back_and_the_replay_hits_the_same_breakpoint() -> None:
+    app = create_app([NAN], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("u")  # nothing has run: a notice, nothing changes
+        main = await settle(pilot)
+        assert main.view.step == 0
+        main.session.set_breakpoints(["nan_inf"])
+        await pilot.press("r")
+        main = await settle(pilot)
+        first = main.view.pending_break
+        assert first is not None and first.step == 3
+        losses = [r.loss for r in main.view.history]
+        await pilot.press("u")  # the start of step 3 (the paused one)
+        main = await settle(pilot)
+        assert main.view.step == 3 and main.view.next_phase.value == "forward"
+        await pilot.press("u")  # the start of step 2
+        main = await settle(pilot)
+        assert main.view.step == 2 and main.view.pending_break is None
+        assert [r.step for r in main.view.history] == [0, 1]
+        assert all(f.step < 2 for f in main.view.findings)
+        await pilot.press("r")
+        main = await settle(pilot)
+        again = main.view.pending_break
+        assert again is not None and (again.step, again.finding.module) == (first.step, first.finding.module)
+        assert [r.loss for r in main.view.history] == losses  # the same batches, the same numbers
+
+
 async def test_exception_in_a_step_shows_the_error_panel_and_the_app_keeps_going() -> None:
     app = create_app([RAISES_FORWARD], device="cpu", show_volatile=False)
     async with app.run_test(size=SIZE) as pilot:

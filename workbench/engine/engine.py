@@ -12,6 +12,7 @@ from two threads at once.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from workbench.engine import memory
+from workbench.engine import memory, snapshots
 from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.errors import ErrorContext, StepError, describe_call, innermost_module
 from workbench.engine.health import HealthMonitor, HealthThresholds
@@ -61,6 +62,7 @@ from workbench.engine.records import (
     StepProgress,
     StepRecord,
 )
+from workbench.engine.snapshots import SnapshotRing
 from workbench.scenario import Batch, Scenario, ScenarioError, ScenarioSource, split_batch
 
 
@@ -74,6 +76,11 @@ class EngineConfig:
     max_findings: ring size of ``Engine.findings``.
     sample_size: elements sampled per tensor for std, zero fraction, saturation and
         NaN/Inf counts (4096 gives those fractions to about +-1.5%).
+    snapshots: how many recent step starts to keep for ``Engine.rewind`` (0: off).
+        Each costs about the model's plus the optimizer state's size in memory and
+        a copy of them per step (charged to the "snapshot" instrument).
+    snapshot_budget: bytes all snapshots may take together; fewer are kept when
+        they are large, none when one alone is over it.
     """
 
     stats_every: int = 1
@@ -82,8 +89,12 @@ class EngineConfig:
     sample_size: int = 4096
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     breakpoints: tuple[Breakpoint, ...] = ()
+    snapshots: int = 0
+    snapshot_budget: int = 512 * 2**20
 
     def __post_init__(self) -> None:
+        if self.snapshots < 0:
+            raise ValueError(f"snapshots must be >= 0, got {self.snapshots}")
         if self.stats_every < 1:
             raise ValueError(f"stats_every must be >= 1, got {self.stats_every}")
         if self.history < 1:
@@ -149,9 +160,15 @@ class Engine:
         self._last_error: StepError | None = None
         self._closed = False
         self._skipped_steps = 0
+        self._measure_until = 0  # steps below this are measured whatever stats_every says (replays)
         self._state = self._new_state()
         self._phase_findings: list[Finding] = []
         self._biases_checked = False
+        self._snapshots = SnapshotRing(self.config.snapshots, self.config.snapshot_budget)
+        self._snapshot_too_big: int | None = None  # bytes of one snapshot, when over the budget
+        # Snapshots of rewound steps: their batches (and RNG) are replayed, in order,
+        # before the data iterator is touched again.
+        self._replay: deque[snapshots.Snapshot] = deque()
         scenario.optimizer.zero_grad(set_to_none=True)
 
     @classmethod
@@ -359,6 +376,66 @@ class Engine:
                 return RunOutcome(done, "breakpoint", result.break_hit)
         return RunOutcome(done, "steps")
 
+    @property
+    def rewindable_steps(self) -> tuple[int, ...]:
+        """The steps whose start ``rewind`` can return to (oldest first)."""
+        return self._snapshots.steps()
+
+    @property
+    def replay_steps(self) -> tuple[int, ...]:
+        """Rewound steps still to replay on their kept batches (in order)."""
+        return tuple(x.step for x in self._replay)
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self._snapshots.bytes
+
+    def rewind(self, steps: int = 1, *, measure: bool = True) -> int:
+        """Go back to the start of a recent step; returns the step that runs next.
+
+        ``steps`` counts step starts: with a step in progress, 1 is its own start;
+        between steps, 1 is the previous step's. Model, optimizer, scheduler, RNG
+        streams and the health rules' state are restored; the rewound steps' batches
+        are replayed, in order, before the data is read again, so the replay sees
+        the same inputs. Their records and findings are dropped from the history
+        and made again. ``measure`` takes full stats on every replayed step,
+        whatever ``stats_every`` is: replay with the heavy instruments on.
+        """
+        self._check_open()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        in_progress = bool(self._state.phases_done)
+        target = self._step - steps + (1 if in_progress else 0)
+        snap = self._snapshots.get(target)
+        if snap is None:
+            kept = self._snapshots.steps()
+            if not self.config.snapshots:
+                why = "snapshots are off (EngineConfig(snapshots=N) keeps the last N step starts)"
+            elif self._snapshot_too_big is not None:
+                why = (f"one snapshot of this model and optimizer takes {self._snapshot_too_big / 2**20:.1f} MB, "
+                       f"over the {self.config.snapshot_budget / 2**20:.1f} MB snapshot budget, so none are taken"
+                       + (f" (kept from before: steps {kept[0]}..{kept[-1]})" if kept else ""))
+            elif not kept:
+                why = "no step has started yet"
+            else:
+                why = f"snapshots are kept for steps {kept[0]}..{kept[-1]} (the last {self.config.snapshots})"
+            raise ValueError(f"cannot rewind to step {target}: {why}")
+        origin = self._step + (1 if in_progress else 0)
+        later = self._snapshots.drop_from(target)
+        self._replay = deque([x for x in later if x.batch is not None] + list(self._replay))
+        snap.restore(self._scenario)
+        self._health = copy.deepcopy(snap.health)
+        self._probe.reset()
+        self._pending_break = None
+        self._step = target
+        self._next_phase = Phase.FORWARD
+        self._history = deque((r for r in self._history if r.step < target), maxlen=self.config.history)
+        self._findings = deque((f for f in self._findings if f.step < target), maxlen=self.config.max_findings)
+        if measure:
+            self._measure_until = max(self._measure_until, origin)
+        self._state = self._new_state()
+        return target
+
     def skip_step(self) -> StepRecord:
         """Drop what is left of the current step (usually its optimizer step) and move on."""
         self._check_open()
@@ -393,8 +470,21 @@ class Engine:
     # -- phases -----------------------------------------------------------------------------
     def _forward(self, s: _StepState) -> None:
         self._phase_findings = []
+        snap = None
+        if self.config.snapshots:
+            t0 = time.perf_counter()
+            size = snapshots.size_of(self._scenario)
+            if size <= self.config.snapshot_budget:
+                snap = snapshots.take(self._scenario, s.step, self._epoch, self._batches_in_epoch, self._health)
+                self._snapshot_too_big = None
+            else:
+                self._snapshot_too_big = size
+            s.charge("snapshot", time.perf_counter() - t0)
         t0 = time.perf_counter()
         batch = self._next_batch()
+        if snap is not None:
+            snap.drawn(batch, self._epoch, self._batches_in_epoch)
+            self._snapshots.add(snap)
         s.batch_size = batch.size  # known before the copy, so an OOM in .to() can name it
         batch = batch.to(self._device)
         s.data_seconds = time.perf_counter() - t0
@@ -524,7 +614,8 @@ class Engine:
 
     # -- helpers ---------------------------------------------------------------------------
     def _new_state(self) -> _StepState:
-        return _StepState(step=self._step, measured=self._step % self.config.stats_every == 0)
+        measured = self._step % self.config.stats_every == 0 or self._step < self._measure_until
+        return _StepState(step=self._step, measured=measured)
 
     def _run_health(self, s: _StepState, rule: Callable[[], list[Finding]]) -> None:
         t0 = time.perf_counter()
@@ -541,6 +632,11 @@ class Engine:
             raise RuntimeError("this Engine is closed; build a new one")
 
     def _next_batch(self) -> Any:
+        if self._replay:  # a rewound step: the batch and RNG it had the first time
+            first = self._replay.popleft()
+            first.restore_rng()
+            self._epoch, self._batches_in_epoch = first.epoch, first.batches_in_epoch
+            return first.batch
         data = self._scenario.data
         for attempt in range(2):
             if self._data_iter is None:

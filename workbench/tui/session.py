@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from workbench.engine.engine import Engine, EngineConfig
 
 PHASES = (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
+TUI_SNAPSHOTS = 8  # step starts kept for rewind (bounded by EngineConfig.snapshot_budget too)
 PHASE_LABEL = {
     Phase.FORWARD: "forward",
     Phase.LOSS: "loss",
@@ -172,9 +173,12 @@ class Session:
     """One scenario in one engine, driven by worker threads one at a time."""
 
     def __init__(self, source: ScenarioSource, device: str, config: EngineConfig | None = None) -> None:
+        from workbench.engine.engine import EngineConfig
+
         self.source = source
         self.device = device
-        self.config = config
+        # The last few step starts are kept so `u` can rewind and replay them.
+        self.config = config or EngineConfig(snapshots=TUI_SNAPSHOTS)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.engine: Engine | None = None
@@ -252,6 +256,18 @@ class Session:
         with self.lock:
             self._engine().skip_step()
             return self._view_locked()
+
+    def rewind(self, steps: int = 1) -> tuple[EngineView, str]:
+        """Back to a recent step's start (ValueError says why not); the view and a status line."""
+        with self.lock:
+            engine = self._engine()
+            target = engine.rewind(steps)
+            replay = engine.replay_steps
+            kept = engine.rewindable_steps
+            more = f"; u again goes back to step {target - 1}" if kept else ""
+            note = (f"rewound to the start of step {target}: steps {target}..{replay[-1] if replay else target} "
+                    f"replay on the same batches with full stats{more}")
+            return self._view_locked(), note
 
     def set_breakpoints(self, conditions: Iterable[str]) -> EngineView:
         """Replace the engine's breakpoints with the parsed conditions."""

@@ -48,6 +48,8 @@ ACTIONS = (
     Action("r", "run", "run→break", "run until a breakpoint fires (p pauses)"),
     Action("p", "pause", "pause", "pause a run after the phase in progress"),
     Action("x", "skip", "skip step", "drop the pending optimizer step (grads zeroed, step counted as skipped)"),
+    Action("u", "rewind", "rewind", "back to the start of this step, or the previous one (8 kept): model, "
+           "optimizer and RNG restored; the steps replay on the same batches with full stats", False),
     Action("B", "breakpoints", "breakpoints", "add or remove breakpoints"),
     Action("R", "reset", "reset", "rebuild the scenario from its file (keeps breakpoints)", False),
     Action("s", "switch", "scenario", "pick another scenario"),
@@ -195,6 +197,14 @@ class MainScreen(Screen[None]):
                 view = session.step()
             elif action == "skip":
                 view = session.skip()
+            elif action == "rewind":
+                try:
+                    view, note = session.rewind()
+                except ValueError as exc:  # nothing to rewind to: say why, change nothing
+                    self.app.call_from_thread(self.notify, str(exc), title="rewind", severity="warning")
+                    view = session.view()
+                else:
+                    self.app.call_from_thread(self.notify, note, title="rewind")
             else:
                 view, summary = session.run(
                     steps, lambda v: self.post_message(msg.EngineUpdated(v)))
@@ -274,6 +284,9 @@ class MainScreen(Screen[None]):
                         severity="warning")
             return
         self._start("skip")
+
+    def action_rewind(self) -> None:
+        self._start("rewind")
 
     def action_step_k(self) -> None:
         from workbench.tui.screens.dialogs import StepsPrompt

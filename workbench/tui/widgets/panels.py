@@ -152,7 +152,7 @@ def _tail(name: str, width: int) -> str:
 INSTRUMENT_LABEL = {
     "forward_hooks": "fwd hooks", "forward_stats": "fwd stats", "loss_value": "loss read",
     "grad_hooks": "grad hooks", "backward_stats": "bwd stats", "update_stats": "upd stats",
-    "health": "health", "memory": "memory",
+    "health": "health", "memory": "memory", "snapshot": "snapshots",
 }
 # The debugger tax is averaged over this many recent steps: one step's timing is noise.
 TAX_WINDOW = 10

@@ -1,0 +1,133 @@
+"""Step snapshots: what the engine needs to rewind to the start of a recent step.
+
+A snapshot is taken as a step starts: the model's state_dict (parameters and
+buffers such as BatchNorm running stats), the optimizer's and scheduler's
+state and the health rules' running state; then, once the step has drawn its
+batch, the batch itself (as the data yielded it) and every RNG stream the step
+computes with (torch CPU and CUDA, Python's ``random``). The RNG is taken after
+the draw because drawing may consume it (a shuffling DataLoader seeds each new
+epoch's order from it) and a replay does not draw: it reuses the kept batch and
+restores the RNG of each replayed step, so a replay gives the same numbers bit
+for bit on a deterministic device, whatever the data pipeline does.
+
+Copies stay on the model's device (``Tensor.clone``: no host-device sync); a
+snapshot costs about the model's plus the optimizer's size in memory, so the
+ring is small, off by default (``EngineConfig(snapshots=N)``), and bounded
+by a byte budget too (``snapshot_budget``): a model whose one snapshot is
+over budget is not snapshotted at all, and ``rewind`` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.scenario import Batch, Scenario
+
+
+@dataclass
+class Snapshot:
+    step: int
+    epoch: int
+    batches_in_epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    health: Any  # a copy of the engine's HealthMonitor
+    batch: Batch | None = None  # set by ``drawn`` once the step has its batch
+    cpu_rng: torch.Tensor | None = None
+    cuda_rng: list[torch.Tensor] | None = None
+    python_rng: Any = None
+    bytes: int = 0
+
+    def drawn(self, batch: Batch, epoch: int, batches_in_epoch: int) -> None:
+        """The step has drawn its batch: keep it, the data counters and the RNG as they are now."""
+        self.batch, self.epoch, self.batches_in_epoch = batch, epoch, batches_in_epoch
+        self.cpu_rng = torch.get_rng_state()
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
+        self.python_rng = random.getstate()
+
+    def restore_rng(self) -> None:
+        if self.cpu_rng is not None:
+            torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+        if self.python_rng is not None:
+            random.setstate(self.python_rng)
+
+    def restore(self, scenario: Scenario) -> None:
+        """Put model, optimizer and scheduler back as they were at this step's start
+        (the RNG follows when the replay hands out this step's batch)."""
+        scenario.model.load_state_dict(self.model)  # in place: the optimizer's params stay the same objects
+        scenario.optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        if scenario.scheduler is not None and self.scheduler is not None:
+            scenario.scheduler.load_state_dict(copy.deepcopy(self.scheduler))
+        scenario.optimizer.zero_grad(set_to_none=True)
+
+
+def _copy_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of an optimizer state_dict: tensors cloned (on their device), the rest copied.
+
+    Cheaper than copy.deepcopy, which walks every tensor through the pickling machinery.
+    """
+    state = {k: {n: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v))
+                 for n, v in per_param.items()}
+             for k, per_param in sd["state"].items()}
+    return {**{k: copy.deepcopy(v) for k, v in sd.items() if k != "state"}, "state": state}
+
+
+def size_of(scenario: Scenario) -> int:
+    """Bytes a snapshot of this scenario would take (model state plus optimizer state), without copying."""
+    size = sum(t.numel() * t.element_size() for t in scenario.model.state_dict().values())
+    for state in scenario.optimizer.state.values():
+        size += sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    return size
+
+
+def take(scenario: Scenario, step: int, epoch: int, batches_in_epoch: int, health: Any) -> Snapshot:
+    model = {k: v.detach().clone() for k, v in scenario.model.state_dict().items()}
+    optimizer = _copy_optimizer_state(scenario.optimizer.state_dict())
+    scheduler = copy.deepcopy(scenario.scheduler.state_dict()) if scenario.scheduler is not None else None
+    size = sum(t.numel() * t.element_size() for t in model.values())
+    size += sum(t.numel() * t.element_size() for s in optimizer.get("state", {}).values()
+                for t in s.values() if isinstance(t, torch.Tensor))
+    return Snapshot(step, epoch, batches_in_epoch, model, optimizer, scheduler, copy.deepcopy(health), bytes=size)
+
+
+@dataclass
+class SnapshotRing:
+    """The last ``size`` step snapshots, oldest first."""
+
+    size: int
+    budget: int = 2**63  # bytes, all snapshots together
+    items: deque[Snapshot] = field(default_factory=deque)
+
+    def add(self, snap: Snapshot) -> None:
+        while self.items and self.items[-1].step >= snap.step:
+            self.items.pop()  # a replayed step replaces its old snapshot
+        self.items.append(snap)
+        while len(self.items) > self.size or (len(self.items) > 1 and self.bytes > self.budget):
+            self.items.popleft()
+
+    def steps(self) -> tuple[int, ...]:
+        return tuple(s.step for s in self.items)
+
+    def get(self, step: int) -> Snapshot | None:
+        return next((s for s in self.items if s.step == step), None)
+
+    def drop_from(self, step: int) -> list[Snapshot]:
+        """Remove and return the snapshots of ``step`` and later, oldest first."""
+        kept = [s for s in self.items if s.step < step]
+        gone = [s for s in self.items if s.step >= step]
+        self.items = deque(kept)
+        return gone
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.items)
