@@ -393,7 +393,7 @@ def test_isolate_memory_measures_each_row_in_a_fresh_process(tiny: Path) -> None
         assert row.memory_method.startswith("peak RSS of an isolated process"), row.memory_method
         start = row.extras["isolated_start_rss"]
         # The whole process: torch's runtime (tens of MB at least) plus the row's own work.
-        assert start > 20 * 2**20 and row.peak_memory >= start
+        assert start > 20 * 2**20 and row.peak_memory > start  # the row's own work on top of the runtime
         assert row.extras["in_process_method"].startswith("RSS high-water rise")
     # loader-w2's isolated process starts DataLoader workers of its own: it must not be daemonic.
     assert not [w for r in run.results for w in r.warnings if "isolated memory run failed" in w]

@@ -91,15 +91,16 @@ def test_break_on_stops_before_the_optimizer_step(tmp_path: Path, capsys: pytest
     hit = report["summary"]["break_hit"]
     assert hit["step"] == 7 and hit["finding"]["module"] == "norm"
     assert len(report["steps"]) == 7 and report["summary"]["stopped_by"] == "breakpoint"
-    # Several conditions after one --break-on, as `--break-on KIND ...` reads: the first to hold stops.
-    assert main(["run", spec, "--steps", "20", "--break-on", "nan_inf", "step==3", "--json", str(out)]) == 1
+    # Several conditions in one --break-on, comma-separated (the flag may also repeat, and
+    # it may come before SCENARIO): the first to hold stops.
+    assert main(["run", "--break-on", "nan_inf,step==3", spec, "--steps", "20", "--json", str(out)]) == 1
     assert "stopped at breakpoint step==3 at step 3" in flat(capsys.readouterr().out)
 
 
 def test_bad_arguments_are_one_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spec = str(SCENARIOS / "mlp_digits.py")
     assert main(["run", spec, "--break-on", "nan"]) == 2
-    assert main(["run", spec, "--break-on", "dead_units", "nan"]) == 2  # each of several is checked
+    assert main(["run", spec, "--break-on", "dead_units,nan"]) == 2  # each of several is checked
     assert "unknown finding kind 'nan'" in flat(capsys.readouterr().err)
     assert main(["run", spec, "--steps", "0"]) == 2
     assert "--steps must be >= 1" in flat(capsys.readouterr().err)

@@ -136,6 +136,9 @@ def test_under_torchrun_each_process_profiles_itself_as_a_rank(tmp_path: Path) -
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = sorted(p.name.split(".")[0] for p in (tmp_path / "tr").glob("*.pt.trace.json"))
     assert names == [default_worker_name(0), default_worker_name(1)]
+    meta = json.loads((tmp_path / "tr" / METADATA_FILE).read_text())
+    assert meta["ranks"] == 2 and sorted(meta["files"]) == sorted(p.name for p in (tmp_path / "tr").glob("*.json")
+                                                                  if p.name != METADATA_FILE)
     rank1_file = next((tmp_path / "tr").glob(f"{default_worker_name(1)}.*.pt.trace.json"))
     assert f"rank 1 wrote {rank1_file}" in proc.stdout
     assert "rank 1 wrote" not in proc.stdout.replace(f"rank 1 wrote {rank1_file}", "")  # its own file only

@@ -101,6 +101,9 @@ def test_rewind_says_why_it_cannot(noisy: Path) -> None:
         with pytest.raises(ValueError, match="steps must be >= 1"):
             eng.rewind(0)
         assert eng.step == 5  # nothing changed
+        eng.rewind(2)  # uses up both snapshots
+        with pytest.raises(ValueError, match="no snapshot is kept now"):
+            eng.rewind(1)
 
 
 def test_findings_of_the_rewound_steps_are_made_again(write_scenario) -> None:  # noqa: ANN001
@@ -131,5 +134,28 @@ def test_the_snapshot_budget_keeps_fewer_or_none(noisy: Path) -> None:
         eng.step_once()  # step 0 (no Adam state yet) fits; from step 1 on one snapshot is over budget
         eng.step_once()
         eng.step_once()
-        with pytest.raises(ValueError, match=r"MB snapshot budget, so none are taken \(kept from before: steps 0\.\.0\)"):
-            eng.rewind(1)
+        assert eng.rewindable_steps == ()  # step 0's snapshot went too: the chain is broken at step 1
+        with pytest.raises(ValueError, match=r"MB snapshot budget, so none are taken"):
+            eng.rewind(3)
+
+
+def test_rewind_to_step_0_keeps_the_batchnorm_bias_knowledge(noisy: Path) -> None:
+    # The Linear before BatchNorm1d has a bias the norm cancels; the engine learns that on
+    # the first measured forward and must not forget it when rewound to before it.
+    with _engine(noisy, snapshots=4) as eng:
+        first = [eng.step_once() for _ in range(3)]
+        eng.rewind(3)
+        replay = [eng.step_once() for _ in range(3)]
+        assert [[(f.kind, f.parameter) for f in r.findings] for r in replay] == \
+            [[(f.kind, f.parameter) for f in r.findings] for r in first]
+
+
+def test_skipped_steps_are_uncounted_when_rewound_over(noisy: Path) -> None:
+    with _engine(noisy, snapshots=4) as eng:
+        eng.step_once()
+        for _ in range(3):
+            eng.advance()
+        eng.skip_step()  # step 1 skipped
+        assert eng.skipped_steps == 1
+        eng.rewind(1)  # back to step 1
+        assert eng.skipped_steps == 0

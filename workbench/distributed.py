@@ -181,6 +181,7 @@ def spawn_ranks(
         return "; then ".join([*parts, *errors]) or "a rank exited without reporting a result"
 
     failure: str | None = None
+    finished = False  # the loop ended by itself; not by Ctrl-C / SIGTERM escaping it
     try:
         while len(results) < world_size:
             drain(0.2)
@@ -196,8 +197,10 @@ def spawn_ranks(
                 failure = (f"timed out: no word from the ranks for {timeout_s:.0f} s (the DDP stall "
                            f"timeout) while waiting for rank(s) {waiting}; all ranks were stopped")
                 break
+        finished = True
     finally:
-        _reap(procs, graceful=failure is None)
+        # Interrupted: stop the ranks now (terminate, then kill), not after a 10 s grace each.
+        _reap(procs, graceful=finished and failure is None)
         out.close()
         out.join_thread()
     if failure is not None:

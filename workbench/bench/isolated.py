@@ -11,6 +11,7 @@ torch runtime included. It costs a torch import per row (2-5 s here), so
 
 from __future__ import annotations
 
+import gc
 import resource
 from dataclasses import dataclass
 
@@ -58,6 +59,10 @@ def _entry(rank: int, world: int, init_method: str, job: IsolatedJob, tick: Tick
     device = torch.device("cpu")
     probe = job.source.build(device)
     batches, eval_batches = collect(probe, job.plan.total)
+    # Only the batches stay, as in a process that trains this row alone: the probe's
+    # model, optimizer and dataset would otherwise count twice in the peak.
+    del probe
+    gc.collect()
     ctx = BenchContext(job.source, device, job.plan, batches, eval_batches, detect())
     result = job.variant.run(ctx)
     if not result.ok:

@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--every", type=int, default=1, metavar="K",
                    help="module/parameter stats every K-th step (default 1: every step)")
-    p.add_argument("--break-on", action="extend", nargs="+", default=[], metavar="COND",
+    p.add_argument("--break-on", action="append", default=[], metavar="COND",
                    help="stop at the first step where COND holds: a finding kind (nan_inf, "
-                        "dead_units@features.*, any>=error), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N; several after one flag, or the flag repeated")
+                        "dead_units@features.*, any>=error), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N; repeat the flag or separate conditions with commas")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON (checked before running)")
     p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars and histograms to DIR")
     p.add_argument("--histogram-every", type=int, default=10, metavar="K",
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.engine import Breakpoint
 
     breakpoints = []
-    for text in args.break_on:
+    for text in (c for value in args.break_on for c in value.split(",") if c.strip()):
         try:
             breakpoints.append(Breakpoint.parse(text))
         except ValueError as exc:

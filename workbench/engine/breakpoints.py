@@ -7,8 +7,8 @@ the TUI::
     dead_units@features.*   ... on a module (or parameter) matching the glob
     any>=error              any finding at severity >= error (also: warning, info)
     exploding_gradient>=error@fc*
-    loss>5                  the loss above 5 (also loss>=5), or non-finite
-    loss<0.05               the loss below 0.05 (also loss<=0.05): "it has converged, stop here"
+    loss>5                  the loss above 5, or non-finite (loss>=5 is read as loss>5)
+    loss<0.05               the loss below 0.05: "it has converged, stop here" (<= is read as <)
     grad_norm>100           the total gradient norm above 100, or non-finite
     grad_norm<1e-6          the total gradient norm below 1e-6 (vanished)
     step==12                step 12 (also step=12)

@@ -413,18 +413,29 @@ class Engine:
                 why = "snapshots are off (EngineConfig(snapshots=N) keeps the last N step starts)"
             elif self._snapshot_too_big is not None:
                 why = (f"one snapshot of this model and optimizer takes {self._snapshot_too_big / 2**20:.1f} MB, "
-                       f"over the {self.config.snapshot_budget / 2**20:.1f} MB snapshot budget, so none are taken"
-                       + (f" (kept from before: steps {kept[0]}..{kept[-1]})" if kept else ""))
-            elif not kept:
+                       f"over the {self.config.snapshot_budget / 2**20:.1f} MB snapshot budget, so none are taken")
+            elif not kept and self._step == 0:
                 why = "no step has started yet"
+            elif not kept:
+                why = ("no snapshot is kept now: a rewind uses up the snapshots it goes back over, and the "
+                       "replayed steps take them again")
             else:
                 why = f"snapshots are kept for steps {kept[0]}..{kept[-1]} (the last {self.config.snapshots})"
             raise ValueError(f"cannot rewind to step {target}: {why}")
         origin = self._step + (1 if in_progress else 0)
+        have = [x for x in self._snapshots.steps() if x >= target]
+        if have != list(range(target, origin)):
+            missing = sorted(set(range(target, origin)) - set(have))
+            raise ValueError(f"cannot rewind to step {target}: step {missing[0]} has no snapshot (it failed "
+                             "before drawing its batch), so a replay would not see the same batches")
         later = self._snapshots.drop_from(target)
         self._replay = deque([x for x in later if x.batch is not None] + list(self._replay))
         snap.restore(self._scenario)
-        self._health = copy.deepcopy(snap.health)
+        health = copy.deepcopy(snap.health)
+        # Found once, on the first measured forward, which a rewind to step 0 goes back before.
+        health.cancelled_biases = self._health.cancelled_biases
+        self._health = health
+        self._skipped_steps -= sum(1 for r in self._history if r.step >= target and r.skipped)
         self._probe.reset()
         self._pending_break = None
         self._step = target
@@ -478,7 +489,10 @@ class Engine:
                 snap = snapshots.take(self._scenario, s.step, self._epoch, self._batches_in_epoch, self._health)
                 self._snapshot_too_big = None
             else:
+                # A step without a snapshot breaks the chain: older ones could not be replayed
+                # past it on the same batches, so none are kept.
                 self._snapshot_too_big = size
+                self._snapshots.drop_from(0)
             s.charge("snapshot", time.perf_counter() - t0)
         t0 = time.perf_counter()
         batch = self._next_batch()

@@ -10,8 +10,10 @@ epoch's order from it) and a replay does not draw: it reuses the kept batch and
 restores the RNG of each replayed step, so a replay gives the same numbers bit
 for bit on a deterministic device, whatever the data pipeline does.
 
-Copies stay on the model's device (``Tensor.clone``: no host-device sync); a
-snapshot costs about the model's plus the optimizer's size in memory, so the
+Copies go to host memory, so the snapshots never take device memory nor show
+in the CUDA figures of the memory panel; on CUDA that copy is a deliberate
+device-to-host sync once per step (on CPU it is a plain clone). A snapshot
+costs about the model's plus the optimizer's size in memory, so the
 ring is small, off by default (``EngineConfig(snapshots=N)``), and bounded
 by a byte budget too (``snapshot_budget``): a model whose one snapshot is
 over budget is not snapshotted at all, and ``rewind`` says so.
@@ -71,12 +73,19 @@ class Snapshot:
         scenario.optimizer.zero_grad(set_to_none=True)
 
 
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    if t.device.type == "cpu":
+        return t.detach().clone()
+    # Sync point: device -> host, once per tensor per snapshot (snapshots are opt-in).
+    return t.detach().to("cpu")
+
+
 def _copy_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of an optimizer state_dict: tensors cloned (on their device), the rest copied.
 
     Cheaper than copy.deepcopy, which walks every tensor through the pickling machinery.
     """
-    state = {k: {n: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v))
+    state = {k: {n: (_host_copy(v) if isinstance(v, torch.Tensor) else copy.deepcopy(v))
                  for n, v in per_param.items()}
              for k, per_param in sd["state"].items()}
     return {**{k: copy.deepcopy(v) for k, v in sd.items() if k != "state"}, "state": state}
@@ -91,7 +100,7 @@ def size_of(scenario: Scenario) -> int:
 
 
 def take(scenario: Scenario, step: int, epoch: int, batches_in_epoch: int, health: Any) -> Snapshot:
-    model = {k: v.detach().clone() for k, v in scenario.model.state_dict().items()}
+    model = {k: _host_copy(v) for k, v in scenario.model.state_dict().items()}
     optimizer = _copy_optimizer_state(scenario.optimizer.state_dict())
     scheduler = copy.deepcopy(scenario.scheduler.state_dict()) if scenario.scheduler is not None else None
     size = sum(t.numel() * t.element_size() for t in model.values())

@@ -29,12 +29,14 @@ from workbench.profiling.export import (
     SizeEstimate,
     TraceTooLargeError,
     check_ddp_ranks,
+    check_run_name,
     default_run_name,
     drop_if_empty,
     estimate_trace_size,
     profile_scenario,
     redirect_stderr_fd,
     too_large_message,
+    write_metadata,
 )
 from workbench.scenario import ScenarioError, ScenarioSource, replace, split_batch
 
@@ -137,8 +139,8 @@ def profile_torchrun(
     Rank 0 picks the run name (its clock) and measures the trace size; both are
     broadcast, so every rank writes into the same run directory and all stop
     together when the trace would be too large. Returns this rank's run; for
-    rank 0 its ``files`` are every worker file in the run directory (rank 0
-    waits for all ranks), for the others their own.
+    rank 0 its ``files`` are every rank's files of this run (gathered after a
+    barrier), and rank 0 writes the run's metadata; for the others their own.
     """
     import os
     import time
@@ -156,7 +158,7 @@ def profile_torchrun(
     dev = join_group(rank, world, kind, "env://", local_rank=local, timeout_s=timeout_s)
     try:
         size: SizeEstimate | None = None
-        verdict: list[Any] = [run or default_run_name(source.label), None, None]
+        verdict: list[Any] = [check_run_name(run or default_run_name(source.label)), None, None]
         if rank == 0:
             size = estimate_trace_size(source.build(dev), options, workers=world)
             verdict[1] = size
@@ -172,10 +174,16 @@ def profile_torchrun(
         job = RankProfileJob(source, kind, str(run_dir), options, timeout_s=timeout_s)
         with redirect_stderr_fd(run_dir / f"profiler-stderr.rank{rank}.log") as log_path:
             files = profile_rank(rank, world, job, dev, on_progress=on_progress)
+        # Every rank's file names to rank 0: this run's files only, not stale ones from an
+        # earlier run of the same name. (On several nodes they are on each node's disk
+        # unless the logdir is shared.)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, [str(f) for f in files])
     finally:
         leave_group()
     if rank == 0:
-        files = tuple(sorted(run_dir.glob("*.pt.trace.json*")))
+        files = tuple(sorted(Path(f) for names in gathered for f in names))
+        write_metadata(run_dir, source, dev, options, world, files)
     return ProfileRun(
         scenario=source.label, device=str(dev), logdir=Path(logdir), run=run_name, run_dir=run_dir,
         files=files, estimate=size, stderr_log=None if drop_if_empty(log_path) else log_path,

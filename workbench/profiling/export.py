@@ -25,7 +25,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -374,9 +374,7 @@ def run_profile(
         raise UsageError(f"--ddp must be >= 2 ranks (or left out), got {ranks}.")
     if ranks > 1:
         check_ddp_ranks(dev, ranks)
-    run_name = run or default_run_name(source.label)
-    if not run_name or "/" in run_name or run_name in (".", ".."):
-        raise UsageError(f"--run {run_name!r}: expected a plain directory name.")
+    run_name = check_run_name(run or default_run_name(source.label))
     created = not (Path(logdir) / run_name).exists()
     run_dir = check_writable(Path(logdir) / run_name, directory=True)
     log_path = run_dir / STDERR_LOG
@@ -450,6 +448,31 @@ def _profile_into(
         raise ScenarioError(f"{exc} The steps before it were traced and kept (the failing step's range "
                             f"ends at the error): {names} "
                             f"(workbench profile --analyze {run_dir}).", path=exc.path, line=exc.line) from exc
+    write_metadata(run_dir, source, dev, options, ranks, files)
+    return ProfileRun(
+        scenario=source.label,
+        device=str(dev),
+        logdir=logdir,
+        run=run_name,
+        run_dir=run_dir,
+        files=files,
+        estimate=size,
+        stderr_log=None if drop_if_empty(log_path) else log_path,
+        steps=options.steps,
+        wall_s=time.perf_counter() - started,
+        ranks=ranks,
+    )
+
+
+def check_run_name(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise UsageError(f"--run {name!r}: expected a plain directory name.")
+    return name
+
+
+def write_metadata(run_dir: Path, source: ScenarioSource, dev: torch.device, options: ProfileOptions,
+                   ranks: int, files: Sequence[Path]) -> None:
+    """The sidecar `--analyze` reads back: what was profiled, where, how."""
     import torch
 
     from workbench.report.files import atomic_write_json
@@ -465,19 +488,6 @@ def _profile_into(
             "torch": torch.__version__,
             "files": [f.name for f in files],
         },
-    )
-    return ProfileRun(
-        scenario=source.label,
-        device=str(dev),
-        logdir=logdir,
-        run=run_name,
-        run_dir=run_dir,
-        files=files,
-        estimate=size,
-        stderr_log=None if drop_if_empty(log_path) else log_path,
-        steps=options.steps,
-        wall_s=time.perf_counter() - started,
-        ranks=ranks,
     )
 
 
