@@ -1,0 +1,90 @@
+"""workbench diff: two variants layer by layer on identical batches, and where they part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SCENARIOS
+from workbench.bench.divergence import compare_variants
+from workbench.cli import main
+from workbench.errors import UsageError
+from workbench.scenario import load_source
+
+# fp16 overflows past 65504: `Amplify` multiplies by 1e5 what a Linear produced in fp16
+# under autocast, so B has Inf right there, while the Linear before it is close.
+OVERFLOW = '''
+import torch
+from torch import nn
+from workbench.scenario import Scenario
+
+class Amplify(nn.Module):
+    def forward(self, x):
+        return x * 1e5
+
+def build(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), Amplify(), nn.Linear(16, 2)).to(device)
+    x, y = torch.randn(32, 8), torch.randn(32, 2)
+    return Scenario(model=model, data=[(x[:16], y[:16]), (x[16:], y[16:])], loss_fn=nn.MSELoss(),
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+'''
+
+
+def test_bf16_stays_close_and_the_layers_come_in_execution_order() -> None:
+    div = compare_variants(load_source(str(SCENARIOS / "mlp_digits.py")), "fp32", "bf16", batches=2)
+    assert [d.name for d in div.layers] == ["fc1", "act", "fc2", "(model)"]
+    assert [d.kind for d in div.layers] == ["Linear", "ReLU", "Linear", "MLP"]
+    assert div.layers[0].shape == (64, 128) and div.batches == 2
+    for d in div.layers:
+        assert 0 < d.rel_error < 0.02 and d.cosine > 0.999 and d.non_finite_b == 0
+    assert {d.name for d in div.grads} == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert div.loss_a == pytest.approx(div.loss_b, rel=0.01)
+
+
+def test_int8_compares_the_forward_only() -> None:
+    div = compare_variants(load_source(str(SCENARIOS / "regression_mse.py")), "fp32", "int8", batches=1)
+    assert div.grads == ()  # int8 is inference: no backward on either side
+    tanh = [d for d in div.layers if d.kind == "Tanh"]
+    assert tanh and all(0 < d.rel_error < 0.1 for d in tanh)  # the quantized Linear before each differs
+
+
+def test_the_first_module_past_the_threshold_is_named(write_scenario) -> None:  # noqa: ANN001
+    path = write_scenario(OVERFLOW, "overflow.py")
+    div = compare_variants(load_source(str(path)), "fp32", "fp16", batches=2)
+    first = div.first_over
+    assert first is not None and first.name == "1" and first.kind == "Amplify"
+    assert first.non_finite_b > 0
+    assert div.layers[0].name == "0" and div.layers[0].rel_error < 0.01  # its input was still close
+    assert div.diverged
+
+
+def test_bad_requests_are_refused_before_any_work() -> None:
+    source = load_source(str(SCENARIOS / "mlp_digits.py"))
+    with pytest.raises(UsageError, match="two different variants"):
+        compare_variants(source, "fp32", "fp32")
+    with pytest.raises(UsageError, match="unknown variant 'fp8'"):
+        compare_variants(source, "fp32", "fp8")
+    with pytest.raises(UsageError, match="--batches must be >= 1"):
+        compare_variants(source, "fp32", "bf16", batches=0)
+    if torch.cuda.is_available():
+        with pytest.raises(UsageError, match="int8 .* runs on CPU only"):
+            compare_variants(source, "fp32", "int8", device="cuda")
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path, write_scenario, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    path = write_scenario(OVERFLOW, "overflow.py")
+    out = tmp_path / "diff.json"
+    assert main(["diff", str(path), "--b", "fp16", "--json", str(out)]) == 1
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "the variants part at '1' (Amplify)" in printed and "non-finite values in B" in printed
+    data = json.loads(out.read_text())
+    assert data["a"] == "fp32" and data["b"] == "fp16" and [d["name"] for d in data["layers"]][:2] == ["0", "1"]
+    assert main(["diff", str(SCENARIOS / "mlp_digits.py"), "--b", "bf16", "--threshold", "0.5"]) == 0
+    assert "agrees with fp32 within 0.5 at every layer and every gradient" in " ".join(
+        capsys.readouterr().out.split())
+    assert main(["diff", str(SCENARIOS / "mlp_digits.py"), "--b", "fp32"]) == 2
+    assert "two different variants" in capsys.readouterr().err

@@ -1,0 +1,56 @@
+"""workbench diff SCENARIO: two variants layer by layer on identical batches; where do they part?"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "diff"
+ORDER = 55
+HELP = "compare two variants (fp32, amp, bf16, fp16, int8) layer by layer: where do they diverge?"
+DESCRIPTION = (
+    "Build the scenario twice with the same seed (identical weights), run both variants in eval "
+    "mode on the same batches, and compare every module's output (and, for training variants, every "
+    "parameter's gradient): relative error, max |difference|, cosine. Names the first module, in "
+    "execution order, past --threshold. Variants: fp32, amp (bf16 on CPU, fp16 on CUDA), bf16, fp16, "
+    "int8 (dynamic quantization, CPU, forward only). Exit codes: 0 within the threshold everywhere, "
+    "1 past it somewhere, 2 bad input."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from workbench.bench.divergence import DEFAULT_THRESHOLD, VARIANTS
+
+    p.add_argument("scenario", help="scenario file, file.py:function or module")
+    p.add_argument("--a", default="fp32", choices=VARIANTS, help="the reference variant (default fp32)")
+    p.add_argument("--b", default="amp", choices=VARIANTS, help="the variant checked against it (default amp)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--batches", type=int, default=2, help="identical batches to compare on (default 2)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"relative error that counts as diverged (default {DEFAULT_THRESHOLD:g})")
+    p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.report.files import atomic_write_json, check_writable
+
+    if args.json:
+        check_writable(args.json)
+    from rich.console import Console
+
+    from workbench.bench.divergence import compare_variants
+    from workbench.report.divergence import divergence_view
+    from workbench.scenario import ScenarioError, load_source
+
+    source = load_source(args.scenario)
+    try:
+        div = compare_variants(source, args.a, args.b, device=args.device, batches=args.batches,
+                               threshold=args.threshold)
+    except (ScenarioError, ValueError):
+        raise
+    except RuntimeError as exc:
+        raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {type(exc).__name__}: {exc}. "
+                            "Run `workbench run` on it for the traceback.") from exc
+    Console().print(divergence_view(div))
+    if args.json:
+        atomic_write_json(args.json, div)
+    return 1 if div.diverged else 0

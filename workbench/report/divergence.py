@@ -1,0 +1,76 @@
+"""Rich views of a Divergence (workbench diff): the layer table, the gradient table, the verdict."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from workbench.bench.divergence import Divergence, TensorDiff, _bad
+from workbench.report.numbers import fmt_float
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(s) for s in shape) or "scalar"
+
+
+def _row(d: TensorDiff, threshold: float, first: bool) -> list[RenderableType]:
+    bad = _bad(d, threshold)
+    mark = Text("◀ first", style="bold red") if first else (Text("✖", style="red") if bad else Text(""))
+    rel = Text(fmt_float(d.rel_error), style="red" if bad else "")
+    extra = f" ×{d.calls}" if d.calls > 1 else ""
+    nonfinite = str(d.non_finite_b) if d.non_finite_b else "·"
+    return [d.name + extra, d.kind, _shape(d.shape), rel, fmt_float(d.max_abs), f"{d.cosine:.6f}", nonfinite, mark]
+
+
+def _table(title: str, diffs: tuple[TensorDiff, ...], threshold: float, first: TensorDiff | None,
+           what: str = "module") -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col, justify in ((what, "left"), ("type", "left"), ("shape", "left"), ("rel error", "right"),
+                         ("max |Δ|", "right"), ("cosine", "right"), ("B NaN/Inf", "right"), ("", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for d in diffs:
+        table.add_row(*_row(d, threshold, d is first))
+    return table
+
+
+def divergence_view(div: Divergence, grads_shown: int = 10) -> Group:
+    parts: list[RenderableType] = [
+        Text(f"{div.scenario} on {div.device}: {div.a} (A) vs {div.b} (B), eval mode, "
+             f"{div.batches} identical batch{'es' if div.batches != 1 else ''}, threshold rel error "
+             f"{div.threshold:g}", style="bold"),
+    ]
+    first = div.first_over
+    parts.append(_table("layer outputs, in execution order (rel error = ||B - A|| / ||A||)",
+                        div.layers, div.threshold, first))
+    if div.grads:
+        worst = tuple(sorted(div.grads, key=lambda d: -d.rel_error if d.rel_error == d.rel_error else 0)
+                      [:grads_shown])
+        parts.append(_table(f"parameter gradients, the {len(worst)} furthest apart", worst, div.threshold, None,
+                            what="parameter"))
+    for note in div.notes:
+        parts.append(Text(note, style="dim"))
+    parts.append(Text(f"loss: A {fmt_float(div.loss_a, 6)}  B {fmt_float(div.loss_b, 6)}  "
+                      f"(Δ {fmt_float(div.loss_b - div.loss_a)})"))
+    parts.append(verdict(div))
+    return Group(*parts)
+
+
+def verdict(div: Divergence) -> Text:
+    first = div.first_over
+    if first is not None:
+        index = div.layers.index(first)
+        before = max((d.rel_error for d in div.layers[:index]), default=0.0)
+        why = (f"{first.non_finite_b} non-finite values in B" if first.non_finite_b
+               else f"rel error {fmt_float(first.rel_error)} > {div.threshold:g}")
+        context = (f"the modules before it stay within {fmt_float(before)}, so its inputs were still close"
+                   if index else "it is the first module to run: its input is the batch itself")
+        return Text(f"the variants part at '{first.name}' ({first.kind}): {why}; {context}. Look at what "
+                    f"this layer computes in {div.b}.", style="bold red")
+    bad_grads = [d for d in div.grads if _bad(d, div.threshold)]
+    if bad_grads:
+        return Text(f"the forward agrees within {div.threshold:g}, but {len(bad_grads)} gradient(s) do not "
+                    f"(worst: {bad_grads[0].name}); the backward of {div.b} is where they part.",
+                    style="bold yellow")
+    return Text(f"{div.b} agrees with {div.a} within {div.threshold:g} at every layer"
+                + (" and every gradient." if div.grads else "."), style="bold green")
