@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             if args.ddp is not None:
                 raise UsageError("--ddp spawns local ranks; under torchrun each process is already a rank. "
                                  "Leave --ddp out (torchrun --nproc-per-node sets the number of ranks).")
-            return _as_torchrun_rank(args, console, source, options, limit, findings)
+            _leave_now(_as_torchrun_rank(args, console, source, options, limit, findings))
         with console.status(f"profiling {source.label}: estimating the trace size ...") as status:
 
             def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
@@ -151,6 +151,24 @@ def run(args: argparse.Namespace) -> int:
     if args.open_tensorboard:
         return _serve(console, logdir)
     return 0
+
+
+def _leave_now(code: int) -> None:
+    """End a torchrun rank without interpreter teardown, once everything is written.
+
+    After destroy_process_group, a rank that had run the profiler and DDP sometimes
+    aborts at exit ("terminate called without an active exception": a native thread
+    still joinable during static destruction; seen once in a CI run, not reproducible
+    by hand in 16 tries). torchrun then reports the job failed and kills the other
+    ranks, rank 0 in the middle of its analysis. Nothing is left to do by then
+    (traces, metadata and output are written), so skip the teardown.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  # noqa: ANN001
