@@ -174,3 +174,36 @@ def test_tensorboard_scalars_and_histograms_read_back(tmp_path: Path) -> None:
     assert acc.Scalars("lr/group0")[0].value == pytest.approx(1e-2)
     assert {"weights/0.weight", "grads/0.weight"} <= set(tags["histograms"])
     assert [e.step for e in acc.Histograms("grads/0.weight")] == [0, 2]
+
+
+def test_replay_reruns_the_steps_before_a_breakpoint_with_full_stats(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Stats every 16th step are cheap but blind at step 7: the loss is NaN and nothing says where.
+    --replay rewinds 3 step starts and runs them again measured; the root module is found."""
+    out = tmp_path / "r.json"
+    spec = str(ROOT / "scenarios/broken/nan_at_step7.py")
+    assert main(["run", spec, "--every", "16", "--steps", "30", "--break-on", "nan_inf", "--replay", "3",
+                 "--json", str(out)]) == 1
+    printed = flat(capsys.readouterr().out)
+    assert "replayed steps 5..7 with full stats; the breakpoint fired again at step 7" in printed
+    assert "layers at step 7 (paused before its optimizer step)" in printed
+    report = strict_json(out)
+    first = [(s["step"], s["measured"]) for s in report["steps"] if not s["replayed"]]
+    again = [(s["step"], s["measured"]) for s in report["steps"] if s["replayed"]]
+    assert first == [(0, True)] + [(i, False) for i in range(1, 7)]
+    assert again == [(5, True), (6, True)]  # step 7 pauses before its optimizer step: no record yet
+    summary = report["summary"]
+    assert summary["steps_done"] == 7 and summary["replayed_steps"] == 2
+    assert summary["break_hit"]["finding"]["module"] == "norm"
+    kinds = {(f["step"], f["kind"], f["module"]) for f in report["findings"]}
+    assert (7, "nan_inf", "norm") in kinds  # found only by the measured replay
+    blind = [f for f in report["findings"] if f["kind"] == "nan_inf" and f["module"] == ""]
+    assert blind and "were not measured" in blind[0]["message"]  # the first pass says it could not tell
+
+
+def test_replay_needs_a_breakpoint(capsys: pytest.CaptureFixture) -> None:
+    spec = str(SCENARIOS / "mlp_digits.py")
+    assert main(["run", spec, "--replay", "3"]) == 2
+    assert "give a --break-on condition too" in capsys.readouterr().err
+    assert main(["run", spec, "--replay", "0", "--break-on", "nan_inf"]) == 2
+    assert "--replay must be >= 1" in capsys.readouterr().err

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--break-on", action="append", default=[], metavar="COND",
                    help="stop at the first step where COND holds: a finding kind (nan_inf, "
                         "dead_units@features.*, any>=error), loss>X, loss<X, grad_norm>X, grad_norm<X or step==N; repeat the flag or separate conditions with commas")
+    p.add_argument("--replay", type=int, metavar="N",
+                   help="with --break-on: when it fires, rewind to N steps back (the step that fired included) "
+                        "and run them again with full stats; the replayed steps join the report, marked replayed")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON (checked before running)")
     p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars and histograms to DIR")
     p.add_argument("--histogram-every", type=int, default=10, metavar="K",
@@ -44,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from workbench.errors import UsageError
 
-    for flag in ("steps", "every", "histogram_every", "findings"):
+    for flag in ("steps", "every", "histogram_every", "findings", "replay"):
         value = getattr(args, flag)
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
+    if args.replay and not args.break_on:
+        raise UsageError("--replay N replays the steps before a breakpoint: give a --break-on condition too.")
 
     from workbench.engine import Breakpoint
 
@@ -111,6 +116,7 @@ class _Report:
         self.stream = JsonStream(path, "steps", report_head()) if path else None
         self.tally = RunTally()
         self.findings: list[Finding] = []
+        self._keys: set[tuple[Any, ...]] = set()
         self.last_measured: StepRecord | None = None
         self.step: int | None = None  # the engine's step in progress, once there is an engine
         self.summary: dict[str, Any] | None = None
@@ -119,22 +125,32 @@ class _Report:
     def steps_done(self) -> int:
         return self.tally.steps
 
-    def add_findings(self, findings: Any) -> None:  # Sequence[Finding]
+    def add_findings(self, findings: Any, replayed: bool = False) -> None:  # Sequence[Finding]
         """Count every finding; list the first MAX_FINDINGS (a model gone NaN repeats
-        its findings every step, and the first ones name the cause)."""
+        its findings every step, and the first ones name the cause). A replay's findings
+        are added only where the first pass did not have them (full stats find more)."""
+        from workbench.report.json_report import finding_key
+
+        if replayed:
+            findings = [f for f in findings if finding_key(f) not in self._keys]
+        self._keys.update(finding_key(f) for f in findings)
         self.tally.count(findings)
         room = max(MAX_FINDINGS - len(self.findings), 0)
         self.findings.extend(findings[:room])
         self.tally.findings_not_listed += max(len(findings) - room, 0)
 
-    def add(self, record: Any) -> None:  # StepRecord
+    def add(self, record: Any, replayed: bool = False) -> None:  # StepRecord
+        """A finished step; a replayed one is listed (marked) but not counted again in the summary."""
         from workbench.report.json_report import step_json
 
-        self.tally.add(record)
+        if replayed:
+            self.tally.replayed += 1
+        else:
+            self.tally.add(record)
         if record.modules:
             self.last_measured = record
         if self.stream is not None:
-            self.stream.add(step_json(record))
+            self.stream.add({**step_json(record), "replayed": replayed})
 
     def write(self, stopped_by: str, error: dict[str, Any] | None, break_hit: Any = None) -> dict[str, Any]:
         """Finish the report (once: a later call, e.g. Ctrl-C while printing, keeps the first)."""
@@ -184,7 +200,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             report.write("error", json_report.error_json(exc, traceback.format_exc()))
             raise
 
-        engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints))
+        engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints,
+                                               snapshots=args.replay or 0))
         report.step = engine.step
         label = report.label
         named = f" ({scenario.name})" if scenario.name != label else ""
@@ -211,6 +228,9 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                         stopped_by, hit = "breakpoint", result.break_hit
                         paused = engine.current  # the step the breakpoint stopped in, before its update
                         break
+                if hit is not None and args.replay:
+                    status.update(f"replaying the {args.replay} steps up to step {hit.step} with full stats")
+                    hit, paused = _replay(engine, hit, args.replay, report, console)
         except StepError as exc:
             stopped_by, error = "error", exc
     finally:
@@ -253,6 +273,32 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
     if summary["findings_by_severity"].get("error") or hit is not None:
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _replay(engine: Any, hit: Any, n: int, report: _Report, console: Any) -> tuple[Any, Any]:
+    """Rewind to ``n`` step starts back (the breakpoint's step included) and run to the same
+    breakpoint again with full stats. Returns the (new) hit and the paused step."""
+    back = min(n, len(engine.rewindable_steps))
+    if back < 1:
+        console.print("[yellow]replay: no snapshot was kept (see the snapshot budget); nothing replayed[/]")
+        return hit, engine.current
+    start = engine.rewind(back)
+    again = None
+    while engine.step <= hit.step:
+        result = engine.advance()
+        report.add_findings(result.findings, replayed=True)
+        if result.record is not None:
+            report.add(result.record, replayed=True)
+        if result.break_hit is not None:
+            again = result.break_hit
+            break
+    if again is None or again.step != hit.step:
+        console.print(f"[yellow]replay: steps {start}..{hit.step} ran again but the breakpoint did not fire at "
+                      f"step {hit.step} this time (a non-deterministic step?)[/]", highlight=False)
+        return (again or hit), engine.current
+    console.print(f"replayed steps {start}..{hit.step} with full stats; the breakpoint fired again at step "
+                  f"{hit.step}", highlight=False)
+    return again, engine.current
 
 
 def _user_traceback(error: Any) -> str:

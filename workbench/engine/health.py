@@ -145,11 +145,15 @@ class HealthMonitor:
         if not math.isfinite(loss):
             if outputs_finite is not False and self._nan_step != step:
                 self._nan_step = step
-                out.append(Finding(
-                    step, Phase.LOSS, "", None, NAN_INF, "error", loss, None,
-                    f"the loss function returned {loss} from finite model outputs: check the "
-                    "targets and the loss inputs (log of 0, probabilities outside [0, 1]).",
-                ))
+                if outputs_finite is None:  # a step without module stats: the outputs were not looked at
+                    message = (f"the loss is {loss} on a step whose module outputs were not measured, so "
+                               "where the NaN/Inf starts is unknown: replay the step with full stats "
+                               "(`workbench run --break-on nan_inf --replay N`, or `u` in the workbench), or "
+                               "take stats every step (--every 1).")
+                else:
+                    message = (f"the loss function returned {loss} from finite model outputs: check the "
+                               "targets and the loss inputs (log of 0, probabilities outside [0, 1]).")
+                out.append(Finding(step, Phase.LOSS, "", None, NAN_INF, "error", loss, None, message))
             out.append(Finding(
                 step, Phase.LOSS, "", None, LOSS_DIVERGENCE, "error", loss, None,
                 f"the loss is {loss}: training has diverged. Lower the learning rate, clip "

@@ -26,6 +26,11 @@ def finding_json(f: Finding) -> dict[str, Any]:
     }
 
 
+def finding_key(f: Finding) -> tuple[Any, ...]:
+    """What makes two findings the same one (a replay finds the first pass's again)."""
+    return (f.step, f.phase, f.module, f.parameter, f.kind)
+
+
 def step_json(r: StepRecord) -> dict[str, Any]:
     return {
         "step": r.step,
@@ -62,6 +67,7 @@ class RunTally:
     by_severity: Counter[str] = dataclasses.field(default_factory=Counter)
     by_kind: Counter[str] = dataclasses.field(default_factory=Counter)
     findings_not_listed: int = 0  # past the report's cap: counted, not listed
+    replayed: int = 0  # steps run again with full stats after a breakpoint (listed, not in the totals)
 
     def add(self, r: StepRecord) -> None:
         if self.steps == 0:
@@ -99,6 +105,7 @@ class RunTally:
             "findings_by_severity": dict(self.by_severity),
             "findings_by_kind": dict(self.by_kind),
             "findings_not_listed": self.findings_not_listed,
+            "replayed_steps": self.replayed,
             "break_hit": None if break_hit is None else {
                 "step": break_hit.step, "phase": break_hit.phase.value, "breakpoint": break_hit.breakpoint,
                 "reason": break_hit.reason,
