@@ -207,3 +207,30 @@ def test_replay_needs_a_breakpoint(capsys: pytest.CaptureFixture) -> None:
     assert "give a --break-on condition too" in capsys.readouterr().err
     assert main(["run", spec, "--replay", "0", "--break-on", "nan_inf"]) == 2
     assert "--replay must be >= 1" in capsys.readouterr().err
+
+
+NAN_TARGET = """
+import torch
+from torch import nn
+from workbench.scenario import Scenario
+
+def build(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).to(device)
+    x, y = torch.randn(8, 16, 4), torch.randn(8, 16, 1)
+    y[5, 3] = float("nan")  # a bad label in batch 5: finite outputs, NaN loss
+    return Scenario(model=model, data=[(x[i], y[i]) for i in range(8)], loss_fn=nn.MSELoss(),
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.01))
+"""
+
+
+def test_a_replayed_finding_replaces_the_blind_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "nan_target.py"
+    spec.write_text(NAN_TARGET)
+    out = tmp_path / "r.json"
+    assert main(["run", str(spec), "--every", "16", "--steps", "8", "--break-on", "nan_inf", "--replay", "2",
+                 "--json", str(out)]) == 1
+    capsys.readouterr()
+    (nan,) = [f for f in strict_json(out)["findings"] if f["kind"] == "nan_inf"]
+    assert nan["step"] == 5 and nan["replayed"] is True
+    assert "from finite model outputs" in nan["message"]  # the measured replay could tell; the first pass could not

@@ -88,3 +88,40 @@ def test_cli_exit_codes_and_json(tmp_path: Path, write_scenario, capsys: pytest.
         capsys.readouterr().out.split())
     assert main(["diff", str(SCENARIOS / "mlp_digits.py"), "--b", "fp32"]) == 2
     assert "two different variants" in capsys.readouterr().err
+
+
+INPLACE = '''
+import torch
+from torch import nn
+from workbench.scenario import Scenario
+
+def build(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=True), nn.Linear(16, 2)).to(device)
+    x, y = torch.randn(32, 8), torch.randn(32, 2)
+    return Scenario(model=model, data=[(x, y)], loss_fn=nn.MSELoss(),
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+'''
+
+
+def test_an_in_place_op_does_not_rewrite_what_the_module_before_it_produced(write_scenario) -> None:  # noqa: ANN001
+    from workbench.bench.divergence import _capture
+
+    path = write_scenario(INPLACE, "inplace.py")
+    scenario = load_source(str(path)).build("cpu")
+    with _capture(scenario.model) as seen, torch.no_grad():
+        scenario.model(scenario.data[0][0])
+    assert (seen["0"][0] < 0).any()  # the Linear's own output, not the ReLU's that overwrote it
+    assert (seen["1"][0] >= 0).all()
+    div = compare_variants(load_source(str(path)), "fp32", "bf16", batches=1)
+    assert [d.name for d in div.layers] == ["0", "1", "2", "(model)"]
+
+
+def test_int8_rows_are_matched_by_name_and_the_json_says_the_verdict(tmp_path: Path) -> None:
+    div = compare_variants(load_source(str(SCENARIOS / "mlp_digits.py")), "fp32", "int8", batches=1)
+    rows = {d.name: d for d in div.layers}
+    assert {"fc1", "fc2"} <= rows.keys()  # the quantized Linears carry the float model's names
+    assert rows["fc1"].rel_error > 0 and rows["fc1"].cosine > 0.99
+    data = div.to_json()
+    assert data["diverged"] == div.diverged and data["first_over"] == (div.first_over.name if div.first_over
+                                                                       else None)

@@ -44,6 +44,7 @@ class TensorDiff:
     cosine: float
     non_finite_b: int  # NaN/Inf in variant B's values
     calls: int = 1  # forward calls of the module per batch (the first call is compared)
+    non_finite_a: int = 0  # NaN/Inf in variant A's values (the sums leave out those positions)
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,16 @@ class Divergence:
     def diverged(self) -> bool:
         return self.first_over is not None or any(_bad(d, self.threshold) for d in self.grads)
 
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        first = self.first_over
+        return {**asdict(self), "diverged": self.diverged, "first_over": first.name if first else None}
+
 
 def _bad(d: TensorDiff, threshold: float) -> bool:
-    return d.non_finite_b > 0 or not math.isfinite(d.rel_error) or d.rel_error > threshold
+    """Past the threshold, or B has NaN/Inf where A has fewer."""
+    return d.non_finite_b > d.non_finite_a or not math.isfinite(d.rel_error) or d.rel_error > threshold
 
 
 # -- running one side --------------------------------------------------------------------
@@ -112,7 +120,9 @@ def _capture(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
         def record(module: nn.Module, args: Any, output: Any) -> None:
             t = _first_tensor(output)
             if t is not None:
-                seen.setdefault(name, []).append(t.detach())
+                # A copy: a later in-place op (ReLU(inplace=True), x += residual) would
+                # otherwise change what this module is recorded to have produced.
+                seen.setdefault(name, []).append(t.detach().clone())
         return record
 
     for name, module in model.named_modules():
@@ -127,6 +137,8 @@ def _capture(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
 def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value if value.is_floating_point() else None
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, (tuple, list)):
         for v in value:
             t = _first_tensor(v)
@@ -157,31 +169,35 @@ class _Acc:
     def __init__(self, kind: str, shape: tuple[int, ...], calls: int) -> None:
         self.kind, self.shape, self.calls = kind, shape, calls
         self.aa = self.dd = self.ab = self.bb = self.max_abs = 0.0
-        self.bad = 0
+        self.bad_a = self.bad_b = 0
 
     def add(self, row: list[float]) -> None:
-        aa, dd, ab, bb, mx, bad = row
+        aa, dd, ab, bb, mx, bad_a, bad_b = row
         self.aa += aa
         self.dd += dd
         self.ab += ab
         self.bb += bb
-        self.max_abs = max(self.max_abs, mx) if math.isfinite(mx) else mx
-        self.bad += int(bad)
+        self.max_abs = max(self.max_abs, mx)
+        self.bad_a += int(bad_a)
+        self.bad_b += int(bad_b)
 
     def result(self, name: str) -> TensorDiff:
         rel = math.sqrt(self.dd / self.aa) if self.aa > 0 else (0.0 if self.dd == 0 else math.inf)
         denom = math.sqrt(self.aa * self.bb)
         cos = self.ab / denom if denom > 0 else (1.0 if self.dd == 0 else 0.0)
-        return TensorDiff(name, self.kind, self.shape, rel, self.max_abs, cos, self.bad, self.calls)
+        return TensorDiff(name, self.kind, self.shape, rel, self.max_abs, cos, self.bad_b, self.calls, self.bad_a)
 
 
 def _stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sums over the positions finite on both sides, plus each side's NaN/Inf count."""
     a, b = a.float(), b.to(a.device).float()
-    finite = torch.isfinite(b)
-    bf = torch.where(finite, b, torch.zeros_like(b))
-    d = bf - a
-    return torch.stack([(a * a).sum(), (d * d).sum(), (a * bf).sum(), (bf * bf).sum(),
-                        d.abs().max() if d.numel() else a.new_zeros(()), (~finite).sum().float()])
+    fa, fb = torch.isfinite(a), torch.isfinite(b)
+    both = fa & fb
+    a0, b0 = torch.where(both, a, 0.0), torch.where(both, b, 0.0)
+    d = b0 - a0
+    return torch.stack([(a0 * a0).sum(), (d * d).sum(), (a0 * b0).sum(), (b0 * b0).sum(),
+                        d.abs().max() if d.numel() else a.new_zeros(()),
+                        (~fa).sum().float(), (~fb).sum().float()])
 
 
 def compare_variants(
@@ -225,10 +241,15 @@ def compare_variants(
         loss_a += la / len(data)
         loss_b += lb / len(data)
         names = [n for n in seen_a if n in seen_b and seen_a[n][0].shape == seen_b[n][0].shape]
-        skipped = sorted(set(seen_a) ^ set(seen_b))
-        if skipped and not notes:
-            notes.append(f"not compared (only one side produced them): {', '.join(skipped[:6])}"
-                         + (" …" if len(skipped) > 6 else ""))
+        if not notes:
+            skipped = sorted(set(seen_a) ^ set(seen_b))
+            if skipped:
+                notes.append(f"not compared (only one side produced them): {', '.join(skipped[:6])}"
+                             + (" …" if len(skipped) > 6 else ""))
+            reshaped = [n for n in seen_a if n in seen_b and seen_a[n][0].shape != seen_b[n][0].shape]
+            if reshaped:
+                notes.append(f"not compared (the output shapes differ): {', '.join(reshaped[:6])}"
+                             + (" …" if len(reshaped) > 6 else ""))
         pairs = [(n, seen_a[n][0], seen_b[n][0]) for n in names]
         if side_a.trains:
             params_b = dict(side_b.model.named_parameters())

@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
                             "Run `workbench run` on it for the traceback.") from exc
     Console().print(divergence_view(div))
     if args.json:
-        atomic_write_json(args.json, div)
+        atomic_write_json(args.json, div.to_json())
     return 1 if div.diverged else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 NAME = "profile"
 ORDER = 40
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             if args.ddp is not None:
                 raise UsageError("--ddp spawns local ranks; under torchrun each process is already a rank. "
                                  "Leave --ddp out (torchrun --nproc-per-node sets the number of ranks).")
-            _leave_now(_as_torchrun_rank(args, console, source, options, limit, findings))
+            _leave_now(_torchrun_rank_code(args, console, source, options, limit, findings))
         with console.status(f"profiling {source.label}: estimating the trace size ...") as status:
 
             def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
@@ -169,6 +170,24 @@ def _leave_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _torchrun_rank_code(args, console, source, options, limit, findings) -> int:  # noqa: ANN001
+    """The rank's exit code, its error printed as the CLI would: the rank then leaves at once."""
+    import sys
+
+    from workbench.cli import EXIT_INTERRUPTED
+    from workbench.errors import describe
+
+    try:
+        return _as_torchrun_rank(args, console, source, options, limit, findings)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message, code = describe(exc)
+        print(f"error: rank {os.environ.get('RANK', '?')}: {message}", file=sys.stderr)
+        return code
 
 
 def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  # noqa: ANN001

@@ -116,7 +116,8 @@ class _Report:
         self.stream = JsonStream(path, "steps", report_head()) if path else None
         self.tally = RunTally()
         self.findings: list[Finding] = []
-        self._keys: set[tuple[Any, ...]] = set()
+        self._keys: dict[tuple[Any, ...], int] = {}  # finding -> its index in self.findings (-1: not listed)
+        self._replayed: set[tuple[Any, ...]] = set()  # findings a replay made (or made again)
         self.last_measured: StepRecord | None = None
         self.step: int | None = None  # the engine's step in progress, once there is an engine
         self.summary: dict[str, Any] | None = None
@@ -127,17 +128,34 @@ class _Report:
 
     def add_findings(self, findings: Any, replayed: bool = False) -> None:  # Sequence[Finding]
         """Count every finding; list the first MAX_FINDINGS (a model gone NaN repeats
-        its findings every step, and the first ones name the cause). A replay's findings
-        are added only where the first pass did not have them (full stats find more)."""
+        its findings every step, and the first ones name the cause).
+
+        A replay (full stats) sees more than the first pass: its finding replaces the
+        first pass's one with the same step, phase, place and kind (the message may now
+        name the cause), and is marked replayed; one the first pass did not have is
+        added and counted."""
         from workbench.report.json_report import finding_key
 
         if replayed:
-            findings = [f for f in findings if finding_key(f) not in self._keys]
-        self._keys.update(finding_key(f) for f in findings)
+            fresh = []
+            for f in findings:
+                key = finding_key(f)
+                self._replayed.add(key)
+                index = self._keys.get(key)
+                if index is None:
+                    fresh.append(f)
+                elif index >= 0:
+                    self.findings[index] = f
+            findings = fresh
         self.tally.count(findings)
         room = max(MAX_FINDINGS - len(self.findings), 0)
-        self.findings.extend(findings[:room])
-        self.tally.findings_not_listed += max(len(findings) - room, 0)
+        for f in findings:  # index in the list, or -1: counted but not listed
+            self._keys[finding_key(f)] = len(self.findings) if room > 0 else -1
+            if room > 0:
+                self.findings.append(f)
+                room -= 1
+            else:
+                self.tally.findings_not_listed += 1
 
     def add(self, record: Any, replayed: bool = False) -> None:  # StepRecord
         """A finished step; a replayed one is listed (marked) but not counted again in the summary."""
@@ -154,13 +172,14 @@ class _Report:
 
     def write(self, stopped_by: str, error: dict[str, Any] | None, break_hit: Any = None) -> dict[str, Any]:
         """Finish the report (once: a later call, e.g. Ctrl-C while printing, keeps the first)."""
-        from workbench.report.json_report import report_rest
+        from workbench.report.json_report import finding_json, finding_key, report_rest
 
         if self.summary is not None:
             return self.summary
         self.summary = self.tally.summary(stopped_by=stopped_by, break_hit=break_hit)
         if self.stream is not None:
-            self.stream.finish(report_rest(scenario=self.label, device=self.device, findings=self.findings,
+            listed = [{**finding_json(f), "replayed": finding_key(f) in self._replayed} for f in self.findings]
+            self.stream.finish(report_rest(scenario=self.label, device=self.device, findings=listed,
                                            summary=self.summary, error=error))
         return self.summary
 
@@ -292,10 +311,16 @@ def _replay(engine: Any, hit: Any, n: int, report: _Report, console: Any) -> tup
         if result.break_hit is not None:
             again = result.break_hit
             break
-    if again is None or again.step != hit.step:
+    if again is not None and again.step < hit.step:
+        # Full stats see what the cheap first pass could not (an update gone non-finite,
+        # dead units): the condition already held at an earlier step.
+        console.print(f"replayed from step {start} with full stats: the breakpoint fires earlier, at step "
+                      f"{again.step}: {again.reason}", highlight=False)
+        return again, engine.current
+    if again is None:
         console.print(f"[yellow]replay: steps {start}..{hit.step} ran again but the breakpoint did not fire at "
                       f"step {hit.step} this time (a non-deterministic step?)[/]", highlight=False)
-        return (again or hit), engine.current
+        return hit, engine.current
     console.print(f"replayed steps {start}..{hit.step} with full stats; the breakpoint fired again at step "
                   f"{hit.step}", highlight=False)
     return again, engine.current

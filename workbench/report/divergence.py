@@ -19,7 +19,8 @@ def _row(d: TensorDiff, threshold: float, first: bool) -> list[RenderableType]:
     mark = Text("◀ first", style="bold red") if first else (Text("✖", style="red") if bad else Text(""))
     rel = Text(fmt_float(d.rel_error), style="red" if bad else "")
     extra = f" ×{d.calls}" if d.calls > 1 else ""
-    nonfinite = str(d.non_finite_b) if d.non_finite_b else "·"
+    nonfinite = (f"{d.non_finite_b} (A {d.non_finite_a})" if d.non_finite_a
+                 else str(d.non_finite_b) if d.non_finite_b else "·")
     return [d.name + extra, d.kind, _shape(d.shape), rel, fmt_float(d.max_abs), f"{d.cosine:.6f}", nonfinite, mark]
 
 
@@ -44,8 +45,7 @@ def divergence_view(div: Divergence, grads_shown: int = 10) -> Group:
     parts.append(_table("layer outputs, in execution order (rel error = ||B - A|| / ||A||)",
                         div.layers, div.threshold, first))
     if div.grads:
-        worst = tuple(sorted(div.grads, key=lambda d: -d.rel_error if d.rel_error == d.rel_error else 0)
-                      [:grads_shown])
+        worst = tuple(sorted(div.grads, key=lambda d: _badness(d, div.threshold), reverse=True)[:grads_shown])
         parts.append(_table(f"parameter gradients, the {len(worst)} furthest apart", worst, div.threshold, None,
                             what="parameter"))
     for note in div.notes:
@@ -56,12 +56,19 @@ def divergence_view(div: Divergence, grads_shown: int = 10) -> Group:
     return Group(*parts)
 
 
+def _badness(d: TensorDiff, threshold: float) -> tuple[bool, int, float]:
+    """Sort key, worst last: past the threshold, then NaN/Inf B adds, then relative error (NaN as inf)."""
+    rel = d.rel_error if d.rel_error == d.rel_error else float("inf")
+    return (_bad(d, threshold), d.non_finite_b - d.non_finite_a, rel)
+
+
 def verdict(div: Divergence) -> Text:
     first = div.first_over
     if first is not None:
         index = div.layers.index(first)
         before = max((d.rel_error for d in div.layers[:index]), default=0.0)
-        why = (f"{first.non_finite_b} non-finite values in B" if first.non_finite_b
+        why = (f"{first.non_finite_b} non-finite values in B (A has {first.non_finite_a})"
+               if first.non_finite_b > first.non_finite_a
                else f"rel error {fmt_float(first.rel_error)} > {div.threshold:g}")
         context = (f"the modules before it stay within {fmt_float(before)}, so its inputs were still close"
                    if index else "it is the first module to run: its input is the batch itself")
@@ -69,8 +76,9 @@ def verdict(div: Divergence) -> Text:
                     f"this layer computes in {div.b}.", style="bold red")
     bad_grads = [d for d in div.grads if _bad(d, div.threshold)]
     if bad_grads:
+        worst = max(bad_grads, key=lambda d: _badness(d, div.threshold))
         return Text(f"the forward agrees within {div.threshold:g}, but {len(bad_grads)} gradient(s) do not "
-                    f"(worst: {bad_grads[0].name}); the backward of {div.b} is where they part.",
+                    f"(worst: {worst.name}); the backward of {div.b} is where they part.",
                     style="bold yellow")
     return Text(f"{div.b} agrees with {div.a} within {div.threshold:g} at every layer"
                 + (" and every gradient." if div.grads else "."), style="bold green")

@@ -124,12 +124,13 @@ def report_head() -> dict[str, Any]:
     return {"schema": SCHEMA}
 
 
-def report_rest(*, scenario: str, device: str, findings: Sequence[Finding], summary: dict[str, Any],
+def report_rest(*, scenario: str, device: str, findings: Sequence[dict[str, Any]], summary: dict[str, Any],
                 error: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys after the streamed steps; ``findings`` as finding_json dicts (run adds "replayed")."""
     return {
         "scenario": scenario,
         "device": device,
-        "findings": [finding_json(f) for f in findings],
+        "findings": list(findings),
         "summary": summary,
         "error": error,
     }
