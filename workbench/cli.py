@@ -87,21 +87,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         _short_warnings()
     try:
         return int(table[args.command].run(args) or 0)
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_exception(exc, verbose)
+
+
+def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int:
+    """Print a command's failure as one clear paragraph (the traceback only with
+    --verbose) and return its exit code: 130 for Ctrl-C / SIGTERM."""
+    if isinstance(exc, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # one clear paragraph; the traceback only with --verbose
-        from workbench.errors import describe
+    from workbench.errors import describe
 
-        message, code = describe(exc)
-        if verbose:
-            import traceback
+    message, code = describe(exc)
+    if verbose:
+        import traceback
 
-            traceback.print_exc()
-        print(f"error: {message}", file=sys.stderr)
-        if not verbose and code == EXIT_ERROR and not _is_user_error(exc):
-            print("(run with --verbose for the full traceback)", file=sys.stderr)
-        return code
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"error: {prefix}{message}", file=sys.stderr)
+    if not verbose and code == EXIT_ERROR and not _is_user_error(exc):
+        print("(run with --verbose for the full traceback)", file=sys.stderr)
+    return code
 
 
 def _short_warnings() -> None:

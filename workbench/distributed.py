@@ -52,6 +52,22 @@ def backend_for(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+def ddp_unavailable(device_type: str, gpus_needed: int, gpus_found: int) -> str | None:
+    """Why DDP cannot run here (no torch.distributed, no backend, too few GPUs), or None."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return f"torch {torch.__version__} was built without torch.distributed"
+    if device_type == "cuda":
+        if not dist.is_nccl_available():
+            return "this torch build has no NCCL backend"
+        if gpus_found < gpus_needed:
+            return f"needs {gpus_needed} CUDA devices (one per rank), found {gpus_found}"
+    elif not dist.is_gloo_available():
+        return "this torch build has no gloo backend"
+    return None
+
+
 def under_torchrun() -> bool:
     """True when a launcher (torchrun, or any env:// launcher) set up this process as a rank."""
     return all(k in os.environ for k in TORCHRUN_ENV)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from workbench.bench.context import take_batches
+from workbench.engine.probe import first_float_tensor
 from workbench.errors import UsageError
 from workbench.scenario import Batch, Scenario, ScenarioSource, resolve_device
 
@@ -110,19 +111,30 @@ def _side(variant: str, scenario: Scenario) -> _Side:
     raise UsageError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
 
 
+@dataclass
+class Captured:
+    """A module's output on its first call in the batch (a copy), and how often it was called."""
+
+    output: torch.Tensor
+    calls: int = 1
+
+
 @contextlib.contextmanager
-def _capture(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Every module's forward outputs (first tensor of each call), by qualified name."""
-    seen: dict[str, list[torch.Tensor]] = {}
+def _capture(model: nn.Module) -> Iterator[dict[str, Captured]]:
+    """Every module's first forward output (first float tensor), by qualified name."""
+    seen: dict[str, Captured] = {}
     handles = []
 
     def hook(name: str):  # noqa: ANN202
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            t = _first_tensor(output)
+            if name in seen:
+                seen[name].calls += 1  # only the first call is compared: keep no more copies
+                return
+            t = first_float_tensor(output)
             if t is not None:
                 # A copy: a later in-place op (ReLU(inplace=True), x += residual) would
                 # otherwise change what this module is recorded to have produced.
-                seen.setdefault(name, []).append(t.detach().clone())
+                seen[name] = Captured(t.detach().clone())
         return record
 
     for name, module in model.named_modules():
@@ -134,20 +146,7 @@ def _capture(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
             h.remove()
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value if value.is_floating_point() else None
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
-def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, list[torch.Tensor]], float]:
+def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float]:
     cast = (torch.autocast(scenario.device.type, dtype=side.autocast) if side.autocast is not None
             else contextlib.nullcontext())
     grad = torch.enable_grad() if side.trains else torch.no_grad()
@@ -227,6 +226,7 @@ def compare_variants(
     if not (side_a.trains and side_b.trains):
         side_a.trains = side_b.trains = False  # int8 is inference: compare the forward alone
     data = take_batches(first.data, batches, f"{source.label}: data")
+    modules = dict(side_a.model.named_modules())
     layers: dict[str, _Acc] = {}
     order: list[str] = []
     grads: dict[str, _Acc] = {}
@@ -240,17 +240,17 @@ def compare_variants(
         seen_b, lb = _run(side_b, second, batch)
         loss_a += la / len(data)
         loss_b += lb / len(data)
-        names = [n for n in seen_a if n in seen_b and seen_a[n][0].shape == seen_b[n][0].shape]
+        names = [n for n in seen_a if n in seen_b and seen_a[n].output.shape == seen_b[n].output.shape]
         if not notes:
             skipped = sorted(set(seen_a) ^ set(seen_b))
             if skipped:
                 notes.append(f"not compared (only one side produced them): {', '.join(skipped[:6])}"
                              + (" …" if len(skipped) > 6 else ""))
-            reshaped = [n for n in seen_a if n in seen_b and seen_a[n][0].shape != seen_b[n][0].shape]
+            reshaped = [n for n in seen_a if n in seen_b and seen_a[n].output.shape != seen_b[n].output.shape]
             if reshaped:
                 notes.append(f"not compared (the output shapes differ): {', '.join(reshaped[:6])}"
                              + (" …" if len(reshaped) > 6 else ""))
-        pairs = [(n, seen_a[n][0], seen_b[n][0]) for n in names]
+        pairs = [(n, seen_a[n].output, seen_b[n].output) for n in names]
         if side_a.trains:
             params_b = dict(side_b.model.named_parameters())
             for n, p in side_a.model.named_parameters():
@@ -261,7 +261,6 @@ def compare_variants(
             continue
         # Sync point: one device->host transfer per batch, all modules and gradients at once.
         rows = torch.stack([_stats(x, y) for _, x, y in pairs]).tolist()
-        modules = dict(side_a.model.named_modules())
         for (n, x, _), row in zip(pairs, rows):
             if n.startswith("grad:"):
                 acc = grads.setdefault(n[5:], _Acc("grad", tuple(x.shape), 1))
@@ -269,7 +268,7 @@ def compare_variants(
                 if n not in layers:
                     order.append(n)
                     kind = type(modules.get("" if n == "(model)" else n, side_a.model)).__name__
-                    layers[n] = _Acc(kind, tuple(x.shape), len(seen_a[n]))
+                    layers[n] = _Acc(kind, tuple(x.shape), seen_a[n].calls)
                 acc = layers[n]
             acc.add(row)
     return Divergence(

@@ -57,7 +57,8 @@ def run_bench(
 
     ``isolate_memory`` (CPU): each row that ran is run again for a few steps in
     a fresh process, and its peak RSS replaces the in-process figure (kept in
-    the row's extras). DDP rows measure per rank already and are left as they are.
+    the row's extras). Rows that are not ``isolatable`` (DDP: each rank measures
+    its own) are left as they are.
     """
     dev = resolve_device(device)
     chosen = _variants(variants)
@@ -85,7 +86,7 @@ def run_bench(
             ctx = BenchContext(source, dev, plan, batches, eval_batches, hardware, tick)
             try:
                 result = run_one(variant, ctx, probe)
-                if isolate_memory and result.ok and dev.type == "cpu" and not variant.name.startswith("ddp"):
+                if isolate_memory and result.ok and dev.type == "cpu" and variant.isolatable:
                     result = with_isolated_peak(result, variant, source)
             except KeyboardInterrupt:
                 interrupted = True

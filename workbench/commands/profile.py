@@ -173,21 +173,14 @@ def _leave_now(code: int) -> None:
 
 
 def _torchrun_rank_code(args, console, source, options, limit, findings) -> int:  # noqa: ANN001
-    """The rank's exit code, its error printed as the CLI would: the rank then leaves at once."""
-    import sys
-
-    from workbench.cli import EXIT_INTERRUPTED
-    from workbench.errors import describe
+    """The rank's exit code, its error reported as the CLI would: the rank then leaves at once."""
+    from workbench.cli import report_exception
 
     try:
         return _as_torchrun_rank(args, console, source, options, limit, findings)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        message, code = describe(exc)
-        print(f"error: rank {os.environ.get('RANK', '?')}: {message}", file=sys.stderr)
-        return code
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_exception(exc, bool(getattr(args, "verbose", False)),
+                                prefix=f"rank {os.environ.get('RANK', '?')}: ")
 
 
 def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  # noqa: ANN001

@@ -484,14 +484,14 @@ class Engine:
         snap = None
         if self.config.snapshots:
             t0 = time.perf_counter()
-            size = snapshots.size_of(self._scenario)
-            if size <= self.config.snapshot_budget:
-                snap = snapshots.take(self._scenario, s.step, self._epoch, self._batches_in_epoch, self._health)
+            try:
+                snap = snapshots.take(self._scenario, s.step, self._epoch, self._batches_in_epoch, self._health,
+                                      self.config.snapshot_budget)
                 self._snapshot_too_big = None
-            else:
+            except snapshots.SnapshotTooLarge as big:
                 # A step without a snapshot breaks the chain: older ones could not be replayed
                 # past it on the same batches, so none are kept.
-                self._snapshot_too_big = size
+                self._snapshot_too_big = big.size
                 self._snapshots.drop_from(0)
             s.charge("snapshot", time.perf_counter() - t0)
         t0 = time.perf_counter()

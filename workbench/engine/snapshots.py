@@ -11,8 +11,8 @@ restores the RNG of each replayed step, so a replay gives the same numbers bit
 for bit on a deterministic device, whatever the data pipeline does.
 
 Copies go to host memory, so the snapshots never take device memory nor show
-in the CUDA figures of the memory panel; on CUDA that copy is a deliberate
-device-to-host sync once per step (on CPU it is a plain clone). A snapshot
+in the CUDA figures of the memory panel; on CUDA they are asynchronous copies
+into pinned memory with one deliberate sync per snapshot (on CPU, plain clones). A snapshot
 costs about the model's plus the optimizer's size in memory, so the
 ring is small, off by default (``EngineConfig(snapshots=N)``), and bounded
 by a byte budget too (``snapshot_budget``): a model whose one snapshot is
@@ -73,15 +73,23 @@ class Snapshot:
         scenario.optimizer.zero_grad(set_to_none=True)
 
 
+class SnapshotTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"a snapshot would take {size} bytes")
+        self.size = size
+
+
 def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A host copy: a clone on CPU; from a GPU, an asynchronous copy into pinned memory
+    (``take`` waits for all of them at once)."""
     if t.device.type == "cpu":
         return t.detach().clone()
-    # Sync point: device -> host, once per tensor per snapshot (snapshots are opt-in).
-    return t.detach().to("cpu")
+    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+    return out.copy_(t.detach(), non_blocking=True)
 
 
 def _copy_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of an optimizer state_dict: tensors cloned (on their device), the rest copied.
+    """A deep copy of an optimizer state_dict: tensors copied to the host, the rest copied.
 
     Cheaper than copy.deepcopy, which walks every tensor through the pickling machinery.
     """
@@ -91,21 +99,31 @@ def _copy_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
     return {**{k: copy.deepcopy(v) for k, v in sd.items() if k != "state"}, "state": state}
 
 
-def size_of(scenario: Scenario) -> int:
-    """Bytes a snapshot of this scenario would take (model state plus optimizer state), without copying."""
-    size = sum(t.numel() * t.element_size() for t in scenario.model.state_dict().values())
-    for state in scenario.optimizer.state.values():
-        size += sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+def _state_bytes(model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> int:
+    size = sum(t.numel() * t.element_size() for t in model_state.values())
+    for per_param in optimizer_state["state"].values():
+        size += sum(t.numel() * t.element_size() for t in per_param.values() if isinstance(t, torch.Tensor))
     return size
 
 
-def take(scenario: Scenario, step: int, epoch: int, batches_in_epoch: int, health: Any) -> Snapshot:
-    model = {k: _host_copy(v) for k, v in scenario.model.state_dict().items()}
-    optimizer = _copy_optimizer_state(scenario.optimizer.state_dict())
+def size_of(scenario: Scenario) -> int:
+    """Bytes a snapshot of this scenario would take (model state plus optimizer state), without copying."""
+    return _state_bytes(scenario.model.state_dict(), scenario.optimizer.state_dict())
+
+
+def take(scenario: Scenario, step: int, epoch: int, batches_in_epoch: int, health: Any,
+         budget: int = 2**63) -> Snapshot:
+    """Copy the step-start state; SnapshotTooLarge (nothing copied) when it is over ``budget`` bytes."""
+    model_state, optimizer_state = scenario.model.state_dict(), scenario.optimizer.state_dict()
+    size = _state_bytes(model_state, optimizer_state)
+    if size > budget:
+        raise SnapshotTooLarge(size)
+    model = {k: _host_copy(v) for k, v in model_state.items()}
+    optimizer = _copy_optimizer_state(optimizer_state)
+    if any(v.is_cuda for v in model_state.values()):
+        # Sync point: the one wait for this snapshot's device->host copies (snapshots are opt-in).
+        torch.cuda.synchronize()
     scheduler = copy.deepcopy(scenario.scheduler.state_dict()) if scenario.scheduler is not None else None
-    size = sum(t.numel() * t.element_size() for t in model.values())
-    size += sum(t.numel() * t.element_size() for s in optimizer.get("state", {}).values()
-                for t in s.values() if isinstance(t, torch.Tensor))
     return Snapshot(step, epoch, batches_in_epoch, model, optimizer, scheduler, copy.deepcopy(health), bytes=size)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from workbench.bench.steps import split_micro
 from workbench.distributed import Beat, Tick, join_group, leave_group, spawn_ranks
 from workbench.profiling.export import (
     ProfileOptions,
@@ -66,8 +67,8 @@ class RankShard:
                     f"a batch of {batch.size} samples cannot be split over {self.world_size} ranks; "
                     f"use a batch size of at least {self.world_size} or fewer ranks (--ddp)."
                 )
-            inputs = tuple(torch.tensor_split(t, self.world_size)[self.rank] for t in batch.inputs)
-            yield inputs, torch.tensor_split(batch.targets, self.world_size)[self.rank]
+            mine = split_micro(batch, self.world_size)[self.rank]  # bench ddp-N splits the same way
+            yield mine.inputs, mine.targets
 
 
 def profile_rank(
@@ -153,7 +154,7 @@ def profile_torchrun(
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     kind = resolve_device(device).type
-    check_ddp_ranks(torch.device(kind), world if kind == "cpu" else 1)
+    check_ddp_ranks(torch.device(kind), 1)  # under torchrun each process needs one GPU of its own
     started = time.perf_counter()
     dev = join_group(rank, world, kind, "env://", local_rank=local, timeout_s=timeout_s)
     try:

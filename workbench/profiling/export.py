@@ -502,22 +502,17 @@ def too_large_message(size: SizeEstimate, max_trace_mb: float) -> str:
     )
 
 
-def check_ddp_ranks(device: torch.device, ranks: int) -> None:
-    """Say before spawning anything why ``ranks`` DDP ranks cannot run here."""
+def check_ddp_ranks(device: torch.device, gpus_needed: int) -> None:
+    """Say before spawning anything why DDP ranks needing ``gpus_needed`` GPUs here cannot run."""
     import torch
-    import torch.distributed as dist
 
-    if not dist.is_available():
-        raise UsageError(f"--ddp {ranks}: torch {torch.__version__} was built without torch.distributed.")
-    if device.type == "cuda":
-        if not dist.is_nccl_available():
-            raise UsageError(f"--ddp {ranks}: this torch build has no NCCL backend; use --device cpu (gloo).")
-        found = torch.cuda.device_count()
-        if found < ranks:
-            raise UsageError(f"--ddp {ranks} on CUDA needs one GPU per rank, found {found}; "
-                             f"use --ddp {found} or fewer, or --device cpu (gloo).")
-    elif not dist.is_gloo_available():
-        raise UsageError(f"--ddp {ranks}: this torch build has no gloo backend for CPU ranks.")
+    from workbench.distributed import ddp_unavailable
+
+    found = torch.cuda.device_count() if device.type == "cuda" else 0
+    reason = ddp_unavailable(device.type, gpus_needed, found)
+    if reason is not None:
+        hint = "; use --device cpu (gloo)" if device.type == "cuda" else ""
+        raise UsageError(f"--ddp: {reason}{hint}.")
 
 
 def drop_if_empty(path: Path) -> bool:

@@ -41,30 +41,61 @@ def _umask() -> int:
     return mask
 
 
+class AtomicFile:
+    """A text file that appears at ``path`` whole or not at all.
+
+    Written to a temp file in the same directory (mode as a plain open() would
+    give it); ``commit()`` fsyncs and renames it over ``path``; ``abort()``
+    removes it. The one place the project writes output files safely.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600
+            self.fh = os.fdopen(fd, "w", encoding="utf-8")
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    @property
+    def open(self) -> bool:
+        return not self.fh.closed
+
+    def commit(self) -> Path:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write to a temp file in the same directory, fsync, then rename over ``path``.
 
     A reader sees either the old file or the complete new one, never a half;
     the temp file is removed if anything fails (including KeyboardInterrupt).
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    out = AtomicFile(path)
     try:
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        out.fh.write(text)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        out.abort()
         raise
-    return p
+    return out.commit()
 
 
 def jsonable(value: Any) -> Any:
@@ -104,49 +135,35 @@ class JsonStream:
     """
 
     def __init__(self, path: str | os.PathLike[str], key: str, head: dict[str, Any]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())
-        self.tmp = Path(tmp)
-        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+        self._out = AtomicFile(path)
+        self.path, self.tmp = self._out.path, self._out.tmp
         self._count = 0
-        self._fh.write("{\n")
-        for k, v in head.items():
-            self._fh.write(f"  {json.dumps(k)}: {_indented(v)},\n")
-        self._fh.write(f"  {json.dumps(key)}: [")
+        self._write("{\n" + "".join(f"  {json.dumps(k)}: {_indented(v)},\n" for k, v in head.items())
+                    + f"  {json.dumps(key)}: [")
 
     @property
     def open(self) -> bool:
-        return not self._fh.closed
+        return self._out.open
+
+    def _write(self, text: str) -> None:
+        try:
+            self._out.fh.write(text)
+        except BaseException:
+            self._out.abort()
+            raise
 
     def add(self, item: Any) -> None:
         # One line per element: compact, and greppable in a long run's report.
-        self._fh.write(("," if self._count else "") + "\n    " + json.dumps(jsonable(item), allow_nan=False))
+        self._write(("," if self._count else "") + "\n    " + json.dumps(jsonable(item), allow_nan=False))
         self._count += 1
 
     def finish(self, rest: dict[str, Any]) -> Path:
-        try:
-            self._fh.write("\n  ]" if self._count else "]")
-            for k, v in rest.items():
-                self._fh.write(f",\n  {json.dumps(k)}: {_indented(v)}")
-            self._fh.write("\n}\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            os.replace(self.tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        return self.path
+        self._write(("\n  ]" if self._count else "]")
+                    + "".join(f",\n  {json.dumps(k)}: {_indented(v)}" for k, v in rest.items()) + "\n}\n")
+        return self._out.commit()
 
     def abort(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        self._out.abort()
 
 
 def _indented(value: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ class Variant:
 
     name: str
     description: str = ""
+    # `--isolate-memory` re-runs the row in a fresh process; False for rows that
+    # run in processes of their own and measure memory there (DDP ranks).
+    isolatable: ClassVar[bool] = True
 
     def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
         return None

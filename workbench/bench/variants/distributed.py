@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import Any, ClassVar
 
 from workbench.bench.context import BenchContext
 from workbench.bench.ddp import launch_local
 from workbench.bench.results import Hardware, Timing, VariantResult
 from workbench.bench.variants.base import Variant
+from workbench.distributed import ddp_unavailable
 from workbench.scenario import Scenario
 
 
@@ -22,19 +21,12 @@ class DDPVariant(Variant):
     world_size: int = 2
     # A row fails when no rank reports (start-up, a step, a result) for this long.
     timeout_s: float = 120.0
+    isolatable: ClassVar[bool] = False  # each rank measures its own peak
 
     def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
-        import torch.distributed as dist
-
-        if not dist.is_available():
-            return f"torch {torch.__version__} was built without torch.distributed"
-        if scenario.device.type == "cuda":
-            if not dist.is_nccl_available():
-                return "this torch build has no NCCL backend"
-            if len(hardware.gpus) < self.world_size:
-                return f"needs {self.world_size} CUDA devices (one per rank), found {len(hardware.gpus)}"
-        elif not dist.is_gloo_available():
-            return "this torch build has no gloo backend"
+        reason = ddp_unavailable(scenario.device.type, self.world_size, len(hardware.gpus))
+        if reason is not None:
+            return reason
         size = getattr(scenario.data, "batch_size", None)
         if isinstance(size, int) and size < self.world_size:
             return f"a batch of {size} samples cannot be split across {self.world_size} ranks"
