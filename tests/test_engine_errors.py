@@ -74,6 +74,9 @@ def _cases() -> list[tuple[str, Callable[[], Scenario], Phase, list[str]]]:
         ("batchnorm_batch_1", lambda: _scenario(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)),
                                                 torch.randn(1, 4), torch.randn(1, 8)),
          Phase.FORWARD, ["batch size 1", "BatchNorm module '1' (BatchNorm1d)", "drop_last=True"]),
+        ("keyword_batch", lambda: Scenario(model=(m := nn.Linear(4, 3)), optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+                                           loss_fn=None, data=[{"x": x8, "labels": torch.randn(8, 3)}]),
+         Phase.FORWARD, ["model(dict{'x': (8, 4) float32", "model(**batch)", "no argument 'x'"]),
     ]
 
 

@@ -134,7 +134,8 @@ def test_syntax_error_names_file_and_line(write_scenario) -> None:
 
 
 def test_import_error_at_module_level(write_scenario) -> None:
-    path = write_scenario("import torch\nraise RuntimeError('boom at import')\n")
+    # A file with a build (one without is refused before it runs: see test_no_build_refused_unrun).
+    path = write_scenario("import torch\nraise RuntimeError('boom at import')\n\ndef build(device):\n    pass\n")
     e = _err(path)
     assert f"{path}:2" in str(e) and "boom at import" in str(e)
 

@@ -10,12 +10,12 @@ import torch
 
 from workbench.bench.results import Hardware
 from workbench.bench.timing import Plan, Tick
-from workbench.scenario import Batch, Scenario, ScenarioError, ScenarioSource, split_batch
+from workbench.scenario import Batch, Scenario, ScenarioError, ScenarioSource
 
 EVAL_BATCHES = 4
 
 
-def take_batches(data: Iterable[object], count: int, where: str) -> tuple[Batch, ...]:
+def take_batches(scenario: Scenario, data: Iterable[object], count: int, where: str) -> tuple[Batch, ...]:
     """The first ``count`` items of ``data``, validated; fewer if the data is shorter.
 
     Every variant reuses these same batches, so rows differ only in how the
@@ -23,7 +23,7 @@ def take_batches(data: Iterable[object], count: int, where: str) -> tuple[Batch,
     them to its device once, outside the timed region.
     """
     batches = tuple(
-        split_batch(item, where) for item in itertools.islice(iter(data), count)
+        scenario.make_batch(item, where) for item in itertools.islice(iter(data), count)
     )
     if not batches:
         raise ScenarioError(f"{where} yielded no batches; the benchmark needs at least one.")
@@ -59,7 +59,7 @@ class BenchContext:
         for b in self.batches:
             b = b.to(self.device)
             if convert is not None:
-                b = Batch(tuple(convert(t) for t in b.inputs), b.targets)
+                b = b.map(convert, inputs_only=True)
             out.append(b)
         return out
 
@@ -67,9 +67,9 @@ class BenchContext:
 def collect(scenario: Scenario, steps: int) -> tuple[tuple[Batch, ...], tuple[Batch, ...]]:
     """The training batches (one per step, up to the data's length) and held-out batches."""
     where = f"{scenario.name}: data"
-    batches = take_batches(scenario.data, steps, where)
+    batches = take_batches(scenario, scenario.data, steps, where)
     if scenario.eval_data is not None:
-        eval_batches = take_batches(scenario.eval_data, EVAL_BATCHES, f"{scenario.name}: eval_data")
+        eval_batches = take_batches(scenario, scenario.eval_data, EVAL_BATCHES, f"{scenario.name}: eval_data")
     else:
         eval_batches = batches[:EVAL_BATCHES]
     return batches, eval_batches

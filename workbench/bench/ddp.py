@@ -20,10 +20,17 @@ import torch
 
 from workbench.bench.context import collect
 from workbench.bench.memory import track_peak
-from workbench.bench.steps import call, loss_is_summed, mean_loss, split_micro
+from workbench.bench.steps import mean_loss
 from workbench.bench.timing import Plan, measure, where_failed
 from workbench.distributed import Beat, Tick, backend_for, join_group, leave_group, spawn_ranks
 from workbench.scenario import Batch, ScenarioSource
+from workbench.scenario.step import (
+    apply_update,
+    backward,
+    forward_loss,
+    prepare_update,
+    scheduler_after_update,
+)
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,10 @@ def run_rank(
         scenario = job.source.build(device)
         torch.manual_seed(scenario.seed + rank)
         global_batches, _ = collect(scenario, job.plan.total)
-        summed = loss_is_summed(scenario)
+        summed = scenario.loss_is_summed
         shards: list[tuple[Batch, float]] = []
         for batch in global_batches:
-            shard = split_micro(batch, world_size)[rank].to(device)
+            shard = batch.split(world_size)[rank].to(device)  # along the scenario's batch_dim
             # DDP averages gradients over ranks; weighting each shard's mean loss
             # by N * shard/batch makes that average the full batch's gradient.
             weight = 1.0 if summed else world_size * shard.size / batch.size
@@ -99,16 +106,16 @@ def run_rank(
 
             def fwd_bwd(i: int) -> torch.Tensor:
                 shard, weight = shards[i % len(shards)]
-                loss = scenario.loss_fn(call(scenario, ddp, shard.inputs), shard.targets) * weight
-                loss.backward()
+                _, value = forward_loss(scenario, shard, ddp, autocast=None)
+                loss = value.total * weight
+                backward(loss)
                 return loss
 
             def step(i: int) -> torch.Tensor:
                 loss = fwd_bwd(i)
-                scenario.optimizer.step()
-                scenario.optimizer.zero_grad(set_to_none=True)
-                if scenario.scheduler is not None:
-                    scenario.scheduler.step()
+                prepare_update(scenario)  # clipping sees the all-reduced gradients
+                apply_update(scenario)
+                scheduler_after_update(scenario, i + 1, 0, loss.detach())
                 return loss
 
             flag = torch.zeros(1, device=device)

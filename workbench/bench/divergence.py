@@ -30,6 +30,7 @@ from workbench.bench.context import take_batches
 from workbench.engine.probe import first_float_tensor
 from workbench.errors import UsageError
 from workbench.scenario import Batch, Scenario, ScenarioSource, resolve_device
+from workbench.scenario.step import forward_loss, instrumented
 
 VARIANTS = ("fp32", "amp", "bf16", "fp16", "int8")
 DEFAULT_THRESHOLD = 1e-2  # relative error: bf16 keeps ~3 significant digits, so ~4e-3 per op is normal
@@ -123,7 +124,6 @@ class Captured:
 def _capture(model: nn.Module) -> Iterator[dict[str, Captured]]:
     """Every module's first forward output (first float tensor), by qualified name."""
     seen: dict[str, Captured] = {}
-    handles = []
 
     def hook(name: str):  # noqa: ANN202
         def record(module: nn.Module, args: Any, output: Any) -> None:
@@ -137,23 +137,17 @@ def _capture(model: nn.Module) -> Iterator[dict[str, Captured]]:
                 seen[name] = Captured(t.detach().clone())
         return record
 
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_hook(hook(name or "(model)")))
-    try:
+    with instrumented(model, restore_rng=False) as hooks:  # hooks removed, modes restored in finally
+        for name, module in model.named_modules():
+            hooks.forward_hook(module, hook(name or "(model)"))
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float]:
-    cast = (torch.autocast(scenario.device.type, dtype=side.autocast) if side.autocast is not None
-            else contextlib.nullcontext())
     grad = torch.enable_grad() if side.trains else torch.no_grad()
     with _capture(side.model) as seen, grad:
-        with cast:
-            outputs = scenario.forward(side.model, batch.inputs) if scenario.forward else side.model(*batch.inputs)
-            loss = scenario.loss_fn(outputs, batch.targets)
+        _, value = forward_loss(scenario, batch, side.model, autocast=side.autocast)
+        loss = value.total
         if side.trains:
             loss.float().backward()
     return seen, float(loss.detach().float())  # sync point: one loss value per side per batch
@@ -225,7 +219,7 @@ def compare_variants(
     side_a, side_b = _side(a, first), _side(b, second)
     if not (side_a.trains and side_b.trains):
         side_a.trains = side_b.trains = False  # int8 is inference: compare the forward alone
-    data = take_batches(first.data, batches, f"{source.label}: data")
+    data = take_batches(first, first.data, batches, f"{source.label}: data")
     modules = dict(side_a.model.named_modules())
     layers: dict[str, _Acc] = {}
     order: list[str] = []

@@ -12,6 +12,7 @@ from two threads at once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -51,6 +52,10 @@ from workbench.engine.probe import (
     SampleIndex,
 )
 from workbench.engine.records import (
+    AMP_OVERFLOW,
+    GRAD_CLIPPING,
+    NAN_INF,
+    SCENARIO_CONFIG,
     BreakHit,
     Finding,
     ModuleNode,
@@ -63,7 +68,18 @@ from workbench.engine.records import (
     StepRecord,
 )
 from workbench.engine.snapshots import SnapshotRing
-from workbench.scenario import Batch, Scenario, ScenarioError, ScenarioSource, split_batch
+from workbench.scenario import PAIR, Batch, Scenario, ScenarioSource
+from workbench.scenario.step import (
+    DataCycle,
+    apply_update,
+    backward,
+    instrumented,
+    prepare_update,
+    scheduler_after_update,
+    scheduler_at_epoch,
+)
+
+CLIP_WINDOW = 20  # steps over which "how often clipping bites" is judged
 
 
 @dataclass(frozen=True)
@@ -108,8 +124,7 @@ class _StepState:
     step: int
     measured: bool
     phases_done: list[Phase] = field(default_factory=list)
-    batch_inputs: tuple[torch.Tensor, ...] = ()
-    batch_targets: torch.Tensor | None = None
+    batch: Batch | None = None  # on the device
     batch_size: int = 0
     outputs: Any = None
     loss_tensor: torch.Tensor | None = None
@@ -124,6 +139,13 @@ class _StepState:
     outputs_finite: bool | None = None
     activation_bytes: int | None = None
     instrument: dict[str, float] = field(default_factory=dict)
+    loss_parts: dict[str, float] = field(default_factory=dict)
+    loss_source: str = "loss_fn"
+    clip_before: float | None = None
+    clip_after: float | None = None
+    grad_scale: float | None = None
+    amp_skipped: bool = False
+    sub_phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def charge(self, what: str, seconds: float) -> None:
         self.instrument[what] = self.instrument.get(what, 0.0) + seconds
@@ -137,23 +159,25 @@ class Engine:
         self.config = config or EngineConfig()
         model = scenario.model
         self._device = scenario.device
-        # Restored by close(): training flags of every module and the RNG streams.
-        self._saved_training = [(m, m.training) for m in model.modules()]
-        self._saved_cpu_rng = torch.get_rng_state()
-        self._saved_cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        # Undone by close(): the probe's hooks, training flags of every module, the RNG streams.
+        self._restore = contextlib.ExitStack()
+        hooks = self._restore.enter_context(instrumented(model, train=True))
         torch.manual_seed(scenario.seed)
-        model.train()
         self._probe = ActivationProbe(model, self.config.sample_size)
         self._probe.attach()
+        hooks.on_exit(self._probe.detach)
+        self._scaler = scenario.make_scaler()  # fp16 training as the user trains: a GradScaler
+        self._clip_recent: deque[bool] = deque(maxlen=CLIP_WINDOW)
+        self._clip_reported = False
+        self._clip_counts = [0, 0]  # [clipped steps, steps with clipping on]
+        self._amp_skips_in_row = 0
         self._params: list[ParamRef] = param_refs(model)
         self._sampler = SampleIndex(self.config.sample_size)
         self._health = HealthMonitor(self.config.thresholds)
         self._breakpoints: list[Breakpoint] = list(self.config.breakpoints)
         self._history: deque[StepRecord] = deque(maxlen=self.config.history)
         self._findings: deque[Finding] = deque(maxlen=self.config.max_findings)
-        self._data_iter: Iterator[Any] | None = None
-        self._epoch = 0
-        self._batches_in_epoch = 0
+        self._cycle = DataCycle(scenario)
         self._step = 0
         self._next_phase = Phase.FORWARD
         self._pending_break: BreakHit | None = None
@@ -161,6 +185,9 @@ class Engine:
         self._closed = False
         self._skipped_steps = 0
         self._measure_until = 0  # steps below this are measured whatever stats_every says (replays)
+        # What the loader noticed about the scenario's settings, as findings of the first step.
+        self._setup_findings = [Finding(0, Phase.FORWARD, "", None, SCENARIO_CONFIG, "warning", None, None, w)
+                                for w in scenario.load_warnings]
         self._state = self._new_state()
         self._phase_findings: list[Finding] = []
         self._biases_checked = False
@@ -170,6 +197,7 @@ class Engine:
         # before the data iterator is touched again.
         self._replay: deque[snapshots.Snapshot] = deque()
         scenario.optimizer.zero_grad(set_to_none=True)
+        self._findings.extend(self._setup_findings)
 
     @classmethod
     def from_source(
@@ -193,7 +221,17 @@ class Engine:
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._cycle.epoch
+
+    @property
+    def clipping(self) -> tuple[int, int]:
+        """(steps whose gradient norm was clipped, steps with clip_grad_norm on)."""
+        return self._clip_counts[0], self._clip_counts[1]
+
+    @property
+    def replay_exact(self) -> bool:
+        """False when the scenario keeps state outside the model that snapshots cannot restore."""
+        return not self._scenario.carries_state or self._scenario.state is not None
 
     @property
     def next_phase(self) -> Phase:
@@ -243,10 +281,7 @@ class Engine:
     @property
     def batch(self) -> Batch | None:
         """The batch of the step in progress (on the device), None between steps."""
-        s = self._state
-        if s.batch_targets is None:
-            return None
-        return Batch(s.batch_inputs, s.batch_targets)
+        return self._state.batch
 
     def activation_sample(self, name: str) -> torch.Tensor | None:
         """Values of module ``name``'s output from the last measured forward, as a CPU tensor.
@@ -430,7 +465,7 @@ class Engine:
                              "before drawing its batch), so a replay would not see the same batches")
         later = self._snapshots.drop_from(target)
         self._replay = deque([x for x in later if x.batch is not None] + list(self._replay))
-        snap.restore(self._scenario)
+        snap.restore(self._scenario, self._scaler)
         health = copy.deepcopy(snap.health)
         # Found once, on the first measured forward, which a rewind to step 0 goes back before.
         health.cancelled_biases = self._health.cancelled_biases
@@ -442,9 +477,19 @@ class Engine:
         self._next_phase = Phase.FORWARD
         self._history = deque((r for r in self._history if r.step < target), maxlen=self.config.history)
         self._findings = deque((f for f in self._findings if f.step < target), maxlen=self.config.max_findings)
+        if target == 0:
+            self._findings.extend(self._setup_findings)
         if measure:
             self._measure_until = max(self._measure_until, origin)
         self._state = self._new_state()
+        if not self.replay_exact:
+            note = Finding(target, Phase.FORWARD, "", None, SCENARIO_CONFIG, "warning", None, None,
+                           f"rewound to step {target}, but the scenario keeps state outside the model "
+                           "(carries_state=True) and gives no state()/load_state(): the replay starts "
+                           "from that state as it is now, not as it was at that step, so it is not "
+                           "bit-identical. Give the Scenario state= and load_state= to snapshot it.")
+            self._findings.append(note)
+            self._state.findings.append(note)
         return target
 
     def skip_step(self) -> StepRecord:
@@ -464,13 +509,8 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        self._probe.detach()
         self._state = self._new_state()
-        for module, training in self._saved_training:
-            module.training = training
-        torch.set_rng_state(self._saved_cpu_rng)
-        if self._saved_cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self._saved_cuda_rng)
+        self._restore.close()  # hooks removed, training flags and RNG streams restored
 
     def __enter__(self) -> Engine:
         return self
@@ -485,8 +525,8 @@ class Engine:
         if self.config.snapshots:
             t0 = time.perf_counter()
             try:
-                snap = snapshots.take(self._scenario, s.step, self._epoch, self._batches_in_epoch, self._health,
-                                      self.config.snapshot_budget)
+                snap = snapshots.take(self._scenario, s.step, self._cycle.epoch, self._cycle.batches_in_epoch,
+                                      self._health, self.config.snapshot_budget, scaler=self._scaler)
                 self._snapshot_too_big = None
             except snapshots.SnapshotTooLarge as big:
                 # A step without a snapshot breaks the chain: older ones could not be replayed
@@ -497,16 +537,20 @@ class Engine:
         t0 = time.perf_counter()
         batch = self._next_batch()
         if snap is not None:
-            snap.drawn(batch, self._epoch, self._batches_in_epoch)
+            snap.drawn(batch, self._cycle.epoch, self._cycle.batches_in_epoch)
             self._snapshots.add(snap)
         s.batch_size = batch.size  # known before the copy, so an OOM in .to() can name it
         batch = batch.to(self._device)
         s.data_seconds = time.perf_counter() - t0
-        s.batch_inputs, s.batch_targets = batch.inputs, batch.targets
+        s.batch = batch
+        if self._cycle.epoch_started:  # the first batch of a new epoch: a per-epoch scheduler steps
+            last = self._history[-1].loss if self._history else None
+            scheduler_at_epoch(self._scenario, s.step, self._cycle.epoch, last)
         memory.reset_peak(self._device)
         self._probe.begin_forward(s.measured)
         try:
-            s.outputs = self._scenario.call_model(batch.inputs)
+            with self._scenario.autocast():
+                s.outputs = self._scenario.call_model(batch)
         finally:
             self._probe.end_forward()
             s.charge("forward_hooks", self._probe.seconds)
@@ -532,24 +576,33 @@ class Engine:
 
     def _loss(self, s: _StepState) -> None:
         self._phase_findings = []
-        loss = self._scenario.loss_fn(s.outputs, s.batch_targets)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            got = type(loss).__name__ if not isinstance(loss, torch.Tensor) else f"a tensor of shape {tuple(loss.shape)}"
-            raise ScenarioError(
-                f"loss_fn returned {got}; expected a scalar Tensor (reduce with .mean() or .sum())."
-            )
-        s.loss_tensor = loss
+        assert s.batch is not None
+        with self._scenario.autocast():
+            value = self._scenario.compute_loss(s.outputs, s.batch)
+        s.loss_tensor, s.loss_source = value.total, value.source
         t0 = time.perf_counter()
-        # Sync point: the loss value, the LOSS phase's one transfer (a user's loop logs it too).
-        s.loss = float(loss.detach().reshape(()).tolist())
+        scalars = [value.total, *value.parts.values()]
+        # Sync point: the loss value (and its named parts, stacked), the LOSS phase's one transfer.
+        numbers = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
+        s.loss = float(numbers[0])
+        s.loss_parts = dict(zip(value.parts, map(float, numbers[1:])))
         s.charge("loss_value", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.loss(s.step, s.loss, s.outputs_finite))
+        self._run_health(s, lambda: self._health.loss(s.step, s.loss, s.outputs_finite, s.loss_parts or None))
 
     def _backward(self, s: _StepState) -> None:
         self._phase_findings = []
         assert s.loss_tensor is not None
         self._probe.seconds = 0.0
-        s.loss_tensor.backward()
+        scaler = self._scaler
+        if scaler is not None:
+            # Sync point (fp16 only): the scale this backward uses, to unscale the activation norms.
+            s.grad_scale = float(scaler.get_scale())
+        backward(s.loss_tensor, scaler)
+        if scaler is not None:
+            t0 = time.perf_counter()
+            # True gradients from here on: the stats, clipping and before_step see them unscaled.
+            scaler.unscale_(self._scenario.optimizer)
+            s.sub_phase_seconds["unscale"] = time.perf_counter() - t0
         s.charge("grad_hooks", self._probe.seconds)
         t0 = time.perf_counter()
         root = None
@@ -561,6 +614,8 @@ class Engine:
             # Sync point: the backward's one transfer (activation-grad norms + parameter stats).
             flat = torch.cat([p.to(parts[0].device, torch.float32) for p in parts]).tolist() if parts else []
             act_norms = flat[:n_act]
+            if s.grad_scale:  # activation gradients are the scaled ones under fp16
+                act_norms = [n / s.grad_scale for n in act_norms]
             width = grad_stats.shape[1] if grad_stats is not None else 0
             rows = [flat[n_act + i * width: n_act + (i + 1) * width] for i in range(len(with_grad))]
             params = param_stats_from_rows(self._params, rows, with_grad)
@@ -579,12 +634,37 @@ class Engine:
                 s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,
                                             None, None, None, None, has_grad=False) for p in no_grad)
         s.charge("backward_stats", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.backward(s.step, s.total_grad_norm, s.params, root, s.measured))
+        self._run_health(s, lambda: self._backward_health(s, root))
+
+    def _backward_health(self, s: _StepState, root: tuple[str, str | None, str] | None) -> list[Finding]:
+        found = self._health.backward(s.step, s.total_grad_norm, s.params, root, s.measured)
+        overflow = (self._scaler is not None and s.total_grad_norm is not None
+                    and not math.isfinite(s.total_grad_norm) and (s.loss is None or math.isfinite(s.loss)))
+        if not overflow:
+            self._amp_skips_in_row = 0
+            return found
+        # fp16 with a GradScaler: inf gradients from a finite loss are how the scaler finds its
+        # scale; it skips this step and halves the scale. Said as such, not as a NaN in the model.
+        self._amp_skips_in_row += 1
+        n = self._amp_skips_in_row
+        severity = "warning" if n >= 3 else "info"
+        advice = ("" if n < 3 else f" {n} steps in a row: the model overflows fp16 even at small scales; "
+                  "compare layers with `workbench diff --b fp16`, or train with amp='bf16'.")
+        kept = [f for f in found if f.kind != NAN_INF]
+        kept.append(Finding(s.step, Phase.BACKWARD, "", None, AMP_OVERFLOW, severity, s.grad_scale, None,
+                            f"fp16 GradScaler: inf/NaN gradients at scale {s.grad_scale:g}; this optimizer step "
+                            f"is skipped and the scale is lowered.{advice}"))
+        return kept
 
     def _optimizer_step(self, s: _StepState) -> None:
         self._phase_findings = []
-        opt = self._scenario.optimizer
+        scenario = self._scenario
         s.lrs = self._lrs()
+        prep = prepare_update(scenario, self._scaler, unscaled=self._scaler is not None)
+        if prep.grad_norm is not None:
+            s.sub_phase_seconds["clip_grad"] = prep.clip_seconds
+        if scenario.before_step is not None:
+            s.sub_phase_seconds["before_step"] = prep.before_step_seconds
         before: list[torch.Tensor] | None = None
         t0 = time.perf_counter()
         refs = self._params
@@ -593,10 +673,13 @@ class Engine:
                 # One fused copy of every parameter (the update is measured against it).
                 before = torch._foreach_mul([r.param.detach() for r in refs], 1.0)
         s.charge("update_stats", time.perf_counter() - t0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if self._scenario.scheduler is not None:
-            self._scenario.scheduler.step()
+        apply_update(scenario, self._scaler)
+        if self._scaler is not None:
+            # Sync point (fp16 only): a lower scale after update() means the scaler skipped the step.
+            s.amp_skipped = float(self._scaler.get_scale()) < (s.grad_scale or 0.0)
+        scheduler_after_update(scenario, s.step + 1, self._cycle.epoch, s.loss)
+        if prep.grad_norm is not None:
+            self._record_clipping(s, prep.grad_norm)
         if before is None:
             return
         t0 = time.perf_counter()
@@ -627,9 +710,34 @@ class Engine:
         self._run_health(s, lambda: self._health.optimizer_step(s.step, s.params, non_finite))
 
     # -- helpers ---------------------------------------------------------------------------
+    def _record_clipping(self, s: _StepState, norm: torch.Tensor) -> None:
+        max_norm = float(self._scenario.clip_grad_norm or 0.0)
+        # Sync point (clip_grad_norm set): the total norm clip_grad_norm_ saw, one scalar.
+        total = float(norm.tolist())
+        s.clip_before = total
+        s.clip_after = total * min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else total
+        clipped = math.isfinite(total) and total > max_norm
+        self._clip_counts[0] += int(clipped)
+        self._clip_counts[1] += 1
+        self._clip_recent.append(clipped)
+        window = len(self._clip_recent)
+        share = sum(self._clip_recent) / window
+        if window >= CLIP_WINDOW // 2 and share >= 0.5 and not self._clip_reported:
+            self._clip_reported = True
+            self._run_health(s, lambda: [Finding(
+                s.step, Phase.OPTIMIZER_STEP, "", None, GRAD_CLIPPING, "warning", share, 0.5,
+                f"clip_grad_norm={max_norm:g} clipped {sum(self._clip_recent)} of the last {window} steps "
+                f"(this step's norm {total:.3g}): clipping is the rule, not a guard, so the real step size is "
+                "lr x max_norm / norm. Raise max_norm above the typical gradient norm or lower the lr.")])
+        elif share < 0.25:
+            self._clip_reported = False
+
     def _new_state(self) -> _StepState:
         measured = self._step % self.config.stats_every == 0 or self._step < self._measure_until
-        return _StepState(step=self._step, measured=measured)
+        state = _StepState(step=self._step, measured=measured)
+        if self._step == 0:
+            state.findings.extend(self._setup_findings)
+        return state
 
     def _run_health(self, s: _StepState, rule: Callable[[], list[Finding]]) -> None:
         t0 = time.perf_counter()
@@ -645,28 +753,14 @@ class Engine:
         if self._closed:
             raise RuntimeError("this Engine is closed; build a new one")
 
-    def _next_batch(self) -> Any:
+    def _next_batch(self) -> Batch:
         if self._replay:  # a rewound step: the batch and RNG it had the first time
             first = self._replay.popleft()
             first.restore_rng()
-            self._epoch, self._batches_in_epoch = first.epoch, first.batches_in_epoch
+            self._cycle.epoch, self._cycle.batches_in_epoch = first.epoch, first.batches_in_epoch
+            assert first.batch is not None
             return first.batch
-        data = self._scenario.data
-        for attempt in range(2):
-            if self._data_iter is None:
-                self._data_iter = iter(data)
-                self._batches_in_epoch = 0
-            try:
-                item = next(self._data_iter)
-            except StopIteration:
-                # Cycle: restart the loader when exhausted and count the epoch.
-                self._data_iter = None
-                if self._batches_in_epoch > 0:
-                    self._epoch += 1
-                continue
-            self._batches_in_epoch += 1
-            return split_batch(item)
-        raise ScenarioError("scenario data yielded no batches; it must yield at least one (inputs, targets).")
+        return next(self._cycle)  # cycles: the data restarts when exhausted, counting the epoch
 
     def _check_breakpoints(self, phase: Phase, s: _StepState, phase_findings: Sequence[Finding]) -> BreakHit | None:
         # Pause before the optimizer step (after backward), with everything the step found so far;
@@ -697,8 +791,11 @@ class Engine:
             phase_seconds=dict(s.phase_seconds), memory=mem, modules=s.modules, params=s.params,
             findings=tuple(s.findings), skipped=skipped,
             instrument_seconds=sum(s.instrument.values()), instrument_breakdown=dict(s.instrument),
-            epoch=self._epoch, batch_size=s.batch_size, measured=s.measured,
-            data_seconds=s.data_seconds,
+            epoch=self._cycle.epoch, batch_size=s.batch_size, measured=s.measured,
+            data_seconds=s.data_seconds, loss_parts=dict(s.loss_parts), loss_source=s.loss_source,
+            grad_norm_before_clip=s.clip_before, grad_norm_after_clip=s.clip_after,
+            clipped=None if s.clip_before is None else s.clip_before > float(self._scenario.clip_grad_norm or 0.0),
+            grad_scale=s.grad_scale, amp_skipped=s.amp_skipped, sub_phase_seconds=dict(s.sub_phase_seconds),
         )
         if skipped:
             self._skipped_steps += 1
@@ -709,9 +806,16 @@ class Engine:
         return record
 
     def _error_context(self, phase: Phase, s: _StepState, exc: BaseException) -> ErrorContext:
+        b = s.batch
+        if b is None:
+            inputs: Sequence[Any] = ()
+        elif b.style == PAIR:
+            inputs = (b.inputs,) if isinstance(b.inputs, dict) else tuple(b.inputs)
+        else:
+            inputs = (b.data,)
         return ErrorContext(
             batch_size=s.batch_size or None,
-            call=describe_call(phase, s.batch_inputs, s.outputs, s.batch_targets, self._device),
+            call=describe_call(phase, inputs, s.outputs, b.loss_arg if b is not None else None, self._device),
             module=innermost_module(exc, self._scenario.model) if phase is Phase.FORWARD else None,
         )
 
@@ -721,7 +825,7 @@ class Engine:
         The failed step's tensors are dropped here (the StepError's traceback still
         references ``s``), so after an out-of-memory error the memory really is free.
         """
-        s.outputs, s.loss_tensor, s.batch_inputs, s.batch_targets = None, None, (), None
+        s.outputs, s.loss_tensor, s.batch = None, None, None
         self._probe.reset()
         try:
             self._scenario.optimizer.zero_grad(set_to_none=True)

@@ -111,6 +111,13 @@ def _embedding(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
             "or remap the ids.")
 
 
+def _keyword_batch(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+    return (f"the data yielded a dict (a Mapping), so the model is called as model(**batch), and its "
+            f"forward() takes no argument {m.group(1)!r}: name the batch's keys after forward()'s "
+            "parameters (input_ids=..., labels=...), or yield pairs instead, expected (inputs, targets) for "
+            "model(*inputs), or give the scenario forward=lambda model, batch: model(batch['x']).")
+
+
 def _re(text: str) -> re.Pattern[str]:
     return re.compile(text, re.DOTALL)
 
@@ -141,6 +148,8 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
     KnownError("conv_channels", _re(r"expected input\[.*\] to have (\d+) channels, but got (\d+) channels"),
                _conv, phases=(Phase.FORWARD,)),
     KnownError("embedding_index", _re(r"index out of range in self"), _embedding, phases=(Phase.FORWARD,)),
+    KnownError("keyword_batch", _re(r"forward\(\) got an unexpected keyword argument '(\w+)'"), _keyword_batch,
+               types=(TypeError,), phases=(Phase.FORWARD,)),
 )
 
 

@@ -138,12 +138,27 @@ class HealthMonitor:
         return out
 
     # -- loss ------------------------------------------------------------------------
-    def loss(self, step: int, loss: float | None, outputs_finite: bool | None) -> list[Finding]:
+    def loss(self, step: int, loss: float | None, outputs_finite: bool | None,
+             parts: dict[str, float] | None = None) -> list[Finding]:
+        """``parts``: the named loss parts when loss_fn returned a dict (their sum is ``loss``)."""
         out: list[Finding] = []
         if loss is None:
             return out
         if not math.isfinite(loss):
-            if outputs_finite is not False and self._nan_step != step:
+            bad = [name for name, value in (parts or {}).items() if not math.isfinite(value)]
+            if bad and self._nan_step != step:
+                self._nan_step = step
+                fine = [name for name in (parts or {}) if name not in bad]
+                where = "from finite model outputs" if outputs_finite else (
+                    "(the model outputs were not measured this step)" if outputs_finite is None
+                    else "and the model outputs are not finite either")
+                message = (f"the loss part {bad[0]!r} is {parts[bad[0]]} {where}"  # type: ignore[index]
+                           + (f"; {', '.join(repr(n) for n in fine)} finite" if fine else "")
+                           + (f"; also non-finite: {', '.join(repr(n) for n in bad[1:])}" if bad[1:] else "")
+                           + f". Look at how loss_fn computes {bad[0]!r} (log of 0, division by a "
+                           "zero count, an empty mask).")
+                out.append(Finding(step, Phase.LOSS, "", None, NAN_INF, "error", loss, None, message))
+            elif outputs_finite is not False and self._nan_step != step:
                 self._nan_step = step
                 if outputs_finite is None:  # a step without module stats: the outputs were not looked at
                     message = (f"the loss is {loss} on a step whose module outputs were not measured, so "

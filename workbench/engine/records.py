@@ -24,6 +24,9 @@ NO_GRADIENT = "no_gradient"
 TINY_UPDATES = "tiny_updates"
 HUGE_UPDATES = "huge_updates"
 LOSS_DIVERGENCE = "loss_divergence"
+GRAD_CLIPPING = "grad_clipping"  # how often clip_grad_norm bites
+AMP_OVERFLOW = "amp_overflow"  # the fp16 GradScaler skipped steps
+SCENARIO_CONFIG = "scenario_config"  # a setting noticed at load (a per-epoch scheduler stepped per batch)
 FINDING_KINDS: tuple[str, ...] = (
     NAN_INF,
     EXPLODING_GRADIENT,
@@ -35,6 +38,8 @@ FINDING_KINDS: tuple[str, ...] = (
     HUGE_UPDATES,
     LOSS_DIVERGENCE,
 )
+# Findings about how the scenario trains rather than about the model's health (not health rules).
+SETUP_KINDS: tuple[str, ...] = (GRAD_CLIPPING, AMP_OVERFLOW, SCENARIO_CONFIG)
 
 
 class Phase(str, enum.Enum):
@@ -167,6 +172,16 @@ class StepRecord:
     batch_size: int = 0
     measured: bool = True  # module/param stats were taken this step
     data_seconds: float = 0.0  # fetching the batch (not part of any phase)
+    # -- contract v2 ---------------------------------------------------------------
+    loss_parts: dict[str, float] = field(default_factory=dict)  # loss_fn's named parts (sum = loss)
+    loss_source: str = "loss_fn"  # or "outputs.loss" / 'outputs["loss"]': the model computed it
+    grad_norm_before_clip: float | None = None  # clip_grad_norm set: the norm clip_grad_norm_ saw
+    grad_norm_after_clip: float | None = None
+    clipped: bool | None = None  # None: no clipping configured
+    grad_scale: float | None = None  # fp16 GradScaler's scale used for this step's backward
+    amp_skipped: bool = False  # the GradScaler skipped the optimizer step (inf/NaN gradients)
+    # Parts of the optimizer_step phase, included in its time: "unscale", "clip_grad", "before_step".
+    sub_phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:

@@ -17,6 +17,12 @@ costs about the model's plus the optimizer's size in memory, so the
 ring is small, off by default (``EngineConfig(snapshots=N)``), and bounded
 by a byte budget too (``snapshot_budget``): a model whose one snapshot is
 over budget is not snapshotted at all, and ``rewind`` says so.
+
+State that lives outside the model (a hidden state carried between batches in
+a closure, an EMA copy) is the scenario's to hand over: ``Scenario.state()``
+is deep-copied into each snapshot and ``Scenario.load_state(value)`` puts it
+back. The fp16 GradScaler's scale is snapshotted too, so a replay skips the
+same steps.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ class Snapshot:
     cuda_rng: list[torch.Tensor] | None = None
     python_rng: Any = None
     bytes: int = 0
+    extra: Any = None  # a copy of Scenario.state(), when has_extra
+    has_extra: bool = False
+    scaler: dict[str, Any] | None = None  # GradScaler.state_dict() under fp16
 
     def drawn(self, batch: Batch, epoch: int, batches_in_epoch: int) -> None:
         """The step has drawn its batch: keep it, the data counters and the RNG as they are now."""
@@ -63,13 +72,17 @@ class Snapshot:
         if self.python_rng is not None:
             random.setstate(self.python_rng)
 
-    def restore(self, scenario: Scenario) -> None:
-        """Put model, optimizer and scheduler back as they were at this step's start
-        (the RNG follows when the replay hands out this step's batch)."""
+    def restore(self, scenario: Scenario, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Put model, optimizer, scheduler, the scenario's own state and the GradScaler back as
+        they were at this step's start (the RNG follows when the replay hands out this step's batch)."""
         scenario.model.load_state_dict(self.model)  # in place: the optimizer's params stay the same objects
         scenario.optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         if scenario.scheduler is not None and self.scheduler is not None:
             scenario.scheduler.load_state_dict(copy.deepcopy(self.scheduler))
+        if self.has_extra and scenario.load_state is not None:
+            scenario.load_state(copy.deepcopy(self.extra))
+        if scaler is not None and self.scaler is not None:
+            scaler.load_state_dict(copy.deepcopy(self.scaler))
         scenario.optimizer.zero_grad(set_to_none=True)
 
 
@@ -112,7 +125,7 @@ def size_of(scenario: Scenario) -> int:
 
 
 def take(scenario: Scenario, step: int, epoch: int, batches_in_epoch: int, health: Any,
-         budget: int = 2**63) -> Snapshot:
+         budget: int = 2**63, *, scaler: torch.amp.GradScaler | None = None) -> Snapshot:
     """Copy the step-start state; SnapshotTooLarge (nothing copied) when it is over ``budget`` bytes."""
     model_state, optimizer_state = scenario.model.state_dict(), scenario.optimizer.state_dict()
     size = _state_bytes(model_state, optimizer_state)
@@ -123,8 +136,22 @@ def take(scenario: Scenario, step: int, epoch: int, batches_in_epoch: int, healt
     if any(v.is_cuda for v in model_state.values()):
         # Sync point: the one wait for this snapshot's device->host copies (snapshots are opt-in).
         torch.cuda.synchronize()
-    scheduler = copy.deepcopy(scenario.scheduler.state_dict()) if scenario.scheduler is not None else None
-    return Snapshot(step, epoch, batches_in_epoch, model, optimizer, scheduler, copy.deepcopy(health), bytes=size)
+    scheduler = _scheduler_state(scenario.scheduler)
+    snap = Snapshot(step, epoch, batches_in_epoch, model, optimizer, scheduler, copy.deepcopy(health), bytes=size)
+    if scenario.state is not None:
+        snap.extra, snap.has_extra = copy.deepcopy(scenario.state()), True
+    if scaler is not None:
+        snap.scaler = copy.deepcopy(scaler.state_dict())
+    return snap
+
+
+def _scheduler_state(scheduler: Any) -> dict[str, Any] | None:
+    """A copy of the scheduler's state_dict; a scheduler without one (timm's have it, a
+    hand-written one may not) is not snapshotted."""
+    state_dict = getattr(scheduler, "state_dict", None)
+    if scheduler is None or not callable(state_dict):
+        return None
+    return copy.deepcopy(state_dict())
 
 
 @dataclass

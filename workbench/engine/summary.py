@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from workbench.engine.probe import first_float_tensor
-from workbench.scenario import Scenario, split_batch
+from workbench.scenario import Scenario
+from workbench.scenario.step import instrumented
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def summarize(scenario: Scenario) -> ModelSummary:
 
     model = scenario.model
     device = scenario.device
-    batch = split_batch(next(iter(scenario.data))).to(device)
+    batch = scenario.make_batch(next(iter(scenario.data))).to(device)
     names = {m: n for n, m in model.named_modules()}
     leaf = {m: not any(True for _ in m.children()) for m in names}
     outputs: dict[str, tuple[tuple[int, ...], int]] = {}
@@ -80,21 +81,13 @@ def summarize(scenario: Scenario) -> ModelSummary:
         if t is not None:
             outputs[name] = (tuple(t.shape), t.numel() * t.element_size())
 
-    training = [(m, m.training) for m in model.modules()]
-    rng = torch.get_rng_state()
-    handles = [m.register_forward_hook(hook) for m in names]
-    handles += [m.register_forward_pre_hook(pre_hook) for m in names]
-    try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            scenario.call_model(batch.inputs)
+    with instrumented(model, train=False, grad=False) as hooks:  # modes, RNG and hooks restored
+        for m in names:
+            hooks.forward_hook(m, hook)
+            hooks.forward_pre_hook(m, pre_hook)
+        with FlopCounterMode(display=False) as counter, scenario.autocast():
+            scenario.call_model(batch)
         raw = counter.get_flop_counts()
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in training:
-            m.training = flag
-        torch.set_rng_state(rng)
 
     root_label = type(model).__name__
     flops: dict[str, int] = {}
@@ -126,7 +119,7 @@ def summarize(scenario: Scenario) -> ModelSummary:
         scenario=scenario.name,
         model_class=type(model).__name__,
         device=str(device),
-        input_shapes=tuple(tuple(t.shape) for t in batch.inputs),
+        input_shapes=tuple(tuple(t.shape) for t in batch.input_tensors()),
         batch_size=batch.size,
         layers=tuple(layers),
         total_params=sum(p.numel() for p in all_params),
@@ -135,5 +128,5 @@ def summarize(scenario: Scenario) -> ModelSummary:
         buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
         forward_flops=total_flops,
         activation_bytes=sum(l.activation_bytes for l in layers if l.is_leaf),
-        input_bytes=sum(t.numel() * t.element_size() for t in batch.inputs),
+        input_bytes=sum(t.numel() * t.element_size() for t in batch.input_tensors()),
     )

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from workbench.bench.steps import split_micro
 from workbench.distributed import Beat, Tick, join_group, leave_group, spawn_ranks
 from workbench.profiling.export import (
     ProfileOptions,
@@ -39,7 +38,7 @@ from workbench.profiling.export import (
     too_large_message,
     write_metadata,
 )
-from workbench.scenario import ScenarioError, ScenarioSource, replace, split_batch
+from workbench.scenario import Scenario, ScenarioError, ScenarioSource, replace, split_batch
 
 
 @dataclass(frozen=True)
@@ -54,21 +53,22 @@ class RankProfileJob:
 
 
 class RankShard:
-    """``data`` with every batch cut along dim 0 into ``world_size`` slices; yields slice ``rank``."""
+    """``data`` with every batch cut along the batch dimension into ``world_size`` slices;
+    yields slice ``rank`` in the structure the data yielded."""
 
-    def __init__(self, data: Iterable[Any], rank: int, world_size: int) -> None:
-        self.data, self.rank, self.world_size = data, rank, world_size
+    def __init__(self, data: Iterable[Any], rank: int, world_size: int, scenario: Scenario | None = None) -> None:
+        self.data, self.rank, self.world_size, self.scenario = data, rank, world_size, scenario
 
-    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         for item in self.data:
-            batch = split_batch(item)
+            batch = self.scenario.make_batch(item) if self.scenario is not None else split_batch(item)
             if batch.size < self.world_size:
                 raise ScenarioError(
                     f"a batch of {batch.size} samples cannot be split over {self.world_size} ranks; "
                     f"use a batch size of at least {self.world_size} or fewer ranks (--ddp)."
                 )
-            mine = split_micro(batch, self.world_size)[self.rank]  # bench ddp-N splits the same way
-            yield mine.inputs, mine.targets
+            mine = batch.split(self.world_size)[self.rank]  # bench ddp-N splits the same way
+            yield mine.structure
 
 
 def profile_rank(
@@ -87,7 +87,7 @@ def profile_rank(
     scenario = job.source.build(device)
     ddp = DistributedDataParallel(scenario.model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
-        wrapped = replace(scenario, model=ddp, data=RankShard(scenario.data, rank, world_size))
+        wrapped = replace(scenario, model=ddp, data=RankShard(scenario.data, rank, world_size, scenario))
         files = profile_scenario(wrapped, job.run_dir, job.options, rank=rank, on_progress=on_progress)
         dist.barrier()
         return files

@@ -4,10 +4,11 @@ The loop marks every step with ``prof.step()`` and each phase with a
 ``record_function`` range named exactly (the analysis relies on them):
 
 ``dataloader``      next batch from ``Scenario.data`` and its copy to the device
-``forward``         ``scenario.call_model(inputs)``
-``loss``            ``scenario.loss_fn(outputs, targets)``
-``backward``        ``loss.backward()``
-``optimizer_step``  ``optimizer.step()`` (and the scheduler's step)
+``forward``         ``scenario.call_model(batch)`` (under the scenario's autocast)
+``loss``            ``scenario.compute_loss(outputs, batch)`` (~0 when the model computes it)
+``backward``        ``loss.backward()`` (through the GradScaler under fp16)
+``optimizer_step``  clipping (``clip_grad``) and ``before_step`` inside it, then
+                    ``optimizer.step()`` and the scheduler's step
 
 Files go where TensorBoard's PyTorch Profiler plugin looks for them:
 ``LOGDIR/<run>/<worker>.<span>.pt.trace.json[.gz]`` (tensorboard_trace_handler).
@@ -183,54 +184,54 @@ def _activities(device: torch.device) -> list[Any]:
     return acts
 
 
-def _batches(scenario: Scenario) -> Iterator[Any]:
-    """Scenario.data forever: re-iterated when exhausted, so --steps may exceed one epoch."""
-    while True:
-        empty = True
-        for item in scenario.data:
-            empty = False
-            yield item
-        if empty:
-            from workbench.scenario import ScenarioError
-
-            raise ScenarioError("scenario data yielded no batches; it must yield at least one (inputs, targets).")
-
-
 def train_steps(
     scenario: Scenario, steps: int, on_step: Callable[[int], None] | None = None
 ) -> None:
     """The training loop with the named phase ranges; ``on_step(i)`` after each step."""
     from torch.profiler import record_function
 
-    from workbench.scenario import ScenarioError, split_batch
+    from workbench.scenario import ScenarioError
+    from workbench.scenario.step import (
+        DataCycle,
+        apply_update,
+        backward,
+        prepare_update,
+        scheduler_after_update,
+        scheduler_at_epoch,
+    )
 
     device = scenario.device
-    batches = _batches(scenario)
+    batches = DataCycle(scenario)  # re-iterated when exhausted, so --steps may exceed one epoch
+    scaler = scenario.make_scaler()  # fp16 as the user trains it
     scenario.model.train()
     phase = "dataloader"
     try:
         for i in range(steps):
             phase = "dataloader"
             with record_function("dataloader"):
-                # A blocking host-to-device copy, as in a plain training loop: that wait is
-                # part of what the profile should show (the `dataloader` bench variant
-                # measures pin_memory + non_blocking instead).
-                batch = split_batch(next(batches)).to(device)
+                # The copy to the device as the Batch makes it (non_blocking only from pinned
+                # memory to a GPU), as in a plain training loop: that wait is part of what the
+                # profile should show.
+                batch = next(batches).to(device)
+            if batches.epoch_started:
+                scheduler_at_epoch(scenario, i, batches.epoch)
             scenario.optimizer.zero_grad(set_to_none=True)
             phase = "forward"
-            with record_function("forward"):
-                outputs = scenario.call_model(batch.inputs)
+            with record_function("forward"), scenario.autocast():
+                outputs = scenario.call_model(batch)
             phase = "loss"
-            with record_function("loss"):
-                loss = scenario.loss_fn(outputs, batch.targets)
+            with record_function("loss"), scenario.autocast():
+                loss = scenario.compute_loss(outputs, batch).total
             phase = "backward"
             with record_function("backward"):
-                loss.backward()
+                backward(loss, scaler)
             phase = "optimizer_step"
             with record_function("optimizer_step"):
-                scenario.optimizer.step()
-                if scenario.scheduler is not None:
-                    scenario.scheduler.step()
+                if scenario.clip_grad_norm is not None or scenario.before_step is not None:
+                    with record_function("clip_grad+before_step"):
+                        prepare_update(scenario, scaler)
+                apply_update(scenario, scaler)
+                scheduler_after_update(scenario, i + 1, batches.epoch, loss.detach())
             # No loss.item() here: it would add a host-device sync the real loop may not have.
             if on_step is not None:
                 on_step(i)

@@ -17,7 +17,7 @@ from workbench.bench.results import Hardware, VariantResult
 from workbench.bench.steps import mean_loss, train_step_fn
 from workbench.bench.timing import measure
 from workbench.bench.variants.base import Variant
-from workbench.scenario import Batch, Scenario, split_batch
+from workbench.scenario import Batch, Scenario
 
 
 def rebuild_loader(data: DataLoader, workers: int, pin: bool) -> DataLoader:
@@ -97,7 +97,7 @@ class Loader(Variant):
         train = train_step_fn(scenario, batches)
 
         def step(i: int) -> torch.Tensor:
-            batch = split_batch(full.next(), where)
+            batch = scenario.make_batch(full.next(), where)
             batches[0] = batch.to(ctx.device, non_blocking=self.pin)
             return train(0)
 

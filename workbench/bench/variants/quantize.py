@@ -122,8 +122,8 @@ def agreement(scenario: Scenario, fp32: nn.Module, int8: nn.Module, batches: lis
     same = total = 0
     classes = True
     for batch in batches:
-        a = first_tensor(call(scenario, fp32, batch.inputs)).float()
-        b = first_tensor(call(scenario, int8, batch.inputs)).float()
+        a = first_tensor(call(scenario, fp32, batch)).float()
+        b = first_tensor(call(scenario, int8, batch)).float()
         max_err = max(max_err, float((a - b).abs().max()))
         if a.dim() >= 2 and a.shape[-1] > 1:
             same += int((a.argmax(-1) == b.argmax(-1)).sum())

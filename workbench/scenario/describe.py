@@ -1,0 +1,161 @@
+"""What ``workbench list`` shows for each scenario, without trusting any of them.
+
+The static part (label, description from the ``Scenario(description=...)``
+literal or the docstring) is read from the syntax tree. Model class and
+parameter counts need ``build()``: :func:`describe_sources` runs the builds in
+one child process, one after the other, with a time limit per build, so a
+scenario that trains at import, hangs, prints megabytes or ends its process
+costs its own row and nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
+from workbench.scenario.loader import ScenarioSource, read_source, top_level
+
+DEFAULT_BUILD_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ScenarioInfo:
+    """What `workbench list` shows for one scenario file (error set if it failed)."""
+
+    label: str
+    path: str
+    name: str = ""
+    model_class: str = ""
+    parameters: int = 0
+    trainable: int = 0
+    description: str = ""
+    error: str | None = None
+    unavailable: str | None = None  # the missing package, when that is why it did not build
+    built: bool = False  # model_class and the counts come from a build
+
+
+def static_info(source: ScenarioSource) -> ScenarioInfo:
+    """Label and description read from the source text; nothing is run."""
+    info = ScenarioInfo(source.label, source.where)
+    if source.path is None:
+        return info
+    try:
+        tree = ast.parse(read_source(Path(source.path)))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return info
+    top = top_level(tree)
+    func = top.functions.get(source.function)
+    doc = ast.get_docstring(func) if func is not None else None
+    description = top.literals.get("description") or doc or top.docstring or ""
+    return replace(info, name=top.literals.get("name", ""),
+                   description=description.strip().splitlines()[0] if description.strip() else "")
+
+
+def describe_source(source: ScenarioSource) -> ScenarioInfo:
+    """Build the scenario on CPU in this process and summarise it; a failure is kept, not raised."""
+    base = static_info(source)
+    try:
+        s = source.build("cpu")
+    except ScenarioUnavailable as exc:
+        return replace(base, error=str(exc), unavailable=exc.missing)
+    except ScenarioError as exc:
+        return replace(base, error=str(exc))
+    return replace(
+        base,
+        name=s.name,
+        model_class=type(s.model).__name__,
+        parameters=s.num_parameters(),
+        trainable=s.num_parameters(trainable_only=True),
+        description=s.description or base.description,
+        built=True,
+    )
+
+
+def _child(sources: Sequence[ScenarioSource], conn: multiprocessing.connection.Connection) -> None:
+    # User code may print megabytes: nothing it writes reaches the listing.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the child
+    for i, source in enumerate(sources):
+        conn.send(("start", i))
+        try:
+            info = describe_source(source)
+        except BaseException as exc:  # noqa: BLE001 - reported as the row's error
+            info = replace(static_info(source), error=f"{type(exc).__name__}: {exc}")
+        conn.send(("done", i, info))
+    conn.close()
+    os._exit(0)  # no interpreter teardown: a user's thread must not keep the child alive
+
+
+def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
+                     timeout_s: float = DEFAULT_BUILD_TIMEOUT_S) -> list[ScenarioInfo]:
+    """One ScenarioInfo per source, in order. ``build=False``: the static part only.
+
+    Builds run in a child process; one that takes longer than ``timeout_s`` or
+    ends the child is marked failed and the child is restarted for the rest.
+    """
+    infos = [static_info(s) for s in sources]
+    if not build or not sources:
+        return infos
+    ctx = multiprocessing.get_context("spawn")
+    todo = list(range(len(sources)))
+    while todo:
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=([sources[i] for i in todo], child), daemon=True)
+        proc.start()
+        child.close()
+        current: int | None = None
+        started = time.monotonic()
+        done: set[int] = set()
+        try:
+            while True:
+                # The first build also pays for importing torch in the child: allow for it.
+                limit = timeout_s + (15.0 if current in (None, 0) else 0.0)
+                if not parent.poll(max(limit - (time.monotonic() - started), 0.01)):
+                    if time.monotonic() - started < limit:
+                        continue
+                    index = todo[current or 0]
+                    infos[index] = replace(infos[index], error=(
+                        f"{sources[index].where}: build() did not return within {timeout_s:g} s "
+                        "(does the file train, or wait for input, when it is imported?); not listed "
+                        "further. Load it on its own to see what it does."))
+                    done.add(current or 0)
+                    break
+                try:
+                    message = parent.recv()
+                except EOFError:
+                    if current is not None and current not in done:
+                        index = todo[current]
+                        proc.join(1.0)
+                        infos[index] = replace(infos[index], error=(
+                            f"{sources[index].where}: building it ended the process (exit code "
+                            f"{proc.exitcode}); nothing more is known about it."))
+                        done.add(current)
+                    break
+                if message[0] == "start":
+                    current, started = message[1], time.monotonic()
+                else:
+                    infos[todo[message[1]]] = message[2]
+                    done.add(message[1])
+        finally:
+            with contextlib.suppress(Exception):
+                parent.close()
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)
+        if not done:  # the child could not even start: do not retry forever
+            for index in todo:
+                infos[index] = replace(infos[index], error=(
+                    f"{sources[index].where}: the build process failed to start (exit code {proc.exitcode})."))
+            break
+        todo = [index for j, index in enumerate(todo) if j not in done]
+    return infos
