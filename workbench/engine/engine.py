@@ -26,6 +26,7 @@ import torch
 
 from workbench.engine import memory, snapshots
 from workbench.engine.breakpoints import Breakpoint
+from workbench.engine.diagnosis import InputScaleProbe, find_non_finite, recurrent_modules
 from workbench.engine.errors import ErrorContext, StepError, describe_call, innermost_module
 from workbench.engine.health import HealthMonitor, HealthThresholds
 from workbench.engine.params import (
@@ -174,6 +175,8 @@ class Engine:
         self._params: list[ParamRef] = param_refs(model)
         self._sampler = SampleIndex(self.config.sample_size)
         self._health = HealthMonitor(self.config.thresholds)
+        self._health.diagnosis.set_param_names(model)
+        self._recurrent = recurrent_modules(model)
         self._breakpoints: list[Breakpoint] = list(self.config.breakpoints)
         self._history: deque[StepRecord] = deque(maxlen=self.config.history)
         self._findings: deque[Finding] = deque(maxlen=self.config.max_findings)
@@ -547,6 +550,8 @@ class Engine:
             last = self._history[-1].loss if self._history else None
             scheduler_at_epoch(self._scenario, s.step, self._cycle.epoch, last)
         memory.reset_peak(self._device)
+        diagnosis = self._health.diagnosis
+        scale = InputScaleProbe(self._scenario.model) if diagnosis.wants_input_scale(s.measured) else None
         self._probe.begin_forward(s.measured)
         try:
             with self._scenario.autocast():
@@ -554,6 +559,8 @@ class Engine:
         finally:
             self._probe.end_forward()
             s.charge("forward_hooks", self._probe.seconds)
+            if scale is not None:
+                scale.remove()
         if not s.measured:
             return
         t0 = time.perf_counter()
@@ -572,12 +579,15 @@ class Engine:
             self._health.cancelled_biases = self._biases_before_batchnorm()
             self._biases_checked = True
         s.charge("forward_stats", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.forward(s.step, s.modules, root))
+        self._run_health(s, lambda: self._health.forward(s.step, s.modules, root)
+                         + (diagnosis.input_scale(s.step, scale) if scale is not None else [])
+                         + (self._bad_data(s, Phase.FORWARD, targets=False) if root and not root[1] else []))
 
     def _loss(self, s: _StepState) -> None:
         self._phase_findings = []
         assert s.batch is not None
-        with self._scenario.autocast():
+        diagnosis = self._health.diagnosis
+        with diagnosis.watch_loss(s.outputs, s.batch.loss_arg) as watch, self._scenario.autocast():
             value = self._scenario.compute_loss(s.outputs, s.batch)
         s.loss_tensor, s.loss_source = value.total, value.source
         t0 = time.perf_counter()
@@ -587,7 +597,10 @@ class Engine:
         s.loss = float(numbers[0])
         s.loss_parts = dict(zip(value.parts, map(float, numbers[1:])))
         s.charge("loss_value", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.loss(s.step, s.loss, s.outputs_finite, s.loss_parts or None))
+        bad = s.loss is not None and not math.isfinite(s.loss) and s.outputs_finite is not False
+        self._run_health(s, lambda: (self._bad_data(s, Phase.LOSS, targets=True) if bad else [])
+                         + diagnosis.loss(s.step, watch, s.loss)
+                         + self._health.loss(s.step, s.loss, s.outputs_finite, s.loss_parts or None))
 
     def _backward(self, s: _StepState) -> None:
         self._phase_findings = []
@@ -637,7 +650,10 @@ class Engine:
         self._run_health(s, lambda: self._backward_health(s, root))
 
     def _backward_health(self, s: _StepState, root: tuple[str, str | None, str] | None) -> list[Finding]:
-        found = self._health.backward(s.step, s.total_grad_norm, s.params, root, s.measured)
+        diagnosis = self._health.diagnosis
+        found = (diagnosis.unowned_parameters(s.step, self._scenario.model, self._scenario.optimizer)
+                 + self._health.backward(s.step, s.total_grad_norm, s.params, root, s.measured)
+                 + diagnosis.recurrent(s.step, s.params, self._recurrent))
         overflow = (self._scaler is not None and s.total_grad_norm is not None
                     and not math.isfinite(s.total_grad_norm) and (s.loss is None or math.isfinite(s.loss)))
         if not overflow:
@@ -681,6 +697,8 @@ class Engine:
         if prep.grad_norm is not None:
             self._record_clipping(s, prep.grad_norm)
         if before is None:
+            self._run_health(s, lambda: self._health.diagnosis.after_step(
+                s.step, s.lrs, (), scenario.optimizer, scenario.scheduler))
             return
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -707,7 +725,9 @@ class Engine:
                 non_finite.append(dataclasses.replace(p, weight_norm=w_after))
         s.params = tuple(params)
         s.charge("update_stats", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.optimizer_step(s.step, s.params, non_finite))
+        self._run_health(s, lambda: self._health.optimizer_step(s.step, s.params, non_finite)
+                         + self._health.diagnosis.after_step(s.step, s.lrs, s.params, scenario.optimizer,
+                                                             scenario.scheduler))
 
     # -- helpers ---------------------------------------------------------------------------
     def _record_clipping(self, s: _StepState, norm: torch.Tensor) -> None:
@@ -741,7 +761,8 @@ class Engine:
 
     def _run_health(self, s: _StepState, rule: Callable[[], list[Finding]]) -> None:
         t0 = time.perf_counter()
-        found = rule()
+        # Findings that follow from another one of the step (a NaN loss from NaN data) name it as cause.
+        found = self._health.diagnosis.link(s.step, rule(), s.loss)
         s.findings.extend(found)
         self._phase_findings.extend(found)
         s.charge("health", time.perf_counter() - t0)
@@ -889,6 +910,18 @@ class Engine:
             inputs_finite=row[F_IN_FINITE] == 1.0, dead_fraction=opt(row[F_DEAD]),
             saturated_fraction=opt(row[F_SAT]), sampled=call.sampled,
         )
+
+    def _bad_data(self, s: _StepState, phase: Phase, *, targets: bool) -> list[Finding]:
+        """A non_finite_data finding per NaN/Inf tensor of the batch (only on a step already non-finite)."""
+        batch = s.batch
+        if batch is None:
+            return []
+        if batch.style == PAIR:
+            parts: list[tuple[str, Any]] = [("inputs", batch.inputs)] + ([("targets", batch.targets)] if targets else [])
+        else:
+            parts = [("batch", batch.data)]
+        label = f"batch {self._cycle.batches_in_epoch - 1} of epoch {self._cycle.epoch} (step {s.step})"
+        return self._health.diagnosis.non_finite_data(s.step, phase, find_non_finite(parts, batch.batch_dim), label)
 
     def _weights_non_finite(self, name: str) -> bool:
         module = dict(self._scenario.model.named_modules()).get(name)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from workbench.engine.diagnosis import Diagnosis
 from workbench.engine.records import (
     DEAD_UNITS,
     EXPLODING_GRADIENT,
@@ -55,11 +56,54 @@ class HealthThresholds:
         step replaces the weights. Ratios are ignored while the weight norm
         is below ``min_weight_norm`` (zero-initialised biases) and, for
         huge_updates, during the first ``warmup_steps`` steps (Adam's first
-        steps are lr-sized whatever the weight scale).
+        steps are lr-sized whatever the weight scale). tiny_updates, like
+        vanishing gradients, must last ``vanishing_steps`` measured steps (a
+        LayerScale-gated block under SGD has them on step 0 only). For 1-D
+        parameters (biases, norm gains) huge_updates divides by at least
+        ``bias_floor`` (0.05) per element: a bias that crosses zero under Adam
+        at lr 1e-2 is learning, not being overwritten.
+    vanishing_steps / vanishing_update_ratio: a vanishing gradient is reported
+        only when it lasts 3 measured steps in a row and the optimizer's last
+        update of the parameter was below 1e-6 of its norm. A block scaled by a
+        LayerScale of 1e-6 (ConvNeXt, CaiT) has such gradients at step 0 and
+        learns normally: Adam rescales them into ~lr-sized updates, and under
+        SGD the scale itself grows within a step or two.
     loss_factor / loss_window: the median of the last 5 losses above 4x the
         best such median seen (and at least ``loss_min_rise`` above it); a
         median, so a single spiky batch that training recovers from is not
         divergence (the bidirectional GRU under RMSprop has one at step 66).
+
+    Silent bugs (engine/diagnosis.py):
+
+    input_scale: the input of the first Linear/Conv has a per-feature RMS
+        (sqrt(mean^2 + std^2)) above 10. PyTorch's default init
+        (Kaiming-uniform, bound 1/sqrt(fan_in)) makes pre-activations about
+        as large as the inputs' RMS, so ~1 is what it expects; standardised
+        data is ~1, raw 0-255 pixels ~100.
+    progress_window / progress_sigma / progress_min_gain: no progress when,
+        after 2 windows of 10 steps, the mean loss of the latest 10 is not
+        below the mean of the first 10 by more than 2 standard errors of the
+        difference (batch noise) and at least 1% of the first mean; not while
+        the lr rises (a warm-up). A healthy model improves on its first
+        steps within 20 steps; one that plateaus later has improved and stays
+        quiet. chance_tolerance: the mean within 10% of ln C (C classes read
+        from the loss input) is called chance level.
+    lr_collapse_factor / lr_collapse_steps: the lr fell below 1/100 of its
+        peak within 10 steps of the peak. A cosine decay needs ~94% of its
+        length to lose two orders of magnitude; StepLR(step_size=1,
+        gamma=0.1) stepped per batch does it in 2.
+    weight_decay_ratio: the decay term (wd*||w||, or lr*wd*||w|| against the
+        whole update for decoupled AdamW) is 3x the gradient term (median over
+        a window of 10 measured steps), the decayed weights' norm fell on
+        every one of them and the loss stalled (the no-progress test). At
+        equilibrium with a sensible decay the two terms are about equal.
+    oscillation_window / oscillation_alternation / oscillation_amplitude: over
+        the last 12 losses, the change flips sign on 80% of steps, the median
+        step-to-step change is 50% of the loss's level, and the second half
+        is not 5% lower than the first. Mini-batch noise flips sign on about
+        2/3 of steps but with a far smaller amplitude on a model that learns.
+    Gradients exploding through time use ``grad_norm_abs`` and
+        ``grad_norm_spike`` on each recurrent layer's own gradient norm.
     """
 
     grad_norm_abs: float = 1e3
@@ -77,6 +121,20 @@ class HealthThresholds:
     loss_factor: float = 4.0
     loss_window: int = 5
     loss_min_rise: float = 0.1
+    vanishing_steps: int = 3
+    bias_floor: float = 0.05
+    vanishing_update_ratio: float = 1e-6
+    input_scale: float = 10.0
+    progress_window: int = 10
+    progress_sigma: float = 2.0
+    progress_min_gain: float = 0.01
+    chance_tolerance: float = 0.1
+    lr_collapse_factor: float = 100.0
+    lr_collapse_steps: int = 10
+    weight_decay_ratio: float = 3.0
+    oscillation_window: int = 12
+    oscillation_alternation: float = 0.8
+    oscillation_amplitude: float = 0.5
 
 
 def _finite(x: float | None) -> bool:
@@ -96,6 +154,11 @@ class HealthMonitor:
         self._nan_step: int | None = None  # the last step that already has a nan_inf finding
         self.cancelled_biases: set[str] = set()  # biases a following BatchNorm cancels
         self._told_cancelled: set[str] = set()
+        self._vanishing_streak: dict[str, int] = {}  # consecutive measured steps with a vanishing gradient
+        self._last_update: dict[str, float] = {}
+        self._tiny_streak: dict[str, int] = {}  # the last measured update ratio of each parameter
+        # The silent-bug rules; inside the monitor so snapshots and rewinds carry their state too.
+        self.diagnosis = Diagnosis(thresholds)
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, step: int, modules: Sequence[ModuleStats], root: tuple[str, bool, bool] | None) -> list[Finding]:
@@ -275,7 +338,9 @@ class HealthMonitor:
                 ))
             self._param_ema[p.name] = g if ema is None else t.ema_decay * ema + (1 - t.ema_decay) * g
             w = p.weight_norm
-            if learning and _finite(w) and w > t.min_weight_norm and g / w < t.vanishing_ratio:  # type: ignore[operator]
+            vanishing = learning and _finite(w) and w > t.min_weight_norm and g / w < t.vanishing_ratio  # type: ignore[operator]
+            streak = self._vanishing_streak[p.name] = self._vanishing_streak.get(p.name, 0) + 1 if vanishing else 0
+            if vanishing:
                 ratio = g / w  # type: ignore[operator]
                 if p.name in self.cancelled_biases:
                     # Not a training problem: BatchNorm subtracts the per-channel mean, so this
@@ -290,13 +355,19 @@ class HealthMonitor:
                             "redundant; create the layer with bias=False.",
                         ))
                     continue
+                # Judged on what the optimizer makes of it, and only once it lasts: a tiny gradient
+                # that Adam turns into a normal update, or a LayerScale that grows in a step, is fine.
+                update = self._last_update.get(p.name)
+                if streak < t.vanishing_steps or (update is not None and update >= t.vanishing_update_ratio):
+                    continue
+                shown = f"{update:.2g}" if update is not None else "not measured"
                 out.append(Finding(
                     step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, "warning", ratio,
                     t.vanishing_ratio,
-                    f"the gradient of {p.name!r} is {ratio:.2g} of its weight norm while other "
-                    "layers learn: it gets almost no signal. Look for saturated or dead "
-                    "activations upstream, a very deep plain stack (add residuals/normalisation), "
-                    "or a detached path.",
+                    f"the gradient of {p.name!r} is {ratio:.2g} of its weight norm for {streak} measured steps "
+                    f"while other layers learn, and the optimizer's last update of it was {shown} of its norm: "
+                    "it gets almost no signal. Look for saturated or dead activations upstream, a very deep "
+                    "plain stack (add residuals/normalisation), or a detached path.",
                 ))
         return out
 
@@ -316,17 +387,27 @@ class HealthMonitor:
             ))
             self._nan_step = step
         warm = self._steps_seen > t.warmup_steps
+        unowned = set(self.diagnosis.unowned)  # no update because no optimizer holds them: reported as such
         for p in params:
             r, w = p.update_ratio, p.weight_norm
-            if not _finite(r) or not _finite(w) or w < t.min_weight_norm:  # type: ignore[operator]
+            if _finite(r):
+                self._last_update[p.name] = r  # type: ignore[assignment]
+            if not _finite(r) or not _finite(w) or w < t.min_weight_norm or p.name in unowned:  # type: ignore[operator]
                 continue
             assert r is not None
-            if r < t.tiny_update_ratio and p.has_grad:
+            tiny = r < t.tiny_update_ratio and p.has_grad
+            streak = self._tiny_streak[p.name] = self._tiny_streak.get(p.name, 0) + 1 if tiny else 0
+            if len(p.shape) == 1 and p.update_norm is not None:
+                # A bias or norm gain near zero is not "overwritten" by a normal step: judge
+                # its update against an element scale of bias_floor, not against ~0.
+                r = p.update_norm / max(w, t.bias_floor * math.sqrt(max(p.shape[0], 1)))  # type: ignore[type-var]
+            if tiny and streak >= t.vanishing_steps:
                 out.append(Finding(
-                    step, Phase.OPTIMIZER_STEP, p.module, p.name, TINY_UPDATES, "warning", r,
+                    step, Phase.OPTIMIZER_STEP, p.module, p.name, TINY_UPDATES, "warning", p.update_ratio,
                     t.tiny_update_ratio,
-                    f"the step changed {p.name!r} by {r:.2g} of its norm: it is not learning. "
-                    "Raise the learning rate, or check for vanishing gradients or a frozen group.",
+                    f"the step changed {p.name!r} by {p.update_ratio:.2g} of its norm for {streak} measured "
+                    "steps in a row: it is not learning. Raise the learning rate, or check for vanishing "
+                    "gradients or a frozen group.",
                 ))
             elif warm and r > t.huge_update_ratio:
                 out.append(Finding(

@@ -8,7 +8,8 @@ pickled, or written to JSON without touching the device again.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Severity = Literal["error", "warning", "info"]
@@ -27,6 +28,31 @@ LOSS_DIVERGENCE = "loss_divergence"
 GRAD_CLIPPING = "grad_clipping"  # how often clip_grad_norm bites
 AMP_OVERFLOW = "amp_overflow"  # the fp16 GradScaler skipped steps
 SCENARIO_CONFIG = "scenario_config"  # a setting noticed at load (a per-epoch scheduler stepped per batch)
+# Silent bugs (engine/diagnosis.py): the model trains, nothing raises, and it learns badly.
+NON_FINITE_DATA = "non_finite_data"
+UNNORMALISED_INPUTS = "unnormalised_inputs"
+PROBABILITIES_AS_LOGITS = "probabilities_as_logits"
+LOSS_BROADCAST = "loss_broadcast"
+LOSS_WARNING = "loss_warning"
+UNOWNED_PARAMETERS = "unowned_parameters"
+NO_PROGRESS = "no_progress"
+LR_COLLAPSE = "lr_collapse"
+WEIGHT_DECAY_DOMINATES = "weight_decay_dominates"
+OSCILLATING_LOSS = "oscillating_loss"
+EXPLODING_THROUGH_TIME = "exploding_through_time"
+SILENT_BUG_KINDS: tuple[str, ...] = (
+    NON_FINITE_DATA,
+    UNNORMALISED_INPUTS,
+    PROBABILITIES_AS_LOGITS,
+    LOSS_BROADCAST,
+    LOSS_WARNING,
+    UNOWNED_PARAMETERS,
+    NO_PROGRESS,
+    LR_COLLAPSE,
+    WEIGHT_DECAY_DOMINATES,
+    OSCILLATING_LOSS,
+    EXPLODING_THROUGH_TIME,
+)
 FINDING_KINDS: tuple[str, ...] = (
     NAN_INF,
     EXPLODING_GRADIENT,
@@ -37,6 +63,7 @@ FINDING_KINDS: tuple[str, ...] = (
     TINY_UPDATES,
     HUGE_UPDATES,
     LOSS_DIVERGENCE,
+    *SILENT_BUG_KINDS,
 )
 # Findings about how the scenario trains rather than about the model's health (not health rules).
 SETUP_KINDS: tuple[str, ...] = (GRAD_CLIPPING, AMP_OVERFLOW, SCENARIO_CONFIG)
@@ -125,7 +152,13 @@ class ParamStats:
 
 @dataclass(frozen=True)
 class Finding:
-    """A health problem, in plain words with the number and what to try."""
+    """A health problem, in plain words with the number and what to try.
+
+    The engine records one Finding per occurrence; ``collapse_findings`` folds
+    consecutive repeats into one (``count``, ``last_step``) and nests the findings
+    that follow from another one of the same step (``cause``) under it
+    (``consequences``).
+    """
 
     step: int
     phase: Phase
@@ -136,11 +169,61 @@ class Finding:
     value: float | None
     threshold: float | None
     message: str
+    cause: str | None = None  # the kind of the root finding this one follows from (a NaN loss from NaN data)
+    count: int = 1  # occurrences folded into this one
+    last_step: int | None = None  # the last folded occurrence's step (None: only ``step``)
+    consequences: tuple[Finding, ...] = ()  # findings caused by this one, themselves collapsed
 
     @property
     def where(self) -> str:
         name = self.parameter or self.module
         return name if name else "(model)"
+
+    @property
+    def steps(self) -> str:
+        """"7", or "7-42 (36x)" for a collapsed run."""
+        last = self.step if self.last_step is None else self.last_step
+        return str(self.step) if self.count == 1 and last == self.step else f"{self.step}-{last} ({self.count}x)"
+
+
+def _repeat_key(f: Finding) -> tuple[object, ...]:
+    return (f.kind, f.phase, f.module, f.parameter, f.severity, f.cause)
+
+
+def collapse_findings(findings: Iterable[Finding], gap: int = 1) -> tuple[Finding, ...]:
+    """Fold consecutive repeats and nest consequences under their root, keeping order.
+
+    A repeat is the same kind at the same place (phase, module, parameter, severity)
+    at most ``gap`` steps after the previous occurrence (pass the stats interval when
+    findings are only made on measured steps). The first occurrence's message and value
+    are kept: they name the cause as first seen. A finding whose ``cause`` names the
+    kind of an earlier finding (the engine sets it for the rest of a NaN episode, for
+    instance) is listed under the latest such root instead of on its own; without one
+    it stays in the list.
+    """
+    out: list[Finding] = []
+    last: dict[tuple[object, ...], int] = {}  # repeat key -> index in out
+    roots: dict[str, int] = {}  # kind -> index in out of its latest run
+    for f in findings:
+        if f.cause is not None and f.cause in roots:
+            i = roots[f.cause]
+            out[i] = replace(out[i], consequences=collapse_findings((*out[i].consequences, f), gap))
+            continue
+        key = _repeat_key(f)
+        i = last.get(key, -1)
+        if i >= 0:
+            prev = out[i]
+            end = prev.last_step if prev.last_step is not None else prev.step
+            if end <= f.step <= end + gap:
+                out[i] = replace(prev, count=prev.count + f.count,
+                                 last_step=f.last_step if f.last_step is not None else f.step,
+                                 consequences=collapse_findings((*prev.consequences, *f.consequences), gap))
+                roots[f.kind] = i
+                continue
+        last[key] = len(out)
+        roots[f.kind] = len(out)
+        out.append(f)
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,172 @@
+"""Silent training bugs: each diagnosis rule fires on its own small broken model, with the cause,
+the number and what to try in the message; healthy look-alikes stay quiet for 40 steps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BROKEN
+from workbench.engine import Engine, EngineConfig, Finding, Phase
+from workbench.engine.records import collapse_findings
+from workbench.scenario import load
+
+BUGS = BROKEN / "silent_bugs.py"
+CONTROLS = Path(__file__).resolve().parent / "healthy_scenarios" / "controls.py"
+
+
+def run(name: str, steps: int = 40, path: Path = BUGS, **config) -> list[Finding]:
+    with Engine(load(f"{path}:build_{name}"), EngineConfig(**config)) as eng:
+        out = eng.run(steps)
+        assert out.stopped_by == "steps", out.error
+        return list(eng.findings)
+
+
+def only(findings: list[Finding], kind: str) -> Finding:
+    matches = [f for f in findings if f.kind == kind]
+    assert len(matches) == 1, f"expected one {kind}, got {[(f.kind, f.where, f.step) for f in findings]}"
+    return matches[0]
+
+
+# -- probabilities fed to a loss that expects logits ------------------------------------------
+@pytest.mark.parametrize(("name", "source", "loss"), [
+    ("softmax_into_cross_entropy", "softmax", "CrossEntropyLoss"),
+    ("sigmoid_into_bce_with_logits", "sigmoid", "BCEWithLogitsLoss"),
+    ("softmax_into_nll", "softmax", "NLLLoss"),
+])
+def test_probabilities_into_a_logits_loss_is_an_error_naming_both(name: str, source: str, loss: str) -> None:
+    f = only(run(name, steps=3), "probabilities_as_logits")
+    assert (f.step, f.phase, f.severity) == (0, Phase.LOSS, "error")
+    assert source in f.message and loss in f.message and "logits" in f.message
+    assert f.value is not None and 0 < f.value <= 1.0  # the largest value it received: a probability
+    if source == "softmax":
+        assert "rows summing to 1" in f.message
+
+
+# -- loss inputs that broadcast ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["broadcast_mse", "broadcast_manual"])
+def test_loss_inputs_that_broadcast_name_both_shapes(name: str) -> None:
+    found = run(name, steps=3)
+    f = only(found, "loss_broadcast")
+    assert (f.step, f.severity) == (0, "error")
+    assert "(64, 1)" in f.message and "(64,)" in f.message and "(64, 64)" in f.message
+    assert f.value == 64 * 64 and f.threshold == 64
+    # torch's own once-per-process warning is folded into that finding, not a second one.
+    assert not [x for x in found if x.kind == "loss_warning"]
+
+
+def test_a_library_warning_inside_the_loss_becomes_a_finding() -> None:
+    with pytest.warns(UserWarning, match="label smoothing"):  # still reaches the user's own filters
+        f = only(run("loss_warning", steps=3), "loss_warning")
+    assert f.severity == "warning" and f.phase is Phase.LOSS
+    assert "UserWarning" in f.message and "label smoothing ignored" in f.message and "silent_bugs.py" in f.message
+
+
+# -- non-finite data -----------------------------------------------------------------------------
+def test_a_nan_target_is_a_data_finding_with_batch_and_sample_and_the_nan_loss_is_grouped_under_it() -> None:
+    found = run("nan_target", steps=6)
+    f = only(found, "non_finite_data")
+    assert (f.step, f.severity, f.module) == (2, "error", "")
+    assert "batch 2" in f.message and "sample 17" in f.message and "targets" in f.message
+    later = [x for x in found if x.step >= 2 and x is not f]
+    assert later and all(x.cause == "non_finite_data" for x in later)
+    assert not [x for x in found if x.step < 2]
+    collapsed = collapse_findings(found)
+    assert [c.kind for c in collapsed] == ["non_finite_data"]
+    assert {c.kind for c in collapsed[0].consequences} == {"nan_inf", "loss_divergence"}
+
+
+def test_nan_and_inf_inputs_name_the_samples_not_a_module() -> None:
+    found = run("nan_input", steps=3)
+    f = only(found, "non_finite_data")
+    assert f.step == 1 and "inputs" in f.message and "samples 5, 40" in f.message
+    assert "1 NaN, 1 Inf" in f.message
+    module_nan = [x for x in found if x.kind == "nan_inf" and x.step == 1]
+    assert module_nan and all(x.cause == "non_finite_data" for x in module_nan)
+
+
+# -- unnormalised inputs -------------------------------------------------------------------------
+def test_raw_pixels_into_a_conv() -> None:
+    f = only(run("raw_pixels", steps=3), "unnormalised_inputs")
+    assert (f.step, f.module, f.severity) == (0, "0", "warning")
+    assert f.value is not None and f.value > 100 and "0-255 pixels" in f.message and "255" in f.message
+
+
+def test_features_on_a_large_scale_into_a_linear() -> None:
+    f = only(run("unscaled_features", steps=3), "unnormalised_inputs")
+    assert f.module == "0" and f.value is not None and f.value > 100
+    assert "standardise" in f.message and "pixels" not in f.message
+
+
+# -- parameters the optimizer does not own -------------------------------------------------------
+def test_parameters_outside_every_param_group_are_an_error_not_tiny_updates() -> None:
+    found = run("unowned_head", steps=8)
+    f = only(found, "unowned_parameters")
+    assert (f.step, f.module, f.severity) == (0, "head", "error")
+    assert "'head.weight'" in f.message and "'head.bias'" in f.message and "add_param_group" in f.message
+    assert not [x for x in found if x.kind == "tiny_updates"]
+
+
+# -- learning-rate collapse ----------------------------------------------------------------------
+def test_a_per_epoch_scheduler_stepped_per_batch_collapses_the_lr() -> None:
+    found = run("lr_collapse", steps=12)
+    f = only(found, "lr_collapse")
+    assert f.severity == "warning" and f.step == 2
+    assert "StepLR" in f.message and "gamma=0.1" in f.message and "0.1 (step 0) -> 0.01 (step 1)" in f.message
+    assert "per epoch" in f.message
+    # The tiny updates that follow are the collapse's consequences.
+    tiny = [x for x in found if x.kind == "tiny_updates"]
+    assert all(x.cause == "lr_collapse" for x in tiny)
+
+
+# -- no learning progress ------------------------------------------------------------------------
+def test_no_progress_names_the_window_and_chance_level() -> None:
+    f = only(run("no_progress", steps=30), "no_progress")
+    assert f.severity == "warning" and f.step == 19
+    assert "steps 10-19" in f.message and "steps 0-9" in f.message and "ln 5" in f.message
+
+
+# -- healthy controls ----------------------------------------------------------------------------
+CONTROL_NAMES = ["logsoftmax_nll", "sigmoid_bce", "logits_cross_entropy", "transformer_encoder", "gru",
+                 "sgd_warmup_cosine", "regression", "layerscale_adamw", "layerscale_sgd"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONTROL_NAMES)
+def test_healthy_controls_raise_nothing_over_40_steps(name: str) -> None:
+    found = [f for f in run(name, steps=40, path=CONTROLS) if f.severity != "info"]
+    assert found == [], [(f.kind, f.where, f.step, f.message) for f in found]
+
+
+def test_layerscale_gradients_are_tiny_at_step_0_yet_not_vanishing() -> None:
+    with Engine(load(f"{CONTROLS}:build_layerscale_sgd")) as eng:
+        record = eng.step_once()
+    fc1 = record.param("blocks.0.fc1.weight")
+    assert fc1 is not None and fc1.grad_norm / fc1.weight_norm < 1e-7  # what used to be reported
+    assert not [f for f in record.findings if f.kind in ("vanishing_gradient", "tiny_updates")]
+
+
+# -- collapsing ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_consecutive_repeats_collapse_into_one_with_a_step_range() -> None:
+    found = run("nan_input", steps=20)
+    assert len(found) > 30
+    collapsed = collapse_findings(found)
+    # The bad batch comes back once per epoch (4 batches): one root each time, its NaN episode under it.
+    assert [(c.kind, c.step) for c in collapsed] == [("non_finite_data", s) for s in (1, 5, 9, 13, 17)]
+    first = collapsed[0]
+    assert [(c.kind, c.module, c.steps) for c in first.consequences] == [
+        ("nan_inf", "0", "1-4 (4x)"), ("loss_divergence", "", "1-4 (4x)")]
+    assert sum(c.count for r in collapsed for c in (r, *r.consequences)) == len(found)
+
+
+def test_collapse_keeps_separate_runs_apart_and_gaps_within_the_stats_interval() -> None:
+    f = Finding(0, Phase.FORWARD, "fc", None, "dead_units", "warning", 1.0, 0.5, "dead")
+    at = [replace(f, step=s) for s in (0, 1, 2, 5, 6)]
+    runs = collapse_findings(at)
+    assert [(r.step, r.last_step, r.count) for r in runs] == [(0, 2, 3), (5, 6, 2)]
+    assert [(r.step, r.count) for r in collapse_findings(at, gap=3)] == [(0, 5)]
+    other = replace(f, module="fc2", step=1)
+    assert [r.module for r in collapse_findings([at[0], other, at[1]])] == ["fc", "fc2"]
