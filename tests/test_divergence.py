@@ -125,3 +125,12 @@ def test_int8_rows_are_matched_by_name_and_the_json_says_the_verdict(tmp_path: P
     data = div.to_json()
     assert data["diverged"] == div.diverged and data["first_over"] == (div.first_over.name if div.first_over
                                                                        else None)
+
+
+def test_diff_command_names_match_the_divergence_module() -> None:
+    """`workbench diff` spells its choices out (importing divergence loads torch at --help)."""
+    from workbench.bench import divergence
+    from workbench.commands import diff
+
+    assert diff.VARIANTS == divergence.VARIANTS
+    assert diff.DEFAULT_THRESHOLD == divergence.DEFAULT_THRESHOLD

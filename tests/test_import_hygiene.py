@@ -62,3 +62,48 @@ def test_domain_modules_do_not_load_textual() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+HELP = [["--help"], *([c, "--help"] for c in ("tui", "list", "run", "check", "summary", "bench", "profile", "diff"))]
+
+
+@pytest.mark.parametrize("argv", HELP, ids=lambda a: " ".join(a))
+def test_help_does_not_load_torch(argv: list[str]) -> None:
+    """`--help` answers at once: torch (1-2 s to import) stays unloaded. Timed in benchmarks/."""
+    code = (
+        "import sys\n"
+        "from workbench.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'textual') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "HEAVY []" in result.stdout, result.stdout[-2000:]
+
+
+def test_tui_draws_its_first_frame_before_torch_loads() -> None:
+    """The app, its screens and the picker import no torch: the first frame does not wait ~2 s."""
+    code = (
+        "import sys, asyncio\n"
+        "from workbench.tui.app import create_app\n"
+        "from workbench.tui.screens.picker import PickerScreen\n"
+        "app = create_app([], device='cpu')\n"
+        "async def main():\n"
+        "    async with app.run_test(size=(80, 24)) as pilot:\n"
+        "        await pilot.pause()\n"
+        "        print('PICKER', isinstance(app.screen, PickerScreen), 'torch' in sys.modules)\n"
+        "asyncio.run(main())\n"
+        "import workbench, workbench.engine\n"
+        "print('LIGHT', 'torch' in sys.modules)\n"
+        "workbench.Engine\n"
+        "print('ENGINE', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PICKER True False" in result.stdout, result.stdout
+    assert "LIGHT False" in result.stdout  # `import workbench` and its engine package stay light
+    assert "ENGINE True" in result.stdout  # ... until Engine is asked for

@@ -75,3 +75,52 @@ def test_workbench_command_reaches_a_nan_breakpoint_in_tmux(tmp_path: Path) -> N
         assert rc_file.read_text().strip() == "0"
     finally:
         tmux("kill-server")
+
+
+STUCK = HERE / "tui_scenarios" / "forward_never_returns.py"
+
+
+def _workbench_pid(tmux: Tmux) -> int:
+    """The workbench process under the pane's shell."""
+    import psutil
+
+    pane = int(tmux("list-panes", "-F", "#{pane_pid}").split()[0])
+    for _ in range(50):
+        for child in psutil.Process(pane).children(recursive=True):
+            if "workbench" in " ".join(child.cmdline()):
+                return child.pid
+        time.sleep(0.1)
+    raise AssertionError("no workbench process under the tmux pane")
+
+
+@pytest.mark.slow
+def test_q_ends_the_app_when_the_forward_never_returns(tmp_path: Path) -> None:
+    """User code stuck in its forward used to keep the process alive after q (the screen blank)."""
+    import psutil
+
+    exe = Path(sys.executable).with_name("workbench")
+    rc_file = tmp_path / "rc"
+    # (stderr stays the terminal: Textual draws on it)
+    command = f"env -u COLUMNS -u LINES {exe} tui {STUCK} --device cpu; echo $? > {rc_file}; sleep 30"
+    tmux = Tmux()
+    try:
+        tmux("new-session", "-d", "-x", "120", "-y", "40", command)
+        tmux.wait_for("next forward")
+        pid = _workbench_pid(tmux)
+        tmux.keys("f")
+        tmux.wait_for("running forward")
+        tmux.keys("p")  # nothing to pause: a single phase is running, and it never ends
+        time.sleep(0.3)
+        started = time.monotonic()
+        tmux.keys("q")
+        while not rc_file.exists() and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        assert rc_file.exists(), f"the workbench was still running 10 s after q:\n{tmux.screen()}"
+        assert rc_file.read_text().strip() == "0"
+        # Designed to end 0.5 s after the app closes; a generous bound on a shared machine.
+        assert took < 3.0, f"q took {took:.1f} s to end the process"
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert "still running when you quit" in tmux.wait_for("still running when you quit")
+    finally:
+        tmux("kill-server")

@@ -34,28 +34,52 @@ Per step, ``StepRecord.instrument_breakdown`` times each instrument separately (
 stats, health rules, memory) so a UI can show the debugger's own cost live.
 """
 
-from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.engine import Engine, EngineConfig
-from workbench.engine.errors import StepError
-from workbench.engine.health import HealthThresholds
-from workbench.engine.records import (
-    FINDING_KINDS,
-    PHASES,
-    BreakHit,
-    Finding,
-    MemorySample,
-    ModuleNode,
-    ModuleStats,
-    ParamStats,
-    Phase,
-    PhaseResult,
-    RunOutcome,
-    StepProgress,
-    StepRecord,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.engine.breakpoints import Breakpoint
+    from workbench.engine.engine import Engine, EngineConfig
+    from workbench.engine.errors import StepError
+    from workbench.engine.health import HealthThresholds
+    from workbench.engine.records import (
+        FINDING_KINDS,
+        PHASES,
+        BreakHit,
+        Finding,
+        MemorySample,
+        ModuleNode,
+        ModuleStats,
+        ParamStats,
+        Phase,
+        PhaseResult,
+        RunOutcome,
+        StepProgress,
+        StepRecord,
+    )
+
+# Submodules load on first use: ``workbench.engine.records`` (plain dataclasses) must not pull
+# in torch through this package, so the TUI can import the records' types before torch loads.
+_HOME = {
+    "Breakpoint": "breakpoints", "Engine": "engine", "EngineConfig": "engine", "StepError": "errors",
+    "HealthThresholds": "health",
+    **{name: "records" for name in (
+        "FINDING_KINDS", "PHASES", "BreakHit", "Finding", "MemorySample", "ModuleNode", "ModuleStats",
+        "ParamStats", "Phase", "PhaseResult", "RunOutcome", "StepProgress", "StepRecord")},
+}
 
 __all__ = [
     "Breakpoint", "BreakHit", "Engine", "EngineConfig", "FINDING_KINDS", "Finding", "HealthThresholds",
     "MemorySample", "ModuleNode", "ModuleStats", "PHASES", "ParamStats", "Phase", "PhaseResult",
     "RunOutcome", "StepError", "StepProgress", "StepRecord",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'workbench.engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"workbench.engine.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

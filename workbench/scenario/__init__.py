@@ -10,24 +10,40 @@
 
 from __future__ import annotations
 
-from workbench.scenario.batch import MAPPING, PAIR, TREE, Batch, split_batch, tree_map, tree_tensors
-from workbench.scenario.contract import LossValue, Scenario
-from workbench.scenario.describe import ScenarioInfo, describe_source, describe_sources, static_info
-from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
-from workbench.scenario.loader import (
-    Discovery,
-    ScenarioSource,
-    Skipped,
-    default_scenario_dir,
-    discover,
-    discover_all,
-    load,
-    load_source,
-    replace,
-    resolve_device,
-)
-from workbench.scenario.outputs import output_loss, output_tensors, prediction_tensor
-from workbench.scenario.step import DataCycle, instrumented
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.scenario.batch import MAPPING, PAIR, TREE, Batch, split_batch, tree_map, tree_tensors
+    from workbench.scenario.contract import LossValue, Scenario
+    from workbench.scenario.describe import ScenarioInfo, describe_source, describe_sources, static_info
+    from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
+    from workbench.scenario.loader import (
+        Discovery,
+        ScenarioSource,
+        Skipped,
+        default_scenario_dir,
+        discover,
+        discover_all,
+        load,
+        load_source,
+        replace,
+        resolve_device,
+    )
+    from workbench.scenario.outputs import output_loss, output_tensors, prediction_tensor
+    from workbench.scenario.step import DataCycle, instrumented
+
+# Names load from their submodule on first use: the loader and the errors need no torch, so
+# `workbench --help`, `list`'s static pass and the TUI's first frame do not wait ~2 s for it.
+_HOME = {
+    **dict.fromkeys(("MAPPING", "PAIR", "TREE", "Batch", "split_batch", "tree_map", "tree_tensors"), "batch"),
+    **dict.fromkeys(("LossValue", "Scenario"), "contract"),
+    **dict.fromkeys(("ScenarioInfo", "describe_source", "describe_sources", "static_info"), "describe"),
+    **dict.fromkeys(("ScenarioError", "ScenarioUnavailable"), "errors"),
+    **dict.fromkeys(("Discovery", "ScenarioSource", "Skipped", "default_scenario_dir", "discover", "discover_all",
+                     "load", "load_source", "replace", "resolve_device"), "loader"),
+    **dict.fromkeys(("output_loss", "output_tensors", "prediction_tensor"), "outputs"),
+    **dict.fromkeys(("DataCycle", "instrumented"), "step"),
+}
 
 __all__ = [
     "Scenario",
@@ -61,3 +77,14 @@ __all__ = [
     "output_loss",
     "prediction_tensor",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'workbench.scenario' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"workbench.scenario.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

@@ -29,12 +29,14 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from workbench.scenario.contract import Scenario
 from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
+
+if TYPE_CHECKING:  # torch loads on first build: listing, picking and --help never wait for it
+    import torch
+
+    from workbench.scenario.contract import Scenario
 
 _module_counter = itertools.count()
 
@@ -49,6 +51,8 @@ INIT_HINT = (
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
     """'auto' picks cuda when available; 'cuda' without CUDA is a clear error."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").lower()
@@ -195,6 +199,8 @@ class ScenarioSource:
         return self.path or self.module or self.spec
 
     def build(self, device: str | torch.device = "cpu") -> Scenario:
+        from workbench.scenario.contract import Scenario
+
         device = resolve_device(device)
         module = _import_fresh(self)
         func = getattr(module, self.function, None)
@@ -318,6 +324,8 @@ def load_warnings(s: Scenario) -> list[str]:
     out: list[str] = []
     sched = s.scheduler
     if sched is not None and s.scheduler_interval is None and s.scheduler_step is None:
+        import torch
+
         lrs = torch.optim.lr_scheduler
         per_epoch = None
         if isinstance(sched, lrs.ReduceLROnPlateau):

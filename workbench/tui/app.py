@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,33 @@ class _LogHandler(logging.Handler):
         self.app.capture(f"{record.levelname} {record.name}: {record.getMessage()}")
 
 
+OUTPUT_LINE_LIMIT = 2000  # characters kept of one printed line (a megabyte print stays bounded)
+
+
+class _OutputCapture:
+    """What user code prints (stdout and stderr, any thread), line by line into the log.
+
+    Textual redirects ``sys.stdout``/``sys.stderr`` while the app runs and
+    hands every write to the ``post_message`` of each registered capture
+    target. This target is no widget: it keeps the text itself, so a scenario
+    printing in a tight loop does not flood the UI's message queue.
+    """
+
+    def __init__(self, app: WorkbenchApp) -> None:
+        self.app = app
+        self._partial = {False: "", True: ""}
+        self._lock = threading.Lock()
+
+    def post_message(self, event: Any) -> bool:
+        stderr = bool(getattr(event, "stderr", False))
+        with self._lock:
+            *lines, rest = (self._partial[stderr] + str(getattr(event, "text", ""))).split("\n")
+            self._partial[stderr] = rest[-OUTPUT_LINE_LIMIT:]
+        for line in lines:
+            self.app.capture_output(line, stderr)
+        return True
+
+
 class WorkbenchApp(App[None]):
     """The interactive stepping workbench."""
 
@@ -48,6 +76,10 @@ class WorkbenchApp(App[None]):
         self._saved_showwarning: Any = None
         self._log_handler = _LogHandler(self)
         self._warned = False
+        self._output_seen = False
+        self._output = _OutputCapture(self)
+        # Set when the app has unmounted: the CLI's exit watchdog waits on it.
+        self.closed = threading.Event()
 
     def get_default_screen(self) -> Screen:
         return MainScreen(self.device, self.show_volatile)
@@ -62,6 +94,8 @@ class WorkbenchApp(App[None]):
         self._saved_showwarning = warnings.showwarning
         warnings.showwarning = self._showwarning
         logging.getLogger().addHandler(self._log_handler)
+        # print() in the user's scenario would otherwise vanish ("nothing captured" under l).
+        self.begin_capture_print(self._output, stdout=True, stderr=True)  # type: ignore[arg-type]
 
     def begin(self) -> None:
         """Open the scenario given on the command line, or the picker (main screen is mounted)."""
@@ -69,6 +103,7 @@ class WorkbenchApp(App[None]):
         if single:
             self.main.load_spec(self.specs[0])
         else:
+            self.main.queue.clear()  # keys pressed before the picker opened step nothing
             self.action_pick_scenario()
 
     def on_unmount(self) -> None:
@@ -78,12 +113,20 @@ class WorkbenchApp(App[None]):
         session = self.main.session if self.screen_stack else None
         if session is not None:
             session.stop.set()
+        self.closed.set()
 
     # -- warnings and logs ------------------------------------------------------------
     def _showwarning(self, message: Any, category: type[Warning], filename: str, lineno: int,
                      file: Any = None, line: str | None = None) -> None:
         # May run on a worker thread: capture() only appends and posts.
         self.capture(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
+
+    def capture_output(self, line: str, stderr: bool) -> None:
+        """One line the scenario printed (may run on a worker thread)."""
+        self.logbook.append(f"{'stderr' if stderr else 'stdout'}: {line[:OUTPUT_LINE_LIMIT]}")
+        if not self._output_seen:  # one toast for the first line, not a message per line
+            self._output_seen = True
+            self.post_message(msg.LogLine(f"the scenario printed: {line[:120]}"))
 
     def capture(self, text: str) -> None:
         self.logbook.append(text)
@@ -93,8 +136,8 @@ class WorkbenchApp(App[None]):
     def log_line(self, message: msg.LogLine) -> None:
         if not self._warned:
             self._warned = True
-            self.notify(f"{message.text[:120]}\n(l shows every captured warning)", title="warning captured",
-                        severity="warning")
+            self.notify(f"{message.text[:120]}\n(l shows everything captured: output, warnings, logs)",
+                        title="captured", severity="warning")
 
     # -- scenario picker ------------------------------------------------------------------
     def action_pick_scenario(self) -> None:

@@ -24,9 +24,10 @@ if TYPE_CHECKING:  # annotations only: the main screen need not load bench/profi
 
 @dataclass
 class ScenarioLoading(Message):
-    """A worker started building a scenario (label shown while it loads)."""
+    """A loading stage began ("loading torch…", "building the scenario…")."""
 
     label: str
+    stage: str
 
 
 @dataclass
@@ -71,6 +72,7 @@ class StepFailed(Message):
     title: str
     details: str
     view: EngineView | None
+    failed_step: int | None = None  # the step that raised (the engine has moved on to the next)
 
 
 @dataclass

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.records import Phase
 from workbench.scenario import ScenarioError, ScenarioSource
 
 if TYPE_CHECKING:
+    import torch
+
     from workbench.engine.engine import Engine, EngineConfig
 
 PHASES = (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
@@ -134,6 +134,7 @@ class InspectorData:
     nan_total: int = 0  # non-finite values among the `numel` values looked at
     numel: int = 0
     output_numel: int | None = None  # size of the whole output when only a sample was seen
+    step: int | None = None  # the engine's step when this was read
 
 
 class WorkbenchStepError(Exception):
@@ -287,48 +288,54 @@ class Session:
     # -- inspector ---------------------------------------------------------------
     def inspect(self, module_name: str) -> InspectorData:
         with self.lock:
-            engine = self._engine()
-            model = engine.scenario.model
-            try:
-                module = model.get_submodule(module_name) if module_name else model
-            except AttributeError:
-                return InspectorData(module_name, "(no such module)", ())
-            first_line = repr(module).splitlines()[0]
-            if first_line.endswith("("):  # a container: its repr lists the children
-                first_line = type(module).__name__
-            description = first_line if len(first_line) < 70 else first_line[:67] + "..."
-            histograms: list[Histogram] = []
-            notes: list[str] = []
-            act = engine.activation_sample(module_name)  # host copy: a deliberate, on-demand sync
-            nan_positions: tuple[tuple[int, ...], ...] = ()
-            nan_total = numel = 0
-            output_numel: int | None = None
-            if act is not None:
-                histograms.append(_histogram("activation", act))
-                shape = _output_shape(engine, module_name)
-                whole = shape is not None and math.prod(shape) == act.numel()
-                if shape is not None and not whole:
-                    output_numel = math.prod(shape)
-                nan_positions, nan_total, numel = _nan_positions(act.reshape(shape) if whole else act,
-                                                                 with_positions=whole)
-            elif engine.current.phases_done:
-                notes.append("activation: not measured in this step (stats off, or the module did not run)")
-            else:
-                notes.append("activation: none yet (after forward)")
-            params = [p for p in module.parameters() if p is not None]
-            if params:
-                with torch.no_grad():
-                    weights = torch.cat([p.detach().reshape(-1) for p in params])
-                    histograms.append(_histogram("weight", weights))
-                    grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
-                    if grads:
-                        histograms.append(_histogram("grad", torch.cat(grads)))
-                    else:
-                        notes.append("grad: none yet (after backward)")
-            else:
-                notes.append("no parameters")
-            return InspectorData(module_name, description, tuple(histograms), tuple(notes),
-                                 nan_positions, nan_total, numel, output_numel)
+            return self.inspect_locked(module_name)
+
+    def inspect_locked(self, module_name: str) -> InspectorData:
+        """``inspect`` for a caller already holding ``lock`` (a run's progress callback)."""
+        import torch
+
+        engine = self._engine()
+        model = engine.scenario.model
+        try:
+            module = model.get_submodule(module_name) if module_name else model
+        except AttributeError:
+            return InspectorData(module_name, "(no such module)", ())
+        first_line = repr(module).splitlines()[0]
+        if first_line.endswith("("):  # a container: its repr lists the children
+            first_line = type(module).__name__
+        description = first_line if len(first_line) < 70 else first_line[:67] + "..."
+        histograms: list[Histogram] = []
+        notes: list[str] = []
+        act = engine.activation_sample(module_name)  # host copy: a deliberate, on-demand sync
+        nan_positions: tuple[tuple[int, ...], ...] = ()
+        nan_total = numel = 0
+        output_numel: int | None = None
+        if act is not None:
+            histograms.append(_histogram("activation", act))
+            shape = _output_shape(engine, module_name)
+            whole = shape is not None and math.prod(shape) == act.numel()
+            if shape is not None and not whole:
+                output_numel = math.prod(shape)
+            nan_positions, nan_total, numel = _nan_positions(act.reshape(shape) if whole else act,
+                                                             with_positions=whole)
+        elif engine.current.phases_done:
+            notes.append("activation: not measured in this step (stats off, or the module did not run)")
+        else:
+            notes.append(f"activation: none yet in step {engine.step} (after its forward)")
+        params = [p for p in module.parameters() if p is not None]
+        if params:
+            with torch.no_grad():
+                weights = torch.cat([p.detach().reshape(-1) for p in params])
+                histograms.append(_histogram("weight", weights))
+                grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
+                if grads:
+                    histograms.append(_histogram("grad", torch.cat(grads)))
+                else:
+                    notes.append("grad: none yet (after backward)")
+        else:
+            notes.append("no parameters")
+        return InspectorData(module_name, description, tuple(histograms), tuple(notes),
+                             nan_positions, nan_total, numel, output_numel, step=engine.step)
 
     # -- helpers ------------------------------------------------------------------
     def _engine(self) -> Engine:
@@ -366,6 +373,8 @@ def _reason(outcome: Any) -> str:
 
 
 def _summary(source: ScenarioSource, engine: Engine) -> ScenarioSummary:
+    import torch
+
     s = engine.scenario
     return ScenarioSummary(
         label=source.label,
@@ -407,6 +416,8 @@ def _get(obj: Any, key: str, default: Any) -> Any:
 
 
 def _histogram(label: str, tensor: torch.Tensor) -> Histogram:
+    import torch
+
     flat = tensor.detach().reshape(-1).float()
     numel = flat.numel()
     sampled = numel > HIST_SAMPLE
@@ -436,6 +447,8 @@ def _output_shape(engine: Engine, name: str) -> tuple[int, ...] | None:
 
 def _nan_positions(tensor: torch.Tensor, limit: int = 3,
                    with_positions: bool = True) -> tuple[tuple[tuple[int, ...], ...], int, int]:
+    import torch
+
     bad = ~torch.isfinite(tensor.detach())
     total = int(bad.sum())  # the tensor is a host copy already: no device sync
     if total == 0 or not with_positions:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 import traceback
 
+from rich.segment import Segment
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.widgets import Button, DataTable, Footer, Label, SelectionList, Static
 
 from workbench.bench.results import BenchRun, VariantResult
@@ -35,6 +37,25 @@ CHOICES: tuple[tuple[str, bool], ...] = (
 )
 assert all(name in DEFAULT or name == "compile" for name, _ in CHOICES)
 PROGRESS_INTERVAL_S = 0.1
+
+
+class VariantChecklist(SelectionList[str]):
+    """A SelectionList whose box shows the state by its glyph, not only its colour.
+
+    Textual draws ``X`` in both states (only the colour differs), which reads as
+    "all checked" on a monochrome or colour-blind screen: checked is ✔, unchecked blank.
+    """
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        segments = list(strip)
+        index = self.scroll_offset.y + y
+        if len(segments) < 3 or not 0 <= index < self.option_count:
+            return strip
+        checked = self.get_option_at_index(index).value in self.selected
+        inner = segments[1]
+        segments[1] = Segment("✔" if checked else " ", inner.style, inner.control)
+        return Strip(segments, strip.cell_length)
 
 
 class BenchScreen(Screen[None]):
@@ -64,7 +85,7 @@ class BenchScreen(Screen[None]):
         yield Label(f"Bench · {self.source.label} on {self.device}", id="bench-title")
         with Horizontal():
             with Vertical(id="picker"):
-                yield SelectionList[str](*[(n, n, on_) for n, on_ in CHOICES], id="variants")
+                yield VariantChecklist(*[(n, n, on_) for n, on_ in CHOICES], id="variants")
                 yield Button("Run (r)", id="run", variant="primary")
             with VerticalScroll(id="results"):
                 yield ProgressPanel("Benchmark", id="progress")

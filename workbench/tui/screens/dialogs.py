@@ -35,11 +35,14 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(classes="dialog"):
             yield Label(Text("Keys", theme.ACCENT))
             yield Static(table)
-            yield Label(Text(
+            # A Static wraps at the dialog's width (a Label cut the legend off mid-sentence).
+            yield Static(Text(
                 "\nctrl+p opens the command palette (every action is there).\n"
                 "Rows: dim = measured in an earlier step, not yet in this one; "
                 "red ✖ = error finding or NaN/Inf; yellow ⚠ = warning.\n"
-                "space folds a module; enter on a finding jumps to its module.", theme.DIM))
+                "Columns: 0% = share of exact zeros in the output (dead ReLU units), ∇‖ = gradient "
+                "norm, u/w = update / weight ratio of the last optimizer step.\n"
+                "space folds a module; enter on a finding jumps to its module.", theme.DIM), id="help-legend")
         yield Footer()
 
 

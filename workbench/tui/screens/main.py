@@ -6,7 +6,9 @@ from workbench.tui.messages and the handlers update widgets on the UI thread.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,18 +18,24 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Static
 
 from workbench.scenario import ScenarioError, ScenarioSource, load_source
 from workbench.tui import messages as msg
 from workbench.tui.session import PHASE_LABEL, EngineView, Session, format_error
 from workbench.tui.widgets.common import ErrorPanel
-from workbench.tui.widgets.findings import FindingsPanel
-from workbench.tui.widgets.inspector import Inspector, render_inspector
+from workbench.tui.widgets.findings import FindingsPanel, finding_detail
+from workbench.tui.widgets.footer import KeyFooter
+from workbench.tui.widgets.inspector import Inspector, inspector_title, render_inspector
 from workbench.tui.widgets.model_table import ModelTable
-from workbench.tui.widgets.panels import ChartsPanel, MemoryPanel, PhaseBar, TitleBar
+from workbench.tui.widgets.panels import ChartsPanel, MemoryPanel, PhaseBar, TitleBar, ViewPanel
 
 NARROW_WIDTH = 100
+SHORT_HEIGHT = 30
+# Stepping keys pressed while a phase runs wait here (in order) instead of being dropped.
+QUEUE_LIMIT = 8
+QUEUEABLE = frozenset({"advance", "step", "skip", "rewind", "run"})
+QUEUE_KEY = {"advance": "f", "step": "n", "skip": "x", "rewind": "u", "run": "r"}
 
 
 @dataclass(frozen=True)
@@ -49,22 +57,27 @@ ACTIONS = (
     Action("p", "pause", "pause", "pause a run after the phase in progress"),
     Action("x", "skip", "skip step", "drop the pending optimizer step (grads zeroed, step counted as skipped)"),
     Action("u", "rewind", "rewind", "back to the start of this step, or the previous one (8 kept): model, "
-           "optimizer and RNG restored; the steps replay on the same batches with full stats", False),
+           "optimizer and RNG restored; the steps replay on the same batches with full stats"),
     Action("B", "breakpoints", "breakpoints", "add or remove breakpoints"),
-    Action("R", "reset", "reset", "rebuild the scenario from its file (keeps breakpoints)", False),
+    Action("R", "reset", "reset", "rebuild the scenario from its file (keeps breakpoints)"),
     Action("s", "switch", "scenario", "pick another scenario"),
-    Action("b", "bench", "bench", "benchmarks screen for this scenario", False),
-    Action("P", "profile", "profile", "profile screen for this scenario", False),
-    Action("i", "inspect", "inspect", "the tensor inspector as a full window", False),
-    Action("l", "log", "log", "captured warnings and logs", False),
+    Action("b", "bench", "bench", "benchmarks screen for this scenario"),
+    Action("P", "profile", "profile", "profile screen for this scenario"),
+    Action("i", "inspect", "inspect", "the tensor inspector as a full window"),
+    Action("l", "log", "log", "captured output of the scenario (print, stdout, stderr), warnings and logs"),
     Action("question_mark", "help", "help", "this list of keys"),
     Action("q", "quit", "quit", "quit the workbench"),
 )
 
 
+# When the key line is too narrow, these keys lose their words first (the key stays).
+FOOTER_STRIP_ORDER = ("l", "i", "P", "b", "s", "R", "B", "u", "x", "N", "p", "r", "n", "f")
+
+
 class MainScreen(Screen[None]):
     BINDINGS = [
-        *(Binding(a.key, a.action, a.title, show=a.footer) for a in ACTIONS),
+        # The KeyFooter draws them (fitted to the width), not Textual's Footer.
+        *(Binding(a.key, a.action, a.title, show=False) for a in ACTIONS),
         Binding("escape", "hide_error", "hide error", show=False),
     ]
 
@@ -80,6 +93,10 @@ class MainScreen(Screen[None]):
         self.status = "no scenario"
         self._run_started: tuple[float, int] | None = None
         self._inspect_timer = None
+        self.failed_step: int | None = None  # the step whose phase raised, while its error shows
+        self.starting = False  # the first frame is drawn, the app has not opened its scenario yet
+        self.queue: deque[str] = deque()  # stepping actions waiting for the one in progress
+        self.doing = ""  # what is running, in the user's words ("forward", "step 3", "loading torch")
 
     # -- layout ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -89,12 +106,14 @@ class MainScreen(Screen[None]):
             yield ModelTable(id="model")
             with Vertical(id="side"):
                 yield FindingsPanel(id="findings")
+                yield Static("", id="finding-detail")  # the highlighted finding, whole
                 yield ChartsPanel(id="charts", show_volatile=vol)
                 yield MemoryPanel(id="memory", show_volatile=vol)
         yield Inspector(id="inspector")
         yield ErrorPanel(id="error")
         yield PhaseBar(id="phase", show_volatile=vol)
-        yield Footer()
+        yield KeyFooter([(_key_label(a.key), a.title) for a in ACTIONS if a.footer], FOOTER_STRIP_ORDER,
+                        id="keys")
 
     def on_mount(self) -> None:
         titles = {"#model": "Model", "#findings": "Findings", "#charts": "Loss · ∇‖ · layer ∇ heat",
@@ -102,19 +121,27 @@ class MainScreen(Screen[None]):
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
         self.query_one(Inspector).show(None)
-        self._set_narrow(self.size.width)
-        self._refresh_all()
+        self._set_narrow(self.size.width, self.size.height)
         begin = getattr(self.app, "begin", None)
+        # Keys pressed before the app opens its scenario wait for the load too.
+        self.starting = begin is not None
+        self._refresh_all()
         if begin is not None:
-            self.call_after_refresh(begin)
+            def started() -> None:
+                self.starting = False
+                begin()
+                self._refresh_all()
+
+            self.call_after_refresh(started)  # the first frame is drawn before anything loads
 
     def on_resize(self, event: object) -> None:
-        self._set_narrow(self.size.width)
+        self._set_narrow(self.size.width, self.size.height)
 
-    def _set_narrow(self, width: int) -> None:
+    def _set_narrow(self, width: int, height: int) -> None:
         # At 80 columns the side panels fold under the table and the
-        # inspector becomes a modal (i).
+        # inspector becomes a modal (i); under 30 rows borders are trimmed.
         self.set_class(width < NARROW_WIDTH, "narrow")
+        self.set_class(0 < height < SHORT_HEIGHT, "short")
 
     # -- loading -----------------------------------------------------------------
     def load_spec(self, spec: str) -> None:
@@ -133,8 +160,9 @@ class MainScreen(Screen[None]):
         self.view = None
         self.busy = "loading"
         self.loading_label = source.label
-        self.status = f"loading {source.label}…"
-        self.query_one(ErrorPanel).hide()
+        self.doing = "loading torch" if "torch" not in sys.modules else "building the scenario"
+        self.status = f"{self.doing}… ({source.label})"
+        self._hide_error()
         self._refresh_all()
         self._load_worker(old, self.session, self.conditions)
 
@@ -142,7 +170,13 @@ class MainScreen(Screen[None]):
     def _load_worker(self, old: Session | None, session: Session, conditions: tuple[str, ...]) -> None:
         if old is not None:
             old.close()
+        label = session.source.label
         try:
+            if "torch" not in sys.modules:
+                # The first frame is already drawn; torch (≈1-2 s) loads here, off the UI thread.
+                self.post_message(msg.ScenarioLoading(label, "loading torch"))
+                import torch  # noqa: F401
+            self.post_message(msg.ScenarioLoading(label, "building the scenario"))
             view = session.open()
             if conditions:
                 view = session.set_breakpoints(conditions)
@@ -150,6 +184,14 @@ class MainScreen(Screen[None]):
             self.post_message(msg.ScenarioFailed(session.source.label, *format_error(exc)))
             return
         self.post_message(msg.ScenarioLoaded(view))
+
+    @on(msg.ScenarioLoading)
+    def scenario_loading(self, message: msg.ScenarioLoading) -> None:
+        if self.busy != "loading" or message.label != self.loading_label:
+            return  # a stage of a load that was replaced
+        self.doing = message.stage
+        self.status = f"{message.stage}… ({message.label})"
+        self._refresh_all()
 
     @on(msg.ScenarioLoaded)
     def scenario_loaded(self, message: msg.ScenarioLoaded) -> None:
@@ -160,10 +202,12 @@ class MainScreen(Screen[None]):
         table = self.query_one(ModelTable)
         table.focus()
         self._request_inspect()
+        self._next_queued()
 
     @on(msg.ScenarioFailed)
     def scenario_failed(self, message: msg.ScenarioFailed) -> None:
         self.busy = None
+        self._drop_queue("the scenario failed to load")
         self.session = None
         self.view = None
         self.status = f"{message.label} failed to load"
@@ -171,23 +215,71 @@ class MainScreen(Screen[None]):
         self._refresh_all()
 
     # -- stepping ------------------------------------------------------------------
-    def _start(self, action: str, steps: int | None = None) -> None:
+    def _start(self, action: str, steps: int | None = None, queued: bool = False) -> None:
+        if self.starting or (self.session is not None and self.busy == "loading"):
+            self._enqueue(action)  # `workbench tui x.py` then f f f: they run once it has loaded
+            return
         if self.session is None or self.view is None:
             self.notify("no scenario loaded: press s to pick one", severity="warning")
             return
-        if self.busy is not None:
-            hint = "; p pauses it" if self.busy in ("run", "steps") else ""
-            self.notify(f"busy ({self.busy}){hint}", severity="warning")
+        if self.busy is not None or (self.queue and not queued):  # keys keep their order
+            self._enqueue(action)
             return
         self.busy = action
-        self.query_one(ErrorPanel).hide()
+        self.doing = self._describe(action, self.view)
+        self._hide_error()
         self._run_started = (time.monotonic(), self.view.step)
         if action in ("run", "steps"):
             self.status = "running… (p pauses)"
             self._refresh_title()
         self._drive(self.session, action, steps)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def _enqueue(self, action: str) -> None:
+        """Keep a stepping key pressed while something runs; refuse the rest with the reason."""
+        doing = f"still {self._doing_words()}"
+        if self.busy in ("run", "steps"):
+            self.notify(f"{doing}: p pauses it first", severity="warning")
+            return
+        if action not in QUEUEABLE:
+            self.notify(f"{doing}: wait for it to finish", severity="warning")
+            return
+        if len(self.queue) >= QUEUE_LIMIT:
+            self.notify(f"{doing}; {QUEUE_LIMIT} keys are queued already (esc clears them)",
+                        severity="warning")
+            return
+        self.queue.append(action)
+        self._refresh_title()
+
+    def _next_queued(self) -> None:
+        if self.queue and self.busy is None:
+            self._start(self.queue.popleft(), queued=True)
+
+    def _drop_queue(self, why: str) -> None:
+        if self.queue:
+            keys = " ".join(QUEUE_KEY[a] for a in self.queue)
+            self.queue.clear()
+            self.notify(f"queued keys dropped ({keys}): {why}", severity="warning")
+
+    def _doing_words(self) -> str:
+        if self.starting:
+            return "starting…"
+        if self.busy == "loading":
+            return f"{self.doing}…"
+        return f"running {self.doing}…" if self.doing else "busy…"
+
+    @staticmethod
+    def _describe(action: str, view: EngineView) -> str:
+        """The work an action starts, as the status line names it."""
+        if action == "advance":
+            return PHASE_LABEL[view.next_phase]
+        if action == "step":
+            return f"the rest of step {view.step}"
+        return {"skip": "skip step", "rewind": "rewind", "run": "to a breakpoint",
+                "steps": "steps", "breakpoints": "breakpoint update"}.get(action, action)
+
+    # Not exclusive: a queued key starts the next drive while the last one is still returning
+    # (the session's lock orders them); cancelling that one would only mark it cancelled.
+    @work(thread=True, exit_on_error=False, group="engine")
     def _drive(self, session: Session, action: str, steps: int | None) -> None:
         summary = None
         try:
@@ -206,15 +298,22 @@ class MainScreen(Screen[None]):
                 else:
                     self.app.call_from_thread(self.notify, note, title="rewind")
             else:
-                view, summary = session.run(
-                    steps, lambda v: self.post_message(msg.EngineUpdated(v)))
+                def progress(v: EngineView) -> None:
+                    self.post_message(msg.EngineUpdated(v))
+                    # The run holds the session's lock: the inspector's module is read here, at
+                    # the same throttled pace, so its histograms follow the run.
+                    name = self.inspect_target
+                    if name is not None:
+                        self.post_message(msg.InspectorReady(session.inspect_locked(name)))
+
+                view, summary = session.run(steps, progress)
         except Exception as exc:  # user code raised in a phase: show it, keep going
             title, details = format_error(exc)
             try:
                 view = session.view()
             except Exception:
                 view = None
-            self.post_message(msg.StepFailed(title, details, view))
+            self.post_message(msg.StepFailed(title, details, view, getattr(exc, "step", None)))
             self.post_message(msg.WorkDone(view))
             return
         self.post_message(msg.WorkDone(view, summary))
@@ -231,6 +330,7 @@ class MainScreen(Screen[None]):
     @on(msg.WorkDone)
     def work_done(self, message: msg.WorkDone) -> None:
         self.busy = None
+        self.doing = ""
         if message.view is not None:
             self.view = message.view
         view = self.view
@@ -248,6 +348,10 @@ class MainScreen(Screen[None]):
             self.status = f"next: {PHASE_LABEL[view.next_phase]}"
         self._refresh_all()
         self._request_inspect()
+        if self.query_one(ErrorPanel).shown:
+            self._drop_queue("the scenario raised")
+        else:
+            self._next_queued()
 
     def _run_rate(self, view: EngineView | None) -> str:
         """Appended to a finished run's status: how many steps, how fast ("" when none ran)."""
@@ -265,7 +369,9 @@ class MainScreen(Screen[None]):
 
     @on(msg.StepFailed)
     def step_failed(self, message: msg.StepFailed) -> None:
-        self.status = "the scenario raised: R reset · s switch · f/n start a fresh step"
+        self.failed_step = message.failed_step
+        nxt = f"step {message.view.step}" if message.view is not None else "a fresh step"
+        self.status = f"the scenario raised: R reset · s switch · f/n start {nxt}"
         self._show_error(message.title, message.details)
 
     # -- actions -------------------------------------------------------------------
@@ -325,13 +431,17 @@ class MainScreen(Screen[None]):
             if conditions is None:
                 return
             self.conditions = conditions
+            what = ", ".join(conditions) if conditions else "none"
+            self.notify(f"breakpoints saved: {what}" + ("" if self.view is not None else
+                        " (they apply once a scenario is loaded)"), title="breakpoints")
             if self.session is not None and self.view is not None:
                 self.busy = "breakpoints"
+                self.doing = "breakpoint update"
                 self._set_breakpoints(self.session, conditions)
 
         self.app.push_screen(BreakpointsScreen(self.conditions, _finding_kinds()), saved)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    @work(thread=True, exit_on_error=False, group="engine")
     def _set_breakpoints(self, session: Session, conditions: tuple[str, ...]) -> None:
         try:
             view = session.set_breakpoints(conditions)
@@ -368,9 +478,10 @@ class MainScreen(Screen[None]):
     def action_inspect(self) -> None:
         from workbench.tui.screens.dialogs import InspectorScreen
 
-        inspector = self.query_one(Inspector)
-        self.app.push_screen(InspectorScreen(str(inspector.border_title or "Inspector"),
-                                             render_inspector(self._inspected, self._selected_stats())))
+        data = self._inspected
+        stats, fresh = self._stats_of(data.module if data is not None else None)
+        # Title and numbers both come from the module that was read, never a mix.
+        self.app.push_screen(InspectorScreen(inspector_title(data), render_inspector(data, stats, fresh)))
 
     def action_log(self) -> None:
         from workbench.tui.screens.dialogs import LogScreen
@@ -392,9 +503,26 @@ class MainScreen(Screen[None]):
         self.app.exit()
 
     def action_hide_error(self) -> None:
+        if self.queue:  # esc first forgets the queued keys, then hides the error
+            self.queue.clear()
+            self.notify("queued keys cleared")
+            self._refresh_title()
+            return
+        self._hide_error()
+
+    def _hide_error(self) -> None:
         self.query_one(ErrorPanel).hide()
+        self.failed_step = None
+        self.remove_class("error-shown")
+        self._refresh_title()
 
     # -- findings, selection and the inspector ------------------------------------
+    @on(FindingsPanel.Highlighted)
+    def finding_highlighted(self, message: FindingsPanel.Highlighted) -> None:
+        detail = self.query_one("#finding-detail", Static)
+        detail.set_class(message.finding is not None, "shown")
+        detail.update(finding_detail(message.finding) if message.finding is not None else "")
+
     @on(FindingsPanel.JumpToModule)
     def jump(self, message: FindingsPanel.JumpToModule) -> None:
         table = self.query_one(ModelTable)
@@ -407,23 +535,37 @@ class MainScreen(Screen[None]):
     def module_selected(self, message: ModelTable.ModuleSelected) -> None:
         self.query_one(MemoryPanel).selected = message.name
         self.query_one(MemoryPanel).view = self.view
+        self.inspect_target = message.name
+        if self._inspected is not None and self._inspected.module != message.name:
+            # The title follows the cursor at once; the histograms follow when read.
+            self._show_inspector(None, reading=message.name)
         if self._inspect_timer is not None:
             self._inspect_timer.stop()
         # Debounced: holding an arrow key does not queue a worker per row.
         self._inspect_timer = self.set_timer(0.15, self._request_inspect)
 
     _inspected = None
+    inspect_target: str | None = None  # the module the inspector shows (read by a run's worker)
 
-    def _selected_stats(self) -> object | None:
-        name = self.query_one(ModelTable).selected
+    def _stats_of(self, name: str | None) -> tuple[object | None, bool]:
+        """(the module's activation stats, measured in the step in progress?)."""
         if self.view is None or name is None:
-            return None
-        return self.view.module_stats().get(name)
+            return None, False
+        return self.view.module_stats().get(name), name in self.view.fresh_modules()
+
+    def _show_inspector(self, data: Any, reading: str | None = None) -> None:
+        inspector = self.query_one(Inspector)
+        if data is None and reading is not None:
+            stats, fresh = self._stats_of(reading)
+            inspector.show_reading(reading, stats, fresh)
+            return
+        stats, fresh = self._stats_of(data.module if data is not None else None)
+        inspector.show(data, stats, fresh)
 
     def _request_inspect(self) -> None:
         name = self.query_one(ModelTable).selected
         if self.session is None or self.view is None or self.busy is not None or name is None:
-            return
+            return  # a run reads it in its progress callback; a phase, when it is done
         self._inspect_worker(self.session, name)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="inspect")
@@ -437,29 +579,51 @@ class MainScreen(Screen[None]):
 
     @on(msg.InspectorReady)
     def inspector_ready(self, message: msg.InspectorReady) -> None:
+        if message.data.module != self.query_one(ModelTable).selected:
+            return  # read for a row the cursor has left; the new row's read is on its way
         self._inspected = message.data
-        self.query_one(Inspector).show(message.data, self._selected_stats())
+        self._show_inspector(message.data)
 
     # -- drawing -------------------------------------------------------------------
     def _show_error(self, title: str, details: str) -> None:
         self.query_one(ErrorPanel).show_error(title, details)
+        # The panel takes the inspector's rows, not the findings' (see the stylesheet).
+        self.add_class("error-shown")
 
     def _refresh_title(self) -> None:
         view = self.view
         if self.busy in ("run", "steps"):
             state = self.status.split(" (")[0]
         elif self.busy == "loading":
-            state = "loading…"
+            state = f"{self.doing}…"
+        elif self.starting:
+            state = "starting…"
+        elif self.busy is not None and view is not None:
+            state = f"step {view.step} · {self._doing_words()}"
         elif view is None:
             state = "no scenario"
         elif view.pending_break is not None:
             state = f"step {view.step} · paused before optimizer step"
+        elif self.query_one(ErrorPanel).shown and self.failed_step is not None:
+            # The engine has moved on to the next step; the one that raised is the one to name.
+            state = f"step {self.failed_step} raised · next: step {view.step}"
         elif self.query_one(ErrorPanel).shown:
             state = f"step {view.step} · error"
         else:
             state = f"step {view.step} · next {PHASE_LABEL[view.next_phase]}"
+        if self.queue:
+            state += f" · queued: {' '.join(QUEUE_KEY[a] for a in self.queue)}"
         self.query_one(TitleBar).show(view, state, self.loading_label)
-        self.query_one(PhaseBar).status = self.status
+        status = self.status
+        if self.busy is not None and self.busy not in ("run", "steps", "loading"):
+            status = self._doing_words()
+        if self.queue:
+            status += f"  · queued: {' '.join(QUEUE_KEY[a] for a in self.queue)} (esc clears)"
+        self.query_one(PhaseBar).status = status
+        placeholder = (f"{self.doing}… ({self.loading_label})" if self.busy == "loading"
+                       else "starting…" if self.starting else "")
+        for panel in self.query(ViewPanel):
+            panel.placeholder = placeholder
 
     def _refresh_all(self) -> None:
         view = self.view
@@ -468,6 +632,7 @@ class MainScreen(Screen[None]):
             # Flash what a phase changed; during a run everything changes ten times a second.
             self.query_one(ModelTable).show(view, flash=self.busy not in ("run", "steps"))
             self.query_one(FindingsPanel).show(view)
+            self.query_one(PhaseBar).failed_step = self.failed_step
             for panel in (self.query_one(PhaseBar), self.query_one(ChartsPanel), self.query_one(MemoryPanel)):
                 panel.view = view
 

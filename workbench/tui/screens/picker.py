@@ -73,6 +73,9 @@ def _entry(group: str, source: ScenarioSource) -> PickerEntry:
     summary = (build is not None and _description(build, functions)) or ""
     if not summary and build is not None:
         summary = _plain(ast.get_docstring(build) or "").split("\n", 1)[0]
+    if not summary and source.function != "build":
+        # Never the same line as the plain build's: say which variant this is.
+        summary = f"variant {source.function}(): {module_doc.split(chr(10), 1)[0]}"
     return PickerEntry(group, source, summary or module_doc.split("\n", 1)[0], details=module_doc)
 
 
@@ -99,6 +102,33 @@ def _description(build: ast.FunctionDef, functions: dict[str, ast.FunctionDef]) 
             at = params.index("description")
             if at < len(node.args) and _is_text(node.args[at]):
                 return node.args[at].value  # type: ignore[attr-defined]
+        # The helper picks the text itself from what it is passed
+        # (``description="A" if sigmoid else "B"`` with ``_scenario(device, sigmoid=False)``).
+        bound: dict[str, object] = {p: a.value for p, a in zip(params, node.args) if isinstance(a, ast.Constant)}
+        bound.update({kw.arg: kw.value.value for kw in node.keywords
+                      if kw.arg is not None and isinstance(kw.value, ast.Constant)})
+        for inner in ast.walk(helper):
+            if isinstance(inner, ast.Call):
+                for kw in inner.keywords:
+                    if kw.arg == "description":
+                        text = _static_text(kw.value, bound)
+                        if text:
+                            return text
+    return None
+
+
+def _static_text(node: ast.AST, bound: dict[str, object]) -> str | None:
+    """A string literal, or a conditional between literals on a parameter bound to a constant."""
+    if _is_text(node):
+        return node.value  # type: ignore[attr-defined]
+    if isinstance(node, ast.IfExp):
+        test = node.test
+        negate = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+        if negate:
+            test = test.operand  # type: ignore[attr-defined]
+        if isinstance(test, ast.Name) and test.id in bound:
+            chosen = bool(bound[test.id]) != negate
+            return _static_text(node.body if chosen else node.orelse, bound)
     return None
 
 

@@ -77,14 +77,18 @@ class ProfileScreen(Screen[None]):
         yield Label(f"Profile · {self.source.label} on {self.device}", id="profile-title")
         yield ProgressPanel("Profiling", id="progress")
         yield ErrorPanel(id="error")
-        with VerticalScroll():
+        with VerticalScroll(id="profile-body"):
+            yield Static("", id="files")  # where the trace went and how to view it: above the fold
             yield Static("", id="breakdown")
             yield DataTable(id="ops", zebra_stripes=True, cursor_type="row")
             yield Static("", id="recs")
-            yield Static("", id="files")
         yield Footer()
 
     def on_mount(self) -> None:
+        # The page scrolls (arrows, page keys) from the start: the ops table inside it would
+        # otherwise take focus and the keys, and the page moved only after Tab.
+        self.query_one("#ops", DataTable).can_focus = False
+        self.query_one("#profile-body", VerticalScroll).focus()
         self.action_rerun()
 
     # -- actions ------------------------------------------------------------------------

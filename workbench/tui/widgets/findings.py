@@ -25,9 +25,20 @@ class FindingsPanel(OptionList):
             self.module = module
             self.text = text
 
+    class Highlighted(Message):
+        """The cursor is on a finding (None: on nothing); the detail pane shows it whole."""
+
+        def __init__(self, finding: Any) -> None:
+            super().__init__()
+            self.finding = finding
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._shown: tuple[Any, ...] = ()
+        self._shown: tuple[Any, ...] | None = None  # None: nothing drawn yet, not even the hint
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        self.post_message(self.Highlighted(self.finding_at(event.option_index)))
 
     def show(self, view: EngineView | None) -> None:
         findings = tuple(reversed(view.findings)) if view is not None else ()
@@ -46,7 +57,8 @@ class FindingsPanel(OptionList):
             self.highlighted = highlighted
 
     def finding_at(self, index: int) -> Any:
-        return self._shown[index] if 0 <= index < len(self._shown) else None
+        shown = self._shown or ()
+        return shown[index] if 0 <= index < len(shown) else None
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
@@ -55,13 +67,35 @@ class FindingsPanel(OptionList):
             self.post_message(self.JumpToModule(finding.module, f"{finding.kind} on {finding.where}: {finding.message}"))
 
 
+def finding_detail(f: Any) -> Text:
+    """One finding in full, wrapped by its pane: what, where, when, the numbers."""
+    phase = getattr(f.phase, "value", f.phase)
+    text = Text()
+    text.append(f"{theme.severity_icon(f.severity)} {f.kind}", theme.severity_style(f.severity))
+    text.append(f"  {f.module or 'model'}", "bold")
+    text.append(f"  {phase} · {_steps(f)}\n", theme.DIM)
+    text.append(str(f.message))
+    if f.value is not None and f.threshold is not None:
+        text.append(f" ({fmt_float(f.value)} vs threshold {fmt_float(f.threshold)})", theme.DIM)
+    return text
+
+
+def _steps(f: Any) -> str:
+    """s12, or s3–s9 ×7 for a finding repeated over steps (when the engine collapses them)."""
+    first = getattr(f, "first_step", None)
+    count = getattr(f, "count", None)
+    if first is not None and first != f.step:
+        return f"s{first}–s{f.step}" + (f" ×{count}" if count else "")
+    return f"s{f.step}" + (f" ×{count}" if count and count > 1 else "")
+
+
 def _option(index: int, f: Any, width: int) -> Option:
     phase = getattr(f.phase, "value", f.phase)
     head = Text()
     head.append(f"{theme.severity_icon(f.severity)} ", theme.severity_style(f.severity))
     head.append(f"{f.kind} ", theme.severity_style(f.severity))
     head.append(f"{f.module or 'model'}", "bold")
-    head.append(f"  {PHASE_SHORT.get(str(phase), str(phase))} s{f.step}", theme.DIM)
+    head.append(f"  {PHASE_SHORT.get(str(phase), str(phase))} {_steps(f)}", theme.DIM)
     body = Text("  " + f.message, theme.DIM)
     if f.value is not None and f.threshold is not None:
         body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)

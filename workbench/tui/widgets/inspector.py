@@ -16,12 +16,37 @@ from workbench.tui.session import InspectorData
 class Inspector(Static):
     """Shows one InspectorData; the screen asks a worker for it on selection."""
 
-    def show(self, data: InspectorData | None, stats: object | None = None) -> None:
-        self.border_title = "Inspector" if data is None else f"Inspector · {data.module or 'model'} · {data.description}"
-        self.update(render_inspector(data, stats))
+    def show(self, data: InspectorData | None, stats: object | None = None, fresh: bool = True) -> None:
+        self.border_title = inspector_title(data)
+        self.update(render_inspector(data, stats, fresh))
+
+    def show_reading(self, module: str, stats: object | None = None, fresh: bool = True) -> None:
+        """The cursor moved to ``module``: its name now, its histograms when they are read."""
+        self.border_title = f"Inspector · {module or 'model'}"
+        parts: list[RenderableType] = [Text("reading its tensors…", theme.DIM)]
+        line = _stats_line(stats, fresh)
+        if line is not None:
+            parts.append(line)
+        self.update(Group(*parts))
 
 
-def render_inspector(data: InspectorData | None, stats: object | None = None) -> RenderableType:
+def inspector_title(data: InspectorData | None) -> str:
+    return "Inspector" if data is None else f"Inspector · {data.module or 'model'} · {data.description}"
+
+
+def _stats_line(stats: object | None, fresh: bool) -> Text | None:
+    if stats is None or getattr(stats, "mean", None) is None:
+        return None
+    # Stats of an earlier step say so: "none yet in step 3" beside step 2's mean is no contradiction.
+    when = "" if fresh else "  (the last step's: not yet measured in this one)"
+    return Text(
+        f"activation mean {fmt_float(stats.mean)}  std {fmt_float(stats.std)}  "
+        f"min {fmt_float(stats.min)}  max {fmt_float(stats.max)}  |max| {fmt_float(stats.abs_max)}{when}",
+        theme.DIM)
+
+
+def render_inspector(data: InspectorData | None, stats: object | None = None,
+                     fresh: bool = True) -> RenderableType:
     if data is None:
         return Text("select a module in the table", theme.DIM)
     grid = Table.grid(padding=(0, 1))
@@ -40,11 +65,9 @@ def render_inspector(data: InspectorData | None, stats: object | None = None) ->
             note.append(bad, theme.ERROR)
         grid.add_row(Text(h.label, theme.DIM), histogram(h.counts), note)
     parts: list[RenderableType] = [grid]
-    if stats is not None and getattr(stats, "mean", None) is not None:
-        parts.append(Text(
-            f"activation mean {fmt_float(stats.mean)}  std {fmt_float(stats.std)}  "
-            f"min {fmt_float(stats.min)}  max {fmt_float(stats.max)}  |max| {fmt_float(stats.abs_max)}",
-            theme.DIM))
+    line = _stats_line(stats, fresh)
+    if line is not None:
+        parts.append(line)
     if data.nan_total and data.nan_positions:
         where = ", ".join("[" + ", ".join(map(str, p)) + "]" for p in data.nan_positions)
         more = " …" if data.nan_total > len(data.nan_positions) else ""

@@ -29,11 +29,12 @@ COLUMNS = (
     ("std", "   std"),
     ("min", "   min"),
     ("max", "   max"),
+    ("zeros", "  0%"),
     ("naninf", "  NaN"),
     ("grad", "    ∇‖"),
     ("uw", "   u/w"),
 )
-WIDTH = {"params": 7, "mean": 6, "std": 6, "min": 6, "max": 6, "naninf": 5, "grad": 6, "uw": 6}
+WIDTH = {"params": 7, "mean": 6, "std": 6, "min": 6, "max": 6, "zeros": 4, "naninf": 5, "grad": 6, "uw": 6}
 MIN_NAME_WIDTH = 12
 DIGITS = 2
 # Numbers that changed since the last phase flash this long, so the eye
@@ -298,6 +299,16 @@ def _measured(cell: Text | None) -> bool:
     return cell is not None and cell.plain.strip() not in ("", "·")
 
 
+def _zeros(fraction: float | None, style: str) -> Text:
+    """The share of exact zeros in the output, in percent: a ReLU layer at 90+ has dead units."""
+    if fraction is None or not math.isfinite(fraction):
+        return _cell("·", theme.DIM)
+    percent = round(fraction * 100)
+    if percent == 0 and fraction > 0:
+        return _cell("<1", style)
+    return _cell(str(percent), style)
+
+
 def _cell(text: str, style: str = "") -> Text:
     return Text(" " + text, style, justify="right")
 
@@ -319,13 +330,13 @@ def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, grad_fre
     # Numbers from an earlier step are dim: not measured in this step yet.
     style = "" if fresh else theme.DIM
     if stats is None:
-        values: tuple[Text, ...] = tuple(_cell("·", theme.DIM) for _ in range(5))
+        values: tuple[Text, ...] = tuple(_cell("·", theme.DIM) for _ in range(6))
         naninf = _cell("·", theme.DIM)
     else:
         values = (
             _cell(shape_str(stats.shape), style),
             _num(stats.mean, style), _num(stats.std, style), _num(stats.min, style),
-            _num(stats.max, style),
+            _num(stats.max, style), _zeros(stats.zero_fraction, style),
         )
         bad = (stats.nan_count or 0) + (stats.inf_count or 0)
         naninf = _cell(short_count(bad) if bad else "0", theme.ERROR if bad else style)

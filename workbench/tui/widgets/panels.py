@@ -27,6 +27,8 @@ class ViewPanel(Static):
     """A panel redrawn from the newest EngineView (None: nothing loaded)."""
 
     view: reactive[EngineView | None] = reactive(None, always_update=True)
+    # What shows while there is no view: why ("loading torch… (mlp_digits)"), or the hint.
+    placeholder: reactive[str] = reactive("")
     # Tests and snapshots turn this off to hide timings and RSS.
     show_volatile: bool = True
 
@@ -35,7 +37,14 @@ class ViewPanel(Static):
         self.show_volatile = show_volatile
 
     def watch_view(self, view: EngineView | None) -> None:
-        self.update(self.render_view(view) if view is not None else Text("no scenario loaded · s picks one", theme.DIM))
+        if view is not None:
+            self.update(self.render_view(view))
+        else:
+            self.update(Text(self.placeholder or "no scenario loaded · s picks one", theme.DIM))
+
+    def watch_placeholder(self, placeholder: str) -> None:
+        if self.view is None:
+            self.watch_view(None)
 
     def render_view(self, view: EngineView) -> RenderableType:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -64,6 +73,7 @@ class PhaseBar(ViewPanel):
     """✔ forward 6.1 ms  ✔ loss 0.2 ms  ▶ backward  · optimizer step   step · loss · lr."""
 
     status: reactive[str] = reactive("")
+    failed_step: int | None = None  # set by the screen while a step's error shows
 
     def watch_status(self, status: str) -> None:
         self.watch_view(self.view)
@@ -97,6 +107,8 @@ class PhaseBar(ViewPanel):
             line.append("   ")
         info = Text()
         info.append(f"step {view.step}", theme.ACCENT)
+        if self.failed_step is not None:
+            info.append(f" (step {self.failed_step} raised)", theme.ERROR)
         last = view.last
         loss = getattr(view.current, "loss", None)
         if loss is None and last is not None:
@@ -108,6 +120,11 @@ class PhaseBar(ViewPanel):
         info.append(f"  ({view.summary.optimizer})", theme.DIM)
         if last is not None and last.skipped:
             info.append("  last step skipped", theme.WARNING)
+        # The breakpoints in force, always in sight (B edits them).
+        if view.breakpoints:
+            info.append("  breaks ", theme.DIM).append(" · ".join(str(bp) for bp in view.breakpoints), theme.NEXT)
+        else:
+            info.append("  no breakpoints (B adds)", theme.DIM)
         status = Text(self.status, theme.NEXT if view.pending_break is not None else theme.DIM,
                       no_wrap=True, overflow="ellipsis")
         return Group(line, info, status)
@@ -136,16 +153,61 @@ class ChartsPanel(ViewPanel):
         per_step = [group_grad_norms(r.params) for r in recent]
         values = [v for step in per_step for v in step.values() if v and math.isfinite(v) and v > 0]
         lo, hi = (math.log10(min(values)), math.log10(max(values))) if values else (0.0, 0.0)
-        for layer in layers:
+        for layer, label in zip(layers, unique_labels(layers, 10)):
             strip = Text()
             for step in per_step:
                 strip.append_text(heat_cell(step.get(layer), lo, hi))
-            out.add_row(Text(_tail(layer, 10), theme.DIM), "", strip)
+            out.add_row(Text(label, theme.DIM), "", strip)
         return out
 
 
 def _tail(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def unique_labels(names: Sequence[str], width: int) -> list[str]:
+    """Labels of at most ``width`` cells that tell the names apart.
+
+    The end of a name usually says most (``…fc1``), but HF models end many
+    names alike (``word_embeddings``, ``position_embeddings``): where ends
+    collide, the part that differs is shown instead, and any label still
+    shared gets a number.
+    """
+    labels = [_tail(n, width) for n in names]
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        full = [names[i] for i in members]
+        prefix = len(_common_prefix(full))
+        suffix = len(_common_prefix([n[::-1] for n in full]))
+        for i, name in zip(members, full):
+            core = name[prefix:len(name) - suffix] if len(name) - suffix > prefix else name[prefix:]
+            core = core.strip("._") or name
+            end = name[len(name) - suffix:].rsplit(".", 1)[-1].strip("._") if suffix else ""
+            room = width - len(core) - 1
+            if end and room >= 3:  # "0…query": the part that differs, then how the name ends
+                labels[i] = core + "…" + end[-room:]
+            else:
+                labels[i] = core if len(core) <= width else core[: width - 1] + "…"
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        count = seen.get(label, 0)
+        seen[label] = count + 1
+        if count:
+            tag = f"#{count + 1}"
+            labels[i] = label[: width - len(tag)] + tag
+    return labels
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    first, last = min(names), max(names)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 # The engine's instrument names (StepRecord.instrument_breakdown), as the memory panel shows them.
@@ -188,6 +250,21 @@ def debugger_tax(history: Sequence[Any], window: int = TAX_WINDOW) -> DebuggerTa
     return DebuggerTax(n, work, tax, tuple(ranked))
 
 
+_TOTAL_MEMORY: list[int] = []
+
+
+def _total_memory() -> int:
+    """The machine's RAM in bytes (read once; 0 when psutil cannot say)."""
+    if not _TOTAL_MEMORY:
+        try:
+            import psutil
+
+            _TOTAL_MEMORY.append(int(psutil.virtual_memory().total))
+        except Exception:  # an unusual platform: the meter is left out
+            _TOTAL_MEMORY.append(0)
+    return _TOTAL_MEMORY[0]
+
+
 class MemoryPanel(ViewPanel):
     """RSS, CUDA when present, activation bytes, the debugger's own cost per instrument."""
 
@@ -202,7 +279,13 @@ class MemoryPanel(ViewPanel):
             return Text("memory is sampled once per step", theme.DIM)
         mem = record.memory
         vol = self.show_volatile
-        out.add_row(Text("RSS", theme.DIM), human_bytes(mem.rss_bytes) if vol else "—")
+        rss = Text(human_bytes(mem.rss_bytes) if vol else "—")
+        total = _total_memory()
+        if vol and total and mem.rss_bytes:
+            # How close the process is to the machine's RAM, at a glance.
+            rss.append(" ").append_text(meter(mem.rss_bytes / total, 10))
+            rss.append(f" of {human_bytes(total)}", theme.DIM)
+        out.add_row(Text("RSS", theme.DIM), rss)
         if mem.cuda_allocated is not None:
             line = Text(human_bytes(mem.cuda_allocated) if vol else "—")
             if vol and mem.cuda_reserved:

@@ -1,0 +1,265 @@
+"""What a new user hit in the TUI: each test failed before its fix (Pilot, real engine)."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+
+from workbench.tui.app import create_app  # noqa: E402
+from workbench.tui.screens.dialogs import HelpScreen, InspectorScreen  # noqa: E402
+from workbench.tui.screens.picker import picker_entries  # noqa: E402
+from workbench.tui.widgets.footer import KeyFooter, fit_keys  # noqa: E402
+from workbench.tui.widgets.model_table import ModelTable  # noqa: E402
+from workbench.tui.widgets.panels import unique_labels  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MLP = str(ROOT / "scenarios" / "mlp_digits.py")
+RAISES3 = str(ROOT / "scenarios" / "broken" / "raises_at_step3.py")
+NAN = str(HERE / "tui_scenarios" / "nan_at_step3.py")
+SLOW = str(HERE / "tui_scenarios" / "slow_forward.py")
+PRINTS = str(HERE / "tui_scenarios" / "prints.py")
+
+
+async def settle(pilot, rounds: int = 300):  # noqa: ANN001
+    main = pilot.app.main
+    for _ in range(rounds):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        if main.busy is None and not main.queue and not any(w.is_running for w in pilot.app.workers):
+            break
+    return main
+
+
+def screen_text(app) -> str:  # noqa: ANN001
+    """Everything on the terminal now, as plain text (from the SVG screenshot)."""
+    svg = app.export_screenshot()
+    return html.unescape("".join(re.findall(r"<text[^>]*>(.*?)</text>", svg, flags=re.S))).replace("\xa0", " ")
+
+
+async def test_stepping_keys_pressed_while_a_phase_runs_are_queued_and_shown() -> None:
+    app = create_app([SLOW], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("f", "f", "f")  # the first forward takes 0.3 s: the others wait
+        text = screen_text(app)
+        assert "running forward" in text
+        assert "queued: f f" in text
+        main = await settle(pilot)
+        # All three ran: forward, loss, backward.
+        assert [p.value for p in main.view.done_phases] == ["forward", "loss", "backward"]
+        assert main.view.next_phase.value == "optimizer_step"
+
+
+async def test_keys_pressed_while_loading_run_once_the_scenario_is_ready() -> None:
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f", "f")
+        main = await settle(pilot)
+        assert main.view is not None and main.view.next_phase.value == "backward"
+
+
+async def test_inspector_follows_the_cursor_during_a_run_and_i_shows_one_module() -> None:
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")
+        main = await settle(pilot)
+        table = main.query_one(ModelTable)
+        await pilot.press("r")  # runs until p
+        await pilot.pause(0.2)
+        table.select_module("fc2")
+        await pilot.pause(0.6)
+        inspector = main.query_one("#inspector")
+        assert inspector.border_title.startswith("Inspector · fc2")
+        seen_step = main._inspected.step if main._inspected is not None else None
+        await pilot.pause(0.5)
+        # Read again while the run goes on: the histograms follow the steps.
+        assert main._inspected is not None and main._inspected.module == "fc2"
+        assert seen_step is not None and main._inspected.step > seen_step
+        await pilot.press("p")
+        main = await settle(pilot)
+        await pilot.press("i")
+        await pilot.pause()
+        modal = app.screen
+        assert isinstance(modal, InspectorScreen)
+        assert "fc2" in modal.title_text
+        # The stats line is fc2's own, not the module that was inspected before.
+        from rich.console import Console
+
+        from workbench.report.numbers import fmt_float
+
+        console = Console(width=200, record=True, file=open("/dev/null", "w"))
+        console.print(modal.body)
+        body = console.export_text()
+        fc2 = main.view.module_stats()["fc2"]
+        assert f"activation mean {fmt_float(fc2.mean)}" in body
+
+
+async def test_after_a_failed_step_the_header_names_it_and_findings_keep_their_rows() -> None:
+    app = create_app([RAISES3], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("r")
+        main = await settle(pilot)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "step 3" in text.split("\n")[0] or "step 3 raised" in text
+        assert "step 3 raised" in text
+        assert main.query_one("#findings").size.height >= 2
+
+
+async def test_help_legend_is_whole_at_80_columns() -> None:
+    app = create_app([], device="cpu", show_volatile=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("escape")  # the picker
+        await pilot.pause()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        legend = app.screen.query_one("#help-legend")
+        legend.scroll_visible(animate=False)
+        await pilot.pause()
+        # Every line of the legend is laid out (it used to end at "… yellow ⚠").
+        assert legend.size.height >= 6
+        assert "enter on a finding jumps to its module" in str(legend.content)
+
+
+async def test_footer_always_shows_help_and_quit_and_every_key() -> None:
+    for size in ((80, 24), (120, 40), (200, 60)):
+        app = create_app([], device="cpu", show_volatile=False)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            await pilot.press("escape")
+            await pilot.pause()
+            footer = app.main.query_one(KeyFooter)
+            line = footer.content.plain
+            assert "? help" in line and "q quit" in line, (size, line)
+            for key in "f n N r p x u B R s b P i l".split():
+                assert re.search(rf"(^|\s){re.escape(key)}(\s|$)", line), (size, key, line)
+            assert len(line) <= size[0]
+
+
+def test_fit_keys_drops_words_before_keys_and_never_help_or_quit() -> None:
+    items = [("f", "phase"), ("n", "step"), ("l", "log"), ("?", "help"), ("q", "quit")]
+    assert fit_keys(items, 80, ["l", "n", "f"]) == items
+    squeezed = fit_keys(items, 24, ["l", "n", "f"])
+    assert ("?", "help") in squeezed and ("q", "quit") in squeezed
+    assert ("l", "") in squeezed
+    tiny = fit_keys(items, 16, ["l", "n", "f"])
+    assert [k for k, _ in tiny][-2:] == ["?", "q"]
+
+
+async def test_the_side_column_grows_with_the_terminal() -> None:
+    widths = {}
+    for size in ((120, 40), (200, 60)):
+        app = create_app([MLP], device="cpu", show_volatile=False)
+        async with app.run_test(size=size) as pilot:
+            main = await settle(pilot)
+            widths[size[0]] = main.query_one("#side").size.width
+    assert widths[200] >= widths[120] + 20  # it was 34 at every size
+
+
+async def test_80x24_keeps_the_model_table_usable() -> None:
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        main = await settle(pilot)
+        assert main.query_one(ModelTable).size.height >= 8  # header + rows (it had 5 rows)
+
+
+async def test_the_highlighted_finding_is_shown_whole_in_the_detail_pane() -> None:
+    app = create_app([NAN], device="cpu", show_volatile=False)
+    async with app.run_test(size=(160, 45)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("N")
+        await pilot.pause()
+        await pilot.press("backspace", "backspace", "5", "enter")
+        main = await settle(pilot)
+        assert main.view.findings
+        findings = main.query_one("#findings")
+        findings.focus()
+        findings.highlighted = 0
+        await pilot.pause()
+        detail = main.query_one("#finding-detail")
+        assert detail.has_class("shown")
+        newest = main.view.findings[-1]
+        assert str(newest.message) in str(detail.content)
+
+
+async def test_saved_breakpoints_show_on_the_main_screen() -> None:
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("B")
+        await pilot.pause()
+        for ch in "loss>5":
+            await pilot.press(ch if ch != ">" else "greater_than_sign")
+        await pilot.press("ctrl+s")
+        main = await settle(pilot)
+        assert "breaks loss>5" in screen_text(app)
+
+
+async def test_print_from_the_scenario_lands_in_the_log() -> None:
+    app = create_app([PRINTS], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")
+        main = await settle(pilot)
+        log = list(app.logbook)
+        assert "stdout: building the chatty scenario" in log
+        assert "stdout: forward sees a batch of 8" in log
+        assert "stderr: stderr from forward" in log
+
+
+async def test_the_table_has_a_zeros_column_and_memory_an_rss_meter() -> None:
+    app = create_app([MLP], device="cpu", show_volatile=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")
+        main = await settle(pilot)
+        table = main.query_one(ModelTable)
+        act = main.view.module_stats()["act"]
+        assert table.get_cell("act", "zeros").plain.strip() == str(round(act.zero_fraction * 100))
+        assert "▕" in screen_text(app)  # the RSS meter
+
+
+def test_picker_gives_each_variant_its_own_line() -> None:
+    entries = {e.label: e.summary for e in picker_entries([])}
+    assert entries["binary_bce"] != entries["binary_bce:build_logits"]
+    assert "BCEWithLogitsLoss" in entries["binary_bce:build_logits"]
+
+
+def test_heat_strip_labels_are_unique_for_hf_style_names() -> None:
+    names = ["bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings",
+             "bert.embeddings.token_type_embeddings", "bert.encoder.layer.0.attention.self.query",
+             "bert.encoder.layer.1.attention.self.query", "classifier"]
+    labels = unique_labels(names, 10)
+    assert len(set(labels)) == len(labels)
+    assert all(len(label) <= 10 for label in labels)
+    assert labels[-1] == "classifier"
+
+
+async def test_bench_checklist_draws_checked_and_unchecked_differently() -> None:
+    from textual.app import App
+
+    from workbench.scenario import load_source
+    from workbench.tui.screens.bench import BenchScreen, VariantChecklist
+
+    class Host(App[None]):
+        def on_mount(self) -> None:
+            self.push_screen(BenchScreen(load_source(MLP), "cpu"))
+
+    app = Host()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        checklist = app.screen.query_one(VariantChecklist)
+        rows = ["".join(seg.text for seg in checklist.render_line(y)) for y in range(checklist.option_count)]
+        compile_row = next(r for r in rows if "compile" in r)  # unchecked by default
+        fp32_row = next(r for r in rows if "fp32" in r)
+        assert "✔" in fp32_row and "✔" not in compile_row and "X" not in compile_row
