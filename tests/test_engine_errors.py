@@ -40,6 +40,11 @@ class _AddOnMeta(nn.Module):
         return self.fc(x) + torch.zeros(3, device="meta")  # a tensor created on the wrong device
 
 
+class _Exits(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise SystemExit(4)  # what sys.exit(4) raises: a step failure, not the workbench's exit
+
+
 def _cases() -> list[tuple[str, Callable[[], Scenario], Phase, list[str]]]:
     x8 = torch.randn(8, 4)
     return [
@@ -77,6 +82,8 @@ def _cases() -> list[tuple[str, Callable[[], Scenario], Phase, list[str]]]:
         ("keyword_batch", lambda: Scenario(model=(m := nn.Linear(4, 3)), optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
                                            loss_fn=None, data=[{"x": x8, "labels": torch.randn(8, 3)}]),
          Phase.FORWARD, ["model(dict{'x': (8, 4) float32", "model(**batch)", "no argument 'x'"]),
+        ("user_exit", lambda: _scenario(_Exits(4, 3), x8, torch.randn(8, 3)), Phase.FORWARD,
+         ["SystemExit: 4", "called sys.exit()", "Raise an exception"]),
     ]
 
 

@@ -11,6 +11,7 @@ failure plus the error.
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,354 @@ def test_every_torch_load_is_weights_only() -> None:
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
                     unsafe.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not unsafe, f"torch.load without weights_only=True at {unsafe}"
+
+
+# -- user code that ends, hangs or changes the process ---------------------------------
+
+# (case file, words in stderr, steps in the report, error phase or None)
+USER_EXIT_CASES = [
+    ("exit_in_build.py", ["exit_in_build.py:7", "called sys.exit(3)", "must not end"], 0, None),
+    ("exit_at_import.py", ["exit_at_import.py:3", "importing the scenario", "sys.exit(5)"], 0, None),
+    ("exit_in_forward.py", ["step 2, forward phase", "SystemExit", "exit_in_forward.py:10", "sys.exit()"], 2,
+     "forward"),
+    ("base_exception_in_forward.py", ["step 1, forward phase", "Abort", "base_exception_in_forward.py:12"], 1,
+     "forward"),
+]
+
+
+@pytest.mark.parametrize("case, words, steps, phase", USER_EXIT_CASES, ids=[c[0] for c in USER_EXIT_CASES])
+def test_user_code_that_exits_is_a_scenario_failure(case, words, steps, phase, tmp_path, capsys) -> None:
+    """sys.exit() (any BaseException but Ctrl-C) in build or forward: exit 2, file and line, report kept."""
+    report = tmp_path / "report.json"
+    rc = main(["run", str(CASES / case), "--steps", "5", "--json", str(report)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for word in words:
+        assert word in err, f"{word!r} not in:\n{err}"
+    data = json.loads(report.read_text())
+    assert len(data["steps"]) == steps and data["error"]["message"]
+    if phase:
+        assert data["error"]["phase"] == phase
+
+
+EXIT_COMMANDS = [
+    ["summary", "{case}"],
+    ["bench", "{case}", "--steps", "2", "--variants", "fp32"],
+    ["profile", "{case}", "--logdir", "{tmp}/prof"],
+    ["diff", "{case}"],
+]
+
+
+@pytest.mark.parametrize("argv", EXIT_COMMANDS, ids=lambda a: a[0])
+def test_every_command_reports_a_build_that_exits(argv, tmp_path, capsys) -> None:
+    argv = [a.format(case=CASES / "exit_in_build.py", tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exit_in_build.py:7" in err and "sys.exit(3)" in err and "Traceback" not in err
+
+
+def test_a_row_that_exits_fails_alone_in_bench(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(CASES / "exit_in_forward.py"), "--steps", "2", "--variants", "fp32",
+                 "--json", str(out)]) == 2
+    rows = json.loads(out.read_text())["results"]
+    assert rows[0]["status"] == "failed" and "SystemExit" in rows[0]["reason"]
+
+
+# (case file, status, words in its "first problem" or detail)
+CHECK_CASES = [
+    ("exit_in_build.py", "failed", "sys.exit(3)"),
+    ("exit_in_forward.py", "failed", "SystemExit at step 2"),
+    ("os_exit_in_forward.py", "failed", "exited with status 7"),
+    ("segfault_in_forward.py", "failed", "SIGSEGV"),
+    ("hangs_in_forward.py", "failed", "timed out after 8 s"),
+    ("leaks_global_state.py", "ok", ""),
+    ("expects_clean_state.py", "ok", ""),  # after leaks_global_state: nothing leaked into it
+    ("leaves_thread.py", "ok", ""),
+    ("mlp_ok.py", "ok", ""),
+]
+
+
+@pytest.mark.slow
+def test_check_isolates_each_scenario(tmp_path, capsys) -> None:
+    """Each scenario in its own process: one that exits, crashes, hangs or changes global
+    state is FAILED (or harmless) and every other one still runs, in order, into one report."""
+    import shutil
+
+    d = tmp_path / "cases"
+    d.mkdir()
+    for i, (case, _, _) in enumerate(CHECK_CASES):
+        src = CASES / case if case != "mlp_ok.py" else ROOT / "scenarios" / "mlp_digits.py"
+        shutil.copy(src, d / f"{i:02d}_{case}")
+    junit, report = tmp_path / "junit.xml", tmp_path / "check.json"
+    rc = main(["check", str(d), "--steps", "3", "--timeout", "8", "--junit", str(junit), "--json", str(report)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert rc == 2
+    results = json.loads(report.read_text())["results"]
+    assert len(results) == len(CHECK_CASES)
+    for r, (case, status, words) in zip(results, CHECK_CASES):
+        assert r["status"] == status, (case, r)
+        assert words in r["first_problem"] + r["detail"], (case, r)
+    threads = results[[c[0] for c in CHECK_CASES].index("leaves_thread.py")]
+    assert "user-poller" in threads["notes"][0] and "user-poller" in out
+    assert ET.parse(junit).getroot().find("testsuite").get("tests") == str(len(CHECK_CASES))
+
+
+def test_two_projects_with_a_sibling_utils_module(tmp_path, capsys) -> None:
+    """Each project's `import utils` gets its own utils.py (one process would cache the first)."""
+    for name in ("proj_a", "proj_b"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "utils.py").write_text(f"VALUE = {name!r}\n")
+        (d / "train.py").write_text(
+            "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\nimport utils\n"
+            "from tests.reliability_cases._tiny import tiny\n"
+            "def build(device):\n"
+            f"    assert utils.VALUE == {name!r}, f'got the utils.py of {{utils.VALUE}}'\n"
+            "    return tiny(device)\n")
+    report = tmp_path / "check.json"
+    assert main(["check", str(tmp_path / "proj_a" / "train.py"), str(tmp_path / "proj_b" / "train.py"),
+                 "--steps", "1", "--json", str(report)]) == 0, capsys.readouterr().out
+    assert [r["status"] for r in json.loads(report.read_text())["results"]] == ["ok", "ok"]
+
+
+THREAD_COMMANDS = [
+    ["run", "{case}", "--steps", "2"],
+    ["check", "{case}", "--steps", "2"],
+    ["list", "{dir}"],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", THREAD_COMMANDS, ids=lambda a: a[0])
+def test_a_thread_left_running_does_not_hang_the_command(argv, tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    d = tmp_path / "cases"
+    d.mkdir()
+    shutil.copy(CASES / "leaves_thread.py", d / "leaves_thread.py")
+    argv = [a.format(case=d / "leaves_thread.py", dir=d) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "workbench", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "user-poller" in proc.stdout + proc.stderr
+
+
+# -- output paths: never an input, never a device replaced, a symlink followed ---------------
+
+
+def _scenario_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    path = tmp_path / "scn.py"
+    shutil.copy(CASES / "slow_steps.py", path)
+    return path
+
+
+def _trace_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "run1"
+    d.mkdir()
+    (d / "w0.1.pt.trace.json").write_text(json.dumps({"traceEvents": []}))
+    return d
+
+
+def _findings_report(tmp_path: Path) -> Path:
+    path = tmp_path / "findings.json"
+    path.write_text(json.dumps({"schema": "workbench.run/1", "findings": []}))
+    return path
+
+
+# (argv with {scn} / {trace} / {findings} / {tmp}, the input the output points at, words)
+OUTPUT_IS_INPUT = [
+    (["run", "{scn}", "--json", "{scn}"], "scn", "is the scenario file"),
+    (["run", "{scn}:build", "--json", "{scn}"], "scn", "is the scenario file"),
+    (["check", "{scn}", "--json", "{scn}"], "scn", "is the scenario file"),
+    (["check", "{tmp}", "--junit", "{scn}"], "scn", "scenario file"),
+    (["bench", "{scn}", "--json", "{scn}"], "scn", "is the scenario file"),
+    (["summary", "{scn}", "--json", "{scn}"], "scn", "is the scenario file"),
+    (["diff", "{scn}", "--json", "{scn}"], "scn", "is the scenario file"),
+    (["profile", "{scn}", "--json", "{scn}", "--logdir", "{tmp}/prof"], "scn", "is the scenario file"),
+    (["profile", "{scn}", "--findings", "{findings}", "--json", "{findings}", "--logdir", "{tmp}/prof"],
+     "findings", "is the --findings report"),
+    (["profile", "--analyze", "{trace}", "--json", "{trace}/w0.1.pt.trace.json"], "trace",
+     "is a trace being analysed"),
+    (["run", "{tmp}/link.py", "--json", "{scn}"], "scn", "is the scenario file"),  # through a symlink
+    (["run", "{scn}", "--json", "{tmp}/other.py"], "other", "is a Python source file"),
+]
+
+
+@pytest.mark.parametrize("argv, target, words", OUTPUT_IS_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_an_output_that_is_an_input_is_refused(argv, target, words, tmp_path, capsys) -> None:
+    scn = _scenario_copy(tmp_path)
+    (tmp_path / "link.py").symlink_to(scn)
+    (tmp_path / "other.py").write_text("VALUE = 1\n")
+    trace = _trace_dir(tmp_path)
+    findings = _findings_report(tmp_path)
+    paths = {"scn": scn, "findings": findings, "trace": trace / "w0.1.pt.trace.json",
+             "other": tmp_path / "other.py"}
+    before = paths[target].read_bytes()
+    argv = [a.format(scn=scn, trace=trace, findings=findings, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+    assert paths[target].read_bytes() == before
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+
+
+def test_dev_null_is_written_in_place(tmp_path, capsys) -> None:
+    import stat
+
+    assert main(["run", str(CASES / "slow_steps.py"), "--steps", "1", "--json", "/dev/null"]) == 0
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+
+
+def test_a_fifo_with_a_reader_gets_the_report(tmp_path, capsys) -> None:
+    """What `--json >(jq .)` is: a pipe someone reads. Written in place, never replaced."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert main(["run", str(CASES / "slow_steps.py"), "--steps", "2", "--json", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert json.loads(got[0])["summary"]["steps_done"] == 2
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert list(tmp_path.iterdir()) == [fifo]
+
+
+def test_a_fifo_nobody_reads_is_refused_at_once(tmp_path, capsys) -> None:
+    import os
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    assert main(["run", str(CASES / "slow_steps.py"), "--steps", "50", "--json", str(fifo)]) == 2
+    err = capsys.readouterr().err
+    assert "FIFO that no process is reading" in err and str(fifo) in err
+
+
+def test_a_socket_is_refused(tmp_path, capsys) -> None:
+    import socket
+
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        assert main(["run", str(CASES / "slow_steps.py"), "--steps", "1", "--json", str(path)]) == 2
+    assert "is a socket, not a regular file" in capsys.readouterr().err
+
+
+def test_a_symlink_is_followed_not_replaced(tmp_path, capsys) -> None:
+    real = tmp_path / "reports" / "real.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    dangling = tmp_path / "next.json"
+    dangling.symlink_to(tmp_path / "reports" / "new.json")
+    assert main(["run", str(CASES / "slow_steps.py"), "--steps", "1", "--json", str(link)]) == 0
+    assert main(["check", str(CASES / "slow_steps.py"), "--steps", "1", "--json", str(dangling)]) == 0
+    assert link.is_symlink() and json.loads(real.read_text())["summary"]["steps_done"] == 1
+    assert dangling.is_symlink() and json.loads((tmp_path / "reports" / "new.json").read_text())["results"]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_junit_and_json_on_one_file_are_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "out.xml"
+    assert main(["check", str(CASES / "slow_steps.py"), "--junit", str(out), "--json", str(out)]) == 2
+    assert "both name" in capsys.readouterr().err and not out.exists()
+
+
+# -- a full disk: one message naming the path, no temp file left, exit 2 -------------------
+
+
+class _FullDisk:
+    """A file object whose writes fail with ENOSPC once ``room`` characters are in."""
+
+    def __init__(self, real, room: int) -> None:  # noqa: ANN001
+        self.real, self.room = real, room
+
+    def write(self, text: str) -> int:
+        import errno
+        import os
+
+        self.room -= len(text)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real.write(text)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.real, name)
+
+
+FULL_DISK = [
+    (["run", "{case}", "--steps", "3", "--json", "{out}"], 200),  # fails mid-run, while streaming steps
+    (["run", "{case}", "--steps", "1", "--json", "{out}"], 10_000_000),  # fails at commit (fsync)
+    (["check", "{case}", "--steps", "1", "--junit", "{out}"], 50),
+    (["bench", "{case}", "--steps", "2", "--variants", "fp32", "--json", "{out}"], 50),
+    (["summary", "{case}", "--json", "{out}"], 50),
+    (["profile", "{case}", "--logdir", "{tmp}/prof", "--json", "{out}"], 50),
+]
+
+
+@pytest.mark.parametrize("argv, room", FULL_DISK, ids=lambda v: f"{v[0]} {v[-2]}" if isinstance(v, list) else str(v))
+def test_a_full_disk_is_reported_and_leaves_no_temp_file(argv, room, tmp_path, capsys, monkeypatch) -> None:
+    import errno
+    import os
+
+    from workbench.report import files
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        return _FullDisk(real_fdopen(fd, *a, **k), room)
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fdopen", fdopen)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    out = tmp_path / "out" / "report.json"
+    argv = [a.format(case=CASES / "slow_steps.py", out=out, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    # profile writes its run metadata first: that is the file the message names there.
+    assert "no space left on device writing" in err and "Traceback" not in err, err
+    assert argv[0] == "profile" or f"writing {out}" in err
+    assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+TMPFS_COMMANDS = [
+    "run tests/reliability_cases/slow_steps.py --steps 20 --json {mnt}/out/report.json",
+    "check scenarios/broken/dead_relu.py --steps 100 --json {mnt}/out/check.json",
+    "profile tests/reliability_cases/slow_steps.py --logdir {mnt}/prof",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", TMPFS_COMMANDS, ids=lambda c: c.split()[0])
+def test_a_real_full_disk_on_a_tiny_tmpfs(command, tmp_path) -> None:
+    """The same on a 24 KB tmpfs (a private mount namespace; skipped where unshare is refused)."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = (f"mount -t tmpfs -o size=24k tmpfs {mnt} || exit 99; "
+              f"{shlex.quote(sys.executable)} -m workbench {command.format(mnt=mnt)}; rc=$?; "
+              f"find {mnt} -type f; exit $rc")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode == 99 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 2, proc.stderr
+    assert "no space left on device writing" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.count(str(mnt)) == 0, f"files left behind:\n{proc.stdout}"

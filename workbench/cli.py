@@ -87,8 +87,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         _short_warnings()
     try:
         return int(table[args.command].run(args) or 0)
-    except (Exception, KeyboardInterrupt) as exc:
+    except BaseException as exc:  # SystemExit too: our commands never raise it, so it is user code's
         return report_exception(exc, verbose)
+
+
+def entry(argv: Sequence[str] | None = None) -> None:
+    """The console script (and ``python -m workbench``): main(), then leave.
+
+    A scenario may leave non-daemon threads running; the interpreter would wait for
+    them at exit for ever after the command's work is done. Everything is written by
+    then (reports are committed before main returns), so flush, say which threads
+    were left, and end the process without waiting for them.
+    """
+    code = main(argv)
+    left = stray_threads()
+    if not left:
+        raise SystemExit(code)
+    names = ", ".join(repr(t.name) for t in left)
+    print(f"warning: the scenario left {len(left)} non-daemon thread{'s' if len(left) > 1 else ''} running "
+          f"({names}); exiting without waiting for {'them' if len(left) > 1 else 'it'}.", file=sys.stderr)
+    leave_now(code)
+
+
+def stray_threads() -> list:  # list[threading.Thread]
+    """Live non-daemon threads other than the main thread (what interpreter exit would join)."""
+    import threading
+
+    main_thread = threading.main_thread()
+    return [t for t in threading.enumerate() if t is not main_thread and not t.daemon and t.is_alive()]
+
+
+def leave_now(code: int) -> None:
+    """End the process at once with ``code`` once stdout and stderr are flushed (no
+    interpreter teardown: no thread joins, no atexit handlers of user code)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
+            pass
+    os._exit(code)
 
 
 def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int:
@@ -97,7 +136,10 @@ def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int
     if isinstance(exc, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    from workbench.errors import describe
+    from workbench.errors import UserCodeExit, describe, is_user_exit
+
+    if is_user_exit(exc):  # sys.exit() in a scenario: a failure of the scenario, never our exit
+        exc = UserCodeExit(exc, "the scenario's code")
 
     message, code = describe(exc)
     if verbose:
@@ -133,4 +175,4 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    entry()

@@ -7,6 +7,11 @@ import this module first.
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+from typing import Any
+
 from workbench.report.files import OutputPathError
 
 
@@ -14,11 +19,80 @@ class UsageError(Exception):
     """A bad command-line value (unknown variant, steps <= 0 ...): exit 2."""
 
 
+def is_user_exit(exc: BaseException) -> bool:
+    """True for what user code may raise that ``except Exception`` misses: SystemExit
+    (sys.exit(), exit()), GeneratorExit, a BaseException subclass of its own. Ctrl-C
+    (KeyboardInterrupt) is the user's own wish to stop and is not one of them."""
+    return not isinstance(exc, (Exception, KeyboardInterrupt))
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    import workbench
+
+    dirs = [os.path.dirname(workbench.__file__ or "")]
+    dirs += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    return tuple(d.rstrip(os.sep) + os.sep for d in dirs if d)
+
+
+def user_location(exc: BaseException, path: str | None = None) -> str | None:
+    """'file:line' of the innermost frame of ``path`` (or else of any code outside the
+    workbench, the standard library and site-packages) on the exception's traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if path is not None:
+        real = os.path.realpath(path)
+        mine = [f for f in frames if os.path.realpath(f.filename) == real]
+        if mine:
+            return f"{mine[-1].filename}:{mine[-1].lineno}"
+    library = _library_dirs()
+    user = [f for f in frames if not f.filename.startswith(library) and not f.filename.startswith("<")]
+    return f"{user[-1].filename}:{user[-1].lineno}" if user else None
+
+
+def exit_description(exc: BaseException) -> str:
+    """'called sys.exit(3)' / 'raised GeneratorExit: ...': what the user's code did."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})" if exc.code is not None else "called sys.exit()"
+    return f"raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+
+
+class UserCodeExit(Exception):
+    """User code tried to end the process (SystemExit ...): a scenario failure, exit 2.
+
+    ``original`` is what it raised, ``location`` 'file:line' where (None if unknown)."""
+
+    def __init__(self, exc: BaseException, what: str, path: str | None = None) -> None:
+        self.original = exc
+        self.location = user_location(exc, path)
+        at = f" at {self.location}" if self.location else ""
+        super().__init__(f"{what} {exit_description(exc)}{at}: user code must not end the workbench's "
+                         "process (return or raise an exception instead). Fix the scenario and run again.")
+
+
+def build_guarded(source: Any, device: Any) -> Any:
+    """``source.build(device)``, with a SystemExit (or other non-Exception) raised by the
+    scenario's build or module code turned into a ScenarioError naming the file and line."""
+    from workbench.scenario import ScenarioError
+
+    try:
+        return source.build(device)
+    except BaseException as exc:
+        if not is_user_exit(exc):
+            raise
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if source.path and os.path.realpath(f.filename) == os.path.realpath(source.path)]
+        at_import = bool(frames) and all(f.name == "<module>" for f in frames)
+        what = "importing the scenario" if at_import else f"{source.function}(device)"
+        error = UserCodeExit(exc, f"{source.where}: {what}", source.path)
+        raise ScenarioError(str(error), path=source.path) from exc
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is complete for a user (no traceback hint)."""
     import sys
 
-    errors: list[type[BaseException]] = [UsageError, OutputPathError]
+    errors: list[type[BaseException]] = [UsageError, OutputPathError, UserCodeExit]
     # Only look at the scenario module if something already imported it: an
     # error raised by it implies it is loaded, and we never pull torch in here.
     scenario = sys.modules.get("workbench.scenario")

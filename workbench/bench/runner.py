@@ -141,7 +141,7 @@ def run_one(variant: Variant, ctx: BenchContext, probe: object) -> VariantResult
         result = variant.run(ctx)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from the scenario too: this row failed, the others still run
         return VariantResult(variant.name, "failed", variant.description, reason=failure_reason(exc, variant, ctx),
                              extras={"oom": is_oom(exc), "row_wall_s": time.perf_counter() - t0,
                                      "traceback": format_traceback(exc)})

@@ -106,7 +106,7 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     from workbench.bench.variants import resolve
     from workbench.errors import UsageError
     from workbench.report.bench import render_run
-    from workbench.report.files import check_writable
+    from workbench.report.files import check_writable, scenario_inputs
     from workbench.scenario import load_source
 
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--block", args.block, 1)):
@@ -123,7 +123,7 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     names = [n for n in args.variants.split(",")] if args.variants else None
     variants = resolve(names)  # unknown names fail here, before any work
     if args.json:
-        check_writable(args.json)
+        check_writable(args.json, inputs=scenario_inputs(args.scenario))
     source = load_source(args.scenario)
     plan = _plan(args)
 

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.report.run import CheckResult
 
 NAME = "check"
 ORDER = 25
 HELP = "run each scenario N steps under the health checks; exit 1 on error findings (for CI)"
 DESCRIPTION = (
     "Run every scenario in the given files or directories (directories are not searched "
-    "recursively) for --steps steps with the health rules on, and print one table. Exit "
-    "codes: 0 all healthy, 1 some scenario had an error finding, 2 some scenario failed to "
-    "load or raised (this wins over 1). --junit writes JUnit XML for CI systems."
+    "recursively) for --steps steps with the health rules on, and print one table. Each "
+    "scenario runs in a child process of its own, so one cannot end, hang or change the "
+    "state of the others (a child that dies or runs past --timeout is FAILED). Exit "
+    "codes: 0 all healthy (warnings allowed unless --strict), 1 some scenario had an error "
+    "finding (or, with --strict, a warning), 2 some scenario failed to load, raised or "
+    "died (this wins over 1). --junit writes JUnit XML for CI systems."
 )
+
+DEFAULT_TIMEOUT_S = 900.0
+# The modules every child needs, imported once by the fork server (workbench.isolation).
+# torch._dynamo: the first optimizer a scenario builds imports it (torch.optim's
+# _disable_dynamo), ~1.5 s that every child would pay again.
+CHILD_PRELOAD = ("torch._dynamo", "workbench.commands.check", "workbench.engine", "workbench.scenario",
+                 "workbench.report.run")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20, help="steps per scenario (default 20)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--every", type=int, default=1, metavar="K", help="module/parameter stats every K-th step")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"per scenario, building included; past it the scenario is FAILED (default "
+                        f"{DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--strict", action="store_true", help="warning findings fail the check too (exit 1)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML (checked before running)")
     p.add_argument("--json", metavar="FILE", help="write every result and finding as JSON")
 
@@ -30,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from workbench.errors import UsageError
-    from workbench.report.files import check_writable
+    from workbench.report.files import OutputPathError, check_writable, scenario_inputs
 
     for flag in ("steps", "every"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
-    for path in (args.junit, args.json):
-        if path:
-            check_writable(path)
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}.")
+    if args.junit and args.json and os.path.realpath(args.junit) == os.path.realpath(args.json):
+        raise OutputPathError(f"--junit and --json both name {args.json}; give them different files.")
 
     from pathlib import Path
 
@@ -47,86 +67,111 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     results: list[CheckResult] = []
     sources: list[ScenarioSource] = []
-    device: Any = args.device
-    # The output paths are accepted: from here a Ctrl-C (while loading, building or
-    # stepping) still writes the reports for the scenarios finished so far.
+    for path in args.paths:
+        base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
+        if Path(base).is_dir():
+            sources.extend(discover(base))
+        else:
+            sources.append(load_source(path))
+    inputs = [*scenario_inputs(*args.paths), *(("a scenario file", s.path) for s in sources if s.path)]
+    for path in (args.junit, args.json):
+        if path:
+            check_writable(path, inputs=inputs)
+    device: Any = resolve_device(args.device)
+    # The output paths are accepted: from here a Ctrl-C (while a child builds or steps
+    # a scenario) still writes the reports for the scenarios finished so far.
     try:
-        device = resolve_device(args.device)
-        for path in args.paths:
-            base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
-            if Path(base).is_dir():
-                sources.extend(discover(base))
-            else:
-                sources.append(load_source(path))
         _check_all(sources, device, args, results, console)
     except KeyboardInterrupt:
         console.print(check_table(results))
         _write_reports(args, results, device, console, interrupted=True)
-        total = f" of {len(sources)}" if sources else ""
-        console.print(f"interrupted after {len(results)}{total} scenarios", highlight=False)
+        console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
         raise
+
+    from rich.text import Text
 
     console.print(check_table(results))
     for r in results:
-        if r.detail:
-            console.print(f"[bold red]✖ {r.label}[/]: {r.detail}", highlight=False)
+        if r.detail and r.status in ("failed", "findings"):
+            console.print(Text.assemble((f"✖ {r.label}", "bold red"), ": ", r.detail))
+        for note in r.notes:
+            console.print(Text.assemble((f"⚠ {r.label}", "yellow"), ": ", note))
     failed = [r for r in results if r.status == "failed"]
     flagged = [r for r in results if r.status == "findings"]
+    warned = [r for r in results if r.status == "warn"]
     console.print(
         f"{len(results)} scenarios, {args.steps} steps each on {device}: "
-        f"{len(results) - len(failed) - len(flagged)} ok, {len(flagged)} with error findings, "
-        f"{len(failed)} failed (time includes building each scenario)",
+        f"{len(results) - len(failed) - len(flagged) - len(warned)} ok, "
+        + (f"{len(warned)} with warnings only, " if warned else "")
+        + f"{len(flagged)} with error findings, {len(failed)} failed (time includes building each scenario)",
         highlight=False,
     )
     _write_reports(args, results, device, console, interrupted=False)
     if failed:
         return 2
-    return 1 if flagged else 0
+    return 1 if flagged or (args.strict and warned) else 0
 
 
 def _check_all(sources: list, device: Any, args: argparse.Namespace, results: list, console: Any) -> None:
-    import time
-
-    from workbench.engine import Engine, EngineConfig, StepError
-    from workbench.report.run import CheckResult, group_findings
-    from workbench.scenario import ScenarioError
+    from workbench.isolation import run_isolated
+    from workbench.report.run import CheckResult
 
     with console.status("checking...") as status:
         for i, source in enumerate(sources, 1):
             status.update(f"[{i}/{len(sources)}] {source.label}")
-            start = time.perf_counter()
-            try:
-                scenario = source.build(device)
-            except ScenarioError as exc:
-                message = str(exc)
-                results.append(CheckResult(source.label, source.where, "failed", 0,
-                                           time.perf_counter() - start, None, 0, 0,
-                                           "failed to load", failure=message, detail=message))
-                continue
-            with Engine(scenario, EngineConfig(stats_every=args.every)) as engine:
-                outcome = engine.run(args.steps, until_break=False)
-                history = engine.history
-                findings = tuple(engine.findings)
-            seconds = time.perf_counter() - start
-            errors = [f for f in findings if f.severity == "error"]
-            warnings = [f for f in findings if f.severity == "warning"]
-            final = history[-1].loss if history else None
-            if isinstance(outcome.error, StepError):
-                err = outcome.error
-                what = f"out of memory at batch size {err.batch_size}" if err.oom else type(err.original).__name__
-                results.append(CheckResult(source.label, source.where, "failed", outcome.steps_done, seconds,
-                                           final, len(errors), len(warnings),
-                                           f"{what} at step {err.step} ({err.phase.value})",
-                                           findings, failure=err.traceback_text, detail=str(err)))
-            elif errors:
-                first = group_findings(errors)[0]
-                results.append(CheckResult(source.label, source.where, "findings", outcome.steps_done, seconds,
-                                           final, len(errors), len(warnings),
-                                           f"{first.kind} on {first.where} at step {first.first_step}",
-                                           findings, detail=first.message))
+            outcome = run_isolated(check_one, source, str(device), args.steps, args.every,
+                                   timeout_s=args.timeout, preload=CHILD_PRELOAD)
+            if outcome.returned:
+                result = outcome.value
+                if outcome.stray_threads:
+                    names = ", ".join(repr(n) for n in outcome.stray_threads)
+                    result = dataclasses.replace(result, notes=(
+                        *result.notes, f"left {len(outcome.stray_threads)} non-daemon thread(s) running "
+                        f"({names}); its process was ended without waiting for them"))
             else:
-                results.append(CheckResult(source.label, source.where, "ok", outcome.steps_done, seconds, final,
-                                           0, len(warnings), "", findings))
+                what = f"its process {outcome.failure}"
+                result = CheckResult(source.label, source.where, "failed", 0, outcome.seconds, None, 0, 0,
+                                     what.partition("\n")[0], failure=what, detail=what)
+            results.append(result)
+
+
+def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
+    """One scenario's check (in its child process): build, run ``steps`` steps, summarise."""
+    import time
+
+    from workbench.engine import Engine, EngineConfig, StepError
+    from workbench.errors import build_guarded
+    from workbench.report.run import CheckResult, group_findings
+    from workbench.scenario import ScenarioError
+
+    start = time.perf_counter()
+    try:
+        scenario = build_guarded(source, device)
+    except ScenarioError as exc:
+        message = str(exc)
+        return CheckResult(source.label, source.where, "failed", 0, time.perf_counter() - start, None, 0, 0,
+                           "failed to load", failure=message, detail=message)
+    with Engine(scenario, EngineConfig(stats_every=every)) as engine:
+        outcome = engine.run(steps, until_break=False)
+        history = engine.history
+        findings = tuple(engine.findings)
+    seconds = time.perf_counter() - start
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = [f for f in findings if f.severity == "warning"]
+    final = history[-1].loss if history else None
+    if isinstance(outcome.error, StepError):
+        err = outcome.error
+        what = f"out of memory at batch size {err.batch_size}" if err.oom else type(err.original).__name__
+        return CheckResult(source.label, source.where, "failed", outcome.steps_done, seconds,
+                           final, len(errors), len(warnings), f"{what} at step {err.step} ({err.phase.value})",
+                           findings, failure=err.traceback_text, detail=str(err))
+    if errors or warnings:
+        first = group_findings(errors or warnings)[0]
+        return CheckResult(source.label, source.where, "findings" if errors else "warn", outcome.steps_done,
+                           seconds, final, len(errors), len(warnings),
+                           f"{first.kind} on {first.where} at step {first.first_step}", findings,
+                           detail=first.message)
+    return CheckResult(source.label, source.where, "ok", outcome.steps_done, seconds, final, 0, 0, "", findings)
 
 
 def _write_reports(args: argparse.Namespace, results: list, device: Any, console: Any, *,
@@ -136,7 +181,7 @@ def _write_reports(args: argparse.Namespace, results: list, device: Any, console
     from workbench.report.junit import junit_xml
 
     if args.junit:
-        atomic_write_text(args.junit, junit_xml(results))
+        atomic_write_text(args.junit, junit_xml(results, strict=args.strict))
         console.print(f"JUnit XML written to {args.junit}", highlight=False)
     if args.json:
         atomic_write_json(args.json, {
@@ -148,6 +193,7 @@ def _write_reports(args: argparse.Namespace, results: list, device: Any, console
                 {"label": r.label, "path": r.path, "status": r.status, "steps": r.steps, "seconds": r.seconds,
                  "final_loss": r.final_loss, "errors": r.errors, "warnings": r.warnings,
                  "first_problem": r.first_problem, "detail": r.detail, "failure": r.failure,
+                 "notes": list(r.notes),
                  "findings": [finding_json(f) for f in r.findings]}
                 for r in results
             ],

@@ -35,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.report.files import atomic_write_json, check_writable
+    from workbench.report.files import atomic_write_json, check_writable, scenario_inputs
 
     if args.json:
-        check_writable(args.json)
+        check_writable(args.json, inputs=scenario_inputs(args.scenario))
     from rich.console import Console
 
     from workbench.bench.divergence import compare_variants

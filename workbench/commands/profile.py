@@ -93,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.json:
-        from workbench.report.files import check_writable
+        from workbench.report.files import check_writable, scenario_inputs
 
-        check_writable(args.json)
+        inputs = [*scenario_inputs(args.scenario), *_analyzed_inputs(args.analyze)]
+        if args.findings:
+            inputs.append(("the --findings report", args.findings))
+        check_writable(args.json, inputs=inputs)
     findings: tuple = ()
     if args.findings:
         from workbench.report.json_report import read_findings
@@ -152,6 +155,19 @@ def run(args: argparse.Namespace) -> int:
     if args.open_tensorboard:
         return _serve(console, logdir)
     return 0
+
+
+def _analyzed_inputs(path: str | None) -> list[tuple[str, str]]:
+    """The trace files --analyze reads (as check_writable inputs): --json must not replace one."""
+    if not path:
+        return []
+    from workbench.profiling.trace import TraceError, find_runs
+
+    try:
+        runs = find_runs(path)
+    except TraceError:
+        return []  # analyze_path says what is wrong with it, after the output checks
+    return [("a trace being analysed", str(f.path)) for files in runs.values() for f in files]
 
 
 def _leave_now(code: int) -> None:

@@ -63,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--break-on: {exc}") from None
 
-    from workbench.report.files import check_writable
+    from workbench.report.files import check_writable, scenario_inputs
 
+    inputs = scenario_inputs(args.scenario)
     if args.json:
-        check_writable(args.json)
+        check_writable(args.json, inputs=inputs)
     if args.tensorboard:
-        check_writable(args.tensorboard, directory=True)
+        check_writable(args.tensorboard, directory=True, inputs=inputs)
 
     # From here on the output paths are accepted: however the run ends (done, a failing
     # scenario, Ctrl-C while building it or at step k) the JSON report is written.
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
             sys.stderr.write(f"partial report ({report.steps_done} steps) written to {args.json}\n")
         raise
-    except Exception as exc:  # our own bug, or one we did not foresee: keep the steps done
+    except BaseException as exc:  # our own bug, or user code's sys.exit(): keep the steps done
         import traceback
 
         from workbench.report import json_report
@@ -189,7 +190,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
 
     from workbench.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
     from workbench.engine import Engine, EngineConfig, Phase, StepError
-    from workbench.errors import UsageError
+    from workbench.errors import UsageError, build_guarded
     from workbench.report import json_report
     from workbench.report.run import findings_table, layer_table, param_table, run_line
     from workbench.scenario import ScenarioError, load_source, resolve_device
@@ -212,7 +213,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             report.label = source.label
             device = resolve_device(args.device)
             report.device = str(device)
-            scenario = source.build(device)
+            scenario = build_guarded(source, device)
         except ScenarioError as exc:
             import traceback
 

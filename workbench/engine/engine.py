@@ -354,7 +354,9 @@ class Engine:
         except StepError:
             self._abort_step(s)
             raise
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit from user code too: a step failure, not our exit
             error = StepError(phase, s.step, exc, self._error_context(phase, s, exc))
             self._last_error = error
             self._abort_step(s)

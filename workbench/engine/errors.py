@@ -92,6 +92,11 @@ DTYPES = (
     "torch.as_tensor(x, dtype=torch.float32) or .float() in the data (or use model.double())."
 )
 
+USER_EXIT = (
+    "the scenario's code called sys.exit() (or exit()) inside the training step: that would end the "
+    "workbench, so it counts as this step failing. Raise an exception to signal an error instead."
+)
+
 
 def _linear(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
     who = f"Linear {ctx.module}" if ctx.module else "a Linear layer"
@@ -150,6 +155,7 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
     KnownError("embedding_index", _re(r"index out of range in self"), _embedding, phases=(Phase.FORWARD,)),
     KnownError("keyword_batch", _re(r"forward\(\) got an unexpected keyword argument '(\w+)'"), _keyword_batch,
                types=(TypeError,), phases=(Phase.FORWARD,)),
+    KnownError("user_exit", _re(r""), USER_EXIT, types=(SystemExit, GeneratorExit)),
 )
 
 

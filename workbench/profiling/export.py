@@ -386,6 +386,10 @@ def run_profile(
                              rank_timeout_s=rank_timeout_s)
     except BaseException:
         # Leave nothing behind but what is worth keeping: a non-empty log, a partial trace.
+        # The profiler writes each trace to NAME.tmp and renames it: on a full disk the
+        # rename never comes, and the .tmp is of no use to anyone.
+        for tmp in run_dir.glob("*.pt.trace.json*.tmp"):
+            tmp.unlink(missing_ok=True)
         drop_if_empty(log_path)
         if created:
             with contextlib.suppress(OSError):

@@ -2,30 +2,91 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 
 class OutputPathError(Exception):
-    """An output path cannot be written; raised before any long work starts."""
+    """An output path cannot be written: refused before any long work starts, or a
+    write that failed (disk full ...), with the path and the reason."""
 
 
-def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> Path:
-    """Fail early, with a clear message, when ``path`` cannot be written.
+# An existing file with one of these suffixes is someone's code: never a report's target.
+SOURCE_SUFFIXES = frozenset({".py", ".pyw", ".pyi", ".ipynb"})
 
-    For a file: its parent must exist (or be creatable) and be writable, and
-    the path must not be a directory. For a directory: it must be creatable
-    and writable. Creates missing parent directories.
+Inputs = Iterable[tuple[str, "str | os.PathLike[str]"]]  # (what it is, path): ("the scenario file", p)
+
+
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISREG, "file"), (stat.S_ISFIFO, "fifo"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def existing_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is once symlinks are followed ("file", "directory", "fifo", ...), None if absent."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):  # below a file: creating its parent says why not
+        return None
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot be examined ({exc.strerror or exc}).") from exc
+
+
+def writes_in_place(path: str | os.PathLike[str]) -> bool:
+    """A FIFO (``>(jq .)``, ``mkfifo``) or character device (/dev/null, /dev/stdout) is written
+    directly: a temp file renamed over it would replace the pipe or device with a regular file."""
+    return existing_kind(path) in ("fifo", "character device")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and symlinks included
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable(path: str | os.PathLike[str], *, directory: bool = False, inputs: Inputs = ()) -> Path:
+    """Fail early, with a clear message, when ``path`` cannot or must not be written.
+
+    Refused: a path that is (or links to) one of ``inputs`` (the scenario file, a file
+    being compared or analysed), an existing Python source file, and an existing
+    socket or block device. A FIFO or character device is accepted (written in place);
+    a symlink is followed. For a file: its parent must exist (or be creatable) and be
+    writable, and the path must not be a directory. For a directory: it must be
+    creatable and writable. Creates missing parent directories.
     """
     p = Path(path)
-    target_dir = p if directory else p.parent
-    if not directory and p.is_dir():
-        raise OutputPathError(f"{p} is a directory; expected a file path to write.")
-    if directory and p.exists() and not p.is_dir():
-        raise OutputPathError(f"{p} exists and is a file; expected a directory.")
+    for what, other in inputs:
+        if other is not None and Path(other).exists() and _same_file(p, Path(other)):
+            raise OutputPathError(
+                f"{p} is {what} ({other}): writing there would replace it. Choose another output path.")
+    kind = existing_kind(p)
+    if directory:
+        if kind is not None and kind != "directory":
+            raise OutputPathError(f"{p} exists and is a {kind}; expected a directory.")
+        target_dir = p
+    else:
+        if kind == "directory":
+            raise OutputPathError(f"{p} is a directory; expected a file path to write.")
+        if kind in ("fifo", "character device"):
+            return p
+        if kind is not None and kind != "file":
+            raise OutputPathError(f"{p} exists and is a {kind}, not a regular file; choose a file path "
+                                  "(a FIFO or /dev/stdout is written in place).")
+        if kind == "file" and Path(os.path.realpath(p)).suffix.lower() in SOURCE_SUFFIXES:
+            raise OutputPathError(f"{p} is a Python source file: a report written there would replace the code. "
+                                  "Choose another output path (e.g. report.json).")
+        target_dir = Path(os.path.realpath(p)).parent
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -33,6 +94,32 @@ def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> 
     if not os.access(target_dir, os.W_OK | os.X_OK):
         raise OutputPathError(f"directory {target_dir} is not writable; choose another path.")
     return p
+
+
+def scenario_inputs(*specs: str | None) -> list[tuple[str, str]]:
+    """The files named by scenario specs (``path.py``, ``path.py:function``), as ``inputs``
+    for check_writable. A dotted module name gives none: the source-file rule covers it."""
+    found = []
+    for spec in specs:
+        if not spec:
+            continue
+        head, sep, _ = spec.rpartition(":")
+        for candidate in (spec, head if sep else None):
+            if candidate and Path(candidate).is_file():
+                found.append(("the scenario file", candidate))
+                break
+    return found
+
+
+def write_failed(exc: OSError, path: str | os.PathLike[str]) -> OutputPathError:
+    """The OSError of a write as one message naming the path ("no space left on device writing PATH")."""
+    reason = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EFBIG: "file too large for the file system",
+              errno.EPIPE: "the reader closed the pipe"}.get(exc.errno or 0)
+    reason = reason or (exc.strerror or str(exc)).lower()
+    return OutputPathError(f"{reason} writing {path}; nothing was left behind. Free some space "
+                           "or choose another path, then run again." if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                           else f"{reason} writing {path}.")
 
 
 def _umask() -> int:
@@ -46,13 +133,28 @@ class AtomicFile:
 
     Written to a temp file in the same directory (mode as a plain open() would
     give it); ``commit()`` fsyncs and renames it over ``path``; ``abort()``
-    removes it. The one place the project writes output files safely.
+    removes it. A symlink at ``path`` is followed: its target is replaced, the
+    link stays. A FIFO or character device is written in place (no temp file:
+    a rename would replace it). A failed write (disk full ...) removes the temp
+    file and raises OutputPathError naming the path; every later write or commit
+    raises that same error. The one place the project writes output files safely.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.error: OutputPathError | None = None
+        self.in_place = writes_in_place(self.path)
+        self.tmp: Path | None = None
+        if self.in_place:
+            self.fh = _open_in_place(self.path)
+            return
+        target = Path(os.path.realpath(self.path))  # through symlinks: the link is kept
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as exc:
+            raise write_failed(exc, self.path) from exc
+        self.target = target
         self.tmp = Path(tmp)
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600
@@ -66,12 +168,34 @@ class AtomicFile:
     def open(self) -> bool:
         return not self.fh.closed
 
+    def write(self, text: str) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            self.fh.write(text)
+        except OSError as exc:
+            self._fail(exc)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = write_failed(exc, self.path)
+        self.abort()
+        raise self.error from exc
+
     def commit(self) -> Path:
+        if self.error is not None:
+            raise self.error
         try:
             self.fh.flush()
-            os.fsync(self.fh.fileno())
+            if not self.in_place:
+                os.fsync(self.fh.fileno())
             self.fh.close()
-            os.replace(self.tmp, self.path)
+            if self.tmp is not None:
+                os.replace(self.tmp, self.target)
+        except OSError as exc:
+            self._fail(exc)
         except BaseException:
             self.abort()
             raise
@@ -79,8 +203,25 @@ class AtomicFile:
 
     def abort(self) -> None:
         if not self.fh.closed:
-            self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                self.fh.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _open_in_place(path: Path) -> Any:
+    """Open a FIFO or device for writing. A FIFO nobody reads would block for ever:
+    opened non-blocking first, which fails at once (ENXIO) when there is no reader."""
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OutputPathError(f"{path} is a FIFO that no process is reading; start the reader first "
+                                  f"(e.g. `cat {path} &`) or choose a file path.") from exc
+        raise write_failed(exc, path) from exc
+    os.set_blocking(fd, True)  # from here writes wait for a slow reader instead of failing
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -90,11 +231,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     the temp file is removed if anything fails (including KeyboardInterrupt).
     """
     out = AtomicFile(path)
-    try:
-        out.fh.write(text)
-    except BaseException:
-        out.abort()
-        raise
+    out.write(text)
     return out.commit()
 
 
@@ -146,11 +283,7 @@ class JsonStream:
         return self._out.open
 
     def _write(self, text: str) -> None:
-        try:
-            self._out.fh.write(text)
-        except BaseException:
-            self._out.abort()
-            raise
+        self._out.write(text)
 
     def add(self, item: Any) -> None:
         # One line per element: compact, and greppable in a long run's report.

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from workbench.report.run import CheckResult, group_findings
 
 
-def junit_xml(results: Sequence[CheckResult], suite: str = "workbench check") -> str:
-    failures = sum(r.status == "findings" for r in results)
+def junit_xml(results: Sequence[CheckResult], suite: str = "workbench check", strict: bool = False) -> str:
+    """One testcase per scenario; with ``strict`` a scenario with warnings only is a failure too."""
+    failing = ("findings", "warn") if strict else ("findings",)
+    failures = sum(r.status in failing for r in results)
     errors = sum(r.status == "failed" for r in results)
     root = ET.Element("testsuites", name=suite, tests=str(len(results)), failures=str(failures),
                       errors=str(errors), time=f"{sum(r.seconds for r in results):.3f}")
@@ -22,12 +24,13 @@ def junit_xml(results: Sequence[CheckResult], suite: str = "workbench check") ->
             message = (r.detail or r.first_problem).splitlines()[0] if (r.detail or r.first_problem) else ""
             el = ET.SubElement(case, "error", message=message, type="ScenarioFailed")
             el.text = r.failure or r.detail or r.first_problem
-        elif r.status == "findings":
-            errors_only = [g for g in group_findings(r.findings) if g.severity == "error"]
+        elif r.status in failing:
+            severity = "error" if r.status == "findings" else "warning"
+            shown = [g for g in group_findings(r.findings) if g.severity == severity]
             el = ET.SubElement(case, "failure", message=r.first_problem, type="HealthFinding")
             el.text = "\n".join(
                 f"[{g.kind}] {g.where} (steps {g.first_step}-{g.last_step}, {g.count}x): {g.message}"
-                for g in errors_only
+                for g in shown
             )
         warnings = [g for g in group_findings(r.findings) if g.severity == "warning"]
         if warnings:

@@ -151,7 +151,7 @@ class CheckResult:
 
     label: str
     path: str
-    status: str  # "ok" | "findings" | "failed"
+    status: str  # "ok" | "warn" (warnings only) | "findings" (error findings) | "failed"
     steps: int
     seconds: float
     final_loss: float | None
@@ -161,6 +161,7 @@ class CheckResult:
     findings: tuple[Finding, ...] = ()
     failure: str | None = None  # traceback (or the loader's full message) when it failed
     detail: str = ""  # the first problem in full: the finding's message or the error message
+    notes: tuple[str, ...] = ()  # what else the user should know (threads it left running ...)
 
 
 def check_table(results: Sequence[CheckResult]) -> Table:
@@ -175,10 +176,10 @@ def check_table(results: Sequence[CheckResult]) -> Table:
     problems = any(r.first_problem for r in results)
     if problems:
         table.add_column("first problem", overflow="fold", min_width=20)
-    style = {"ok": "green", "findings": "bold red", "failed": "bold red"}
-    word = {"ok": "ok", "findings": "errors", "failed": "FAILED"}
+    style = {"ok": "green", "warn": "yellow", "findings": "bold red", "failed": "bold red"}
+    word = {"ok": "ok", "warn": "warn", "findings": "errors", "failed": "FAILED"}
     for r in results:
-        cells = [r.label, Text(word[r.status], style=style[r.status]), str(r.steps), fmt_float(r.final_loss),
+        cells = [Text(r.label), Text(word[r.status], style=style[r.status]), str(r.steps), fmt_float(r.final_loss),
                  str(r.errors), str(r.warnings), fmt_ms(r.seconds)]
-        table.add_row(*cells, *([r.first_problem] if problems else []))
+        table.add_row(*cells, *([Text(r.first_problem)] if problems else []))
     return table

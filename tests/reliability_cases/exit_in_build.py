@@ -1,0 +1,7 @@
+"""build() calls sys.exit(3) before returning a scenario."""
+
+import sys
+
+
+def build(device):
+    sys.exit(3)
