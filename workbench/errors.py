@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any
-
 from workbench.report.files import OutputPathError
 
 
@@ -68,24 +66,6 @@ class UserCodeExit(Exception):
         at = f" at {self.location}" if self.location else ""
         super().__init__(f"{what} {exit_description(exc)}{at}: user code must not end the workbench's "
                          "process (return or raise an exception instead). Fix the scenario and run again.")
-
-
-def build_guarded(source: Any, device: Any) -> Any:
-    """``source.build(device)``, with a SystemExit (or other non-Exception) raised by the
-    scenario's build or module code turned into a ScenarioError naming the file and line."""
-    from workbench.scenario import ScenarioError
-
-    try:
-        return source.build(device)
-    except BaseException as exc:
-        if not is_user_exit(exc):
-            raise
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if source.path and os.path.realpath(f.filename) == os.path.realpath(source.path)]
-        at_import = bool(frames) and all(f.name == "<module>" for f in frames)
-        what = "importing the scenario" if at_import else f"{source.function}(device)"
-        error = UserCodeExit(exc, f"{source.where}: {what}", source.path)
-        raise ScenarioError(str(error), path=source.path) from exc
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -140,13 +140,12 @@ def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
     import time
 
     from workbench.engine import Engine, EngineConfig, StepError
-    from workbench.errors import build_guarded
     from workbench.report.run import CheckResult, group_findings
     from workbench.scenario import ScenarioError
 
     start = time.perf_counter()
     try:
-        scenario = build_guarded(source, device)
+        scenario = source.build(device)
     except ScenarioError as exc:
         message = str(exc)
         return CheckResult(source.label, source.where, "failed", 0, time.perf_counter() - start, None, 0, 0,

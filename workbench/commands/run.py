@@ -190,7 +190,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
 
     from workbench.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
     from workbench.engine import Engine, EngineConfig, Phase, StepError
-    from workbench.errors import UsageError, build_guarded
+    from workbench.errors import UsageError
     from workbench.report import json_report
     from workbench.report.run import findings_table, layer_table, param_table, run_line
     from workbench.scenario import ScenarioError, load_source, resolve_device
@@ -213,7 +213,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             report.label = source.label
             device = resolve_device(args.device)
             report.device = str(device)
-            scenario = build_guarded(source, device)
+            scenario = source.build(device)
         except ScenarioError as exc:
             import traceback
 
