@@ -13,6 +13,17 @@ absolute difference and cosine similarity, accumulated over the batches. For
 training variants the loss is backpropagated on both sides and each
 parameter's gradient is compared the same way. The first module in execution
 order whose relative error passes the threshold is where the variants part.
+
+A gradient whose true value is (near) zero, such as the bias of a score that a
+softmax shifts away, has a relative error of pure rounding noise. So the
+denominator of a gradient's relative error has a floor: half its layer's
+gradient scale (the RMS over the parameters of the module that owns it) or a
+tenth of the whole model's, whichever is larger. Rows judged against the floor say so.
+
+Outputs the instruments cannot reduce as they are are compared in a form they
+can: a nested tensor (``nn.TransformerEncoder``'s padding-mask fast path)
+zero-padded, with the padding left out of the sums; a complex tensor as its
+real and imaginary parts; a sparse gradient densified.
 """
 
 from __future__ import annotations
@@ -27,13 +38,18 @@ import torch
 from torch import nn
 
 from workbench.bench.context import take_batches
-from workbench.engine.probe import first_float_tensor
+from workbench.engine.probe import dense, first_float_tensor
 from workbench.errors import UsageError
 from workbench.scenario import Batch, Scenario, ScenarioSource, resolve_device
+from workbench.scenario.outputs import output_loss, output_tensors, prediction_tensor
 from workbench.scenario.step import forward_loss, instrumented
 
 VARIANTS = ("fp32", "amp", "bf16", "fp16", "int8")
 DEFAULT_THRESHOLD = 1e-2  # relative error: bf16 keeps ~3 significant digits, so ~4e-3 per op is normal
+# A gradient's relative error is never divided by less than these shares of its layer's
+# and of the model's gradient RMS (per element).
+LAYER_FLOOR = 0.5
+MODEL_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,8 @@ class TensorDiff:
     non_finite_b: int  # NaN/Inf in variant B's values
     calls: int = 1  # forward calls of the module per batch (the first call is compared)
     non_finite_a: int = 0  # NaN/Inf in variant A's values (the sums leave out those positions)
+    floored: bool = False  # ||A|| was below the floor: rel_error is ||B - A|| / floor
+    raw_rel_error: float | None = None  # ||B - A|| / ||A||, when floored
 
 
 @dataclass(frozen=True)
@@ -66,11 +84,11 @@ class Divergence:
     @property
     def first_over(self) -> TensorDiff | None:
         """The first module, in execution order, past the threshold (or non-finite)."""
-        return next((d for d in self.layers if _bad(d, self.threshold)), None)
+        return next((d for d in self.layers if past_threshold(d, self.threshold)), None)
 
     @property
     def diverged(self) -> bool:
-        return self.first_over is not None or any(_bad(d, self.threshold) for d in self.grads)
+        return self.first_over is not None or any(past_threshold(d, self.threshold) for d in self.grads)
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -79,7 +97,7 @@ class Divergence:
         return {**asdict(self), "diverged": self.diverged, "first_over": first.name if first else None}
 
 
-def _bad(d: TensorDiff, threshold: float) -> bool:
+def past_threshold(d: TensorDiff, threshold: float) -> bool:
     """Past the threshold, or B has NaN/Inf where A has fewer."""
     return d.non_finite_b > d.non_finite_a or not math.isfinite(d.rel_error) or d.rel_error > threshold
 
@@ -106,35 +124,72 @@ def _side(variant: str, scenario: Scenario) -> _Side:
     if variant == "int8":
         if device.type != "cpu":
             raise UsageError("int8 (dynamic quantization) runs on CPU only; use --device cpu.")
-        from workbench.bench.variants.quantize import quantize
+        from workbench.bench.variants.quantize import not_quantizable, quantize
 
+        why = not_quantizable(scenario.model)
+        if why is not None:
+            raise UsageError(f"int8: {why}.")
         return _Side(variant, quantize(scenario.model), None, False)
     raise UsageError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
 
 
 @dataclass
 class Captured:
-    """A module's output on its first call in the batch (a copy), and how often it was called."""
+    """A module's output on its first call in the batch (a copy), and how often it was called.
+
+    ``output`` is dense and real (see :func:`comparable`); ``mask`` marks its real positions
+    when it came from a nested tensor (None: all of them).
+    """
 
     output: torch.Tensor
     calls: int = 1
+    mask: torch.Tensor | None = None
+
+
+def comparable(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A copy of ``t`` the comparison sums can take, and its mask of real positions.
+
+    Nested: zero-padded, with the mask (aminmax, isfinite and sums have no nested
+    kernels); complex: its real and imaginary parts as a trailing dim of 2 (the norms
+    and the dot product are then the complex ones); sparse: densified.
+    """
+    t = t.detach()
+    if t.is_sparse:
+        t = t.to_dense()
+    t, mask = dense(t)
+    if t.is_complex():
+        t = torch.view_as_real(t)
+        mask = mask[..., None].expand(t.shape) if mask is not None else None
+    # A copy: a later in-place op (ReLU(inplace=True), x += residual) would otherwise
+    # change what this module is recorded to have produced.
+    return t.clone(), mask
 
 
 @contextlib.contextmanager
-def _capture(model: nn.Module) -> Iterator[dict[str, Captured]]:
+def _capture(model: nn.Module, fields: list[Any] | None = None) -> Iterator[dict[str, Captured]]:
     """Every module's first forward output (first float tensor), by qualified name."""
     seen: dict[str, Captured] = {}
+    # Filled, when given, with where the root output keeps a loss it computed (or None),
+    # its tensor fields, and the field compared.
+    fields = [] if fields is None else fields
 
     def hook(name: str):  # noqa: ANN202
         def record(module: nn.Module, args: Any, output: Any) -> None:
             if name in seen:
                 seen[name].calls += 1  # only the first call is compared: keep no more copies
                 return
-            t = first_float_tensor(output)
+            t = None
+            if module is model:
+                # What the model computed, not a loss it computed too (HF ModelOutput.loss).
+                fields[:] = [output_loss(output)[1] or None, output_tensors(output)]
+                t = prediction_tensor(output)
+            if t is None:
+                t = first_float_tensor(output)
             if t is not None:
-                # A copy: a later in-place op (ReLU(inplace=True), x += residual) would
-                # otherwise change what this module is recorded to have produced.
-                seen[name] = Captured(t.detach().clone())
+                copy, mask = comparable(t)
+                seen[name] = Captured(copy, mask=mask)
+                if module is model and fields and fields[0] is not None:
+                    fields.append(next((n for n, v in fields[1].items() if v is t), ""))
         return record
 
     with instrumented(model, restore_rng=False) as hooks:  # hooks removed, modes restored in finally
@@ -143,14 +198,15 @@ def _capture(model: nn.Module) -> Iterator[dict[str, Captured]]:
         yield seen
 
 
-def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float]:
+def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float, list[Any]]:
     grad = torch.enable_grad() if side.trains else torch.no_grad()
-    with _capture(side.model) as seen, grad:
+    fields: list[Any] = []
+    with _capture(side.model, fields) as seen, grad:
         _, value = forward_loss(scenario, batch, side.model, autocast=side.autocast)
         loss = value.total
         if side.trains:
             loss.float().backward()
-    return seen, float(loss.detach().float())  # sync point: one loss value per side per batch
+    return seen, float(loss.detach().float()), fields  # sync point: one loss value per side per batch
 
 
 # -- comparing ---------------------------------------------------------------------------
@@ -174,23 +230,85 @@ class _Acc:
         self.bad_a += int(bad_a)
         self.bad_b += int(bad_b)
 
-    def result(self, name: str) -> TensorDiff:
+    def result(self, name: str, floor_aa: float = 0.0) -> TensorDiff:
+        """The diff; ``floor_aa`` is the least ||A||^2 the relative error is divided by."""
         rel = math.sqrt(self.dd / self.aa) if self.aa > 0 else (0.0 if self.dd == 0 else math.inf)
         denom = math.sqrt(self.aa * self.bb)
         cos = self.ab / denom if denom > 0 else (1.0 if self.dd == 0 else 0.0)
-        return TensorDiff(name, self.kind, self.shape, rel, self.max_abs, cos, self.bad_b, self.calls, self.bad_a)
+        floored = self.aa < floor_aa
+        return TensorDiff(name, self.kind, self.shape, math.sqrt(self.dd / floor_aa) if floored else rel,
+                          self.max_abs, cos, self.bad_b, self.calls, self.bad_a,
+                          floored=floored, raw_rel_error=rel if floored else None)
 
 
-def _stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Sums over the positions finite on both sides, plus each side's NaN/Inf count."""
+def _stats(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sums over the positions finite on both sides (and in ``mask``), plus each side's NaN/Inf count."""
     a, b = a.float(), b.to(a.device).float()
     fa, fb = torch.isfinite(a), torch.isfinite(b)
-    both = fa & fb
+    if mask is not None:
+        # Padding is not data: neither its values nor a NaN in it count.
+        mask = mask.to(a.device)
+        fa, fb = fa | ~mask, fb | ~mask
+    both = fa & fb if mask is None else fa & fb & mask
     a0, b0 = torch.where(both, a, 0.0), torch.where(both, b, 0.0)
     d = b0 - a0
     return torch.stack([(a0 * a0).sum(), (d * d).sum(), (a0 * b0).sum(), (b0 * b0).sum(),
                         d.abs().max() if d.numel() else a.new_zeros(()),
                         (~fa).sum().float(), (~fb).sum().float()])
+
+
+def _align(ca: Captured, cb: Captured) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(A, B, mask of the positions to compare) on one shape, or None when they do not line up.
+
+    Equal shapes compare everywhere both masks allow. A nested side (masked) and a dense
+    side differ in shape when the longest entry is shorter than the dense length: both are
+    zero-padded to the larger shape and only the nested side's real positions count.
+    """
+    a, b = ca.output, cb.output
+    if a.shape == b.shape:
+        masks = [m for m in (ca.mask, cb.mask) if m is not None]
+        return a, b, (masks[0] & masks[1]) if len(masks) == 2 else (masks[0] if masks else None)
+    if (ca.mask is None and cb.mask is None) or a.dim() != b.dim():
+        return None
+    shape = tuple(max(x, y) for x, y in zip(a.shape, b.shape))
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        pad: list[int] = []
+        for have, want in zip(reversed(t.shape), reversed(shape)):
+            pad += [0, want - have]
+        return torch.nn.functional.pad(t, pad)
+
+    ma = ca.mask if ca.mask is not None else torch.ones_like(a, dtype=torch.bool)
+    mb = cb.mask if cb.mask is not None else torch.ones_like(b, dtype=torch.bool)
+    return grow(a), grow(b), grow(ma) & grow(mb)
+
+
+def _grad_floors(grads: dict[str, _Acc]) -> dict[str, float]:
+    """Per parameter, the least ||A||^2 its relative error is divided by.
+
+    LAYER_FLOOR^2 of its layer's mean squared gradient (over the parameters of the module
+    that owns it) or MODEL_FLOOR^2 of the model's, whichever is larger, times its element
+    count: a
+    gradient that is zero in truth (rounding noise in A) is then judged by how far B is
+    from A on the scale the layer's other gradients live on, not by noise over noise.
+    """
+    def numel(acc: _Acc) -> int:
+        return math.prod(acc.shape) if acc.shape else 1
+
+    layer_aa: dict[str, list[float]] = {}
+    for name, acc in grads.items():
+        sums = layer_aa.setdefault(name.rpartition(".")[0], [0.0, 0.0])
+        sums[0] += acc.aa
+        sums[1] += numel(acc)
+    total_aa = sum(v[0] for v in layer_aa.values())
+    total_n = sum(v[1] for v in layer_aa.values())
+    model_ms = total_aa / total_n if total_n else 0.0
+    floors = {}
+    for name, acc in grads.items():
+        aa, n = layer_aa[name.rpartition(".")[0]]
+        mean_square = max(LAYER_FLOOR ** 2 * (aa / n if n else 0.0), MODEL_FLOOR ** 2 * model_ms)
+        floors[name] = mean_square * numel(acc)
+    return floors
 
 
 def compare_variants(
@@ -230,32 +348,40 @@ def compare_variants(
         batch = batch.to(dev)
         for s in (side_a, side_b):
             s.model.zero_grad(set_to_none=True)
-        seen_a, la = _run(side_a, first, batch)
-        seen_b, lb = _run(side_b, second, batch)
+        seen_a, la, fields = _run(side_a, first, batch)
+        seen_b, lb, _ = _run(side_b, second, batch)
         loss_a += la / len(data)
         loss_b += lb / len(data)
-        names = [n for n in seen_a if n in seen_b and seen_a[n].output.shape == seen_b[n].output.shape]
+        aligned = {n: _align(seen_a[n], seen_b[n]) for n in seen_a if n in seen_b}
+        names = [n for n, pair in aligned.items() if pair is not None]
         if not notes:
             skipped = sorted(set(seen_a) ^ set(seen_b))
             if skipped:
                 notes.append(f"not compared (only one side produced them): {', '.join(skipped[:6])}"
                              + (" …" if len(skipped) > 6 else ""))
-            reshaped = [n for n in seen_a if n in seen_b and seen_a[n].output.shape != seen_b[n].output.shape]
+            reshaped = [n for n, pair in aligned.items() if pair is None]
             if reshaped:
                 notes.append(f"not compared (the output shapes differ): {', '.join(reshaped[:6])}"
                              + (" …" if len(reshaped) > 6 else ""))
-        pairs = [(n, seen_a[n].output, seen_b[n].output) for n in names]
+            padded = [n for n in names if seen_a[n].mask is not None or seen_b[n].mask is not None]
+            if padded:
+                notes.append(f"nested outputs compared zero-padded, padding left out: {', '.join(padded[:6])}"
+                             + (" …" if len(padded) > 6 else ""))
+            if len(fields) == 3 and fields[0] is not None:
+                notes.append(f"the model computes its own loss ({fields[0]}): the (model) row compares "
+                             f"outputs.{fields[2] or '?'}, what it computed")
+        pairs = [(n, *aligned[n]) for n in names]  # type: ignore[misc]
         if side_a.trains:
             params_b = dict(side_b.model.named_parameters())
             for n, p in side_a.model.named_parameters():
                 q = params_b.get(n)
                 if p.grad is not None and q is not None and q.grad is not None:
-                    pairs.append((f"grad:{n}", p.grad, q.grad))
+                    pairs.append((f"grad:{n}", comparable(p.grad)[0], comparable(q.grad)[0], None))
         if not pairs:
             continue
         # Sync point: one device->host transfer per batch, all modules and gradients at once.
-        rows = torch.stack([_stats(x, y) for _, x, y in pairs]).tolist()
-        for (n, x, _), row in zip(pairs, rows):
+        rows = torch.stack([_stats(x, y, m) for _, x, y, m in pairs]).tolist()
+        for (n, x, _, _), row in zip(pairs, rows):
             if n.startswith("grad:"):
                 acc = grads.setdefault(n[5:], _Acc("grad", tuple(x.shape), 1))
             else:
@@ -265,9 +391,10 @@ def compare_variants(
                     layers[n] = _Acc(kind, tuple(x.shape), seen_a[n].calls)
                 acc = layers[n]
             acc.add(row)
+    floors = _grad_floors(grads)
     return Divergence(
         scenario=source.label, device=str(dev), a=a, b=b, batches=len(data), threshold=threshold,
         layers=tuple(layers[n].result(n) for n in order),
-        grads=tuple(acc.result(n) for n, acc in grads.items()),
+        grads=tuple(acc.result(n, floors[n]) for n, acc in grads.items()),
         loss_a=loss_a, loss_b=loss_b, notes=tuple(notes),
     )

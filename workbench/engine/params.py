@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.engine.probe import S_MEAN, S_STD, SampleIndex, nonfinite_counts, sample_reductions
+from workbench.engine.probe import S_MEAN, S_STD, SampleIndex, nonfinite_counts, real_values, sample_reductions
 from workbench.engine.records import ParamStats
 
 # Layout of the per-parameter gradient vector.
@@ -32,15 +32,46 @@ def param_refs(model: nn.Module) -> list[ParamRef]:
     return refs
 
 
+def param_owners(model: nn.Module) -> dict[int, str]:
+    """Each parameter (by id) -> the qualified name that owns it: the first one registered.
+
+    A tied weight (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is one tensor
+    under two names; ``named_parameters`` lists it once, under this owner.
+    """
+    owners: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), name)
+    return owners
+
+
+def own_and_shared(module: nn.Module, prefix: str, owners: dict[int, str]) -> tuple[list[nn.Parameter], list[str]]:
+    """(``module``'s own parameters, owner names of those it shares with another module).
+
+    "Own" means directly registered on it and owned under its name: a per-layer total made
+    of these counts a tied weight once, where its owner is.
+    """
+    own: list[nn.Parameter] = []
+    shared: list[str] = []
+    for name, p in module.named_parameters(recurse=False, remove_duplicate=False):
+        qualified = f"{prefix}.{name}" if prefix else name
+        owner = owners.get(id(p), qualified)
+        if owner == qualified:
+            own.append(p)
+        elif owner not in shared:
+            shared.append(owner)
+    return own, shared
+
+
 def _grad_values(p: nn.Parameter) -> torch.Tensor:
     """The gradient as a dense tensor of its values.
 
     A sparse gradient (nn.Embedding(sparse=True)) is summarised over its stored values:
     norms and the abs max are the same as the full tensor's, mean/std describe the rows
-    the batch touched.
+    the batch touched. A complex gradient is summarised through its magnitudes |g| (same
+    norm and abs max; the mean and std are of |g|), since min/max have no complex kernel.
     """
     g = p.grad.detach()  # type: ignore[union-attr]
-    return g.coalesce().values() if g.is_sparse else g
+    return real_values(g.coalesce().values() if g.is_sparse else g)
 
 
 def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch.Tensor | None, list[int]]:

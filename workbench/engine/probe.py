@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from workbench.scenario.outputs import prediction_tensor
 
 # Layout of the per-call forward stats vector.
 (F_MEAN, F_MIN, F_MAX, F_STD, F_ZERO, F_NAN, F_INF, F_SAMPLE_N, F_IN_FINITE, F_DEAD, F_SAT) = range(11)
@@ -54,28 +56,75 @@ SATURATING: dict[type[nn.Module], tuple[float, float]] = {nn.Sigmoid: (0.0, 1.0)
 _NAN = float("nan")
 
 
-def first_float_tensor(value: Any) -> torch.Tensor | None:
-    """The first floating-point tensor in an output: Tensor, or nested tuple/list/dict.
+def measurable(t: torch.Tensor) -> bool:
+    """A tensor whose values the instruments read: floating point or complex (as |z|)."""
+    return t.is_floating_point() or t.is_complex()
 
-    LSTM/GRU return ``(output, (h, c))``: this picks ``output``.
+
+def first_float_tensor(value: Any) -> torch.Tensor | None:
+    """The first floating-point (or complex) tensor in an output: Tensor, or nested tuple/list/dict.
+
+    LSTM/GRU return ``(output, (h, c))``: this picks ``output``. A mapping (a Hugging Face
+    ``ModelOutput`` included) gives its prediction (``scenario.outputs.prediction_tensor``):
+    a model that computes its own loss returns it first, but what the model computed is
+    the logits. A nested tensor (``nn.TransformerEncoder``'s fast path with a padding
+    mask) is returned as it is: see :func:`dense` and :func:`real_values`.
     """
     if isinstance(value, torch.Tensor):
-        return value if value.is_floating_point() else None
+        return value if measurable(value) else None
     if isinstance(value, (tuple, list)):
         for item in value:
             found = first_float_tensor(item)
             if found is not None:
                 return found
-    if isinstance(value, dict):
-        return first_float_tensor(list(value.values()))
+    if isinstance(value, Mapping):
+        found = prediction_tensor(value)
+        return found if found is not None else first_float_tensor(list(value.values()))
     return None
+
+
+def real_values(t: torch.Tensor) -> torch.Tensor:
+    """The elements of ``t`` that hold data, as a tensor reductions accept.
+
+    A nested tensor's flat buffer (no padding; reductions such as ``aminmax`` have no
+    nested kernel); a complex tensor's magnitudes (``aminmax`` is not implemented for
+    complex dtypes, and |z| is what saturates or overflows); any other tensor as it is.
+    """
+    if t.is_nested:
+        t = t.contiguous().values()
+    if t.is_complex():
+        t = t.abs()
+    return t
+
+
+def padded_shape(t: torch.Tensor) -> tuple[int, ...]:
+    """The shape of ``t``; for a nested tensor, the padded shape (the longest entry per dim)."""
+    if not t.is_nested:
+        return tuple(t.shape)
+    parts = t.unbind()  # views: shape metadata only, no copy
+    if not parts:
+        return (0,)
+    return (len(parts), *(max(int(p.shape[d]) for p in parts) for d in range(parts[0].dim())))
+
+
+def dense(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(``t`` as a dense tensor, mask of its real positions or None).
+
+    A nested tensor becomes its zero-padded form, with the mask saying which positions are
+    padding (so a comparison leaves them out); any other tensor is returned unchanged.
+    """
+    if not t.is_nested:
+        return t, None
+    padded = torch.nested.to_padded_tensor(t, 0.0)
+    mask = torch.nested.to_padded_tensor(torch.ones_like(t), 0.0) > 0
+    return padded, mask
 
 
 def float_tensors(values: Iterable[Any]) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     for v in values:
         if isinstance(v, torch.Tensor):
-            if v.is_floating_point():
+            if measurable(v):
                 out.append(v)
         elif isinstance(v, (tuple, list)):
             out.extend(float_tensors(v))
@@ -277,7 +326,7 @@ class ActivationProbe:
             return cached
         # A tensor no module produced (the batch, or a functional op inside a forward()):
         # its own min/max say whether it is finite.
-        mn, mx = torch.aminmax(t.detach())
+        mn, mx = torch.aminmax(real_values(t.detach()))
         self._ext_mins.append(mn.to(torch.float32))
         self._ext_maxs.append(mx.to(torch.float32))
         entry = _Cached(t, t._version, None, len(self._ext_mins) - 1)
@@ -335,7 +384,7 @@ class ActivationProbe:
             self.seconds += time.perf_counter() - start
             return
         if out is not None and out.numel() > 0:
-            viewed = self._viewed_input(args, out)
+            viewed = None if out.is_nested else self._viewed_input(args, out)
             if viewed is not None:
                 # Flatten, a reshape-only module: the same values in the same memory, so the
                 # producer's stats hold and a second pass over them would only cost.
@@ -380,12 +429,17 @@ class ActivationProbe:
         call.shape = tuple(out.shape)
 
     def _summarise(self, module: nn.Module, t: torch.Tensor, call: CallInfo) -> None:
-        call.shape = tuple(t.shape)
+        call.shape = padded_shape(t)
         call.dtype = str(t.dtype).replace("torch.", "")
         call.device = str(t.device)
         call.numel = t.numel()
         call.nbytes = t.numel() * t.element_size()
         call.measured = True
+        # A nested output (TransformerEncoder's padding-mask fast path) is read through its
+        # flat buffer, which has no padding; a complex one through |z|. Neither has the
+        # dense real layout the ReLU per-unit pass and the saturation bounds assume.
+        plain = not (t.is_nested or t.is_complex())
+        t = real_values(t)
         call.row = len(self._samples)
         call.sampled = t.numel() > self.sample_size
         # Now, not at phase end: the tensor may be modified in place by the next module.
@@ -396,7 +450,7 @@ class ActivationProbe:
         self._lengths.append(real)
         # Exactly ONE pass over the whole tensor: min/max (exact finiteness: a NaN anywhere
         # makes both NaN, an Inf shows in one of them).
-        if isinstance(module, RELU_FAMILY) and t.dim() >= 2:
+        if plain and isinstance(module, RELU_FAMILY) and t.dim() >= 2:
             # ReLU family: the pass is the per-unit max over the batch instead, which gives the
             # dead units (a feature of a 2-D output, a channel of N,C,... outputs, zero for the
             # whole batch), the exact max and exact finiteness (NaN propagates, ReLU maps -inf
@@ -417,7 +471,7 @@ class ActivationProbe:
         self._mins.append(mn)
         self._maxs.append(mx)
         for kind, bounds in SATURATING.items():
-            if isinstance(module, kind):
+            if plain and isinstance(module, kind):
                 call.saturation = bounds
                 break
 
@@ -430,7 +484,7 @@ class ActivationProbe:
             # the gradient holds a NaN or an Inf (or its norm passes ~1.8e19 in float32, an
             # exploding gradient either way). dot() is one BLAS pass, about twice as fast as
             # linalg.vector_norm on CPU.
-            g = grad.detach()
+            g = real_values(grad.detach())
             if g.dtype in (torch.float32, torch.float64) and g.is_contiguous():
                 flat = g.view(-1)
                 self.grad_norms.append(torch.dot(flat, flat).to(torch.float32))

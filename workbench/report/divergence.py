@@ -6,7 +6,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from workbench.bench.divergence import Divergence, TensorDiff, _bad
+from workbench.bench.divergence import LAYER_FLOOR, MODEL_FLOOR, Divergence, TensorDiff, past_threshold
 from workbench.report.numbers import fmt_float
 
 
@@ -15,9 +15,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _row(d: TensorDiff, threshold: float, first: bool) -> list[RenderableType]:
-    bad = _bad(d, threshold)
+    bad = past_threshold(d, threshold)
     mark = Text("◀ first", style="bold red") if first else (Text("✖", style="red") if bad else Text(""))
-    rel = Text(fmt_float(d.rel_error), style="red" if bad else "")
+    rel = Text(fmt_float(d.rel_error) + ("*" if d.floored else ""), style="red" if bad else "")
     extra = f" ×{d.calls}" if d.calls > 1 else ""
     nonfinite = (f"{d.non_finite_b} (A {d.non_finite_a})" if d.non_finite_a
                  else str(d.non_finite_b) if d.non_finite_b else "·")
@@ -48,6 +48,14 @@ def divergence_view(div: Divergence, grads_shown: int = 10) -> Group:
         worst = tuple(sorted(div.grads, key=lambda d: _badness(d, div.threshold), reverse=True)[:grads_shown])
         parts.append(_table(f"parameter gradients, the {len(worst)} furthest apart", worst, div.threshold, None,
                             what="parameter"))
+    floored = [d for d in div.grads if d.floored]
+    if floored:
+        parts.append(Text(
+            f"* {len(floored)} gradient(s) nearly zero in A ({', '.join(d.name for d in floored[:4])}"
+            f"{' …' if len(floored) > 4 else ''}): their rel error is ||B - A|| over their layer's gradient "
+            f"scale ({LAYER_FLOOR:g}× its RMS, or {MODEL_FLOOR:g}× the model's), not over ||A||, which is rounding "
+            "noise there.",
+            style="dim"))
     for note in div.notes:
         parts.append(Text(note, style="dim"))
     parts.append(Text(f"loss: A {fmt_float(div.loss_a, 6)}  B {fmt_float(div.loss_b, 6)}  "
@@ -59,7 +67,7 @@ def divergence_view(div: Divergence, grads_shown: int = 10) -> Group:
 def _badness(d: TensorDiff, threshold: float) -> tuple[bool, int, float]:
     """Sort key, worst last: past the threshold, then NaN/Inf B adds, then relative error (NaN as inf)."""
     rel = d.rel_error if d.rel_error == d.rel_error else float("inf")
-    return (_bad(d, threshold), d.non_finite_b - d.non_finite_a, rel)
+    return (past_threshold(d, threshold), d.non_finite_b - d.non_finite_a, rel)
 
 
 def verdict(div: Divergence) -> Text:
@@ -74,7 +82,7 @@ def verdict(div: Divergence) -> Text:
                    if index else "it is the first module to run: its input is the batch itself")
         return Text(f"the variants part at '{first.name}' ({first.kind}): {why}; {context}. Look at what "
                     f"this layer computes in {div.b}.", style="bold red")
-    bad_grads = [d for d in div.grads if _bad(d, div.threshold)]
+    bad_grads = [d for d in div.grads if past_threshold(d, div.threshold)]
     if bad_grads:
         worst = max(bad_grads, key=lambda d: _badness(d, div.threshold))
         return Text(f"the forward agrees within {div.threshold:g}, but {len(bad_grads)} gradient(s) do not "

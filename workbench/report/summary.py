@@ -25,14 +25,24 @@ def summary_renderable(s: ModelSummary, max_depth: int | None = None) -> Group:
         label = "  " * layer.depth + (layer.name.rsplit(".", 1)[-1] or "(model)") + f" ({layer.type_name})"
         if layer.calls > 1:
             label += f" x{layer.calls}"
-        shape = "·" if layer.output_shape is None else "[" + ", ".join(map(str, layer.output_shape)) + "]"
+        shape = _shape(layer.output_shape) + (" nested" if layer.nested else "")
+        if not layer.name and s.shown_field:
+            shape += f" {s.shown_field}"  # the model's output carries its loss too: say which field this is
         style = "" if layer.is_leaf else "dim"
+        params = human_count(layer.params) if layer.params else "·"
+        if layer.shared_params:
+            params = ("" if not layer.params else params + " + ") + "shared"
+        if layer.is_leaf and layer.storage_of is not None:
+            # Counted once, at the module that made it (named in full in the JSON).
+            activations = "= " + (layer.storage_of.rsplit(".", 1)[-1] or "(model)")
+        else:
+            activations = human_bytes(layer.activation_bytes) if layer.activation_bytes else "·"
         table.add_row(
-            Text(label, style="bold" if not layer.name else style), shape,
-            human_count(layer.params) if layer.params else "·",
+            Text(label, style="bold" if not layer.name else style), shape, params,
             ("yes" if layer.trainable == layer.params else human_count(layer.trainable)) if layer.params else "·",
+            "?" if s.forward_flops is None else
             human_count(layer.flops) if layer.flops else ("·" if layer.flops_counted else "not counted"),
-            human_bytes(layer.activation_bytes) if layer.activation_bytes else "·",
+            activations,
             style=style,
         )
     totals = Table.grid(padding=(0, 2))
@@ -45,14 +55,29 @@ def summary_renderable(s: ModelSummary, max_depth: int | None = None) -> Group:
         ("trainable params", f"{s.trainable_params:,}"),
         ("non-trainable params", f"{s.total_params - s.trainable_params:,}"),
         ("buffers", human_bytes(s.buffer_bytes)),
-        ("forward FLOPs / batch", f"{human_count(s.forward_flops)} (matmul/conv/attention only)"),
-        ("activations / forward", f"{human_bytes(s.activation_bytes)} (leaf outputs)"),
+        ("forward FLOPs / batch", "not measured (see below)" if s.forward_flops is None
+         else f"{human_count(s.forward_flops)} (matmul/conv/attention only)"),
+        ("activations / forward", f"{human_bytes(s.activation_bytes)} (module outputs, each storage once)"),
         ("input bytes", human_bytes(s.input_bytes)),
     ):
         totals.add_row(label, value)
     parts: list = [table, totals]
+    if s.loss_field is not None:
+        fields = ", ".join(f"{f.name} {_shape(f.shape)}" for f in s.output_fields)
+        parts.append(Text(
+            f"the model computes its own loss: {s.loss_field} (fields: {fields}); the (model) row "
+            f"shows outputs.{s.shown_field or '?'}, what the model computed.", style="cyan"))
+    for name, owners in s.shared_weights:
+        parts.append(Text(f"{name or '(model)'} shares {', '.join(owners)} (tied weights): counted once, "
+                          "under its owner.", style="cyan"))
     if s.uncounted:
         parts.append(Text(
             "FLOPs of " + ", ".join(s.uncounted) + " are not counted: torch.utils.flop_counter has no "
-            "formula for the fused RNN kernels, so the forward total is a lower bound.", style="yellow"))
+            "formula for the fused LSTM kernel, so the forward total is a lower bound.", style="yellow"))
+    for note in s.notes:
+        parts.append(Text(note, style="yellow"))
     return Group(*parts)
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "·" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
