@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.scenario.outputs import prediction_tensor
+from workbench.scenario.outputs import LOSS_FIELD, prediction_tensor
 
 # Layout of the per-call forward stats vector.
 (F_MEAN, F_MIN, F_MAX, F_STD, F_ZERO, F_NAN, F_INF, F_SAMPLE_N, F_IN_FINITE, F_DEAD, F_SAT) = range(11)
@@ -79,7 +79,9 @@ def first_float_tensor(value: Any) -> torch.Tensor | None:
                 return found
     if isinstance(value, Mapping):
         found = prediction_tensor(value)
-        return found if found is not None else first_float_tensor(list(value.values()))
+        if found is None:  # nested deeper, or nothing but the loss: the loss last
+            found = first_float_tensor([v for k, v in value.items() if k != LOSS_FIELD])
+        return found if found is not None else first_float_tensor(value.get(LOSS_FIELD))
     return None
 
 
