@@ -377,3 +377,25 @@ def test_findings_of_a_run_report_join_the_recommendations(profiled: tuple[Path,
     bad.write_text("{")
     assert main(["profile", "--analyze", str(profiled[0]), "--findings", str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_reused_run_name_is_refused_and_append_analyses_only_the_new_traces(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = str(SCENARIOS / "regression_mse.py")
+    assert main(["profile", MLP, "--logdir", str(tmp_path), "--run", "same", *SMALL]) == 0
+    first = sorted(p.name for p in (tmp_path / "same").glob("*.pt.trace.json"))
+    capsys.readouterr()
+    # Another scenario under the same name: refused before any work, nothing added.
+    assert main(["profile", other, "--logdir", str(tmp_path), "--run", "same", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "already holds 1 trace file(s) of an earlier profile of mlp_digits" in err and "--append" in err
+    assert sorted(p.name for p in (tmp_path / "same").glob("*.pt.trace.json")) == first
+    # --append adds it; the analysis (now and with --analyze) reads the new traces only.
+    assert main(["profile", other, "--logdir", str(tmp_path), "--run", "same", *SMALL, "--append"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "earlier profile in this run (added with --append) not analysed" in out
+    analysis = analyze_path(tmp_path / "same")
+    assert len(analysis.workers) == 1 and Path(analysis.workers[0].path).name not in first
+    assert analysis.earlier_traces == tuple(first)
+    assert analysis.scenario is not None and analysis.scenario.endswith("regression_mse.py")

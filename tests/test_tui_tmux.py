@@ -124,3 +124,23 @@ def test_q_ends_the_app_when_the_forward_never_returns(tmp_path: Path) -> None:
         assert "still running when you quit" in tmux.wait_for("still running when you quit")
     finally:
         tmux("kill-server")
+
+
+SLOW = HERE / "tui_scenarios" / "slow_forward.py"
+
+
+@pytest.mark.slow
+def test_run_progress_line_shows_a_rounded_loss(tmp_path: Path) -> None:
+    import re
+
+    exe = Path(sys.executable).with_name("workbench")
+    command = f"env -u COLUMNS -u LINES {exe} run {SLOW} --device cpu --steps 30; sleep 30"
+    tmux = Tmux()
+    try:
+        tmux("new-session", "-d", "-x", "120", "-y", "20", command)
+        screen = tmux.wait_for("step 2/30")
+        line = next(ln for ln in screen.splitlines() if "step 2/30" in ln)
+        assert re.search(r"loss -?\d+\.\d{1,4}\b", line), line  # it printed loss 0.6931471824645996
+        assert not re.search(r"\d\.\d{6,}", line), line
+    finally:
+        tmux("kill-server")

@@ -188,8 +188,16 @@ async def test_the_highlighted_finding_is_shown_whole_in_the_detail_pane() -> No
         await pilot.pause()
         detail = main.query_one("#finding-detail")
         assert detail.has_class("shown")
-        newest = main.view.findings[-1]
+        from workbench.engine.records import collapse_findings
+
+        newest = collapse_findings(main.view.findings)[-1]
         assert str(newest.message) in str(detail.content)
+        # A finding repeated over steps is one row with its step range and count.
+        rows = [str(findings.get_option_at_index(i).prompt) for i in range(findings.option_count)]
+        repeated = [f for f in collapse_findings(main.view.findings) if f.count > 1]
+        if repeated:
+            f = repeated[-1]
+            assert any(f"s{f.step}–s{f.last_step} ×{f.count}" in row for row in rows), rows
 
 
 async def test_saved_breakpoints_show_on_the_main_screen() -> None:
@@ -263,3 +271,27 @@ async def test_bench_checklist_draws_checked_and_unchecked_differently() -> None
         compile_row = next(r for r in rows if "compile" in r)  # unchecked by default
         fp32_row = next(r for r in rows if "fp32" in r)
         assert "✔" in fp32_row and "✔" not in compile_row and "X" not in compile_row
+
+
+def test_a_collapsed_finding_shows_its_step_range_count_and_what_followed() -> None:
+    from workbench.engine.records import Finding, Phase
+    from workbench.tui.widgets.findings import _option, finding_detail
+
+    nan_loss = Finding(4, Phase.LOSS, "", None, "nan_inf", "error", None, None, "loss is NaN",
+                       cause="non_finite_data")
+    root = Finding(3, Phase.FORWARD, "fc1", None, "dead_units", "warning", 0.9, 0.5, "90% of units are zero",
+                   count=7, last_step=9, consequences=(nan_loss,))
+    row = str(_option(0, root, 120).prompt)
+    assert "s3–s9 ×7" in row and "1 following: nan_inf" in row
+    detail = str(finding_detail(root))
+    assert "90% of units are zero" in detail and "nan_inf (model) s4: loss is NaN" in detail
+
+
+def test_bench_table_notes_are_cut_between_words_not_inside_one() -> None:
+    from workbench.tui.screens.bench import clip_words
+
+    text = "gloo: all-reduce 41% of fwd+bwd; params equal on all ranks; launch 3.1 s"
+    clipped = clip_words(text, 40)
+    assert len(clipped) <= 40 and clipped.endswith("…")
+    assert text.startswith(clipped[:-1]) and text[len(clipped) - 1] in " ;"  # ends where a word ended
+    assert clip_words("short", 40) == "short"

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", "--run-name", dest="run",
                    help="run name (default: <scenario>-<YYYYmmdd-HHMMSS>); under torchrun spell it "
                         "--run-name (torchrun reads --run as its own --run-path)")
+    p.add_argument("--append", action="store_true",
+                   help="profile into an existing --run directory (refused otherwise); the analysis reads "
+                        "this profile's traces only")
     p.add_argument("--wait", type=int, default=1, help="steps run before profiling starts (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="steps profiled but discarded (default 1)")
     p.add_argument("--active", type=int, default=3, help="steps recorded in the trace (default 3)")
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 result = run_profile(
                     source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit,
                     force=args.force, on_progress=on_progress, on_estimate=on_estimate,
-                    ranks=args.ddp or 1,
+                    ranks=args.ddp or 1, append=args.append,
                 )
             except ProfileInterrupted as stop:
                 for f in stop.files:

@@ -220,6 +220,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             report.write("error", json_report.error_json(exc, traceback.format_exc()))
             raise
 
+        from workbench.report.numbers import fmt_float  # the progress line's loss: 2.304, not 2.3041393756866455
+
         engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints,
                                                snapshots=args.replay or 0))
         report.step = engine.step
@@ -243,7 +245,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                         done += 1
                         if tb is not None:
                             tb.step(result.record)
-                        status.update(f"step {done}/{args.steps}  loss {result.record.loss}")
+                        status.update(f"step {done}/{args.steps}  loss {fmt_float(result.record.loss, 4)}")
                     if result.break_hit is not None:
                         stopped_by, hit = "breakpoint", result.break_hit
                         paused = engine.current  # the step the breakpoint stopped in, before its update

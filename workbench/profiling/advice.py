@@ -274,6 +274,10 @@ THRESHOLDS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Rules that read device (GPU) numbers: on a CPU-only run they cannot fire, and say so.
+GPU_ONLY: frozenset[str] = frozenset({"ddp_backend", "gpu_utilization", "tensor_cores", "memory"})
+
+
 def _measured(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"

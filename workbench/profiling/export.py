@@ -350,8 +350,13 @@ def run_profile(
     on_estimate: Callable[[SizeEstimate], None] | None = None,
     ranks: int = 1,
     rank_timeout_s: float = 180.0,
+    append: bool = False,
 ) -> ProfileRun:
     """Build the scenario, check the output, estimate the size, profile, write.
+
+    A ``run`` name whose directory already holds traces is refused (UsageError)
+    unless ``append``; the sidecar then names this profile's files only, so the
+    analysis reads them and not the earlier ones.
 
     ``ranks`` > 1 spawns that many local DDP ranks (workbench.profiling.ddp),
     each writing its own worker file into the run directory; a rank that
@@ -376,6 +381,9 @@ def run_profile(
     if ranks > 1:
         check_ddp_ranks(dev, ranks)
     run_name = check_run_name(run or default_run_name(source.label))
+    from workbench.profiling.runs import check_run_reuse
+
+    check_run_reuse(Path(logdir) / run_name, append)  # before any work: a reused name is refused
     created = not (Path(logdir) / run_name).exists()
     run_dir = check_writable(Path(logdir) / run_name, directory=True)
     log_path = run_dir / STDERR_LOG

@@ -10,7 +10,7 @@ from typing import Any
 from workbench.profiling.advice import Recommendation, from_findings, recommend
 from workbench.profiling.analysis import TraceAnalysis, analyze_file
 from workbench.profiling.export import read_metadata
-from workbench.profiling.trace import find_runs
+from workbench.profiling.trace import TraceFile, find_runs, trace_files_in
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class RunAnalysis:
     workers: tuple[TraceAnalysis, ...]  # one per trace file (worker x span)
     recommendations: tuple[Recommendation, ...]
     other_runs: tuple[str, ...]  # further runs in the same logdir, not analysed
+    earlier_traces: tuple[str, ...] = ()  # traces of earlier profiles in this run (--append), not analysed
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -38,13 +39,15 @@ def analyze_path(path: str | Path, findings: Sequence[Any] = ()) -> RunAnalysis:
     name = list(runs)[-1]
     files = runs[name]
     run_dir = files[0].path.parent
+    meta = read_metadata(run_dir)
+    found = files
+    files = _this_profile(files, meta, explicit=Path(path).is_file())
     workers = tuple(analyze_file(f) for f in files)
     seen: dict[str, Recommendation] = {}
     for w in workers:
         for rec in recommend(w):
             seen.setdefault(rec.rule, rec)
     recs = tuple(seen.values()) + tuple(from_findings(findings))
-    meta = read_metadata(run_dir)
     return RunAnalysis(
         run=name,
         run_dir=run_dir,
@@ -53,5 +56,44 @@ def analyze_path(path: str | Path, findings: Sequence[Any] = ()) -> RunAnalysis:
         workers=workers,
         recommendations=recs,
         other_runs=tuple(list(runs)[:-1]),
+        earlier_traces=tuple(f.path.name for f in found if f not in files),
     )
 
+
+def _this_profile(files: list[TraceFile], meta: dict[str, Any], explicit: bool) -> list[TraceFile]:
+    """The traces the run's sidecar names (its latest profile), when they are all there.
+
+    A run profiled again with ``--append`` holds earlier traces too; they are
+    the earlier profile's, and mixing them into this analysis would average
+    two different runs under one name. A single file asked for is kept as is.
+    """
+    listed = meta.get("files")
+    if explicit or not isinstance(listed, list) or not listed:
+        return files
+    names = {str(n) for n in listed}
+    mine = [f for f in files if f.path.name in names]
+    return mine if len(mine) == len(names) else files
+
+
+def check_run_reuse(run_dir: Path, append: bool) -> None:
+    """Refuse a run name that already holds traces, unless the user asked to ``append``.
+
+    Without this, a second ``profile --run NAME`` (even of another scenario) left
+    both profiles' traces in one directory, each labelled by worker only: the
+    analysis, ``--analyze`` and TensorBoard then read a mix with no warning.
+    """
+    if append or not run_dir.is_dir():
+        return
+    old = trace_files_in(run_dir)
+    if not old:
+        return
+    from workbench.errors import UsageError
+
+    label = read_metadata(run_dir).get("label")
+    what = f" of {label}" if isinstance(label, str) else ""
+    raise UsageError(
+        f"{run_dir} already holds {len(old)} trace file(s) of an earlier profile{what}; a second profile "
+        "there would be analysed (and shown in TensorBoard) mixed with it. Leave --run out for a new "
+        "timestamped run, choose another --run name, or pass --append to add this profile to that run "
+        "(the analysis then reads this profile's traces only)."
+    )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from workbench.bench.compare import Comparison
-from workbench.bench.results import BenchRun, VariantResult
+from workbench.bench.results import BenchRun, Timing, VariantResult
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes, human_count
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
@@ -86,10 +88,30 @@ def notes(r: VariantResult, baseline: VariantResult | None = None) -> str:
     return "; ".join(parts)
 
 
+def is_inference(r: VariantResult) -> bool:
+    """A row timed against fp32 *inference* (int8), not the fp32 training step.
+
+    Those rows measure another thing (a forward on the eval batches, no
+    backward, no optimizer) and belong in their own section: beside the
+    training rows their speedup reads as a win over training.
+    """
+    if r.ok:
+        return "inference" in (r.speedup_basis or "")
+    return "inference vs" in r.description  # a skipped or failed row: what it would have compared
+
+
+def training_rows(run: BenchRun) -> list[VariantResult]:
+    return [r for r in run.results if not is_inference(r)]
+
+
+def inference_rows(run: BenchRun) -> list[VariantResult]:
+    return [r for r in run.results if is_inference(r)]
+
+
 def bench_table(run: BenchRun, wide: bool = True) -> Table:
-    """Rows = variants. Not ``wide``: the quality and notes go to :func:`notes_lines`."""
+    """Training rows = variants. Not ``wide``: the quality and notes go to :func:`notes_lines`."""
     baseline = run.get("fp32")
-    title = f"bench: {run.scenario}" + (" (interrupted: partial)" if run.interrupted else "")
+    title = f"bench: {run.scenario}, training steps" + (" (interrupted: partial)" if run.interrupted else "")
     table = Table(title=title if wide else f"{title}; step times in ms", title_justify="left",
                   box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
     ms = fmt_ms if wide else _bare_ms  # narrow: the unit goes to the title
@@ -99,7 +121,7 @@ def bench_table(run: BenchRun, wide: bool = True) -> Table:
     if wide:
         table.add_column("quality", no_wrap=True)
         table.add_column("notes", ratio=1, min_width=28)
-    for r in run.results:
+    for r in training_rows(run):
         style = STATUS_STYLE[r.status]
         if not r.ok or r.timing is None:
             cells = ["", "", "", "", "", "", "", Text(notes(r, baseline), style=style)] if wide else \
@@ -113,6 +135,42 @@ def bench_table(run: BenchRun, wide: bool = True) -> Table:
         if wide:
             cells += [quality(r, baseline), notes(r, baseline)]
         table.add_row(Text(r.name, style=style), *cells)
+    return table
+
+
+def inference_table(run: BenchRun, wide: bool = True) -> Table | None:
+    """fp32 inference and each inference variant (int8) on the eval batches; None without such rows."""
+    rows = inference_rows(run)
+    if not rows:
+        return None
+    ref = next((r.reference for r in rows if r.ok and r.reference is not None), None)
+    batch = f", batches of {ref.samples_per_step}" if ref is not None and ref.samples_per_step else ""
+    table = Table(title=f"bench: {run.scenario}, inference (eval mode, forward only{batch}; "
+                        "compared with fp32 inference, not with training)",
+                  title_justify="left", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
+    ms = fmt_ms if wide else _bare_ms
+    table.add_column("variant", no_wrap=True)
+    for col in ("median", "IQR", "min", "samples/s", "speedup"):
+        table.add_column(col, justify="right", no_wrap=True)
+    if wide:
+        table.add_column("quality", no_wrap=True)
+        table.add_column("notes", ratio=1, min_width=28)
+
+    def timed(name: str, t: Timing, speedup: str, style: str, extra: list[str]) -> None:
+        table.add_row(Text(name, style=style), ms(t.median), Text(ms(t.iqr), style="yellow" if t.noisy else ""),
+                      ms(t.min), human_count(t.throughput) if t.throughput else "·", speedup,
+                      *(extra if wide else []))
+
+    if ref is not None:
+        timed("fp32 inference", ref, "1.00×", "", ["", "the reference"])
+    for r in rows:
+        style = STATUS_STYLE[r.status]
+        if not r.ok or r.timing is None:
+            table.add_row(Text(r.name, style=style), "", "", "", "", "",
+                          *(["", Text(notes(r), style=style)] if wide else []))
+            continue
+        timed(r.name, r.timing, f"{r.speedup:.2f}×" if r.speedup is not None else "·", style,
+              [quality(r, None), notes(r)])
     return table
 
 
@@ -141,26 +199,39 @@ class _TableForWidth:
         self.run = run
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        if options.max_width >= WIDE:
-            yield bench_table(self.run)
-        else:
-            yield bench_table(self.run, wide=False)
+        wide = options.max_width >= WIDE
+        yield bench_table(self.run, wide=wide)
+        inference = inference_table(self.run, wide=wide)
+        if inference is not None:
+            yield inference
+        if not wide:
             yield from notes_lines(self.run)
 
 
 def speedup_bars(run: BenchRun, width: int = 40) -> RenderableType:
-    """One bar per ok row, scaled to the largest speedup; the 1.0× mark is fp32."""
-    rows = [r for r in run.results if r.ok and r.speedup is not None]
-    if not rows:
+    """Bars per ok row, scaled to the largest speedup of their chart; 1.0× is the chart's fp32.
+
+    Training rows and inference rows are two charts: an int8 forward against fp32
+    inference is not a win over the training step.
+    """
+    charts = [
+        ("speedup (× the fp32 training step)", [r for r in training_rows(run) if r.ok and r.speedup is not None]),
+        ("inference speedup (× fp32 inference, eval batches)",
+         [r for r in inference_rows(run) if r.ok and r.speedup is not None]),
+    ]
+    charts = [(title, rows) for title, rows in charts if rows]
+    if not charts:
         return Text("no speedups to chart")
-    top = max(max(r.speedup or 0 for r in rows), 1.0)
-    name_w = max(len(r.name) for r in rows)
-    lines = [Text("speedup (× the fp32 training step; int8: × fp32 inference)", style="bold")]
-    for r in rows:
-        n = max(1, round((r.speedup or 0) / top * width))
-        style = "green" if (r.speedup or 0) >= 1.0 else "red"
-        bar = "█" * n + " " * (width - n)
-        lines.append(Text.assemble(f"{r.name:<{name_w}} ", (bar, style), f" {r.speedup:.2f}×"))
+    name_w = max(len(r.name) for _, rows in charts for r in rows)
+    lines: list[Text] = []
+    for title, rows in charts:
+        top = max(max(r.speedup or 0 for r in rows), 1.0)
+        lines.append(Text(title, style="bold"))
+        for r in rows:
+            n = max(1, round((r.speedup or 0) / top * width))
+            style = "green" if (r.speedup or 0) >= 1.0 else "red"
+            bar = "█" * n + " " * (width - n)
+            lines.append(Text.assemble(f"{r.name:<{name_w}} ", (bar, style), f" {r.speedup:.2f}×"))
     return Group(*lines)
 
 
@@ -175,9 +246,34 @@ def method_notes(run: BenchRun) -> list[str]:
     for r in run.results:
         if r.status == "failed":
             out.append(f"✖ {r.name} failed: {r.reason}")
-        for w in r.warnings:
-            out.append(f"⚠ {r.name}: {w}")
+    out += warning_lines(run)
     return out
+
+
+def warning_lines(run: BenchRun) -> list[str]:
+    """The rows' warnings as one group: a warning several rows share is one line naming them."""
+    # Warnings that differ only in their figures ("IQR is 538% ..." / "IQR is 27% ...") are one
+    # line too, each row's figure beside its name.
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for r in run.results:
+        for w in r.warnings:
+            groups.setdefault(_FIGURE.sub("…", w), []).append((r.name, w))
+    if not groups:
+        return []
+    count = sum(len(v) for v in groups.values())
+    rows = len({name for v in groups.values() for name, _ in v})
+    out = [f"⚠ {count} warning{'s' if count != 1 else ''} from {rows} row(s):"]
+    for shape, members in groups.items():
+        texts = {w for _, w in members}
+        if len(texts) == 1:
+            out.append(f"  {', '.join(name for name, _ in members)}: {members[0][1]}")
+        else:
+            named = ", ".join(f"{name} ({', '.join(_FIGURE.findall(w))})" for name, w in members)
+            out.append(f"  {named}: {shape}")
+    return out
+
+
+_FIGURE = re.compile(r"\d+(?:\.\d+)?%")
 
 
 def render_run(run: BenchRun) -> RenderableType:

@@ -8,7 +8,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from workbench.profiling.advice import THRESHOLDS, Recommendation
+from workbench.profiling.advice import GPU_ONLY, THRESHOLDS, Recommendation
 from workbench.profiling.analysis import CATEGORIES, CATEGORY_LABELS, TraceAnalysis, top_operators
 from workbench.profiling.export import ProfileRun, SizeEstimate
 from workbench.profiling.runs import RunAnalysis
@@ -195,11 +195,18 @@ def memory_table(analysis: TraceAnalysis) -> RenderableType:
     return table
 
 
-def recommendations_view(recs: Sequence[Recommendation], scenario: str | None = None) -> RenderableType:
+def recommendations_view(recs: Sequence[Recommendation], scenario: str | None = None,
+                         on_gpu: bool = True) -> RenderableType:
+    """The rules that fired; with none, what was checked (and, on a CPU run, which rules cannot apply)."""
     target = scenario or "SCENARIO"
     if not recs:
+        checked = [t for name, t in THRESHOLDS if on_gpu or name not in GPU_ONLY]
         text = Text("No rule fired. Checked: ", style="green")
-        text.append("; ".join(t for _, t in THRESHOLDS), style="dim")
+        text.append("; ".join(checked), style="dim")
+        if not on_gpu:
+            skipped = ", ".join(name for name, _ in THRESHOLDS if name in GPU_ONLY)
+            text.append(f"\nNot applicable on this CPU run (they read GPU kernels and memory): {skipped}.",
+                        style="dim")
         return text
     table = Table(title="recommendations", title_justify="left", show_lines=True)
     table.add_column("rule", no_wrap=True, style="bold")
@@ -256,13 +263,23 @@ def run_view(run: RunAnalysis, top: int = 15) -> Group:
         head.append(f" on {run.device}")
     parts: list[RenderableType] = [head]
     parts += [worker_view(w, top) for w in run.workers]
-    parts.append(recommendations_view(run.recommendations, run.scenario))
+    parts.append(recommendations_view(run.recommendations, run.scenario, on_gpu=ran_on_gpu(run)))
+    if run.earlier_traces:
+        parts.append(Text(
+            f"{len(run.earlier_traces)} trace file(s) of an earlier profile in this run (added with --append) "
+            f"not analysed: {', '.join(run.earlier_traces[:4])}{' …' if len(run.earlier_traces) > 4 else ''}; "
+            "TensorBoard shows them together.", style="dim"))
     if run.other_runs:
         others = ", ".join(run.other_runs[-5:])
         parts.append(Text(
             f"{len(run.other_runs)} older run(s) in this logdir not analysed ({others}); "
             f"pass --analyze {run.run_dir.parent}/<run> for one of them.", style="dim"))
     return Group(*parts)
+
+
+def ran_on_gpu(run: RunAnalysis) -> bool:
+    """The run had a CUDA device (its sidecar says so), or its traces hold device kernels."""
+    return bool((run.device or "").startswith("cuda") or any(w.has_device_events for w in run.workers))
 
 
 def estimate_line(size: SizeEstimate) -> Text:

@@ -23,7 +23,7 @@ from workbench.bench.results import BenchRun, VariantResult
 from workbench.bench.runner import BenchProgress, run_bench
 from workbench.bench.timing import DEFAULT_PLAN, Plan
 from workbench.bench.variants import DEFAULT
-from workbench.report.bench import hardware_line, notes, quality, speedup_bars
+from workbench.report.bench import hardware_line, is_inference, notes, quality, speedup_bars
 from workbench.report.numbers import fmt_ms, human_bytes, human_count
 from workbench.scenario import ScenarioSource
 from workbench.tui.messages import BenchFinished, BenchRowDone, BenchTick, JobFailed
@@ -196,13 +196,26 @@ def row_detail(r: VariantResult, baseline: VariantResult | None = None) -> str:
     return " · ".join(p for p in parts if p)
 
 
+NOTES_WIDTH = 48  # the table's notes column; the highlighted row's detail below shows them whole
+
+
+def clip_words(text: str, width: int = NOTES_WIDTH) -> str:
+    """``text`` cut at a word boundary with an ellipsis, never mid-word."""
+    if len(text) <= width:
+        return text
+    cut = text.rfind(" ", 0, width - 1)
+    return text[: cut if cut > width // 2 else width - 1].rstrip(" ;,·") + "…"
+
+
 def row_cells(r: VariantResult, baseline: VariantResult | None = None) -> tuple[str, ...]:
     if not r.ok or r.timing is None:
-        return (r.name, r.status, "", "", "", "", "", "", r.reason)
+        return (r.name, r.status, "", "", "", "", "", "", clip_words(r.reason))
     t = r.timing
+    speedup = f"{r.speedup:.2f}×" if r.speedup is not None else "·"
+    if is_inference(r):  # against fp32 inference, not the training step
+        speedup += " inf"
     return (
         r.name, "ok", fmt_ms(t.median), fmt_ms(t.iqr),
         human_count(t.throughput) if t.throughput else "·",
-        f"{r.speedup:.2f}×" if r.speedup is not None else "·",
-        human_bytes(r.peak_memory), quality(r, baseline), notes(r, baseline),
+        speedup, human_bytes(r.peak_memory), quality(r, baseline), clip_words(notes(r, baseline)),
     )

@@ -26,7 +26,7 @@ from workbench.profiling.analysis import TraceAnalysis, top_operators
 from workbench.profiling.export import ProfileOptions, ProfileRun, prepare_profiler, run_profile
 from workbench.profiling.runs import RunAnalysis, analyze_path
 from workbench.profiling.tensorboard import tensorboard_command
-from workbench.report.profile import bar_legend, breakdown_table, recommendations_view, stacked_bar
+from workbench.report.profile import bar_legend, breakdown_table, ran_on_gpu, recommendations_view, stacked_bar
 from workbench.scenario import ScenarioSource
 from workbench.tui import theme
 from workbench.tui.messages import JobFailed, ProfileProgress, ProfileReady
@@ -171,7 +171,8 @@ class ProfileScreen(Screen[None]):
             self._show_breakdown(worker)
             self._show_ops(worker)
             self.query_one("#recs", Static).update(
-                recommendations_view(message.analysis.recommendations, self.source.spec))
+                recommendations_view(message.analysis.recommendations, self.source.spec,
+                                     on_gpu=ran_on_gpu(message.analysis)))
             self._show_files(message.run)
 
     def _show_breakdown(self, a: TraceAnalysis) -> None:

@@ -9,6 +9,7 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from workbench.engine.records import collapse_findings
 from workbench.report.numbers import fmt_float
 from workbench.tui import theme
 from workbench.tui.session import EngineView
@@ -41,7 +42,9 @@ class FindingsPanel(OptionList):
         self.post_message(self.Highlighted(self.finding_at(event.option_index)))
 
     def show(self, view: EngineView | None) -> None:
-        findings = tuple(reversed(view.findings)) if view is not None else ()
+        # Repeats over consecutive steps are one row (s3–s9 ×7); findings that follow from
+        # another (a NaN loss after NaN data) are folded under it.
+        findings = tuple(reversed(collapse_findings(view.findings))) if view is not None else ()
         self.border_title = f"Findings {len(findings)}" if findings else "Findings"
         if findings == self._shown:
             return
@@ -77,16 +80,26 @@ def finding_detail(f: Any) -> Text:
     text.append(str(f.message))
     if f.value is not None and f.threshold is not None:
         text.append(f" ({fmt_float(f.value)} vs threshold {fmt_float(f.threshold)})", theme.DIM)
+    for c in getattr(f, "consequences", ()) or ():
+        text.append(f"\n  → {c.kind} {c.where} {_steps(c)}: {c.message}", theme.DIM)
     return text
 
 
 def _steps(f: Any) -> str:
-    """s12, or s3–s9 ×7 for a finding repeated over steps (when the engine collapses them)."""
-    first = getattr(f, "first_step", None)
-    count = getattr(f, "count", None)
-    if first is not None and first != f.step:
-        return f"s{first}–s{f.step}" + (f" ×{count}" if count else "")
-    return f"s{f.step}" + (f" ×{count}" if count and count > 1 else "")
+    """s12, or s3–s9 ×7 for a finding repeated over consecutive steps (collapsed)."""
+    last = getattr(f, "last_step", None)
+    count = getattr(f, "count", 1) or 1
+    if last is not None and last != f.step:
+        return f"s{f.step}–s{last} ×{count}"
+    return f"s{f.step}" + (f" ×{count}" if count > 1 else "")
+
+
+def _consequences(f: Any) -> str:
+    follow = getattr(f, "consequences", ()) or ()
+    if not follow:
+        return ""
+    kinds = sorted({c.kind for c in follow})
+    return f"  → {len(follow)} following: {', '.join(kinds)}"
 
 
 def _option(index: int, f: Any, width: int) -> Option:
@@ -96,7 +109,7 @@ def _option(index: int, f: Any, width: int) -> Option:
     head.append(f"{f.kind} ", theme.severity_style(f.severity))
     head.append(f"{f.module or 'model'}", "bold")
     head.append(f"  {PHASE_SHORT.get(str(phase), str(phase))} {_steps(f)}", theme.DIM)
-    body = Text("  " + f.message, theme.DIM)
+    body = Text("  " + f.message + _consequences(f), theme.DIM)
     if f.value is not None and f.threshold is not None:
         body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)
     # Two lines per finding; Enter shows the whole message and jumps to the module.
