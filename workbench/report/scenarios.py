@@ -17,9 +17,13 @@ def scenario_table(infos: Sequence[ScenarioInfo], title: str | None = None) -> T
     table.add_column("params", justify="right")
     table.add_column("description", overflow="fold")
     for info in infos:
-        if info.error:
+        if info.unavailable:
+            table.add_row(info.label, f"[yellow]needs {info.unavailable}[/]", "", info.description)
+        elif info.error:
             first = info.error.splitlines()[0]
             table.add_row(info.label, "[red]failed to load[/]", "", f"[red]{first}[/]")
+        elif not info.built:
+            table.add_row(info.label, "[dim]not built[/]", "", info.description)
         else:
             table.add_row(
                 info.label, info.model_class, human_count(info.parameters),

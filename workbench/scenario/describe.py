@@ -96,6 +96,16 @@ def _child(sources: Sequence[ScenarioSource], conn: multiprocessing.connection.C
     os._exit(0)  # no interpreter teardown: a user's thread must not keep the child alive
 
 
+def _start_method() -> str:
+    """fork where it is safe (POSIX, this process runs no other thread): the child starts with
+    torch already imported, a second or more sooner than a spawned one; else spawn."""
+    import threading
+
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
 def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
                      timeout_s: float = DEFAULT_BUILD_TIMEOUT_S) -> list[ScenarioInfo]:
     """One ScenarioInfo per source, in order. ``build=False``: the static part only.
@@ -106,7 +116,9 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
     infos = [static_info(s) for s in sources]
     if not build or not sources:
         return infos
-    ctx = multiprocessing.get_context("spawn")
+    method = _start_method()
+    ctx = multiprocessing.get_context(method)
+    grace = 15.0 if method == "spawn" else 0.0  # a spawned child imports torch before its first build
     todo = list(range(len(sources)))
     while todo:
         parent, child = ctx.Pipe(duplex=False)
@@ -118,8 +130,7 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
         done: set[int] = set()
         try:
             while True:
-                # The first build also pays for importing torch in the child: allow for it.
-                limit = timeout_s + (15.0 if current in (None, 0) else 0.0)
+                limit = timeout_s + (grace if current in (None, 0) else 0.0)
                 if not parent.poll(max(limit - (time.monotonic() - started), 0.01)):
                     if time.monotonic() - started < limit:
                         continue

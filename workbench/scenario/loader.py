@@ -92,6 +92,19 @@ class TopLevel:
     star_import: bool  # `from x import *`: any name may be bound
     docstring: str | None
     literals: dict[str, str]  # name= / description= string keywords of a Scenario(...) call
+    requires: tuple[str, ...] = ()  # REQUIRES = ("transformers", ...): packages the file needs
+
+    def missing(self) -> list[str]:
+        """The packages in ``REQUIRES`` that this machine cannot import."""
+        out = []
+        for name in self.requires:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                out.append(name)
+        return out
 
 
 def top_level(tree: ast.Module) -> TopLevel:
@@ -127,6 +140,17 @@ def top_level(tree: ast.Module) -> TopLevel:
                     visit(handler.body)
 
     visit(tree.body)
+    requires: tuple[str, ...] = ()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "REQUIRES" for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            if isinstance(value, str):
+                value = (value,)
+            if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+                requires = tuple(value)
     literals: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Scenario":
@@ -134,7 +158,7 @@ def top_level(tree: ast.Module) -> TopLevel:
                 if kw.arg in ("name", "description") and isinstance(kw.value, ast.Constant) \
                         and isinstance(kw.value.value, str):
                     literals.setdefault(kw.arg, kw.value.value)
-    return TopLevel(functions, frozenset(bound), star, ast.get_docstring(tree), literals)
+    return TopLevel(functions, frozenset(bound), star, ast.get_docstring(tree), literals, requires)
 
 
 def _parse(path: Path) -> ast.Module:
@@ -159,9 +183,24 @@ def _function_names(top: TopLevel) -> list[str]:
     return sorted(n for n in top.functions if not n.startswith("_"))
 
 
+INSTALL_HINTS = {"transformers": " (pip install 'torch-workbench[hf]')",
+                 "lightning": " (pip install 'torch-workbench[lightning]')"}
+
+
+def _missing_message(where: str, missing: list[str]) -> str:
+    names = ", ".join(repr(m) for m in missing)
+    hints = "".join(INSTALL_HINTS.get(m, "") for m in missing)
+    return (f"{where}: needs {names}, not installed here{hints}. Install it to use this scenario; "
+            "the others are unaffected.")
+
+
 def _refuse_without(function: str, path: Path, where: str) -> None:
-    """Refuse, before running any of it, a file whose top level does not bind ``function``."""
+    """Refuse, before running any of it, a file whose top level does not bind ``function``
+    or whose ``REQUIRES`` names a package this machine lacks."""
     top = top_level(_parse(path))
+    missing = top.missing()
+    if missing:
+        raise ScenarioUnavailable(_missing_message(where, missing), missing=missing[0], path=str(path))
     if function in top.bound or top.star_import:
         return
     names = _function_names(top)
@@ -294,13 +333,7 @@ def _unavailable(exc: ModuleNotFoundError, where: str, path: str | None) -> Scen
     at = f":{line}" if line else ""
     if not missing or local:
         return ScenarioError(f"{where}{at}: {exc}. Fix the import.", path=path, line=line)
-    extra = {"transformers": " (pip install 'torch-workbench[hf]')",
-             "lightning": " (pip install 'torch-workbench[lightning]')"}.get(missing, "")
-    return ScenarioUnavailable(
-        f"{where}{at}: needs the package {missing!r}, which is not installed here{extra}. "
-        "Install it to use this scenario; the others are unaffected.",
-        missing=missing, path=path, line=line,
-    )
+    return ScenarioUnavailable(_missing_message(f"{where}{at}", [missing]), missing=missing, path=path, line=line)
 
 
 def _check_model_device(s: Scenario, device: torch.device, where: str, path: str | None) -> None:
@@ -562,6 +595,10 @@ def discover_all(directory: str | Path) -> Discovery:
                 found.append(ScenarioSource(str(path), str(path.resolve()), None, "build"))
             else:
                 skipped.append(Skipped(str(path), f"syntax error at line {exc.lineno}: {exc.msg}"))
+            continue
+        missing = top.missing()
+        if missing:
+            skipped.append(Skipped(str(path), _missing_message("", missing).removeprefix(": ")))
             continue
         functions = (["build"] if "build" in top.bound else []) + sorted(_variant_functions(top))
         if not functions:
