@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 import pytest
 
-from workbench.scenario import Scenario, discover, split_batch
+from workbench.scenario import Scenario, discover
 from tests.conftest import SCENARIOS
 
-SOURCES = discover(SCENARIOS)
+# The transformers scenario imports transformers (seconds on a loaded machine): slow.
+SOURCES = [pytest.param(s, marks=pytest.mark.slow) if s.label == "hf_style" else s for s in discover(SCENARIOS)]
+LABELS = {s.label for s in discover(SCENARIOS)}
 
 
 def test_all_expected_scenarios_are_bundled() -> None:
-    labels = {s.label for s in SOURCES}
+    labels = LABELS
     for expected in ("mlp_digits", "cnn_image", "cnn_image:build_batchnorm", "lstm_text",
                      "gru_bidirectional", "collab_filter", "regression_mse", "binary_bce",
                      "resnet_tiny"):
@@ -20,15 +22,16 @@ def test_all_expected_scenarios_are_bundled() -> None:
 
 
 def _plain_training_loss(s: Scenario, steps: int) -> list[float]:
-    """A user's own loop, independent of the engine: loss per step."""
+    """A user's own loop, independent of the engine: loss per step (batches of any structure,
+    through the scenario's own model call and loss)."""
     torch.manual_seed(s.seed)
     losses: list[float] = []
     s.model.train()
     while len(losses) < steps:
         for item in s.data:
-            batch = split_batch(item)
-            out = s.call_model(batch.inputs)
-            loss = s.loss_fn(out, batch.targets)
+            batch = s.make_batch(item)
+            out = s.call_model(batch)
+            loss = s.loss(out, batch)
             s.optimizer.zero_grad()
             loss.backward()
             s.optimizer.step()
@@ -55,9 +58,10 @@ def test_scenario_loss_decreases(source) -> None:
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.label)
 def test_scenario_is_deterministic(source) -> None:
     a, b = source.build("cpu"), source.build("cpu")
-    batch_a, batch_b = split_batch(next(iter(a.data))), split_batch(next(iter(b.data)))
-    for x, y in zip(batch_a.inputs, batch_b.inputs):
+    batch_a, batch_b = a.make_batch(next(iter(a.data))), b.make_batch(next(iter(b.data)))
+    for x, y in zip(batch_a.input_tensors(), batch_b.input_tensors()):
         assert torch.equal(x, y)
-    assert torch.equal(batch_a.targets, batch_b.targets)
+    for x, y in zip(batch_a.tensors(), batch_b.tensors()):
+        assert torch.equal(x, y)
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(pa, pb)
