@@ -49,6 +49,14 @@ def step_json(r: StepRecord) -> dict[str, Any]:
         "modules": [dataclasses.asdict(m) for m in r.modules],
         "params": [dataclasses.asdict(p) for p in r.params],
         "findings": len(r.findings),
+        "loss_source": r.loss_source,
+        "loss_parts": dict(r.loss_parts),
+        "grad_norm_before_clip": r.grad_norm_before_clip,
+        "grad_norm_after_clip": r.grad_norm_after_clip,
+        "clipped": r.clipped,
+        "grad_scale": r.grad_scale,
+        "amp_skipped": r.amp_skipped,
+        "sub_phase_seconds": dict(r.sub_phase_seconds),
     }
 
 

@@ -45,6 +45,15 @@ class TensorBoardWriter:
         w, step = self._writer, record.step
         if record.loss is not None:
             w.add_scalar("loss", record.loss, step)
+        for name, value in record.loss_parts.items():
+            w.add_scalar(f"loss_parts/{name}", value, step)
+        if record.grad_norm_before_clip is not None:
+            w.add_scalar("grad_norm/before_clip", record.grad_norm_before_clip, step)
+        if record.grad_norm_after_clip is not None:
+            w.add_scalar("grad_norm/after_clip", record.grad_norm_after_clip, step)
+        if record.grad_scale is not None:
+            w.add_scalar("amp/grad_scale", record.grad_scale, step)
+            w.add_scalar("amp/skipped", float(record.amp_skipped), step)
         for i, lr in enumerate(record.lrs):
             w.add_scalar(f"lr/group{i}", lr, step)
         if record.total_grad_norm is not None:
