@@ -97,11 +97,12 @@ def _child(sources: Sequence[ScenarioSource], conn: multiprocessing.connection.C
 
 
 def _start_method() -> str:
-    """fork where it is safe (POSIX, this process runs no other thread): the child starts with
-    torch already imported, a second or more sooner than a spawned one; else spawn."""
+    """fork where it is safe: POSIX, no other thread in this process, and torch not imported yet
+    (a fork after torch ran OpenMP-parallel ops can hang in the child); else spawn."""
     import threading
 
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+    if ("fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+            and "torch" not in sys.modules):
         return "fork"
     return "spawn"
 
