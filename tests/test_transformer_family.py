@@ -138,6 +138,17 @@ def test_a_tied_weight_is_counted_once_with_a_note(capsys: pytest.CaptureFixture
     assert "decoder shares embed.weight (tied weights)" in printed
 
 
+def test_the_engine_module_tree_counts_a_tied_weight_once() -> None:
+    from workbench.engine import Engine
+
+    with Engine(load(shape("build_tied"))) as eng:
+        tree = eng.module_tree
+    assert tree["decoder"].total_params == tree["decoder"].own_params == 40
+    assert tree["decoder"].shared_params == ("embed.weight",)
+    assert sum(node.own_params for node in tree.values()) == tree[""].total_params == sum(
+        p.numel() for p in eng.scenario.model.parameters())
+
+
 # -- diff: gradient noise, public names --------------------------------------------------
 
 

@@ -32,6 +32,9 @@ from workbench.engine.health import HealthMonitor, HealthThresholds
 from workbench.engine.params import (
     ParamRef,
     grad_stats_tensor,
+    own_and_shared,
+    owned_count,
+    param_owners,
     param_refs,
     param_stats_from_rows,
     total_grad_norm_tensor,
@@ -310,12 +313,15 @@ class Engine:
     @property
     def module_tree(self) -> dict[str, ModuleNode]:
         tree: dict[str, ModuleNode] = {}
+        owners = param_owners(self._scenario.model)  # a tied weight counts once, at its owner
         for name, module in self._scenario.model.named_modules():
             children = tuple(f"{name}.{c}" if name else c for c, _ in module.named_children())
+            own, shared = own_and_shared(module, name, owners)
             tree[name] = ModuleNode(
                 name=name, type_name=type(module).__name__, children=children,
-                own_params=sum(p.numel() for p in module.parameters(recurse=False)),
-                total_params=sum(p.numel() for p in module.parameters()),
+                own_params=sum(p.numel() for p in own),
+                total_params=owned_count(module, name, owners),
+                shared_params=tuple(shared),
             )
         return tree
 

@@ -62,6 +62,16 @@ def own_and_shared(module: nn.Module, prefix: str, owners: dict[int, str]) -> tu
     return own, shared
 
 
+def owned_count(module: nn.Module, prefix: str, owners: dict[int, str]) -> int:
+    """Elements of the parameters under ``module`` that it owns (its subtree, ``prefix``).
+
+    A tied weight owned outside the subtree (``lm_head.weight`` is ``transformer.wte``'s)
+    is left out, so per-layer totals add up to the model's total.
+    """
+    inside = prefix + "."
+    return sum(p.numel() for p in module.parameters() if not prefix or owners.get(id(p), inside).startswith(inside))
+
+
 def _grad_values(p: nn.Parameter) -> torch.Tensor:
     """The gradient as a dense tensor of its values.
 

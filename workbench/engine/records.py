@@ -336,5 +336,6 @@ class ModuleNode:
     name: str
     type_name: str
     children: tuple[str, ...]
-    own_params: int  # parameters registered directly on this module
-    total_params: int  # including every descendant
+    own_params: int  # parameters registered directly on this module (a tied one only at its owner)
+    total_params: int  # including every descendant (tied weights owned outside the subtree left out)
+    shared_params: tuple[str, ...] = ()  # parameters it uses that another module owns (tied weights)
