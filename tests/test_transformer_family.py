@@ -280,3 +280,49 @@ def test_module_outputs_are_read_by_their_prediction_not_their_loss() -> None:
     assert first_float_tensor({"loss": loss, "hidden": {"h": logits}}) is logits  # nested one level deeper
     assert first_float_tensor((nn.Identity()(logits), loss)) is logits
     assert first_float_tensor(torch.zeros(2, dtype=torch.complex64)) is not None  # read as |z|
+
+
+# -- contract v2: dict batches, the loss inside the model -----------------------------------
+
+GPT2_V2 = '''
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from workbench.scenario import Scenario
+
+def build(device):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).to(device)
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(0, 100, (4, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 9:] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": ids})
+    return Scenario(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), loss_fn=None,
+                    data=batches, name="tiny-gpt2-v2")
+'''
+
+
+@pytest.mark.slow
+def test_gpt2_with_dict_batches_and_its_own_loss(write_scenario, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    pytest.importorskip("transformers")
+    path = write_scenario(GPT2_V2, "gpt2_v2.py")
+    s = summarize(load(path))
+    layers = layers_of(s)
+    assert layers[""].output_shape == (4, 12, 100) and s.shown_field == "logits" and "loss" in s.loss_field
+    assert layers["lm_head"].shared_params == ("transformer.wte.weight",)
+    attn = layers["transformer.h.0.attn"]
+    inner = layers["transformer.h.0.attn.c_attn"].flops + layers["transformer.h.0.attn.c_proj"].flops
+    assert attn.flops - inner == 4 * 4 * 12 * 12 * 32  # GPT-2's SDPA on CPU, counted
+
+    row = run_bench(load_source(str(path)), ["int8-dynamic"], plan=PLAN).get("int8-dynamic")
+    assert row.ok, row.reason
+    assert row.extras["compared"] == "logits"
+
+    div = compare_variants(load_source(str(path)), "fp32", "bf16", batches=1)
+    assert {d.name: d for d in div.layers}["(model)"].shape == (4, 12, 100)
+    assert any("computes its own loss" in note for note in div.notes)
+    assert not any(past_threshold(d, div.threshold) and d.floored for d in div.grads)

@@ -14,11 +14,11 @@ training variants the loss is backpropagated on both sides and each
 parameter's gradient is compared the same way. The first module in execution
 order whose relative error passes the threshold is where the variants part.
 
-A gradient whose true value is (near) zero, such as the bias of a score that a
-softmax shifts away, has a relative error of pure rounding noise. So the
-denominator of a gradient's relative error has a floor: half its layer's
-gradient scale (the RMS over the parameters of the module that owns it) or a
-tenth of the whole model's, whichever is larger. Rows judged against the floor say so.
+A gradient whose true value is zero, such as the bias of a score that a softmax
+shifts away, has a relative error of pure rounding noise. So a gradient more
+than a thousand times smaller than its layer's gradient scale (the RMS over the
+parameters of the module that owns it, or a tenth of the model's, whichever is
+larger) is judged relative to that scale instead. Rows judged so say so.
 
 Outputs the instruments cannot reduce as they are are compared in a form they
 can: a nested tensor (``nn.TransformerEncoder``'s padding-mask fast path)
@@ -46,10 +46,10 @@ from workbench.scenario.step import forward_loss, instrumented
 
 VARIANTS = ("fp32", "amp", "bf16", "fp16", "int8")
 DEFAULT_THRESHOLD = 1e-2  # relative error: bf16 keeps ~3 significant digits, so ~4e-3 per op is normal
-# A gradient's relative error is never divided by less than these shares of its layer's
-# and of the model's gradient RMS (per element).
-LAYER_FLOOR = 0.5
-MODEL_FLOOR = 0.1
+# A gradient below NEAR_ZERO of its reference scale (its layer's gradient RMS, or
+# MODEL_SHARE of the model's, whichever is larger) is judged against that scale.
+NEAR_ZERO = 1e-3
+MODEL_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -231,11 +231,11 @@ class _Acc:
         self.bad_b += int(bad_b)
 
     def result(self, name: str, floor_aa: float = 0.0) -> TensorDiff:
-        """The diff; ``floor_aa`` is the least ||A||^2 the relative error is divided by."""
+        """The diff; ``floor_aa`` (when > 0) is the ||A||^2 to divide by instead of A's own."""
         rel = math.sqrt(self.dd / self.aa) if self.aa > 0 else (0.0 if self.dd == 0 else math.inf)
         denom = math.sqrt(self.aa * self.bb)
         cos = self.ab / denom if denom > 0 else (1.0 if self.dd == 0 else 0.0)
-        floored = self.aa < floor_aa
+        floored = floor_aa > 0
         return TensorDiff(name, self.kind, self.shape, math.sqrt(self.dd / floor_aa) if floored else rel,
                           self.max_abs, cos, self.bad_b, self.calls, self.bad_a,
                           floored=floored, raw_rel_error=rel if floored else None)
@@ -284,13 +284,14 @@ def _align(ca: Captured, cb: Captured) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def _grad_floors(grads: dict[str, _Acc]) -> dict[str, float]:
-    """Per parameter, the least ||A||^2 its relative error is divided by.
+    """Per parameter, the ||A||^2 its relative error is divided by instead of its own, or 0.
 
-    LAYER_FLOOR^2 of its layer's mean squared gradient (over the parameters of the module
-    that owns it) or MODEL_FLOOR^2 of the model's, whichever is larger, times its element
-    count: a
-    gradient that is zero in truth (rounding noise in A) is then judged by how far B is
-    from A on the scale the layer's other gradients live on, not by noise over noise.
+    A gradient whose RMS is below NEAR_ZERO of its reference scale (its layer's gradient
+    RMS over the parameters of the module that owns it, or MODEL_SHARE of the model's,
+    whichever is larger) is zero in truth, rounding noise in A: its error is then taken
+    relative to that reference scale, the one the layer's other gradients live on. Any
+    other gradient keeps ||B - A|| / ||A||, however small (a layer whose whole gradient
+    vanishes is judged against itself).
     """
     def numel(acc: _Acc) -> int:
         return math.prod(acc.shape) if acc.shape else 1
@@ -306,8 +307,9 @@ def _grad_floors(grads: dict[str, _Acc]) -> dict[str, float]:
     floors = {}
     for name, acc in grads.items():
         aa, n = layer_aa[name.rpartition(".")[0]]
-        mean_square = max(LAYER_FLOOR ** 2 * (aa / n if n else 0.0), MODEL_FLOOR ** 2 * model_ms)
-        floors[name] = mean_square * numel(acc)
+        reference_ms = max(aa / n if n else 0.0, MODEL_SHARE ** 2 * model_ms)
+        near_zero = acc.aa < NEAR_ZERO ** 2 * reference_ms * numel(acc)
+        floors[name] = reference_ms * numel(acc) if near_zero else 0.0
     return floors
 
 

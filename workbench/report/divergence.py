@@ -6,7 +6,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from workbench.bench.divergence import LAYER_FLOOR, MODEL_FLOOR, Divergence, TensorDiff, past_threshold
+from workbench.bench.divergence import MODEL_SHARE, NEAR_ZERO, Divergence, TensorDiff, past_threshold
 from workbench.report.numbers import fmt_float
 
 
@@ -51,10 +51,10 @@ def divergence_view(div: Divergence, grads_shown: int = 10) -> Group:
     floored = [d for d in div.grads if d.floored]
     if floored:
         parts.append(Text(
-            f"* {len(floored)} gradient(s) nearly zero in A ({', '.join(d.name for d in floored[:4])}"
-            f"{' …' if len(floored) > 4 else ''}): their rel error is ||B - A|| over their layer's gradient "
-            f"scale ({LAYER_FLOOR:g}× its RMS, or {MODEL_FLOOR:g}× the model's), not over ||A||, which is rounding "
-            "noise there.",
+            f"* {len(floored)} gradient(s) zero in truth ({', '.join(d.name for d in floored[:4])}"
+            f"{' …' if len(floored) > 4 else ''}: under {NEAR_ZERO:g}× their layer's gradient scale, or "
+            f"{MODEL_SHARE:g}× the model's): their rel error is ||B - A|| over that scale, since ||A|| is "
+            "rounding noise there.",
             style="dim"))
     for note in div.notes:
         parts.append(Text(note, style="dim"))
