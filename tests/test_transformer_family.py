@@ -197,7 +197,8 @@ def test_a_pinn_forward_under_summary() -> None:
 
 # -- Hugging Face: loss inside the model, tied weights, Conv1D -----------------------------
 
-GPT2 = '''
+# A tiny GPT-2 from a config (no download); each scenario below adds its data.
+GPT2_MODEL = '''
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from workbench.scenario import Scenario
@@ -207,7 +208,10 @@ def build(device):
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=32,
                         bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config).to(device)
-    ids = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(1))
+'''
+
+# Contract v1: (inputs, targets) pairs, a forward that passes labels, the loss read off the output.
+GPT2 = GPT2_MODEL + '''    ids = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(1))
     return Scenario(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
                     loss_fn=lambda out, targets: out.loss,
                     forward=lambda m, inputs: m(input_ids=inputs[0], labels=inputs[0]),
@@ -284,17 +288,8 @@ def test_module_outputs_are_read_by_their_prediction_not_their_loss() -> None:
 
 # -- contract v2: dict batches, the loss inside the model -----------------------------------
 
-GPT2_V2 = '''
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from workbench.scenario import Scenario
-
-def build(device):
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config).to(device)
-    g = torch.Generator().manual_seed(1)
+# Contract v2: dict batches, loss_fn=None (the loss is outputs.loss).
+GPT2_V2 = GPT2_MODEL + '''    g = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(2):
         ids = torch.randint(0, 100, (4, 12), generator=g)
