@@ -125,6 +125,20 @@ def test_activation_bytes_count_each_storage_once() -> None:
     assert "blocks.0.drop_path1" not in distinct and "blocks.0.ls1" in distinct
 
 
+def test_the_engine_counts_activation_storage_once() -> None:
+    from workbench.engine import Engine
+
+    with Engine(load(shape("build_vit"))) as eng:
+        rec = eng.step_once()
+    names = {m.name for m in rec.modules}
+    leaves = [m for m in rec.modules if m.name and not any(n.startswith(m.name + ".") for n in names)]
+    # Training mode: Dropout makes new tensors, but the drop-path Identities return their
+    # input and patch_embed.norm (an Identity) returns a transposed view of the conv's output.
+    shared = [m for m in leaves if "drop_path" in m.name or m.name == "patch_embed.norm"]
+    assert len(shared) == 5
+    assert rec.memory.activation_bytes == sum(m.bytes for m in leaves) - sum(m.bytes for m in shared)
+
+
 # -- tied weights ----------------------------------------------------------------------
 
 

@@ -956,12 +956,15 @@ class Engine:
 
     @staticmethod
     def _activation_bytes(calls: list[CallInfo]) -> int:
+        # Each storage once: views (a transpose), eval Dropout and Identity return memory
+        # another module's output already holds.
         seen: set[int] = set()
         total = 0
         for call in calls:
-            if call.is_leaf and call.measured and call.out_id not in seen:
-                seen.add(call.out_id or -1)
-                total += call.nbytes
+            key = call.storage or call.out_id or -1
+            if call.is_leaf and call.measured and key not in seen:
+                seen.add(key)
+                total += call.storage_bytes or call.nbytes
         return total
 
     def _attach_grad_norms(self, modules: tuple[ModuleStats, ...], norms: list[float]) -> tuple[ModuleStats, ...]:

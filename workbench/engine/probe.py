@@ -239,6 +239,8 @@ class CallInfo:
     external: tuple[int, ...] = ()  # inputs no module produced (rows of the external stats)
     is_leaf: bool = True
     out_id: int | None = None
+    storage: int = 0  # data_ptr of the output's storage: views and pass-throughs share it
+    storage_bytes: int = 0  # that storage's size, counted once however many outputs lie in it
     relu_row: int = -1  # position among ReLU-family calls (dead units)
     alias_of: int | None = None  # returned another call's output unchanged: shares its stats
     view_of: int | None = None  # returned a view of another call's output (same memory): shares its stats
@@ -379,7 +381,8 @@ class ActivationProbe:
             # share that call's stats and gradient instead of reducing the same tensor again.
             original = self.calls[same.producer]
             call.alias_of = original.index
-            for attr in ("shape", "dtype", "device", "numel", "nbytes", "sampled", "measured", "row", "out_id"):
+            for attr in ("shape", "dtype", "device", "numel", "nbytes", "sampled", "measured", "row", "out_id",
+                         "storage", "storage_bytes"):
                 setattr(call, attr, getattr(original, attr))
             if module is self.model:
                 self.model_output_call = original.index
@@ -397,6 +400,11 @@ class ActivationProbe:
             self._cache[id(out)] = _Cached(out, out._version, call.index, None)
             if call.view_of is None:  # a view keeps its producer's id: the bytes are counted once
                 call.out_id = id(out)
+            # The storage, for activation bytes: a transposed view or a pass-through (eval
+            # Dropout, Identity) lies in memory already counted. The address is unique for
+            # the phase: _cache holds every output until end_forward.
+            storage = out.untyped_storage()
+            call.storage, call.storage_bytes = storage.data_ptr(), storage.nbytes()
             if out.requires_grad:
                 gen = self.generation
                 out.register_hook(lambda g, i=call.index, gen=gen: self._grad_hook(g, i, gen))
