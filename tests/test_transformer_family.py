@@ -280,13 +280,16 @@ def test_gpt2_loss_inside_tied_head_and_int8(write_scenario, capsys: pytest.Capt
     assert row.ok, row.reason
     e = row.extras
     assert e["compared"] == "logits" and e["argmax_agreement"] is not None  # scored on the logits
-    assert e["quantized_layers"] == ["lm_head (Linear→int8)"]
-    assert any("Conv1D" in r and "not an nn.Linear" in r for r in e["float_reasons"])
+    # GPT-2's matmuls are transformers Conv1D, not nn.Linear: quantized as the Linear they are.
+    assert "transformer.h.0.attn.c_attn (Conv1D→Linear→int8)" in e["quantized_layers"]
+    assert "lm_head (Linear→int8)" in e["quantized_layers"] and len(e["quantized_layers"]) == 9
+    assert any("8 transformers Conv1D layer(s)" in w for w in row.warnings)
     assert any("tied weights split: lm_head ↔ transformer.wte.weight" in w for w in row.warnings)
-    assert any("8× Conv1D" in w for w in row.warnings)
+    assert any("LayerNorm" in r for r in e["float_reasons"])  # the rest stays float, each with its reason
 
     div = compare_variants(load_source(str(path)), "fp32", "int8", batches=1)
-    assert {d.name: d for d in div.layers}["(model)"].shape == (4, 12, 100)
+    rows = {d.name: d for d in div.layers}
+    assert rows["(model)"].shape == (4, 12, 100) and rows["transformer.h.0.attn.c_attn"].rel_error > 0
     assert any("computes its own loss" in note and "outputs.logits" in note for note in div.notes)
 
 
@@ -335,3 +338,19 @@ def test_gpt2_with_dict_batches_and_its_own_loss(write_scenario, capsys: pytest.
     assert {d.name: d for d in div.layers}["(model)"].shape == (4, 12, 100)
     assert any("computes its own loss" in note for note in div.notes)
     assert not any(past_threshold(d, div.threshold) and d.floored for d in div.grads)
+
+
+@pytest.mark.slow
+def test_hf_conv1d_becomes_the_linear_it_is() -> None:
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    from workbench.bench.variants.quantize import conv1d_as_linear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(6, 4), nn.ReLU(), Conv1D(3, 6))
+    x = torch.randn(5, 4)
+    expected = model(x)
+    assert conv1d_as_linear(model) == ["0", "2"]
+    assert type(model[0]) is nn.Linear and model[0].weight.shape == (6, 4)
+    torch.testing.assert_close(model(x), expected)

@@ -65,9 +65,43 @@ def kept_float(model: nn.Module) -> dict[str, str]:
     return kept
 
 
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and kin): ``x @ weight + bias``, weight (in, out)."""
+    kind = type(module)
+    weight = getattr(module, "weight", None)
+    return (kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers")
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2)
+
+
+def conv1d_as_linear(model: nn.Module) -> list[str]:
+    """Replace every HF ``Conv1D`` in ``model`` (a copy) by the ``nn.Linear`` it is.
+
+    ``Conv1D`` computes ``x @ W + b`` with ``W`` of shape (in, out): an ``nn.Linear`` with
+    weight ``W.T``, the same math, which quantize_dynamic then converts (it converts only
+    ``nn.Linear``, so GPT-2 would otherwise keep every attention and MLP matmul float).
+    A Conv1D whose weight another module shares is left as it is. Returns the names.
+    """
+    owners = param_owners(model)
+    converted = []
+    for name, module in list(model.named_modules()):
+        if not is_hf_conv1d(module) or own_and_shared(module, name, owners)[1]:
+            continue
+        weight = module.weight.detach()
+        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=getattr(module, "bias", None) is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight.t())
+            if linear.bias is not None:
+                linear.bias.copy_(module.bias.detach())
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, linear)
+        converted.append(name)
+    return converted
+
+
 def quantize(model: nn.Module) -> nn.Module:
     """An int8 inference copy of ``model``; the original is untouched."""
     float_copy = copy.deepcopy(model).cpu().eval()
+    conv1d_as_linear(float_copy)
     with warnings.catch_warnings():
         # quantize_dynamic (and importing its modules, which use torch.jit.script_method)
         # warns that it moves to torchao; the row names the API instead.
@@ -84,9 +118,8 @@ def _why_float(name: str, module: nn.Module, kept: dict[str, str]) -> str:
     if name in kept:
         return kept[name]
     kind = type(module)
-    if kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers"):
-        return ("transformers' Conv1D is a Linear with a transposed weight, but not an nn.Linear: "
-                "quantize_dynamic converts nn.Linear, LSTM, GRU and RNN cells only")
+    if is_hf_conv1d(module):
+        return "its weight is tied to another module's, so it was not converted to an nn.Linear copy"
     if isinstance(module, nn.Linear):
         return f"{kind.__name__} is a Linear subclass torch excludes from dynamic quantization"
     if isinstance(module, nn.MultiheadAttention):
@@ -122,7 +155,8 @@ def layer_report(float_model: nn.Module, quantized: nn.Module) -> LayerReport:
             continue  # helpers the conversion added, such as fc._packed_params
         original = float_modules[name]
         if ".quantized." in type(module).__module__:
-            done.append(f"{name} ({type(original).__name__}→int8)")
+            via = "→Linear" if is_hf_conv1d(original) else ""
+            done.append(f"{name} ({type(original).__name__}{via}→int8)")
             _, shared = own_and_shared(original, name, owners)
             tied += [f"{name} ↔ {owner}" for owner in shared]
         elif any(True for _ in module.parameters(recurse=False)):
@@ -187,6 +221,11 @@ class DynamicInt8(Variant):
         }
         extras["size_ratio"] = extras["size_fp32_bytes"] / max(extras["size_int8_bytes"], 1)
         warnings_: list[str] = [f"left float: {line}" for line in layers.matmul_reasons]
+        via = [q.split(" ")[0] for q in layers.quantized if "Conv1D→Linear" in q]
+        if via:
+            warnings_.append(f"{len(via)} transformers Conv1D layer(s) ({', '.join(via[:3])}{' …' if len(via) > 3 else ''}) "
+                             "quantized as the nn.Linear they are (weight transposed, same math): "
+                             "quantize_dynamic converts nn.Linear only")
         if not layers.quantized:
             warnings_.append("quantize_dynamic converted no layer; timings compare fp32 with itself")
         if layers.tied:
