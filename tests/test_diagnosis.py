@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import BROKEN
 from workbench.engine import Engine, EngineConfig, Finding, Phase
-from workbench.engine.records import collapse_findings
+from workbench.engine.records import SILENT_BUG_KINDS, collapse_findings
 from workbench.scenario import load
 
 BUGS = BROKEN / "silent_bugs.py"
@@ -126,6 +126,56 @@ def test_no_progress_names_the_window_and_chance_level() -> None:
     f = only(run("no_progress", steps=30), "no_progress")
     assert f.severity == "warning" and f.step == 19
     assert "steps 10-19" in f.message and "steps 0-9" in f.message and "ln 5" in f.message
+
+
+# -- weight decay overwhelming learning ---------------------------------------------------------
+def test_weight_decay_that_outweighs_the_gradient_names_both_magnitudes() -> None:
+    found = run("weight_decay", steps=25)
+    f = only(found, "weight_decay_dominates")
+    assert f.severity == "warning" and f.step == 19 and f.value is not None and f.value >= 0.5
+    assert "wd*||w||" in f.message and "||g||" in f.message and "shrank from" in f.message
+    assert "Lower" in f.message and "weight_decay" in f.message
+    # The stalled loss is its consequence, grouped under it.
+    stalled = only(found, "no_progress")
+    assert stalled.cause == "weight_decay_dominates"
+    assert [c.kind for c in collapse_findings(found)[0].consequences] == ["no_progress"]
+
+
+# -- oscillating loss ----------------------------------------------------------------------------
+def test_an_oscillating_loss_suggests_a_lower_learning_rate() -> None:
+    found = run("oscillating", steps=24)
+    f = only(found, "oscillating_loss")
+    assert f.severity == "warning" and f.value is not None and f.value >= 0.5
+    assert "100% of the steps" in f.message and "lower the learning rate" in f.message
+    assert not [x for x in found if x.kind == "loss_divergence"]  # said before any divergence
+    assert all(x.cause == "oscillating_loss" for x in found if x.kind == "huge_updates" and x.step > f.step)
+
+
+def test_two_batches_of_different_difficulty_alternating_is_not_oscillation() -> None:
+    # The RNN scenario's two batches have losses 1.1 and 2.4: they alternate every step.
+    assert not [f for f in run("rnn_through_time", steps=30) if f.kind == "oscillating_loss"]
+
+
+# -- exploding gradients through time ------------------------------------------------------------
+def test_exploding_gradients_through_time_are_named_on_the_recurrent_layer() -> None:
+    found = run("rnn_through_time", steps=3)
+    f = [x for x in found if x.kind == "exploding_through_time"][0]
+    assert (f.step, f.module, f.severity) == (0, "rnn", "error") and f.value is not None and f.value > 1e3
+    assert "recurrent layer 'rnn' (RNN)" in f.message and "through time" in f.message
+    assert "clip_grad_norm_" in f.message and "LSTM/GRU" in f.message
+    # The generic per-parameter and total-norm findings are its consequences.
+    generic = [x for x in found if x.kind == "exploding_gradient"]
+    assert generic and all(x.cause == "exploding_through_time" for x in generic)
+    top = collapse_findings(found)
+    assert [t.kind for t in top if t.kind.startswith("exploding")] == ["exploding_through_time"]
+
+
+def test_every_silent_bug_kind_has_a_scenario() -> None:
+    kinds: set[str] = set()
+    for name in ("softmax_into_cross_entropy", "broadcast_mse", "loss_warning", "nan_target", "raw_pixels",
+                 "unowned_head", "lr_collapse", "no_progress", "weight_decay", "oscillating", "rnn_through_time"):
+        kinds |= {f.kind for f in run(name, steps=24)}
+    assert set(SILENT_BUG_KINDS) <= kinds
 
 
 # -- healthy controls ----------------------------------------------------------------------------

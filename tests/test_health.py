@@ -138,14 +138,14 @@ SMALL = ["mlp_digits", "collab_filter", "regression_mse", "binary_bce", "binary_
 
 
 @pytest.mark.parametrize("label", SMALL)
-def test_small_bundled_scenarios_are_healthy_for_30_steps(label: str) -> None:
-    assert _healthy(label, 30) == []
+def test_small_bundled_scenarios_are_healthy_for_40_steps(label: str) -> None:
+    assert _healthy(label, 40) == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["lstm_text", "cnn_image", "cnn_image:build_batchnorm", "gru_bidirectional", "resnet_tiny"])
-def test_large_bundled_scenarios_are_healthy_for_30_steps(label: str) -> None:
-    assert _healthy(label, 30) == []
+def test_large_bundled_scenarios_are_healthy_for_40_steps(label: str) -> None:
+    assert _healthy(label, 40) == []
 
 
 def test_every_bundled_scenario_is_covered() -> None:

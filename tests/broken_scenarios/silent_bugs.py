@@ -138,14 +138,21 @@ def build_weight_decay(device):
     return Scenario(model, opt, nn.CrossEntropyLoss(), _batches(n=8))
 
 
+class _Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
 def build_oscillating(device):
+    # A rate regressor (exp output, MSE) with the lr a little too high: SGD settles into a
+    # 2-cycle around the minimum, the loss alternating low/high by about 2x for ever.
     torch.manual_seed(0)
-    model = nn.Linear(D, 1).to(device)
+    model = nn.Sequential(nn.Linear(D, 1), _Exp()).to(device)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, D, generator=g)
-    y = x @ torch.randn(D, 1, generator=g)
-    # lr just above 2/L of this quadratic: each step overshoots to the other side.
-    return Scenario(model, torch.optim.SGD(model.parameters(), lr=0.9), nn.MSELoss(), [(x, y)])
+    q, _ = torch.linalg.qr(torch.randn(N, D, generator=g))
+    x = math.sqrt(N) * q  # whitened inputs
+    y = torch.exp(x @ (0.1 * torch.randn(D, 1, generator=g)))
+    return Scenario(model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), [(x, y)])
 
 
 def build_rnn_through_time(device):
@@ -154,9 +161,9 @@ def build_rnn_through_time(device):
     class Seq(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = nn.RNN(4, 32, batch_first=True, nonlinearity="relu")
-            with torch.no_grad():
-                self.rnn.weight_hh_l0.copy_(1.6 * torch.linalg.qr(torch.randn(32, 32))[0])
+            self.rnn = nn.RNN(4, 32, batch_first=True)
+            with torch.no_grad():  # recurrent weights with a spectral radius of 2.5: BPTT multiplies by it
+                self.rnn.weight_hh_l0.copy_(2.5 * torch.linalg.qr(torch.randn(32, 32))[0])
             self.out = nn.Linear(32, 1)
 
         def forward(self, x):

@@ -45,6 +45,7 @@ from torch.overrides import TorchFunctionMode
 from workbench.engine.records import (
     EXPLODING_GRADIENT,
     EXPLODING_THROUGH_TIME,
+    HUGE_UPDATES,
     LOSS_BROADCAST,
     LOSS_DIVERGENCE,
     LOSS_WARNING,
@@ -312,14 +313,19 @@ class Diagnosis:
         self._recent: deque[float] = deque(maxlen=thresholds.progress_window)
         self._lr_recent: deque[float] = deque(maxlen=thresholds.progress_window)
         self._no_progress_told = False
-        self._osc: deque[float] = deque(maxlen=thresholds.oscillation_window)
+        # Enough losses for lag-P differences when the data repeats every P < window batches.
+        self._osc: deque[float] = deque(maxlen=3 * thresholds.oscillation_window)
+        self._period: int | None = None  # batches per epoch, once the first epoch has ended
+        self._epoch_steps = 0
         self._osc_told = False
+        self._osc_quiet = 0
         self._diverged = False
         self._lr_steps: deque[tuple[int, float]] = deque(maxlen=thresholds.lr_collapse_steps + 1)
         self._lr_peak: tuple[int, float] | None = None
         self._lr_told = False
         self._wd: deque[tuple[float, float, float]] = deque(maxlen=thresholds.progress_window)
         self._wd_told = False
+        self._wd_first_norm: float | None = None  # the decayed weights' norm at the first measured step
         self._wd_decoupled = False
         self._rnn_ema: dict[str, float] = {}
         self._param_names: dict[int, str] = {}
@@ -437,9 +443,11 @@ class Diagnosis:
             if key in self._told_warnings:
                 continue
             self._told_warnings.add(key)
+            # A library warning with stacklevel=2 points at its caller: this module's watcher.
+            at = "" if w.filename == __file__ else f" at {w.filename}:{w.lineno}"
             out.append(Finding(
                 step, Phase.LOSS, "", None, LOSS_WARNING, "warning", None, None,
-                f"the loss raised a {w.category.__name__} at {w.filename}:{w.lineno}: {text.strip()} "
+                f"the loss raised a {w.category.__name__}{at}: {text.strip()} "
                 "A warning inside the loss usually means its inputs are not what it expects: read it, then "
                 "fix the inputs (or filter that warning if it is deliberate).",
             ))
@@ -551,8 +559,13 @@ class Diagnosis:
 
     # -- after the optimizer step ----------------------------------------------------
     def after_step(self, step: int, lrs: Sequence[float], params: Sequence[ParamStats],
-                   optimizer: torch.optim.Optimizer, scheduler: Any) -> list[Finding]:
+                   optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int = 0) -> list[Finding]:
+        """The window rules, once the step (and its lr) is done; ``epoch``: the data's epoch counter."""
         self._steps_seen += 1
+        if self._period is None:
+            if epoch > 0:
+                self._period = self._epoch_steps
+            self._epoch_steps += 1
         out: list[Finding] = []
         lr = max((x for x in lrs if math.isfinite(x)), default=float("nan"))
         if math.isfinite(lr):
@@ -636,23 +649,26 @@ class Diagnosis:
 
     def _weight_decay(self, step: int) -> list[Finding]:
         t = self.t
-        if self._wd_told or len(self._wd) < self._wd.maxlen or not self._stalled():  # type: ignore[operator]
+        if self._wd and self._wd_first_norm is None:
+            self._wd_first_norm = self._wd[0][2]
+        first = self._wd_first_norm
+        if self._wd_told or first is None or len(self._wd) < self._wd.maxlen or not self._stalled():  # type: ignore[operator]
             return []
         decays, grads, norms = zip(*self._wd)
         ratios = [d / g if g > 0 else math.inf for d, g in zip(decays, grads)]
         ratio = statistics.median(ratios)
-        shrinking = all(b < a for a, b in zip(norms, norms[1:]))
-        if ratio < t.weight_decay_ratio or not shrinking:
+        if ratio < t.weight_decay_ratio or norms[-1] > t.weight_decay_shrink * first:
             return []
         self._wd_told = True
         decoupled = self._wd_decoupled
         decay_word = "the decay step lr*wd*||w||" if decoupled else "the decay term wd*||w||"
         grad_word = "the whole update ||dw||" if decoupled else "the gradient ||g||"
         message = (f"weight decay outweighs learning: {decay_word} is {decays[-1]:.3g} against {grad_word} "
-                   f"{grads[-1]:.3g} ({ratio:.3g}x, median of the last {len(ratios)} measured steps) and the "
-                   f"decayed weights' norm fell every step, {norms[0]:.4g} -> {norms[-1]:.4g}, while the loss "
-                   "stalls. Lower weight_decay (1e-4..1e-2 for SGD, ~0.01-0.1 for AdamW), or exclude biases and "
-                   "norm layers from it.")
+                   f"{grads[-1]:.3g} ({ratio:.2g}x, median of the last {len(ratios)} measured steps), and the "
+                   f"decayed weights' norm shrank from {first:.4g} to {norms[-1]:.4g} while the loss stalled: "
+                   "the decay pulls the weights to zero faster than the data can move them. Lower "
+                   "weight_decay (1e-4..1e-2 with SGD/Adam, ~0.01-0.1 with AdamW), or exclude biases and norm "
+                   "layers from it.")
         self._last_root_step[WEIGHT_DECAY_DOMINATES] = step
         return [Finding(step, Phase.OPTIMIZER_STEP, "", None, WEIGHT_DECAY_DOMINATES, "warning", ratio,
                         t.weight_decay_ratio, message)]
@@ -702,29 +718,42 @@ class Diagnosis:
 
     def _oscillation(self, step: int) -> list[Finding]:
         t = self.t
-        losses = list(self._osc)
-        if len(losses) < t.oscillation_window or self._diverged:
+        w = t.oscillation_window
+        history = list(self._osc)
+        # Data that repeats every P batches (P < window) makes the loss repeat too: compare each
+        # loss with the same batch's loss P steps earlier, not with a different batch's.
+        lag = self._period if self._period is not None and 1 < self._period < w else 1
+        if len(history) < w + lag - 1 or self._diverged or not self._baseline:
             return []
-        diffs = [b - a for a, b in zip(losses, losses[1:])]
+        losses = history[-w:]
+        diffs = [history[i] - history[i - lag] for i in range(len(history) - w + 1, len(history))]
         pairs = list(zip(diffs, diffs[1:]))
         alternating = sum(1 for a, b in pairs if a * b < 0) / len(pairs)
         level = statistics.median(losses)
-        amplitude = statistics.median(abs(d) for d in diffs) / level if level > 0 else 0.0
+        change = statistics.median(abs(d) for d in diffs)
+        amplitude = change / level if level > 0 else 0.0
+        start = statistics.fmean(self._baseline)
         half = len(losses) // 2
-        settling = statistics.fmean(losses[half:]) < (1 - t.progress_min_gain * 5) * statistics.fmean(losses[:half])
-        firing = alternating >= t.oscillation_alternation and amplitude >= t.oscillation_amplitude and not settling
+        settling = statistics.fmean(losses[half:]) < (1 - t.oscillation_settle) * statistics.fmean(losses[:half])
+        firing = (alternating >= t.oscillation_alternation and amplitude >= t.oscillation_amplitude
+                  and change >= t.oscillation_floor * abs(start) and not settling)
         if not firing:
-            self._osc_told = False
+            # Said again only after a whole quiet window: a flicker is the same oscillation.
+            self._osc_quiet += 1
+            if self._osc_quiet >= w:
+                self._osc_told = False
             return []
+        self._osc_quiet = 0
         if self._osc_told:
             return []
         self._osc_told = True
         tail = ", ".join(f"{x:.3g}" for x in losses[-8:])
+        same = f" (each against the same batch {lag} steps before)" if lag > 1 else ""
         message = (f"the loss oscillates instead of settling: over steps {step - len(losses) + 1}-{step} it changed "
-                   f"direction on {alternating:.0%} of the steps, by a median {amplitude:.0%} of its level "
-                   f"({tail}). The steps overshoot the minimum back and forth: lower the learning rate (2-10x), "
-                   "add warm-up or gradient clipping, or raise the batch size; this usually comes before a "
-                   "divergence.")
+                   f"direction on {alternating:.0%} of the steps{same}, by a median {amplitude:.0%} of its level "
+                   f"(last losses {tail}). The steps overshoot the minimum back and forth: lower the learning "
+                   "rate (2-10x), add warm-up or gradient clipping, or raise the batch size; this usually comes "
+                   "before a divergence.")
         return [Finding(step, Phase.OPTIMIZER_STEP, "", None, OSCILLATING_LOSS, "warning", amplitude,
                         t.oscillation_amplitude, message)]
 
@@ -760,6 +789,8 @@ class Diagnosis:
                 return self._nan_root
         if f.kind == TINY_UPDATES and self._lr_told:
             return LR_COLLAPSE
+        if f.kind == HUGE_UPDATES and self._osc_told:
+            return OSCILLATING_LOSS  # one cause, a learning rate too high for this loss
         if f.kind == EXPLODING_GRADIENT and EXPLODING_THROUGH_TIME in roots:
             return EXPLODING_THROUGH_TIME
         if f.kind == SATURATED_ACTIVATIONS and self._last_root_step.get(UNNORMALISED_INPUTS) == step:

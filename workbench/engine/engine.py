@@ -706,7 +706,7 @@ class Engine:
             self._record_clipping(s, prep.grad_norm)
         if before is None:
             self._run_health(s, lambda: self._health.diagnosis.after_step(
-                s.step, s.lrs, (), scenario.optimizer, scenario.scheduler))
+                s.step, s.lrs, (), scenario.optimizer, scenario.scheduler, self._cycle.epoch))
             return
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -735,7 +735,7 @@ class Engine:
         s.charge("update_stats", time.perf_counter() - t0)
         self._run_health(s, lambda: self._health.optimizer_step(s.step, s.params, non_finite)
                          + self._health.diagnosis.after_step(s.step, s.lrs, s.params, scenario.optimizer,
-                                                             scenario.scheduler))
+                                                             scenario.scheduler, self._cycle.epoch))
 
     # -- helpers ---------------------------------------------------------------------------
     def _record_clipping(self, s: _StepState, norm: torch.Tensor) -> None:

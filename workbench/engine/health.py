@@ -92,16 +92,25 @@ class HealthThresholds:
         peak within 10 steps of the peak. A cosine decay needs ~94% of its
         length to lose two orders of magnitude; StepLR(step_size=1,
         gamma=0.1) stepped per batch does it in 2.
-    weight_decay_ratio: the decay term (wd*||w||, or lr*wd*||w|| against the
-        whole update for decoupled AdamW) is 3x the gradient term (median over
-        a window of 10 measured steps), the decayed weights' norm fell on
-        every one of them and the loss stalled (the no-progress test). At
-        equilibrium with a sensible decay the two terms are about equal.
-    oscillation_window / oscillation_alternation / oscillation_amplitude: over
-        the last 12 losses, the change flips sign on 80% of steps, the median
-        step-to-step change is 50% of the loss's level, and the second half
-        is not 5% lower than the first. Mini-batch noise flips sign on about
-        2/3 of steps but with a far smaller amplitude on a model that learns.
+    weight_decay_ratio / weight_decay_shrink: the decay term (wd*||w||, or
+        lr*wd*||w|| against the whole update for decoupled AdamW) is at least
+        half the gradient term (median over 10 measured steps), the decayed
+        weights' norm has shrunk below half of what it was at the first
+        measured step, and the loss stalled (the no-progress test). A decay
+        of 1e-4..1e-2 keeps the ratio near 1e-3..1e-1 while the model learns;
+        at the equilibrium of a decay that is far too strong the two terms
+        are equal (the gradient only holds the weights against the decay),
+        so 0.5 with a halved norm separates the two.
+    oscillation_window / oscillation_alternation / oscillation_amplitude /
+        oscillation_floor / oscillation_settle: over the last 12 losses, the
+        change flips sign on 80% of steps, the median change is 50% of the
+        loss's level and 5% of the first window's mean loss, and the second
+        half is not 5% lower than the first. Mini-batch noise flips sign on
+        about 2/3 of steps but with a smaller amplitude on a model that
+        learns, and a converged model's noise is small against its starting
+        loss. When the data repeats every P < 12 batches, each loss is
+        compared with the same batch's P steps earlier (two batches of
+        different difficulty alternate without anything being wrong).
     Gradients exploding through time use ``grad_norm_abs`` and
         ``grad_norm_spike`` on each recurrent layer's own gradient norm.
     """
@@ -131,10 +140,13 @@ class HealthThresholds:
     chance_tolerance: float = 0.1
     lr_collapse_factor: float = 100.0
     lr_collapse_steps: int = 10
-    weight_decay_ratio: float = 3.0
+    weight_decay_ratio: float = 0.5
+    weight_decay_shrink: float = 0.5
     oscillation_window: int = 12
     oscillation_alternation: float = 0.8
     oscillation_amplitude: float = 0.5
+    oscillation_floor: float = 0.05
+    oscillation_settle: float = 0.05
 
 
 def _finite(x: float | None) -> bool:
