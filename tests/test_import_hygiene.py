@@ -86,24 +86,50 @@ def test_help_does_not_load_torch(argv: list[str]) -> None:
 
 
 def test_tui_draws_its_first_frame_before_torch_loads() -> None:
-    """The app, its screens and the picker import no torch: the first frame does not wait ~2 s."""
+    """The app, its screens and the picker import no torch: the first frame does not wait ~2 s.
+
+    With a scenario given, torch is imported by the loading worker, never on the UI thread.
+    """
     code = (
-        "import sys, asyncio\n"
+        "import sys, asyncio, threading\n"
+        "import workbench, workbench.engine, workbench.scenario\n"
+        "print('LIGHT', 'torch' in sys.modules)\n"
+        "importers = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            importers.append(threading.current_thread() is threading.main_thread())\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Watch())\n"
         "from workbench.tui.app import create_app\n"
         "from workbench.tui.screens.picker import PickerScreen\n"
         "app = create_app([], device='cpu')\n"
-        "async def main():\n"
+        "async def picker():\n"
         "    async with app.run_test(size=(80, 24)) as pilot:\n"
         "        await pilot.pause()\n"
         "        print('PICKER', isinstance(app.screen, PickerScreen), 'torch' in sys.modules)\n"
-        "asyncio.run(main())\n"
-        "import workbench, workbench.engine\n"
-        "print('LIGHT', 'torch' in sys.modules)\n"
-        "workbench.Engine\n"
-        "print('ENGINE', 'torch' in sys.modules)\n"
+        "asyncio.run(picker())\n"
+        "app = create_app([sys.argv[1]], device='cpu')\n"
+        "async def loaded():\n"
+        "    async with app.run_test(size=(80, 24)) as pilot:\n"
+        "        seen = False\n"
+        "        for _ in range(3000):\n"
+        "            await pilot.pause(0.01)\n"
+        "            seen = seen or app.main.busy == 'loading'\n"
+        "            if app.main.view is not None:\n"
+        "                break\n"
+        "        print('LOADED', seen, app.main.view is not None)\n"
+        "asyncio.run(loaded())\n"
+        "print('TORCH IMPORTED ON THE UI THREAD', importers[:1] == [True])\n"
+        "print('ENGINE', workbench.Engine.__name__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    mlp = str(ROOT / "scenarios" / "mlp_digits.py")
+    result = subprocess.run([sys.executable, "-c", code, mlp], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "PICKER True False" in result.stdout, result.stdout
-    assert "LIGHT False" in result.stdout  # `import workbench` and its engine package stay light
-    assert "ENGINE True" in result.stdout  # ... until Engine is asked for
+    out = result.stdout
+    assert "LIGHT False" in out, out  # `import workbench` and its engine and scenario packages stay light
+    assert "PICKER True False" in out, out
+    assert "LOADED True True" in out, out  # the loading state was drawn, then the scenario
+    assert "TORCH IMPORTED ON THE UI THREAD False" in out, out
+    assert "ENGINE Engine" in out, out  # `from workbench import Engine` works

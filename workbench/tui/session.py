@@ -174,12 +174,11 @@ class Session:
     """One scenario in one engine, driven by worker threads one at a time."""
 
     def __init__(self, source: ScenarioSource, device: str, config: EngineConfig | None = None) -> None:
-        from workbench.engine.engine import EngineConfig
-
         self.source = source
         self.device = device
         # The last few step starts are kept so `u` can rewind and replay them.
-        self.config = config or EngineConfig(snapshots=TUI_SNAPSHOTS)
+        # None: the TUI's default, made in open() on the worker (EngineConfig's module loads torch).
+        self.config = config
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.engine: Engine | None = None
@@ -189,10 +188,12 @@ class Session:
     # -- lifecycle ---------------------------------------------------------------
     def open(self) -> EngineView:
         """Build the scenario and its engine (raises ScenarioError on a bad scenario)."""
-        from workbench.engine.engine import Engine
+        from workbench.engine.engine import Engine, EngineConfig
 
         with self.lock:
             self._close_locked()
+            if self.config is None:
+                self.config = EngineConfig(snapshots=TUI_SNAPSHOTS)
             engine = Engine.from_source(self.source, self.device, self.config)
             self.engine = engine
             self._modules = _module_nodes(engine)
