@@ -507,3 +507,36 @@ def test_a_real_full_disk_on_a_tiny_tmpfs(command, tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "no space left on device writing" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout.count(str(mnt)) == 0, f"files left behind:\n{proc.stdout}"
+
+
+# -- user text that looks like rich markup is printed as written ----------------------------
+
+MARKUP = CASES / "markup_in_text.py"
+MARKUP_COMMANDS = [
+    (["list", "{dir}"], ["[red]raw[/red]"]),
+    (["run", "{case}", "--steps", "2"], ["cifar [/mnt/data/cifar]"]),
+    (["summary", "{case}"], ["cifar [/mnt/data/cifar]"]),
+    (["bench", "{case}", "--steps", "2", "--variants", "fp32"], ["cifar [/mnt/data/cifar]"]),
+    (["check", "{case}", "--steps", "1", "--json", "{tmp}/[red]x[/red].json"], ["[red]x[/red].json"]),
+    (["profile", "{case}", "--logdir", "{tmp}/[/p]", "--findings", "{findings}"],
+     ["[/p]", "[bold]not bold[/bold] in [/mnt]"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", MARKUP_COMMANDS, ids=lambda v: v[0] if isinstance(v, list) and v[0][0] != "[" else None)
+def test_user_text_that_looks_like_markup_is_printed_literally(argv, words, tmp_path, capsys, monkeypatch) -> None:
+    import shutil
+
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row: the words stay whole
+    d = tmp_path / "scenarios"
+    d.mkdir()
+    shutil.copy(MARKUP, d / MARKUP.name)
+    findings = tmp_path / "findings.json"
+    findings.write_text(json.dumps({"schema": "workbench.run/1", "findings": [
+        {"kind": "dead_units", "severity": "warning", "module": "[fc]", "step": 0,
+         "message": "[bold]not bold[/bold] in [/mnt]"}]}))
+    argv = [a.format(dir=d, case=d / MARKUP.name, tmp=tmp_path, findings=findings) for a in argv]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    for word in words:
+        assert word in out.out + out.err, f"{word!r} not in:\n{out.out}"

@@ -47,11 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from workbench.errors import UsageError
+    from workbench.report.text import plain_console
 
-    console = Console()
+    console = plain_console()
     if args.list_variants:
         from rich.table import Table
 
@@ -100,6 +99,7 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 def _bench(console: object, args: argparse.Namespace) -> int:
     import torch
+    from rich.text import Text
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from workbench.bench import Plan, run_bench, save_run
@@ -145,7 +145,7 @@ def _bench(console: object, args: argparse.Namespace) -> int:
         console.print(f"wrote {args.json}")  # type: ignore[attr-defined]
     console.print(f"bench wall time {result.wall_s:.1f} s (torch {torch.__version__})")  # type: ignore[attr-defined]
     if result.interrupted:
-        console.print("[yellow]interrupted: the table above is partial[/]")  # type: ignore[attr-defined]
+        console.print(Text("interrupted: the table above is partial", style="yellow"))  # type: ignore[attr-defined]
         return 130
     failed = [r for r in result.results if r.status == "failed"]
     ran = [r for r in result.results if r.status != "skipped"]
@@ -153,14 +153,14 @@ def _bench(console: object, args: argparse.Namespace) -> int:
         # Every row that ran raised: the scenario itself does not train (an out-of-memory
         # row is a finding about the hardware, not this). Exit 2, as `workbench run` does.
         first = failed[0]
-        from rich.console import Console
+        from workbench.report.text import plain_console
 
-        err = Console(stderr=True)
+        err = plain_console(stderr=True)
         if args.verbose and first.extras.get("traceback"):
             err.print(first.extras["traceback"], markup=False, highlight=False)
         where = f"traceback in {args.json}" if args.json else "--verbose or --json for the traceback"
-        err.print(f"[bold red]error:[/] every row failed, so the scenario does not train here; the "
-                  f"{first.name} row: {first.reason} ({where}). Fix the scenario and run again.",
-                  highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), " every row failed, so the scenario does not train "
+                                f"here; the {first.name} row: {first.reason} ({where}). Fix the scenario and "
+                                "run again."), highlight=False, soft_wrap=True)
         return 2
     return 1 if failed else 0

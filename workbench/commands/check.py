@@ -46,8 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from workbench.errors import UsageError
     from workbench.report.files import OutputPathError, check_writable, scenario_inputs
 
@@ -62,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from workbench.report.run import check_table
+    from workbench.report.text import plain_console
     from workbench.scenario import ScenarioSource, discover, load_source, resolve_device
 
-    console = Console()
+    console = plain_console()
     results: list[CheckResult] = []
     sources: list[ScenarioSource] = []
     for path in args.paths:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         check_writable(args.json, inputs=scenario_inputs(args.scenario))
-    from rich.console import Console
+    from workbench.report.text import plain_console
 
     from workbench.bench.divergence import compare_variants
     from workbench.report.divergence import divergence_view
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {type(exc).__name__}: {exc}. "
                             "Run `workbench run` on it for the traceback.") from exc
-    Console().print(divergence_view(div))
+    plain_console().print(divergence_view(div))
     if args.json:
         atomic_write_json(args.json, div.to_json())
     return 1 if div.diverged else 0

@@ -24,10 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from rich.text import Text
 
     from workbench.errors import UsageError
     from workbench.report.scenarios import scenario_table
+    from workbench.report.text import plain_console
     from workbench.scenario import ScenarioError, default_scenario_dir, describe_sources, discover_all
 
     if not args.timeout > 0:
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ScenarioError(
             f"{directory}: no scenario files found (a scenario is a .py file with a top-level "
             "`def build(device)`; `workbench init` writes one).", path=str(directory))
-    console = Console()
+    console = plain_console()
     # No spinner: its thread would make the build child a spawned process instead of a fork.
     infos = describe_sources(found.sources, build=not args.static, timeout_s=args.timeout)
     console.print(scenario_table(infos, title=f"scenarios in {directory}"))
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if info.error:
             style = "yellow" if info.unavailable else "red"
             mark = "–" if info.unavailable else "✖"
-            console.print(f"[{style}]{mark} {info.label}[/]: {info.error}", highlight=False)
+            console.print(Text.assemble((f"{mark} {info.label}", style), f": {info.error}"), highlight=False)
     for skipped in found.skipped:
-        console.print(f"[dim]skipped {skipped.path}: {skipped.reason}[/]", highlight=False)
+        console.print(Text(f"skipped {skipped.path}: {skipped.reason}", style="dim"), highlight=False)
     return 2 if failed else 0

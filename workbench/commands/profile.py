@@ -89,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
                          + (" with --analyze." if args.analyze else "."))
     options = None if args.analyze else _options(args)
 
-    from rich.console import Console
+    from rich.text import Text
 
     from workbench.profiling.runs import analyze_path
     from workbench.report.profile import estimate_line, files_view, run_view
+    from workbench.report.text import plain_console
 
-    console = Console()
+    console = plain_console()
     if args.json:
         from workbench.report.files import check_writable, scenario_inputs
 
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
                 console.print(estimate_line(size))
                 if size.total_bytes > limit * 2**20 and args.force:
-                    console.print(f"[yellow]warning: over the {limit:g} MB limit; writing it anyway (--force)[/]")
+                    console.print(Text(f"warning: over the {limit:g} MB limit; writing it anyway (--force)",
+                                       style="yellow"))
 
             def on_progress(done: int, total: int) -> None:
                 status.update(f"profiling {source.label}: step {done}/{total}")
@@ -233,11 +235,14 @@ def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  
 
 
 def _serve(console, logdir) -> int:  # noqa: ANN001 - rich Console, Path
+    from rich.text import Text
+
     from workbench.profiling.tensorboard import start_tensorboard
 
     with console.status("starting TensorBoard ..."):
         tb = start_tensorboard(logdir)
-    console.print(f"TensorBoard serves {logdir} at [cyan]{tb.url}[/] (pid {tb.pid}, log {tb.log_path}).")
+    console.print(Text.assemble(f"TensorBoard serves {logdir} at ", (tb.url, "cyan"),
+                                f" (pid {tb.pid}, log {tb.log_path})."))
     console.print("Press Ctrl-C to stop it.")
     try:
         tb.process.wait()

@@ -186,17 +186,18 @@ class _Report:
 
 
 def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: _Report) -> int:
-    from rich.console import Console
+    from rich.text import Text
 
     from workbench.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
     from workbench.engine import Engine, EngineConfig, Phase, StepError
     from workbench.errors import UsageError
     from workbench.report import json_report
     from workbench.report.run import findings_table, layer_table, param_table, run_line
+    from workbench.report.text import plain_console
     from workbench.scenario import ScenarioError, load_source, resolve_device
 
-    console = Console()
-    err = Console(stderr=True)
+    console = plain_console()
+    err = plain_console(stderr=True)
     tb = None
     engine = None
     done, stopped_by, hit, error, paused = 0, "steps", None, None, None
@@ -228,8 +229,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
         label = report.label
         named = f" ({scenario.name})" if scenario.name != label else ""
         console.print(
-            f"[bold]{label}[/]{named} on {report.device}: {type(scenario.model).__name__}, "
-            f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}",
+            Text.assemble((label, "bold"), f"{named} on {report.device}: {type(scenario.model).__name__}, "
+                          f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}"),
             highlight=False,
         )
         try:
@@ -276,8 +277,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                           f"not listed (the report lists the first {MAX_FINDINGS:,}).", highlight=False)
     console.print(run_line(summary))
     if hit is not None:
-        console.print(f"[bold yellow]stopped at breakpoint[/] {hit.breakpoint} at step {hit.step}, "
-                      f"before its optimizer step: {hit.reason}", highlight=False)
+        console.print(Text.assemble(("stopped at breakpoint", "bold yellow"), f" {hit.breakpoint} at step "
+                                    f"{hit.step}, before its optimizer step: {hit.reason}"), highlight=False)
     if args.json:
         console.print(f"report written to {args.json}", highlight=False)
     if args.tensorboard:
@@ -288,7 +289,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
 
         sys.stderr.write(error.traceback_text if getattr(args, "verbose", False) else _user_traceback(error))
         # soft_wrap: shapes and file:line stay on one line (copyable, greppable).
-        err.print(f"[bold red]error:[/] {report.label}: {error}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), f" {report.label}: {error}"), highlight=False,
+                  soft_wrap=True)
         if isinstance(error.original, ScenarioError):
             err.print("Fix the scenario and run again.", highlight=False)
         return EXIT_ERROR
@@ -300,9 +302,12 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
 def _replay(engine: Any, hit: Any, n: int, report: _Report, console: Any) -> tuple[Any, Any]:
     """Rewind to ``n`` step starts back (the breakpoint's step included) and run to the same
     breakpoint again with full stats. Returns the (new) hit and the paused step."""
+    from rich.text import Text
+
     back = min(n, len(engine.rewindable_steps))
     if back < 1:
-        console.print("[yellow]replay: no snapshot was kept (see the snapshot budget); nothing replayed[/]")
+        console.print(Text("replay: no snapshot was kept (see the snapshot budget); nothing replayed",
+                           style="yellow"))
         return hit, engine.current
     start = engine.rewind(back)
     again = None
@@ -321,8 +326,8 @@ def _replay(engine: Any, hit: Any, n: int, report: _Report, console: Any) -> tup
                       f"{again.step}: {again.reason}", highlight=False)
         return again, engine.current
     if again is None:
-        console.print(f"[yellow]replay: steps {start}..{hit.step} ran again but the breakpoint did not fire at "
-                      f"step {hit.step} this time (a non-deterministic step?)[/]", highlight=False)
+        console.print(Text(f"replay: steps {start}..{hit.step} ran again but the breakpoint did not fire at "
+                           f"step {hit.step} this time (a non-deterministic step?)", style="yellow"), highlight=False)
         return hit, engine.current
     console.print(f"replayed steps {start}..{hit.step} with full stats; the breakpoint fired again at step "
                   f"{hit.step}", highlight=False)

@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, inputs=scenario_inputs(args.scenario))
 
-    from rich.console import Console
 
     from workbench.engine.summary import summarize
     from workbench.report.summary import summary_renderable
+    from workbench.report.text import plain_console
     from workbench.scenario import ScenarioError, load
 
     scenario = load(args.scenario, args.device)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.scenario}: the summary's forward pass raised {type(exc).__name__}: {exc}. "
             "Run `workbench run` on it for the traceback."
         ) from exc
-    Console().print(summary_renderable(summary, args.depth))
+    plain_console().print(summary_renderable(summary, args.depth))
     if args.json:
         atomic_write_json(args.json, summary)
     return 0

@@ -6,12 +6,12 @@ import re
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
-from rich.table import Table
 from rich.text import Text
 
 from workbench.bench.compare import Comparison
 from workbench.bench.results import BenchRun, Timing, VariantResult
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes, human_count
+from workbench.report.text import Table
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
 # Narrower consoles (80-column CI logs, pipes) get the notes under the table, not in it.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from workbench.bench.divergence import MODEL_SHARE, NEAR_ZERO, Divergence, TensorDiff, past_threshold
 from workbench.report.numbers import fmt_float
+from workbench.report.text import Table
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from workbench.profiling.advice import GPU_ONLY, THRESHOLDS, Recommendation
@@ -14,6 +13,7 @@ from workbench.profiling.export import ProfileRun, SizeEstimate
 from workbench.profiling.runs import RunAnalysis
 from workbench.profiling.tensorboard import tensorboard_command
 from workbench.report.numbers import human_bytes
+from workbench.report.text import Table
 
 # One colour per category, shared by the terminal report and the TUI bar.
 CATEGORY_STYLES = {
@@ -173,7 +173,7 @@ def sparkline(values: Sequence[float]) -> str:
 def memory_table(analysis: TraceAnalysis) -> RenderableType:
     if not analysis.memory:
         return Text("memory: not recorded (profile with --memory)", style="dim")
-    table = Table(title="memory (profiler \\[memory] events)", title_justify="left")
+    table = Table(title="memory (profiler [memory] events)", title_justify="left")
     for col in ("device", "start", "peak", "end", "peak at", "capacity", "curve"):
         table.add_column(col, justify="left" if col in ("device", "peak at", "curve") else "right")
     for m in analysis.memory:

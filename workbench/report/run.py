@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich import box
-from rich.table import Table
 from rich.text import Text
 
 from workbench.engine.records import SEVERITY_RANK, Finding, StepProgress, StepRecord
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes
+from workbench.report.text import Table
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 

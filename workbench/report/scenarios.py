@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.table import Table
+from rich.text import Text
 
 from workbench.report.numbers import human_count
+from workbench.report.text import Table
 from workbench.scenario import ScenarioInfo
 
 
@@ -18,12 +19,12 @@ def scenario_table(infos: Sequence[ScenarioInfo], title: str | None = None) -> T
     table.add_column("description", overflow="fold")
     for info in infos:
         if info.unavailable:
-            table.add_row(info.label, f"[yellow]needs {info.unavailable}[/]", "", info.description)
+            table.add_row(info.label, Text(f"needs {info.unavailable}", style="yellow"), "", info.description)
         elif info.error:
             first = info.error.splitlines()[0]
-            table.add_row(info.label, "[red]failed to load[/]", "", f"[red]{first}[/]")
+            table.add_row(info.label, Text("failed to load", style="red"), "", Text(first, style="red"))
         elif not info.built:
-            table.add_row(info.label, "[dim]not built[/]", "", info.description)
+            table.add_row(info.label, Text("not built", style="dim"), "", info.description)
         else:
             table.add_row(
                 info.label, info.model_class, human_count(info.parameters),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from workbench.engine.summary import ModelSummary
 from workbench.report.numbers import human_bytes, human_count
+from workbench.report.text import Table
 
 
 def summary_renderable(s: ModelSummary, max_depth: int | None = None) -> Group:

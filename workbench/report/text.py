@@ -1,0 +1,41 @@
+"""Printing user text literally.
+
+Scenario names and descriptions, file paths, module names and finding messages
+come from users and may hold square brackets (``cifar [/mnt/data/cifar]``,
+``[red]raw[/red]``). Rich reads brackets in a plain ``str`` as markup: a stray
+closing tag raises MarkupError and a well-formed one vanishes into a style. So
+every table in report/ turns its ``str`` cells, title and caption into
+``Text`` (never parsed), and the commands print through a Console with markup
+off; styled words are ``Text`` objects with explicit styles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import table as _rich_table
+from rich.console import Console
+from rich.text import Text
+
+
+def literal(value: Any) -> Any:
+    """``value`` as a renderable printed exactly as written (non-strings unchanged)."""
+    return Text(value) if isinstance(value, str) else value
+
+
+class Table(_rich_table.Table):
+    """rich's Table, with every str cell, title and caption shown literally."""
+
+    def __init__(self, *headers: Any, title: Any = None, caption: Any = None, **kwargs: Any) -> None:
+        super().__init__(*headers, title=literal(title), caption=literal(caption), **kwargs)
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(literal(r) for r in renderables), **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, literal(value) if name in ("title", "caption") else value)
+
+
+def plain_console(stderr: bool = False) -> Console:
+    """The commands' Console: strings are never read as markup (user text is everywhere)."""
+    return Console(stderr=stderr, markup=False)
