@@ -540,3 +540,92 @@ def test_user_text_that_looks_like_markup_is_printed_literally(argv, words, tmp_
     out = capsys.readouterr()
     for word in words:
         assert word in out.out + out.err, f"{word!r} not in:\n{out.out}"
+
+
+# -- bench --compare: broken files are refused, noise never fails the gate -----------------
+
+
+def _bench_file(path: Path, samples: dict[str, list]) -> Path:
+    from workbench.bench.results import BenchRun, BenchSettings, Hardware, Timing, VariantResult, save_run
+
+    rows = tuple(VariantResult(name, "ok", timing=Timing(tuple(s), samples_per_step=8)) for name, s in samples.items())
+    run = BenchRun("tiny", "cpu", Hardware("cpu", 2, 2, (), "2.13"), BenchSettings(1, 8, 1, 4, 8, 2), rows)
+    save_run(path, run)
+    return path
+
+
+STEADY = [0.010 + 0.0001 * i for i in range(8)]
+
+# (how NEW's fp32 row is broken, words in the error)
+BAD_NEW_ROWS = [
+    (lambda r: r["timing"].update(samples=[]), "row 'fp32' is ok but has no timing samples"),
+    (lambda r: r["timing"]["samples"].__setitem__(2, "NaN"), "samples[2] = 'NaN' is not finite"),
+    (lambda r: r["timing"]["samples"].__setitem__(0, -0.01), "samples[0] = -0.01 is not positive"),
+    (lambda r: r["timing"]["samples"].__setitem__(1, 0), "samples[1] = 0 is not positive"),
+    (lambda r: r["timing"]["samples"].__setitem__(1, "fast"), "samples[1] = 'fast' is not a number"),
+    (lambda r: r.update(timing=None), "row 'fp32' is ok but has no timing samples"),
+    (lambda r: r["timing"].update(samples={"a": 1}), "samples is dict"),
+]
+
+
+@pytest.mark.parametrize("breaks, words", BAD_NEW_ROWS, ids=[w for _, w in BAD_NEW_ROWS])
+def test_compare_refuses_a_broken_new_file(breaks, words, tmp_path, capsys) -> None:
+    old = _bench_file(tmp_path / "old.json", {"fp32": STEADY})
+    new = _bench_file(tmp_path / "new.json", {"fp32": STEADY})
+    data = json.loads(new.read_text())
+    breaks(data["results"][0])
+    new.write_text(json.dumps(data))
+    for a, b in ((old, new), (new, old)):
+        assert main(["bench", "--compare", str(a), str(b)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "new.json" in err and "Traceback" not in err, err
+
+
+def test_compare_refuses_deeply_nested_json(tmp_path, capsys) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    good = _bench_file(tmp_path / "good.json", {"fp32": STEADY})
+    assert main(["bench", "--compare", str(good), str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert "deep.json: JSON nested deeper than the parser allows" in err and "Recursion" not in err
+
+
+def test_an_input_file_past_the_size_limit_is_refused_unread(tmp_path) -> None:
+    from workbench.inputs import InputFileError, read_json
+
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"pad": "x" * 5000}))
+    with pytest.raises(InputFileError, match="big.json: is larger than 0 MB"):
+        read_json(big, "bench result", limit_bytes=4096)
+
+
+def test_a_noisy_change_is_reported_and_never_fails_the_gate(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    noisy = [0.0090, 0.0095, 0.0098, 0.0103, 0.028, 0.029, 0.030, 0.031]  # median +80 %, samples overlap
+    old = _bench_file(tmp_path / "old.json", {"fp32": STEADY, "amp": STEADY})
+    new = _bench_file(tmp_path / "new.json", {"fp32": [s * 1.3 for s in STEADY], "amp": noisy})
+    assert main(["bench", "--compare", str(old), str(new)]) == 1  # fp32: a real 30 % slowdown
+    out = capsys.readouterr().out
+    assert "slower" in out and "noisy, not comparable" in out and "samples overlap" in out
+    only_noise = _bench_file(tmp_path / "noise.json", {"fp32": STEADY, "amp": noisy})
+    assert main(["bench", "--compare", str(old), str(only_noise)]) == 0
+    few = _bench_file(tmp_path / "few.json", {"fp32": STEADY[:3], "amp": STEADY[:3]})
+    slow_few = _bench_file(tmp_path / "slow_few.json", {"fp32": [s * 2 for s in STEADY[:3]], "amp": STEADY[:3]})
+    assert main(["bench", "--compare", str(few), str(slow_few)]) == 0
+    assert "too few samples (3 vs 3)" in capsys.readouterr().out
+
+
+MANN_WHITNEY = [
+    ([1, 2, 3], [4, 5, 6], 2 / 20),  # separated, 3 vs 3: the smallest two-sided p there is
+    ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], 2 / 252),
+    ([1, 2, 3], [1, 2, 3], 1.0),
+    ([1, 3, 5, 7], [2, 4, 6, 8], 0.6857142857142857),  # U = 6 of 16: P(U <= 6) = 24/70
+]
+
+
+@pytest.mark.parametrize("x, y, p", MANN_WHITNEY)
+def test_mann_whitney_exact_p_values(x, y, p) -> None:
+    from workbench.bench.compare import mann_whitney_p
+
+    assert mann_whitney_p(x, y) == pytest.approx(p)
+    assert mann_whitney_p(y, x) == pytest.approx(p)  # two-sided: symmetric

@@ -9,7 +9,6 @@ re-analysed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -173,11 +172,30 @@ def _num(value: Any) -> Any:
     return value
 
 
-def _timing(data: dict[str, Any] | None) -> Timing | None:
+def _samples(values: Any, row: str, field: str, where: str) -> tuple[float, ...]:
+    """Seconds per step, each a finite number > 0; BenchFileError names the row and the sample."""
+    if not isinstance(values, (list, tuple)):
+        raise BenchFileError(f"{where}: row {row!r}: {field}.samples is {type(values).__name__}, expected a list "
+                             "of seconds per step.")
+    out = []
+    for i, raw in enumerate(values):
+        value = _num(raw)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value <= 0:
+            what = "not a number" if not ok else "not finite" if not math.isfinite(value) else "not positive"
+            raise BenchFileError(f"{where}: row {row!r}: {field}.samples[{i}] = {raw!r} is {what}; a step time "
+                                 "must be a positive number of seconds. The run that wrote it is broken: "
+                                 "re-run `workbench bench --json`.")
+        out.append(float(value))
+    return tuple(out)
+
+
+def _timing(data: dict[str, Any] | None, row: str = "?", field: str = "timing",
+            where: str = "bench file") -> Timing | None:
     if data is None:
         return None
     return Timing(
-        samples=tuple(float(_num(s)) for s in data["samples"]),
+        samples=_samples(data["samples"], row, field, where),
         steps_per_sample=int(data.get("steps_per_sample", 1)),
         samples_per_step=int(data.get("samples_per_step", 0)),
         planned_steps=int(data.get("planned_steps", 0)),
@@ -203,8 +221,12 @@ def from_dict(data: Any, where: str = "bench file") -> BenchRun:
         results = []
         for r in data["results"]:
             r = dict(r)
-            r["timing"] = _timing(r.get("timing"))
-            r["reference"] = _timing(r.get("reference"))
+            name = str(r.get("name", "?"))
+            r["timing"] = _timing(r.get("timing"), name, "timing", where)
+            r["reference"] = _timing(r.get("reference"), name, "reference", where)
+            if r.get("status") == "ok" and (r["timing"] is None or not r["timing"].samples):
+                raise BenchFileError(f"{where}: row {name!r} is ok but has no timing samples; the run that wrote "
+                                     "it is broken: re-run `workbench bench --json`.")
             r["warnings"] = tuple(r.get("warnings", ()))
             for key in ("speedup", "final_loss", "baseline_loss"):
                 r[key] = _num(r.get(key))
@@ -220,6 +242,8 @@ def from_dict(data: Any, where: str = "bench file") -> BenchRun:
             interrupted=bool(data.get("interrupted", False)),
             load=tuple(float(x) for x in data["load"]) if data.get("load") else None,  # type: ignore[arg-type]
         )
+    except BenchFileError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise BenchFileError(
             f"{where}: a bench result with a missing or malformed field ({type(exc).__name__}: "
@@ -229,21 +253,13 @@ def from_dict(data: Any, where: str = "bench file") -> BenchRun:
 
 def load_run(path: str | Path) -> BenchRun:
     """Read a file written by ``workbench bench --json``; BenchFileError says what is wrong."""
-    p = Path(path)
+    from workbench.inputs import InputFileError, read_json
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BenchFileError(f"{p}: no such file; pass a JSON file written by `workbench bench --json`.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BenchFileError(f"{p}: cannot be read ({exc}).") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BenchFileError(
-            f"{p}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); the file is corrupt "
-            "or truncated. Re-create it with `workbench bench --json`."
-        ) from exc
-    return from_dict(data, str(p))
+        data = read_json(path, "bench result (`workbench bench --json`)")
+    except InputFileError as exc:
+        raise BenchFileError(f"{exc} Pass a JSON file written by `workbench bench --json`.") from exc
+    return from_dict(data, str(path))
 
 
 def save_run(path: str | Path, run: BenchRun) -> Path:

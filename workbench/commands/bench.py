@@ -16,7 +16,9 @@ DESCRIPTION = (
     "median step time, IQR, throughput, speedup, peak memory and final loss. "
     "Exit codes: 0 every row ran or was skipped with its reason, 1 a row failed, 2 bad input or "
     "every row failed (the scenario raises; the JSON rows hold the traceback), 130 interrupted. "
-    "`workbench bench --compare OLD.json NEW.json` gates regressions (exit 1 past --threshold). "
+    "`workbench bench --compare OLD.json NEW.json` gates regressions: exit 1 when a row's median is "
+    "slower by more than --threshold and a Mann-Whitney U test on the raw samples says it is not noise "
+    "(a change the samples cannot tell from noise is shown as noisy and never fails). "
     "Variants: fp32, amp, amp-bf16, accum-K, channels-last, compile, dataparallel, ddp-N, "
     "int8-dynamic, loader-wN[-pin]; aliases dataloader, default, all."
 )

@@ -288,7 +288,7 @@ def compare_table(cmp: Comparison) -> RenderableType:
                   title_justify="left")
     for col in ("variant", "old median", "new median", "change", "verdict", "note"):
         table.add_column(col, justify="right" if "median" in col or col == "change" else "left")
-    styles = {"slower": "red", "regressed": "red", "faster": "green", "fixed": "green"}
+    styles = {"slower": "red", "regressed": "red", "faster": "green", "fixed": "green", "noisy": "yellow"}
     for c in cmp.changes:
         change = f"{c.change:+.1%}" if c.change is not None else "·"
         table.add_row(c.name, fmt_ms(c.old_s), fmt_ms(c.new_s), change,
