@@ -629,3 +629,63 @@ def test_mann_whitney_exact_p_values(x, y, p) -> None:
 
     assert mann_whitney_p(x, y) == pytest.approx(p)
     assert mann_whitney_p(y, x) == pytest.approx(p)  # two-sided: symmetric
+
+
+# -- profile --analyze: broken, foreign and oversized traces get one clear message -----------
+
+
+def _torch_event(**over):  # noqa: ANN003, ANN202
+    return {"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": 1, "tid": 1, "ts": 10, "dur": 5, **over}
+
+
+# (file name, bytes written, words in the error)
+BAD_TRACES = [
+    ("w.1.pt.trace.json", json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "dur": 3}]}),
+     "traceEvents[0] ('aten::mm') has no 'ts'"),
+    ("w.1.pt.trace.json", json.dumps({"traceEvents": [_torch_event(), _torch_event(ts="12")]}),
+     "traceEvents[1] ('aten::add') has 'ts' = '12', not a finite number"),
+    ("w.1.pt.trace.json", '{"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "a", "ts": NaN, "dur": 1}]}',
+     "has 'ts' = nan, not a finite number"),
+    ("w.1.pt.trace.json", json.dumps({"traceEvents": [_torch_event(dur=-4)]}), "'dur' = -4, not a finite number >= 0"),
+    ("w.1.pt.trace.json", json.dumps({"traceEvents": [_torch_event(), 7]}), "traceEvents[1] is a int"),
+    ("w.1.pt.trace.json.gz", b"\x1f\x8b\x08\x00garbage, not deflate data", "not a valid gzip file"),
+    ("w.1.pt.trace.json.gz", b"plain text in a .gz name", "not a valid gzip file"),
+    ("w.1.pt.trace.json.gz", "truncated", "not a valid gzip file"),  # written below: a gzip cut in half
+    ("w.1.pt.trace.json", json.dumps({"traceEvents": [
+        {"ph": "X", "cat": "blink", "name": "ParseHTML", "ts": 1, "dur": 2, "pid": 1, "tid": 1}]}),
+     "not a PyTorch profiler trace"),
+    ("w.1.pt.trace.json", "[" * 100_000, "nested deeper than the parser allows"),
+    ("w.1.pt.trace.json", '{"traceEvents": [', "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name, content, words", BAD_TRACES, ids=[w for _, _, w in BAD_TRACES])
+def test_a_bad_trace_gets_a_clear_error(name, content, words, tmp_path, capsys) -> None:
+    import gzip
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / name
+    if content == "truncated":
+        whole = gzip.compress(json.dumps({"traceEvents": [_torch_event()] * 2000}).encode())
+        path.write_bytes(whole[: len(whole) // 2])
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["profile", "--analyze", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and str(path) in err and "Traceback" not in err, err
+
+
+def test_a_gzip_bomb_stops_at_the_limit(tmp_path, capsys) -> None:
+    """3 MB of zeros in a few KB of gzip, analysed with a 1 MB limit: refused while inflating."""
+    import gzip
+
+    run = tmp_path / "run"
+    run.mkdir()
+    bomb = run / "w.1.pt.trace.json.gz"
+    with gzip.open(bomb, "wb") as fh:
+        fh.write(b'{"traceEvents": [], "pad": "' + b"0" * (3 * 2**20) + b'"}')
+    assert bomb.stat().st_size < 64 * 1024
+    assert main(["profile", "--analyze", str(run), "--max-trace-mb", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "inflates to more than 1 MB" in err and str(bomb) in err

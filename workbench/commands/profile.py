@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ddp", type=int, metavar="N",
                    help="profile N local DDP ranks (batch split across them), one trace file per rank")
     p.add_argument("--max-trace-mb", type=float, default=None,
-                   help="stop before profiling when the estimated trace is larger (default 200)")
+                   help="stop before profiling when the estimated trace is larger (default 200); with "
+                        "--analyze, refuse trace files that inflate past it (default 1024)")
     p.add_argument("--force", action="store_true", help="write the trace even above --max-trace-mb")
     p.add_argument("--json", metavar="FILE", help="also write the full analysis as JSON (checked before profiling)")
     p.add_argument("--top", type=int, default=15, help="rows in the operator table (default 15)")
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from workbench.profiling.runs import analyze_path
+    from workbench.profiling.trace import DEFAULT_MAX_READ_MB
     from workbench.report.profile import estimate_line, files_view, run_view
     from workbench.report.text import plain_console
 
@@ -109,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
         findings = read_findings(args.findings)  # checked before profiling
     if args.analyze:
-        analysis = analyze_path(args.analyze, findings=findings)
+        analysis = analyze_path(args.analyze, findings=findings,
+                                max_mb=args.max_trace_mb or DEFAULT_MAX_READ_MB)
         console.print(run_view(analysis, args.top))
         logdir = analysis.run_dir.parent
     else:

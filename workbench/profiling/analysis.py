@@ -40,7 +40,7 @@ from typing import Any
 
 from workbench.profiling import intervals
 from workbench.profiling.intervals import Span
-from workbench.profiling.trace import TraceFile, find_runs, load_trace
+from workbench.profiling.trace import DEFAULT_MAX_READ_MB, TraceFile, find_runs, load_trace
 
 # The record_function names the profile loop writes; the analysis relies on them.
 PHASES = ("dataloader", "forward", "loss", "backward", "optimizer_step")
@@ -226,9 +226,11 @@ class TraceAnalysis:
 # -- analysis ----------------------------------------------------------------------------
 
 
-def analyze_file(trace: TraceFile | str | Path) -> TraceAnalysis:
+def analyze_file(trace: TraceFile | str | Path, max_mb: float = DEFAULT_MAX_READ_MB) -> TraceAnalysis:
+    """Load (at most ``max_mb`` inflated), validate and analyse one trace file."""
     tf = trace if isinstance(trace, TraceFile) else _trace_file(Path(trace))
-    return analyze_trace(load_trace(tf.path), path=str(tf.path), run=tf.run, worker=tf.worker, span=tf.span)
+    return analyze_trace(load_trace(tf.path, max_mb), path=str(tf.path), run=tf.run, worker=tf.worker,
+                         span=tf.span)
 
 
 def _trace_file(path: Path) -> TraceFile:

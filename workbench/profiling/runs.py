@@ -10,7 +10,7 @@ from typing import Any
 from workbench.profiling.advice import Recommendation, from_findings, recommend
 from workbench.profiling.analysis import TraceAnalysis, analyze_file
 from workbench.profiling.export import read_metadata
-from workbench.profiling.trace import TraceFile, find_runs, trace_files_in
+from workbench.profiling.trace import DEFAULT_MAX_READ_MB, TraceFile, find_runs, trace_files_in
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class RunAnalysis:
         return tuple(w.path for w in self.workers)
 
 
-def analyze_path(path: str | Path, findings: Sequence[Any] = ()) -> RunAnalysis:
+def analyze_path(path: str | Path, findings: Sequence[Any] = (), max_mb: float = DEFAULT_MAX_READ_MB) -> RunAnalysis:
     """Analyse a run directory, a logdir (its newest run) or a single trace file.
 
     Recommendations are gathered over every worker, one per rule (the first
@@ -42,7 +42,7 @@ def analyze_path(path: str | Path, findings: Sequence[Any] = ()) -> RunAnalysis:
     meta = read_metadata(run_dir)
     found = files
     files = _this_profile(files, meta, explicit=Path(path).is_file())
-    workers = tuple(analyze_file(f) for f in files)
+    workers = tuple(analyze_file(f, max_mb) for f in files)
     seen: dict[str, Recommendation] = {}
     for w in workers:
         for rec in recommend(w):

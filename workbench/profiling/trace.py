@@ -8,8 +8,7 @@ rank in it). The same files open in Perfetto and chrome://tracing.
 
 from __future__ import annotations
 
-import gzip
-import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,26 +84,73 @@ def find_runs(directory: str | Path) -> dict[str, list[TraceFile]]:
     return runs
 
 
-def load_trace(path: str | Path) -> dict[str, Any]:
-    """The trace's JSON object; TraceError says which file and what is wrong."""
+# An inflated trace bigger than this is refused before parsing (JSON parsing holds the
+# text and several times its size in objects): the traces `workbench profile` writes are
+# capped at --max-trace-mb (200 MB by default) before profiling.
+DEFAULT_MAX_READ_MB = 1024.0
+
+# What only torch.profiler writes: its header keys, or its event categories.
+_TORCH_KEYS = ("schemaVersion", "deviceProperties", "baseTimeNanoseconds", "distributedInfo", "traceName")
+_TORCH_CATS = frozenset({"cpu_op", "user_annotation", "python_function", "kernel", "cuda_runtime", "cuda_driver",
+                         "gpu_memcpy", "gpu_memset", "gpu_user_annotation", "cpu_instant_event", "ac2g",
+                         "fwdbwd", "operator", "runtime", "memcpy", "memset"})
+
+
+def load_trace(path: str | Path, max_mb: float = DEFAULT_MAX_READ_MB) -> dict[str, Any]:
+    """The trace's JSON object, validated; TraceError says which file and what is wrong.
+
+    A ``.gz`` trace is inflated as a stream and refused past ``max_mb`` (a gzip bomb
+    stops there). Events the analysis reads must have numeric, finite timestamps
+    (``ts``; ``dur`` >= 0 for complete events), and the trace must be torch.profiler's
+    (a Chrome trace from another tool has none of its events or header keys).
+    """
+    from workbench.inputs import InputFileError, read_json
+
     p = Path(path)
     try:
-        if p.name.endswith(".gz"):
-            with gzip.open(p, "rt", encoding="utf-8") as fh:
-                data = json.load(fh)
-        else:
-            with p.open(encoding="utf-8") as fh:
-                data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise TraceError(
-            f"{p}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); the trace may be "
-            "truncated (was the profiled process killed while writing?). Profile again."
-        ) from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{p}: cannot read the trace: {exc}") from exc
+        data = read_json(p, "PyTorch profiler trace", limit_bytes=int(max_mb * 2**20))
+    except InputFileError as exc:
+        raise TraceError(f"{exc} Profile again (`workbench profile SCENARIO`).") from exc
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
         raise TraceError(
             f"{p}: JSON without a 'traceEvents' list; expected a Chrome trace written by "
             "torch.profiler (export_chrome_trace / tensorboard_trace_handler)."
         )
+    events = data["traceEvents"]
+    for i, e in enumerate(events):
+        problem = _event_problem(e)
+        if problem:
+            name = e.get("name") if isinstance(e, dict) else None
+            raise TraceError(f"{p}: traceEvents[{i}]{f' ({name!r})' if isinstance(name, str) else ''} {problem}; "
+                             "expected events with numeric 'ts' and 'dur' (microseconds). The trace is "
+                             "corrupt or was edited: profile again.")
+    torch_made = any(k in data for k in _TORCH_KEYS) or any(
+        isinstance(e, dict) and (e.get("cat") in _TORCH_CATS or str(e.get("name", "")).startswith("ProfilerStep#"))
+        for e in events)
+    if events and not torch_made:
+        raise TraceError(f"{p}: not a PyTorch profiler trace: a Chrome trace without torch.profiler's header "
+                         "or events (ProfilerStep#N, cpu_op, kernel ...), e.g. from another tool. Profile "
+                         "the training with `workbench profile SCENARIO` and analyse that.")
     return data
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _event_problem(e: Any) -> str | None:
+    """What is wrong with one trace event for the analysis, or None."""
+    if not isinstance(e, dict):
+        return f"is a {type(e).__name__}, not an event object"
+    ph = e.get("ph")
+    if ph == "M" or ph is None and "ts" not in e:
+        return None  # metadata (process and thread names): no time
+    if "ts" not in e:
+        return "has no 'ts'"
+    if not _finite(e["ts"]):
+        return f"has 'ts' = {e['ts']!r}, not a finite number"
+    if ph == "X":
+        dur = e.get("dur")
+        if not _finite(dur) or dur < 0:
+            return f"has 'dur' = {dur!r}, not a finite number >= 0"
+    return None

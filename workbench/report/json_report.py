@@ -155,21 +155,15 @@ def step_error_json(err: Any) -> dict[str, Any]:
 def read_findings(path: str) -> tuple[Any, ...]:
     """The findings of a `workbench run --json` report, as objects with the Finding's
     fields (kind, severity, module, message, ...). UsageError says what is wrong."""
-    import json
     from types import SimpleNamespace
 
     from workbench.errors import UsageError
+    from workbench.inputs import InputFileError, read_json
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file; pass the report of `workbench run SCENARIO --json FILE`.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot be read ({exc}).") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc}); pass the report of "
-                         "`workbench run SCENARIO --json FILE`.") from None
+        data = read_json(path, "`workbench run --json` report")
+    except InputFileError as exc:
+        raise UsageError(f"{exc} Pass the report of `workbench run SCENARIO --json FILE`.") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("findings"), list):
         raise UsageError(f"{path}: not a `workbench run --json` report (expected \"schema\": \"{SCHEMA}\" "
                          "and a \"findings\" list).")
