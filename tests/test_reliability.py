@@ -689,3 +689,31 @@ def test_a_gzip_bomb_stops_at_the_limit(tmp_path, capsys) -> None:
     assert main(["profile", "--analyze", str(run), "--max-trace-mb", "1"]) == 2
     err = capsys.readouterr().err
     assert "inflates to more than 1 MB" in err and str(bomb) in err
+
+
+# -- local DDP ranks: nothing listens beyond loopback ------------------------------------------
+
+
+def _listening_rank(rank, world, init_method, payload, tick, beat):  # noqa: ANN001, ANN201 - a spawn entry
+    """Join the group, then name every TCP socket this rank listens on."""
+    import psutil
+    import torch.distributed as dist
+
+    from workbench.distributed import join_group, leave_group
+
+    join_group(rank, world, "cpu", init_method)
+    dist.barrier()  # every rank's sockets (store, gloo pairs) exist by now
+    listening = [c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    dist.barrier()
+    leave_group()
+    return listening
+
+
+@pytest.mark.slow
+def test_local_ranks_listen_on_loopback_only() -> None:
+    """The c10d store is unauthenticated: bound to 127.0.0.1, never to every interface."""
+    from workbench.distributed import spawn_ranks
+
+    (first, second), _ = spawn_ranks(_listening_rank, None, 2, timeout_s=120)
+    assert first, "rank 0 runs the store: it must listen somewhere"
+    assert set(first + second) <= {"127.0.0.1", "::1"}, (first, second)

@@ -88,9 +88,52 @@ def join_group(rank: int, world_size: int, device: str, init_method: str, *,
     else:
         dev = torch.device("cpu")
         torch.set_num_threads(1)
-    dist.init_process_group(backend_for(device), init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if init_method.startswith(LOOPBACK_INIT):
+        # A local spawn: the store (rank 0's TCP server, unauthenticated) must listen on
+        # loopback only; given just an address, c10d's TCPStore binds every interface.
+        port = int(init_method.removeprefix(LOOPBACK_INIT))
+        store = loopback_store(port, world_size, rank == 0, timeout)
+        dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size, timeout=timeout)
+    else:
+        dist.init_process_group(backend_for(device), init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timeout)
     return dev
+
+
+LOOPBACK_INIT = "tcp://127.0.0.1:"
+
+
+def loopback_store(port: int, world_size: int, is_master: bool, timeout: datetime.timedelta) -> Any:
+    """A c10d TCPStore whose server socket is bound to 127.0.0.1 (not 0.0.0.0 / ::).
+
+    The master binds the socket itself and hands the listening descriptor over
+    (``master_listen_fd``); the other ranks connect to 127.0.0.1:port.
+    """
+    import torch.distributed as dist
+
+    if not is_master:
+        return dist.TCPStore("127.0.0.1", port, world_size, False, timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(max(world_size, 16))
+    except BaseException:
+        sock.close()
+        raise
+    fd = sock.detach()  # the store owns the descriptor from here
+    return dist.TCPStore("127.0.0.1", port, world_size, True, timeout, wait_for_workers=False,
+                         master_listen_fd=fd)
+
+
+def _loopback_interface() -> str | None:
+    """The loopback interface's name (lo on Linux, lo0 on macOS), or None."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
 
 
 def leave_group() -> None:
@@ -119,8 +162,12 @@ def _spawn_entry(rank: int, world_size: int, port: int, entry: RankEntry, payloa
     """Child process body: set torchrun-style env, run the rank, report back."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    loopback = _loopback_interface()
+    if loopback is not None:  # the backends' own sockets (gloo pairs, NCCL bootstrap) on loopback too
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
     try:
-        result = entry(rank, world_size, f"tcp://127.0.0.1:{port}", payload,
+        result = entry(rank, world_size, f"{LOOPBACK_INIT}{port}", payload,
                        lambda done, total: out.put(("tick", rank, done, total)),
                        lambda: out.put(("alive", rank)))
         out.put(("ok", rank, result))
