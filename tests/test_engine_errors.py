@@ -45,6 +45,24 @@ class _Exits(nn.Linear):
         raise SystemExit(4)  # what sys.exit(4) raises: a step failure, not the workbench's exit
 
 
+class _WorkerDiesInBackward(torch.autograd.Function):
+    """What a DataLoader worker killed mid-step looks like: torch's SIGCHLD handler raises in
+    the main thread wherever it is, here in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+
+class _DiesInBackward(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _WorkerDiesInBackward.apply(super().forward(x))
+
+
 def _cases() -> list[tuple[str, Callable[[], Scenario], Phase, list[str]]]:
     x8 = torch.randn(8, 4)
     return [
@@ -82,6 +100,8 @@ def _cases() -> list[tuple[str, Callable[[], Scenario], Phase, list[str]]]:
         ("keyword_batch", lambda: Scenario(model=(m := nn.Linear(4, 3)), optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
                                            loss_fn=None, data=[{"x": x8, "labels": torch.randn(8, 3)}]),
          Phase.FORWARD, ["model(dict{'x': (8, 4) float32", "model(**batch)", "no argument 'x'"]),
+        ("dataloader_worker", lambda: _scenario(_DiesInBackward(4, 3), x8, torch.randn(8, 3)), Phase.BACKWARD,
+         ["step 0, data loading: RuntimeError: DataLoader worker", "num_workers=0"]),
         ("user_exit", lambda: _scenario(_Exits(4, 3), x8, torch.randn(8, 3)), Phase.FORWARD,
          ["SystemExit: 4", "called sys.exit()", "Raise an exception"]),
     ]

@@ -717,3 +717,15 @@ def test_local_ranks_listen_on_loopback_only() -> None:
     (first, second), _ = spawn_ranks(_listening_rank, None, 2, timeout_s=120)
     assert first, "rank 0 runs the store: it must listen somewhere"
     assert set(first + second) <= {"127.0.0.1", "::1"}, (first, second)
+
+
+@pytest.mark.slow
+def test_a_dataloader_worker_that_dies_is_a_data_loading_error(tmp_path, capsys) -> None:
+    """Killed by a signal (as the OOM killer does): named a data-loading error, not a model phase."""
+    report = tmp_path / "report.json"
+    assert main(["run", str(CASES / "dataloader_worker_dies.py"), "--steps", "5", "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert ", data loading: RuntimeError: DataLoader worker" in err, err
+    assert "num_workers=0" in err and " phase:" not in err and "model(" not in err
+    error = json.loads(report.read_text())["error"]
+    assert error["data_loading"] is True and error["stage"] == "data loading" and error["kind"] == "dataloader_worker"

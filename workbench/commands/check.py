@@ -161,7 +161,7 @@ def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
         err = outcome.error
         what = f"out of memory at batch size {err.batch_size}" if err.oom else type(err.original).__name__
         return CheckResult(source.label, source.where, "failed", outcome.steps_done, seconds,
-                           final, len(errors), len(warnings), f"{what} at step {err.step} ({err.phase.value})",
+                           final, len(errors), len(warnings), f"{what} at step {err.step} ({err.stage})",
                            findings, failure=err.traceback_text, detail=str(err))
     if errors or warnings:
         first = group_findings(errors or warnings)[0]

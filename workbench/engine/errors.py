@@ -92,6 +92,23 @@ DTYPES = (
     "torch.as_tensor(x, dtype=torch.float32) or .float() in the data (or use model.double())."
 )
 
+DATALOADER_WORKER = (
+    "a DataLoader worker process failed: a data-loading error, not the model's, whatever phase was "
+    "running when it was noticed. A worker killed by a signal is most often "
+    "the out-of-memory killer (each worker holds a copy of the Dataset: lower num_workers or the Dataset's "
+    "size in memory) or a crash in native code; run with num_workers=0 to see the dataset's own error."
+)
+# torch.utils.data's messages when a worker dies, is killed, or raises in the dataset.
+_DATALOADER_RE = re.compile(
+    r"DataLoader worker \(pids?(\(s\))? [\d, ]+\) (exited unexpectedly|is killed by signal)|"
+    r"in DataLoader worker process \d+")
+
+
+def is_data_loading_error(exc: BaseException) -> bool:
+    """True when a DataLoader worker died or its dataset raised (whatever phase noticed it)."""
+    return isinstance(exc, Exception) and bool(_DATALOADER_RE.search(str(exc)))
+
+
 USER_EXIT = (
     "the scenario's code called sys.exit() (or exit()) inside the training step: that would end the "
     "workbench, so it counts as this step failing. Raise an exception to signal an error instead."
@@ -156,6 +173,7 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
     KnownError("keyword_batch", _re(r"forward\(\) got an unexpected keyword argument '(\w+)'"), _keyword_batch,
                types=(TypeError,), phases=(Phase.FORWARD,)),
     KnownError("user_exit", _re(r""), USER_EXIT, types=(SystemExit, GeneratorExit)),
+    KnownError("dataloader_worker", _DATALOADER_RE, DATALOADER_WORKER),
 )
 
 
@@ -239,9 +257,14 @@ class StepError(Exception):
         self.phase = phase
         self.step = step
         self.original = original
+        # A DataLoader worker's failure surfaces in whichever phase the engine was in
+        # (a dead worker is noticed by a signal handler, or at the next batch): name
+        # it for what it is, without the model call that merely happened to be running.
+        self.data_loading = is_data_loading_error(original)
+        self.stage = "data loading" if self.data_loading else f"{phase.value} phase"
         self.batch_size = ctx.batch_size
-        self.call = ctx.call
-        self.module = ctx.module
+        self.call = None if self.data_loading else ctx.call
+        self.module = None if self.data_loading else ctx.module
         self.oom = isinstance(original, torch.OutOfMemoryError)
         self.traceback_text = "".join(
             traceback.format_exception(type(original), original, original.__traceback__)
@@ -264,10 +287,10 @@ class StepError(Exception):
     def headline(self) -> str:
         """One line: 'step 3, forward phase: RuntimeError: ...' (the first line of the message)."""
         first = str(self.original).strip().partition("\n")[0]
-        return f"step {self.step}, {self.phase.value} phase: {type(self.original).__name__}: {first}"
+        return f"step {self.step}, {self.stage}: {type(self.original).__name__}: {first}"
 
     def _message(self) -> str:
-        lines = [f"step {self.step}, {self.phase.value} phase: {type(self.original).__name__}: {self.original}"]
+        lines = [f"step {self.step}, {self.stage}: {type(self.original).__name__}: {self.original}"]
         where = [w for w in (self.call, f"module {self.module}" if self.module else None) if w]
         if where:
             lines.append(f"  in {', inside '.join(where)}")

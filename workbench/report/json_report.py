@@ -147,7 +147,8 @@ def report_rest(*, scenario: str, device: str, findings: Sequence[dict[str, Any]
 def step_error_json(err: Any) -> dict[str, Any]:
     """A StepError: the user's exception plus where it happened, the call and the advice."""
     payload = error_json(err.original, err.traceback_text, phase=err.phase.value, step=err.step)
-    payload.update({"call": err.call, "module": err.module, "at": err.user_frame, "kind": err.kind,
+    payload.update({"stage": err.stage, "data_loading": err.data_loading,
+                    "call": err.call, "module": err.module, "at": err.user_frame, "kind": err.kind,
                     "hint": err.advice, "oom": err.oom, "batch_size": err.batch_size})
     return payload
 
