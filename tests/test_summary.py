@@ -44,9 +44,17 @@ def test_summary_leaves_the_model_as_it_was() -> None:
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def test_lstm_flops_are_flagged_as_not_counted() -> None:
+def test_lstm_flops_are_counted_and_a_kernel_without_formula_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench.engine.summary as summary_module
+
     summary = summarize(load(SCENARIOS / "lstm_text.py"))
-    assert summary.uncounted == ("lstm",)
+    lstm = {layer.name: layer for layer in summary.layers}["lstm"]
+    # Every token through the input and hidden matmuls: 2 * (64*24) * (4*64*32 + 4*64*64).
+    assert lstm.flops == 2 * 64 * 24 * (4 * 64 * 32 + 4 * 64 * 64) and summary.uncounted == ()
+    # Without a formula for the kernel the LSTM ran (as cuDNN's RNN on CUDA): "not counted".
+    monkeypatch.setattr(summary_module, "EXTRA_FORMULAS", {
+        k: v for k, v in summary_module.EXTRA_FORMULAS.items() if "mkldnn_rnn" not in str(k)})
+    assert summarize(load(SCENARIOS / "lstm_text.py")).uncounted == ("lstm",)
 
 
 def test_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

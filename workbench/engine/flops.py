@@ -3,9 +3,10 @@
 ``FlopCounterMode`` (torch 2.13) counts matmul, convolution and the CUDA SDPA kernels.
 On CPU, attention silently counts 0: ``F.scaled_dot_product_attention`` dispatches to
 ``aten._scaled_dot_product_flash_attention_for_cpu``, ``nn.MultiheadAttention`` in eval
-mode to the fused ``aten._native_multi_head_attention``, and a ``Linear`` fed a nested
+mode to the fused ``aten._native_multi_head_attention``, a ``Linear`` fed a nested
 tensor (``nn.TransformerEncoder`` with a padding mask, in eval mode) to ``aten.linear``
-on the nested backend rather than to ``addmm``. The formulas here are handed to one
+on the nested backend rather than to ``addmm``, and ``nn.LSTM`` to oneDNN's
+``aten.mkldnn_rnn_layer`` (GRU and RNN decompose into matmuls and are counted). The formulas here are handed to one
 ``FlopCounterMode`` through ``custom_mapping`` (nothing is registered globally) and
 follow flop_counter's conventions: 2 FLOPs per multiply-add, matmuls only, attention
 counted dense (a causal mask is not subtracted, as torch's own SDPA formula does).
@@ -82,6 +83,14 @@ def _native_mha(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, emb
     return projections + attention_flops(query, key, value)
 
 
+def _mkldnn_rnn_layer(input: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, *args: Any,
+                      out_val: Any = None, **kwargs: Any) -> int:
+    # One layer and direction of nn.LSTM on CPU (oneDNN): every token goes through the
+    # input and the hidden matmul, (4H x I) and (4H x H); the gates' element-wise math is
+    # not a matmul and is not counted, as for any other layer.
+    return 2 * _tokens(input, input.shape[-1]) * (w_ih.numel() + w_hh.numel())
+
+
 def _raw(fn: Callable[..., int]) -> Callable[..., int]:
     fn._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode: pass tensors, not shapes
     return fn
@@ -95,6 +104,7 @@ def _mapping() -> dict[Any, Callable[..., int]]:
         "_scaled_dot_product_fused_attention_overrideable_backward": _sdpa_backward,
         "_native_multi_head_attention": _native_mha,
         "linear": _linear,
+        "mkldnn_rnn_layer": _mkldnn_rnn_layer,
     }
     mapping: dict[Any, Callable[..., int]] = {}
     for name, fn in ops.items():

@@ -44,7 +44,7 @@ class LayerSummary:
     activation_bytes: int  # bytes of this module's (first floating) output
     calls: int
     is_leaf: bool
-    flops_counted: bool = True  # False: FlopCounterMode has no formula for this op (fused LSTM)
+    flops_counted: bool = True  # False: no formula for the kernel it ran (cuDNN's fused RNN)
     shared_params: tuple[str, ...] = ()  # parameters it uses that another module owns (tied weights)
     storage_of: str | None = None  # its output lies in memory this earlier module produced
     nested: bool = False  # its output is a nested tensor (TransformerEncoder's padding-mask fast path)
@@ -210,8 +210,8 @@ def summarize(scenario: Scenario) -> ModelSummary:
             trainable=sum(p.numel() for p in params if p.requires_grad),
             flops=layer_flops, activation_bytes=out.nbytes if out else 0, calls=calls.get(name, 0),
             is_leaf=leaf[m],
-            # The fused LSTM kernel has no FLOP formula in torch 2.x; GRU and RNN decompose
-            # into matmuls on CPU and are counted, so judge by what was counted.
+            # An RNN whose kernel has no formula (cuDNN's fused RNN on CUDA) counts nothing;
+            # on CPU GRU/RNN decompose into matmuls and LSTM has engine.flops: judge by the count.
             flops_counted=not (isinstance(m, nn.RNNBase) and layer_flops == 0 and calls.get(name, 0) > 0),
             shared_params=tuple(shared), storage_of=storage_of, nested=bool(out and out.nested),
         ))

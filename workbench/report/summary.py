@@ -56,7 +56,7 @@ def summary_renderable(s: ModelSummary, max_depth: int | None = None) -> Group:
         ("non-trainable params", f"{s.total_params - s.trainable_params:,}"),
         ("buffers", human_bytes(s.buffer_bytes)),
         ("forward FLOPs / batch", "not measured (see below)" if s.forward_flops is None
-         else f"{human_count(s.forward_flops)} (matmul/conv/attention only)"),
+         else f"{human_count(s.forward_flops)} (matmul/conv/attention/RNN only)"),
         ("activations / forward", f"{human_bytes(s.activation_bytes)} (module outputs, each storage once)"),
         ("input bytes", human_bytes(s.input_bytes)),
     ):
@@ -73,7 +73,8 @@ def summary_renderable(s: ModelSummary, max_depth: int | None = None) -> Group:
     if s.uncounted:
         parts.append(Text(
             "FLOPs of " + ", ".join(s.uncounted) + " are not counted: torch.utils.flop_counter has no "
-            "formula for the fused LSTM kernel, so the forward total is a lower bound.", style="yellow"))
+            "formula for the kernel they ran (cuDNN's fused RNN), so the forward total is a lower bound.",
+            style="yellow"))
     for note in s.notes:
         parts.append(Text(note, style="yellow"))
     return Group(*parts)
