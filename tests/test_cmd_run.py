@@ -231,6 +231,10 @@ def test_a_replayed_finding_replaces_the_blind_one(tmp_path: Path, capsys: pytes
     assert main(["run", str(spec), "--every", "16", "--steps", "8", "--break-on", "nan_inf", "--replay", "2",
                  "--json", str(out)]) == 1
     capsys.readouterr()
-    (nan,) = [f for f in strict_json(out)["findings"] if f["kind"] == "nan_inf"]
-    assert nan["step"] == 5 and nan["replayed"] is True
+    listed = strict_json(out)["findings"]
+    # The NaN target is the root; the NaN loss is listed under it (its consequence).
+    (root,) = [f for f in listed if f["kind"] == "non_finite_data"]
+    assert root["step"] == 5 and root["replayed"] is True and "sample 3" in root["message"]
+    (nan,) = [c for f in listed for c in (f, *f["consequences"]) if c["kind"] == "nan_inf"]
+    assert nan["step"] == 5 and nan["cause"] == "non_finite_data"
     assert "from finite model outputs" in nan["message"]  # the measured replay could tell; the first pass could not

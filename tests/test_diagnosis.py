@@ -220,3 +220,30 @@ def test_collapse_keeps_separate_runs_apart_and_gaps_within_the_stats_interval()
     assert [(r.step, r.count) for r in collapse_findings(at, gap=3)] == [(0, 5)]
     other = replace(f, module="fc2", step=1)
     assert [r.module for r in collapse_findings([at[0], other, at[1]])] == ["fc", "fc2"]
+
+
+# -- the collapsed findings in the JSON report and the run output --------------------------------
+def test_run_report_lists_a_nan_episode_as_its_root_with_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from workbench.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["run", f"{BUGS}:build_nan_target", "--steps", "12", "--device", "cpu", "--json", str(out)]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    report = json.loads(out.read_text())
+    listed = report["findings"]
+    roots = [f for f in listed if f["kind"] == "non_finite_data"]
+    assert [f["step"] for f in roots] == [2]  # later the model itself is NaN: no more data to blame
+    first = roots[0]
+    assert first["count"] == 1 and first["cause"] is None and first["last_step"] == 2
+    follow = {(c["kind"], c["module"]): c for c in first["consequences"]}
+    assert follow[("loss_divergence", "")]["count"] == 10 and follow[("loss_divergence", "")]["last_step"] == 11
+    assert len(listed) == 1  # 12 steps of NaN: one entry
+    assert all(c["cause"] == "non_finite_data" for c in first["consequences"])
+    # Every finding is either listed or folded under a listed one; the summary still counts them all.
+    folded = sum(f["count"] + sum(c["count"] for c in f["consequences"]) for f in listed)
+    assert folded == sum(report["summary"]["findings_by_kind"].values())
+    assert {"step", "phase", "module", "parameter", "kind", "severity", "value", "threshold", "message"} <= set(first)
+    # The table: one row for the data, the NaN loss under it.
+    assert "non_finite_data" in text and "then nan_inf" in text and "loss_divergence" in text

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     # From here on the output paths are accepted: however the run ends (done, a failing
     # scenario, Ctrl-C while building it or at step k) the JSON report is written.
-    report = _Report(args.json, args.scenario, str(args.device))
+    report = _Report(args.json, args.scenario, str(args.device), every=args.every)
     try:
         return _run_session(args, tuple(breakpoints), report)
     except KeyboardInterrupt:
@@ -107,13 +107,14 @@ class _Report:
     findings (bounded by the engine) and the last measured step for the tables.
     """
 
-    def __init__(self, path: str | None, label: str, device: str) -> None:
+    def __init__(self, path: str | None, label: str, device: str, every: int = 1) -> None:
         from workbench.engine import Finding, StepRecord
         from workbench.report.files import JsonStream
         from workbench.report.json_report import RunTally, report_head
 
         self.label = label
         self.device = device
+        self.every = every  # findings come from measured steps: repeats are this many steps apart
         self.stream = JsonStream(path, "steps", report_head()) if path else None
         self.tally = RunTally()
         self.findings: list[Finding] = []
@@ -173,13 +174,16 @@ class _Report:
 
     def write(self, stopped_by: str, error: dict[str, Any] | None, break_hit: Any = None) -> dict[str, Any]:
         """Finish the report (once: a later call, e.g. Ctrl-C while printing, keeps the first)."""
+        from workbench.engine.records import collapse_findings
         from workbench.report.json_report import finding_json, finding_key, report_rest
 
         if self.summary is not None:
             return self.summary
         self.summary = self.tally.summary(stopped_by=stopped_by, break_hit=break_hit)
         if self.stream is not None:
-            listed = [{**finding_json(f), "replayed": finding_key(f) in self._replayed} for f in self.findings]
+            # Consecutive repeats folded into one (step range, count), consequences under their root.
+            listed = [{**finding_json(f), "replayed": finding_key(f) in self._replayed}
+                      for f in collapse_findings(self.findings, gap=self.every)]
             self.stream.finish(report_rest(scenario=self.label, device=self.device, findings=listed,
                                            summary=self.summary, error=error))
         return self.summary

@@ -19,10 +19,19 @@ SCHEMA = "workbench.run/1"
 
 
 def finding_json(f: Finding) -> dict[str, Any]:
+    """One finding; a collapsed one (records.collapse_findings) carries its run and consequences.
+
+    ``step`` stays the first occurrence (as in schema workbench.run/1 before collapsing);
+    ``last_step`` and ``count`` say how far the run of repeats went, ``cause`` names the
+    root finding's kind when this one follows from it, ``consequences`` lists (collapsed)
+    the findings that follow from this one.
+    """
     return {
         "step": f.step, "phase": f.phase.value, "module": f.module, "parameter": f.parameter,
         "kind": f.kind, "severity": f.severity, "value": f.value, "threshold": f.threshold,
         "message": f.message,
+        "last_step": f.step if f.last_step is None else f.last_step, "count": f.count, "cause": f.cause,
+        "consequences": [finding_json(c) for c in f.consequences],
     }
 
 

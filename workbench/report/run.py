@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich import box
 from rich.text import Text
 
-from workbench.engine.records import SEVERITY_RANK, Finding, StepProgress, StepRecord
+from workbench.engine.records import SEVERITY_RANK, Finding, StepProgress, StepRecord, collapse_findings
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes
 from workbench.report.text import Table
 
@@ -27,6 +28,16 @@ class FindingGroup:
     last_step: int
     count: int
     message: str  # the first occurrence's
+    consequences: tuple[tuple[str, int], ...] = ()  # (kind, count) of the findings that follow from it
+
+    @property
+    def steps(self) -> str:
+        return str(self.first_step) if self.count == 1 else f"{self.first_step}-{self.last_step} ({self.count}x)"
+
+    @property
+    def consequence_text(self) -> str:
+        """"then nan_inf 4x, loss_divergence 4x", or ""."""
+        return "then " + ", ".join(f"{k} {n}x" for k, n in self.consequences) if self.consequences else ""
 
     @property
     def where(self) -> str:
@@ -34,14 +45,23 @@ class FindingGroup:
 
 
 def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
-    """Fold repeated findings (same kind and place) into one row, worst first, then by step."""
+    """Fold repeated findings (same kind and place) into one row, worst first, then by step.
+
+    A finding that follows from another (``cause``: a NaN loss from NaN data) is counted
+    under its root's row, not given one of its own.
+    """
     groups: dict[tuple[str, str, str | None], list[Finding]] = {}
-    for f in findings:
+    for f in collapse_findings(findings):
         groups.setdefault((f.kind, f.module, f.parameter), []).append(f)
-    out = [
-        FindingGroup(kind, fs[0].severity, module, param, fs[0].step, fs[-1].step, len(fs), fs[0].message)
-        for (kind, module, param), fs in groups.items()
-    ]
+    out = []
+    for (kind, module, param), fs in groups.items():
+        then: Counter[str] = Counter()
+        for f in fs:
+            for c in f.consequences:
+                then[c.kind] += c.count
+        last = max(f.step if f.last_step is None else f.last_step for f in fs)
+        out.append(FindingGroup(kind, fs[0].severity, module, param, fs[0].step, last, sum(f.count for f in fs),
+                                fs[0].message, tuple(then.items())))
     out.sort(key=lambda g: (-SEVERITY_RANK[g.severity], g.first_step))
     return out
 
@@ -118,8 +138,10 @@ def findings_table(findings: Sequence[Finding], limit: int = 20) -> Table:
     table.add_column("steps", no_wrap=True, justify="right")
     table.add_column("message", overflow="fold")
     for g in groups[:limit]:
-        steps = str(g.first_step) if g.count == 1 else f"{g.first_step}-{g.last_step} ({g.count}x)"
-        table.add_row(Text(g.severity, style=SEVERITY_STYLE[g.severity]), g.kind, g.where, steps, g.message)
+        message = Text(g.message)
+        if g.consequences:
+            message.append(f"\n{g.consequence_text}", style="dim")
+        table.add_row(Text(g.severity, style=SEVERITY_STYLE[g.severity]), g.kind, g.where, g.steps, message)
     if len(groups) > limit:
         table.caption = f"{len(groups) - limit} more groups in the JSON report"
     return table
