@@ -42,12 +42,15 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 def not_quantizable(model: nn.Module) -> str | None:
     """Why this model cannot be dynamically quantized at all, or None."""
-    wide = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
-                   if p.is_floating_point() and p.dtype != torch.float32 and p.dtype.itemsize > 4})
-    if wide:
-        return (f"the model's weights are {', '.join(wide)}: quantize_dynamic's int8 kernels take float32 "
+    # The layers it would convert: their weights (and so their inputs) must be float32.
+    weights = [p for m in model.modules() if isinstance(m, QUANTIZABLE) or is_hf_conv1d(m)
+               for p in m.parameters(recurse=False)]
+    other = sorted({str(p.dtype).replace("torch.", "") for p in weights
+                    if p.is_floating_point() and p.dtype != torch.float32})
+    if other:
+        return (f"the model's weights are {', '.join(other)}: quantize_dynamic's int8 kernels take float32 "
                 "weights and inputs; compare a .float() copy to try int8")
-    if any(p.is_complex() for p in model.parameters()):
+    if any(p.is_complex() for p in weights):
         return "the model has complex weights: quantize_dynamic has no complex int8 kernels"
     return None
 
