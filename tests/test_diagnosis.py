@@ -247,3 +247,16 @@ def test_run_report_lists_a_nan_episode_as_its_root_with_counts(tmp_path: Path, 
     assert {"step", "phase", "module", "parameter", "kind", "severity", "value", "threshold", "message"} <= set(first)
     # The table: one row for the data, the NaN loss under it.
     assert "non_finite_data" in text and "then nan_inf" in text and "loss_divergence" in text
+
+
+def test_the_readme_findings_table_lists_every_kind_with_its_severity() -> None:
+    import re
+
+    from tests.conftest import ROOT
+    from workbench.engine.records import FINDING_KINDS, SETUP_KINDS
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| kind | severity |"):].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([a-z, ]+) \|", table, re.M))
+    assert set(rows) == set(FINDING_KINDS) | set(SETUP_KINDS)
+    assert rows["non_finite_data"] == "error" and rows["oscillating_loss"] == "warning"
