@@ -68,13 +68,13 @@ def prediction_tensor(outputs: Any) -> torch.Tensor | None:
 def output_loss(outputs: Any) -> tuple[torch.Tensor | None, str]:
     """The loss a model computed itself, and where it was found: ``outputs.loss`` or
     ``outputs["loss"]`` (``(None, "")`` when the output carries none)."""
+    value = getattr(outputs, LOSS_FIELD, None)  # an HF ModelOutput (a Mapping too) reads as .loss
+    if isinstance(value, torch.Tensor):
+        return value, "outputs.loss"
     if isinstance(outputs, Mapping):
         value = outputs.get(LOSS_FIELD)
         if isinstance(value, torch.Tensor):
             return value, 'outputs["loss"]'
-    value = getattr(outputs, LOSS_FIELD, None)
-    if isinstance(value, torch.Tensor):
-        return value, "outputs.loss"
     return None, ""
 
 
