@@ -191,3 +191,26 @@ def test_fp16_overflow_is_a_skipped_step_not_a_nan_error(tmp_path: Path) -> None
     kinds = {f.kind for f in eng.findings}
     assert "amp_overflow" in kinds
     assert not [f for f in eng.findings if f.kind == "nan_inf" and f.phase.value == "backward"]
+
+
+# -- the TUI ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_tui_charts_loss_parts_of_a_v2_scenario(tmp_path: Path) -> None:
+    pytest.importorskip("textual")
+    from tests.test_tui import plain, settle
+    from workbench.tui.app import create_app
+    from workbench.tui.widgets.panels import ChartsPanel
+
+    path = cm.write(tmp_path, cm.TWO_LOSSES, "two.py")
+    app = create_app([str(path)], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        for _ in range(2):
+            await pilot.press("n")
+            main = await settle(pilot)
+        assert main.view is not None and len(main.view.history) == 2
+        assert set(main.view.history[-1].loss_parts) == {"ce", "recon"}
+        text = plain(main.query_one(ChartsPanel))
+        assert "ce" in text and "recon" in text

@@ -146,8 +146,18 @@ class ChartsPanel(ViewPanel):
         out.add_column(no_wrap=True)
         out.add_row(Text("loss", theme.DIM), fmt_float(losses[-1], 4), sparkline(losses, width))
         out.add_row(Text("∇‖", theme.DIM), fmt_float(norms[-1], 3), sparkline(norms, width, log=True))
+        extra = 0
+        # A loss_fn that returns named parts: one line per part, under the total.
+        for part in history[-1].loss_parts:
+            values = [r.loss_parts.get(part) for r in history]
+            out.add_row(Text(_tail(part, 6), theme.DIM), fmt_float(values[-1], 4), sparkline(values, width))
+            extra += 1
+        if history[-1].grad_scale is not None:  # fp16 GradScaler: its scale, skipped steps show as drops
+            scales = [r.grad_scale for r in history]
+            out.add_row(Text("scale", theme.DIM), fmt_float(scales[-1], 3), sparkline(scales, width, log=True))
+            extra += 1
         # Heat strip: layers with parameters (rows) × recent steps (columns).
-        rows = max(self.size.height - 3, 0)
+        rows = max(self.size.height - 3 - extra, 0)
         layers = [n.name for n in view.modules if n.num_params and not n.children][:rows]
         recent = history[-width:]
         per_step = [group_grad_norms(r.params) for r in recent]
