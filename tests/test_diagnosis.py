@@ -48,7 +48,7 @@ def test_probabilities_into_a_logits_loss_is_an_error_naming_both(name: str, sou
 # -- loss inputs that broadcast ------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["broadcast_mse", "broadcast_manual"])
 def test_loss_inputs_that_broadcast_name_both_shapes(name: str) -> None:
-    found = run(name, steps=3)
+    found = run(name, steps=6)  # past the steps whose loss calls are watched
     f = only(found, "loss_broadcast")
     assert (f.step, f.severity) == (0, "error")
     assert "(64, 1)" in f.message and "(64,)" in f.message and "(64, 64)" in f.message
@@ -260,3 +260,23 @@ def test_the_readme_findings_table_lists_every_kind_with_its_severity() -> None:
     rows = dict(re.findall(r"^\| `(\w+)` \| ([a-z, ]+) \|", table, re.M))
     assert set(rows) == set(FINDING_KINDS) | set(SETUP_KINDS)
     assert rows["non_finite_data"] == "error" and rows["oscillating_loss"] == "warning"
+
+
+def test_a_new_kind_is_a_breakpoint_condition() -> None:
+    from workbench.engine import Breakpoint
+
+    with Engine(load(f"{BUGS}:build_nan_target"), EngineConfig(breakpoints=(Breakpoint.parse("non_finite_data"),))) as eng:
+        out = eng.run(10)
+    assert out.stopped_by == "breakpoint" and out.break_hit is not None
+    assert out.break_hit.step == 2 and out.break_hit.finding is not None
+    assert out.break_hit.finding.kind == "non_finite_data"
+
+
+def test_a_rewind_replays_the_window_rules_from_their_saved_state() -> None:
+    with Engine(load(f"{BUGS}:build_lr_collapse"), EngineConfig(snapshots=4)) as eng:
+        eng.run(4)
+        first = [(f.kind, f.step, f.message) for f in eng.findings if f.kind == "lr_collapse"]
+        eng.rewind(3)
+        eng.run(3)
+        again = [(f.kind, f.step, f.message) for f in eng.findings if f.kind == "lr_collapse"]
+    assert first and again == first

@@ -595,7 +595,7 @@ class Engine:
         self._phase_findings = []
         assert s.batch is not None
         diagnosis = self._health.diagnosis
-        with diagnosis.watch_loss(s.outputs, s.batch.loss_arg) as watch, self._scenario.autocast():
+        with diagnosis.watch_loss(s.outputs, s.batch.loss_arg, s.step) as watch, self._scenario.autocast():
             value = self._scenario.compute_loss(s.outputs, s.batch)
         s.loss_tensor, s.loss_source = value.total, value.source
         t0 = time.perf_counter()

@@ -111,6 +111,10 @@ class HealthThresholds:
         loss. When the data repeats every P < 12 batches, each loss is
         compared with the same batch's P steps earlier (two batches of
         different difficulty alternate without anything being wrong).
+    loss_watch_steps / loss_watch_every: the loss function's inputs are
+        inspected (probabilities, broadcasting) on the first 3 steps and every
+        100th: those bugs are in the code and show on step 0, and watching costs
+        a few hundred microseconds per step. Warnings are caught every step.
     Gradients exploding through time use ``grad_norm_abs`` and
         ``grad_norm_spike`` on each recurrent layer's own gradient norm.
     """
@@ -147,6 +151,8 @@ class HealthThresholds:
     oscillation_amplitude: float = 0.5
     oscillation_floor: float = 0.05
     oscillation_settle: float = 0.05
+    loss_watch_steps: int = 3
+    loss_watch_every: int = 100
 
 
 def _finite(x: float | None) -> bool:
