@@ -101,3 +101,18 @@ def test_an_interrupt_while_building_writes_empty_reports(write_scenario, tmp_pa
     assert ET.parse(junit).getroot().find("testsuite").get("tests") == "0"
     data = json.loads(report.read_text())
     assert data["results"] == [] and data["stopped_by"] == "interrupted"
+
+
+def test_warnings_only_is_warn_with_the_first_warning(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """dead_relu has warning findings only: `warn` and its first warning, exit 0 (1 with --strict)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    junit = tmp_path / "junit.xml"
+    dead = str(ROOT / "scenarios/broken/dead_relu.py")
+    assert main(["check", dead, "--steps", "3", "--junit", str(junit)]) == 0
+    out = flat(capsys.readouterr().out)
+    assert "warn" in out and "dead_units on hidden.act at step 0" in out and "1 with warnings only" in out
+    assert ET.parse(junit).getroot().find("testsuite").get("failures") == "0"
+    assert main(["check", dead, "--steps", "3", "--strict", "--junit", str(junit)]) == 1
+    failure = ET.parse(junit).getroot().find("testsuite").find("testcase").find("failure")
+    assert failure is not None and "dead_units" in failure.text

@@ -11,7 +11,8 @@ threads that never end) dies with the child, so the next call starts clean.
 Children come from a fork server (``multiprocessing``'s forkserver start method)
 that imported torch and the ``preload`` modules once: each child is a fork of
 that clean server, so a call costs a fork, not a torch import (measured in
-benchmarks/test_isolation_cost.py). Where there is no forkserver (Windows) each
+benchmarks/test_isolation_cost.py). The server runs no torch op, so it has one thread (no
+OpenMP pool a fork could leave half-copied: forking it is safe). Where there is no forkserver (Windows) each
 child is spawned, importing everything anew.
 """
 

@@ -26,9 +26,10 @@ DESCRIPTION = (
 DEFAULT_TIMEOUT_S = 900.0
 # The modules every child needs, imported once by the fork server (workbench.isolation).
 # torch._dynamo: the first optimizer a scenario builds imports it (torch.optim's
-# _disable_dynamo), ~1.5 s that every child would pay again.
-CHILD_PRELOAD = ("torch._dynamo", "workbench.commands.check", "workbench.engine", "workbench.scenario",
-                 "workbench.report.run")
+# _disable_dynamo), ~1.5 s that every child would pay again. workbench.engine and
+# workbench.scenario load their submodules lazily: name the ones a check uses.
+CHILD_PRELOAD = ("torch._dynamo", "torch.profiler", "psutil", "workbench.commands.check", "workbench.engine.engine",
+                 "workbench.scenario.loader", "workbench.scenario.step", "workbench.report.run")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
