@@ -288,7 +288,8 @@ def test_a_thread_left_running_does_not_hang_the_command(argv, tmp_path) -> None
     proc = subprocess.run([sys.executable, "-m", "workbench", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "user-poller" in proc.stdout + proc.stderr
+    if argv[0] != "list":  # list builds in a child of its own, which takes the thread with it
+        assert "user-poller" in proc.stdout + proc.stderr
 
 
 # -- output paths: never an input, never a device replaced, a symlink followed ---------------
