@@ -108,7 +108,8 @@ def _option(index: int, f: Any, width: int) -> Option:
     head.append(f"{theme.severity_icon(f.severity)} ", theme.severity_style(f.severity))
     head.append(f"{f.kind} ", theme.severity_style(f.severity))
     head.append(f"{f.module or 'model'}", "bold")
-    head.append(f"  {PHASE_SHORT.get(str(phase), str(phase))} {_steps(f)}", theme.DIM)
+    # Steps before the phase: when the row is cut, the phase goes first.
+    head.append(f"  {_steps(f)} {PHASE_SHORT.get(str(phase), str(phase))}", theme.DIM)
     body = Text("  " + f.message + _consequences(f), theme.DIM)
     if f.value is not None and f.threshold is not None:
         body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)

@@ -292,10 +292,13 @@ class MemoryPanel(ViewPanel):
         rss = Text(human_bytes(mem.rss_bytes) if vol else "—")
         total = _total_memory()
         if vol and total and mem.rss_bytes:
-            # How close the process is to the machine's RAM, at a glance.
-            rss.append(" ").append_text(meter(mem.rss_bytes / total, 10))
-            rss.append(f" of {human_bytes(total)}", theme.DIM)
+            share = mem.rss_bytes / total
+            rss.append(f"  {share:.1%} of {human_bytes(total)} RAM" if share < 0.1 else
+                       f"  {share:.0%} of {human_bytes(total)} RAM", theme.WARNING if share > 0.8 else theme.DIM)
         out.add_row(Text("RSS", theme.DIM), rss)
+        if vol and total and mem.rss_bytes:
+            # How close the process is to the machine's RAM, at a glance.
+            out.add_row("", meter(mem.rss_bytes / total, 16, theme.WARNING if share > 0.8 else theme.INFO))
         if mem.cuda_allocated is not None:
             line = Text(human_bytes(mem.cuda_allocated) if vol else "—")
             if vol and mem.cuda_reserved:
