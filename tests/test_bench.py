@@ -88,6 +88,7 @@ def _bench(path: Path, names: list[str], plan: Plan = PLAN) -> BenchRun:
 # -- variants -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_variants_run_and_score_against_fp32(tiny: Path) -> None:
     run = _bench(tiny, ["fp32", "amp", "accum-2", "accum-4"])
     assert [r.name for r in run.results] == ["fp32", "amp", "accum-2", "accum-4"]
@@ -158,6 +159,7 @@ def test_channels_last_only_for_cnns(tiny: Path, tiny_cnn: Path) -> None:
     assert row.final_loss == pytest.approx(base.final_loss, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_dataloader_rows_same_batches_and_workers_shut_down(tiny: Path) -> None:
     import multiprocessing
 

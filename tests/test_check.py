@@ -28,6 +28,7 @@ def mixed_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_error_findings_exit_1_with_junit(mixed_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     junit, report = tmp_path / "junit.xml", tmp_path / "check.json"
     assert main(["check", str(mixed_dir), "--steps", "3", "--junit", str(junit), "--json", str(report)]) == 1

@@ -3,10 +3,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from workbench.cli import main
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_list_bundled(capsys) -> None:
     assert main(["list", str(ROOT / "scenarios")]) == 0
     out = capsys.readouterr().out
@@ -14,6 +17,7 @@ def test_list_bundled(capsys) -> None:
         assert label in out
 
 
+@pytest.mark.slow
 def test_list_reports_a_broken_file_and_exits_2(tmp_path, capsys) -> None:
     (tmp_path / "ok.py").write_text((ROOT / "scenarios" / "mlp_digits.py").read_text())
     (tmp_path / "bad.py").write_text("def build(device):\n    return 42\n")

@@ -151,6 +151,7 @@ def test_an_oscillating_loss_suggests_a_lower_learning_rate() -> None:
     assert all(x.cause == "oscillating_loss" for x in found if x.kind == "huge_updates" and x.step > f.step)
 
 
+@pytest.mark.slow
 def test_two_batches_of_different_difficulty_alternating_is_not_oscillation() -> None:
     # The RNN scenario's two batches have losses 1.1 and 2.4: they alternate every step.
     assert not [f for f in run("rnn_through_time", steps=30) if f.kind == "oscillating_loss"]
@@ -170,6 +171,7 @@ def test_exploding_gradients_through_time_are_named_on_the_recurrent_layer() -> 
     assert [t.kind for t in top if t.kind.startswith("exploding")] == ["exploding_through_time"]
 
 
+@pytest.mark.slow
 def test_every_silent_bug_kind_has_a_scenario() -> None:
     kinds: set[str] = set()
     for name in ("softmax_into_cross_entropy", "broadcast_mse", "loss_warning", "nan_target", "raw_pixels",

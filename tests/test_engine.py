@@ -92,7 +92,8 @@ def _plain_losses(spec: str, steps: int) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("name", ["mlp_digits.py", "regression_mse.py", "cnn_image.py:build_batchnorm"])
+@pytest.mark.parametrize("name", ["mlp_digits.py", "regression_mse.py",
+                                  pytest.param("cnn_image.py:build_batchnorm", marks=pytest.mark.slow)])
 def test_instrumented_training_is_identical_to_a_plain_loop(name: str) -> None:
     spec = f"{SCENARIOS}/{name}"
     expected = _plain_losses(spec, 4)

@@ -54,6 +54,7 @@ def transfers_per_phase(depth: int, counts: Counter, stats_every: int = 1) -> di
     return per_phase
 
 
+@pytest.mark.slow
 def test_one_transfer_per_phase_independent_of_depth(count_transfers: Counter) -> None:
     shallow = transfers_per_phase(2, count_transfers)
     deep = transfers_per_phase(40, count_transfers)

@@ -109,6 +109,7 @@ def test_loss_divergence() -> None:
     assert f.severity == "error" and f.step >= HealthThresholds().loss_window - 1
 
 
+@pytest.mark.slow
 def test_every_kind_is_covered_by_a_broken_model() -> None:
     kinds = set()
     for name in ("nan_forward", "dead_relu", "detached", "exploding", "saturated", "vanishing",
@@ -134,7 +135,8 @@ def _healthy(label: str, steps: int) -> list[Finding]:
         return [f for f in eng.findings if f.severity != "info"]
 
 
-SMALL = ["mlp_digits", "collab_filter", "regression_mse", "binary_bce", "binary_bce:build_logits"]
+SMALL = ["mlp_digits", "collab_filter", *(pytest.param(label, marks=pytest.mark.slow)
+                                          for label in ("regression_mse", "binary_bce", "binary_bce:build_logits"))]
 
 
 @pytest.mark.parametrize("label", SMALL)

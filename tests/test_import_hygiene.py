@@ -20,13 +20,14 @@ def test_import_linter_contract() -> None:
     assert "KEPT" in result.stdout
 
 
+_slow = pytest.mark.slow  # each starts a process that imports torch and builds a scenario
 HEADLESS = [
     ["--help"],
-    ["list"],
+    pytest.param(["list"], marks=_slow),
     ["bench", "--list-variants"],
     ["profile", "--help"],
-    ["summary", "scenarios/mlp_digits.py"],
-    ["run", "scenarios/mlp_digits.py", "--steps", "2"],
+    pytest.param(["summary", "scenarios/mlp_digits.py"], marks=_slow),
+    pytest.param(["run", "scenarios/mlp_digits.py", "--steps", "2"], marks=_slow),
     ["check", "scenarios/mlp_digits.py", "--steps", "2"],
 ]
 
@@ -49,6 +50,7 @@ def test_headless_command_does_not_load_textual(argv: list[str]) -> None:
     assert "LOADED []" in result.stdout
 
 
+@pytest.mark.slow
 def test_domain_modules_do_not_load_textual() -> None:
     code = (
         "import sys, importlib, pkgutil, workbench\n"
@@ -85,6 +87,7 @@ def test_help_does_not_load_torch(argv: list[str]) -> None:
     assert "HEAVY []" in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_tui_draws_its_first_frame_before_torch_loads() -> None:
     """The app, its screens and the picker import no torch: the first frame does not wait ~2 s.
 

@@ -93,6 +93,7 @@ def test_output_shows_breakdown_operators_memory_and_rules(profiled: tuple[Path,
     assert "recommendations" in output or "No rule fired" in output
 
 
+@pytest.mark.slow
 def test_torch_tb_profiler_loads_our_run(profiled: tuple[Path, str], tmp_path: Path) -> None:
     pytest.importorskip("torch_tb_profiler")
     run_dir = profiled[0]

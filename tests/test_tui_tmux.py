@@ -43,6 +43,7 @@ class Tmux:
         self("send-keys", *keys)
 
 
+@pytest.mark.slow
 def test_workbench_command_reaches_a_nan_breakpoint_in_tmux(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("workbench")
     rc_file = tmp_path / "rc"

@@ -64,6 +64,7 @@ async def test_keys_pressed_while_loading_run_once_the_scenario_is_ready() -> No
         assert main.view is not None and main.view.next_phase.value == "backward"
 
 
+@pytest.mark.slow
 async def test_inspector_follows_the_cursor_during_a_run_and_i_shows_one_module() -> None:
     app = create_app([MLP], device="cpu", show_volatile=False)
     async with app.run_test(size=(120, 40)) as pilot:
