@@ -107,6 +107,7 @@ def test_training_variants_run_and_score_against_fp32(tiny: Path) -> None:
     assert run.get("amp").final_loss == pytest.approx(base.final_loss, rel=0.05)
 
 
+@pytest.mark.slow
 def test_accumulation_gives_the_full_batch_gradient(scenarios_dir: Path) -> None:
     source = load_source(str(scenarios_dir / "mlp_digits.py"))  # no dropout, no batchnorm
     scenario = source.build("cpu")

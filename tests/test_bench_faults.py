@@ -224,6 +224,7 @@ def test_load_average_is_recorded_and_a_busy_machine_is_flagged(faults: Path) ->
 # -- CLI ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_steps_overrides_the_budget_and_oom_exits_1(
     faults: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,7 @@ from tests.conftest import SCENARIOS
 # The transformers scenario imports transformers (seconds on a loaded machine): slow.
 # The heavier models train for several seconds each (measured with --durations): the quick
 # loop keeps the small ones, the full suite runs all.
-HEAVY = {"hf_style", "cnn_image", "cnn_image:build_batchnorm", "gru_bidirectional", "resnet_tiny", "lstm_text",
+HEAVY = {"hf_style", "regression_mse", "cnn_image", "cnn_image:build_batchnorm", "gru_bidirectional", "resnet_tiny", "lstm_text",
          "transformer_lm"}
 SOURCES = [pytest.param(s, marks=pytest.mark.slow) if s.label in HEAVY else s for s in discover(SCENARIOS)]
 LABELS = {s.label for s in discover(SCENARIOS)}

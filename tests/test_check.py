@@ -44,6 +44,7 @@ def test_error_findings_exit_1_with_junit(mixed_dir: Path, tmp_path: Path, capsy
     assert {r["label"]: r["status"] for r in data["results"]} == {"mlp_digits": "ok", "detached_branch": "findings"}
 
 
+@pytest.mark.slow
 def test_a_failure_wins_exit_2(mixed_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     shutil.copy(ROOT / "scenarios/broken/raises_at_step3.py", mixed_dir / "raises_at_step3.py")
     (mixed_dir / "syntax.py").write_text("def build(device):\n    return (\n")

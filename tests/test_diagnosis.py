@@ -122,6 +122,7 @@ def test_a_per_epoch_scheduler_stepped_per_batch_collapses_the_lr() -> None:
 
 
 # -- no learning progress ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_no_progress_names_the_window_and_chance_level() -> None:
     f = only(run("no_progress", steps=30), "no_progress")
     assert f.severity == "warning" and f.step == 19

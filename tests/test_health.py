@@ -135,11 +135,11 @@ def _healthy(label: str, steps: int) -> list[Finding]:
         return [f for f in eng.findings if f.severity != "info"]
 
 
-SMALL = ["mlp_digits", "collab_filter", *(pytest.param(label, marks=pytest.mark.slow)
-                                          for label in ("regression_mse", "binary_bce", "binary_bce:build_logits"))]
+SMALL = ["mlp_digits", "collab_filter", "regression_mse", "binary_bce", "binary_bce:build_logits"]
+QUICK = {"mlp_digits", "collab_filter"}  # the rest take several seconds each: the full suite runs them
 
 
-@pytest.mark.parametrize("label", SMALL)
+@pytest.mark.parametrize("label", [s if s in QUICK else pytest.param(s, marks=pytest.mark.slow) for s in SMALL])
 def test_small_bundled_scenarios_are_healthy_for_40_steps(label: str) -> None:
     assert _healthy(label, 40) == []
 

@@ -28,7 +28,7 @@ HEADLESS = [
     ["profile", "--help"],
     pytest.param(["summary", "scenarios/mlp_digits.py"], marks=_slow),
     pytest.param(["run", "scenarios/mlp_digits.py", "--steps", "2"], marks=_slow),
-    ["check", "scenarios/mlp_digits.py", "--steps", "2"],
+    pytest.param(["check", "scenarios/mlp_digits.py", "--steps", "2"], marks=_slow),
 ]
 
 
