@@ -119,6 +119,9 @@ def test_bench_fp32_accum_2_and_int8(gpt2: Path) -> None:
 def test_profile(gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", str(gpt2), "--device", "cpu", "--steps", "3", "--logdir", str(tmp_path / "prof")]) == 0
     assert list((tmp_path / "prof").rglob("*.pt.trace.json"))
+    out = capsys.readouterr().out
+    # GPT-2 computes its loss inside forward (a ModelOutput's .loss): the report says so.
+    assert "forward (+ loss inside the model)" in out and "computed inside the model (outputs.loss)" in out
 
 
 def test_diff(bert: Path, tmp_path: Path) -> None:

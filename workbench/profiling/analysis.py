@@ -26,6 +26,16 @@ This is the plugin's Overview order with one difference: our phase ranges
 (``forward``, ``loss``, ``backward``, ``optimizer_step``) cover almost the
 whole step, so counting them as CPU exec would hide the Python overhead
 between operators; they are left out of ``cpu_exec`` and reported per phase.
+
+Where the loss came from
+------------------------
+The profile loop writes ``LossValue.source`` into the trace's metadata. When
+the model computes the loss itself (``outputs.loss``, ``outputs["loss"]``),
+the ``loss`` range only reads it and the loss's computation is inside the
+``forward`` range: the phase rows say so (``ModuleStat.note``) rather than
+pass the ~0 ms ``loss`` range off as the cost of the loss. The loss's own
+time cannot be split out of ``forward`` without a range inside the model's
+code, which the workbench does not patch.
 """
 
 from __future__ import annotations
@@ -40,7 +50,14 @@ from typing import Any
 
 from workbench.profiling import intervals
 from workbench.profiling.intervals import Span
-from workbench.profiling.trace import DEFAULT_MAX_READ_MB, TraceFile, find_runs, load_trace
+from workbench.profiling.trace import (
+    DEFAULT_MAX_READ_MB,
+    LOSS_SOURCE_KEY,
+    TraceFile,
+    find_runs,
+    load_trace,
+    read_loss_source,
+)
 
 # The record_function names the profile loop writes; the analysis relies on them.
 PHASES = ("dataloader", "forward", "loss", "backward", "optimizer_step")
@@ -145,6 +162,7 @@ class ModuleStat:
     host_us: float
     self_host_us: float
     device_us: float
+    note: str = ""  # a phase whose time is not what its name says (the loss inside forward)
 
 
 @dataclass(frozen=True)
@@ -198,6 +216,10 @@ class TraceAnalysis:
     tensor_core_kernel_us: float
     tc_eligible_kernel_us: float
     notes: tuple[str, ...]
+    # LossValue.source as the trace's metadata has it: "loss_fn", "outputs.loss", 'outputs["loss"]';
+    # None for a trace that does not say (written before it was recorded, or by another tool).
+    loss_source: str | None = None
+    loss_inside_model: bool = False  # the model computed the loss: its time is in forward
 
     @property
     def mean_step_us(self) -> float:
@@ -321,6 +343,7 @@ def analyze_trace(
     memory = tuple(_memory_curves(events, steps, phase_spans, devices, first_start))
 
     names = {str(e.get("name", "")) for e in host_ops}
+    loss_source = read_loss_source(data.get(LOSS_SOURCE_KEY))
     record_shapes = bool(data.get("record_shapes")) or any("Input Dims" in e.get("args", {}) for e in host_ops[:200])
     return TraceAnalysis(
         path=path,
@@ -330,7 +353,7 @@ def analyze_trace(
         steps=tuple(breakdowns),
         operators=tuple(operators),
         kernels=tuple(_kernel_stats(kernels)),
-        modules=tuple(_phase_stats(phase_events, launch_ts, device_events)
+        modules=tuple(_phase_stats(phase_events, launch_ts, device_events, loss_source)
                       + _module_stats(modules_raw, launch_ts, device_events)),
         memory=memory,
         devices=devices,
@@ -346,7 +369,14 @@ def analyze_trace(
         tensor_core_kernel_us=tc_us,
         tc_eligible_kernel_us=tc_eligible_us,
         notes=tuple(notes),
+        loss_source=loss_source,
+        loss_inside_model=loss_inside_model(loss_source),
     )
+
+
+def loss_inside_model(loss_source: str | None) -> bool:
+    """The loss came from the model's output (``outputs.loss`` ...), not from ``loss_fn``."""
+    return loss_source is not None and loss_source != "loss_fn"
 
 
 def _num(value: Any) -> float | None:
@@ -544,8 +574,20 @@ def _sorted_launches(launch_ts: dict[int, float], device_events: list[dict]) -> 
     return sorted((launch_ts[id(d)], float(d["dur"])) for d in device_events if id(d) in launch_ts)
 
 
-def _phase_stats(phase_events: list[dict], launch_ts: dict[int, float], device_events: list[dict]) -> list[ModuleStat]:
+def phase_notes(loss_source: str | None) -> dict[str, str]:
+    """What the forward and loss rows hold when the model computed the loss ({} otherwise)."""
+    if not loss_inside_model(loss_source):
+        return {}
+    return {
+        "forward": f"includes the loss the model computes inside its forward ({loss_source})",
+        "loss": f"inside forward: this range only reads {loss_source}",
+    }
+
+
+def _phase_stats(phase_events: list[dict], launch_ts: dict[int, float], device_events: list[dict],
+                 loss_source: str | None = None) -> list[ModuleStat]:
     launches = _sorted_launches(launch_ts, device_events)
+    notes = phase_notes(loss_source)
     out = []
     for phase in PHASES:
         evs = [e for e in phase_events if e.get("name") == phase]
@@ -553,7 +595,7 @@ def _phase_stats(phase_events: list[dict], launch_ts: dict[int, float], device_e
             continue
         host = sum(float(e["dur"]) for e in evs)
         device = sum(_device_time_in(_span(e), launches) for e in evs)
-        out.append(ModuleStat(phase, "phase", len(evs), host, host, device))
+        out.append(ModuleStat(phase, "phase", len(evs), host, host, device, notes.get(phase, "")))
     return out
 
 

@@ -5,10 +5,17 @@ The loop marks every step with ``prof.step()`` and each phase with a
 
 ``dataloader``      next batch from ``Scenario.data`` and its copy to the device
 ``forward``         ``scenario.call_model(batch)`` (under the scenario's autocast)
-``loss``            ``scenario.compute_loss(outputs, batch)`` (~0 when the model computes it)
+``loss``            ``scenario.compute_loss(outputs, batch)``; when the model computes the
+                    loss itself (``loss_fn=None``) this only reads ``outputs.loss`` and the
+                    loss's own time is inside ``forward``
 ``backward``        ``loss.backward()`` (through the GradScaler under fp16)
 ``optimizer_step``  clipping (``clip_grad``) and ``before_step`` inside it, then
                     ``optimizer.step()`` and the scheduler's step
+
+Where the loss came from (``LossValue.source``: ``loss_fn``, ``outputs.loss``,
+``outputs["loss"]``) is written into each trace's metadata (key
+``LOSS_SOURCE_KEY``) and into the run's sidecar, so the analysis can say that
+a ``forward`` range holds the loss and the ``loss`` range does not.
 
 Files go where TensorBoard's PyTorch Profiler plugin looks for them:
 ``LOGDIR/<run>/<worker>.<span>.pt.trace.json[.gz]`` (tensorboard_trace_handler).
@@ -34,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import UsageError
 from workbench.profiling.native_logs import quiet_native_logs
-from workbench.profiling.trace import WORKER_PATTERN
+from workbench.profiling.trace import LOSS_SOURCE_KEY, WORKER_PATTERN, trace_loss_source
 
 if TYPE_CHECKING:
     import torch
@@ -185,9 +192,11 @@ def _activities(device: torch.device) -> list[Any]:
 
 
 def train_steps(
-    scenario: Scenario, steps: int, on_step: Callable[[int], None] | None = None
+    scenario: Scenario, steps: int, on_step: Callable[[int], None] | None = None,
+    on_loss_source: Callable[[str], None] | None = None,
 ) -> None:
-    """The training loop with the named phase ranges; ``on_step(i)`` after each step."""
+    """The training loop with the named phase ranges; ``on_step(i)`` after each step,
+    ``on_loss_source(LossValue.source)`` once, after the first step's loss."""
     from torch.profiler import record_function
 
     from workbench.scenario import ScenarioError
@@ -221,7 +230,10 @@ def train_steps(
                 outputs = scenario.call_model(batch)
             phase = "loss"
             with record_function("loss"), scenario.autocast():
-                loss = scenario.compute_loss(outputs, batch).total
+                value = scenario.compute_loss(outputs, batch)
+            loss = value.total
+            if i == 0 and on_loss_source is not None:
+                on_loss_source(value.source)
             phase = "backward"
             with record_function("backward"):
                 backward(loss, scaler)
@@ -271,11 +283,17 @@ def profile_scenario(
     rank: int = 0,
     worker_name: str | None = None,
     on_progress: ProgressCallback | None = None,
+    on_loss_source: Callable[[str], None] | None = None,
 ) -> tuple[Path, ...]:
     """Profile ``options.steps`` steps of ``scenario`` and write this worker's trace
-    into ``run_dir``. Returns the files written. Callable from a DDP rank."""
+    into ``run_dir``. Returns the files written. Callable from a DDP rank.
+
+    The trace carries where the loss came from (``LOSS_SOURCE_KEY``), and
+    ``on_loss_source`` hears it too (for the run's sidecar)."""
+    import json
+
     import torch
-    from torch.profiler import profile, schedule, tensorboard_trace_handler
+    from torch.profiler import ProfilerAction, profile, schedule, tensorboard_trace_handler
 
     run_dir = Path(run_dir)
     worker = worker_name or default_worker_name(rank)
@@ -300,7 +318,18 @@ def profile_scenario(
             if on_progress is not None:
                 on_progress(i + 1, options.steps)
 
-        train_steps(scenario, options.steps, step_done)
+        def loss_source(source: str) -> None:
+            # Kineto keeps metadata only while it records: before the schedule's first
+            # recorded step (a wait or warm-up step) it is preset, added when recording starts.
+            value = trace_loss_source(source)
+            if prof.current_action in (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE):
+                prof.add_metadata(LOSS_SOURCE_KEY, value)
+            else:
+                prof.preset_metadata_json(LOSS_SOURCE_KEY, json.dumps(value))
+            if on_loss_source is not None:
+                on_loss_source(source)
+
+        train_steps(scenario, options.steps, step_done, loss_source)
     return tuple(sorted(set(run_dir.glob(pattern)) - before))
 
 
@@ -438,6 +467,8 @@ def _profile_into(
     from workbench.scenario import ScenarioError
 
     kept = set(run_dir.glob("*.pt.trace.json*"))
+    # DDP ranks write it into their traces only; the analysis reads it from there.
+    loss_sources: list[str] = []
     try:
         if ranks > 1:
             from workbench.profiling.ddp import RankProfileJob, profile_ddp
@@ -448,7 +479,8 @@ def _profile_into(
         else:
             scenario = source.build(dev)
             with capture:
-                files = profile_scenario(scenario, run_dir, options, on_progress=on_progress)
+                files = profile_scenario(scenario, run_dir, options, on_progress=on_progress,
+                                         on_loss_source=loss_sources.append)
     except KeyboardInterrupt as exc:
         # Leaving the profiler context flushed the steps recorded so far.
         raise ProfileInterrupted(run_dir, tuple(sorted(run_dir.glob("*.pt.trace.json*")))) from exc
@@ -461,7 +493,8 @@ def _profile_into(
         raise ScenarioError(f"{exc} The steps before it were traced and kept (the failing step's range "
                             f"ends at the error): {names} "
                             f"(workbench profile --analyze {run_dir}).", path=exc.path, line=exc.line) from exc
-    write_metadata(run_dir, source, dev, options, ranks, files)
+    write_metadata(run_dir, source, dev, options, ranks, files,
+                   loss_source=loss_sources[0] if loss_sources else None)
     return ProfileRun(
         scenario=source.label,
         device=str(dev),
@@ -484,8 +517,11 @@ def check_run_name(name: str) -> str:
 
 
 def write_metadata(run_dir: Path, source: ScenarioSource, dev: torch.device, options: ProfileOptions,
-                   ranks: int, files: Sequence[Path]) -> None:
-    """The sidecar `--analyze` reads back: what was profiled, where, how."""
+                   ranks: int, files: Sequence[Path], loss_source: str | None = None) -> None:
+    """The sidecar `--analyze` reads back: what was profiled, where, how.
+
+    ``loss_source`` is ``LossValue.source`` (``"loss_fn"``, ``"outputs.loss"`` ...);
+    None (DDP ranks, where only the traces have it) writes ``null``."""
     import torch
 
     from workbench.report.files import atomic_write_json
@@ -500,6 +536,8 @@ def write_metadata(run_dir: Path, source: ScenarioSource, dev: torch.device, opt
             "ranks": ranks,
             "torch": torch.__version__,
             "files": [f.name for f in files],
+            "loss_source": loss_source,
+            "loss_inside_model": None if loss_source is None else loss_source != "loss_fn",
         },
     )
 

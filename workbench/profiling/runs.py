@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.profiling.advice import Recommendation, from_findings, recommend
-from workbench.profiling.analysis import TraceAnalysis, analyze_file
+from workbench.profiling.analysis import TraceAnalysis, analyze_file, loss_inside_model
 from workbench.profiling.export import read_metadata
 from workbench.profiling.trace import DEFAULT_MAX_READ_MB, TraceFile, find_runs, trace_files_in
 
@@ -23,6 +23,9 @@ class RunAnalysis:
     recommendations: tuple[Recommendation, ...]
     other_runs: tuple[str, ...]  # further runs in the same logdir, not analysed
     earlier_traces: tuple[str, ...] = ()  # traces of earlier profiles in this run (--append), not analysed
+    # Where the loss came from (LossValue.source), from the sidecar or else the traces; None: not said.
+    loss_source: str | None = None
+    loss_inside_model: bool = False  # the model computed the loss: its time is in forward
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -48,6 +51,9 @@ def analyze_path(path: str | Path, findings: Sequence[Any] = (), max_mb: float =
         for rec in recommend(w):
             seen.setdefault(rec.rule, rec)
     recs = tuple(seen.values()) + tuple(from_findings(findings))
+    loss_source = meta.get("loss_source")
+    if not isinstance(loss_source, str) or not loss_source:  # DDP ranks, older sidecars: the traces say
+        loss_source = next((w.loss_source for w in workers if w.loss_source), None)
     return RunAnalysis(
         run=name,
         run_dir=run_dir,
@@ -57,6 +63,8 @@ def analyze_path(path: str | Path, findings: Sequence[Any] = (), max_mb: float =
         recommendations=recs,
         other_runs=tuple(list(runs)[:-1]),
         earlier_traces=tuple(f.path.name for f in found if f not in files),
+        loss_source=loss_source,
+        loss_inside_model=loss_inside_model(loss_source),
     )
 
 

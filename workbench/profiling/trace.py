@@ -19,6 +19,20 @@ from workbench.errors import UsageError
 # The plugin's own pattern (torch_tb_profiler.consts.WORKER_PATTERN), so we
 # find exactly the files it finds.
 WORKER_PATTERN = re.compile(r"^(.*?)(\.\d+)?\.pt\.trace\.json(?:\.gz)?$")
+# A top-level key the profile loop adds to each trace (prof.add_metadata): where the loss came
+# from, LossValue.source ("loss_fn", "outputs.loss", 'outputs["loss"]').
+LOSS_SOURCE_KEY = "workbench_loss_source"
+
+
+def trace_loss_source(source: str) -> str:
+    """``source`` as it can go into a trace: Kineto writes a metadata value without
+    escaping it (``\\"`` comes out as ``/"``, breaking the JSON), so ``"`` travels as ``'``."""
+    return source.replace("\\", "").replace('"', "'")
+
+
+def read_loss_source(value: object) -> str | None:
+    """The loss source a trace's metadata holds (None when absent): LossValue.source spelling."""
+    return value.replace("'", '"') if isinstance(value, str) and value else None
 
 
 class TraceError(UsageError):

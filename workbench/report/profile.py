@@ -110,8 +110,16 @@ def phase_table(analysis: TraceAnalysis, top: int = 10) -> Table | None:
     table.add_column("self host", justify="right")
     if device:
         table.add_column("device", justify="right")
+    inside = analysis.loss_inside_model
     for m in phases:
-        row = [m.name, str(m.calls), _ms(m.host_us / n), _ms(m.self_host_us / n)]
+        if inside and m.name == "loss":
+            # Its ~0 ms would read as "the loss is free": the loss's time is in the forward row.
+            dim = Text("·", style="dim")
+            row = [m.name, str(m.calls), Text("inside forward", style="yellow"), dim]
+            table.add_row(*row, *([dim] if device else []))
+            continue
+        name = "forward (+ loss inside the model)" if inside and m.name == "forward" else m.name
+        row = [name, str(m.calls), _ms(m.host_us / n), _ms(m.self_host_us / n)]
         table.add_row(*row, *([_ms(m.device_us / n)] if device else []))
     if modules:
         table.add_section()
@@ -119,6 +127,19 @@ def phase_table(analysis: TraceAnalysis, top: int = 10) -> Table | None:
             row = [f"nn.Module {m.name}", str(m.calls), _ms(m.host_us / n), _ms(m.self_host_us / n)]
             table.add_row(*row, *([_ms(m.device_us / n)] if device else []))
     return table
+
+
+def loss_source_line(analysis: TraceAnalysis) -> Text | None:
+    """Where the loss came from, when the model computed it (None for a loss_fn, or when
+    the trace does not say)."""
+    if not analysis.loss_inside_model:
+        return None
+    return Text(
+        f"loss: computed inside the model ({analysis.loss_source}), so its time is part of forward; "
+        "the loss phase only reads it. Timing it on its own would need a record_function range in "
+        "the model's code; its operators are in the operator table.",
+        style="yellow",
+    )
 
 
 def operator_table(analysis: TraceAnalysis, top: int = 15) -> Table:
@@ -242,6 +263,9 @@ def worker_view(analysis: TraceAnalysis, top: int = 15) -> Group:
     phases = phase_table(analysis)
     if phases is not None:
         parts.append(phases)
+    loss_line = loss_source_line(analysis)
+    if loss_line is not None:
+        parts.append(loss_line)
     if not analysis.with_stack:
         parts.append(Text("nn.Module ranges need --stack (Python tracing)", style="dim"))
     parts.append(operator_table(analysis, top))

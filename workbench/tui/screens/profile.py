@@ -26,7 +26,14 @@ from workbench.profiling.analysis import TraceAnalysis, top_operators
 from workbench.profiling.export import ProfileOptions, ProfileRun, prepare_profiler, run_profile
 from workbench.profiling.runs import RunAnalysis, analyze_path
 from workbench.profiling.tensorboard import tensorboard_command
-from workbench.report.profile import bar_legend, breakdown_table, ran_on_gpu, recommendations_view, stacked_bar
+from workbench.report.profile import (
+    bar_legend,
+    breakdown_table,
+    loss_source_line,
+    ran_on_gpu,
+    recommendations_view,
+    stacked_bar,
+)
 from workbench.scenario import ScenarioSource
 from workbench.tui import theme
 from workbench.tui.messages import JobFailed, ProfileProgress, ProfileReady
@@ -179,8 +186,11 @@ class ProfileScreen(Screen[None]):
         head = Text(f"mean step {a.mean_step_us / 1e3:.2f} ms over {len(a.steps)} profiled steps", theme.ACCENT)
         if a.gpu_utilization is not None:
             head.append(f"  ·  GPU kernel-busy {a.gpu_utilization * 100:.1f}%", style="")
-        self.query_one("#breakdown", Static).update(
-            Group(head, stacked_bar(a, width=72), bar_legend(a), breakdown_table(a)))
+        parts = [head, stacked_bar(a, width=72), bar_legend(a), breakdown_table(a)]
+        loss_line = loss_source_line(a)  # the model computed the loss: say that forward holds it
+        if loss_line is not None:
+            parts.append(loss_line)
+        self.query_one("#breakdown", Static).update(Group(*parts))
 
     def _show_ops(self, a: TraceAnalysis) -> None:
         table = self.query_one("#ops", DataTable)
