@@ -118,3 +118,15 @@ def test_warnings_only_is_warn_with_the_first_warning(tmp_path: Path, capsys: py
     assert main(["check", dead, "--steps", "3", "--strict", "--junit", str(junit)]) == 1
     failure = ET.parse(junit).getroot().find("testsuite").find("testcase").find("failure")
     assert failure is not None and "dead_units" in failure.text
+
+
+def test_files_discovery_passes_over_are_named(mixed_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    # A helper beside the scenarios is not a scenario, but check says it looked at it and why
+    # it ran nothing from it: a scenario whose build was renamed cannot vanish from CI unseen.
+    (mixed_dir / "utils.py").write_text("def make_layers(n):\n    return n\n")
+    main(["check", str(mixed_dir / "mlp_digits.py"), "--steps", "1"])  # a file: nothing skipped
+    assert "skipped" not in capsys.readouterr().out
+    (mixed_dir / "detached_branch.py").unlink()
+    assert main(["check", str(mixed_dir), "--steps", "1"]) == 0
+    out = flat(capsys.readouterr().out)
+    assert "skipped" in out and "utils.py: no top-level `build`" in out

@@ -62,15 +62,20 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench.report.run import check_table
     from workbench.report.text import plain_console
-    from workbench.scenario import ScenarioSource, discover, load_source, resolve_device
+    from workbench.scenario import ScenarioSource, discover, discover_all, load_source, resolve_device
 
     console = plain_console()
     results: list[CheckResult] = []
     sources: list[ScenarioSource] = []
+    skipped: list[Any] = []
     for path in args.paths:
         base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
         if Path(base).is_dir():
-            sources.extend(discover(base))
+            found = discover_all(base)
+            if not found.sources:
+                discover(base)  # raises the "no scenario files found" error, naming what was skipped
+            sources.extend(found.sources)
+            skipped.extend(found.skipped)
         else:
             sources.append(load_source(path))
     inputs = [*scenario_inputs(*args.paths), *(("a scenario file", s.path) for s in sources if s.path)]
@@ -96,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
             console.print(Text.assemble((f"✖ {r.label}", "bold red"), ": ", r.detail))
         for note in r.notes:
             console.print(Text.assemble((f"⚠ {r.label}", "yellow"), ": ", note))
+    # A file discovery passed over is named, so a broken scenario cannot vanish from CI unseen.
+    for skip in skipped:
+        console.print(Text.assemble(("skipped ", "dim"), skip.path, ": ", skip.reason))
     failed = [r for r in results if r.status == "failed"]
     flagged = [r for r in results if r.status == "findings"]
     warned = [r for r in results if r.status == "warn"]
