@@ -415,3 +415,25 @@ def test_table_numbers_fit_their_columns_without_being_cropped() -> None:
         "0.035", "-6e-3", "1234", "-1e4", "1e-9", "0", "nan"]
     # A NaN count of 2,048 must not read as "2.0" (a cropped "2.05 K").
     assert [short_count(n) for n in (64, 2048, 921_600, 1_384_448)] == ["64", "2048", "922K", "1.4M"]
+
+
+async def test_phase_bar_says_a_loss_from_the_model_is_timed_in_forward() -> None:
+    # transformer_lm computes its loss in forward: the loss phase's ~0 ms must not read as free.
+    app = create_app([str(ROOT / "scenarios" / "transformer_lm.py")], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")  # one whole step
+        main = await settle(pilot)
+        phase = " ".join(plain(main.query_one("#phase")).split())
+        assert main.view.last is not None and main.view.last.loss_source == 'outputs["loss"]'
+        assert 'loss from outputs["loss"], timed in forward' in phase
+
+
+async def test_phase_bar_names_no_loss_source_for_a_loss_fn() -> None:
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")
+        main = await settle(pilot)
+        assert main.view.last is not None
+        assert "timed in forward" not in plain(main.query_one("#phase"))

@@ -114,6 +114,9 @@ class PhaseBar(ViewPanel):
         if loss is None and last is not None:
             loss = last.loss
         info.append("  loss ").append(fmt_float(loss, 4), theme.ERROR if loss is not None and not math.isfinite(loss) else "")
+        source = getattr(last, "loss_source", "loss_fn")
+        if source != "loss_fn":  # the model computed its loss: the loss phase only reads it
+            info.append(f"  loss from {source}, timed in forward", theme.DIM)
         lrs = last.lrs if last is not None else ()
         if lrs:
             info.append("  lr ").append(" ".join(fmt_float(lr, 3) for lr in lrs))
