@@ -7,7 +7,9 @@ Heavy modules (torch) load on first use so ``workbench --help`` stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from workbench.lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["Breakpoint", "Engine", "EngineConfig", "Scenario", "ScenarioError", "load", "__version__"]
@@ -17,13 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.scenario import Scenario, ScenarioError, load
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("Scenario", "ScenarioError", "load"):
-        from workbench import scenario
-
-        return getattr(scenario, name)
-    if name in ("Engine", "EngineConfig", "Breakpoint"):
-        from workbench import engine
-
-        return getattr(engine, name)
-    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+# The package's own names live in its subpackages, which are lazy in turn.
+__getattr__ = lazy_exports(__name__, {
+    **dict.fromkeys(("Scenario", "ScenarioError", "load"), "scenario"),
+    **dict.fromkeys(("Engine", "EngineConfig", "Breakpoint"), "engine"),
+})

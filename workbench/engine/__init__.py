@@ -34,7 +34,9 @@ Per step, ``StepRecord.instrument_breakdown`` times each instrument separately (
 stats, health rules, memory) so a UI can show the debugger's own cost live.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from workbench.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.engine.breakpoints import Breakpoint
@@ -74,12 +76,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'workbench.engine' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"workbench.engine.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)

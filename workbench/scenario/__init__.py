@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from workbench.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.scenario.batch import MAPPING, PAIR, TREE, Batch, split_batch, tree_map, tree_tensors
@@ -79,12 +81,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'workbench.scenario' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"workbench.scenario.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)
