@@ -130,3 +130,24 @@ def test_diff(bert: Path, tmp_path: Path) -> None:
     assert rc in (0, 1)
     report = json.loads(out.read_text())
     assert report["layers"] and report["grads"]  # compared layer by layer and by gradient
+
+
+async def test_tui_session_steps_a_real_hf_model(bert: Path) -> None:
+    # The TUI on BERT with a BatchEncoding batch and the model's own loss: one full step fills
+    # the model table with the HF module names and the phase bar with the model's loss.
+    from tests.test_tui import SIZE, plain, settle
+    from workbench.tui.app import create_app
+    from workbench.tui.widgets.model_table import ModelTable
+
+    app = create_app([str(bert)], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await pilot.press("n")
+        main = await settle(pilot)
+        last = main.view.last
+        assert last is not None and last.loss_source == "outputs.loss" and last.loss == last.loss
+        names = {m.name for m in last.modules}
+        assert "bert.encoder.layer.0.attention.self.query" in names and "classifier" in names
+        table = main.query_one(ModelTable)
+        assert table.get_cell("classifier", "shape").plain.strip() == "2"  # per sample: 2 labels
+        assert "loss from outputs.loss, timed in forward" in " ".join(plain(main.query_one("#phase")).split())
