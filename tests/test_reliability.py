@@ -456,7 +456,7 @@ def test_a_full_disk_is_reported_and_leaves_no_temp_file(argv, room, tmp_path, c
     import errno
     import os
 
-    from workbench.report import files
+    from workbench import files
 
     real_fdopen = os.fdopen
 

@@ -20,10 +20,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
+from workbench.errors import EXIT_OK, report_exception
 
 
 def _command_modules() -> list[ModuleType]:
@@ -130,28 +127,6 @@ def leave_now(code: int) -> None:
     os._exit(code)
 
 
-def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int:
-    """Print a command's failure as one clear paragraph (the traceback only with
-    --verbose) and return its exit code: 130 for Ctrl-C / SIGTERM."""
-    if isinstance(exc, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    from workbench.errors import UserCodeExit, describe, is_user_exit
-
-    if is_user_exit(exc):  # sys.exit() in a scenario: a failure of the scenario, never our exit
-        exc = UserCodeExit(exc, "the scenario's code")
-
-    message, code = describe(exc)
-    if verbose:
-        import traceback
-
-        traceback.print_exception(type(exc), exc, exc.__traceback__)
-    print(f"error: {prefix}{message}", file=sys.stderr)
-    if not verbose and code == EXIT_ERROR and not _is_user_error(exc):
-        print("(run with --verbose for the full traceback)", file=sys.stderr)
-    return code
-
-
 def _short_warnings() -> None:
     """Library warnings as one line each, without a site-packages path (--verbose keeps them whole)."""
     import warnings
@@ -166,12 +141,6 @@ def _short_warnings() -> None:
         print(f"warning: {category.__name__}: {message}", file=sys.stderr)
 
     warnings.showwarning = show
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    from workbench.errors import user_errors
-
-    return isinstance(exc, user_errors())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,17 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from workbench.report.files import OutputPathError
+
+# Exit codes of every command.
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class OutputPathError(Exception):
+    """An output path cannot be written: refused before any long work starts, or a
+    write that failed (disk full ...), with the path and the reason."""
 
 
 class UsageError(Exception):
@@ -89,3 +99,21 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, user_errors()):
         return str(exc), 2
     return f"{type(exc).__name__}: {exc}", 2
+
+
+def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int:
+    """Print a command's failure as one clear paragraph (the traceback only with
+    --verbose) and return its exit code: 130 for Ctrl-C / SIGTERM."""
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if is_user_exit(exc):  # sys.exit() in a scenario: a failure of the scenario, never our exit
+        exc = UserCodeExit(exc, "the scenario's code")
+
+    message, code = describe(exc)
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"error: {prefix}{message}", file=sys.stderr)
+    if not verbose and code == EXIT_ERROR and not isinstance(exc, user_errors()):
+        print("(run with --verbose for the full traceback)", file=sys.stderr)
+    return code

@@ -263,6 +263,6 @@ def load_run(path: str | Path) -> BenchRun:
 
 
 def save_run(path: str | Path, run: BenchRun) -> Path:
-    from workbench.report.files import atomic_write_json
+    from workbench.files import atomic_write_json
 
     return atomic_write_json(path, to_dict(run))

@@ -81,11 +81,6 @@ def train_step_fn(
     return step
 
 
-def split_micro(batch: Batch, k: int) -> list[Batch]:
-    """``k`` micro-batches along the batch dimension (sizes differ by at most one)."""
-    return batch.split(k)
-
-
 def accum_step_fn(scenario: Scenario, batches: Sequence[Batch], k: int,
                   autocast: torch.dtype | None | str = None) -> StepFn:
     """Gradient accumulation: k micro-batches, one optimizer step, same effective batch.
@@ -139,5 +134,5 @@ def inference_fn(scenario: Scenario, model: nn.Module, batches: Sequence[Batch])
     return step
 
 
-__all__ = ["call", "first_tensor", "loss_is_summed", "train_step_fn", "split_micro", "accum_step_fn",
+__all__ = ["call", "first_tensor", "loss_is_summed", "train_step_fn", "accum_step_fn",
            "accumulated_gradients", "mean_loss", "inference_fn", "backward"]

@@ -108,7 +108,7 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     from workbench.bench.variants import resolve
     from workbench.errors import UsageError
     from workbench.report.bench import render_run
-    from workbench.report.files import check_writable, scenario_inputs
+    from workbench.files import check_writable, scenario_inputs
     from workbench.scenario import load_source
 
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--block", args.block, 1)):

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from workbench.errors import UsageError
-    from workbench.report.files import OutputPathError, check_writable, scenario_inputs
+    from workbench.files import OutputPathError, check_writable, scenario_inputs
 
     for flag in ("steps", "every"):
         if getattr(args, flag) < 1:
@@ -183,7 +183,7 @@ def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
 
 def _write_reports(args: argparse.Namespace, results: list, device: Any, console: Any, *,
                    interrupted: bool) -> None:
-    from workbench.report.files import atomic_write_json, atomic_write_text
+    from workbench.files import atomic_write_json, atomic_write_text
     from workbench.report.json_report import finding_json
     from workbench.report.junit import junit_xml
 

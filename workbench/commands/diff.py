@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.report.files import atomic_write_json, check_writable, scenario_inputs
+    from workbench.files import atomic_write_json, check_writable, scenario_inputs
 
     if args.json:
         check_writable(args.json, inputs=scenario_inputs(args.scenario))

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = plain_console()
     if args.json:
-        from workbench.report.files import check_writable, scenario_inputs
+        from workbench.files import check_writable, scenario_inputs
 
         inputs = [*scenario_inputs(args.scenario), *_analyzed_inputs(args.analyze)]
         if args.findings:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(run_view(analysis, args.top))
         logdir = result.logdir
     if args.json:
-        from workbench.report.files import atomic_write_json
+        from workbench.files import atomic_write_json
 
         console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
     if args.open_tensorboard:
@@ -198,7 +198,7 @@ def _leave_now(code: int) -> None:
 
 def _torchrun_rank_code(args, console, source, options, limit, findings) -> int:  # noqa: ANN001
     """The rank's exit code, its error reported as the CLI would: the rank then leaves at once."""
-    from workbench.cli import report_exception
+    from workbench.errors import report_exception
 
     try:
         return _as_torchrun_rank(args, console, source, options, limit, findings)
@@ -231,7 +231,7 @@ def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  
     analysis = analyze_path(result.run_dir, findings=findings)
     console.print(run_view(analysis, args.top))
     if args.json:
-        from workbench.report.files import atomic_write_json
+        from workbench.files import atomic_write_json
 
         console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
     return 0

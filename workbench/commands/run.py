@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--break-on: {exc}") from None
 
-    from workbench.report.files import check_writable, scenario_inputs
+    from workbench.files import check_writable, scenario_inputs
 
     inputs = scenario_inputs(args.scenario)
     if args.json:
@@ -109,7 +109,7 @@ class _Report:
 
     def __init__(self, path: str | None, label: str, device: str, every: int = 1) -> None:
         from workbench.engine import Finding, StepRecord
-        from workbench.report.files import JsonStream
+        from workbench.files import JsonStream
         from workbench.report.json_report import RunTally, report_head
 
         self.label = label
@@ -192,7 +192,7 @@ class _Report:
 def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: _Report) -> int:
     from rich.text import Text
 
-    from workbench.cli import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+    from workbench.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
     from workbench.engine import Engine, EngineConfig, Phase, StepError
     from workbench.errors import UsageError
     from workbench.report import json_report

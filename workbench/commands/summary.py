@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from workbench.errors import UsageError
-    from workbench.report.files import atomic_write_json, check_writable, scenario_inputs
+    from workbench.files import atomic_write_json, check_writable, scenario_inputs
 
     if args.depth is not None and args.depth < 0:
         raise UsageError(f"--depth must be >= 0, got {args.depth}.")

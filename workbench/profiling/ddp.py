@@ -148,7 +148,7 @@ def profile_torchrun(
 
     import torch.distributed as dist
 
-    from workbench.report.files import check_writable
+    from workbench.files import check_writable
     from workbench.scenario import resolve_device
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

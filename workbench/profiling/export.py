@@ -401,7 +401,7 @@ def run_profile(
     torch is imported (workbench.tui does), keep the profiler quiet.
     """
     quiet_native_logs()
-    from workbench.report.files import check_writable
+    from workbench.files import check_writable
     from workbench.scenario import resolve_device
 
     dev = resolve_device(device)
@@ -524,7 +524,7 @@ def write_metadata(run_dir: Path, source: ScenarioSource, dev: torch.device, opt
     None (DDP ranks, where only the traces have it) writes ``null``."""
     import torch
 
-    from workbench.report.files import atomic_write_json
+    from workbench.files import atomic_write_json
 
     atomic_write_json(
         run_dir / METADATA_FILE,

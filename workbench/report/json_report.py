@@ -1,7 +1,7 @@
 """The JSON report of `workbench run` / `workbench check` (plain dicts, strict JSON via files.jsonable).
 
 `workbench run` streams it: ``report_head()``, then one ``step_json`` per step as the
-steps happen (report.files.JsonStream), then ``report_rest(...)`` with the findings,
+steps happen (files.JsonStream), then ``report_rest(...)`` with the findings,
 the summary (from a ``RunTally``) and the error. Memory stays flat however long the run.
 """
 

@@ -12,10 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-
-class OutputPathError(Exception):
-    """An output path cannot be written: refused before any long work starts, or a
-    write that failed (disk full ...), with the path and the reason."""
+from workbench.errors import OutputPathError
 
 
 # An existing file with one of these suffixes is someone's code: never a report's target.
