@@ -1,0 +1,460 @@
+"""The one protocol between something that trains (a host) and something that shows it (a client).
+
+Every message is one line of strict JSON (non-finite floats as the strings "NaN",
+"Infinity", "-Infinity", as in the run report)::
+
+    {"v": 1, "type": "step", "seq": 12, "record": {...}}
+
+``v`` is the protocol version, ``type`` the message kind, ``seq`` its number in the
+session (0, 1, 2, ... for host messages, chosen by the sender for commands). The other
+keys are the fields of the frozen dataclass below, named as in the dataclass; records
+travel as the engine's own types (``StepRecord``, ``Finding``, ``ModuleStats``,
+``ParamStats``, ``MemorySample``, ``BreakHit``, ``ModuleNode``) in the shapes of
+``report/json_report.py`` (a step is ``step_json`` with its findings listed in full), and
+are rebuilt as those same types on the client side, so a client renders what the engine
+made.
+
+Host -> client: ``Hello``, ``Step``, ``Findings``, ``Progress``, ``BreakHit`` (the engine's
+record itself), ``Sample``, ``Error``, ``Log``, ``Ended``, ``Refused``.
+Client -> host: ``Attach`` (the first line: the session token), ``Pause``, ``Continue``,
+``SkipStep``, ``StepPhase``, ``Rewind``, ``SetBreakpoints``, ``RequestSample``, ``Stop``.
+
+``encode(msg, seq)`` gives the line, ``decode(line)`` the message (``decode_line`` also the
+``seq``); ``ProtocolError`` says what was wrong with a line, shows an excerpt of it and
+what to do. A reader ignores keys it does not know (a newer writer of the same version
+may add optional fields) and fills fields missing from an older writer with their
+defaults; a line of a newer version is refused with "upgrade".
+
+No torch and no UI here: a client that only shows a session imports neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import re
+import types
+import typing
+from typing import Any, Literal, Union
+
+from workbench.engine.records import (
+    BreakHit,
+    Finding,
+    MemorySample,
+    ModuleNode,
+    ModuleStats,
+    ParamStats,
+    Phase,
+    StepRecord,
+)
+from workbench.report.files import jsonable
+
+PROTOCOL_VERSION = 1
+
+HostKind = Literal["watch", "engine"]
+SampleKind = Literal["activation", "gradient"]
+
+__all__ = [
+    "PROTOCOL_VERSION", "ProtocolError",
+    "Hello", "Step", "Findings", "Progress", "BreakHit", "Sample", "Error", "Log", "Ended", "Refused",
+    "Attach", "Pause", "Continue", "SkipStep", "StepPhase", "Rewind", "SetBreakpoints", "RequestSample",
+    "Stop",
+    "Message", "Command", "MESSAGE_TYPES", "COMMAND_TYPES",
+    "encode", "decode", "decode_line", "type_name", "is_command", "is_message",
+    "to_json", "from_json",
+    # the engine's records, re-exported: they travel inside the messages
+    "StepRecord", "Finding", "ModuleStats", "ParamStats", "MemorySample", "ModuleNode", "Phase",
+]
+
+
+class ProtocolError(ValueError):
+    """A line that is not a message of this protocol: what was wrong, where, an excerpt, what to do."""
+
+
+# -- host -> client ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    """The first message of a session (and of every replay): who trains what, and the model tree.
+
+    ``modules`` is the engine's module tree in its order (``Engine.module_tree.values()``);
+    ``breakpoints`` the conditions in force as ``run --break-on`` writes them;
+    ``commands`` the command types this host honours (a user's own loop cannot step one
+    phase or rewind: a client greys those out).
+    """
+
+    host: HostKind
+    pid: int
+    title: str  # the script or scenario path
+    device: str
+    every: int  # module/parameter stats every N steps
+    modules: tuple[ModuleNode, ...]
+    breakpoints: tuple[str, ...]
+    started_at: float  # time.time() when the session started
+    version: int = PROTOCOL_VERSION
+    commands: tuple[str, ...] = ()
+    workbench: str = ""  # the host's workbench version
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One completed training step, as the engine recorded it."""
+
+    record: StepRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """Findings made since the last ``Findings`` message (also those outside a step record)."""
+
+    findings: tuple[Finding, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where the host is: the step in progress, the phase it runs next, paused or working."""
+
+    step: int
+    next_phase: Phase
+    paused: bool
+    busy: bool
+    note: str = ""  # a short line for a status bar ("waiting for a client to continue")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """The answer to ``RequestSample``: one module's activation or output gradient, summarised.
+
+    ``counts``/``edges`` are a histogram of the finite values (``len(edges) == len(counts) + 1``);
+    ``nan_positions`` lists the first few indices of non-finite values. ``error`` is set
+    (and the numbers empty) when the sample could not be taken: say why there.
+    """
+
+    id: str
+    module: str
+    kind: SampleKind
+    step: int
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    counts: tuple[int, ...] = ()
+    edges: tuple[float, ...] = ()
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    nan_count: int = 0
+    inf_count: int = 0
+    nan_positions: tuple[tuple[int, ...], ...] = ()
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Error:
+    """The user's step raised: what, where in the user's code, and the traceback."""
+
+    kind: str  # the exception's type name (or the engine's StepError kind, e.g. "oom")
+    message: str
+    file: str | None
+    line: int | None
+    traceback: str
+    step: int | None = None
+    phase: Phase | None = None
+    hint: str | None = None  # what to try
+
+
+@dataclasses.dataclass(frozen=True)
+class Log:
+    """Named scalars the user logged (``wb.log(loss=..., lr=...)``) at a step."""
+
+    step: int
+    values: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """The session is over: why, and how the process ended when it did."""
+
+    reason: str  # "finished", "stopped", "error", "interrupted", "crashed", ...
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """Sent once to a client that did not present the session's token, before it is closed."""
+
+    reason: str
+
+
+# -- client -> host ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Attach:
+    """A client's first line: the session token (RUN_DIR/session.token) and who it is."""
+
+    token: str
+    client: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Continue:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipStep:
+    """Drop this step's optimizer step (the host is paused before it) and go on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPhase:
+    """Run exactly one phase, then pause again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewind:
+    steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SetBreakpoints:
+    """Replace the host's breakpoints; each condition as ``run --break-on`` takes it."""
+
+    conditions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestSample:
+    id: str  # chosen by the client; the Sample answer carries it back
+    module: str
+    kind: SampleKind = "activation"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    pass
+
+
+Message = Union[Hello, Step, Findings, Progress, BreakHit, Sample, Error, Log, Ended, Refused]
+Command = Union[Attach, Pause, Continue, SkipStep, StepPhase, Rewind, SetBreakpoints, RequestSample, Stop]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+MESSAGE_TYPES: dict[str, type] = {_snake(c.__name__): c for c in typing.get_args(Message)}
+COMMAND_TYPES: dict[str, type] = {_snake(c.__name__): c for c in typing.get_args(Command)}
+_ALL_TYPES: dict[str, type] = {**MESSAGE_TYPES, **COMMAND_TYPES}
+_TYPE_OF: dict[type, str] = {c: name for name, c in _ALL_TYPES.items()}
+_ENVELOPE = ("v", "type", "seq")
+
+
+def type_name(msg: Any) -> str:
+    """The ``type`` a message travels as ("step", "break_hit", "set_breakpoints", ...)."""
+    try:
+        return _TYPE_OF[type(msg)]
+    except KeyError:
+        raise TypeError(f"{type(msg).__name__} is not a session message or command; expected one of "
+                        f"{', '.join(c.__name__ for c in _ALL_TYPES.values())}") from None
+
+
+def is_command(obj: object) -> bool:
+    return type(obj) in COMMAND_TYPES.values()
+
+
+def is_message(obj: object) -> bool:
+    return type(obj) in MESSAGE_TYPES.values()
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def to_json(obj: Any) -> Any:
+    """A message's or record's fields as strict-JSON values (the shapes of the run report)."""
+    return jsonable(obj)
+
+
+def encode(msg: Any, seq: int = 0) -> str:
+    """One line (no trailing newline) of strict JSON for a message or command."""
+    kind = type_name(msg)
+    payload = {"v": PROTOCOL_VERSION, "type": kind, "seq": int(seq)}
+    payload.update(to_json(msg))
+    return json.dumps(payload, allow_nan=False, separators=(",", ":"))
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def _excerpt(line: str, limit: int = 120) -> str:
+    text = line.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def decode(line: str | bytes, *, where: str = "") -> Any:
+    """The message or command on one line; ProtocolError says what was wrong with it."""
+    return decode_line(line, where=where)[1]
+
+
+def decode_line(line: str | bytes, *, where: str = "") -> tuple[int, Any]:
+    """``(seq, message)`` for one line. ``where`` names the source in errors ("session.jsonl line 7")."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{prefix}not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                                f"{_excerpt(line.decode('utf-8', 'replace'))}. Expected one JSON object per "
+                                "line from a workbench session.") from None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{prefix}not JSON ({exc.msg} at column {exc.colno}): {_excerpt(line)}. "
+                            "Expected one JSON object per line from a workbench session; is the other "
+                            "end a workbench session?") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{prefix}expected a JSON object with \"v\" and \"type\", got "
+                            f"{type(data).__name__}: {_excerpt(line)}.")
+    version = data.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ProtocolError(f"{prefix}no protocol version (expected \"v\": {PROTOCOL_VERSION}, got "
+                            f"{version!r}): {_excerpt(line)}. Is the other end a workbench session?")
+    if version > PROTOCOL_VERSION:
+        raise ProtocolError(f"{prefix}written by a newer workbench (protocol v{version}; this one reads "
+                            f"v{PROTOCOL_VERSION}): {_excerpt(line)}. Upgrade workbench on this side "
+                            "(pip install -U torch-workbench) to read it.")
+    kind = data.get("type")
+    cls = _ALL_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"{prefix}unknown message type {kind!r} (expected one of "
+                            f"{', '.join(sorted(_ALL_TYPES))}): {_excerpt(line)}. A newer workbench may "
+                            "send it: upgrade this side.")
+    seq = data.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise ProtocolError(f"{prefix}\"seq\" must be an integer, got {seq!r}: {_excerpt(line)}.")
+    try:
+        msg = _build(cls, {k: v for k, v in data.items() if k not in _ENVELOPE}, kind)
+    except _FieldError as exc:
+        raise ProtocolError(f"{prefix}bad {kind!r} message: {exc}: {_excerpt(line)}. The writer does not "
+                            "follow this protocol version; if it is a newer workbench, upgrade this side."
+                            ) from None
+    return seq, msg
+
+
+def from_json(cls: type, value: Any, path: str = "") -> Any:
+    """Rebuild ``cls`` (a record or message dataclass, or any supported type) from ``to_json``'s form."""
+    try:
+        return _build(cls, value, path or getattr(cls, "__name__", "value"))
+    except _FieldError as exc:
+        raise ProtocolError(f"bad {getattr(cls, '__name__', cls)}: {exc}.") from None
+
+
+class _FieldError(Exception):
+    pass
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _build(tp: Any, value: Any, path: str) -> Any:
+    """``value`` (decoded JSON) as type ``tp``; _FieldError names the field path and what was expected."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _build(option, value, path)
+            except _FieldError as exc:
+                errors.append(str(exc))
+        raise _FieldError(errors[0] if len(errors) == 1 else
+                          f"{path}: {_short(value)} matches none of {tp}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise _FieldError(f"{path}: expected one of {', '.join(map(repr, allowed))}, got {_short(value)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _FieldError(f"{path}: expected a list, got {_short(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise _FieldError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_build(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise _FieldError(f"{path}: expected an object, got {_short(value)}")
+        return {_build(key_tp, k, f"{path} key"): _build(value_tp, v, f"{path}[{k!r}]") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise _FieldError(f"{path}: expected null, got {_short(value)}")
+        return None
+    if tp is float:
+        if isinstance(value, str) and value in _NON_FINITE:
+            return _NON_FINITE[value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _FieldError(f"{path}: expected a number, got {_short(value)}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _FieldError(f"{path}: expected true or false, got {_short(value)}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _FieldError(f"{path}: expected an integer, got {_short(value)}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _FieldError(f"{path}: expected a string, got {_short(value)}")
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise _FieldError(f"{path}: expected one of {', '.join(repr(m.value) for m in tp)}, "
+                              f"got {_short(value)}") from None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _FieldError(f"{path}: expected an object ({tp.__name__}), got {_short(value)}")
+        hints = _hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{path}.{f.name}" if path else f.name)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _FieldError(f"{path + '.' if path else ''}{f.name}: missing (a required field of "
+                                  f"{tp.__name__})")
+        return tp(**kwargs)
+    raise TypeError(f"{path}: the protocol cannot rebuild type {tp!r}")  # a programming error, not bad input
