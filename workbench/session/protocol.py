@@ -49,7 +49,7 @@ from workbench.engine.records import (
     Phase,
     StepRecord,
 )
-from workbench.report.files import jsonable
+from workbench.files import jsonable
 
 PROTOCOL_VERSION = 1
 
