@@ -43,8 +43,8 @@ from __future__ import annotations
 import bisect
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -260,61 +260,60 @@ def _trace_file(path: Path) -> TraceFile:
     return files[0]
 
 
-def analyze_trace(
-    data: dict[str, Any], *, path: str = "", run: str = "", worker: str = "", span: str | None = None
-) -> TraceAnalysis:
-    """Analyse a loaded trace dict (``{"traceEvents": [...], ...}``)."""
-    events = [e for e in data.get("traceEvents", []) if isinstance(e, dict)]
-    durations = [e for e in events if e.get("ph") == "X" and _num(e.get("dur")) is not None]
-    notes: list[str] = []
+@dataclass
+class _Events:
+    """A trace's complete events, each put in one place by ``_classify`` (read once)."""
 
-    host_ops, steps_raw, device_events, runtime_events, modules_raw, phase_events = [], [], [], [], [], []
+    steps: list[dict] = field(default_factory=list)  # ProfilerStep#N
+    device: list[dict] = field(default_factory=list)  # kernels, memcpy, memset: in trace order
+    runtime: list[dict] = field(default_factory=list)  # CUDA runtime/driver calls
+    host_ops: list[dict] = field(default_factory=list)  # every host op, our phase ranges included
+    phases: list[dict] = field(default_factory=list)  # our phase ranges
+    modules: list[dict] = field(default_factory=list)  # nn.Module ranges (with_stack)
+    spans: dict[str, list[Span]] = field(default_factory=lambda: {c: [] for c in CATEGORIES if c != "other"})
+    comm_libs: set[str] = field(default_factory=set)
+
+
+def _classify(durations: Iterable[dict]) -> _Events:
+    """Sort each event into its lists and its breakdown category, once per event."""
+    ev = _Events()
     for e in durations:
         cat = str(e.get("cat", "")).lower()
         name = str(e.get("name", ""))
         if _STEP_RE.match(name):
-            steps_raw.append(e)
+            ev.steps.append(e)
         elif cat in _KERNEL_CATS or cat in _MEMCPY_CATS or cat in _MEMSET_CATS:
-            device_events.append(e)
+            ev.device.append(e)
+            if cat in _KERNEL_CATS:
+                nccl = "nccl" in name.lower()
+                if nccl:
+                    ev.comm_libs.add("nccl")
+                ev.spans["communication" if nccl else "kernel"].append(_span(e))
+            else:
+                ev.spans["memcpy" if cat in _MEMCPY_CATS else "memset"].append(_span(e))
         elif cat in _RUNTIME_CATS:
-            runtime_events.append(e)
+            ev.runtime.append(e)
+            ev.spans["runtime"].append(_span(e))
         elif cat in _HOST_OP_CATS:
+            ev.host_ops.append(e)
             if name in PHASES:
-                phase_events.append(e)
-            host_ops.append(e)
+                ev.phases.append(e)
+            if name == "dataloader" or name.startswith(("enumerate(DataLoader)#", "enumerate(DataPipe)#")):
+                ev.spans["dataloader"].append(_span(e))
+            elif name.startswith(_COMM_HOST_PREFIXES):
+                ev.spans["communication"].append(_span(e))
+                ev.comm_libs.add(name.split(":", 1)[0])
+            elif name not in PHASES:  # the phase ranges are reported per phase, not as CPU exec
+                ev.spans["cpu_exec"].append(_span(e))
         elif cat == "python_function" and name.startswith("nn.Module: "):
-            modules_raw.append(e)
+            ev.modules.append(e)
+    return ev
 
-    launch_ts = _launch_times(device_events, runtime_events)
-    steps = _step_spans(steps_raw, durations, device_events, launch_ts, notes)
 
-    # -- the category spans ------------------------------------------------------------
-    spans: dict[str, list[Span]] = {c: [] for c in CATEGORIES if c != "other"}
-    for e in device_events:
-        cat, s = str(e.get("cat", "")).lower(), _span(e)
-        if cat in _KERNEL_CATS:
-            spans["communication" if "nccl" in str(e.get("name", "")).lower() else "kernel"].append(s)
-        elif cat in _MEMCPY_CATS:
-            spans["memcpy"].append(s)
-        else:
-            spans["memset"].append(s)
-    spans["runtime"] = [_span(e) for e in runtime_events]
-    comm_libs = set()
-    for e in host_ops:
-        name = str(e.get("name", ""))
-        if name == "dataloader" or name.startswith(("enumerate(DataLoader)#", "enumerate(DataPipe)#")):
-            spans["dataloader"].append(_span(e))
-        elif name.startswith(_COMM_HOST_PREFIXES):
-            spans["communication"].append(_span(e))
-            comm_libs.add(name.split(":", 1)[0])
-        elif name not in PHASES:
-            spans["cpu_exec"].append(_span(e))
-    if any("nccl" in str(e.get("name", "")).lower() for e in device_events):
-        comm_libs.add("nccl")
-    merged = {c: intervals.merge(s) for c, s in spans.items()}
-
-    phase_spans = {p: intervals.merge(_span(e) for e in phase_events if e.get("name") == p) for p in PHASES}
-    breakdowns = []
+def _breakdowns(steps: list[tuple[str, float, float]], merged: dict[str, list[Span]],
+                phase_spans: dict[str, list[Span]]) -> list[StepBreakdown]:
+    """Each step's time claimed category by category (the priority order above), and per phase."""
+    out = []
     for name, start, end in steps:
         left = [(start, end)]
         cats = []
@@ -327,46 +326,54 @@ def analyze_trace(
             (p, intervals.total(intervals.intersect([(start, end)], phase_spans[p])))
             for p in PHASES if phase_spans[p]
         )
-        breakdowns.append(StepBreakdown(name, start, end - start, tuple(cats), phases))
+        out.append(StepBreakdown(name, start, end - start, tuple(cats), phases))
+    return out
 
+
+def analyze_trace(
+    data: dict[str, Any], *, path: str = "", run: str = "", worker: str = "", span: str | None = None
+) -> TraceAnalysis:
+    """Analyse a loaded trace dict (``{"traceEvents": [...], ...}``)."""
+    events = [e for e in data.get("traceEvents", []) if isinstance(e, dict)]
+    durations = [e for e in events if e.get("ph") == "X" and _num(e.get("dur")) is not None]
+    notes: list[str] = []
+    ev = _classify(durations)
+
+    launch_ts = _launch_times(ev.device, ev.runtime)
+    steps = _step_spans(ev.steps, ev.host_ops, ev.device, launch_ts, notes)
+    merged = {c: intervals.merge(s) for c, s in ev.spans.items()}
+    phase_spans = {p: intervals.merge(_span(e) for e in ev.phases if e.get("name") == p) for p in PHASES}
     step_union = intervals.merge((s, e) for _, s, e in steps)
-    kernel_busy = intervals.total(intervals.intersect(step_union, merged["kernel"]))
 
-    device_by_ext = _device_time_by_external_id(device_events, runtime_events)
-    operators, tc_eligible_us = _operators(host_ops, device_by_ext)
-    kernels = [e for e in device_events if str(e.get("cat", "")).lower() in _KERNEL_CATS]
-    kernel_sum = sum(float(e["dur"]) for e in kernels)
-    tc_us = sum(float(e["dur"]) for e in kernels if _is_tensor_core_kernel(str(e.get("name", ""))))
-
+    operators, tc_eligible_us = _operators(ev.host_ops, _device_time_by_external_id(ev.device, ev.runtime))
+    kernels = [e for e in ev.device if str(e.get("cat", "")).lower() in _KERNEL_CATS]
     devices = tuple(_devices(data))
-    first_start = steps[0][1] if steps else 0.0
-    memory = tuple(_memory_curves(events, steps, phase_spans, devices, first_start))
-
-    names = {str(e.get("name", "")) for e in host_ops}
+    memory = tuple(_memory_curves(events, steps, phase_spans, devices, steps[0][1] if steps else 0.0))
+    names = {str(e.get("name", "")) for e in ev.host_ops}
     loss_source = read_loss_source(data.get(LOSS_SOURCE_KEY))
-    record_shapes = bool(data.get("record_shapes")) or any("Input Dims" in e.get("args", {}) for e in host_ops[:200])
     return TraceAnalysis(
         path=path,
         run=run,
         worker=worker,
         span=span,
-        steps=tuple(breakdowns),
+        steps=tuple(_breakdowns(steps, merged, phase_spans)),
         operators=tuple(operators),
         kernels=tuple(_kernel_stats(kernels)),
-        modules=tuple(_phase_stats(phase_events, launch_ts, device_events, loss_source)
-                      + _module_stats(modules_raw, launch_ts, device_events)),
+        modules=tuple(_phase_stats(ev.phases, launch_ts, ev.device, loss_source)
+                      + _module_stats(ev.modules, launch_ts, ev.device)),
         memory=memory,
         devices=devices,
-        record_shapes=record_shapes,
+        record_shapes=bool(data.get("record_shapes")) or any("Input Dims" in e.get("args", {})
+                                                            for e in ev.host_ops[:200]),
         profile_memory=bool(data.get("profile_memory")) or bool(memory),
-        with_stack=bool(modules_raw) or any(str(e.get("cat", "")) == "python_function" for e in durations),
+        with_stack=bool(ev.modules) or any(str(e.get("cat", "")) == "python_function" for e in durations),
         uses_dataparallel="DataParallel.forward" in names,
         uses_ddp="DistributedDataParallel.forward" in names,
-        comm_libs=tuple(sorted(comm_libs)),
-        used_device_ids=tuple(sorted({_device_index(e) for e in device_events})),
-        kernel_us=kernel_busy,
-        kernel_sum_us=kernel_sum,
-        tensor_core_kernel_us=tc_us,
+        comm_libs=tuple(sorted(ev.comm_libs)),
+        used_device_ids=tuple(sorted({_device_index(e) for e in ev.device})),
+        kernel_us=intervals.total(intervals.intersect(step_union, merged["kernel"])),
+        kernel_sum_us=sum(float(e["dur"]) for e in kernels),
+        tensor_core_kernel_us=sum(float(e["dur"]) for e in kernels if _is_tensor_core_kernel(str(e.get("name", "")))),
         tc_eligible_kernel_us=tc_eligible_us,
         notes=tuple(notes),
         loss_source=loss_source,
@@ -426,12 +433,11 @@ def _launch_times(device_events: list[dict], runtime_events: list[dict]) -> dict
 
 
 def _step_spans(
-    steps_raw: list[dict], durations: list[dict], device_events: list[dict],
+    steps_raw: list[dict], host_events: list[dict], device_events: list[dict],
     launch_ts: dict[int, float], notes: list[str],
 ) -> list[tuple[str, float, float]]:
     host = sorted(((str(e["name"]), *_span(e)) for e in steps_raw), key=lambda s: s[1])
     if not host:
-        host_events = [e for e in durations if str(e.get("cat", "")).lower() in _HOST_OP_CATS]
         if not host_events:
             notes.append("no host operators or ProfilerStep spans in the trace: nothing to break down")
             return []
@@ -479,6 +485,37 @@ def _device_time_by_external_id(device_events: list[dict], runtime_events: list[
     return out
 
 
+@dataclass
+class _Open:
+    """An event while the nesting walk is inside it: what its children add up to."""
+
+    event: dict
+    end: float
+    child_us: float = 0.0  # host time of the direct children
+    device_us: float = 0.0  # device time launched by the whole subtree (operators)
+    eligible_below: bool = False  # a Tensor Core eligible operator somewhere below
+
+
+def _nesting(events: Iterable[dict]) -> Iterator[tuple[_Open, _Open | None]]:
+    """Each event with the one directly around it on its thread (None at the top), children
+    before their parent, so a parent's totals are complete when it comes."""
+    by_thread: dict[tuple[Any, Any], list[dict]] = defaultdict(list)
+    for e in events:
+        by_thread[(e.get("pid"), e.get("tid"))].append(e)
+    for evs in by_thread.values():
+        evs.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))
+        stack: list[_Open] = []
+        for e in evs:
+            start, end = _span(e)
+            while stack and stack[-1].end <= start:
+                done = stack.pop()
+                yield done, stack[-1] if stack else None
+            stack.append(_Open(e, end))
+        while stack:
+            done = stack.pop()
+            yield done, stack[-1] if stack else None
+
+
 def _operators(host_ops: list[dict], device_by_ext: dict[Any, float]) -> tuple[list[OperatorStat], float]:
     """Self/total CPU and device time per operator, from the nesting on each thread.
 
@@ -487,45 +524,26 @@ def _operators(host_ops: list[dict], device_by_ext: dict[Any, float]) -> tuple[l
     """
     acc: dict[tuple[str, str | None], list[float]] = {}
     tc_eligible_us = 0.0
-    by_thread: dict[tuple[Any, Any], list[dict]] = defaultdict(list)
-    for e in host_ops:
-        by_thread[(e.get("pid"), e.get("tid"))].append(e)
-    for ops in by_thread.values():
-        ops.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))
-        # stack entries: [event, end, children host time, subtree device time, eligible below]
-        stack: list[list[Any]] = []
-
-        def close(entry: list[Any]) -> None:
-            nonlocal tc_eligible_us
-            e, _end, child_us, device_us, eligible_below = entry
-            name = str(e.get("name", ""))
-            self_device = device_by_ext.get(_external_id(e), 0.0)
-            total_device = device_us + self_device
-            eligible = name in TENSOR_CORE_ELIGIBLE_OPS
-            if eligible and not eligible_below:
-                tc_eligible_us += total_device
-            if stack:
-                parent = stack[-1]
-                parent[2] += float(e["dur"])
-                parent[3] += total_device
-                parent[4] = parent[4] or eligible or eligible_below
-            if str(e.get("cat", "")).lower() == "user_annotation" or _STEP_RE.match(name):
-                return
-            key = (name, _shapes(e))
-            row = acc.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0])
-            row[0] += 1
-            row[1] += float(e["dur"]) - child_us
-            row[2] += float(e["dur"])
-            row[3] += self_device
-            row[4] += total_device
-
-        for e in ops:
-            start, end = _span(e)
-            while stack and stack[-1][1] <= start:
-                close(stack.pop())
-            stack.append([e, end, 0.0, 0.0, False])
-        while stack:
-            close(stack.pop())
+    for node, parent in _nesting(host_ops):
+        e = node.event
+        name = str(e.get("name", ""))
+        self_device = device_by_ext.get(_external_id(e), 0.0)
+        total_device = node.device_us + self_device
+        eligible = name in TENSOR_CORE_ELIGIBLE_OPS
+        if eligible and not node.eligible_below:
+            tc_eligible_us += total_device
+        if parent is not None:
+            parent.child_us += float(e["dur"])
+            parent.device_us += total_device
+            parent.eligible_below = parent.eligible_below or eligible or node.eligible_below
+        if str(e.get("cat", "")).lower() == "user_annotation" or _STEP_RE.match(name):
+            continue
+        row = acc.setdefault((name, _shapes(e)), [0, 0.0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += float(e["dur"]) - node.child_us
+        row[2] += float(e["dur"])
+        row[3] += self_device
+        row[4] += total_device
     stats = [
         OperatorStat(name, shapes, int(r[0]), max(r[1], 0.0), r[2], r[3], r[4])
         for (name, shapes), r in acc.items()
@@ -602,31 +620,15 @@ def _phase_stats(phase_events: list[dict], launch_ts: dict[int, float], device_e
 def _module_stats(modules_raw: list[dict], launch_ts: dict[int, float], device_events: list[dict]) -> list[ModuleStat]:
     launches = _sorted_launches(launch_ts, device_events)
     acc: dict[str, list[float]] = {}
-    by_thread: dict[Any, list[dict]] = defaultdict(list)
-    for e in modules_raw:
-        by_thread[(e.get("pid"), e.get("tid"))].append(e)
-    for mods in by_thread.values():
-        mods.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))
-        stack: list[list[Any]] = []  # [event, end, child time]
-
-        def close(entry: list[Any]) -> None:
-            e, _end, child = entry
-            if stack:
-                stack[-1][2] += float(e["dur"])
-            name = str(e["name"])[len("nn.Module: "):]
-            row = acc.setdefault(name, [0, 0.0, 0.0, 0.0])
-            row[0] += 1
-            row[1] += float(e["dur"])
-            row[2] += float(e["dur"]) - child
-            row[3] += _device_time_in(_span(e), launches)
-
-        for e in mods:
-            start, end = _span(e)
-            while stack and stack[-1][1] <= start:
-                close(stack.pop())
-            stack.append([e, end, 0.0])
-        while stack:
-            close(stack.pop())
+    for node, parent in _nesting(modules_raw):
+        e = node.event
+        if parent is not None:
+            parent.child_us += float(e["dur"])
+        row = acc.setdefault(str(e["name"])[len("nn.Module: "):], [0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += float(e["dur"])
+        row[2] += float(e["dur"]) - node.child_us
+        row[3] += _device_time_in(_span(e), launches)
     stats = [ModuleStat(n, "module", int(r[0]), r[1], max(r[2], 0.0), r[3]) for n, r in acc.items()]
     stats.sort(key=lambda m: (-m.host_us, m.name))
     return stats
