@@ -46,7 +46,8 @@ def _check(logdir: Path, scenario: str) -> int:
     import torch
 
     from workbench.profiling.analysis import top_operators
-    from workbench.profiling.export import ProfileOptions, run_profile
+    from workbench.profiling.export import run_profile
+    from workbench.profiling.options import ProfileOptions
     from workbench.profiling.runs import analyze_path
     from workbench.scenario import load_source
 

@@ -17,14 +17,10 @@ import torch
 from tests.conftest import ROOT, SCENARIOS
 from workbench.cli import main
 from workbench.profiling.analysis import CATEGORIES, PHASES, analyze_file
-from workbench.profiling.export import (
-    METADATA_FILE,
-    ProfileOptions,
-    default_worker_name,
-    profile_scenario,
-    redirect_stderr_fd,
-)
+from workbench.profiling.capture import default_worker_name, profile_scenario, redirect_stderr_fd
+from workbench.profiling.options import ProfileOptions
 from workbench.profiling.runs import analyze_path
+from workbench.profiling.sidecar import METADATA_FILE
 from workbench.scenario import load_source
 
 MLP = str(SCENARIOS / "mlp_digits.py")

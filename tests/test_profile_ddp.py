@@ -17,9 +17,10 @@ import torch
 from tests.conftest import ROOT, SCENARIOS
 from workbench.cli import main
 from workbench.distributed import free_port
+from workbench.profiling.capture import default_worker_name
 from workbench.profiling.ddp import RankShard
-from workbench.profiling.export import METADATA_FILE, default_worker_name
 from workbench.profiling.runs import analyze_path
+from workbench.profiling.sidecar import METADATA_FILE
 from workbench.scenario import ScenarioError
 
 MLP = str(SCENARIOS / "mlp_digits.py")
@@ -79,7 +80,7 @@ def test_ddp_flag_is_checked_before_any_work(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has 4 GPUs")
 def test_ddp_on_cuda_needs_a_gpu_per_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from workbench.profiling.export import check_ddp_ranks
+    from workbench.profiling.ddp import check_ddp_ranks
 
     from workbench.errors import UsageError
 

@@ -16,7 +16,9 @@ from rich.console import Console
 from tests.conftest import SCENARIOS
 from workbench.cli import main
 from workbench.profiling.analysis import analyze_file, analyze_trace
-from workbench.profiling.export import METADATA_FILE, ProfileOptions, profile_scenario
+from workbench.profiling.capture import profile_scenario
+from workbench.profiling.options import ProfileOptions
+from workbench.profiling.sidecar import METADATA_FILE
 from workbench.profiling.trace import LOSS_SOURCE_KEY, read_loss_source
 from workbench.report.profile import worker_view
 from workbench.scenario import load_source

@@ -13,7 +13,7 @@ from rich.console import Console  # noqa: E402
 from textual.app import App  # noqa: E402
 from textual.widgets import DataTable, Static  # noqa: E402
 
-from workbench.profiling.export import ProfileOptions  # noqa: E402
+from workbench.profiling.options import ProfileOptions  # noqa: E402
 from workbench.scenario import load_source  # noqa: E402
 from workbench.tui.screens.profile import ProfileScreen  # noqa: E402
 from workbench.tui.widgets.common import ErrorPanel  # noqa: E402

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace):  # -> ProfileOptions
     from workbench.errors import UsageError
-    from workbench.profiling.export import ProfileOptions
+    from workbench.profiling.options import ProfileOptions
 
     active = args.active
     if args.steps is not None:

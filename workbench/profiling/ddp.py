@@ -22,23 +22,33 @@ from typing import Any
 import torch
 
 from workbench.distributed import Beat, Tick, join_group, leave_group, spawn_ranks
-from workbench.profiling.export import (
-    ProfileOptions,
+from workbench.errors import UsageError
+from workbench.profiling.capture import (
     ProfileRun,
     ProgressCallback,
     SizeEstimate,
     TraceTooLargeError,
-    check_ddp_ranks,
-    check_run_name,
-    default_run_name,
-    drop_if_empty,
     estimate_trace_size,
     profile_scenario,
     redirect_stderr_fd,
-    too_large_message,
-    write_metadata,
+    size_refusal,
 )
+from workbench.profiling.options import ProfileOptions
+from workbench.profiling.sidecar import check_run_name, default_run_name, drop_if_empty, write_metadata
 from workbench.scenario import Scenario, ScenarioError, ScenarioSource, replace, split_batch
+
+
+def check_ddp_ranks(device: torch.device, gpus_needed: int) -> None:
+    """Say before spawning anything why DDP ranks needing ``gpus_needed`` GPUs here cannot run."""
+    import torch
+
+    from workbench.distributed import ddp_unavailable
+
+    found = torch.cuda.device_count() if device.type == "cuda" else 0
+    reason = ddp_unavailable(device.type, gpus_needed, found)
+    if reason is not None:
+        hint = "; use --device cpu (gloo)" if device.type == "cuda" else ""
+        raise UsageError(f"--ddp: {reason}{hint}.")
 
 
 @dataclass(frozen=True)
@@ -163,8 +173,7 @@ def profile_torchrun(
         if rank == 0:
             size = estimate_trace_size(source.build(dev), options, workers=world)
             verdict[1] = size
-            if size.total_bytes > max_trace_mb * 2**20 and not force:
-                verdict[2] = too_large_message(size, max_trace_mb)
+            verdict[2] = size_refusal(size, max_trace_mb, force)
         dist.broadcast_object_list(verdict, src=0)  # the one collective before profiling
         run_name, size, refusal = verdict
         if on_estimate is not None and size is not None:

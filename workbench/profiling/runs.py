@@ -9,7 +9,7 @@ from typing import Any
 
 from workbench.profiling.advice import Recommendation, from_findings, recommend
 from workbench.profiling.analysis import TraceAnalysis, analyze_file, loss_inside_model
-from workbench.profiling.export import read_metadata
+from workbench.profiling.sidecar import read_metadata
 from workbench.profiling.trace import DEFAULT_MAX_READ_MB, TraceFile, find_runs, trace_files_in
 
 

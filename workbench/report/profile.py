@@ -9,7 +9,7 @@ from rich.text import Text
 
 from workbench.profiling.advice import GPU_ONLY, THRESHOLDS, Recommendation
 from workbench.profiling.analysis import CATEGORIES, CATEGORY_LABELS, TraceAnalysis, top_operators
-from workbench.profiling.export import ProfileRun, SizeEstimate
+from workbench.profiling.capture import ProfileRun, SizeEstimate
 from workbench.profiling.runs import RunAnalysis
 from workbench.profiling.tensorboard import tensorboard_command
 from workbench.report.numbers import human_bytes

@@ -18,7 +18,7 @@ from workbench.tui.session import EngineView, InspectorData, RunSummary
 if TYPE_CHECKING:  # annotations only: the main screen need not load bench/profiling
     from workbench.bench.results import BenchRun, VariantResult
     from workbench.bench.runner import BenchProgress
-    from workbench.profiling.export import ProfileRun
+    from workbench.profiling.capture import ProfileRun
     from workbench.profiling.runs import RunAnalysis
 
 

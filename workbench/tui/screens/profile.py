@@ -23,7 +23,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from workbench.profiling.analysis import TraceAnalysis, top_operators
-from workbench.profiling.export import ProfileOptions, ProfileRun, prepare_profiler, run_profile
+from workbench.profiling.capture import ProfileRun, prepare_profiler
+from workbench.profiling.export import run_profile
+from workbench.profiling.options import ProfileOptions
 from workbench.profiling.runs import RunAnalysis, analyze_path
 from workbench.profiling.tensorboard import tensorboard_command
 from workbench.report.profile import (
