@@ -19,7 +19,9 @@ API overview::
 * records.py      frozen results: Phase, ModuleStats, ParamStats, Finding, MemorySample, StepRecord,
                   BreakHit, StepProgress, PhaseResult, RunOutcome, ModuleNode; finding kind strings.
 * breakpoints.py  Breakpoint (factories, parse, describe, check).
-* engine.py       EngineConfig, Engine.
+* engine.py       EngineConfig, Engine (owns the loop: data, phases, snapshots, breakpoints).
+* instruments.py  Instruments: probe + parameter stats + health rules at each phase boundary,
+                  for whoever owns the loop (the Engine, ``workbench.watch``).
 * health.py       HealthThresholds (documented defaults) and the rules.
 * probe.py        module hooks: batched forward stats, output-gradient norms, NaN root cause.
 * params.py       per-parameter grad / weight / update stats.

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,45 +25,16 @@ import torch
 
 from workbench.engine import memory, snapshots
 from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.diagnosis import InputScaleProbe, find_non_finite, recurrent_modules
+from workbench.engine.diagnosis import find_non_finite
 from workbench.engine.errors import ErrorContext, StepError, describe_call, innermost_module
-from workbench.engine.health import HealthMonitor, HealthThresholds
-from workbench.engine.params import (
-    ParamRef,
-    grad_stats_tensor,
-    own_and_shared,
-    owned_count,
-    param_owners,
-    param_refs,
-    param_stats_from_rows,
-    total_grad_norm_tensor,
-)
-from workbench.engine.probe import (
-    F_DEAD,
-    F_IN_FINITE,
-    F_INF,
-    F_MAX,
-    F_MIN,
-    F_NAN,
-    F_SAMPLE_N,
-    F_SAT,
-    F_STD,
-    F_MEAN,
-    F_ZERO,
-    ActivationProbe,
-    CallInfo,
-    SampleIndex,
-)
+from workbench.engine.health import HealthThresholds
+from workbench.engine.instruments import Instruments, StepState
 from workbench.engine.records import (
-    AMP_OVERFLOW,
     GRAD_CLIPPING,
-    NAN_INF,
     SCENARIO_CONFIG,
     BreakHit,
     Finding,
     ModuleNode,
-    ModuleStats,
-    ParamStats,
     Phase,
     PhaseResult,
     RunOutcome,
@@ -121,40 +91,6 @@ class EngineConfig:
             raise ValueError(f"history must be >= 1, got {self.history}")
 
 
-@dataclass
-class _StepState:
-    """The step in progress (mutable; exposed as a frozen StepProgress)."""
-
-    step: int
-    measured: bool
-    phases_done: list[Phase] = field(default_factory=list)
-    batch: Batch | None = None  # on the device
-    batch_size: int = 0
-    outputs: Any = None
-    loss_tensor: torch.Tensor | None = None
-    loss: float | None = None
-    total_grad_norm: float | None = None
-    lrs: tuple[float, ...] = ()
-    phase_seconds: dict[Phase, float] = field(default_factory=dict)
-    data_seconds: float = 0.0
-    modules: tuple[ModuleStats, ...] = ()
-    params: tuple[ParamStats, ...] = ()
-    findings: list[Finding] = field(default_factory=list)
-    outputs_finite: bool | None = None
-    activation_bytes: int | None = None
-    instrument: dict[str, float] = field(default_factory=dict)
-    loss_parts: dict[str, float] = field(default_factory=dict)
-    loss_source: str = "loss_fn"
-    clip_before: float | None = None
-    clip_after: float | None = None
-    grad_scale: float | None = None
-    amp_skipped: bool = False
-    sub_phase_seconds: dict[str, float] = field(default_factory=dict)
-
-    def charge(self, what: str, seconds: float) -> None:
-        self.instrument[what] = self.instrument.get(what, 0.0) + seconds
-
-
 class Engine:
     """Step a Scenario phase by phase with health checks; see the package docstring."""
 
@@ -167,19 +103,14 @@ class Engine:
         self._restore = contextlib.ExitStack()
         hooks = self._restore.enter_context(instrumented(model, train=True))
         torch.manual_seed(scenario.seed)
-        self._probe = ActivationProbe(model, self.config.sample_size)
+        self._inst = Instruments(model, sample_size=self.config.sample_size, thresholds=self.config.thresholds)
+        self._probe = self._inst.probe
         self._probe.attach()
         hooks.on_exit(self._probe.detach)
         self._scaler = scenario.make_scaler()  # fp16 training as the user trains: a GradScaler
         self._clip_recent: deque[bool] = deque(maxlen=CLIP_WINDOW)
         self._clip_reported = False
         self._clip_counts = [0, 0]  # [clipped steps, steps with clipping on]
-        self._amp_skips_in_row = 0
-        self._params: list[ParamRef] = param_refs(model)
-        self._sampler = SampleIndex(self.config.sample_size)
-        self._health = HealthMonitor(self.config.thresholds)
-        self._health.diagnosis.set_param_names(model)
-        self._recurrent = recurrent_modules(model)
         self._breakpoints: list[Breakpoint] = list(self.config.breakpoints)
         self._history: deque[StepRecord] = deque(maxlen=self.config.history)
         self._findings: deque[Finding] = deque(maxlen=self.config.max_findings)
@@ -195,8 +126,6 @@ class Engine:
         self._setup_findings = [Finding(0, Phase.FORWARD, "", None, SCENARIO_CONFIG, "warning", None, None, w)
                                 for w in scenario.load_warnings]
         self._state = self._new_state()
-        self._phase_findings: list[Finding] = []
-        self._biases_checked = False
         self._snapshots = SnapshotRing(self.config.snapshots, self.config.snapshot_budget)
         self._snapshot_too_big: int | None = None  # bytes of one snapshot, when over the budget
         # Snapshots of rewound steps: their batches (and RNG) are replayed, in order,
@@ -297,33 +226,16 @@ class Engine:
         next forward already started). For inspectors and histograms: the copy to the host
         is a deliberate sync, made only when asked.
         """
-        sample = self._probe.sample_of(name)
-        return None if sample is None else sample.detach().to("cpu", copy=True)
+        return self._inst.activation_sample(name)
 
     @property
     def module_names(self) -> tuple[str, ...]:
         """Execution order once a forward ran (modules never called come last), else registration order."""
-        registered = [name for name, _ in self._scenario.model.named_modules()]
-        seen = self._probe.execution_order
-        if not seen:
-            return tuple(registered)
-        seen_set = set(seen)
-        return tuple(seen + [n for n in registered if n not in seen_set])
+        return self._inst.module_names
 
     @property
     def module_tree(self) -> dict[str, ModuleNode]:
-        tree: dict[str, ModuleNode] = {}
-        owners = param_owners(self._scenario.model)  # a tied weight counts once, at its owner
-        for name, module in self._scenario.model.named_modules():
-            children = tuple(f"{name}.{c}" if name else c for c, _ in module.named_children())
-            own, shared = own_and_shared(module, name, owners)
-            tree[name] = ModuleNode(
-                name=name, type_name=type(module).__name__, children=children,
-                own_params=sum(p.numel() for p in own),
-                total_params=owned_count(module, name, owners),
-                shared_params=tuple(shared),
-            )
-        return tree
+        return self._inst.module_tree
 
     # -- breakpoints ------------------------------------------------------------------
     def add_breakpoint(self, bp: Breakpoint | str) -> Breakpoint:
@@ -372,7 +284,7 @@ class Engine:
         # Phase time is the user's work: the debugger's own cost is accounted separately.
         s.phase_seconds[phase] = max(wall - spent - (s.data_seconds if phase is Phase.FORWARD else 0.0), 0.0)
         s.phases_done.append(phase)
-        phase_findings = tuple(self._phase_findings)
+        phase_findings = tuple(self._inst.phase_findings)
         self._findings.extend(phase_findings)
         hit = self._check_breakpoints(phase, s, phase_findings)
         record = None
@@ -479,8 +391,8 @@ class Engine:
         snap.restore(self._scenario, self._scaler)
         health = copy.deepcopy(snap.health)
         # Found once, on the first measured forward, which a rewind to step 0 goes back before.
-        health.cancelled_biases = self._health.cancelled_biases
-        self._health = health
+        health.cancelled_biases = self._inst.health.cancelled_biases
+        self._inst.health = health
         self._skipped_steps -= sum(1 for r in self._history if r.step >= target and r.skipped)
         self._probe.reset()
         self._pending_break = None
@@ -530,14 +442,14 @@ class Engine:
         self.close()
 
     # -- phases -----------------------------------------------------------------------------
-    def _forward(self, s: _StepState) -> None:
-        self._phase_findings = []
+    def _forward(self, s: StepState) -> None:
+        self._inst.begin_phase()
         snap = None
         if self.config.snapshots:
             t0 = time.perf_counter()
             try:
                 snap = snapshots.take(self._scenario, s.step, self._cycle.epoch, self._cycle.batches_in_epoch,
-                                      self._health, self.config.snapshot_budget, scaler=self._scaler)
+                                      self._inst.health, self.config.snapshot_budget, scaler=self._scaler)
                 self._snapshot_too_big = None
             except snapshots.SnapshotTooLarge as big:
                 # A step without a snapshot breaks the chain: older ones could not be replayed
@@ -558,60 +470,25 @@ class Engine:
             last = self._history[-1].loss if self._history else None
             scheduler_at_epoch(self._scenario, s.step, self._cycle.epoch, last)
         memory.reset_peak(self._device)
-        diagnosis = self._health.diagnosis
-        scale = InputScaleProbe(self._scenario.model) if diagnosis.wants_input_scale(s.measured) else None
-        self._probe.begin_forward(s.measured)
+        scale = self._inst.begin_forward(s)
         try:
             with self._scenario.autocast():
                 s.outputs = self._scenario.call_model(batch)
         finally:
-            self._probe.end_forward()
-            s.charge("forward_hooks", self._probe.seconds)
-            if scale is not None:
-                scale.remove()
-        if not s.measured:
-            return
-        t0 = time.perf_counter()
-        stacked = self._probe.forward_tensor()
-        # Sync point: the forward's one device->host transfer, all modules at once.
-        rows = self._probe.decode_forward(stacked.tolist() if stacked is not None else [])
-        calls = self._probe.calls
-        s.modules, first_bad = self._module_stats(calls, rows)
-        s.outputs_finite = first_bad is None
-        root = None
-        if first_bad is not None:
-            name, inputs_finite = first_bad
-            root = (name, inputs_finite, self._weights_non_finite(name))
-        s.activation_bytes = self._activation_bytes(calls)
-        if not self._biases_checked:  # the layer order is known after the first measured forward
-            self._health.cancelled_biases = self._biases_before_batchnorm()
-            self._biases_checked = True
-        s.charge("forward_stats", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.forward(s.step, s.modules, root)
-                         + (diagnosis.input_scale(s.step, scale) if scale is not None else [])
-                         + (self._bad_data(s, Phase.FORWARD, targets=False) if root and not root[1] else []))
+            self._inst.end_forward(s, scale)
+        self._inst.forward_stats(s, scale, lambda: self._bad_data(s, Phase.FORWARD, targets=False))
 
-    def _loss(self, s: _StepState) -> None:
-        self._phase_findings = []
+    def _loss(self, s: StepState) -> None:
+        self._inst.begin_phase()
         assert s.batch is not None
-        diagnosis = self._health.diagnosis
+        diagnosis = self._inst.health.diagnosis
         with diagnosis.watch_loss(s.outputs, s.batch.loss_arg, s.step) as watch, self._scenario.autocast():
             value = self._scenario.compute_loss(s.outputs, s.batch)
-        s.loss_tensor, s.loss_source = value.total, value.source
-        t0 = time.perf_counter()
-        scalars = [value.total, *value.parts.values()]
-        # Sync point: the loss value (and its named parts, stacked), the LOSS phase's one transfer.
-        numbers = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
-        s.loss = float(numbers[0])
-        s.loss_parts = dict(zip(value.parts, map(float, numbers[1:])))
-        s.charge("loss_value", time.perf_counter() - t0)
-        bad = s.loss is not None and not math.isfinite(s.loss) and s.outputs_finite is not False
-        self._run_health(s, lambda: (self._bad_data(s, Phase.LOSS, targets=True) if bad else [])
-                         + diagnosis.loss(s.step, watch, s.loss)
-                         + self._health.loss(s.step, s.loss, s.outputs_finite, s.loss_parts or None))
+        self._inst.loss_value(s, value.total, value.parts, value.source, watch,
+                              lambda: self._bad_data(s, Phase.LOSS, targets=True))
 
-    def _backward(self, s: _StepState) -> None:
-        self._phase_findings = []
+    def _backward(self, s: StepState) -> None:
+        self._inst.begin_phase()
         assert s.loss_tensor is not None
         self._probe.seconds = 0.0
         scaler = self._scaler
@@ -625,63 +502,10 @@ class Engine:
             scaler.unscale_(self._scenario.optimizer)
             s.sub_phase_seconds["unscale"] = time.perf_counter() - t0
         s.charge("grad_hooks", self._probe.seconds)
-        t0 = time.perf_counter()
-        root = None
-        if s.measured:
-            grad_stats, with_grad = grad_stats_tensor(self._params, self._sampler)
-            act = self._probe.stacked_grads()
-            parts = [t.reshape(-1) for t in (act, grad_stats) if t is not None]
-            n_act = act.numel() if act is not None else 0
-            # Sync point: the backward's one transfer (activation-grad norms + parameter stats).
-            flat = torch.cat([p.to(parts[0].device, torch.float32) for p in parts]).tolist() if parts else []
-            act_norms = flat[:n_act]
-            if s.grad_scale:  # activation gradients are the scaled ones under fp16
-                act_norms = [n / s.grad_scale for n in act_norms]
-            width = grad_stats.shape[1] if grad_stats is not None else 0
-            rows = [flat[n_act + i * width: n_act + (i + 1) * width] for i in range(len(with_grad))]
-            params = param_stats_from_rows(self._params, rows, with_grad)
-            norms = [p.grad_norm for p in params if p.grad_norm is not None]
-            s.total_grad_norm = math.sqrt(sum(n * n for n in norms)) if norms else None
-            s.params = tuple(params)
-            s.modules = self._attach_grad_norms(s.modules, act_norms)
-            if s.loss is None or math.isfinite(s.loss):
-                root = self._backward_root(act_norms, params)
-        else:
-            total = total_grad_norm_tensor(self._params)
-            # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
-            s.total_grad_norm = float(total.tolist()) if total is not None else None
-            no_grad = [p for p in self._params if p.param.grad is None]
-            if no_grad:  # a host-side check: no transfer needed to see a missing .grad
-                s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,
-                                            None, None, None, None, has_grad=False) for p in no_grad)
-        s.charge("backward_stats", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._backward_health(s, root))
+        self._inst.backward_stats(s, self._scenario.optimizer, scaler)
 
-    def _backward_health(self, s: _StepState, root: tuple[str, str | None, str] | None) -> list[Finding]:
-        diagnosis = self._health.diagnosis
-        found = (diagnosis.unowned_parameters(s.step, self._scenario.model, self._scenario.optimizer)
-                 + self._health.backward(s.step, s.total_grad_norm, s.params, root, s.measured)
-                 + diagnosis.recurrent(s.step, s.params, self._recurrent))
-        overflow = (self._scaler is not None and s.total_grad_norm is not None
-                    and not math.isfinite(s.total_grad_norm) and (s.loss is None or math.isfinite(s.loss)))
-        if not overflow:
-            self._amp_skips_in_row = 0
-            return found
-        # fp16 with a GradScaler: inf gradients from a finite loss are how the scaler finds its
-        # scale; it skips this step and halves the scale. Said as such, not as a NaN in the model.
-        self._amp_skips_in_row += 1
-        n = self._amp_skips_in_row
-        severity = "warning" if n >= 3 else "info"
-        advice = ("" if n < 3 else f" {n} steps in a row: the model overflows fp16 even at small scales; "
-                  "compare layers with `workbench diff --b fp16`, or train with amp='bf16'.")
-        kept = [f for f in found if f.kind != NAN_INF]
-        kept.append(Finding(s.step, Phase.BACKWARD, "", None, AMP_OVERFLOW, severity, s.grad_scale, None,
-                            f"fp16 GradScaler: inf/NaN gradients at scale {s.grad_scale:g}; this optimizer step "
-                            f"is skipped and the scale is lowered.{advice}"))
-        return kept
-
-    def _optimizer_step(self, s: _StepState) -> None:
-        self._phase_findings = []
+    def _optimizer_step(self, s: StepState) -> None:
+        self._inst.begin_phase()
         scenario = self._scenario
         s.lrs = self._lrs()
         prep = prepare_update(scenario, self._scaler, unscaled=self._scaler is not None)
@@ -689,14 +513,7 @@ class Engine:
             s.sub_phase_seconds["clip_grad"] = prep.clip_seconds
         if scenario.before_step is not None:
             s.sub_phase_seconds["before_step"] = prep.before_step_seconds
-        before: list[torch.Tensor] | None = None
-        t0 = time.perf_counter()
-        refs = self._params
-        if s.measured and refs:
-            with torch.no_grad():
-                # One fused copy of every parameter (the update is measured against it).
-                before = torch._foreach_mul([r.param.detach() for r in refs], 1.0)
-        s.charge("update_stats", time.perf_counter() - t0)
+        before = self._inst.before_update(s)
         apply_update(scenario, self._scaler)
         if self._scaler is not None:
             # Sync point (fp16 only): a lower scale after update() means the scaler skipped the step.
@@ -704,41 +521,10 @@ class Engine:
         scheduler_after_update(scenario, s.step + 1, self._cycle.epoch, s.loss)
         if prep.grad_norm is not None:
             self._record_clipping(s, prep.grad_norm)
-        if before is None:
-            self._run_health(s, lambda: self._health.diagnosis.after_step(
-                s.step, s.lrs, (), scenario.optimizer, scenario.scheduler, self._cycle.epoch))
-            return
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            now = [r.param.detach() for r in refs]
-            update_norms = torch._foreach_norm(torch._foreach_sub(now, before))
-            weight_norms = torch._foreach_norm(now)
-            both = torch.stack([n.to(torch.float32) for n in (*update_norms, *weight_norms)])
-        # Sync point: the optimizer phase's one transfer (update and weight norms).
-        values = both.tolist()
-        n = len(refs)
-        updates, weights_after = values[:n], values[n:]
-        by_name = {p.name: p for p in s.params}
-        params: list[ParamStats] = []
-        non_finite: list[ParamStats] = []
-        for ref, upd, w_after in zip(refs, updates, weights_after):
-            p = by_name.get(ref.name)
-            if p is None:
-                continue
-            w = p.weight_norm
-            ratio = upd / w if w is not None and w > 0 and math.isfinite(w) else None
-            p = dataclasses.replace(p, update_norm=upd, update_ratio=ratio)
-            params.append(p)
-            if not math.isfinite(w_after) and (w is None or math.isfinite(w)):
-                non_finite.append(dataclasses.replace(p, weight_norm=w_after))
-        s.params = tuple(params)
-        s.charge("update_stats", time.perf_counter() - t0)
-        self._run_health(s, lambda: self._health.optimizer_step(s.step, s.params, non_finite)
-                         + self._health.diagnosis.after_step(s.step, s.lrs, s.params, scenario.optimizer,
-                                                             scenario.scheduler, self._cycle.epoch))
+        self._inst.update_stats(s, before, scenario.optimizer, scenario.scheduler, self._cycle.epoch)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _record_clipping(self, s: _StepState, norm: torch.Tensor) -> None:
+    def _record_clipping(self, s: StepState, norm: torch.Tensor) -> None:
         max_norm = float(self._scenario.clip_grad_norm or 0.0)
         # Sync point (clip_grad_norm set): the total norm clip_grad_norm_ saw, one scalar.
         total = float(norm.tolist())
@@ -752,7 +538,7 @@ class Engine:
         share = sum(self._clip_recent) / window
         if window >= CLIP_WINDOW // 2 and share >= 0.5 and not self._clip_reported:
             self._clip_reported = True
-            self._run_health(s, lambda: [Finding(
+            self._inst.run_health(s, lambda: [Finding(
                 s.step, Phase.OPTIMIZER_STEP, "", None, GRAD_CLIPPING, "warning", share, 0.5,
                 f"clip_grad_norm={max_norm:g} clipped {sum(self._clip_recent)} of the last {window} steps "
                 f"(this step's norm {total:.3g}): clipping is the rule, not a guard, so the real step size is "
@@ -760,20 +546,12 @@ class Engine:
         elif share < 0.25:
             self._clip_reported = False
 
-    def _new_state(self) -> _StepState:
+    def _new_state(self) -> StepState:
         measured = self._step % self.config.stats_every == 0 or self._step < self._measure_until
-        state = _StepState(step=self._step, measured=measured)
+        state = StepState(step=self._step, measured=measured)
         if self._step == 0:
             state.findings.extend(self._setup_findings)
         return state
-
-    def _run_health(self, s: _StepState, rule: Callable[[], list[Finding]]) -> None:
-        t0 = time.perf_counter()
-        # Findings that follow from another one of the step (a NaN loss from NaN data) name it as cause.
-        found = self._health.diagnosis.link(s.step, rule(), s.loss)
-        s.findings.extend(found)
-        self._phase_findings.extend(found)
-        s.charge("health", time.perf_counter() - t0)
 
     def _lrs(self) -> tuple[float, ...]:
         return tuple(float(g.get("lr", float("nan"))) for g in self._scenario.optimizer.param_groups)
@@ -791,7 +569,7 @@ class Engine:
             return first.batch
         return next(self._cycle)  # cycles: the data restarts when exhausted, counting the epoch
 
-    def _check_breakpoints(self, phase: Phase, s: _StepState, phase_findings: Sequence[Finding]) -> BreakHit | None:
+    def _check_breakpoints(self, phase: Phase, s: StepState, phase_findings: Sequence[Finding]) -> BreakHit | None:
         # Pause before the optimizer step (after backward), with everything the step found so far;
         # update findings only exist after the step, so those pause right after it.
         if not self._breakpoints:
@@ -811,7 +589,7 @@ class Engine:
                 return hit
         return None
 
-    def _finish_step(self, s: _StepState, *, skipped: bool) -> StepRecord:
+    def _finish_step(self, s: StepState, *, skipped: bool) -> StepRecord:
         t0 = time.perf_counter()
         mem = memory.sample(self._device, s.activation_bytes)
         s.charge("memory", time.perf_counter() - t0)
@@ -834,7 +612,7 @@ class Engine:
         self._state = self._new_state()
         return record
 
-    def _error_context(self, phase: Phase, s: _StepState, exc: BaseException) -> ErrorContext:
+    def _error_context(self, phase: Phase, s: StepState, exc: BaseException) -> ErrorContext:
         b = s.batch
         if b is None:
             inputs: Sequence[Any] = ()
@@ -848,7 +626,7 @@ class Engine:
             module=innermost_module(exc, self._scenario.model) if phase is Phase.FORWARD else None,
         )
 
-    def _abort_step(self, s: _StepState) -> None:
+    def _abort_step(self, s: StepState) -> None:
         """Leave the engine usable after a user exception: the next call starts a fresh step.
 
         The failed step's tensors are dropped here (the StepError's traceback still
@@ -868,58 +646,7 @@ class Engine:
         self._next_phase = Phase.FORWARD
         self._state = self._new_state()
 
-    def _module_stats(self, calls: list[CallInfo], rows: list[list[float]]) -> tuple[tuple[ModuleStats, ...], tuple[str, bool] | None]:
-        last: dict[str, tuple[CallInfo, list[float]]] = {}
-        counts: dict[str, int] = {}
-        root: tuple[str, bool] | None = None
-        fallback: tuple[str, bool] | None = None
-        for call, row in zip(calls, rows):
-            counts[call.name] = counts.get(call.name, 0) + 1
-            last[call.name] = (call, row)
-            if not call.measured:
-                continue
-            finite = math.isfinite(row[F_MIN]) and math.isfinite(row[F_MAX])
-            if not finite:
-                inputs_finite = row[F_IN_FINITE] == 1.0
-                # Calls are in completion order: a child before its parent, so the first
-                # non-finite output with finite inputs is the innermost culprit.
-                if inputs_finite and root is None:
-                    root = (call.name, True)
-                if fallback is None:
-                    fallback = (call.name, False)
-        order = {name: i for i, name in enumerate(self._probe.execution_order)}
-        stats = [self._one_module(call, row, counts[name]) for name, (call, row) in last.items()]
-        stats.sort(key=lambda m: order.get(m.name, len(order)))
-        return tuple(stats), root or fallback
-
-    @staticmethod
-    def _one_module(call: CallInfo, row: list[float], calls: int) -> ModuleStats:
-        type_name = type(call.module).__name__
-        if not call.measured:
-            return ModuleStats(call.name, type_name, (), "", "", None, None, None, None, None, None,
-                               None, None, 0, calls=calls,
-                               inputs_finite=row[F_IN_FINITE] == 1.0 if math.isfinite(row[F_IN_FINITE]) else None)
-        numel = max(call.numel, 1)
-        mn, mx = row[F_MIN], row[F_MAX]
-        finite = math.isfinite(mn) and math.isfinite(mx)
-        scale = numel / max(row[F_SAMPLE_N], 1.0)
-        nan = 0 if finite else max(int(round(row[F_NAN] * scale)), 1 if math.isnan(mn) else 0)
-        inf = 0 if finite else max(int(round(row[F_INF] * scale)),
-                                   1 if (math.isinf(mn) or math.isinf(mx)) else 0)
-
-        def opt(x: float) -> float | None:
-            return None if math.isnan(x) else x
-
-        return ModuleStats(
-            name=call.name, type_name=type_name, shape=call.shape, dtype=call.dtype, device=call.device,
-            mean=row[F_MEAN], std=row[F_STD], min=mn, max=mx,
-            abs_max=max(abs(mn), abs(mx)) if not (math.isnan(mn) or math.isnan(mx)) else float("nan"),
-            zero_fraction=row[F_ZERO], nan_count=nan, inf_count=inf, bytes=call.nbytes, calls=calls,
-            inputs_finite=row[F_IN_FINITE] == 1.0, dead_fraction=opt(row[F_DEAD]),
-            saturated_fraction=opt(row[F_SAT]), sampled=call.sampled,
-        )
-
-    def _bad_data(self, s: _StepState, phase: Phase, *, targets: bool) -> list[Finding]:
+    def _bad_data(self, s: StepState, phase: Phase, *, targets: bool) -> list[Finding]:
         """A non_finite_data finding per NaN/Inf tensor of the batch (only on a step already non-finite)."""
         batch = s.batch
         if batch is None:
@@ -929,93 +656,4 @@ class Engine:
         else:
             parts = [("batch", batch.data)]
         label = f"batch {self._cycle.batches_in_epoch - 1} of epoch {self._cycle.epoch} (step {s.step})"
-        return self._health.diagnosis.non_finite_data(s.step, phase, find_non_finite(parts, batch.batch_dim), label)
-
-    def _weights_non_finite(self, name: str) -> bool:
-        module = dict(self._scenario.model.named_modules()).get(name)
-        own = list(module.parameters(recurse=False)) if module is not None else []
-        if not own:
-            return False
-        # Deliberate extra sync, only on a step that already found a NaN/Inf: is the cause the
-        # module's own weights (poisoned by an earlier step) or its computation?
-        return not bool(torch.stack([torch.isfinite(p).all() for p in own]).all().tolist())
-
-    def _biases_before_batchnorm(self) -> set[str]:
-        """Biases of leaf modules whose next module in execution order is a BatchNorm/InstanceNorm."""
-        modules = dict(self._scenario.model.named_modules())
-        leaves = [n for n in self._probe.execution_order
-                  if n in modules and not any(True for _ in modules[n].children())]
-        cancelled = set()
-        for name, following in zip(leaves, leaves[1:]):
-            bias = getattr(modules[name], "bias", None)
-            norm = isinstance(modules[following], (torch.nn.modules.batchnorm._BatchNorm,
-                                                   torch.nn.modules.instancenorm._InstanceNorm))
-            if norm and isinstance(bias, torch.nn.Parameter):
-                cancelled.add(f"{name}.bias" if name else "bias")
-        return cancelled
-
-    @staticmethod
-    def _activation_bytes(calls: list[CallInfo]) -> int:
-        # Each storage once: views (a transpose), eval Dropout and Identity return memory
-        # another module's output already holds.
-        seen: set[int] = set()
-        total = 0
-        for call in calls:
-            key = call.storage or call.out_id or -1
-            if call.is_leaf and call.measured and key not in seen:
-                seen.add(key)
-                total += call.storage_bytes or call.nbytes
-        return total
-
-    def _attach_grad_norms(self, modules: tuple[ModuleStats, ...], norms: list[float]) -> tuple[ModuleStats, ...]:
-        by_name: dict[str, float] = {}
-        calls = self._probe.calls
-        grad_of = dict(zip(self._probe.grad_calls, norms))
-        for call in calls:  # a later call of the same module wins: stats describe the last call
-            index = call.alias_of if call.alias_of is not None else call.index
-            if index in grad_of:
-                by_name[call.name] = grad_of[index]
-        return tuple(
-            dataclasses.replace(m, grad_norm=by_name[m.name], grad_finite=math.isfinite(by_name[m.name]))
-            if m.name in by_name else m
-            for m in modules
-        )
-
-    def _backward_root(self, norms: list[float], params: list[ParamStats]) -> tuple[str, str | None, str] | None:
-        calls = self._probe.calls
-        grad_of: dict[int, float] = dict(zip(self._probe.grad_calls, norms))
-        backward_order = {call: i for i, call in enumerate(self._probe.grad_calls)}
-        bad = {c for c, n in grad_of.items() if not math.isfinite(n)}
-        if bad:
-            # Where the gradient turned non-finite: a call whose output gradient is finite but
-            # which passed a non-finite gradient to the module that produced its input.
-            candidates = [c for c in calls if c.index in grad_of and c.index not in bad
-                          and any(p in bad for p in c.producers)]
-            names = [c.name for c in candidates]
-            innermost = [c for c in candidates
-                         if not any(o != c.name and (c.name == "" or o.startswith(c.name + ".")) for o in names)]
-            innermost.sort(key=lambda c: backward_order.get(c.index, 0))
-            if innermost:
-                c = innermost[0]
-                return (c.name, None,
-                        f"module {c.name!r} ({type(c.module).__name__}) turned a finite gradient into "
-                        "NaN/Inf in its backward: the gradient reaching its output is finite, the one "
-                        "it passes to its input is not. Look for sqrt/log/pow/division at 0 or "
-                        "a custom autograd Function in it.")
-            out_call = self._probe.model_output_call
-            if out_call is not None and out_call in bad:
-                return ("", None,
-                        "the loss's backward produced a NaN/Inf gradient for the model output: "
-                        "check the loss function near 0/1 (log of 0) and its targets.")
-            first = min(bad, key=lambda c: backward_order[c])
-            c = calls[first]
-            return (c.name, None,
-                    f"the first non-finite gradient in backward order is at the output of "
-                    f"{c.name!r} ({type(c.module).__name__}).")
-        for p in reversed(params):  # backward visits the last layers first
-            if p.has_grad and p.grad_norm is not None and not math.isfinite(p.grad_norm):
-                return (p.module, p.name,
-                        f"the gradient of parameter {p.name!r} is NaN/Inf while every activation "
-                        "gradient is finite: something in its weight-gradient path (a hook, a custom "
-                        "autograd Function, a .register_hook) introduces it.")
-        return None
+        return self._inst.health.diagnosis.non_finite_data(s.step, phase, find_non_finite(parts, batch.batch_dim), label)

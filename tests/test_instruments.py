@@ -1,0 +1,75 @@
+"""Instruments on a loop the test owns: the engine's phase boundaries, called by hand."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.engine.instruments import Instruments, StepState
+from workbench.engine.records import NAN_INF, NO_GRADIENT, Phase
+
+
+class LogOfNegative(nn.Module):
+    """A layer that turns finite inputs into NaN: log of a value below zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x - 10.0)
+
+
+def _step(inst: Instruments, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+          step: int = 0) -> StepState:
+    s = StepState(step=step, measured=True)
+    inst.begin_phase()
+    scale = inst.begin_forward(s)
+    try:
+        out = model(x)
+    finally:
+        inst.end_forward(s, scale)
+    inst.forward_stats(s, scale)
+    loss = nn.functional.mse_loss(out, y)
+    inst.loss_value(s, loss)
+    loss.backward()
+    inst.backward_stats(s, opt)
+    before = inst.before_update(s)
+    s.lrs = tuple(g["lr"] for g in opt.param_groups)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    inst.update_stats(s, before, opt, None, 0)
+    return s
+
+
+def test_a_nan_made_by_one_module_is_named_as_its_root() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), LogOfNegative(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    inst = Instruments(model)
+    inst.probe.attach()
+    try:
+        s = _step(inst, model, opt, torch.randn(16, 4), torch.randn(16, 1))
+    finally:
+        inst.probe.detach()
+    roots = [f for f in s.findings if f.kind == NAN_INF and f.phase is Phase.FORWARD]
+    assert [f.module for f in roots] == ["1"]
+    assert "from finite inputs" in roots[0].message
+    assert s.outputs_finite is False and s.loss is not None and s.loss != s.loss  # NaN
+    assert {m.name for m in s.modules} == {"", "0", "1", "2"}
+    assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+def test_a_healthy_step_measures_every_parameter_and_its_update() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    head = nn.Linear(1, 1)  # never on the path to the loss
+    model.add_module("unused", head)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    inst = Instruments(model)
+    inst.probe.attach()
+    try:
+        s = _step(inst, model[:3], opt, torch.randn(16, 4), torch.randn(16, 1))
+    finally:
+        inst.probe.detach()
+    assert s.loss is not None and s.loss > 0 and s.total_grad_norm is not None
+    measured = {p.name: p for p in s.params}
+    assert measured["0.weight"].update_norm is not None and measured["0.weight"].update_norm > 0
+    missing = [f for f in s.findings if f.kind == NO_GRADIENT]
+    assert {f.parameter for f in missing} == {"unused.weight", "unused.bias"}
