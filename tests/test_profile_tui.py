@@ -97,7 +97,8 @@ async def test_a_failing_scenario_shows_the_error_and_the_app_lives(tmp_path: Pa
 
 async def test_main_screen_key_opens_the_profile_screen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The main screen's P pushes ProfileScreen(source, device) for the loaded scenario."""
-    app_module = pytest.importorskip("workbench.tui.app")
+    from workbench.tui import app as app_module
+
     monkeypatch.chdir(tmp_path)  # the screen's default logdir is ./runs/profile
     app = app_module.create_app([MLP], device="cpu", show_volatile=False)
     async with app.run_test(size=SIZE) as pilot:

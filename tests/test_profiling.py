@@ -278,8 +278,9 @@ def test_engine_findings_are_folded_in_one_per_kind() -> None:
     assert recs[1].variant is None and recs[1].command() is None
 
 
-def test_engine_finding_dataclass_is_accepted_when_the_engine_has_one() -> None:
-    records = pytest.importorskip("workbench.engine.records")
+def test_engine_findings_become_recommendations() -> None:
+    from workbench.engine import records
+
     finding = records.Finding(step=1, phase=records.Phase.BACKWARD, module="fc1", parameter="fc1.weight",
                               kind=records.EXPLODING_GRADIENT, severity="warning", value=1e6,
                               threshold=1e3, message="fc1.weight gradient norm 1e6")
@@ -336,7 +337,8 @@ def test_truncated_or_foreign_json_names_the_file(tmp_path: Path) -> None:
 
 
 def test_every_named_variant_is_one_workbench_bench_knows() -> None:
-    variants = pytest.importorskip("workbench.bench.variants")
+    from workbench.bench import variants
+
     everything = Facts(
         dataloader_share=0.5, communication_share=0.5, other_share=0.5, uses_dataparallel=True,
         used_devices=2, uses_ddp=True, comm_libs=("gloo",), gpu_utilization=0.1,

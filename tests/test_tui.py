@@ -13,6 +13,7 @@ from textual.widgets import OptionList  # noqa: E402
 from workbench.report.numbers import fmt_float  # noqa: E402
 from workbench.scenario import load_source  # noqa: E402
 from workbench.tui.app import create_app  # noqa: E402
+from workbench.tui.screens.bench import BenchScreen  # noqa: E402
 from workbench.tui.screens.main import MainScreen  # noqa: E402
 from workbench.tui.screens.picker import PickerScreen, picker_entries  # noqa: E402
 from workbench.tui.widgets.common import ErrorPanel  # noqa: E402
@@ -266,7 +267,7 @@ async def test_run_pauses_mid_run_and_throttles_updates() -> None:
         assert len(updates) <= steps
 
 
-async def test_keys_help_palette_and_missing_screens() -> None:
+async def test_keys_help_palette_and_the_bench_screen() -> None:
     from workbench.tui.screens.dialogs import HelpScreen, StepsPrompt
 
     app = create_app([MLP], device="cpu", show_volatile=False)
@@ -287,9 +288,9 @@ async def test_keys_help_palette_and_missing_screens() -> None:
         titles = [c.title for c in app.get_system_commands(main)]
         for expected in ("Phase", "Step", "Run→break", "Breakpoints", "Reset", "Bench", "Profile"):
             assert expected in titles
-        await pilot.press("b")  # the bench screen may not exist yet: a notice, not a crash
+        await pilot.press("b")
         await pilot.pause()
-        assert app.is_running
+        assert isinstance(app.screen, BenchScreen) and app.is_running
 
 
 NAN7 = str(ROOT / "scenarios" / "broken" / "nan_at_step7.py")
