@@ -343,7 +343,7 @@ def decode_line(line: str | bytes, *, where: str = "") -> tuple[int, Any]:
     if not isinstance(seq, int) or isinstance(seq, bool):
         raise ProtocolError(f"{prefix}\"seq\" must be an integer, got {seq!r}: {_excerpt(line)}.")
     try:
-        msg = _build(cls, {k: v for k, v in data.items() if k not in _ENVELOPE}, kind)
+        msg = _build(cls, {k: v for k, v in data.items() if k not in _ENVELOPE}, "")
     except _FieldError as exc:
         raise ProtocolError(f"{prefix}bad {kind!r} message: {exc}: {_excerpt(line)}. The writer does not "
                             "follow this protocol version; if it is a newer workbench, upgrade this side."
