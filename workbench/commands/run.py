@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
     # From here on the output paths are accepted: however the run ends (done, a failing
     # scenario, Ctrl-C while building it or at step k) the JSON report is written.
-    report = _Report(args.json, args.scenario, str(args.device), every=args.every)
+    from workbench.report.run_report import RunReport
+
+    report = RunReport(args.json, args.scenario, str(args.device), every=args.every)
     try:
         return _run_session(args, tuple(breakpoints), report)
     except KeyboardInterrupt:
@@ -96,100 +98,7 @@ def run(args: argparse.Namespace) -> int:
             report.stream.abort()  # only when writing the report itself failed
 
 
-MAX_FINDINGS = 10_000  # listed in the report; all are counted in its summary
-
-
-class _Report:
-    """What the run has so far, written as JSON however it ends.
-
-    Steps stream to the report's temp file as they happen and the summary is kept
-    as running totals, so a 5,000-step run holds no list of records: only the
-    findings (bounded by the engine) and the last measured step for the tables.
-    """
-
-    def __init__(self, path: str | None, label: str, device: str, every: int = 1) -> None:
-        from workbench.engine import Finding, StepRecord
-        from workbench.files import JsonStream
-        from workbench.report.json_report import RunTally, report_head
-
-        self.label = label
-        self.device = device
-        self.every = every  # findings come from measured steps: repeats are this many steps apart
-        self.stream = JsonStream(path, "steps", report_head()) if path else None
-        self.tally = RunTally()
-        self.findings: list[Finding] = []
-        self._keys: dict[tuple[Any, ...], int] = {}  # finding -> its index in self.findings (-1: not listed)
-        self._replayed: set[tuple[Any, ...]] = set()  # findings a replay made (or made again)
-        self.last_measured: StepRecord | None = None
-        self.step: int | None = None  # the engine's step in progress, once there is an engine
-        self.summary: dict[str, Any] | None = None
-
-    @property
-    def steps_done(self) -> int:
-        return self.tally.steps
-
-    def add_findings(self, findings: Any, replayed: bool = False) -> None:  # Sequence[Finding]
-        """Count every finding; list the first MAX_FINDINGS (a model gone NaN repeats
-        its findings every step, and the first ones name the cause).
-
-        A replay (full stats) sees more than the first pass: its finding replaces the
-        first pass's one with the same step, phase, place and kind (the message may now
-        name the cause), and is marked replayed; one the first pass did not have is
-        added and counted."""
-        from workbench.report.json_report import finding_key
-
-        if replayed:
-            fresh = []
-            for f in findings:
-                key = finding_key(f)
-                self._replayed.add(key)
-                index = self._keys.get(key)
-                if index is None:
-                    fresh.append(f)
-                elif index >= 0:
-                    self.findings[index] = f
-            findings = fresh
-        self.tally.count(findings)
-        room = max(MAX_FINDINGS - len(self.findings), 0)
-        for f in findings:  # index in the list, or -1: counted but not listed
-            self._keys[finding_key(f)] = len(self.findings) if room > 0 else -1
-            if room > 0:
-                self.findings.append(f)
-                room -= 1
-            else:
-                self.tally.findings_not_listed += 1
-
-    def add(self, record: Any, replayed: bool = False) -> None:  # StepRecord
-        """A finished step; a replayed one is listed (marked) but not counted again in the summary."""
-        from workbench.report.json_report import step_json
-
-        if replayed:
-            self.tally.replayed += 1
-        else:
-            self.tally.add(record)
-        if record.modules:
-            self.last_measured = record
-        if self.stream is not None:
-            self.stream.add({**step_json(record), "replayed": replayed})
-
-    def write(self, stopped_by: str, error: dict[str, Any] | None, break_hit: Any = None) -> dict[str, Any]:
-        """Finish the report (once: a later call, e.g. Ctrl-C while printing, keeps the first)."""
-        from workbench.engine.records import collapse_findings
-        from workbench.report.json_report import finding_json, finding_key, report_rest
-
-        if self.summary is not None:
-            return self.summary
-        self.summary = self.tally.summary(stopped_by=stopped_by, break_hit=break_hit)
-        if self.stream is not None:
-            # Consecutive repeats folded into one (step range, count), consequences under their root.
-            listed = [{**finding_json(f), "replayed": finding_key(f) in self._replayed}
-                      for f in collapse_findings(self.findings, gap=self.every)]
-            self.stream.finish(report_rest(scenario=self.label, device=self.device, findings=listed,
-                                           summary=self.summary, error=error))
-        return self.summary
-
-
-def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: _Report) -> int:
+def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: Any) -> int:
     from rich.text import Text
 
     from workbench.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
@@ -278,7 +187,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
         console.print(findings_table(report.findings, limit=args.findings))
         if report.tally.findings_not_listed:
             console.print(f"{report.tally.findings_not_listed:,} later findings are counted in the summary but "
-                          f"not listed (the report lists the first {MAX_FINDINGS:,}).", highlight=False)
+                          f"not listed (the report lists the first {report.max_findings:,}).", highlight=False)
     console.print(run_line(summary))
     if hit is not None:
         console.print(Text.assemble(("stopped at breakpoint", "bold yellow"), f" {hit.breakpoint} at step "
@@ -303,7 +212,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
     return EXIT_OK
 
 
-def _replay(engine: Any, hit: Any, n: int, report: _Report, console: Any) -> tuple[Any, Any]:
+def _replay(engine: Any, hit: Any, n: int, report: Any, console: Any) -> tuple[Any, Any]:
     """Rewind to ``n`` step starts back (the breakpoint's step included) and run to the same
     breakpoint again with full stats. Returns the (new) hit and the paused step."""
     from rich.text import Text

@@ -66,6 +66,11 @@ class TensorBoardWriter:
         w.add_scalar("time/step_ms", record.seconds * 1e3, step)
         w.add_scalar("time/debugger_ms", record.instrument_seconds * 1e3, step)
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Named scalars of one step (``wb.log`` of workbench.watch)."""
+        for name, value in values.items():
+            self._writer.add_scalar(name, value, step)
+
     def wants_histograms(self, step: int) -> bool:
         return step % self.histogram_every == 0
 

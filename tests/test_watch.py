@@ -1,0 +1,276 @@
+"""workbench.watch on loops the test owns: findings, reports, breakpoints, leaving no trace."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import workbench
+from tests.watch_models import DetachedHead, DictLM, dict_batches, hook_count
+from workbench.engine.records import NAN_INF, NO_GRADIENT, Phase
+from workbench.errors import OutputPathError
+from workbench.session import watch as watch_module
+
+
+def _train_dict_lm(model: DictLM, wb_kwargs: dict, steps: int = 4) -> tuple[workbench.watch, torch.optim.Optimizer]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with workbench.watch(model, opt, **wb_kwargs) as wb:
+        for batch in dict_batches(steps):
+            loss = model(**batch)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            wb.log(loss=loss, lr=opt.param_groups[0]["lr"])
+    return wb, opt
+
+
+def test_a_user_loop_with_dict_batches_names_the_nan_root_module_in_findings_and_report(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = DictLM(poison=True)
+    report = tmp_path / "exp1.json"
+    wb, _ = _train_dict_lm(model, {"every": 1, "report": report})
+    roots = [f for f in wb.findings if f.kind == NAN_INF and f.step == 0]
+    assert roots and roots[0].module == "poison" and roots[0].phase is Phase.FORWARD
+    assert "from finite inputs" in roots[0].message
+    data = json.loads(report.read_text())
+    assert data["schema"] == "workbench.run/1" and data["summary"]["stopped_by"] == "finished"
+    assert data["summary"]["steps_done"] == 4 and len(data["steps"]) == 4
+    assert data["findings"][0]["kind"] == NAN_INF and data["findings"][0]["module"] == "poison"
+    assert data["steps"][0]["loss_source"] == 'outputs["loss"]'
+    assert data["steps"][0]["logged"]["lr"] == pytest.approx(1e-3)
+    assert {m["name"] for m in data["steps"][0]["modules"]} >= {"embed", "body.0", "poison", "head"}
+
+
+def test_a_healthy_loop_records_every_step_with_stats_every_kth() -> None:
+    torch.manual_seed(0)
+    model = DictLM()
+    wb, _ = _train_dict_lm(model, {"every": 2}, steps=5)
+    assert [r.step for r in wb.history] == [0, 1, 2, 3, 4]
+    assert [r.measured for r in wb.history] == [True, False, True, False, True]
+    assert all(r.loss is not None and r.loss > 0 for r in wb.history)
+    assert all(r.total_grad_norm is not None for r in wb.history)
+    assert wb.history[0].modules and not wb.history[1].modules
+    assert wb.history[0].param("head.weight").update_norm > 0
+    assert not [f for f in wb.findings if f.severity == "error"]
+    assert wb.logged[0]["loss"] == pytest.approx(wb.history[0].loss)
+
+
+def test_no_module_hook_is_armed_on_a_step_that_takes_no_stats() -> None:
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = hook_count(model, opt)
+    counts = []
+    with workbench.watch(model, opt, every=2) as wb:
+        for batch in dict_batches(4):
+            counts.append(hook_count(model, opt) - before)
+            model(**batch)["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+    # Steps 0 and 2 are measured: the probe's two hooks per module plus the watch's root hook; steps
+    # 1 and 3 only have the watch's two root hooks (the loss the model returns) and the step hooks.
+    unmeasured = 2 + 2
+    modules = len(list(model.modules()))
+    assert counts[1] == counts[3] == unmeasured
+    assert counts[2] == unmeasured + 2 * modules + 1
+    linears = sum(isinstance(m, nn.Linear) for m in model.modules())
+    assert counts[0] == counts[2] + linears  # the first measured step also checks the input scale
+    assert hook_count(model, opt) == before
+    assert wb.closed
+
+
+def test_every_hook_is_removed_on_close_and_when_the_loop_raises() -> None:
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    flags = [m.training for m in model.modules()]
+    before = hook_count(model, opt)
+    with pytest.raises(RuntimeError, match="boom"):
+        with workbench.watch(model, opt, every=1):
+            batch = dict_batches(1)[0]
+            model(**batch)["loss"].backward()
+            assert hook_count(model, opt) > before
+            raise RuntimeError("boom")
+    assert hook_count(model, opt) == before
+    model.eval()  # the user's own mode changes stay theirs
+    wb = workbench.watch(model, opt, every=1)
+    wb.close()
+    assert hook_count(model, opt) == before
+    assert [m.training for m in model.modules()] == [False] * len(flags)
+
+
+def test_break_is_raised_before_the_optimizer_step_and_the_weights_are_unchanged(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = DictLM(poison=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = tmp_path / "r.json"
+    with pytest.raises(workbench.Break) as caught:
+        with workbench.watch(model, opt, every=1, break_on="nan_inf", report=report):
+            batch = dict_batches(1)[0]
+            model(**batch)["loss"].backward()
+            opt.step()
+    hit = caught.value.hit
+    assert hit.step == 0 and hit.phase is Phase.BACKWARD and caught.value.finding.module == "poison"
+    assert all(torch.equal(weights[n], p.detach()) for n, p in model.named_parameters())
+    data = json.loads(report.read_text())
+    assert data["summary"]["stopped_by"] == "breakpoint"
+    assert data["summary"]["break_hit"]["finding"]["module"] == "poison"
+    assert data["steps"][0]["skipped"] is True
+
+
+def test_on_break_log_records_and_the_loop_goes_on() -> None:
+    torch.manual_seed(0)
+    seen = []
+    wb, _ = _train_dict_lm(DictLM(poison=True), {"every": 1, "break_on": ["nan_inf"], "on_break": "log",
+                                                 "on_finding": seen.append}, steps=3)
+    assert len(wb.history) == 3 and wb.break_hit is not None and wb.break_hit.step == 0
+    assert [h.step for h in wb.break_hits] == [0, 1, 2]  # logged each time, never stopped
+    assert seen and seen == [f for f in wb.findings]
+
+
+def test_on_break_pdb_stops_with_the_finding_and_its_module_at_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pdb
+
+    out = io.StringIO()
+    script = io.StringIO("p finding.kind, module_name, type(module).__name__\np sorted(params)\nc\n")
+    monkeypatch.setattr(watch_module, "_make_pdb", lambda: pdb.Pdb(stdin=script, stdout=out))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")  # a poisoned weight: its module is the root
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with workbench.watch(model, opt, every=1, break_on="nan_inf", on_break="pdb") as wb:
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+    text = out.getvalue()
+    assert "('nan_inf', '1', 'Linear')" in text and "['bias', 'weight']" in text
+    assert len(wb.history) == 1 and not wb.history[0].skipped  # "c" continued the step
+
+
+def test_a_detached_head_gets_no_gradient_on_the_body() -> None:
+    model = DetachedHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with workbench.watch(model, opt, every=1) as wb:
+        for _ in range(2):
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    missing = {f.parameter for f in wb.findings if f.kind == NO_GRADIENT}
+    assert missing == {"body.weight", "body.bias"}
+
+
+def test_wb_step_marks_steps_without_an_optimizer() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    with workbench.watch(model, every=1) as wb:
+        for _ in range(3):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            wb.log(loss=loss)
+            wb.step()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+                    p.grad = None
+    assert [r.step for r in wb.history] == [0, 1, 2]
+    assert all(r.loss is not None and r.modules and r.params for r in wb.history)
+    assert wb.history[0].loss_source == "wb.log"
+    assert not [f for f in wb.findings if f.severity == "error"]
+    with pytest.raises(RuntimeError, match="closed"):
+        wb.step()
+
+
+def test_two_optimizers_make_one_step_per_round() -> None:
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
+    disc = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    both = nn.ModuleDict({"gen": gen, "disc": disc})
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    with workbench.watch(both, [opt_g, opt_d], every=1) as wb:
+        for _ in range(3):
+            fake = gen(torch.randn(8, 2))
+            d_loss = disc(fake.detach()).mean() - disc(torch.randn(8, 2)).mean()
+            d_loss.backward()
+            opt_d.step()
+            opt_d.zero_grad()
+            g_loss = -disc(fake).mean()
+            g_loss.backward()
+            opt_g.step()
+            opt_g.zero_grad()
+            opt_d.zero_grad()
+    assert [r.step for r in wb.history] == [0, 1, 2]
+    rec = wb.history[0]
+    assert {p.name for p in rec.params} == {n for n, _ in both.named_parameters()}
+    assert all(p.update_norm is not None for p in rec.params)
+    assert {m.name for m in rec.modules} >= {"gen.0", "disc.2"}
+    assert not [f for f in wb.findings if f.kind == NO_GRADIENT]
+
+
+def test_the_report_never_replaces_a_file_that_is_not_a_report(tmp_path: Path) -> None:
+    model = nn.Linear(2, 1)
+    theirs = tmp_path / "results.json"
+    theirs.write_text('{"accuracy": 0.9}')
+    with pytest.raises(OutputPathError, match="not a workbench report"):
+        workbench.watch(model, report=theirs)
+    assert theirs.read_text() == '{"accuracy": 0.9}'
+    assert hook_count(model) == 0
+    ours = tmp_path / "again.json"
+    workbench.watch(model, report=ours).close()
+    workbench.watch(model, report=ours).close()  # a previous report is replaced
+    assert json.loads(ours.read_text())["summary"]["steps_done"] == 0
+
+
+def test_a_keyboard_interrupt_leaves_a_partial_report(tmp_path: Path) -> None:
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    report = tmp_path / "partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        with workbench.watch(model, opt, every=1, report=report):
+            for i, batch in enumerate(dict_batches(5)):
+                if i == 3:
+                    raise KeyboardInterrupt
+                model(**batch)["loss"].backward()
+                opt.step()
+                opt.zero_grad()
+    data = json.loads(report.read_text())
+    assert data["summary"]["stopped_by"] == "interrupted" and data["summary"]["steps_done"] == 3
+
+
+def test_bad_arguments_say_what_was_expected() -> None:
+    model = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="on_break must be one of"):
+        workbench.watch(model, on_break="stop")
+    with pytest.raises(ValueError, match="serve=True"):
+        workbench.watch(model, on_break="wait")
+    with pytest.raises(ValueError, match="unknown finding kind"):
+        workbench.watch(model, break_on="nan_everywhere")
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        workbench.watch(model, "sgd")
+    assert hook_count(model) == 0
+
+
+def test_wrapped_models_are_hooked_underneath() -> None:
+    inner = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    wrapped = nn.DataParallel(inner)  # on a CPU-only machine it runs the bare module
+    opt = torch.optim.SGD(inner.parameters(), lr=0.1)
+    with workbench.watch(wrapped, opt, every=1) as wb:
+        wrapped(torch.randn(8, 4)).mean().backward()
+        opt.step()
+    assert wb.model is inner and {m.name for m in wb.history[0].modules} >= {"0", "1"}
+    assert hook_count(inner, opt) == 0
+
+
+def test_tensorboard_gets_the_run_scalars_and_the_logged_ones(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train_dict_lm(DictLM(), {"every": 1, "tensorboard": tmp_path / "tb"}, steps=2)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "grad_norm/total", "log/lr", "lr/group0"} <= tags
+    assert any(t.startswith("weights/") for t in acc.Tags()["histograms"])

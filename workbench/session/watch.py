@@ -1,0 +1,965 @@
+"""``workbench.watch``: the engine's instruments on a training loop the user owns.
+
+::
+
+    with workbench.watch(model, optimizer, every=16, report="runs/watch/exp1.json") as wb:
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step(); optimizer.zero_grad()
+            wb.log(loss=loss)
+
+What one step is
+    A step ends when every optimizer given has run ``step()`` once since the last
+    boundary (one optimizer: each ``optimizer.step()``; a GAN loop with
+    ``[opt_g, opt_d]``: one round of both, in whatever order the loop steps them; an
+    optimizer that steps twice before the others closes the round early). Without an
+    optimizer, ``wb.step()`` ends a step: call it after ``backward()`` and before the
+    weights change and the gradients are cleared. Under a GradScaler that skips an
+    update, ``optimizer.step()`` is not called and the round closes at the next one.
+
+Where each measurement happens (the Instruments of the engine, at the same boundaries)
+    * forward: on a measured step (``step % every == 0``) the probe's module hooks are
+      attached when the step starts and the first forward of the model's root run with
+      gradients on is measured; its stats are read in one transfer when that forward
+      returns (or at the step's optimizer step when the root module is never called, as
+      in a Lightning ``training_step`` that calls a submodule). Forwards under
+      ``torch.no_grad()`` (evaluation) are not measured. On an unmeasured step no module
+      hook is attached: only two hooks on the root module note the loss a model returns.
+    * loss: the loss the model returned (``outputs.loss`` / ``outputs["loss"]``, as a
+      Hugging Face model does), else the ``loss=`` given to ``wb.log`` before the step;
+      read at the optimizer step, in one transfer. A loss logged after ``optimizer.step()``
+      joins that step's record (and its rules) when the next step starts.
+    * backward: ``optimizer.step()``'s pre-hook, for the parameters that optimizer holds:
+      gradient stats and the backward rules (one transfer), then breakpoints. A
+      ``Break`` raised here stops ``step()`` before any weight changes.
+    * update: the post-hook, update/weight norms (one transfer) and the update rules.
+
+``wb.log(**scalars)`` keeps tensors as they are (no sync); they are read together, in one
+transfer, when the step's record is written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import math
+import os
+import pdb
+import sys
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.engine import memory
+from workbench.engine.breakpoints import Breakpoint
+from workbench.engine.diagnosis import find_non_finite
+from workbench.engine.health import HealthThresholds
+from workbench.engine.instruments import Instruments, StepState
+from workbench.engine.params import ParamRef
+from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
+from workbench.scenario.outputs import output_loss
+
+ON_BREAK = ("raise", "pdb", "wait", "log")
+
+
+class Break(Exception):
+    """A ``break_on`` condition fired (``on_break="raise"``), before the optimizer step.
+
+    ``hit`` is the engine's BreakHit (step, phase, breakpoint, finding, reason);
+    ``finding`` the finding that fired it, or None for loss/grad_norm/step conditions.
+    """
+
+    def __init__(self, hit: BreakHit) -> None:
+        self.hit = hit
+        self.finding = hit.finding
+        where = "before its optimizer step" if hit.phase is Phase.BACKWARD else "after its optimizer step"
+        super().__init__(f"workbench breakpoint {hit.breakpoint!r} at step {hit.step} ({where}): {hit.reason}")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module that really computes: ``torch.compile``'s ``_orig_mod``, DDP/DataParallel's ``.module``."""
+    for _ in range(8):  # a compiled DDP model, a DDP of a compiled model: a few layers at most
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+            continue
+        break
+    return model
+
+
+def unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
+    """The torch optimizer under Lightning's LightningOptimizer or accelerate's AcceleratedOptimizer."""
+    for _ in range(8):
+        if type(opt).__module__.startswith("torch.optim") or not any(
+                isinstance(getattr(opt, a, None), torch.optim.Optimizer) for a in ("optimizer", "_optimizer")):
+            break
+        inner = getattr(opt, "optimizer", None)
+        opt = inner if isinstance(inner, torch.optim.Optimizer) else opt._optimizer
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"workbench.watch: expected a torch.optim.Optimizer (or a list of them), got "
+                        f"{type(opt).__name__}. Pass the optimizer your loop calls step() on.")
+    return opt
+
+
+def parse_breakpoints(break_on: Iterable[str | Breakpoint] | str) -> list[Breakpoint]:
+    """``break_on`` as ``run --break-on`` takes it: conditions, or strings with commas."""
+    items = [break_on] if isinstance(break_on, (str, Breakpoint)) else list(break_on)
+    out: list[Breakpoint] = []
+    for item in items:
+        if isinstance(item, Breakpoint):
+            out.append(item)
+            continue
+        for text in (c for c in str(item).split(",") if c.strip()):
+            try:
+                out.append(Breakpoint.parse(text))
+            except ValueError as exc:
+                raise ValueError(f"workbench.watch(break_on=...): {exc}") from None
+    return out
+
+
+class _Optimizers:
+    """Several optimizers seen as one holder of param groups (for the unowned-parameter rule)."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+
+class _AllParameters:
+    """No optimizer (wb.step()): every parameter counts as held, so none is called unowned."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.param_groups = [{"params": list(model.parameters()), "lr": math.nan}]
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size) of this process under torch.distributed, (0, 1) otherwise."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_path(path: str | os.PathLike[str], rank: int, world: int) -> Path:
+    """``exp.json`` -> ``exp.rank1.json`` when several ranks write (each its own report)."""
+    p = Path(path)
+    return p if world <= 1 else p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
+
+
+REPORT_START = b'{\n  "schema": "workbench.run/1"'
+
+
+def check_report_path(path: Path) -> None:
+    """Refuse a path that holds a file which is not a previous workbench report (or is unwritable)."""
+    from workbench.errors import OutputPathError
+    from workbench.files import check_writable, existing_kind
+
+    check_writable(path)
+    if existing_kind(path) == "file" and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            start = f.read(len(REPORT_START))
+        if start != REPORT_START:
+            raise OutputPathError(
+                f"{path} exists and is not a workbench report (it does not start with "
+                f'{{"schema": "workbench.run/1"): workbench.watch never writes over another file. '
+                "Choose another report= path, or move that file away.")
+
+
+def _script_title() -> str:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    return str(path) or "<python>"
+
+
+class Watch:
+    """A watched training loop; made by :func:`watch` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        *,
+        every: int = 16,
+        report: str | os.PathLike[str] | None = None,
+        tensorboard: str | os.PathLike[str] | None = None,
+        histogram_every: int = 10,
+        break_on: Iterable[str | Breakpoint] | str = (),
+        on_break: str = "raise",
+        on_finding: Callable[[Finding], Any] | None = None,
+        serve: bool | str | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        title: str | None = None,
+        history: int = 256,
+        max_findings: int = 2000,
+        sample_size: int = 4096,
+        thresholds: HealthThresholds | None = None,
+        step_pre_hooks: bool = True,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"workbench.watch: every must be >= 1, got {every}")
+        if on_break not in ON_BREAK:
+            raise ValueError(f"workbench.watch: on_break must be one of {', '.join(map(repr, ON_BREAK))}, "
+                             f"got {on_break!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"workbench.watch: expected an nn.Module, got {type(model).__name__}")
+        if on_break == "wait" and not serve:
+            raise ValueError("workbench.watch: on_break='wait' waits for a live client to say continue; "
+                             "give serve=True (or serve='127.0.0.1:PORT') so one can attach "
+                             "(`workbench attach RUN_DIR`).")
+        self.model = unwrap_model(model)
+        if optimizer is None:
+            opts: list[torch.optim.Optimizer] = []
+        elif isinstance(optimizer, (list, tuple)):
+            opts = [unwrap_optimizer(o) for o in optimizer]
+        else:
+            opts = [unwrap_optimizer(optimizer)]
+        self.optimizers = tuple(opts)
+        self.every = every
+        self.on_break = on_break
+        self.on_finding = on_finding
+        self.breakpoints: list[Breakpoint] = parse_breakpoints(break_on)
+        self.epoch = 0  # an integration that knows the epoch sets it
+        self.rank, self.world_size = _rank()
+        self.title = title or _script_title()
+        self._inst = Instruments(self.model, sample_size=sample_size, thresholds=thresholds)
+        self._holder: Any = (self.optimizers[0] if len(self.optimizers) == 1 else
+                             _Optimizers(self.optimizers) if self.optimizers else _AllParameters(self.model))
+        ids = {id(p): r for r in self._inst.params for p in (r.param,)}
+        # Each optimizer's share of the parameters; those no optimizer holds go with the first
+        # (the unowned-parameter rule names them).
+        self._refs: list[list[ParamRef]] = []
+        claimed: set[int] = set()
+        for o in self.optimizers:
+            refs = [ids[id(p)] for g in o.param_groups for p in g["params"] if id(p) in ids and id(p) not in claimed]
+            claimed.update(id(r.param) for r in refs)
+            self._refs.append(refs)
+        if self._refs:
+            self._refs[0] += [r for r in self._inst.params if id(r.param) not in claimed]
+        self._history: deque[StepRecord] = deque(maxlen=history)
+        self._findings: deque[Finding] = deque(maxlen=max_findings)
+        self._logged: list[dict[str, float]] = []  # per emitted step, what wb.log gave (bounded like history)
+        self._device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self._closed = False
+        self._handles: list[Any] = []  # hooks that live as long as the watch
+        self._arm_handles: list[Any] = []  # the measured step's root hooks (with the probe's)
+        self._step = 0
+        self._s = self._new_state()
+        self._scale: Any = None
+        self._armed = False
+        self._forward_open = False  # a measured forward started and its stats are not read yet
+        self._forward_seen = False  # this step's training forward of the root has run
+        self._inputs: tuple[Any, Any] | None = None  # the measured forward's (args, kwargs), for a NaN diagnosis
+        self._loss: tuple[torch.Tensor, str] | None = None
+        self._logs: dict[str, Any] = {}
+        self._stepped: set[int] = set()
+        self._before: dict[int, list[torch.Tensor] | None] = {}
+        self._hits: set[str] = set()  # breakpoints already fired this step
+        self._skipped: set[int] = set()  # steps whose update did not happen (a Break, a client's skip)
+        self._pending: tuple[StepState, dict[str, Any], tuple[torch.Tensor, str] | None] | None = None
+        self._t_step = time.perf_counter()
+        self._t_forward: float | None = None  # the step's training forward started
+        self._t_resume: float | None = None  # the watch's last hook work ended: the user's code runs again
+        self._t_boundary: float | None = None
+        self.break_hits: list[BreakHit] = []  # every breakpoint that fired, in order
+        self._report: Any = None
+        self._tb: Any = None
+        self._server: Any = None
+        self.report_path: Path | None = None
+        self.tensorboard_dir: Path | None = None
+        self.run_dir: Path | None = None
+        self._paused = False
+        try:
+            self._open_outputs(report, tensorboard, histogram_every, serve, run_dir)
+            self._attach(step_pre_hooks)
+        except BaseException:
+            self._close_outputs("error", None)
+            self._remove_hooks()
+            raise
+        self._arm()
+        # A script that ends without close() (an uncaught exception outside a `with`) still
+        # leaves its report: written at interpreter exit, marked as such.
+        ref = weakref.ref(self)
+        self._atexit = lambda: (lambda w: w is not None and w._at_exit())(ref())
+        atexit.register(self._atexit)
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def history(self) -> tuple[StepRecord, ...]:
+        return tuple(self._history)
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(self._findings)
+
+    @property
+    def step_index(self) -> int:
+        """The step in progress (0-based)."""
+        return self._step
+
+    @property
+    def logged(self) -> tuple[dict[str, float], ...]:
+        """What ``wb.log`` gave, per recorded step (as floats), aligned with ``history``."""
+        return tuple(self._logged)
+
+    @property
+    def break_hit(self) -> BreakHit | None:
+        """The first breakpoint that fired (the one the report names), or None."""
+        return self.break_hits[0] if self.break_hits else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def module_tree(self) -> Any:
+        return self._inst.module_tree
+
+    def activation_sample(self, name: str) -> torch.Tensor | None:
+        """CPU copy of module ``name``'s output sample from the last measured forward (a deliberate sync)."""
+        return self._inst.activation_sample(name)
+
+    def log(self, **scalars: Any) -> None:
+        """Named scalars for this step (a loss part, the lr, a metric). Tensors stay on the
+        device until the step's record is written (one transfer for all of them); ``loss=``
+        is the step's loss when the model did not return one."""
+        self._check_open()
+        target = self._pending[1] if self._pending is not None else self._logs
+        for name, value in scalars.items():
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(f"wb.log({name}=...): expected a scalar, got a tensor of shape "
+                                     f"{tuple(value.shape)}. Log value.mean() or one element.")
+                target[name] = value.detach()
+            else:
+                try:
+                    target[name] = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"wb.log({name}=...): expected a number or a one-element tensor, got "
+                                     f"{type(value).__name__}") from None
+            if name == "loss" and target is self._logs:
+                # Before the optimizer step: the step's loss for its rules and loss>X breakpoints.
+                self._loss = (torch.as_tensor(target[name]), "wb.log")
+
+    def step(self) -> None:
+        """End a step where no optimizer is watched: after backward, before the update."""
+        self._check_open()
+        if self.optimizers:
+            raise RuntimeError("wb.step(): this watch ends its steps on the optimizers' own step() calls; "
+                               "wb.step() is for loops without an optimizer (watch(model) alone).")
+        self._backward_boundary(None)
+        self._finish_step(skipped=False)
+
+    def before_optimizer_step(self, optimizer: Any) -> None:
+        """The backward boundary of ``optimizer``'s step (integrations whose step() runs the
+        forward and backward inside it, such as Lightning's closure, call this at the right time)."""
+        self._check_open()
+        self._backward_boundary(self._index_of(optimizer))
+
+    def begin_step(self) -> None:
+        """A new batch starts: forget anything measured since the last step boundary (an
+        evaluation forward) so the measured forward is this batch's."""
+        self._check_open()
+        self._emit_pending()
+        if self._armed and not self._forward_seen:
+            self._restart_forward()
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Remove every hook and write the outputs. Idempotent; ``exc``: why the loop ended."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._atexit)
+        try:
+            self._remove_hooks()
+            # A finished step is kept whatever ended the loop (its logged tensors may be unreadable
+            # after a device error: the records matter more than those).
+            with contextlib.suppress(Exception):
+                self._emit_pending()
+        finally:
+            if isinstance(exc, KeyboardInterrupt):
+                self._close_outputs("interrupted", {"type": "KeyboardInterrupt", "message": "interrupted",
+                                                    "phase": None, "step": self._step, "traceback": None})
+            elif isinstance(exc, Break) or (exc is None and self.break_hit is not None):
+                self._close_outputs("breakpoint", None)
+            elif exc is not None:
+                from workbench.report.json_report import error_json
+
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._close_outputs("error", error_json(exc, text, step=self._step))
+            else:
+                self._close_outputs("finished", None)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.close(exc)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _attach(self, step_pre_hooks: bool) -> None:
+        root = self.model
+        self._handles.append(root.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        self._handles.append(root.register_forward_hook(self._root_post))
+        for i, opt in enumerate(self.optimizers):
+            if step_pre_hooks:
+                self._handles.append(opt.register_step_pre_hook(lambda o, a, k, i=i: self._backward_boundary(i)))
+            self._handles.append(opt.register_step_post_hook(lambda o, a, k, i=i: self._after_update(i)))
+
+    def _remove_hooks(self) -> None:
+        self._disarm()
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _arm(self) -> None:
+        """A measured step starts: the probe's module hooks go on, plus a root hook after them."""
+        if not self._s.measured or self._armed:
+            return
+        inst = self._inst
+        inst.probe.attach()
+        # Registered after the probe's, so it runs after the probe has summarised the root's output.
+        self._arm_handles.append(self.model.register_forward_hook(self._measured_post))
+        self._armed = True
+        self._scale = inst.begin_forward(self._s)
+        self._forward_open = True
+
+    def _restart_forward(self) -> None:
+        """Forget what the probe saw since the step started and measure the next forward."""
+        self._inst.end_forward(self._s, self._scale)
+        self._scale = self._inst.begin_forward(self._s)
+        self._forward_open = True
+
+    def _disarm(self) -> None:
+        if self._forward_open:
+            self._inst.end_forward(self._s, self._scale)
+            self._forward_open = False
+        if self._armed:
+            self._inst.probe.detach()
+            while self._arm_handles:
+                self._arm_handles.pop().remove()
+            self._armed = False
+        self._inputs = None
+
+    def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._closed or not torch.is_grad_enabled():
+            return
+        if self._pending is not None:
+            self._emit_pending()
+        if self._forward_seen:
+            return
+        self._forward_seen = True
+        now = time.perf_counter()
+        self._s.data_seconds = now - self._t_step
+        self._t_forward = now
+        if self._forward_open:
+            self._inputs = (args, kwargs)
+
+    def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._closed or not torch.is_grad_enabled():
+            return
+        if self._loss is None or self._loss[1] != "wb.log":
+            loss, source = output_loss(output)
+            if loss is not None and loss.numel() == 1:
+                self._loss = (loss.detach(), source)  # read at the optimizer step, with nothing else syncing
+        if self._t_forward is not None and Phase.FORWARD not in self._s.phase_seconds:
+            # The user's forward: its wall time less the probe's hooks inside it.
+            hooks = self._inst.probe.seconds if self._forward_open else 0.0
+            self._s.phase_seconds[Phase.FORWARD] = max(time.perf_counter() - self._t_forward - hooks, 0.0)
+        self._t_resume = time.perf_counter()
+
+    def _measured_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._forward_open:
+            return
+        if not torch.is_grad_enabled():
+            # An evaluation forward inside a measured step: not the one to measure; start over.
+            self._restart_forward()
+            return
+        self._end_measured_forward()
+
+    def _end_measured_forward(self) -> None:
+        s, inst = self._s, self._inst
+        self._forward_open = False
+        t0, charged = time.perf_counter(), sum(s.instrument.values())
+        inst.end_forward(s, self._scale)
+        inst.begin_phase()
+        inst.forward_stats(s, self._scale, self._bad_inputs)
+        self._inputs = None
+        self._found(inst.phase_findings)
+        s.phases_done.append(Phase.FORWARD)
+        self._charge_self(s, t0, charged)
+        self._t_resume = time.perf_counter()
+
+    def _bad_inputs(self) -> list[Finding]:
+        if self._inputs is None:
+            return []
+        args, kwargs = self._inputs
+        parts = [("inputs", list(args))] + [(f"inputs[{k!r}]", v) for k, v in kwargs.items()]
+        if len(args) == 1 and not kwargs:
+            parts = [("inputs", args[0])]
+        elif not args and len(kwargs) == 1 and isinstance(next(iter(kwargs.values())), dict):
+            parts = [("inputs", next(iter(kwargs.values())))]
+        bad = find_non_finite(parts, 0)
+        label = f"the batch of step {self._s.step}"
+        return self._inst.health.diagnosis.non_finite_data(self._s.step, Phase.FORWARD, bad, label)
+
+    # -- boundaries -------------------------------------------------------------------------
+    def _index_of(self, optimizer: Any) -> int:
+        opt = unwrap_optimizer(optimizer)
+        for i, o in enumerate(self.optimizers):
+            if o is opt:
+                return i
+        raise ValueError("this optimizer is not watched: pass it to workbench.watch(model, optimizer)")
+
+    def _backward_boundary(self, index: int | None) -> None:
+        """After backward, before the optimizer ``index`` (None: wb.step()) changes the weights."""
+        if self._closed:
+            return
+        t0 = time.perf_counter()
+        if self._pending is not None:
+            self._emit_pending()
+        if index is not None and index in self._stepped:
+            self._finish_step(skipped=False)  # that optimizer steps again: the last round was incomplete
+        s, inst = self._s, self._inst
+        charged = sum(s.instrument.values())
+        if Phase.BACKWARD not in s.phase_seconds:
+            # The loss and backward as the loop runs them (without a root forward: the whole step so far).
+            since = self._t_resume if self._t_forward is not None and self._t_resume is not None else self._t_step
+            s.phase_seconds[Phase.BACKWARD] = max(t0 - since, 0.0)
+        if self._forward_open:
+            self._end_measured_forward()  # the root module was never called: end the forward here
+        first = not self._stepped and Phase.BACKWARD not in s.phases_done
+        inst.begin_phase()
+        if first and self._loss is not None and s.loss is None:
+            total, source = self._loss
+            inst.loss_value(s, total, None, source)
+        refs = self._refs[index] if index is not None else inst.params
+        several = len(self.optimizers) > 1
+        earlier, earlier_total = s.params, s.total_grad_norm
+        inst.backward_stats(s, self._holder, None, refs, total_rule=not several)
+        if several and self._stepped:
+            # Another optimizer of this step measured its parameters already: keep both.
+            names = {r.name for r in refs}
+            s.params = tuple(p for p in earlier if p.name not in names) + s.params
+            if earlier_total is not None and s.total_grad_norm is not None:
+                s.total_grad_norm = math.hypot(earlier_total, s.total_grad_norm)
+        if Phase.BACKWARD not in s.phases_done:
+            s.phases_done.append(Phase.BACKWARD)
+        if self._tb is not None and self._tb.wants_histograms(s.step) and first:
+            self._tb.histograms(self.model, s.step)
+        if index is not None:
+            self._before[index] = inst.before_update(s, refs)
+        self._found(inst.phase_findings)
+        self._charge_self(s, t0, charged)
+        self._t_boundary = time.perf_counter()
+        hit = self._check_breakpoints(Phase.BACKWARD, s.findings)
+        if hit is not None:
+            self._on_hit(hit, index)
+
+    def _after_update(self, index: int) -> None:
+        if self._closed:
+            return
+        t0 = time.perf_counter()
+        s, inst = self._s, self._inst
+        charged = sum(s.instrument.values())
+        if index not in self._before:
+            # No pre-hook ran for it (an integration that calls before_optimizer_step missed it).
+            self._before[index] = None
+        last = len(self._stepped | {index}) == len(self.optimizers)
+        s.lrs = tuple(float(g.get("lr", math.nan)) for o in self.optimizers for g in o.param_groups)
+        if self._t_boundary is not None:
+            s.phase_seconds[Phase.OPTIMIZER_STEP] = (s.phase_seconds.get(Phase.OPTIMIZER_STEP, 0.0)
+                                                     + max(t0 - self._t_boundary, 0.0))
+        inst.begin_phase()
+        inst.update_stats(s, self._before.pop(index), self._holder, None, self.epoch, self._refs[index],
+                          window_rules=last)
+        self._stepped.add(index)
+        self._found(inst.phase_findings)
+        self._charge_self(s, t0, charged)
+        phase_findings = list(inst.phase_findings)
+        if last:
+            self._finish_step(skipped=False)
+        hit = self._check_breakpoints(Phase.OPTIMIZER_STEP, phase_findings)
+        if hit is not None:
+            self._on_hit(hit, None)
+        if last:
+            self._serve_commands()
+
+    # -- steps ------------------------------------------------------------------------------
+    def _new_state(self) -> StepState:
+        return StepState(step=self._step, measured=self._step % self.every == 0)
+
+    def _finish_step(self, *, skipped: bool) -> None:
+        """Close the step in progress; its record is written when the next one starts (a loss
+        logged after ``optimizer.step()`` still belongs to it), or now when ``skipped``."""
+        s = self._s
+        if self._stepped:
+            s.phases_done.append(Phase.OPTIMIZER_STEP)
+        if skipped:
+            self._skipped.add(s.step)
+        self._disarm()
+        self._pending = (s, self._logs, self._loss)
+        self._step += 1
+        self._s = self._new_state()
+        self._logs, self._loss = {}, None
+        self._stepped, self._before, self._hits = set(), {}, set()
+        self._forward_seen = False
+        self._t_forward = self._t_boundary = self._t_resume = None
+        self._t_step = time.perf_counter()
+        if skipped:
+            self._emit_pending()
+        self._arm()
+
+    def _emit_pending(self) -> None:
+        if self._pending is None:
+            return
+        s, logs, loss = self._pending
+        self._pending = None
+        t0 = time.perf_counter()
+        tensors = {k: v for k, v in logs.items() if isinstance(v, torch.Tensor)}
+        values = {k: v for k, v in logs.items() if not isinstance(v, torch.Tensor)}
+        if tensors:
+            # Sync point: wb.log's tensors, all at once, when the step's record is written.
+            numbers = torch.stack([t.float().reshape(()).to(self._device) for t in tensors.values()]).tolist()
+            values.update(zip(tensors, numbers))
+        if s.loss is None and "loss" in values:
+            self._inst.begin_phase()
+            s.loss, s.loss_source = float(values["loss"]), "wb.log"
+            self._inst.loss_rules(s)
+            self._found(self._inst.phase_findings)
+        elif s.loss is None and loss is not None:
+            self._inst.begin_phase()
+            self._inst.loss_value(s, loss[0], None, loss[1])
+            self._found(self._inst.phase_findings)
+        mem = memory.sample(self._device, s.activation_bytes)
+        s.charge("watch", time.perf_counter() - t0)
+        record = StepRecord(
+            step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,
+            phase_seconds=dict(s.phase_seconds), memory=mem, modules=s.modules, params=s.params,
+            findings=tuple(s.findings), skipped=s.step in self._skipped,
+            instrument_seconds=sum(s.instrument.values()), instrument_breakdown=dict(s.instrument),
+            epoch=self.epoch, batch_size=0, measured=s.measured, data_seconds=s.data_seconds,
+            loss_source=s.loss_source if s.loss is not None else "",
+        )
+        self._history.append(record)
+        self._logged.append(values)
+        if len(self._logged) > (self._history.maxlen or 0):
+            del self._logged[0]
+        if self._report is not None:
+            self._report.add_findings(record.findings)
+            self._report.add(record, extra={"logged": values} if values else None)
+        if self._tb is not None:
+            self._tb.step(record)
+            if values:
+                self._tb.scalars(record.step, {f"log/{k}": v for k, v in values.items()})
+        self._publish_step(record, values)
+
+    def _found(self, findings: Sequence[Finding]) -> None:
+        if not findings:
+            return
+        self._findings.extend(findings)
+        self._publish_findings(findings)
+        if self.on_finding is not None:
+            for f in findings:
+                self.on_finding(f)
+
+    def _charge_self(self, s: StepState, t0: float, charged: float) -> None:
+        """Charge ``s`` with the watch's own time since ``t0`` that no instrument charged
+        (``charged``: the sum of ``s.instrument`` at ``t0``)."""
+        spent = time.perf_counter() - t0
+        own = spent - (sum(s.instrument.values()) - charged)
+        s.charge("watch", max(own, 0.0))
+
+    # -- breakpoints ------------------------------------------------------------------------
+    def _check_breakpoints(self, phase: Phase, candidates: Sequence[Finding]) -> BreakHit | None:
+        s = self._s if phase is Phase.BACKWARD else (self._pending[0] if self._pending else self._s)
+        for bp in self.breakpoints:
+            if phase is Phase.OPTIMIZER_STEP and bp.condition != "finding":
+                continue
+            key = bp.describe()
+            if key in self._hits and s is self._s:
+                continue
+            hit = bp.check(step=s.step, phase=phase, loss=s.loss, total_grad_norm=s.total_grad_norm,
+                           findings=candidates)
+            if hit is not None:
+                self._hits.add(key)
+                return hit
+        return None
+
+    def _on_hit(self, hit: BreakHit, index: int | None) -> None:
+        self.break_hits.append(hit)
+        self._publish_break(hit)
+        if self.on_break == "log":
+            return
+        if self.on_break == "raise":
+            if hit.phase is Phase.BACKWARD:
+                # The optimizer step will not happen (raised from its pre-hook, or from wb.step()):
+                # the step ends here; with an optimizer it is marked skipped.
+                if index is None:
+                    self._stepped.clear()
+                self._finish_step(skipped=index is not None)
+            raise Break(hit)
+        if self.on_break == "pdb":
+            self._debug(hit)
+            return
+        self._wait(hit, index)
+
+    def _debug(self, hit: BreakHit) -> None:
+        """Drop into pdb with the finding, its module, its tensors and the watch at hand."""
+        f = hit.finding
+        modules = dict(self.model.named_modules())
+        name = f.module if f is not None else ""
+        module = modules.get(name, self.model)
+        own = dict(module.named_parameters(recurse=False)) if module is not None else {}
+        namespace = {
+            "hit": hit, "finding": f, "module": module, "module_name": name, "model": self.model, "wb": self,
+            "params": own, "grads": {k: p.grad for k, p in own.items()},
+            "activation": self._inst.activation_sample(name) if name else None,
+            "step": self._s.step, "modules": {m.name: m for m in self._s.modules},
+        }
+        banner = (f"workbench: {hit.breakpoint} at step {hit.step}: {hit.reason}\n"
+                  "  at hand: finding, module, module_name, params, grads, activation (output sample), "
+                  "modules (this step's stats), model, wb; `c` continues the step.")
+        _inspect(namespace, banner)
+
+    def _wait(self, hit: BreakHit, index: int | None) -> None:
+        from workbench.session import protocol
+
+        server = self._server
+        self._publish(protocol.Progress(step=hit.step, next_phase=Phase.OPTIMIZER_STEP, paused=True, busy=False,
+                                        note=f"waiting at {hit.breakpoint}: a client continues or skips the step"))
+        while True:
+            command = server.wait_command(None)
+            if command is None:
+                continue
+            if isinstance(command, protocol.Continue):
+                break
+            if isinstance(command, protocol.SkipStep):
+                if index is not None:
+                    # torch's optimizers skip parameters without a gradient: this step() changes nothing.
+                    for ref in self._refs[index]:
+                        ref.param.grad = None
+                    self._skipped.add(hit.step)
+                break
+            if isinstance(command, protocol.Stop):
+                raise Break(BreakHit(hit.step, hit.phase, "stop", None, "a client stopped the run"))
+            self._handle(command)
+        self._publish(protocol.Progress(step=hit.step, next_phase=Phase.OPTIMIZER_STEP, paused=False, busy=True))
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _open_outputs(self, report: Any, tensorboard: Any, histogram_every: int, serve: Any, run_dir: Any) -> None:
+        if report is not None:
+            from workbench.report.run_report import RunReport
+
+            self.report_path = rank_path(report, self.rank, self.world_size)
+            check_report_path(self.report_path)
+            self._report = RunReport(str(self.report_path), self.title, str(self._device), every=self.every)
+        if tensorboard is not None:
+            from workbench.files import check_writable
+            from workbench.report.tensorboard import TensorBoardWriter
+
+            tb_dir = Path(tensorboard) / f"rank{self.rank}" if self.world_size > 1 else Path(tensorboard)
+            check_writable(tb_dir, directory=True)
+            self.tensorboard_dir = tb_dir
+            self._tb = TensorBoardWriter(tb_dir, histogram_every)
+        if serve and self.rank == 0:  # the live session is rank 0's; every rank writes its report
+            self._open_server(serve, run_dir)
+
+    def _open_server(self, serve: Any, run_dir: Any) -> None:
+        from workbench.session import protocol
+        from workbench.session.transport import SessionServer
+
+        if run_dir is None:
+            stem = Path(self.title).stem or "watch"
+            run_dir = Path("runs") / "watch" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.run_dir = Path(run_dir)
+        bind = "127.0.0.1:0" if serve is True else str(serve)
+        self._server = SessionServer(self.run_dir, bind=bind)
+        import workbench
+
+        self._publish(protocol.Hello(
+            host="watch", pid=os.getpid(), title=self.title, device=str(self._device), every=self.every,
+            modules=tuple(self._inst.module_tree.values()), breakpoints=tuple(b.describe() for b in self.breakpoints),
+            started_at=time.time(), commands=("Pause", "Continue", "SkipStep", "SetBreakpoints", "RequestSample",
+                                              "Stop"),
+            workbench=workbench.__version__,
+        ))
+
+    @property
+    def address(self) -> str | None:
+        """Where a client attaches (``workbench attach ADDRESS``), when serving."""
+        return None if self._server is None else str(getattr(self._server, "address", self.run_dir))
+
+    def _publish(self, msg: Any) -> None:
+        if self._server is not None:
+            self._server.publish(msg)
+
+    def _publish_step(self, record: StepRecord, values: dict[str, float]) -> None:
+        if self._server is None:
+            return
+        from workbench.session import protocol
+
+        self._publish(protocol.Step(record))
+        if values:
+            self._publish(protocol.Log(step=record.step, values=dict(values)))
+
+    def _publish_findings(self, findings: Sequence[Finding]) -> None:
+        if self._server is None:
+            return
+        from workbench.session import protocol
+
+        self._publish(protocol.Findings(tuple(findings)))
+
+    def _publish_break(self, hit: BreakHit) -> None:
+        self._publish(hit)
+
+    def _serve_commands(self) -> None:
+        """Between steps: what clients asked for (pause blocks here until continue)."""
+        if self._server is None:
+            return
+        from workbench.session import protocol
+
+        for command in self._server.commands():
+            self._handle(command)
+        while self._paused:
+            self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=True, busy=False,
+                                            note="paused by a client"))
+            command = self._server.wait_command(None)
+            if command is not None:
+                self._handle(command)
+        return
+
+    def _handle(self, command: Any) -> None:
+        from workbench.session import protocol
+
+        if isinstance(command, protocol.Pause):
+            self._paused = True
+        elif isinstance(command, (protocol.Continue, protocol.SkipStep)):
+            self._paused = False
+        elif isinstance(command, protocol.SetBreakpoints):
+            try:
+                self.breakpoints = parse_breakpoints(command.conditions)
+            except ValueError as exc:
+                self._publish(protocol.Error(kind="ValueError", message=str(exc), file=None, line=None,
+                                             traceback="", step=self._step))
+        elif isinstance(command, protocol.RequestSample):
+            self._publish(self._sample(command))
+        elif isinstance(command, protocol.Stop):
+            self._paused = False
+            raise Break(BreakHit(self._step, Phase.FORWARD, "stop", None, "a client stopped the run"))
+
+    def _sample(self, request: Any) -> Any:
+        from workbench.session import protocol
+
+        if request.kind == "activation":
+            values = self._inst.activation_sample(request.module)
+            missing = "no measured output of that module is kept (it ran on no measured step yet)"
+        else:
+            module = dict(self.model.named_modules()).get(request.module)
+            grads = [p.grad.detach().reshape(-1) for p in (module.parameters(recurse=False) if module else ())
+                     if p.grad is not None]
+            values = torch.cat(grads).to("cpu") if grads else None  # deliberate sync: a client asked
+            missing = "that module's parameters hold no gradient now (between steps they are cleared)"
+        if values is None:
+            return protocol.Sample(id=request.id, module=request.module, kind=request.kind, step=self._step,
+                                   error=missing)
+        return sample_message(protocol, request, values.float(), self._step)
+
+    def _close_outputs(self, stopped_by: str, error: dict[str, Any] | None) -> None:
+        try:
+            if self._report is not None:
+                self._report.write(stopped_by, error, self.break_hit)
+        finally:
+            if self._tb is not None:
+                with contextlib.suppress(Exception):
+                    self._tb.close()
+            if self._server is not None:
+                from workbench.session import protocol
+
+                with contextlib.suppress(Exception):
+                    self._publish(protocol.Ended(reason=stopped_by, message=(error or {}).get("message", "")))
+                    self._server.close()
+
+    def _at_exit(self) -> None:
+        """The interpreter exits and close() never ran: keep what was measured."""
+        exc = getattr(sys, "last_value", None)
+        self.close(exc if isinstance(exc, BaseException) else RuntimeError(
+            "the script ended without closing workbench.watch (no `with` block and no close())"))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this workbench.watch is closed; start a new one")
+
+
+def sample_message(protocol: Any, request: Any, values: torch.Tensor, step: int, bins: int = 32) -> Any:
+    """A Sample answer: histogram and summary of ``values`` (a CPU float tensor)."""
+    finite = values[torch.isfinite(values)]
+    nan = int(torch.isnan(values).sum())
+    inf = int(torch.isinf(values).sum())
+    if finite.numel():
+        lo, hi = float(finite.min()), float(finite.max())
+        counts = torch.histc(finite, bins=bins, min=lo, max=hi if hi > lo else lo + 1.0)
+        edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        stats = dict(mean=float(finite.mean()), std=float(finite.std()) if finite.numel() > 1 else 0.0,
+                     min=lo, max=hi)
+    else:
+        counts, edges, stats = torch.zeros(0), torch.zeros(0), {}
+    bad = (~torch.isfinite(values)).nonzero().flatten()[:16].tolist()
+    return protocol.Sample(id=request.id, module=request.module, kind=request.kind, step=step,
+                           shape=tuple(values.shape), dtype=str(values.dtype).replace("torch.", ""),
+                           counts=tuple(int(c) for c in counts.tolist()), edges=tuple(edges.tolist()),
+                           nan_count=nan, inf_count=inf, nan_positions=tuple((i,) for i in bad), **stats)
+
+
+def _make_pdb() -> pdb.Pdb:
+    return pdb.Pdb()
+
+
+def _inspect(namespace: dict[str, Any], banner: str) -> None:
+    """A frame holding the finding's objects as locals, for pdb to stop in."""
+    finding = namespace["finding"]  # noqa: F841 - locals for the debugger
+    module = namespace["module"]  # noqa: F841
+    module_name = namespace["module_name"]  # noqa: F841
+    params = namespace["params"]  # noqa: F841
+    grads = namespace["grads"]  # noqa: F841
+    activation = namespace["activation"]  # noqa: F841
+    modules = namespace["modules"]  # noqa: F841
+    model = namespace["model"]  # noqa: F841
+    wb = namespace["wb"]  # noqa: F841
+    hit = namespace["hit"]  # noqa: F841
+    debugger = _make_pdb()
+    print(banner, file=debugger.stdout)
+    debugger.set_trace(sys._getframe())
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+    **options: Any,
+) -> Watch:
+    """Watch a training loop you own with the engine's instruments; see :class:`Watch`.
+
+    ``every``: module/parameter stats every k-th step (default 16; the others record the loss,
+    the total gradient norm, lr and memory). ``report``: a JSON report of schema
+    workbench.run/1, as ``workbench run --json`` writes (per rank under torch.distributed:
+    ``exp.rank1.json``). ``tensorboard``: a log directory. ``break_on``: conditions as
+    ``run --break-on`` takes them. ``on_break``: "raise" (``workbench.Break``, before the
+    optimizer step), "pdb", "wait" (needs ``serve``) or "log". ``on_finding``: called with
+    every finding. ``serve``: True (127.0.0.1, a free port) or an address ("HOST:PORT",
+    "unix:PATH"): publish the session live for ``workbench attach`` (rank 0 only), with its
+    files under ``run_dir`` (default runs/watch/SCRIPT-TIME-PID).
+    """
+    return Watch(model, optimizer, **options)
