@@ -132,5 +132,25 @@ def test_diff_command_names_match_the_divergence_module() -> None:
     from workbench.bench import divergence
     from workbench.commands import diff
 
-    assert diff.VARIANTS == divergence.VARIANTS
+    assert diff.VARIANTS == divergence.diff_variants()
     assert diff.DEFAULT_THRESHOLD == divergence.DEFAULT_THRESHOLD
+
+
+def test_diff_uses_the_bench_variants_own_numerics(tmp_path: Path) -> None:
+    """One vocabulary: a diff name is a bench variant (or a short name for one), and its
+    autocast dtype comes from the variant's own rule; a variant without numerics is refused."""
+    from workbench.bench import divergence, variants
+    from workbench.errors import UsageError
+    from workbench.scenario import load
+
+    scenario = load(SCENARIOS / "mlp_digits.py")
+    for name, dtype in (("amp", torch.bfloat16), ("amp-bf16", torch.bfloat16), ("bf16", torch.bfloat16),
+                        ("amp-fp16", torch.float16), ("fp16", torch.float16), ("fp32", None)):
+        side = divergence._side(name, scenario)
+        assert (side.autocast, side.trains) == (dtype, True), name
+    assert variants.variant("amp").numerics(scenario).autocast is torch.bfloat16  # CPU: amp is bf16
+    int8 = divergence._side("int8-dynamic", scenario)
+    assert not int8.trains and int8.model is not scenario.model
+    with pytest.raises(UsageError, match="expected one of fp32, amp"):
+        divergence._side("accum-2", scenario)  # batching, not numerics
+    assert main(["diff", str(SCENARIOS / "mlp_digits.py"), "--b", "channels-last"]) == 2

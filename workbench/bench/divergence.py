@@ -44,7 +44,8 @@ from workbench.scenario import Batch, Scenario, ScenarioSource, resolve_device
 from workbench.scenario.outputs import output_loss, output_tensors, prediction_tensor
 from workbench.scenario.step import forward_loss, instrumented
 
-VARIANTS = ("fp32", "amp", "bf16", "fp16", "int8")
+# diff's short names for the bench variants they stand for.
+SHORT_NAMES = {"bf16": "amp-bf16", "fp16": "amp-fp16", "int8": "int8-dynamic"}
 DEFAULT_THRESHOLD = 1e-2  # relative error: bf16 keeps ~3 significant digits, so ~4e-3 per op is normal
 # A gradient below NEAR_ZERO of its reference scale (its layer's gradient RMS, or
 # MODEL_SHARE of the model's, whichever is larger) is judged against that scale.
@@ -97,6 +98,14 @@ class Divergence:
         return {**asdict(self), "diverged": self.diverged, "first_over": first.name if first else None}
 
 
+def diff_variants() -> tuple[str, ...]:
+    """What ``workbench diff`` compares: every bench variant with numerics of its own
+    (``Variant.numerics``), and the short names bf16, fp16, int8."""
+    from workbench.bench import variants
+
+    return (*variants.with_numerics(), *SHORT_NAMES)
+
+
 def past_threshold(d: TensorDiff, threshold: float) -> bool:
     """Past the threshold, or B has NaN/Inf where A has fewer."""
     return d.non_finite_b > d.non_finite_a or not math.isfinite(d.rel_error) or d.rel_error > threshold
@@ -113,24 +122,15 @@ class _Side:
     trains: bool
 
 
-def _side(variant: str, scenario: Scenario) -> _Side:
-    device = scenario.device
-    if variant == "fp32":
-        return _Side(variant, scenario.model, None, True)
-    if variant in ("amp", "bf16", "fp16"):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            variant, torch.float16 if device.type == "cuda" else torch.bfloat16)
-        return _Side(variant, scenario.model, dtype, True)
-    if variant == "int8":
-        if device.type != "cpu":
-            raise UsageError("int8 (dynamic quantization) runs on CPU only; use --device cpu.")
-        from workbench.bench.variants.quantize import not_quantizable, quantize
+def _side(name: str, scenario: Scenario) -> _Side:
+    """The numerics of the bench variant called ``name`` (or one of diff's short names)."""
+    from workbench.bench import variants
 
-        why = not_quantizable(scenario.model)
-        if why is not None:
-            raise UsageError(f"int8: {why}.")
-        return _Side(variant, quantize(scenario.model), None, False)
-    raise UsageError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
+    if name not in diff_variants():
+        raise UsageError(f"unknown variant {name!r}; expected one of {', '.join(diff_variants())}.")
+    numerics = variants.variant(SHORT_NAMES.get(name, name)).numerics(scenario)
+    assert numerics is not None  # diff_variants lists only variants with numerics
+    return _Side(name, numerics.model, numerics.autocast, numerics.trains)
 
 
 @dataclass
@@ -324,8 +324,8 @@ def compare_variants(
 ) -> Divergence:
     """Variant ``a`` vs ``b`` of ``source``, layer by layer, on the same ``batches`` batches."""
     for v in (a, b):
-        if v not in VARIANTS:
-            raise UsageError(f"unknown variant {v!r}; expected one of {', '.join(VARIANTS)}.")
+        if v not in diff_variants():
+            raise UsageError(f"unknown variant {v!r}; expected one of {', '.join(diff_variants())}.")
     if a == b:
         raise UsageError(f"compare two different variants (got {a} twice), e.g. --a fp32 --b amp.")
     if batches < 1:

@@ -6,27 +6,30 @@ import argparse
 
 NAME = "diff"
 ORDER = 55
-HELP = "compare two variants (fp32, amp, bf16, fp16, int8) layer by layer: where do they diverge?"
+HELP = "compare two bench variants (fp32, amp, bf16, fp16, int8 ...) layer by layer: where do they diverge?"
 DESCRIPTION = (
     "Build the scenario twice with the same seed (identical weights), run both variants in eval "
     "mode on the same batches, and compare every module's output (and, for training variants, every "
     "parameter's gradient): relative error, max |difference|, cosine. Names the first module, in "
-    "execution order, past --threshold. Variants: fp32, amp (bf16 on CPU, fp16 on CUDA), bf16, fp16, "
-    "int8 (dynamic quantization, CPU, forward only). Exit codes: 0 within the threshold everywhere, "
+    "execution order, past --threshold. Variants: every bench variant with numerics of its own: "
+    "fp32, amp (bf16 on CPU, fp16 on CUDA), amp-bf16, amp-fp16, int8-dynamic (CPU, forward only), and "
+    "the short names bf16, fp16, int8 for the last three. Exit codes: 0 within the threshold everywhere, "
     "1 past it somewhere, 2 bad input."
 )
 
 
-# The same names and default as workbench.bench.divergence (a test keeps them equal); spelled out
-# here because importing that module loads torch, and `workbench --help` must not.
-VARIANTS = ("fp32", "amp", "bf16", "fp16", "int8")
+# The names workbench.bench.divergence.diff_variants() gives, and its default threshold (a test keeps
+# them equal); spelled out for the help because importing the registry loads torch, and
+# `workbench --help` must not. An unknown name is refused by compare_variants with the list.
+VARIANTS = ("fp32", "amp", "amp-bf16", "amp-fp16", "int8-dynamic", "bf16", "fp16", "int8")
 DEFAULT_THRESHOLD = 1e-2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", help="scenario file, file.py:function or module")
-    p.add_argument("--a", default="fp32", choices=VARIANTS, help="the reference variant (default fp32)")
-    p.add_argument("--b", default="amp", choices=VARIANTS, help="the variant checked against it (default amp)")
+    names = ", ".join(VARIANTS)
+    p.add_argument("--a", default="fp32", metavar="VARIANT", help=f"the reference variant (default fp32): {names}")
+    p.add_argument("--b", default="amp", metavar="VARIANT", help="the variant checked against it (default amp)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--batches", type=int, default=2, help="identical batches to compare on (default 2)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,

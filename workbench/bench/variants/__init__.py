@@ -17,7 +17,8 @@ from workbench.bench.variants.quantize import DynamicInt8
 from workbench.bench.variants.training import AMP, FP32, Accumulate, ChannelsLast, Compile, DataParallel
 from workbench.errors import UsageError
 
-__all__ = ["Variant", "register", "register_pattern", "resolve", "catalogue", "DEFAULT", "BASELINE"]
+__all__ = ["Variant", "register", "register_pattern", "resolve", "variant", "with_numerics", "catalogue", "DEFAULT",
+           "BASELINE"]
 
 BASELINE = "fp32"
 
@@ -59,6 +60,8 @@ def _positive(name: str, value: int) -> int:
 register("fp32", FP32)
 register("amp", AMP)
 register("amp-bf16", lambda: AMP("amp-bf16", "torch.autocast bf16 on CUDA (no GradScaler)", dtype="bf16"))
+register("amp-fp16", lambda: AMP("amp-fp16", "torch.autocast fp16 + GradScaler on any device (on CPU: fp16 "
+                                             "numerics, not speed)", dtype="fp16"))
 register("channels-last", ChannelsLast)
 register("compile", Compile)
 register("dataparallel", DataParallel)
@@ -100,6 +103,16 @@ def _pattern_label(p: _Pattern) -> str:
 
 def valid_names() -> str:
     return ", ".join([*list(_FIXED), *(_pattern_label(p) for p in _PATTERNS), *ALIASES])
+
+
+def variant(name: str) -> Variant:
+    """The one variant called ``name`` (a fixed name or a pattern like accum-4; no aliases)."""
+    return _one(name)
+
+
+def with_numerics() -> tuple[str, ...]:
+    """The fixed names whose variant has numerics of its own (``workbench diff`` compares them)."""
+    return tuple(name for name, make in _FIXED.items() if type(make()).numerics is not Variant.numerics)
 
 
 def _one(name: str) -> Variant:

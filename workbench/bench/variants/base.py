@@ -19,6 +19,16 @@ from workbench.scenario import Batch, Scenario
 
 
 @dataclass(frozen=True)
+class Numerics:
+    """How a variant computes a step's numbers, for `workbench diff`: the model it runs,
+    the autocast dtype, and whether it trains (False: inference only, as int8)."""
+
+    model: nn.Module
+    autocast: torch.dtype | None
+    trains: bool
+
+
+@dataclass(frozen=True)
 class Variant:
     """One way to run the scenario's training (or inference, or input pipeline).
 
@@ -38,6 +48,12 @@ class Variant:
 
     def run(self, ctx: BenchContext) -> VariantResult:
         raise NotImplementedError
+
+    def numerics(self, scenario: Scenario) -> Numerics | None:
+        """The numerics this variant computes with (``workbench diff`` compares two), or None
+        for a variant that changes how the step runs (batching, layout, processes, compiler)
+        and not the numbers in it. Raises UsageError when it cannot run on this scenario."""
+        return None
 
     def batch_note(self, ctx: BenchContext) -> str:
         """What one step processes, for an out-of-memory reason ("batch size 64")."""

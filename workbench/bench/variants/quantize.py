@@ -16,9 +16,10 @@ from workbench.bench.memory import track_peak
 from workbench.bench.results import Hardware, VariantResult
 from workbench.bench.steps import call, first_tensor, inference_fn
 from workbench.bench.timing import measure
-from workbench.bench.variants.base import Variant
+from workbench.bench.variants.base import Numerics, Variant
 from workbench.engine.params import own_and_shared, param_owners
 from workbench.engine.probe import dense
+from workbench.errors import UsageError
 from workbench.scenario import Scenario
 from workbench.scenario.outputs import output_loss, output_tensors
 
@@ -200,6 +201,14 @@ class DynamicInt8(Variant):
 
     def batch_note(self, ctx: BenchContext) -> str:
         return f"inference batch size {ctx.eval_batches[0].size}"
+
+    def numerics(self, scenario: Scenario) -> Numerics:
+        if scenario.device.type != "cpu":
+            raise UsageError(f"{self.name} (dynamic quantization) runs on CPU only; use --device cpu.")
+        why = not_quantizable(scenario.model)
+        if why is not None:
+            raise UsageError(f"{self.name}: {why}.")
+        return Numerics(quantize(scenario.model), None, False)
 
     def run(self, ctx: BenchContext) -> VariantResult:
         scenario = ctx.build()

@@ -16,7 +16,7 @@ from torch import nn
 from workbench.bench.context import BenchContext
 from workbench.bench.results import Hardware, VariantResult
 from workbench.bench.steps import accum_step_fn, train_step_fn
-from workbench.bench.variants.base import Prepared, Variant, run_training
+from workbench.bench.variants.base import Numerics, Prepared, Variant, run_training
 from workbench.scenario import Batch, Scenario
 
 
@@ -27,6 +27,9 @@ class FP32(Variant):
 
     def run(self, ctx: BenchContext) -> VariantResult:
         return run_training(self, ctx, lambda s, b: Prepared(train_step_fn(s, b)))
+
+    def numerics(self, scenario: Scenario) -> Numerics:
+        return Numerics(scenario.model, None, True)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -42,7 +45,13 @@ class AMP(Variant):
 
     name: str = "amp"
     description: str = "torch.autocast: fp16 + GradScaler on CUDA, bf16 on CPU"
-    dtype: str = "auto"  # "auto" (fp16 on CUDA, bf16 on CPU) or "bf16"
+    dtype: str = "auto"  # "auto" (fp16 on CUDA, bf16 on CPU), "bf16" or "fp16"
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype:
+        """The one rule for which dtype this row autocasts to on ``device``."""
+        if self.dtype == "auto":
+            return torch.float16 if device.type == "cuda" else torch.bfloat16
+        return torch.float16 if self.dtype == "fp16" else torch.bfloat16
 
     def applicable(self, scenario: Scenario, hardware: Hardware) -> str | None:
         if self.dtype == "bf16":
@@ -52,14 +61,20 @@ class AMP(Variant):
                 return f"{torch.cuda.get_device_name(scenario.device)} does not support bf16"
         return None
 
+    def numerics(self, scenario: Scenario) -> Numerics:
+        return Numerics(scenario.model, self.autocast_dtype(scenario.device), True)
+
     def run(self, ctx: BenchContext) -> VariantResult:
         cuda = ctx.device.type == "cuda"
-        use_fp16 = cuda and self.dtype == "auto"
-        dtype = torch.float16 if use_fp16 else torch.bfloat16
+        dtype = self.autocast_dtype(ctx.device)
+        use_fp16 = dtype is torch.float16
         extras: dict[str, Any] = {"autocast_dtype": str(dtype).removeprefix("torch."),
                                   "api": f"torch.autocast('{ctx.device.type}')"}
         warnings: list[str] = []
-        if not cuda and not cpu_has_native_bf16():
+        if use_fp16 and not cuda:
+            warnings.append("fp16 autocast on CPU has few fast kernels: this row reproduces fp16 numerics "
+                            "(and GradScaler's skipped steps), not a GPU's speed")
+        elif not cuda and not cpu_has_native_bf16():
             warnings.append(
                 "this CPU has no native bf16 (oneDNN reports none): autocast emulates it, "
                 "expect a slowdown here and a speedup on CPUs with AVX512-BF16/AMX"
@@ -70,9 +85,9 @@ class AMP(Variant):
             if not use_fp16:
                 return Prepared(train_step_fn(scenario, batches, autocast=dtype), extras=extras,
                                 warnings=tuple(warnings))
-            scaler = torch.amp.GradScaler("cuda")
+            scaler = torch.amp.GradScaler(ctx.device.type)
             init_scale = scaler.get_scale()
-            extras["grad_scaler"] = "torch.amp.GradScaler('cuda')"
+            extras["grad_scaler"] = f"torch.amp.GradScaler('{ctx.device.type}')"
 
             def finish(out: dict[str, Any]) -> None:
                 # The scale halves on every skipped step and doubles only after
@@ -87,7 +102,7 @@ class AMP(Variant):
                     out["gradscaler_skipped_steps"] = None
 
             return Prepared(train_step_fn(scenario, batches, autocast=dtype, scaler=scaler),
-                            extras=extras, finish=finish)
+                            extras=extras, finish=finish, warnings=tuple(warnings))
 
         return run_training(self, ctx, prepare)
 
