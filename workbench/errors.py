@@ -34,27 +34,42 @@ def is_user_exit(exc: BaseException) -> bool:
     return not isinstance(exc, (Exception, KeyboardInterrupt))
 
 
-def _library_dirs() -> tuple[str, ...]:
-    import sysconfig
+# The workbench's own folder: its frames are never the user's.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
-    import workbench
 
-    dirs = [os.path.dirname(workbench.__file__ or "")]
-    dirs += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+def _library_dirs(installed: bool) -> tuple[str, ...]:
+    """The workbench and torch (when loaded); with ``installed``, also the standard library
+    and every installed package."""
+    dirs = [PACKAGE_DIR]
+    torch = sys.modules.get("torch")  # never imported here: this module stays torch-free
+    if torch is not None and getattr(torch, "__file__", None):
+        dirs.append(os.path.dirname(torch.__file__))
+    if installed:
+        import sysconfig
+
+        dirs += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     return tuple(d.rstrip(os.sep) + os.sep for d in dirs if d)
+
+
+def user_frames(exc: BaseException, *, installed: bool = False) -> list[traceback.FrameSummary]:
+    """The frames of ``exc``'s traceback that are not the workbench's or torch's: the user's
+    code and the libraries it calls (a transformers model's own code). With ``installed``,
+    only code outside the standard library and every installed package: the user's own."""
+    library = _library_dirs(installed)
+    return [f for f in traceback.extract_tb(exc.__traceback__)
+            if not f.filename.startswith(library) and not f.filename.startswith("<")]
 
 
 def user_location(exc: BaseException, path: str | None = None) -> str | None:
     """'file:line' of the innermost frame of ``path`` (or else of any code outside the
     workbench, the standard library and site-packages) on the exception's traceback."""
-    frames = traceback.extract_tb(exc.__traceback__)
     if path is not None:
         real = os.path.realpath(path)
-        mine = [f for f in frames if os.path.realpath(f.filename) == real]
+        mine = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) == real]
         if mine:
             return f"{mine[-1].filename}:{mine[-1].lineno}"
-    library = _library_dirs()
-    user = [f for f in frames if not f.filename.startswith(library) and not f.filename.startswith("<")]
+    user = user_frames(exc, installed=True)
     return f"{user[-1].filename}:{user[-1].lineno}" if user else None
 
 

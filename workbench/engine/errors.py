@@ -8,7 +8,6 @@ front end (run, check, the TUI) gives the same one-line advice.
 
 from __future__ import annotations
 
-import os
 import re
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from workbench.engine.records import Phase
+from workbench.errors import user_frames
 
 
 @dataclass(frozen=True)
@@ -213,15 +213,6 @@ def innermost_module(exc: BaseException, model: torch.nn.Module) -> str | None:
             found = f"{names[id(candidate)] or '(root)'!r} ({type(candidate).__name__})"
         tb = tb.tb_next
     return found
-
-
-def user_frames(exc: BaseException) -> list[traceback.FrameSummary]:
-    """Frames of the user's code: everything outside torch and the workbench package."""
-    import workbench
-
-    library = (os.path.dirname(torch.__file__ or "") + os.sep,
-               os.path.dirname(workbench.__file__ or "") + os.sep)
-    return [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(library)]
 
 
 def _release_frames(exc: BaseException) -> None:
