@@ -43,8 +43,9 @@ def _library_dirs(installed: bool) -> tuple[str, ...]:
     and every installed package."""
     dirs = [PACKAGE_DIR]
     torch = sys.modules.get("torch")  # never imported here: this module stays torch-free
-    if torch is not None and getattr(torch, "__file__", None):
-        dirs.append(os.path.dirname(torch.__file__))
+    torch_file = getattr(torch, "__file__", None)
+    if torch_file:
+        dirs.append(os.path.dirname(torch_file))
     if installed:
         import sysconfig
 

@@ -348,8 +348,8 @@ def compare_variants(
     notes: list[str] = []
     for batch in data:
         batch = batch.to(dev)
-        for s in (side_a, side_b):
-            s.model.zero_grad(set_to_none=True)
+        for side in (side_a, side_b):
+            side.model.zero_grad(set_to_none=True)
         seen_a, la, fields = _run(side_a, first, batch)
         seen_b, lb, _ = _run(side_b, second, batch)
         loss_a += la / len(data)

@@ -62,14 +62,14 @@ def track_peak(device: torch.device) -> Iterator[PeakMemory]:
             peak.bytes = max(torch.cuda.max_memory_allocated(device) - base, 0)
             peak.method = CUDA_METHOD
         return
-    base = proc_status_bytes("VmRSS")
-    usable = base is not None and _reset_hwm()
+    rss_base = proc_status_bytes("VmRSS")
+    usable = rss_base is not None and _reset_hwm()
     try:
         yield peak
     finally:
         hwm = proc_status_bytes("VmHWM") if usable else None
-        if hwm is not None and base is not None:
-            peak.bytes = max(hwm - base, 0)
+        if hwm is not None and rss_base is not None:
+            peak.bytes = max(hwm - rss_base, 0)
             peak.method = CPU_METHOD
         else:
             peak.method = "unavailable (no /proc/self/clear_refs on this OS)"

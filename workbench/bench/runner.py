@@ -110,8 +110,12 @@ def run_bench(
         started=started,
         wall_s=time.perf_counter() - t0,
         interrupted=interrupted,
-        load=(load_start, load_average()) if load_start is not None else None,
+        load=_load_pair(load_start, load_average()),
     )
+
+
+def _load_pair(start: float | None, end: float | None) -> tuple[float, float] | None:
+    return (start, end) if start is not None and end is not None else None
 
 
 def load_average() -> float | None:

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             def on_progress(done: int, total: int) -> None:
                 status.update(f"profiling {source.label}: step {done}/{total}")
 
+            assert options is not None  # set whenever a scenario is profiled (not --analyze)
             try:
                 result = run_profile(
                     source, args.device, args.logdir, options, run=args.run, max_trace_mb=limit,

@@ -412,7 +412,7 @@ def _device_index(e: dict[str, Any]) -> int:
     args = _args(e)
     dev = args.get("device", e.get("pid"))
     try:
-        return int(dev)
+        return int(dev) if dev is not None else 0
     except (TypeError, ValueError):
         return 0
 

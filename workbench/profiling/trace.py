@@ -165,6 +165,6 @@ def _event_problem(e: Any) -> str | None:
         return f"has 'ts' = {e['ts']!r}, not a finite number"
     if ph == "X":
         dur = e.get("dur")
-        if not _finite(dur) or dur < 0:
+        if dur is None or not _finite(dur) or dur < 0:
             return f"has 'dur' = {dur!r}, not a finite number >= 0"
     return None

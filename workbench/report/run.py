@@ -80,8 +80,8 @@ def layer_table(record: StepRecord | StepProgress, title: str | None = None) -> 
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("module (type)", style="cyan", overflow="fold", min_width=18)
     table.add_column("output", overflow="fold", min_width=9)
-    for label in ("mean", "std", "abs max"):
-        table.add_column(label, justify="right", no_wrap=True, min_width=7)
+    for column in ("mean", "std", "abs max"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=7)
     table.add_column("zeros", justify="right", no_wrap=True, min_width=5)
     table.add_column("nan/inf", justify="right", no_wrap=True)
     table.add_column("grad", justify="right", no_wrap=True, min_width=7)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -51,11 +51,11 @@ def tree_map(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
     if isinstance(value, list):
         return [tree_map(fn, v) for v in value]
     if isinstance(value, Mapping):
-        items = {k: tree_map(fn, v) for k, v in value.items()}
+        mapped = {k: tree_map(fn, v) for k, v in value.items()}
         if type(value) is dict:
-            return items
+            return mapped
         try:
-            return type(value)(items)
+            return cast(Any, type(value))(mapped)
         except Exception:  # a Mapping type that cannot be rebuilt from a dict
             return items
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import sys
 import time
+from typing import Any
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,7 +119,7 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
     if not build or not sources:
         return infos
     method = _start_method()
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)  # a SpawnContext/ForkContext: has Process
     grace = 15.0 if method == "spawn" else 0.0  # a spawned child imports torch before its first build
     todo = list(range(len(sources)))
     while todo:

@@ -152,9 +152,9 @@ def top_level(tree: ast.Module) -> TopLevel:
             if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
                 requires = tuple(value)
     literals: dict[str, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Scenario":
-            for kw in node.keywords:
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", getattr(call.func, "attr", "")) == "Scenario":
+            for kw in call.keywords:
                 if kw.arg in ("name", "description") and isinstance(kw.value, ast.Constant) \
                         and isinstance(kw.value.value, str):
                     literals.setdefault(kw.arg, kw.value.value)
@@ -327,7 +327,7 @@ class _folder_on_path:
 def _unavailable(exc: ModuleNotFoundError, where: str, path: str | None) -> ScenarioError:
     """A missing third-party package is ScenarioUnavailable; a missing local module a plain error."""
     missing = (exc.name or "").split(".")[0]
-    local = bool(path) and missing and (
+    local = path is not None and bool(missing) and (
         (Path(path).parent / f"{missing}.py").exists() or (Path(path).parent / missing).is_dir())
     line = _user_line(exc, path)
     at = f":{line}" if line else ""
@@ -382,7 +382,7 @@ def load_warnings(s: Scenario) -> list[str]:
 
 
 def _short_traceback(exc: BaseException, path: str | None) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(exc.__traceback__))
     if path:
         mine = [f for f in frames if Path(f.filename).resolve() == Path(path).resolve()]
         frames = mine or frames[-1:]

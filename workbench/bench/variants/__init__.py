@@ -148,7 +148,11 @@ def resolve(names: Iterable[str] | None) -> list[Variant]:
         raise UsageError(f"no variants given; valid variants: {valid_names()}")
     variants = [_one(n) for n in expanded]
     seen: set[str] = set()
-    unique = [v for v in variants if not (v.name in seen or seen.add(v.name))]
+    unique = []
+    for v in variants:
+        if v.name not in seen:
+            seen.add(v.name)
+            unique.append(v)
     if BASELINE not in seen:
         unique.insert(0, _one(BASELINE))
     unique.sort(key=lambda v: v.name != BASELINE)

@@ -96,7 +96,7 @@ class Loader(Variant):
         batches: list[Batch] = [Batch((), torch.empty(0))]  # one slot, refilled per step
         train = train_step_fn(scenario, batches)
 
-        def step(i: int) -> torch.Tensor:
+        def step(i: int) -> object:
             batch = scenario.make_batch(full.next(), where)
             batches[0] = batch.to(ctx.device, non_blocking=self.pin)
             return train(0)

@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -158,7 +158,7 @@ class ChannelsLast(Variant):
             return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
         def prepare(scenario: Scenario, batches: Sequence[Batch]) -> Prepared:
-            scenario.model.to(memory_format=torch.channels_last)
+            scenario.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
             return Prepared(train_step_fn(scenario, batches))
 
         return run_training(self, ctx, prepare, convert=to_nhwc)
@@ -185,7 +185,8 @@ class Compile(Variant):
                 out["backend"] = "inductor"
 
             # Score with the plain module: same parameters, and eval mode would recompile.
-            return Prepared(train_step_fn(scenario, batches, model=compiled), finish=finish)
+            # torch.compile of a Module returns an OptimizedModule (a Module); typed as a callable.
+            return Prepared(train_step_fn(scenario, batches, model=cast(nn.Module, compiled)), finish=finish)
 
         t0 = time.perf_counter()
         with warnings.catch_warnings():
