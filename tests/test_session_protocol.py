@@ -15,6 +15,7 @@ from workbench.report.json_report import step_json
 from workbench.session import protocol as P
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+_CURRENT: list[object] = []  # the nan_run fixture's Engine.current mid-step
 
 
 def _same(a: object, b: object) -> bool:
@@ -50,6 +51,9 @@ def nan_run() -> tuple[dict[str, ModuleNode], list[StepRecord], tuple[Finding, .
 
     with Engine(load(SCENARIOS / "broken" / "nan_at_step7.py"), EngineConfig(stats_every=1)) as eng:
         records = [eng.step_once() for _ in range(9)]
+        eng.advance()
+        eng.advance()  # forward and loss of step 9: the step in progress, as far as it got
+        _CURRENT.append(eng.current)
         return eng.module_tree, records, eng.findings
 
 
@@ -177,3 +181,43 @@ def test_nested_field_path_in_error(nan_run) -> None:
 def test_encode_refuses_what_is_not_a_message() -> None:
     with pytest.raises(TypeError, match="not a session message"):
         P.encode(object())
+
+
+def test_engine_host_progress_sample_and_summary_round_trip(nan_run) -> None:
+    """What a host that steps phase by phase sends: the step in progress, a paused break, a reply."""
+    from workbench.engine.records import StepProgress
+
+    _, records, findings = nan_run
+    current = _CURRENT[0]
+    assert isinstance(current, StepProgress) and current.phases_done == (Phase.FORWARD, Phase.LOSS)
+    hit = BreakHit(step=9, phase=Phase.LOSS, breakpoint="nan_inf", finding=findings[0], reason="NaN")
+    back = _round_trip(P.Progress(step=9, next_phase=Phase.BACKWARD, paused=True, busy=False, current=current,
+                                  pending_break=hit, breakpoints=("nan_inf",), reply_to=7, activity=None,
+                                  summary=P.RunSummary(steps_done=9, stopped_by="breakpoint", reason="nan_inf"),
+                                  history_from=None, warning=True, note="rewound"))
+    assert isinstance(back.current, StepProgress) and back.current.phases_done == (Phase.FORWARD, Phase.LOSS)
+    assert all(isinstance(m, ModuleStats) for m in back.current.modules)
+    _round_trip(P.Findings(findings, replace=True))
+    _round_trip(P.Sample(id=4, module="fc1", kind="activation", step=9, description="Linear(784, 128)",
+                         histograms=(P.Histogram("output", -1.0, math.inf, (3, 0, 1), 4, 1, 1, True),),
+                         notes=("a strided sample",), numel=4, output_numel=100))
+    _round_trip(P.Error(kind="ScenarioError", message="build failed", file="s.py", line=3, traceback="...",
+                        fatal=True, reply_to=2))
+    summary = P.ScenarioSummary(label="scenarios/mlp_digits.py", name="mlp_digits", description="an MLP",
+                                model_class="MLP", parameters=101770, device="cpu", threads=2, optimizer="SGD")
+    hello = P.Hello(host="engine", pid=1, title="x", device="cpu", every=1, modules=(), breakpoints=(),
+                    started_at=0.0, summary=summary)
+    assert _round_trip(hello).summary == summary
+    for command in (P.Continue(id=3, steps=None), P.Continue(id=4, steps=10), P.StepPhase(id=5, whole_step=True),
+                    P.Rewind(2, id=6), P.SetBreakpoints(("loss>5",), id=7), P.RequestSample(8, "fc1")):
+        _round_trip(command)
+
+
+def test_hello_says_which_commands_the_host_honours() -> None:
+    base = dict(host="watch", pid=1, title="t.py", device="cpu", every=1, modules=(), breakpoints=(),
+                started_at=0.0)
+    assert P.Hello(**base).accepts(P.Rewind)  # the host did not say: assume it does
+    by_type = P.Hello(**base, commands=("pause", "continue", "request_sample"))
+    by_class = P.Hello(**base, commands=("Pause", "Continue", "RequestSample"))
+    for hello in (by_type, by_class):
+        assert hello.accepts(P.Pause()) and hello.accepts(P.RequestSample) and not hello.accepts(P.StepPhase)

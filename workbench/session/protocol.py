@@ -47,6 +47,7 @@ from workbench.engine.records import (
     ModuleStats,
     ParamStats,
     Phase,
+    StepProgress,
     StepRecord,
 )
 from workbench.files import jsonable
@@ -58,14 +59,14 @@ SampleKind = Literal["activation", "gradient"]
 
 __all__ = [
     "PROTOCOL_VERSION", "ProtocolError",
-    "Hello", "Step", "Findings", "Progress", "BreakHit", "Sample", "Error", "Log", "Ended", "Refused",
+    "Hello", "Step", "Findings", "Progress", "BreakHit", "ScenarioSummary", "RunSummary", "Histogram", "Sample", "Error", "Log", "Ended", "Refused",
     "Attach", "Pause", "Continue", "SkipStep", "StepPhase", "Rewind", "SetBreakpoints", "RequestSample",
     "Stop",
     "Message", "Command", "MESSAGE_TYPES", "COMMAND_TYPES",
     "encode", "decode", "decode_line", "type_name", "is_command", "is_message",
     "to_json", "from_json",
     # the engine's records, re-exported: they travel inside the messages
-    "StepRecord", "Finding", "ModuleStats", "ParamStats", "MemorySample", "ModuleNode", "Phase",
+    "StepRecord", "StepProgress", "Finding", "ModuleStats", "ParamStats", "MemorySample", "ModuleNode", "Phase",
 ]
 
 
@@ -77,13 +78,28 @@ class ProtocolError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ScenarioSummary:
+    """What is training, in one line's worth of facts (a scenario, or a user's model in ``watch``)."""
+
+    label: str  # how the host names it ("scenarios/mlp_digits.py:build", "train.py")
+    name: str
+    description: str
+    model_class: str
+    parameters: int
+    device: str
+    threads: int
+    optimizer: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Hello:
     """The first message of a session (and of every replay): who trains what, and the model tree.
 
     ``modules`` is the engine's module tree in its order (``Engine.module_tree.values()``);
     ``breakpoints`` the conditions in force as ``run --break-on`` writes them;
-    ``commands`` the command types this host honours (a user's own loop cannot step one
-    phase or rewind: a client greys those out).
+    ``commands`` the commands this host honours, by type name ("pause", "step_phase") or
+    class name ("StepPhase"): a user's own loop cannot step one phase or rewind, and a
+    client greys those out (``accepts``). Empty: the host did not say, assume all.
     """
 
     host: HostKind
@@ -97,6 +113,14 @@ class Hello:
     version: int = PROTOCOL_VERSION
     commands: tuple[str, ...] = ()
     workbench: str = ""  # the host's workbench version
+    summary: ScenarioSummary | None = None
+
+    def accepts(self, command: Any) -> bool:
+        """Whether this host honours ``command`` (an instance or a class)."""
+        if not self.commands:
+            return True
+        cls = command if isinstance(command, type) else type(command)
+        return cls.__name__ in self.commands or _TYPE_OF.get(cls, "") in self.commands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,20 +132,62 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Findings:
-    """Findings made since the last ``Findings`` message (also those outside a step record)."""
+    """Findings made since the last ``Findings`` message, in order.
+
+    ``replace``: these are all the session's findings now (a rewind dropped some), not an addition.
+    """
 
     findings: tuple[Finding, ...]
+    replace: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """How a run of steps ended: the engine's RunOutcome in words."""
+
+    steps_done: int
+    stopped_by: str  # "steps", "breakpoint", "stopped", "error"
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """Where the host is: the step in progress, the phase it runs next, paused or working."""
+    """Where the host is: the step in progress, the phase it runs next, paused or working.
+
+    The optional fields are for a host that steps phase by phase (the engine host):
+    ``current`` the step in progress as far as it got, ``pending_break`` the breakpoint
+    it is paused at, ``breakpoints`` the conditions now in force (when they changed),
+    ``reply_to`` the ``id`` of the command this state answers, ``history_from``: the
+    records of this step and later were dropped (a rewind).
+    """
 
     step: int
     next_phase: Phase
     paused: bool
     busy: bool
     note: str = ""  # a short line for a status bar ("waiting for a client to continue")
+    activity: str | None = None  # what it is busy with ("running 100 steps")
+    warning: bool = False  # the note says why a command changed nothing
+    current: StepProgress | None = None
+    pending_break: BreakHit | None = None
+    breakpoints: tuple[str, ...] | None = None
+    reply_to: int | None = None
+    summary: RunSummary | None = None
+    history_from: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    """Counts of the finite values between ``lo`` and ``hi`` in equal bins."""
+
+    label: str
+    lo: float
+    hi: float
+    counts: tuple[int, ...]
+    numel: int  # values looked at
+    nan: int
+    inf: int
+    sampled: bool  # a strided sample of the tensor, not all of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,11 +195,13 @@ class Sample:
     """The answer to ``RequestSample``: one module's activation or output gradient, summarised.
 
     ``counts``/``edges`` are a histogram of the finite values (``len(edges) == len(counts) + 1``);
-    ``nan_positions`` lists the first few indices of non-finite values. ``error`` is set
-    (and the numbers empty) when the sample could not be taken: say why there.
+    ``nan_positions`` lists the first few indices of non-finite values. A host may send
+    several labelled ``histograms`` instead (output, weight, gradient), with a
+    ``description`` and ``notes`` for the inspector. ``error`` is set (and the numbers
+    empty) when the sample could not be taken: say why there.
     """
 
-    id: str
+    id: int | str  # the request's
     module: str
     kind: SampleKind
     step: int
@@ -149,20 +217,27 @@ class Sample:
     inf_count: int = 0
     nan_positions: tuple[tuple[int, ...], ...] = ()
     error: str | None = None
+    histograms: tuple[Histogram, ...] = ()
+    description: str = ""
+    notes: tuple[str, ...] = ()
+    numel: int = 0  # values looked at
+    output_numel: int | None = None  # the whole tensor's size when only a sample was looked at
 
 
 @dataclasses.dataclass(frozen=True)
 class Error:
-    """The user's step raised: what, where in the user's code, and the traceback."""
+    """The user's code raised (a step's phase; building the scenario when ``fatal``): what, where, the traceback."""
 
     kind: str  # the exception's type name (or the engine's StepError kind, e.g. "oom")
-    message: str
+    message: str  # one line: the error panel's title
     file: str | None
     line: int | None
-    traceback: str
+    traceback: str  # the details
     step: int | None = None
     phase: Phase | None = None
     hint: str | None = None  # what to try
+    reply_to: int | None = None  # the id of the command that raised it
+    fatal: bool = False  # the host cannot go on (the scenario did not build)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +266,12 @@ class Refused:
 
 
 # -- client -> host ------------------------------------------------------------------------
+# ``id`` (keyword-only) is chosen by the client (0: no reply wanted); a Progress or Error
+# answering the command carries it as ``reply_to``, a Sample as its ``id``.
+
+
+def _reply_id() -> Any:
+    return dataclasses.field(default=0, kw_only=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,27 +284,36 @@ class Attach:
 
 @dataclasses.dataclass(frozen=True)
 class Pause:
-    pass
+    id: int = _reply_id()
 
 
 @dataclasses.dataclass(frozen=True)
 class Continue:
-    pass
+    """Go on: ``steps`` more steps, or (None) until a breakpoint fires or Pause comes."""
+
+    id: int = _reply_id()
+    steps: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SkipStep:
     """Drop this step's optimizer step (the host is paused before it) and go on."""
 
+    id: int = _reply_id()
+
 
 @dataclasses.dataclass(frozen=True)
 class StepPhase:
-    """Run exactly one phase, then pause again."""
+    """Run exactly one phase (``whole_step``: the rest of the step in progress), then pause again."""
+
+    id: int = _reply_id()
+    whole_step: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Rewind:
     steps: int = 1
+    id: int = _reply_id()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,18 +321,19 @@ class SetBreakpoints:
     """Replace the host's breakpoints; each condition as ``run --break-on`` takes it."""
 
     conditions: tuple[str, ...]
+    id: int = _reply_id()
 
 
 @dataclasses.dataclass(frozen=True)
 class RequestSample:
-    id: str  # chosen by the client; the Sample answer carries it back
+    id: int | str  # chosen by the client; the Sample answer carries it back
     module: str
     kind: SampleKind = "activation"
 
 
 @dataclasses.dataclass(frozen=True)
 class Stop:
-    pass
+    id: int = _reply_id()
 
 
 Message = Union[Hello, Step, Findings, Progress, BreakHit, Sample, Error, Log, Ended, Refused]
