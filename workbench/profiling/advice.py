@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.profiling.analysis import TraceAnalysis
+from workbench.profiling.analysis import Category, TraceAnalysis
 
 DATALOADER_SHARE = 0.05
 COMMUNICATION_SHARE = 0.10
@@ -94,9 +94,9 @@ class Facts:
         )
         kernels = a.kernel_sum_us
         return cls(
-            dataloader_share=a.share("dataloader"),
-            communication_share=a.share("communication"),
-            other_share=a.share("other"),
+            dataloader_share=a.share(Category.DATALOADER),
+            communication_share=a.share(Category.COMMUNICATION),
+            other_share=a.share(Category.OTHER),
             uses_dataparallel=a.uses_dataparallel,
             used_devices=len(a.used_device_ids),
             uses_ddp=a.uses_ddp,

@@ -45,6 +45,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,29 @@ from workbench.profiling.trace import (
 # The record_function names the profile loop writes; the analysis relies on them.
 PHASES = ("dataloader", "forward", "loss", "backward", "optimizer_step")
 
-CATEGORIES = ("kernel", "memcpy", "memset", "communication", "runtime", "dataloader", "cpu_exec", "other")
+class Category(StrEnum):
+    """Where a step's time went, in the order categories claim it (str-valued: the JSON's words)."""
+
+    KERNEL = "kernel"
+    MEMCPY = "memcpy"
+    MEMSET = "memset"
+    COMMUNICATION = "communication"
+    RUNTIME = "runtime"
+    DATALOADER = "dataloader"
+    CPU_EXEC = "cpu_exec"
+    OTHER = "other"
+
+
+CATEGORIES = tuple(Category)
 CATEGORY_LABELS = {
-    "kernel": "Kernel",
-    "memcpy": "Memcpy",
-    "memset": "Memset",
-    "communication": "Communication",
-    "runtime": "Runtime",
-    "dataloader": "DataLoader",
-    "cpu_exec": "CPU Exec",
-    "other": "Other",
+    Category.KERNEL: "Kernel",
+    Category.MEMCPY: "Memcpy",
+    Category.MEMSET: "Memset",
+    Category.COMMUNICATION: "Communication",
+    Category.RUNTIME: "Runtime",
+    Category.DATALOADER: "DataLoader",
+    Category.CPU_EXEC: "CPU Exec",
+    Category.OTHER: "Other",
 }
 
 _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
@@ -118,13 +132,13 @@ class StepBreakdown:
     name: str
     start_us: float
     duration_us: float
-    categories: tuple[tuple[str, float], ...]
+    categories: tuple[tuple[Category, float], ...]
     phases: tuple[tuple[str, float], ...]  # host time of each phase range inside the step
 
-    def time(self, category: str) -> float:
-        return dict(self.categories).get(category, 0.0)
+    def time(self, category: Category | str) -> float:
+        return dict(self.categories).get(Category(category), 0.0)
 
-    def share(self, category: str) -> float:
+    def share(self, category: Category | str) -> float:
         return self.time(category) / self.duration_us if self.duration_us > 0 else 0.0
 
 
@@ -225,10 +239,10 @@ class TraceAnalysis:
     def mean_step_us(self) -> float:
         return sum(s.duration_us for s in self.steps) / len(self.steps) if self.steps else 0.0
 
-    def mean(self, category: str) -> float:
+    def mean(self, category: Category | str) -> float:
         return sum(s.time(category) for s in self.steps) / len(self.steps) if self.steps else 0.0
 
-    def share(self, category: str) -> float:
+    def share(self, category: Category | str) -> float:
         total = sum(s.duration_us for s in self.steps)
         return sum(s.time(category) for s in self.steps) / total if total > 0 else 0.0
 
@@ -270,7 +284,7 @@ class _Events:
     host_ops: list[dict] = field(default_factory=list)  # every host op, our phase ranges included
     phases: list[dict] = field(default_factory=list)  # our phase ranges
     modules: list[dict] = field(default_factory=list)  # nn.Module ranges (with_stack)
-    spans: dict[str, list[Span]] = field(default_factory=lambda: {c: [] for c in CATEGORIES if c != "other"})
+    spans: dict[Category, list[Span]] = field(default_factory=lambda: {c: [] for c in CATEGORIES if c is not Category.OTHER})
     comm_libs: set[str] = field(default_factory=set)
 
 
@@ -288,29 +302,29 @@ def _classify(durations: Iterable[dict]) -> _Events:
                 nccl = "nccl" in name.lower()
                 if nccl:
                     ev.comm_libs.add("nccl")
-                ev.spans["communication" if nccl else "kernel"].append(_span(e))
+                ev.spans[Category.COMMUNICATION if nccl else Category.KERNEL].append(_span(e))
             else:
-                ev.spans["memcpy" if cat in _MEMCPY_CATS else "memset"].append(_span(e))
+                ev.spans[Category.MEMCPY if cat in _MEMCPY_CATS else Category.MEMSET].append(_span(e))
         elif cat in _RUNTIME_CATS:
             ev.runtime.append(e)
-            ev.spans["runtime"].append(_span(e))
+            ev.spans[Category.RUNTIME].append(_span(e))
         elif cat in _HOST_OP_CATS:
             ev.host_ops.append(e)
             if name in PHASES:
                 ev.phases.append(e)
             if name == "dataloader" or name.startswith(("enumerate(DataLoader)#", "enumerate(DataPipe)#")):
-                ev.spans["dataloader"].append(_span(e))
+                ev.spans[Category.DATALOADER].append(_span(e))
             elif name.startswith(_COMM_HOST_PREFIXES):
-                ev.spans["communication"].append(_span(e))
+                ev.spans[Category.COMMUNICATION].append(_span(e))
                 ev.comm_libs.add(name.split(":", 1)[0])
             elif name not in PHASES:  # the phase ranges are reported per phase, not as CPU exec
-                ev.spans["cpu_exec"].append(_span(e))
+                ev.spans[Category.CPU_EXEC].append(_span(e))
         elif cat == "python_function" and name.startswith("nn.Module: "):
             ev.modules.append(e)
     return ev
 
 
-def _breakdowns(steps: list[tuple[str, float, float]], merged: dict[str, list[Span]],
+def _breakdowns(steps: list[tuple[str, float, float]], merged: dict[Category, list[Span]],
                 phase_spans: dict[str, list[Span]]) -> list[StepBreakdown]:
     """Each step's time claimed category by category (the priority order above), and per phase."""
     out = []
@@ -321,7 +335,7 @@ def _breakdowns(steps: list[tuple[str, float, float]], merged: dict[str, list[Sp
             claimed = intervals.intersect(left, merged[c])
             cats.append((c, intervals.total(claimed)))
             left = intervals.subtract(left, claimed)
-        cats.append(("other", intervals.total(left)))
+        cats.append((Category.OTHER, intervals.total(left)))
         phases = tuple(
             (p, intervals.total(intervals.intersect([(start, end)], phase_spans[p])))
             for p in PHASES if phase_spans[p]
@@ -371,7 +385,7 @@ def analyze_trace(
         uses_ddp="DistributedDataParallel.forward" in names,
         comm_libs=tuple(sorted(ev.comm_libs)),
         used_device_ids=tuple(sorted({_device_index(e) for e in ev.device})),
-        kernel_us=intervals.total(intervals.intersect(step_union, merged["kernel"])),
+        kernel_us=intervals.total(intervals.intersect(step_union, merged[Category.KERNEL])),
         kernel_sum_us=sum(float(e["dur"]) for e in kernels),
         tensor_core_kernel_us=sum(float(e["dur"]) for e in kernels if _is_tensor_core_kernel(str(e.get("name", "")))),
         tc_eligible_kernel_us=tc_eligible_us,

@@ -8,7 +8,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from workbench.profiling.advice import GPU_ONLY, THRESHOLDS, Recommendation
-from workbench.profiling.analysis import CATEGORIES, CATEGORY_LABELS, TraceAnalysis, top_operators
+from workbench.profiling.analysis import CATEGORIES, CATEGORY_LABELS, Category, TraceAnalysis, top_operators
 from workbench.profiling.capture import ProfileRun, SizeEstimate
 from workbench.profiling.runs import RunAnalysis
 from workbench.profiling.tensorboard import tensorboard_command
@@ -17,14 +17,14 @@ from workbench.report.text import Table
 
 # One colour per category, shared by the terminal report and the TUI bar.
 CATEGORY_STYLES = {
-    "kernel": "green",
-    "memcpy": "yellow",
-    "memset": "dark_orange",
-    "communication": "magenta",
-    "runtime": "red",
-    "dataloader": "blue",
-    "cpu_exec": "cyan",
-    "other": "grey50",
+    Category.KERNEL: "green",
+    Category.MEMCPY: "yellow",
+    Category.MEMSET: "dark_orange",
+    Category.COMMUNICATION: "magenta",
+    Category.RUNTIME: "red",
+    Category.DATALOADER: "blue",
+    Category.CPU_EXEC: "cyan",
+    Category.OTHER: "grey50",
 }
 MAX_STEP_COLUMNS = 6
 _SPARK = "▁▂▃▄▅▆▇█"
