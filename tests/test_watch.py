@@ -274,3 +274,65 @@ def test_tensorboard_gets_the_run_scalars_and_the_logged_ones(tmp_path: Path) ->
     tags = set(acc.Tags()["scalars"])
     assert {"loss", "grad_norm/total", "log/lr", "lr/group0"} <= tags
     assert any(t.startswith("weights/") for t in acc.Tags()["histograms"])
+
+
+def _poll_until(conn, want, timeout: float = 20.0) -> list:
+    import time
+
+    seen: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += conn.poll(0.1)
+        if any(want(m) for m in seen):
+            return seen
+    raise AssertionError(f"not seen within {timeout} s; got {[type(m).__name__ for m in seen]}")
+
+
+def test_a_live_client_sees_the_steps_and_a_wait_breakpoint_holds_the_script_until_continue(tmp_path: Path) -> None:
+    import threading
+
+    from workbench.engine.records import BreakHit
+    from workbench.session import protocol as P
+    from workbench.session.transport import connect
+
+    torch.manual_seed(0)
+    model = DictLM(poison=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights = model.head.weight.detach().clone()
+    run_dir = tmp_path / "run"
+    wb = workbench.watch(model, opt, every=1, break_on="nan_inf", on_break="wait",
+                         serve=f"unix:{tmp_path / 's.sock'}", run_dir=run_dir)
+    progress: list[int] = []
+
+    def train() -> None:
+        with wb:
+            for batch in dict_batches(2):
+                model(**batch)["loss"].backward()
+                opt.step()
+                opt.zero_grad()
+                progress.append(wb.step_index)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    with connect(run_dir) as conn:
+        seen = _poll_until(conn, lambda m: isinstance(m, BreakHit))
+        hello = next(m for m in seen if isinstance(m, P.Hello))
+        assert hello.host == "watch" and "poison" in {n.name for n in hello.modules}
+        assert "skip_step" in hello.commands and "rewind" not in hello.commands
+        hit = next(m for m in seen if isinstance(m, BreakHit))
+        assert hit.step == 0 and hit.finding is not None and hit.finding.module == "poison"
+        assert any(isinstance(m, P.Findings) for m in seen)
+        thread.join(0.5)
+        assert thread.is_alive() and progress == []  # held before its optimizer step
+        assert torch.equal(model.head.weight.detach(), weights)
+        conn.send(P.SkipStep())
+        seen = _poll_until(conn, lambda m: isinstance(m, P.Step) and m.record.step == 0)
+        # Step 1 is now held at the same breakpoint (its record only comes when it ends).
+        assert torch.equal(model.head.weight.detach(), weights)  # the skipped update changed nothing
+        conn.send(P.SetBreakpoints(()))  # no more stops: the script runs to its end
+        conn.send(P.Continue())
+        thread.join(20)
+        assert not thread.is_alive()
+    assert [r.skipped for r in wb.history] == [True, False] and progress == [1, 2]
+    assert [h.step for h in wb.break_hits] == [0, 1]
+    assert (run_dir / "session.jsonl").exists()

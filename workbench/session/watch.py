@@ -68,6 +68,8 @@ from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
 from workbench.scenario.outputs import output_loss
 
 ON_BREAK = ("raise", "pdb", "wait", "log")
+# The commands a user's own loop can honour: it cannot step one phase or rewind.
+HONOURED = ("pause", "continue", "skip_step", "set_breakpoints", "request_sample", "stop")
 
 
 class Break(Exception):
@@ -362,6 +364,7 @@ class Watch:
                                "wb.step() is for loops without an optimizer (watch(model) alone).")
         self._backward_boundary(None)
         self._finish_step(skipped=False)
+        self._serve_commands()
 
     def before_optimizer_step(self, optimizer: Any) -> None:
         """The backward boundary of ``optimizer``'s step (integrations whose step() runs the
@@ -742,7 +745,7 @@ class Watch:
         self._publish(protocol.Progress(step=hit.step, next_phase=Phase.OPTIMIZER_STEP, paused=True, busy=False,
                                         note=f"waiting at {hit.breakpoint}: a client continues or skips the step"))
         while True:
-            command = server.wait_command(None)
+            command = server.wait_command(0.5)  # short waits: Ctrl-C in the user's terminal is seen between them
             if command is None:
                 continue
             if isinstance(command, protocol.Continue):
@@ -787,14 +790,13 @@ class Watch:
             run_dir = Path("runs") / "watch" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.run_dir = Path(run_dir)
         bind = "127.0.0.1:0" if serve is True else str(serve)
-        self._server = SessionServer(self.run_dir, bind=bind)
+        self._server = SessionServer(self.run_dir, bind=bind, host="watch", title=self.title)
         import workbench
 
         self._publish(protocol.Hello(
             host="watch", pid=os.getpid(), title=self.title, device=str(self._device), every=self.every,
             modules=tuple(self._inst.module_tree.values()), breakpoints=tuple(b.describe() for b in self.breakpoints),
-            started_at=time.time(), commands=("Pause", "Continue", "SkipStep", "SetBreakpoints", "RequestSample",
-                                              "Stop"),
+            started_at=time.time(), commands=HONOURED,
             workbench=workbench.__version__,
         ))
 
@@ -834,13 +836,16 @@ class Watch:
 
         for command in self._server.commands():
             self._handle(command)
+        if not self._paused:
+            return
+        self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=True, busy=False,
+                                        note="paused by a client"))
         while self._paused:
-            self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=True, busy=False,
-                                            note="paused by a client"))
-            command = self._server.wait_command(None)
+            # Short waits: Ctrl-C in the user's terminal is seen between them.
+            command = self._server.wait_command(0.5)
             if command is not None:
                 self._handle(command)
-        return
+        self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=False, busy=True))
 
     def _handle(self, command: Any) -> None:
         from workbench.session import protocol
@@ -890,8 +895,7 @@ class Watch:
                 from workbench.session import protocol
 
                 with contextlib.suppress(Exception):
-                    self._publish(protocol.Ended(reason=stopped_by, message=(error or {}).get("message", "")))
-                    self._server.close()
+                    self._server.close(protocol.Ended(reason=stopped_by, message=(error or {}).get("message", "")))
 
     def _at_exit(self) -> None:
         """The interpreter exits and close() never ran: keep what was measured."""
