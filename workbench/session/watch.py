@@ -210,6 +210,7 @@ class Watch:
         sample_size: int = 4096,
         thresholds: HealthThresholds | None = None,
         step_pre_hooks: bool = True,
+        close_on_break: bool = False,
     ) -> None:
         if every < 1:
             raise ValueError(f"workbench.watch: every must be >= 1, got {every}")
@@ -233,6 +234,7 @@ class Watch:
         self.every = every
         self.on_break = on_break
         self.on_finding = on_finding
+        self.close_on_break = close_on_break  # integrations whose framework cannot close the watch on an exception
         self.breakpoints: list[Breakpoint] = parse_breakpoints(break_on)
         self.epoch = 0  # an integration that knows the epoch sets it
         self.rank, self.world_size = _rank()
@@ -284,6 +286,7 @@ class Watch:
         self.tensorboard_dir: Path | None = None
         self.run_dir: Path | None = None
         self._paused = False
+        self._pause_at: int | None = None  # Continue(steps=N): pause again when this step starts
         try:
             self._open_outputs(report, tensorboard, histogram_every, serve, run_dir)
             self._attach(step_pre_hooks)
@@ -355,6 +358,13 @@ class Watch:
             if name == "loss" and target is self._logs:
                 # Before the optimizer step: the step's loss for its rules and loss>X breakpoints.
                 self._loss = (torch.as_tensor(target[name]), "wb.log")
+
+    def set_loss(self, loss: torch.Tensor, source: str = "loss") -> None:
+        """This step's loss, when neither the model's output nor ``wb.log`` carries it (an
+        integration passes the loss its framework is about to call backward on). No sync."""
+        self._check_open()
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self._loss = (loss.detach(), source)
 
     def step(self) -> None:
         """End a step where no optimizer is watched: after backward, before the update."""
@@ -714,7 +724,10 @@ class Watch:
                 if index is None:
                     self._stepped.clear()
                 self._finish_step(skipped=index is not None)
-            raise Break(hit)
+            error = Break(hit)
+            if self.close_on_break:
+                self.close(error)
+            raise error
         if self.on_break == "pdb":
             self._debug(hit)
             return
@@ -791,13 +804,11 @@ class Watch:
         self.run_dir = Path(run_dir)
         bind = "127.0.0.1:0" if serve is True else str(serve)
         self._server = SessionServer(self.run_dir, bind=bind, host="watch", title=self.title)
-        import workbench
-
         self._publish(protocol.Hello(
             host="watch", pid=os.getpid(), title=self.title, device=str(self._device), every=self.every,
             modules=tuple(self._inst.module_tree.values()), breakpoints=tuple(b.describe() for b in self.breakpoints),
             started_at=time.time(), commands=HONOURED,
-            workbench=workbench.__version__,
+            workbench=_version(),
         ))
 
     @property
@@ -836,6 +847,8 @@ class Watch:
 
         for command in self._server.commands():
             self._handle(command)
+        if self._pause_at is not None and self._step >= self._pause_at:
+            self._paused, self._pause_at = True, None
         if not self._paused:
             return
         self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=True, busy=False,
@@ -854,6 +867,8 @@ class Watch:
             self._paused = True
         elif isinstance(command, (protocol.Continue, protocol.SkipStep)):
             self._paused = False
+            steps = getattr(command, "steps", None)
+            self._pause_at = None if steps is None else self._step + max(int(steps), 1)
         elif isinstance(command, protocol.SetBreakpoints):
             try:
                 self.breakpoints = parse_breakpoints(command.conditions)
@@ -906,6 +921,16 @@ class Watch:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this workbench.watch is closed; start a new one")
+
+
+def _version() -> str:
+    """This package's version, for Hello (without importing the package root from below it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch-workbench")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def sample_message(protocol: Any, request: Any, values: torch.Tensor, step: int, bins: int = 32) -> Any:

@@ -1,0 +1,87 @@
+"""workbench.integrations.lightning with the real Lightning Trainer (tiny modules built here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from tests.watch_models import LogOfShifted, hook_count  # noqa: E402
+from workbench.engine.records import NAN_INF, NO_GRADIENT  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a Lightning Trainer takes seconds to start on these machines
+
+
+class Regressor(pl.LightningModule):
+    """training_step calls a submodule, not self(): the root's forward never runs."""
+
+    def __init__(self, poison: bool = False, detach_head: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), LogOfShifted() if poison else nn.Identity())
+        self.head = nn.Linear(8, 1)
+        self.detach_head = detach_head
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        h = self.body(x)
+        return nn.functional.mse_loss(self.head(h.detach() if self.detach_head else h), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _fit(module: pl.LightningModule, tmp_path: Path, **watch_kwargs) -> "WorkbenchCallback":  # noqa: F821
+    from workbench.integrations.lightning import WorkbenchCallback
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g))
+    callback = WorkbenchCallback(**watch_kwargs)
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[callback])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    return callback
+
+
+def test_a_nan_injected_at_a_module_is_its_root_in_findings_and_report(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = Regressor(poison=True)
+    report = tmp_path / "lightning.json"
+    cb = _fit(module, tmp_path, every=1, report=report)
+    wb = cb.watch
+    assert wb is not None and wb.closed and [r.step for r in wb.history] == [0, 1, 2]
+    roots = [f for f in wb.findings if f.kind == NAN_INF and f.step == 0]
+    assert roots[0].module == "body.2" and "from finite inputs" in roots[0].message
+    assert wb.history[0].loss_source == "training_step" and wb.history[0].loss != wb.history[0].loss
+    data = json.loads(report.read_text())
+    assert data["findings"][0]["kind"] == NAN_INF and data["findings"][0]["module"] == "body.2"
+    assert data["summary"]["steps_done"] == 3
+    assert hook_count(module) == 0
+
+
+def test_a_detached_head_leaves_the_body_without_gradient(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = Regressor(detach_head=True)
+    wb = _fit(module, tmp_path, every=1).watch
+    assert {f.parameter for f in wb.findings if f.kind == NO_GRADIENT} == {"body.0.weight", "body.0.bias"}
+    healthy = wb.history[-1]
+    assert healthy.param("head.weight").update_norm > 0 and healthy.modules
+
+
+def test_a_break_ends_fit_before_the_update_and_closes_the_watch(tmp_path: Path) -> None:
+    import workbench
+
+    torch.manual_seed(0)
+    module = Regressor(poison=True)
+    weights = module.head.weight.detach().clone()
+    with pytest.raises(workbench.Break):
+        _fit(module, tmp_path, every=1, break_on="nan_inf", report=tmp_path / "b.json")
+    assert torch.equal(module.head.weight.detach(), weights)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["summary"]["stopped_by"] == "breakpoint"
+    assert hook_count(module) == 0
