@@ -336,3 +336,42 @@ def test_a_live_client_sees_the_steps_and_a_wait_breakpoint_holds_the_script_unt
     assert [r.skipped for r in wb.history] == [True, False] and progress == [1, 2]
     assert [h.step for h in wb.break_hits] == [0, 1]
     assert (run_dir / "session.jsonl").exists()
+
+
+def test_a_client_pauses_between_steps_asks_for_a_module_sample_and_continues_one_step(tmp_path: Path) -> None:
+    import threading
+
+    from workbench.session import protocol as P
+    from workbench.session.transport import connect
+
+    torch.manual_seed(0)
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run_dir = tmp_path / "run"
+    wb = workbench.watch(model, opt, every=1, serve=f"unix:{tmp_path / 's.sock'}", run_dir=run_dir)
+    done: list[int] = []
+
+    def train() -> None:
+        with wb:
+            for i, batch in enumerate(dict_batches(4)):
+                model(**batch)["loss"].backward()
+                opt.step()  # a pause holds the loop in here, once the step's update is done
+                opt.zero_grad()
+                done.append(i)
+
+    with connect(run_dir) as conn:
+        conn.send(P.Pause())
+        thread = threading.Thread(target=train, daemon=True)
+        thread.start()
+        _poll_until(conn, lambda m: isinstance(m, P.Progress) and m.paused)
+        assert done == [] and model.head.weight.grad is not None  # held at the end of step 0
+        conn.send(P.RequestSample(id="s1", module="head", kind="activation"))
+        seen = _poll_until(conn, lambda m: isinstance(m, P.Sample))
+        sample = next(m for m in seen if isinstance(m, P.Sample))
+        assert sample.id == "s1" and sample.error is None and sum(sample.counts) > 0
+        conn.send(P.Continue(steps=1))
+        _poll_until(conn, lambda m: isinstance(m, P.Progress) and m.paused and m.step == 2)
+        assert done == [0]  # one more step ran, and it is held at the end of step 1
+        conn.send(P.Continue())
+        thread.join(20)
+        assert not thread.is_alive() and done == [0, 1, 2, 3]

@@ -287,6 +287,7 @@ class Watch:
         self.run_dir: Path | None = None
         self._paused = False
         self._pause_at: int | None = None  # Continue(steps=N): pause again when this step starts
+        self._samples: dict[str, torch.Tensor | None] = {}  # the last measured step's output samples
         try:
             self._open_outputs(report, tensorboard, histogram_every, serve, run_dir)
             self._attach(step_pre_hooks)
@@ -413,6 +414,7 @@ class Watch:
                 from workbench.report.json_report import error_json
 
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._publish_error(exc, text)
                 self._close_outputs("error", error_json(exc, text, step=self._step))
             else:
                 self._close_outputs("finished", None)
@@ -461,6 +463,10 @@ class Watch:
             self._inst.end_forward(self._s, self._scale)
             self._forward_open = False
         if self._armed:
+            if self._server is not None and self._s.modules:
+                # Between steps a client may ask for a module's values: keep this step's samples
+                # (references to the probe's fixed-size copies, not new copies).
+                self._samples = {m.name: self._inst.probe.sample_of(m.name) for m in self._s.modules}
             self._inst.probe.detach()
             while self._arm_handles:
                 self._arm_handles.pop().remove()
@@ -836,6 +842,20 @@ class Watch:
 
         self._publish(protocol.Findings(tuple(findings)))
 
+    def _publish_error(self, exc: BaseException, text: str) -> None:
+        """The loop raised: say what and where (the innermost frame of the user's code)."""
+        if self._server is None:
+            return
+        from workbench.errors import user_frames
+        from workbench.session import protocol
+
+        frames = user_frames(exc, installed=True) or user_frames(exc)
+        where = frames[-1] if frames else None
+        with contextlib.suppress(Exception):
+            self._publish(protocol.Error(kind=type(exc).__name__, message=str(exc),
+                                         file=where.filename if where else None,
+                                         line=where.lineno if where else None, traceback=text, step=self._step))
+
     def _publish_break(self, hit: BreakHit) -> None:
         self._publish(hit)
 
@@ -886,6 +906,8 @@ class Watch:
 
         if request.kind == "activation":
             values = self._inst.activation_sample(request.module)
+            if values is None and self._samples.get(request.module) is not None:
+                values = self._samples[request.module].detach().to("cpu", copy=True)  # type: ignore[union-attr]
             missing = "no measured output of that module is kept (it ran on no measured step yet)"
         else:
             module = dict(self.model.named_modules()).get(request.module)
