@@ -99,21 +99,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: Any) -> int:
-    from rich.text import Text
-
-    from workbench.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-    from workbench.engine import Engine, EngineConfig, Phase, StepError
+    from workbench.engine import Engine, EngineConfig, StepError
     from workbench.errors import UsageError
     from workbench.report import json_report
-    from workbench.report.run import findings_table, layer_table, param_table, run_line
     from workbench.report.text import plain_console
-    from workbench.scenario import ScenarioError, load_source, resolve_device
 
     console = plain_console()
-    err = plain_console(stderr=True)
     tb = None
     engine = None
-    done, stopped_by, hit, error, paused = 0, "steps", None, None, None
+    stopped_by, hit, error, paused = "steps", None, None, None
     try:
         if args.tensorboard:
             from workbench.report.tensorboard import TensorBoardMissing, TensorBoardWriter
@@ -122,51 +116,13 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                 tb = TensorBoardWriter(args.tensorboard, args.histogram_every)
             except TensorBoardMissing as exc:
                 raise UsageError(str(exc)) from None
-        try:
-            source = load_source(args.scenario)
-            report.label = source.label
-            device = resolve_device(args.device)
-            report.device = str(device)
-            scenario = source.build(device)
-        except ScenarioError as exc:
-            import traceback
-
-            report.write("error", json_report.error_json(exc, traceback.format_exc()))
-            raise
-
-        from workbench.report.numbers import fmt_float  # the progress line's loss: 2.304, not 2.3041393756866455
-
+        scenario = _build(args, report)
         engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints,
                                                snapshots=args.replay or 0))
         report.step = engine.step
-        label = report.label
-        named = f" ({scenario.name})" if scenario.name != label else ""
-        console.print(
-            Text.assemble((label, "bold"), f"{named} on {report.device}: {type(scenario.model).__name__}, "
-                          f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}"),
-            highlight=False,
-        )
+        _announce(console, args, report, scenario)
         try:
-            with console.status("running...") as status:
-                while done < args.steps:
-                    result = engine.advance()
-                    report.step = engine.step
-                    report.add_findings(result.findings)
-                    if tb is not None and result.phase is Phase.BACKWARD and tb.wants_histograms(result.step):
-                        tb.histograms(scenario.model, result.step)
-                    if result.record is not None:
-                        report.add(result.record)
-                        done += 1
-                        if tb is not None:
-                            tb.step(result.record)
-                        status.update(f"step {done}/{args.steps}  loss {fmt_float(result.record.loss, 4)}")
-                    if result.break_hit is not None:
-                        stopped_by, hit = "breakpoint", result.break_hit
-                        paused = engine.current  # the step the breakpoint stopped in, before its update
-                        break
-                if hit is not None and args.replay:
-                    status.update(f"replaying the {args.replay} steps up to step {hit.step} with full stats")
-                    hit, paused = _replay(engine, hit, args.replay, report, console)
+            stopped_by, hit, paused = _advance(engine, args, report, tb, console)
         except StepError as exc:
             stopped_by, error = "error", exc
     finally:
@@ -176,7 +132,78 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             tb.close()
 
     summary = report.write(stopped_by, json_report.step_error_json(error) if error is not None else None, hit)
+    return _print_outcome(args, report, summary, hit, paused, error)
 
+
+def _build(args: argparse.Namespace, report: Any) -> Any:
+    """Load and build the scenario; a failure is written into the report before it is raised."""
+    from workbench.report import json_report
+    from workbench.scenario import ScenarioError, load_source, resolve_device
+
+    try:
+        source = load_source(args.scenario)
+        report.label = source.label
+        device = resolve_device(args.device)
+        report.device = str(device)
+        return source.build(device)
+    except ScenarioError as exc:
+        import traceback
+
+        report.write("error", json_report.error_json(exc, traceback.format_exc()))
+        raise
+
+
+def _announce(console: Any, args: argparse.Namespace, report: Any, scenario: Any) -> None:
+    from rich.text import Text
+
+    named = f" ({scenario.name})" if scenario.name != report.label else ""
+    console.print(
+        Text.assemble((report.label, "bold"), f"{named} on {report.device}: {type(scenario.model).__name__}, "
+                      f"{scenario.num_parameters():,} parameters, {args.steps} steps, stats every {args.every}"),
+        highlight=False,
+    )
+
+
+def _advance(engine: Any, args: argparse.Namespace, report: Any, tb: Any, console: Any) -> tuple[str, Any, Any]:
+    """Step until --steps or a breakpoint (then --replay); (stopped_by, break hit, paused step)."""
+    from workbench.engine import Phase
+    from workbench.report.numbers import fmt_float  # the progress line's loss: 2.304, not 2.3041393756866455
+
+    done, hit, paused = 0, None, None
+    with console.status("running...") as status:
+        while done < args.steps:
+            result = engine.advance()
+            report.step = engine.step
+            report.add_findings(result.findings)
+            if tb is not None and result.phase is Phase.BACKWARD and tb.wants_histograms(result.step):
+                tb.histograms(engine.scenario.model, result.step)
+            if result.record is not None:
+                report.add(result.record)
+                done += 1
+                if tb is not None:
+                    tb.step(result.record)
+                status.update(f"step {done}/{args.steps}  loss {fmt_float(result.record.loss, 4)}")
+            if result.break_hit is not None:
+                hit = result.break_hit
+                paused = engine.current  # the step the breakpoint stopped in, before its update
+                break
+        if hit is not None and args.replay:
+            status.update(f"replaying the {args.replay} steps up to step {hit.step} with full stats")
+            hit, paused = _replay(engine, hit, args.replay, report, console)
+    return ("breakpoint" if hit is not None else "steps"), hit, paused
+
+
+def _print_outcome(args: argparse.Namespace, report: Any, summary: dict[str, Any], hit: Any, paused: Any,
+                   error: Any) -> int:
+    """The layer, parameter and findings tables, the run line, and the exit code."""
+    from rich.text import Text
+
+    from workbench.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+    from workbench.report.run import findings_table, layer_table, param_table, run_line
+    from workbench.report.text import plain_console
+    from workbench.scenario import ScenarioError
+
+    console = plain_console()
     if paused is not None and paused.modules:
         console.print(layer_table(paused, title=f"layers at step {paused.step} (paused before its optimizer step)"))
         console.print(param_table(paused))
@@ -201,6 +228,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
         import sys
 
         sys.stderr.write(error.traceback_text if getattr(args, "verbose", False) else _user_traceback(error))
+        err = plain_console(stderr=True)
         # soft_wrap: shapes and file:line stay on one line (copyable, greppable).
         err.print(Text.assemble(("error:", "bold red"), f" {report.label}: {error}"), highlight=False,
                   soft_wrap=True)
