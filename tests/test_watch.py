@@ -375,3 +375,36 @@ def test_a_client_pauses_between_steps_asks_for_a_module_sample_and_continues_on
         conn.send(P.Continue())
         thread.join(20)
         assert not thread.is_alive() and done == [0, 1, 2, 3]
+
+
+CRASHING_SCRIPT = """
+import sys, torch
+from torch import nn
+import workbench
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+wb = workbench.watch(model, opt, every=1, report=sys.argv[1])  # no `with`, no close()
+for i in range(5):
+    model(torch.randn(8, 4)).mean().backward()
+    opt.step(); opt.zero_grad()
+    if i == 2:
+        raise {exc}
+"""
+
+
+@pytest.mark.slow  # a child process importing torch
+@pytest.mark.parametrize("exc, stopped_by", [("ValueError('the script crashed')", "error"),
+                                             ("KeyboardInterrupt", "interrupted")])
+def test_a_script_that_dies_without_closing_the_watch_still_leaves_its_report(
+        tmp_path: Path, exc: str, stopped_by: str) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(CRASHING_SCRIPT.format(exc=exc))
+    report = tmp_path / "crash.json"
+    proc = subprocess.run([sys.executable, str(script), str(report)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    data = json.loads(report.read_text())
+    assert data["summary"]["stopped_by"] == stopped_by and data["summary"]["steps_done"] == 3
+    assert data["scenario"] == str(script)
