@@ -108,3 +108,18 @@ def test_a_detached_head_gives_no_gradient_to_the_layers_before_it(tmp_path: Pat
     wb = _train(model, _token_rows(), tmp_path, every=1).watch
     missing = {f.parameter for f in wb.findings if f.kind == NO_GRADIENT}
     assert missing == {"embed.weight", "body.weight", "body.bias"}
+
+
+def test_a_break_ends_train_before_the_update_with_the_watch_closed(tmp_path: Path) -> None:
+    import workbench
+
+    model = _tiny_gpt2()
+    model.transformer.h[0].attn.c_proj.register_forward_hook(lambda m, a, out: out * float("nan"))
+    weights = model.lm_head.weight.detach().clone()
+    report = tmp_path / "break.json"
+    with pytest.raises(workbench.Break) as caught:
+        _train(model, _token_rows(), tmp_path, every=1, break_on="nan_inf", report=report)
+    assert caught.value.finding.module == "transformer.h.0.attn.c_proj"
+    assert torch.equal(model.lm_head.weight.detach(), weights)
+    assert json.loads(report.read_text())["summary"]["stopped_by"] == "breakpoint"
+    assert hook_count(model) == 1  # only the test's own fault hook is left
