@@ -242,7 +242,7 @@ class Watch:
         self._inst = Instruments(self.model, sample_size=sample_size, thresholds=thresholds)
         self._holder: Any = (self.optimizers[0] if len(self.optimizers) == 1 else
                              _Optimizers(self.optimizers) if self.optimizers else _AllParameters(self.model))
-        ids = {id(p): r for r in self._inst.params for p in (r.param,)}
+        ids = {id(r.param): r for r in self._inst.params}
         # Each optimizer's share of the parameters; those no optimizer holds go with the first
         # (the unowned-parameter rule names them).
         self._refs: list[list[ParamRef]] = []
@@ -292,8 +292,8 @@ class Watch:
             self._open_outputs(report, tensorboard, histogram_every, serve, run_dir)
             self._attach(step_pre_hooks)
         except BaseException:
-            self._close_outputs("error", None)
             self._remove_hooks()
+            self._abort_outputs()  # nothing was measured: no report is left behind
             raise
         self._arm()
         # A script that ends without close() (an uncaught exception outside a `with`) still
@@ -934,11 +934,22 @@ class Watch:
                 with contextlib.suppress(Exception):
                     self._server.close(protocol.Ended(reason=stopped_by, message=(error or {}).get("message", "")))
 
+    def _abort_outputs(self) -> None:
+        self._closed = True
+        stream = getattr(self._report, "stream", None)
+        if stream is not None and stream.open:
+            stream.abort()
+        for closer in (getattr(self._tb, "close", None), getattr(self._server, "close", None)):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer()
+
     def _at_exit(self) -> None:
         """The interpreter exits and close() never ran: keep what was measured."""
+        # An uncaught exception ending the script is left in sys.last_value by the interpreter;
+        # without one the script simply ended without close(): its steps are complete.
         exc = getattr(sys, "last_value", None)
-        self.close(exc if isinstance(exc, BaseException) else RuntimeError(
-            "the script ended without closing workbench.watch (no `with` block and no close())"))
+        self.close(exc if isinstance(exc, BaseException) else None)
 
     def _check_open(self) -> None:
         if self._closed:
