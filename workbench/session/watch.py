@@ -650,6 +650,9 @@ class Watch:
         t0 = time.perf_counter()
         tensors = {k: v for k, v in logs.items() if isinstance(v, torch.Tensor)}
         values = {k: v for k, v in logs.items() if not isinstance(v, torch.Tensor)}
+        if "loss" in tensors and s.loss is not None and s.loss_source == "wb.log":
+            values["loss"] = s.loss  # read already, with the backward boundary's loss transfer
+            del tensors["loss"]
         if tensors:
             # Sync point: wb.log's tensors, all at once, when the step's record is written.
             numbers = torch.stack([t.float().reshape(()).to(self._device) for t in tensors.values()]).tolist()
