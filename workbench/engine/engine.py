@@ -591,7 +591,7 @@ class Engine:
 
     def _finish_step(self, s: StepState, *, skipped: bool) -> StepRecord:
         t0 = time.perf_counter()
-        mem = memory.sample(self._device, s.activation_bytes)
+        mem = memory.sample(self._device, s.activation_bytes, rss=memory.rss_for(s.measured, self.last_record))
         s.charge("memory", time.perf_counter() - t0)
         record = StepRecord(
             step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,

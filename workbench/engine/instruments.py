@@ -216,11 +216,16 @@ class Instruments:
         parts = parts or {}
         s.loss_tensor, s.loss_source = total, source
         t0 = time.perf_counter()
-        scalars = [total, *parts.values()]
-        # Sync point: the loss value (and its named parts, stacked), the LOSS phase's one transfer.
-        numbers = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
-        s.loss = float(numbers[0])
-        s.loss_parts = dict(zip(parts, map(float, numbers[1:])))
+        if parts:
+            scalars = [total, *parts.values()]
+            # Sync point: the loss value and its named parts, stacked: the LOSS phase's one transfer.
+            numbers = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
+            s.loss = float(numbers[0])
+            s.loss_parts = dict(zip(parts, map(float, numbers[1:])))
+        else:
+            # Sync point: the loss value, the LOSS phase's one transfer (what a user's loss.item() is).
+            s.loss = float(total.detach().item())
+            s.loss_parts = {}
         s.charge("loss_value", time.perf_counter() - t0)
         self.loss_rules(s, watch, bad_data)
 

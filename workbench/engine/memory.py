@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -23,17 +24,30 @@ def rss_bytes() -> int | None:
     return int(_PROCESS.memory_info().rss)
 
 
-def sample(device: torch.device, activation_bytes: int | None = None) -> MemorySample:
-    """Current memory; the CUDA counters are host-side reads (no device sync)."""
+def sample(device: torch.device, activation_bytes: int | None = None, *, rss: int | None | bool = True) -> MemorySample:
+    """Current memory; the CUDA counters are host-side reads (no device sync).
+
+    ``rss``: True reads the process RSS now; an int (or None) is used as it is (a step that
+    takes no stats passes the last measured value instead of reading /proc again).
+    """
+    rss_now = rss_bytes() if rss is True else (None if rss is False else rss)
     if device.type == "cuda" and torch.cuda.is_available():
         return MemorySample(
-            rss_bytes=rss_bytes(),
+            rss_bytes=rss_now,
             cuda_allocated=int(torch.cuda.memory_allocated(device)),
             cuda_reserved=int(torch.cuda.memory_reserved(device)),
             cuda_peak=int(torch.cuda.max_memory_allocated(device)),
             activation_bytes=activation_bytes,
         )
-    return MemorySample(rss_bytes=rss_bytes(), activation_bytes=activation_bytes)
+    return MemorySample(rss_bytes=rss_now, activation_bytes=activation_bytes)
+
+
+def rss_for(measured: bool, last: Any) -> int | None | bool:
+    """The ``rss`` argument of :func:`sample` for a step: read it (True) on a measured step or
+    the first one, else the last record's value (``last``: a StepRecord or None)."""
+    if measured or last is None:
+        return True
+    return last.memory.rss_bytes
 
 
 def reset_peak(device: torch.device) -> None:

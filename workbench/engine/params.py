@@ -132,7 +132,14 @@ def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
     if not grads:
         return None
     norms = torch._foreach_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([n.to(torch.float32) for n in norms]))
+    return torch.linalg.vector_norm(_stack_f32(norms))
+
+
+def _stack_f32(scalars: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """0-d tensors (one device) as one float32 vector; a conversion only for those not float32 already
+    (a no-op ``.to`` still costs a dispatch per tensor, which adds up per parameter and step)."""
+    f32 = torch.float32
+    return torch.stack([n if n.dtype == f32 else n.to(f32) for n in scalars])
 
 
 def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_grad: list[int]) -> list[ParamStats]:

@@ -273,6 +273,7 @@ class ActivationProbe:
             self.names.setdefault(module, name)
         self._leaf = {m: not any(True for _ in m.children()) for m in self.names}
         self._handles: list[Any] = []
+        self._attached = False
         self.active = False  # measuring this forward
         self.generation = 0  # tensor hooks from an older step do nothing
         self.execution_order: list[str] = []
@@ -282,23 +283,42 @@ class ActivationProbe:
 
     # -- lifecycle ----------------------------------------------------------------
     def attach(self) -> None:
+        """Hook every module now; each ``begin_forward`` then keeps the hooks for a measured forward
+        and takes them off for one that takes no stats.
+
+        A forward without stats thus runs with no hook at all (any hook sends every module call
+        through torch's slow path, a fixed cost per module and step). Hooks another caller
+        registers after ``attach`` run after the probe's as long as the forwards are measured.
+        """
+        self._attached = True
+        self._install_hooks()
+
+    def detach(self) -> None:
+        self._attached = False
+        self._remove_hooks()
+        self.reset()
+        self.generation += 1
+
+    def _install_hooks(self) -> None:
         if self._handles:
             return
         for module in self.names:
             self._handles.append(module.register_forward_pre_hook(self._pre_hook))
             self._handles.append(module.register_forward_hook(self._post_hook))
 
-    def detach(self) -> None:
+    def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.reset()
-        self.generation += 1
 
     def begin_forward(self, measure: bool) -> None:
         self.reset()
         self.generation += 1
-        self.active = measure
+        self.active = measure and self._attached
+        if self.active:
+            self._install_hooks()
+        else:
+            self._remove_hooks()
 
     def reset(self) -> None:
         self.active = False

@@ -228,6 +228,10 @@ def collapse_findings(findings: Iterable[Finding], gap: int = 1) -> tuple[Findin
 
 @dataclass(frozen=True)
 class MemorySample:
+    """Memory at the end of a step. The CUDA counters are read every step (host-side reads);
+    the process RSS only on measured steps (psutil's read of /proc costs a sizeable share of a
+    sub-millisecond step): an unmeasured step repeats the last measured step's RSS, as it does activation_bytes."""
+
     rss_bytes: int | None
     cuda_allocated: int | None = None
     cuda_reserved: int | None = None

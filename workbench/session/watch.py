@@ -666,7 +666,8 @@ class Watch:
             self._inst.begin_phase()
             self._inst.loss_value(s, loss[0], None, loss[1])
             self._found(self._inst.phase_findings)
-        mem = memory.sample(self._device, s.activation_bytes)
+        mem = memory.sample(self._device, s.activation_bytes,
+                            rss=memory.rss_for(s.measured, self._history[-1] if self._history else None))
         s.charge("watch", time.perf_counter() - t0)
         record = StepRecord(
             step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,
