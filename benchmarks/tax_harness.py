@@ -17,10 +17,11 @@ work):
 * ``watch/1`` and ``watch/16`` (when ``workbench.watch`` exists): the bare user loop with
   ``workbench.watch`` around it.
 
-Timing is round-robin: one block of ``block`` steps of each variant in turn (the order
-rotated every round), ``rounds`` times, so every variant sees the same background load
-on a shared machine. A row's ratio is the median block time of the variant over the
-median block time of ``bare``; the per-round ratios give its spread.
+Timing is interleaved: in each of ``rounds`` rounds every variant runs ``block`` steps, one
+step of each variant in turn (the order rotated every step), and a variant's block time is
+the sum of its own steps' times. So every variant sees the same background load on a shared
+machine. A row's ratio is the median block time of the variant over the median block time of
+``bare``; the per-round ratios give its spread.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,14 @@ from torch import nn
 from workbench.engine import Engine, EngineConfig
 from workbench.engine.probe import first_float_tensor
 from workbench.scenario import Scenario, load, replace
-from workbench.scenario.step import train_step
+from workbench.scenario.step import (
+    apply_update,
+    backward,
+    forward_loss,
+    prepare_update,
+    scheduler_after_update,
+    train_step,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("cnn_image", "resnet_tiny", "lstm_text", "mlp_digits", "transformer_lm")
@@ -167,29 +174,30 @@ def engine(every: int) -> Callable[[Scenario], tuple[Step, Callable[[], None]]]:
 
 
 def watch(every: int) -> Callable[[Scenario], tuple[Step, Callable[[], None]]] | None:
-    """``workbench.watch`` around the bare loop, or None when this build has no ``watch``."""
+    """The bare user loop with ``workbench.watch`` around it (None when this build has no ``watch``)."""
     try:
-        from workbench import watch as watch_fn  # type: ignore[attr-defined]
+        from workbench import watch as watch_fn
     except ImportError:
-        return None
-    if not callable(watch_fn):
         return None
 
     def make(s: Scenario) -> tuple[Step, Callable[[], None]]:
-        stack = ExitStack()
-        w = stack.enter_context(watch_fn(s.model, s.optimizer, every=every))
+        wb = watch_fn(s.model, s.optimizer, every=every, history=32)
         torch.manual_seed(s.seed)
         s.model.train()
         batches = _batches(s)
         count = itertools.count()
 
         def step() -> None:
-            with w.step():
-                loss = train_step(s, next(batches), step=next(count))
-                w.loss(loss)
-            loss.item()
+            batch = next(batches)
+            _, loss = forward_loss(s, batch)
+            backward(loss.total)
+            wb.log(loss=loss.total)  # kept as a tensor: read at the optimizer step, no sync here
+            prepare_update(s)
+            apply_update(s)
+            scheduler_after_update(s, next(count) + 1, 0, loss.total.detach())
+            loss.total.item()
 
-        return step, stack.close
+        return step, wb.close
     make.__name__ = f"watch_{every}"
     return make
 
@@ -239,9 +247,16 @@ def measure(name: str, variants: dict[str, Callable[[Scenario], tuple[Step, Call
         times: dict[str, list[float]] = {label: [] for label in steps}
         labels = list(steps)
         for r in range(rounds):
-            shift = r % len(labels)
-            for label in labels[shift:] + labels[:shift]:
-                times[label].append(timer(steps[label], block))
+            # Interleaved step by step (the order rotated each step): every variant's block of
+            # `block` steps spans the same stretch of wall time, so a burst of background load
+            # falls on all of them alike instead of on whichever block it happened to hit.
+            spent = dict.fromkeys(labels, 0.0)
+            for i in range(block):
+                shift = (r * block + i) % len(labels)
+                for label in labels[shift:] + labels[:shift]:
+                    spent[label] += timer(steps[label], 1)
+            for label in labels:
+                times[label].append(spent[label])
     finally:
         for close in closes:
             close()

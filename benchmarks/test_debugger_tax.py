@@ -10,11 +10,13 @@ Columns (see tax_harness.py): ``refs`` hooks that only keep references, ``naive`
 ``.item()`` stats per layer, ``engine/1`` and ``engine/16`` the engine with stats every
 step / every 16th step, ``watch/1`` and ``watch/16`` ``workbench.watch`` in a plain user
 loop when it exists. All variants of a row run in one process on copies of the same
-scenario and the same 8 batches, in round-robin blocks of 16 steps (order rotated each
-round), so each sees the same background load: a ratio is median block time over the
-bare step's median, with the range of the per-round ratios in brackets. Timings on a
-shared machine are noisy; the ratios from interleaved blocks are what to compare.
-``WB_TAX_ROUNDS`` sets the rounds (default 7), ``WB_TAX_SCENARIOS`` a comma list of rows.
+scenario and the same 8 batches, interleaved step by step in blocks of 16 steps (one step
+of each variant in turn), so each sees the same background load: a ratio is median block
+time over the bare step's median, with the range of the per-round ratios in brackets.
+Timings on a shared machine are noisy; the ratios from interleaved blocks are what to
+compare. ``WB_TAX_ROUNDS`` sets the rounds (default 7), ``WB_TAX_SCENARIOS`` a comma list
+of rows, ``WB_TAX_THREADS`` torch's intra-op threads (default 1: on a machine whose cores
+are shared, a second OpenMP thread waits on a busy core and a 1 ms step measured 185 ms).
 """
 
 from __future__ import annotations
@@ -52,18 +54,22 @@ def run_table(print_line=print) -> list[Row]:
     columns = ["refs", "naive", "engine/1", "engine/16"]
     if any(len(_variants(n)) > len(VARIANTS) for n in names):
         columns += ["watch/1", "watch/16"]
-    threads = int(os.environ.get("WB_TAX_THREADS", "0")) or torch.get_num_threads()
+    threads = int(os.environ.get("WB_TAX_THREADS", "1"))
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     title = (f"debugger tax, cpu, {threads} threads, torch {torch.__version__}: ratio of median {BLOCK}-step "
-             f"block times vs the bare step, {ROUNDS} interleaved rounds (per-round range); targets "
-             "engine/1 <= 1.25x and <= naive, engine/16 <= 1.05x")
+             f"block times vs the bare step, {ROUNDS} rounds interleaved step by step (per-round range); "
+             "targets engine/1 <= 1.25x and <= naive, engine/16 <= 1.05x")
     for line in table_header(columns, title):
         print_line(line)
     rows = []
-    for name in names:
-        row = measure(name, _variants(name), rounds=ROUNDS)
-        rows.append(row)
-        print_line(table_row(row, columns))
+    try:
+        for name in names:
+            row = measure(name, _variants(name), rounds=ROUNDS)
+            rows.append(row)
+            print_line(table_row(row, columns))
+    finally:
+        torch.set_num_threads(previous)
     return rows
 
 
