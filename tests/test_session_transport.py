@@ -166,6 +166,25 @@ def test_late_client_gets_hello_then_everything_so_far(tmp_path: Path) -> None:
     assert sum(isinstance(m, P.Step) for m in read_log(tmp_path / "run" / "session.jsonl").messages) == 11
 
 
+def test_replay_follows_a_rewind_and_a_replaced_findings_list(server: SessionServer) -> None:
+    server.publish(hello())
+    for n in range(6):
+        server.publish(step(n))
+        server.publish(P.Log(step=n, values={"lr": 0.1}))
+    server.publish(finding(2))
+    server.publish(finding(4))
+    # Rewound to the start of step 3: steps 3.. and their logs are undone; one finding list remains.
+    server.publish(P.Progress(step=3, next_phase=Phase.FORWARD, paused=True, busy=False, history_from=3))
+    server.publish(P.Findings(finding(2).findings, replace=True))
+    server.publish(step(3, loss=0.5))
+    with connect(server.run_dir) as late:
+        got = poll_until(late, 10)
+    assert [(P.type_name(m), getattr(getattr(m, "record", m), "step", None)) for m in got] == [
+        ("hello", None), ("step", 0), ("log", 0), ("step", 1), ("log", 1), ("step", 2), ("log", 2),
+        ("progress", 3), ("findings", None), ("step", 3)]
+    assert got[-1].record.loss == 0.5 and got[-2].replace
+
+
 def test_a_client_that_never_reads_does_not_block_publish(tmp_path: Path) -> None:
     srv = SessionServer(tmp_path / "run", max_backlog=256 << 10)
     try:
@@ -175,17 +194,18 @@ def test_a_client_that_never_reads_does_not_block_publish(tmp_path: Path) -> Non
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.sendall((P.encode(P.Attach(token=srv.token)) + "\n").encode())
         reader = connect(srv.run_dir)
-        received: list[object] = []
+        got = [0]  # Log messages the reading client received
         stop = threading.Event()
 
         def read() -> None:
             while not stop.is_set():
-                received.extend(reader.poll(timeout=0.05))
+                got[0] += sum(isinstance(m, P.Log) for m in reader.poll(timeout=0.05))
 
         t = threading.Thread(target=read, daemon=True)
         t.start()
+
         def logs() -> int:
-            return sum(isinstance(m, P.Log) for m in list(received))
+            return got[0]
 
         big = "x" * 8000
         longest = 0.0
@@ -196,7 +216,7 @@ def test_a_client_that_never_reads_does_not_block_publish(tmp_path: Path) -> Non
             if n % 16 == 15:  # pace like training does, so the reading client keeps up (the stuck one cannot)
                 deadline = time.monotonic() + 5
                 while logs() < n - 16 and time.monotonic() < deadline:
-                    time.sleep(0.001)
+                    time.sleep(0.005)
         assert longest < 3, f"one publish took {longest:.1f} s"  # a generous guard, not a timing claim
         deadline = time.monotonic() + 10
         while logs() < 2000 and time.monotonic() < deadline:

@@ -371,9 +371,38 @@ def is_message(obj: object) -> bool:
 # -- encoding --------------------------------------------------------------------------------
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _non_finite(x: float) -> str:
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+
+
 def to_json(obj: Any) -> Any:
-    """A message's or record's fields as strict-JSON values (the shapes of the run report)."""
-    return jsonable(obj)
+    """A message's or record's fields as strict-JSON values (the shapes of the run report).
+
+    The same values as ``files.jsonable`` (non-finite floats as "NaN"/"Infinity"/"-Infinity",
+    tuples as lists, enums as their values), walked directly: this runs on the training
+    thread for every message, and ``dataclasses.asdict`` copies every record first (it
+    was 4x slower on a measured cnn_image step).
+    """
+    t = type(obj)
+    if t is float:
+        return obj if math.isfinite(obj) else _non_finite(obj)
+    if t is str or t is int or t is bool or obj is None:
+        return obj
+    if t is tuple or t is list:
+        return [to_json(v) for v in obj]
+    if t is dict:
+        return {(k.value if isinstance(k, enum.Enum) else str(k)): to_json(v) for k, v in obj.items()}
+    names = _FIELD_NAMES.get(t)
+    if names is None:
+        if isinstance(obj, enum.Enum):
+            return obj.value
+        if not dataclasses.is_dataclass(t):
+            return jsonable(obj)  # a subclass of float/int/str, or something the report would print
+        names = _FIELD_NAMES[t] = tuple(f.name for f in dataclasses.fields(t))
+    return {n: to_json(getattr(obj, n)) for n in names}
 
 
 def encode(msg: Any, seq: int = 0) -> str:
@@ -454,15 +483,40 @@ class _FieldError(Exception):
     pass
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_NONE = type(None)
+_PLANS: dict[Any, tuple[Any, ...]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
+def _plan(tp: Any) -> tuple[Any, ...]:
+    """How to rebuild ``tp``, worked out once per type (a client decodes every step's records)."""
+    plan = _PLANS.get(tp)
+    if plan is not None:
+        return plan
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        plan = ("union", _NONE in args, tuple(a for a in args if a is not _NONE), tp)
+    elif origin is Literal:
+        plan = ("literal", typing.get_args(tp))
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        plan = ("tuple", args[0]) if len(args) == 2 and args[1] is Ellipsis else ("fixed", args)
+    elif origin is dict:
+        plan = ("dict", *typing.get_args(tp))
+    elif tp is Any or tp is _NONE or tp in (float, bool, int, str):
+        plan = (tp,)
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        plan = ("enum", tp)
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        plan = ("dataclass", tp, tuple(
+            (f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(tp)))
+    else:
+        raise TypeError(f"the protocol cannot rebuild type {tp!r}")  # a programming error, not bad input
+    _PLANS[tp] = plan
+    return plan
 
 
 def _short(value: Any) -> str:
@@ -472,80 +526,81 @@ def _short(value: Any) -> str:
 
 def _build(tp: Any, value: Any, path: str) -> Any:
     """``value`` (decoded JSON) as type ``tp``; _FieldError names the field path and what was expected."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _build(option, value, path)
-            except _FieldError as exc:
-                errors.append(str(exc))
-        raise _FieldError(errors[0] if len(errors) == 1 else
-                          f"{path}: {_short(value)} matches none of {tp}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise _FieldError(f"{path}: expected one of {', '.join(map(repr, allowed))}, got {_short(value)}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise _FieldError(f"{path}: expected a list, got {_short(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_build(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise _FieldError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_build(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        key_tp, value_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise _FieldError(f"{path}: expected an object, got {_short(value)}")
-        return {_build(key_tp, k, f"{path} key"): _build(value_tp, v, f"{path}[{k!r}]") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is not None:
-            raise _FieldError(f"{path}: expected null, got {_short(value)}")
-        return None
-    if tp is float:
+    plan = _plan(tp)
+    kind = plan[0]
+    if kind is float:
+        if type(value) is float:
+            return value
         if isinstance(value, str) and value in _NON_FINITE:
             return _NON_FINITE[value]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise _FieldError(f"{path}: expected a number, got {_short(value)}")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _FieldError(f"{path}: expected true or false, got {_short(value)}")
-        return value
-    if tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
+    if kind is int:
+        if type(value) is not int:
             raise _FieldError(f"{path}: expected an integer, got {_short(value)}")
         return value
-    if tp is str:
-        if not isinstance(value, str):
+    if kind is str:
+        if type(value) is not str:
             raise _FieldError(f"{path}: expected a string, got {_short(value)}")
         return value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise _FieldError(f"{path}: expected one of {', '.join(repr(m.value) for m in tp)}, "
-                              f"got {_short(value)}") from None
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _FieldError(f"{path}: expected an object ({tp.__name__}), got {_short(value)}")
-        hints = _hints(tp)
+    if kind is bool:
+        if type(value) is not bool:
+            raise _FieldError(f"{path}: expected true or false, got {_short(value)}")
+        return value
+    if kind == "union":
+        _, nullable, options, whole = plan
+        if value is None and nullable:
+            return None
+        if len(options) == 1:
+            return _build(options[0], value, path)
+        for option in options:
+            try:
+                return _build(option, value, path)
+            except _FieldError:
+                continue
+        raise _FieldError(f"{path}: {_short(value)} matches none of {whole}")
+    if kind == "dataclass":
+        _, cls, fields = plan
+        if type(value) is not dict:
+            raise _FieldError(f"{path}: expected an object ({cls.__name__}), got {_short(value)}")
         kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{path}.{f.name}" if path else f.name)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _FieldError(f"{path + '.' if path else ''}{f.name}: missing (a required field of "
-                                  f"{tp.__name__})")
-        return tp(**kwargs)
-    raise TypeError(f"{path}: the protocol cannot rebuild type {tp!r}")  # a programming error, not bad input
+        for name, hint, required in fields:
+            if name in value:
+                kwargs[name] = _build(hint, value[name], f"{path}.{name}" if path else name)
+            elif required:
+                raise _FieldError(f"{path + '.' if path else ''}{name}: missing (a required field of "
+                                  f"{cls.__name__})")
+        return cls(**kwargs)
+    if kind == "tuple":
+        if type(value) is not list:
+            raise _FieldError(f"{path}: expected a list, got {_short(value)}")
+        item = plan[1]
+        return tuple([_build(item, v, f"{path}[{i}]") for i, v in enumerate(value)])
+    if kind == "enum":
+        try:
+            return plan[1](value)
+        except ValueError:
+            raise _FieldError(f"{path}: expected one of {', '.join(repr(m.value) for m in plan[1])}, "
+                              f"got {_short(value)}") from None
+    if kind == "literal":
+        if value not in plan[1]:
+            raise _FieldError(f"{path}: expected one of {', '.join(map(repr, plan[1]))}, got {_short(value)}")
+        return value
+    if kind == "dict":
+        _, key_tp, value_tp = plan
+        if type(value) is not dict:
+            raise _FieldError(f"{path}: expected an object, got {_short(value)}")
+        return {_build(key_tp, k, f"{path} key"): _build(value_tp, v, f"{path}[{k!r}]") for k, v in value.items()}
+    if kind == "fixed":
+        args = plan[1]
+        if type(value) is not list:
+            raise _FieldError(f"{path}: expected a list, got {_short(value)}")
+        if len(args) != len(value):
+            raise _FieldError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_build(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if kind is _NONE:
+        if value is not None:
+            raise _FieldError(f"{path}: expected null, got {_short(value)}")
+        return None
+    return value  # Any

@@ -153,7 +153,7 @@ class _Client:
     inbuf: bytearray = dataclasses.field(default_factory=bytearray)
     out: deque[bytes] = dataclasses.field(default_factory=deque)  # filled under the server lock
     backlog: int = 0  # bytes queued and not yet sent (under the lock)
-    pending: bytes = b""  # taken from out, partly sent (IO thread only)
+    pending: memoryview | bytes = b""  # taken from out, partly sent (IO thread only)
     drop: str | None = None  # set when the client is to be closed, with the reason
     closed: bool = False
 
@@ -183,8 +183,8 @@ class SessionServer:
         self._commands: queue.Queue[Any] = queue.Queue()
         self._seq = 0
         self._latest: dict[type, tuple[int, bytes]] = {}
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=replay_steps)
-        self._kept: deque[tuple[int, bytes]] = deque(maxlen=keep_limit)
+        self._recent: deque[tuple[int, int, bytes]] = deque(maxlen=replay_steps)  # (seq, step, line)
+        self._kept: deque[tuple[int, bool, bytes]] = deque(maxlen=keep_limit)  # (seq, is Findings, line)
         self._ended: P.Ended | None = None
         self._closing = False
         self._closed = False
@@ -303,19 +303,29 @@ class SessionServer:
     # -- internals ---------------------------------------------------------------------------
 
     def _remember(self, msg: Any, seq: int, data: bytes) -> None:
-        """Keep what a late client is replayed (under the lock)."""
+        """Keep what a late client is replayed (under the lock).
+
+        A rewind (Progress.history_from) drops the replayed steps it undid, and
+        Findings(replace=True) the findings it supersedes, so a late client sees the
+        session as it stands rather than a history that was taken back.
+        """
+        if isinstance(msg, P.Progress) and msg.history_from is not None:
+            cut = msg.history_from
+            self._recent = deque((r for r in self._recent if r[1] < cut), maxlen=self._recent.maxlen)
+        if isinstance(msg, P.Findings) and msg.replace:
+            self._kept = deque((k for k in self._kept if not k[1]), maxlen=self._kept.maxlen)
         if isinstance(msg, _LATEST_ONLY):
             self._latest[type(msg)] = (seq, data)
         elif isinstance(msg, _RECENT):
-            self._recent.append((seq, data))
+            self._recent.append((seq, msg.record.step if isinstance(msg, P.Step) else msg.step, data))
         elif not isinstance(msg, _NOT_REPLAYED):
-            self._kept.append((seq, data))
+            self._kept.append((seq, isinstance(msg, P.Findings), data))
 
     def _replay(self) -> list[bytes]:
         hello = self._latest.get(P.Hello)
-        rest = [v for k, v in self._latest.items() if k is not P.Hello]
-        ordered = heapq.merge(self._kept, self._recent, sorted(rest))
-        return ([hello[1]] if hello else []) + [data for _, data in ordered]
+        rest = [(s, 0, d) for k, (s, d) in self._latest.items() if k is not P.Hello]
+        ordered = heapq.merge(self._kept, self._recent, sorted(rest))  # by seq: the order published
+        return ([hello[1]] if hello else []) + [data for *_, data in ordered]
 
     def _queue(self, c: _Client, data: bytes) -> None:
         if c.drop:
@@ -481,7 +491,7 @@ class SessionServer:
             with self._lock:
                 if not c.out:
                     return
-                c.pending = b"".join(c.out)
+                c.pending = memoryview(b"".join(c.out))
                 c.out.clear()
         try:
             sent = c.sock.send(c.pending)
@@ -490,7 +500,7 @@ class SessionServer:
         except OSError:
             c.closed = True
             return
-        c.pending = c.pending[sent:]
+        c.pending = c.pending[sent:]  # a view: what is left is not copied
         with self._lock:
             c.backlog -= sent
 
@@ -574,27 +584,29 @@ class ClientConnection:
             sel.close()
 
     def _take_lines(self, out: list[Any]) -> None:
-        while True:
-            end = self._buf.find(b"\n")
-            if end < 0:
-                return
-            raw = bytes(self._buf[:end])
-            del self._buf[:end + 1]
-            if not raw.strip():
-                continue
-            try:
-                msg = P.decode(raw, where=self.target)
-            except P.ProtocolError as exc:
-                self.notes.append(str(exc))
-                continue
-            if isinstance(msg, P.Refused):
-                self._lost(msg.reason)
-                raise SessionRefused(f"{self.target} refused this client: {msg.reason}")
-            if isinstance(msg, P.Hello):
-                self.hello = msg
-            if isinstance(msg, P.Ended):
-                self._ended = True
-            out.append(msg)
+        buf, start = self._buf, 0
+        try:
+            while (end := buf.find(b"\n", start)) >= 0:
+                raw, start = bytes(buf[start:end]), end + 1
+                if raw.strip():
+                    self._take(raw, out)
+        finally:
+            del buf[:start]  # once: deleting line by line from the front is quadratic in a replay
+
+    def _take(self, raw: bytes, out: list[Any]) -> None:
+        try:
+            msg = P.decode(raw, where=self.target)
+        except P.ProtocolError as exc:
+            self.notes.append(str(exc))
+            return
+        if isinstance(msg, P.Refused):
+            self._lost(msg.reason)
+            raise SessionRefused(f"{self.target} refused this client: {msg.reason}")
+        if isinstance(msg, P.Hello):
+            self.hello = msg
+        if isinstance(msg, P.Ended):
+            self._ended = True
+        out.append(msg)
 
     def _disconnected(self, out: list[Any], why: str) -> list[Any]:
         self._lost(why)
