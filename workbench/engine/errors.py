@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import traceback
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -225,7 +226,7 @@ def _release_frames(exc: BaseException) -> None:
     if exc.__traceback__ is None:
         return
     traceback.clear_frames(exc.__traceback__)
-    tb = exc.__traceback__
+    tb: types.TracebackType | None = exc.__traceback__
     while tb is not None:
         tb.tb_frame.f_locals  # noqa: B018 - the read is the re-sync
         tb = tb.tb_next
