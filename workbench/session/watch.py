@@ -874,6 +874,8 @@ class Watch:
         if self._pause_at is not None and self._step >= self._pause_at:
             self._paused, self._pause_at = True, None
         if not self._paused:
+            # Where the loop is, for a client's status line (a late one gets the latest only).
+            self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=False, busy=True))
             return
         self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=True, busy=False,
                                         note="paused by a client"))
