@@ -3,6 +3,7 @@ and the session files (never written over a user's file)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -186,7 +187,7 @@ def test_replay_follows_a_rewind_and_a_replaced_findings_list(server: SessionSer
 
 
 def test_a_client_that_never_reads_does_not_block_publish(tmp_path: Path) -> None:
-    srv = SessionServer(tmp_path / "run", max_backlog=256 << 10)
+    srv = SessionServer(tmp_path / "run", max_backlog=1 << 20)
     try:
         srv.publish(hello())
         host, port = srv.address.rsplit(":", 1)
@@ -213,10 +214,12 @@ def test_a_client_that_never_reads_does_not_block_publish(tmp_path: Path) -> Non
             start = time.monotonic()
             srv.publish(P.Log(step=n, values={big: 1.0}))
             longest = max(longest, time.monotonic() - start)
-            if n % 16 == 15:  # pace like training does, so the reading client keeps up (the stuck one cannot)
-                deadline = time.monotonic() + 5
-                while logs() < n - 16 and time.monotonic() < deadline:
-                    time.sleep(0.005)
+            if n % 32 == 31:  # pace like training does, so the reading client keeps up (the stuck one cannot)
+                deadline = time.monotonic() + 10
+                while logs() < n + 1 - 32:  # at most 64 lines (512 KB) behind: within its backlog
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the reading client stopped at {logs()} of {n + 1}: {srv.notes}")
+                    time.sleep(0.002)
         assert longest < 3, f"one publish took {longest:.1f} s"  # a generous guard, not a timing claim
         deadline = time.monotonic() + 10
         while logs() < 2000 and time.monotonic() < deadline:
@@ -348,4 +351,27 @@ def test_a_finished_sessions_directory_is_reused_and_bad_binds_say_why(tmp_path:
         connect("127.0.0.1:9")
     with pytest.raises(SessionError, match="holds no session.json"):
         connect(tmp_path)
+    with pytest.raises(SessionError, match="no such run directory"):
+        connect(tmp_path / "runs" / "gone")
+
+
+def test_a_failing_io_thread_never_stops_the_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: SessionServer, sel: object) -> None:
+        raise RuntimeError("bug in the accept path")
+
+    monkeypatch.setattr(SessionServer, "_accept", broken)
+    srv = SessionServer(tmp_path / "run")
+    srv.publish(hello())
+    host, port = srv.address.rsplit(":", 1)
+    with contextlib.suppress(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    deadline = time.monotonic() + 5
+    while not srv.notes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any("session server stopped: RuntimeError: bug in the accept path" in n for n in srv.notes)
+    for n in range(3):
+        srv.publish(step(n))  # still logged; no client can be served, and nothing raises
+    srv.close(drain=0.1)
+    assert [P.type_name(m) for m in read_log(tmp_path / "run" / "session.jsonl").messages] == [
+        "hello", "step", "step", "step", "ended"]
     assert json.loads((tmp_path / "run" / "session.json").read_text())["end_reason"] == "closed"

@@ -711,6 +711,9 @@ def connect(target: str | os.PathLike[str], token: str | None = None, *, timeout
                                "RUN_DIR/session.token (or connect to the run directory itself).")
     else:
         run_dir = Path(text)
+        if not run_dir.is_dir():
+            raise SessionError(f"{text}: no such run directory (and not HOST:PORT or unix:PATH); pass the "
+                               "directory a session writes session.json in, as `workbench attach --list` shows.")
         try:
             info = read_session(run_dir)
         except SessionFileError as exc:
