@@ -375,3 +375,15 @@ def test_a_failing_io_thread_never_stops_the_training(tmp_path: Path, monkeypatc
     assert [P.type_name(m) for m in read_log(tmp_path / "run" / "session.jsonl").messages] == [
         "hello", "step", "step", "step", "ended"]
     assert json.loads((tmp_path / "run" / "session.json").read_text())["end_reason"] == "closed"
+
+
+def test_a_client_needs_neither_torch_nor_textual() -> None:
+    """`workbench attach` on another machine's session: the client side imports no torch, no UI."""
+    code = ("import sys\n"
+            "from workbench.session import connect, list_sessions, SessionServer, ProtocolError\n"
+            "from workbench.session import protocol\n"
+            "bad = sorted(m for m in ('torch', 'textual', 'workbench.tui') if m in sys.modules)\n"
+            "print('LOADED', bad)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout

@@ -9,3 +9,31 @@
 
 No textual, no workbench.tui/commands/bench/profiling imports: the TUI and the commands sit above.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workbench.lazy import lazy_exports
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.session.protocol import PROTOCOL_VERSION, ProtocolError, decode, encode
+    from workbench.session.registry import SessionInfo, list_sessions
+    from workbench.session.transport import (
+        ClientConnection,
+        ReplayConnection,
+        SessionError,
+        SessionReadOnly,
+        SessionRefused,
+        SessionServer,
+        connect,
+    )
+
+# Resolved on first use: a client that only lists sessions loads no socket or protocol code,
+# and `from workbench.session import watch` keeps importing torch only then.
+__getattr__ = lazy_exports(__name__, {
+    **dict.fromkeys(("PROTOCOL_VERSION", "ProtocolError", "decode", "encode"), "protocol"),
+    **dict.fromkeys(("SessionInfo", "list_sessions"), "registry"),
+    **dict.fromkeys(("ClientConnection", "ReplayConnection", "SessionError", "SessionReadOnly", "SessionRefused",
+                     "SessionServer", "connect"), "transport"),
+})
