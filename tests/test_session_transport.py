@@ -387,3 +387,18 @@ def test_a_client_needs_neither_torch_nor_textual() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout
+
+
+def test_a_host_that_exits_without_closing_still_ends_its_session(tmp_path: Path) -> None:
+    code = ("import sys\n"
+            "from workbench.session.transport import SessionServer\n"
+            "srv = SessionServer(sys.argv[1], bind='unix:' + sys.argv[2])\n")
+    sock = tmp_path / "s.sock"
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(sock)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    info = read_session(tmp_path / "run")
+    assert info.ended and info.end_reason == "exited"
+    assert not sock.exists() and not (tmp_path / "run" / "session.token").exists()
+    msgs = connect(tmp_path / "run").poll()
+    assert isinstance(msgs[-1], P.Ended) and "without closing" in msgs[-1].message

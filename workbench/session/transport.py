@@ -23,6 +23,7 @@ is gone opens its log read-only (a ReplayConnection with the same methods).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import heapq
@@ -205,6 +206,7 @@ class SessionServer:
             s.setblocking(False)
         self._thread = threading.Thread(target=self._serve, name="workbench-session-io", daemon=True)
         self._thread.start()
+        atexit.register(self._at_exit)
 
     # -- host API (any thread) ---------------------------------------------------------------
 
@@ -273,6 +275,7 @@ class SessionServer:
         the Unix socket and the token file and mark session.json ended."""
         if self._closed or self._closing:
             return
+        atexit.unregister(self._at_exit)
         if ended is not None:
             self.publish(ended)
         elif self._ended is None:
@@ -289,6 +292,13 @@ class SessionServer:
         (self.run_dir / "session.token").unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # the directory vanished: nothing left to mark
             self.info = mark_ended(self.info, self._ended.reason if self._ended else "closed")
+
+    def _at_exit(self) -> None:
+        """The interpreter exits and the host never closed the session: end it properly, so
+        session.json says so and the socket and token files go (a crash leaves them; readers
+        then go by the dead pid)."""
+        self.close(P.Ended(reason="exited", message="the process exited without closing its session")
+                   if self._ended is None else None, drain=0.2)
 
     def __enter__(self) -> SessionServer:
         return self
