@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import math
 import os
 import pdb
@@ -69,7 +70,6 @@ from workbench.scenario.outputs import output_loss
 
 ON_BREAK = ("raise", "pdb", "wait", "log")
 # The commands a user's own loop can honour: it cannot step one phase or rewind.
-HONOURED = ("pause", "continue", "skip_step", "set_breakpoints", "request_sample", "stop")
 
 
 class Break(Exception):
@@ -281,12 +281,10 @@ class Watch:
         self.break_hits: list[BreakHit] = []  # every breakpoint that fired, in order
         self._report: Any = None
         self._tb: Any = None
-        self._server: Any = None
+        self._live: Any = None  # workbench.session.live.Live while serving
         self.report_path: Path | None = None
         self.tensorboard_dir: Path | None = None
         self.run_dir: Path | None = None
-        self._paused = False
-        self._pause_at: int | None = None  # Continue(steps=N): pause again when this step starts
         self._samples: dict[str, torch.Tensor | None] = {}  # the last measured step's output samples
         try:
             self._open_outputs(report, tensorboard, histogram_every, serve, run_dir)
@@ -299,7 +297,13 @@ class Watch:
         # A script that ends without close() (an uncaught exception outside a `with`) still
         # leaves its report: written at interpreter exit, marked as such.
         ref = weakref.ref(self)
-        self._atexit = lambda: (lambda w: w is not None and w._at_exit())(ref())
+
+        def at_exit() -> None:
+            watched = ref()
+            if watched is not None:
+                watched._at_exit()
+
+        self._atexit = at_exit
         atexit.register(self._atexit)
 
     # -- public -----------------------------------------------------------------------------
@@ -414,7 +418,8 @@ class Watch:
                 from workbench.report.json_report import error_json
 
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                self._publish_error(exc, text)
+                if self._live is not None:
+                    self._live.error(exc, text, self._step)
                 self._close_outputs("error", error_json(exc, text, step=self._step))
             else:
                 self._close_outputs("finished", None)
@@ -432,8 +437,14 @@ class Watch:
         self._handles.append(root.register_forward_hook(self._root_post))
         for i, opt in enumerate(self.optimizers):
             if step_pre_hooks:
-                self._handles.append(opt.register_step_pre_hook(lambda o, a, k, i=i: self._backward_boundary(i)))
-            self._handles.append(opt.register_step_post_hook(lambda o, a, k, i=i: self._after_update(i)))
+                self._handles.append(opt.register_step_pre_hook(functools.partial(self._step_pre_hook, i)))
+            self._handles.append(opt.register_step_post_hook(functools.partial(self._step_post_hook, i)))
+
+    def _step_pre_hook(self, index: int, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._backward_boundary(index)
+
+    def _step_post_hook(self, index: int, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._after_update(index)
 
     def _remove_hooks(self) -> None:
         self._disarm()
@@ -463,7 +474,7 @@ class Watch:
             self._inst.end_forward(self._s, self._scale)
             self._forward_open = False
         if self._armed:
-            if self._server is not None and self._s.modules:
+            if self._live is not None and self._s.modules:
                 # Between steps a client may ask for a module's values: keep this step's samples
                 # (references to the probe's fixed-size copies, not new copies).
                 self._samples = {m.name: self._inst.probe.sample_of(m.name) for m in self._s.modules}
@@ -688,13 +699,15 @@ class Watch:
             self._tb.step(record)
             if values:
                 self._tb.scalars(record.step, {f"log/{k}": v for k, v in values.items()})
-        self._publish_step(record, values)
+        if self._live is not None:
+            self._live.step(record, values)
 
     def _found(self, findings: Sequence[Finding]) -> None:
         if not findings:
             return
         self._findings.extend(findings)
-        self._publish_findings(findings)
+        if self._live is not None:
+            self._live.findings(findings)
         if self.on_finding is not None:
             for f in findings:
                 self.on_finding(f)
@@ -724,7 +737,8 @@ class Watch:
 
     def _on_hit(self, hit: BreakHit, index: int | None) -> None:
         self.break_hits.append(hit)
-        self._publish_break(hit)
+        if self._live is not None:
+            self._live.publish(hit)
         if self.on_break == "log":
             return
         if self.on_break == "raise":
@@ -762,28 +776,19 @@ class Watch:
         _inspect(namespace, banner)
 
     def _wait(self, hit: BreakHit, index: int | None) -> None:
-        from workbench.session import protocol
+        from workbench.session.live import Stopped
 
-        server = self._server
-        self._publish(protocol.Progress(step=hit.step, next_phase=Phase.OPTIMIZER_STEP, paused=True, busy=False,
-                                        note=f"waiting at {hit.breakpoint}: a client continues or skips the step"))
-        while True:
-            command = server.wait_command(0.5)  # short waits: Ctrl-C in the user's terminal is seen between them
-            if command is None:
-                continue
-            if isinstance(command, protocol.Continue):
-                break
-            if isinstance(command, protocol.SkipStep):
-                if index is not None:
-                    # torch's optimizers skip parameters without a gradient: this step() changes nothing.
-                    for ref in self._refs[index]:
-                        ref.param.grad = None
-                    self._skipped.add(hit.step)
-                break
-            if isinstance(command, protocol.Stop):
-                raise Break(BreakHit(hit.step, hit.phase, "stop", None, "a client stopped the run"))
-            self._handle(command)
-        self._publish(protocol.Progress(step=hit.step, next_phase=Phase.OPTIMIZER_STEP, paused=False, busy=True))
+        def skip() -> None:
+            if index is not None:
+                # torch's optimizers skip parameters without a gradient: this step() changes nothing.
+                for ref in self._refs[index]:
+                    ref.param.grad = None
+                self._skipped.add(hit.step)
+
+        try:
+            self._live.wait_at_break(hit, skip)
+        except Stopped as stop:
+            raise Break(stop.hit) from None
 
     # -- outputs ----------------------------------------------------------------------------
     def _open_outputs(self, report: Any, tensorboard: Any, histogram_every: int, serve: Any, run_dir: Any) -> None:
@@ -806,109 +811,38 @@ class Watch:
 
     def _open_server(self, serve: Any, run_dir: Any) -> None:
         from workbench.session import protocol
-        from workbench.session.transport import SessionServer
+        from workbench.session.live import HONOURED, Live
 
-        if run_dir is None:
-            stem = Path(self.title).stem or "watch"
-            run_dir = Path("runs") / "watch" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        self.run_dir = Path(run_dir)
-        bind = "127.0.0.1:0" if serve is True else str(serve)
-        self._server = SessionServer(self.run_dir, bind=bind, host="watch", title=self.title)
-        self._publish(protocol.Hello(
+        hello = protocol.Hello(
             host="watch", pid=os.getpid(), title=self.title, device=str(self._device), every=self.every,
             modules=tuple(self._inst.module_tree.values()), breakpoints=tuple(b.describe() for b in self.breakpoints),
-            started_at=time.time(), commands=HONOURED,
-            workbench=_version(),
-        ))
+            started_at=time.time(), commands=HONOURED, workbench=_version(),
+        )
+        self._live = Live.open(serve, run_dir, hello, set_breakpoints=self._set_breakpoints, sample=self._sample)
+        self.run_dir = Path(self._live.server.run_dir)
 
     @property
     def address(self) -> str | None:
         """Where a client attaches (``workbench attach ADDRESS``), when serving."""
-        return None if self._server is None else str(getattr(self._server, "address", self.run_dir))
+        return None if self._live is None else (self._live.address or str(self.run_dir))
 
-    def _publish(self, msg: Any) -> None:
-        if self._server is not None:
-            self._server.publish(msg)
-
-    def _publish_step(self, record: StepRecord, values: dict[str, float]) -> None:
-        if self._server is None:
-            return
-        from workbench.session import protocol
-
-        self._publish(protocol.Step(record))
-        if values:
-            self._publish(protocol.Log(step=record.step, values=dict(values)))
-
-    def _publish_findings(self, findings: Sequence[Finding]) -> None:
-        if self._server is None:
-            return
-        from workbench.session import protocol
-
-        self._publish(protocol.Findings(tuple(findings)))
-
-    def _publish_error(self, exc: BaseException, text: str) -> None:
-        """The loop raised: say what and where (the innermost frame of the user's code)."""
-        if self._server is None:
-            return
-        from workbench.errors import user_frames
-        from workbench.session import protocol
-
-        frames = user_frames(exc, installed=True) or user_frames(exc)
-        where = frames[-1] if frames else None
-        with contextlib.suppress(Exception):
-            self._publish(protocol.Error(kind=type(exc).__name__, message=str(exc),
-                                         file=where.filename if where else None,
-                                         line=where.lineno if where else None, traceback=text, step=self._step))
-
-    def _publish_break(self, hit: BreakHit) -> None:
-        self._publish(hit)
+    def _set_breakpoints(self, conditions: Sequence[str]) -> None:
+        self.breakpoints = parse_breakpoints(conditions)
 
     def _serve_commands(self) -> None:
         """Between steps: what clients asked for (pause blocks here until continue)."""
-        if self._server is None:
+        if self._live is None:
             return
-        from workbench.session import protocol
+        from workbench.session.live import Stopped
 
-        for command in self._server.commands():
-            self._handle(command)
-        if self._pause_at is not None and self._step >= self._pause_at:
-            self._paused, self._pause_at = True, None
-        if not self._paused:
-            # Where the loop is, for a client's status line (a late one gets the latest only).
-            self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=False, busy=True))
-            return
-        self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=True, busy=False,
-                                        note="paused by a client"))
-        while self._paused:
-            # Short waits: Ctrl-C in the user's terminal is seen between them.
-            command = self._server.wait_command(0.5)
-            if command is not None:
-                self._handle(command)
-        self._publish(protocol.Progress(step=self._step, next_phase=Phase.FORWARD, paused=False, busy=True))
-
-    def _handle(self, command: Any) -> None:
-        from workbench.session import protocol
-
-        if isinstance(command, protocol.Pause):
-            self._paused = True
-        elif isinstance(command, (protocol.Continue, protocol.SkipStep)):
-            self._paused = False
-            steps = getattr(command, "steps", None)
-            self._pause_at = None if steps is None else self._step + max(int(steps), 1)
-        elif isinstance(command, protocol.SetBreakpoints):
-            try:
-                self.breakpoints = parse_breakpoints(command.conditions)
-            except ValueError as exc:
-                self._publish(protocol.Error(kind="ValueError", message=str(exc), file=None, line=None,
-                                             traceback="", step=self._step))
-        elif isinstance(command, protocol.RequestSample):
-            self._publish(self._sample(command))
-        elif isinstance(command, protocol.Stop):
-            self._paused = False
-            raise Break(BreakHit(self._step, Phase.FORWARD, "stop", None, "a client stopped the run"))
+        try:
+            self._live.serve(self._step)
+        except Stopped as stop:
+            raise Break(stop.hit) from None
 
     def _sample(self, request: Any) -> Any:
         from workbench.session import protocol
+        from workbench.session.live import sample_message
 
         if request.kind == "activation":
             values = self._inst.activation_sample(request.module)
@@ -924,7 +858,7 @@ class Watch:
         if values is None:
             return protocol.Sample(id=request.id, module=request.module, kind=request.kind, step=self._step,
                                    error=missing)
-        return sample_message(protocol, request, values.float(), self._step)
+        return sample_message(request, values.float(), self._step)
 
     def _close_outputs(self, stopped_by: str, error: dict[str, Any] | None) -> None:
         try:
@@ -934,18 +868,15 @@ class Watch:
             if self._tb is not None:
                 with contextlib.suppress(Exception):
                     self._tb.close()
-            if self._server is not None:
-                from workbench.session import protocol
-
-                with contextlib.suppress(Exception):
-                    self._server.close(protocol.Ended(reason=stopped_by, message=(error or {}).get("message", "")))
+            if self._live is not None:
+                self._live.close(stopped_by, (error or {}).get("message", ""))
 
     def _abort_outputs(self) -> None:
         self._closed = True
         stream = getattr(self._report, "stream", None)
         if stream is not None and stream.open:
             stream.abort()
-        for closer in (getattr(self._tb, "close", None), getattr(self._server, "close", None)):
+        for closer in (getattr(self._tb, "close", None), getattr(getattr(self._live, "server", None), "close", None)):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer()
@@ -970,26 +901,6 @@ def _version() -> str:
         return metadata.version("torch-workbench")
     except metadata.PackageNotFoundError:
         return ""
-
-
-def sample_message(protocol: Any, request: Any, values: torch.Tensor, step: int, bins: int = 32) -> Any:
-    """A Sample answer: histogram and summary of ``values`` (a CPU float tensor)."""
-    finite = values[torch.isfinite(values)]
-    nan = int(torch.isnan(values).sum())
-    inf = int(torch.isinf(values).sum())
-    if finite.numel():
-        lo, hi = float(finite.min()), float(finite.max())
-        counts = torch.histc(finite, bins=bins, min=lo, max=hi if hi > lo else lo + 1.0)
-        edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-        stats = dict(mean=float(finite.mean()), std=float(finite.std()) if finite.numel() > 1 else 0.0,
-                     min=lo, max=hi)
-    else:
-        counts, edges, stats = torch.zeros(0), torch.zeros(0), {}
-    bad = (~torch.isfinite(values)).nonzero().flatten()[:16].tolist()
-    return protocol.Sample(id=request.id, module=request.module, kind=request.kind, step=step,
-                           shape=tuple(values.shape), dtype=str(values.dtype).replace("torch.", ""),
-                           counts=tuple(int(c) for c in counts.tolist()), edges=tuple(edges.tolist()),
-                           nan_count=nan, inf_count=inf, nan_positions=tuple((i,) for i in bad), **stats)
 
 
 def _make_pdb() -> pdb.Pdb:
