@@ -1,0 +1,353 @@
+"""The GPU check: one script, one CUDA GPU, under 8 minutes, one table of what the workbench does there.
+
+    python benchmarks/gpu_check.py [--budget 470] [--keep DIR]
+    python benchmarks/gpu_check.py --device cpu     # a rehearsal of the same code paths on the CPU
+
+Rows (each through the project's own functions and commands; a row that cannot run says why):
+
+* ``tax``: the debugger tax on the five shapes of benchmarks/test_debugger_tax.py: the bare
+  step, naive ``.item()`` stats, the engine every step / every 16th step, ``workbench.watch``
+  every step / every 16th (cnn_image, transformer_lm); timed with CUDA events after a
+  synchronize, steps interleaved across variants (tax_harness.measure).
+* ``bench``: ``run_bench`` rows fp32, amp (fp16 + GradScaler, with its skipped steps),
+  amp-bf16, channels-last, compile, dataparallel (needs >= 2 GPUs: with one it must say so),
+  ddp-1 (one rank, NCCL).
+* ``run-memory``: ``workbench run --device cuda --json``: the last step's allocated, reserved
+  and peak against ``torch.cuda.max_memory_allocated`` read in the same process right after.
+* ``profile``: ``workbench profile`` on CUDA: Kernel and Memcpy time in the step breakdown
+  (benchmarks/cuda_profile_check.py's checks).
+* ``oom``: a real CUDA out-of-memory in a child process whose memory is capped with
+  ``torch.cuda.set_per_process_memory_fraction`` (the one setting this script changes, for
+  that process only, and set back to 1.0 before it exits): the engine must report it as
+  out_of_memory and step again afterwards.
+* ``diff-fp16``: ``workbench diff --b fp16 --device cuda``.
+
+No GPU setting is changed otherwise (no clocks, no persistence or compute mode, no MIG).
+Exit 0 when every row that ran passed its checks (or when there is no CUDA device: then it
+says "no CUDA device" and why), 1 when a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # tax_harness, cuda_profile_check
+
+CNN = str(ROOT / "scenarios" / "cnn_image.py")
+BENCH_ROWS = ("fp32", "amp", "amp-bf16", "channels-last", "dataparallel", "ddp-1", "compile")
+
+
+@dataclass
+class RowResult:
+    name: str
+    status: str  # PASS, FAIL, SKIP
+    lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Check:
+    """Collects one row's output lines and its pass/fail checks."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.failed: list[str] = []
+        self.skipped: str | None = None
+
+    def skip(self, why: str) -> None:
+        self.skipped = why
+        self.say(f"SKIP: {why}")
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        print(f"    {line}", flush=True)
+
+    def expect(self, ok: bool, what: str) -> None:
+        self.say(f"{'ok  ' if ok else 'FAIL'} {what}")
+        if not ok:
+            self.failed.append(what)
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+# -- rows ------------------------------------------------------------------------------
+
+
+def row_tax(c: Check, device: str, rounds: int) -> None:
+    import torch
+
+    from tax_harness import SCENARIOS, VARIANTS, measure, perf_block, table_header, table_row, watch
+
+    def cuda_block(step: Callable[[], object], n: int) -> float:
+        # Synchronised at both ends: the events bracket the device work of exactly these steps.
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    timer = cuda_block if device == "cuda" else perf_block
+    columns = ["naive", "engine/1", "engine/16", "watch/1", "watch/16"]
+    for line in table_header(columns, f"debugger tax on {device} ({'CUDA events' if device == 'cuda' else 'perf_counter'}, "
+                                      f"{rounds} rounds interleaved step by step)"):
+        c.say(line)
+    targets = {"engine/1": 1.25, "engine/16": 1.05}
+    for name in SCENARIOS:
+        variants = {k: VARIANTS[k] for k in ("bare", "naive", "engine/1", "engine/16")}
+        if name in ("cnn_image", "transformer_lm"):
+            for every in (1, 16):
+                make = watch(every)
+                if make is not None:
+                    variants[f"watch/{every}"] = make
+        row = measure(name, variants, rounds=rounds, device=device, timer=timer)
+        c.say(table_row(row, columns))
+        for col, target in targets.items():
+            if row.ratio(col) > target:
+                c.say(f"note: {name} {col} {row.ratio(col):.2f}x is over its {target:.2f}x target")
+    c.expect(True, "tax measured on all five shapes")
+
+
+def row_bench(c: Check, device: str) -> None:
+    import torch
+
+    from workbench.bench.runner import run_bench
+    from workbench.bench.timing import Plan
+    from workbench.scenario import load_source
+
+    run = run_bench(load_source(CNN), list(BENCH_ROWS), device=device, plan=Plan(warmup=3, steps=12))
+    for r in run.results:
+        t = r.timing
+        median = f"{1e3 * t.median:.2f} ms" if t is not None and getattr(t, "median", None) is not None else "-"
+        speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
+        extras = ", ".join(f"{k}={v}" for k, v in sorted(r.extras.items()) if not isinstance(v, (dict, list)))
+        c.say(f"{r.name:14s} {r.status:8s} step {median:>10s}  speedup {speed:>6s}  peak {_mib(r.peak_memory):>10s}"
+              f"  {r.reason}{'  ' + extras if extras else ''}")
+    by = {r.name: r for r in run.results}
+    c.expect(by["fp32"].ok, "fp32 ran")
+    if device == "cuda":
+        amp = by["amp"]
+        c.expect(amp.ok and "gradscaler_skipped_steps" in amp.extras,
+                 f"amp (fp16 + GradScaler) ran and counts skipped steps ({amp.extras.get('gradscaler_skipped_steps')})")
+        c.expect(by["amp-bf16"].ok or bool(by["amp-bf16"].reason), "amp-bf16 ran or said why not")
+        dp = by["dataparallel"]
+        if torch.cuda.device_count() < 2:
+            c.expect(not dp.ok and "2" in dp.reason, f"dataparallel with one GPU says it needs >= 2: {dp.reason!r}")
+        else:
+            c.expect(dp.ok, "dataparallel ran on several GPUs")
+        ddp = by["ddp-1"]
+        backend = ddp.extras.get("backend")
+        c.expect(ddp.ok and backend == "nccl", f"ddp-1 ran over NCCL (backend {backend})")
+        c.expect(by["compile"].ok or bool(by["compile"].reason), "compile ran or said why not")
+    else:
+        c.say("(CPU rehearsal: the CUDA-only expectations are not checked)")
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from workbench.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            rc = main(args)
+        except SystemExit as exc:  # the CLI's own exit codes
+            rc = exc.code if isinstance(exc.code, int) else 1
+    return int(rc or 0), out.getvalue()
+
+
+def row_run_memory(c: Check, device: str, tmp: Path) -> None:
+    import torch
+
+    report = tmp / "run.json"
+    rc, _ = _cli(["run", CNN, "--device", device, "--steps", "6", "--json", str(report)])
+    c.expect(rc in (0, 1), f"workbench run --device {device} finished (exit {rc})")
+    data = json.loads(report.read_text())
+    mem = data["steps"][-1]["memory"]
+    c.say(f"last step: allocated {_mib(mem['cuda_allocated'])}, reserved {_mib(mem['cuda_reserved'])}, "
+          f"peak {_mib(mem['cuda_peak'])}, RSS {_mib(mem['rss_bytes'])}, activations {_mib(mem['activation_bytes'])}; "
+          f"report peak {_mib(data['summary'].get('peak_cuda_bytes'))}")
+    if device != "cuda":
+        c.say("(CPU rehearsal: no CUDA counters to compare)")
+        return
+    # The engine resets the peak as each step starts, so the process-wide figure read now is
+    # the last step's peak; allocated must match exactly (nothing ran in between).
+    peak, allocated = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+    c.say(f"torch.cuda.max_memory_allocated {_mib(peak)}, memory_allocated {_mib(allocated)}")
+    c.expect(mem["cuda_peak"] == peak, "the last step's peak equals torch.cuda.max_memory_allocated()")
+    c.expect(mem["cuda_reserved"] >= mem["cuda_peak"] >= mem["cuda_allocated"] > 0, "reserved >= peak >= allocated > 0")
+
+
+def row_profile(c: Check, device: str, tmp: Path) -> None:
+    if device != "cuda":
+        c.skip("the Kernel/Memcpy breakdown needs a CUDA trace")
+        return
+    import cuda_profile_check
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cuda_profile_check._check(tmp / "profile", CNN)
+    text = out.getvalue()
+    for line in text.splitlines():
+        if line.startswith(("step", "ProfilerStep", "GPU", "memory", "PASS", "FAIL", "device")):
+            c.say(line)
+    c.expect(rc == 0, "cuda_profile_check passed (kernel time in every step)")
+    c.expect("memcpy" in text.lower(), "Memcpy time shows in the breakdown")
+
+
+OOM_CHILD = "--oom-child"
+
+
+def oom_child() -> int:
+    """Run in a child process: cap this process's CUDA memory, overflow it, report, restore."""
+    import torch
+    from torch import nn
+
+    from workbench.engine import Engine, StepError
+    from workbench.scenario import Scenario
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = 256 * 2**20  # this process may allocate 256 MiB of the device, whatever its size
+    torch.cuda.set_per_process_memory_fraction(cap / total, 0)
+    try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 4096)).cuda()  # 128 MiB
+        g = torch.Generator().manual_seed(0)
+        # 128 MiB of inputs, then 128 MiB per activation: over the cap within the first forward.
+        big = [(torch.randn(8192, 4096, generator=g), torch.randn(8192, 4096, generator=g))]
+        small = [(torch.randn(64, 4096, generator=g), torch.randn(64, 4096, generator=g))]
+        t0 = time.perf_counter()
+        s = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
+                     loss_fn=nn.MSELoss(), data=big, name="oom-check")
+        with Engine(s) as eng:
+            try:
+                eng.step_once()
+                print("RESULT no-oom: the step fit under the cap")
+                return 1
+            except StepError as err:
+                print(f"RESULT oom={err.oom} kind={err.kind} in the {err.stage} after {time.perf_counter() - t0:.2f} s")
+                print(f"MESSAGE {str(err).splitlines()[0][:300]}")
+        s2 = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
+                      loss_fn=nn.MSELoss(), data=small, name="after-oom")
+        with Engine(s2) as eng:
+            rec = eng.step_once()
+        print(f"AFTER step ok, loss {rec.loss:.4f}, allocated {torch.cuda.memory_allocated() / 2**20:.1f} MiB")
+        return 0
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)  # back to the default
+
+
+def row_oom(c: Check, device: str) -> None:
+    if device != "cuda":
+        c.skip("set_per_process_memory_fraction and a CUDA OOM need a CUDA device")
+        return
+    proc = subprocess.run([sys.executable, __file__, OOM_CHILD], capture_output=True, text=True, timeout=120)
+    for line in proc.stdout.splitlines():
+        c.say(line)
+    if proc.returncode != 0:
+        c.say(proc.stderr[-800:])
+    c.expect("RESULT oom=True" in proc.stdout, "the engine reports a real CUDA OOM as out of memory")
+    c.expect("AFTER step ok" in proc.stdout, "the next step runs after the OOM")
+
+
+def row_diff(c: Check, device: str, tmp: Path) -> None:
+    out = tmp / "diff.json"
+    rc, _ = _cli(["diff", CNN, "--device", device, "--b", "fp16", "--json", str(out)])
+    data = json.loads(out.read_text())
+    worst = max(data["layers"], key=lambda d: d.get("rel_error") or 0.0, default=None)
+    c.say(f"loss fp32 {data['loss_a']:.5f} fp16 {data['loss_b']:.5f}; diverged {data['diverged']}; "
+          f"first over {data['first_over']}; worst layer {worst['name'] if worst else '-'} "
+          f"rel error {worst['rel_error'] if worst else float('nan'):.2e}")
+    c.expect(rc in (0, 1) and data["device"].startswith(device), f"workbench diff --b fp16 on {device} (exit {rc})")
+
+
+# -- driver ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cuda (default); cpu rehearses the same code paths (figures are not GPU figures)")
+    parser.add_argument("--budget", type=float, default=470.0, help="seconds for all rows (default 470)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the tax table (default 5)")
+    parser.add_argument("--rows", default="tax,bench,run-memory,profile,oom,diff-fp16")
+    parser.add_argument("--keep", metavar="DIR", help="keep reports and traces here")
+    args = parser.parse_args(argv)
+
+    from workbench.profiling.native_logs import quiet_native_logs
+
+    quiet_native_logs()
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, CUDA build "
+              f"{torch.version.cuda}, {torch.cuda.device_count()} devices). Nothing was measured; run this on "
+              "a machine with a GPU (or --device cpu to rehearse the code paths).")
+        return 0
+    if args.device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} GPU(s), "
+              f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    else:
+        print(f"CPU rehearsal, torch {torch.__version__}: these are not GPU figures")
+    os.environ.setdefault("WB_TAX_THREADS", str(torch.get_num_threads()))
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(args.keep) if args.keep else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
+        tmp.mkdir(parents=True, exist_ok=True)
+        rows: dict[str, Callable[[Check], None]] = {
+            "tax": lambda c: row_tax(c, args.device, args.rounds),
+            "bench": lambda c: row_bench(c, args.device),
+            "run-memory": lambda c: row_run_memory(c, args.device, tmp),
+            "profile": lambda c: row_profile(c, args.device, tmp),
+            "oom": lambda c: row_oom(c, args.device),
+            "diff-fp16": lambda c: row_diff(c, args.device, tmp),
+        }
+        wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = [r for r in wanted if r not in rows]
+        if unknown:
+            parser.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(rows)}")
+        start = time.perf_counter()
+        results: list[RowResult] = []
+        for name in wanted:
+            left = args.budget - (time.perf_counter() - start)
+            if left < 20:
+                results.append(RowResult(name, "SKIP", [f"out of time ({args.budget:.0f} s budget spent)"]))
+                print(f"== {name}: SKIP, out of time", flush=True)
+                continue
+            print(f"== {name}", flush=True)
+            c = Check()
+            t0 = time.perf_counter()
+            try:
+                rows[name](c)
+                status = "FAIL" if c.failed else "SKIP" if c.skipped else "PASS"
+            except Exception as exc:  # one row's failure must not hide the others
+                c.say(f"FAIL {type(exc).__name__}: {exc}")
+                status = "FAIL"
+            results.append(RowResult(name, status, c.lines, time.perf_counter() - t0))
+    print("\n| row | status | seconds |\n|---|---|---|")
+    for r in results:
+        print(f"| {r.name} | {r.status} | {r.seconds:.0f} |")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 1 if any(r.status == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == OOM_CHILD:
+        sys.exit(oom_child())
+    sys.exit(main())
