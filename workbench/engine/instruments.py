@@ -52,6 +52,7 @@ from workbench.engine.probe import (
     ActivationProbe,
     CallInfo,
     SampleIndex,
+    stack_f32,
 )
 from workbench.engine.records import AMP_OVERFLOW, NAN_INF, Finding, ModuleNode, ModuleStats, ParamStats, Phase
 
@@ -341,7 +342,7 @@ class Instruments:
             now = [r.param.detach() for r in refs]
             update_norms = torch._foreach_norm(torch._foreach_sub(now, before))
             weight_norms = torch._foreach_norm(now)
-            both = torch.stack([n.to(torch.float32) for n in (*update_norms, *weight_norms)])
+            both = stack_f32((*update_norms, *weight_norms))
         # Sync point: the optimizer phase's one transfer (update and weight norms).
         values = both.tolist()
         n = len(refs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.engine.probe import S_MEAN, S_STD, SampleIndex, nonfinite_counts, real_values, sample_reductions
+from workbench.engine.probe import S_MEAN, S_STD, SampleIndex, nonfinite_counts, real_values, sample_reductions, stack_f32
 from workbench.engine.records import ParamStats
 
 # Layout of the per-parameter gradient vector.
@@ -98,48 +98,38 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
         return None, with_grad
     grads = [_grad_values(refs[i].param) for i in with_grad]
     weights = [refs[i].param.detach() for i in with_grad]
-    f32 = torch.float32
     device = grads[0].device
-    grad_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(grads)])
+    grad_norms = stack_f32(torch._foreach_norm(grads), device)
     abs_max = _abs_maxes(grads, device)
-    weight_norms = torch.stack([n.to(device, f32) for n in torch._foreach_norm(weights)])
+    weight_norms = stack_f32(torch._foreach_norm(weights), device)
     samples, lengths = [], []
     for g in grads:
         sample, real = sampler.take(g)
-        samples.append(sample.to(device, f32))
+        samples.append(sample)
         lengths.append(real)
     mask, n = sampler.mask(tuple(lengths), device)
-    reduced = sample_reductions(torch.stack(samples), mask, n)  # (P, 3)
+    reduced = sample_reductions(stack_f32(samples, device), mask, n)  # (P, 3)
     stats = torch.stack([grad_norms, reduced[:, S_MEAN], abs_max, reduced[:, S_STD], n, weight_norms], dim=1)
     return stats, with_grad
 
 
 def _abs_maxes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Exact max |x| per tensor (NaN if any NaN, Inf if any Inf), as one (P,) float32 tensor."""
-    f32 = torch.float32
     if device.type != "cpu":
         # One fused launch for every tensor: launches are what cost on an accelerator.
-        return torch.stack([n.to(device, f32) for n in torch._foreach_norm(tensors, float("inf"))])
+        return stack_f32(torch._foreach_norm(tensors, float("inf")), device)
     # On CPU the inf-norm takes a slow path (about 10x an aminmax per tensor, measured on
     # cnn_image's gradients); max(-min, max) is the same number and NaN propagates.
     zero = torch.zeros((), device=device)
     lows, highs = zip(*(torch.aminmax(t) if t.numel() else (zero, zero) for t in tensors))
-    return torch.maximum(torch.stack(highs).to(f32), torch.stack(lows).to(f32).neg())
+    return torch.maximum(stack_f32(highs, device), stack_f32(lows, device).neg())
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
     grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
     if not grads:
         return None
-    norms = torch._foreach_norm(grads)
-    return torch.linalg.vector_norm(_stack_f32(norms))
-
-
-def _stack_f32(scalars: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """0-d tensors (one device) as one float32 vector; a conversion only for those not float32 already
-    (a no-op ``.to`` still costs a dispatch per tensor, which adds up per parameter and step)."""
-    f32 = torch.float32
-    return torch.stack([n if n.dtype == f32 else n.to(f32) for n in scalars])
+    return torch.linalg.vector_norm(stack_f32(torch._foreach_norm(grads)))
 
 
 def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_grad: list[int]) -> list[ParamStats]:

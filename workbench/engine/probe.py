@@ -133,6 +133,19 @@ def float_tensors(values: Iterable[Any]) -> list[torch.Tensor]:
     return out
 
 
+def stack_f32(tensors: Iterable[torch.Tensor], device: torch.device | None = None) -> torch.Tensor:
+    """Same-shaped tensors stacked as float32 on ``device`` (default: the first one's).
+
+    Only those of another dtype or device are converted: a ``.to`` that changes nothing still
+    costs a dispatch, and these stacks gather one tensor per module or parameter every
+    measured step.
+    """
+    items = list(tensors)
+    dev = items[0].device if device is None else device
+    f32 = torch.float32
+    return torch.stack([t if t.dtype == f32 and t.device == dev else t.to(dev, f32) for t in items])
+
+
 class SampleIndex:
     """Fixed-size samples of flat tensors, so a phase's samples stack into one matrix.
 
@@ -351,8 +364,8 @@ class ActivationProbe:
         # A tensor no module produced (the batch, or a functional op inside a forward()):
         # its own min/max say whether it is finite.
         mn, mx = torch.aminmax(real_values(t.detach()))
-        self._ext_mins.append(mn.to(torch.float32))
-        self._ext_maxs.append(mx.to(torch.float32))
+        self._ext_mins.append(mn)
+        self._ext_maxs.append(mx)
         entry = _Cached(t, t._version, None, len(self._ext_mins) - 1)
         self._cache[id(t)] = entry
         return entry
@@ -517,7 +530,7 @@ class ActivationProbe:
             g = real_values(grad.detach())
             if g.dtype in (torch.float32, torch.float64) and g.is_contiguous():
                 flat = g.view(-1)
-                self.grad_norms.append(torch.dot(flat, flat).to(torch.float32))
+                self.grad_norms.append(torch.dot(flat, flat))  # float32 or float64: stacked as float32
             else:
                 self.grad_norms.append(torch.linalg.vector_norm(g, dtype=torch.float32).square())
         self.grad_calls.append(call_index)
@@ -530,11 +543,11 @@ class ActivationProbe:
             return None
         f32 = torch.float32
         device = self._samples[0].device
-        parts = [
-            torch.stack([m.to(f32) for m in self._mins]),
-            torch.stack([m.to(f32) for m in self._maxs]),
-        ]
-        samples = torch.stack([s.to(device, f32) for s in self._samples])
+        n = len(self._mins)
+        # min and max of every call in one stack (external inputs' too: appended after them)
+        extremes = stack_f32(self._mins + self._maxs + self._ext_mins + self._ext_maxs, device)
+        parts = [extremes[:2 * n]]
+        samples = stack_f32(self._samples, device)
         mask, lengths = self._sampler.mask(tuple(self._lengths), device)
         reduced = sample_reductions(samples, mask, lengths)  # (rows, 3)
         parts.append(reduced.reshape(-1))
@@ -546,11 +559,10 @@ class ActivationProbe:
             pinned = ((rows <= lo + band) | (rows >= hi - band)) & mask.index_select(0, idx)
             parts.append(pinned.sum(dim=1, dtype=f32) / lengths.index_select(0, idx))
         if self._relu_max:
-            parts.append(torch.stack([(m <= 0).to(f32).mean() for m in self._relu_max]))
+            parts.append(stack_f32([(m <= 0).mean(dtype=f32) for m in self._relu_max], device))
         if self._ext_mins:
-            parts.append(torch.stack(self._ext_mins))
-            parts.append(torch.stack(self._ext_maxs))
-        return torch.cat([p.to(device) for p in parts])
+            parts.append(extremes[2 * n:])
+        return torch.cat(parts)
 
     def _saturation_tensors(self, sat_calls: list[CallInfo], device: torch.device) -> tuple[torch.Tensor, ...]:
         # Built once per model layout: a host->device copy of a Python list every step would
@@ -621,4 +633,4 @@ class ActivationProbe:
         if not self.grad_norms:
             return None
         device = self.grad_norms[0].device
-        return torch.stack([g.to(device) for g in self.grad_norms]).sqrt()
+        return stack_f32(self.grad_norms, device).sqrt()
