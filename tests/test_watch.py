@@ -336,6 +336,10 @@ def test_a_live_client_sees_the_steps_and_a_wait_breakpoint_holds_the_script_unt
     assert [r.skipped for r in wb.history] == [True, False] and progress == [1, 2]
     assert [h.step for h in wb.break_hits] == [0, 1]
     assert (run_dir / "session.jsonl").exists()
+    # The loop went on past its wait breakpoints and ended by itself: the session says so.
+    ended = [line for line in (run_dir / "session.jsonl").read_text().splitlines() if '"type": "ended"' in line
+             or '"type":"ended"' in line]
+    assert ended and '"finished"' in ended[-1]
 
 
 def test_a_client_pauses_between_steps_asks_for_a_module_sample_and_continues_one_step(tmp_path: Path) -> None:

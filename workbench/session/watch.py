@@ -412,7 +412,10 @@ class Watch:
             if isinstance(exc, KeyboardInterrupt):
                 self._close_outputs("interrupted", {"type": "KeyboardInterrupt", "message": "interrupted",
                                                     "phase": None, "step": self._step, "traceback": None})
-            elif isinstance(exc, Break) or (exc is None and self.break_hit is not None):
+            elif isinstance(exc, Break) or (exc is None and self.break_hit is not None
+                                            and self.on_break == "raise"):
+                # A Break the loop caught ends it at the breakpoint; a wait, pdb or log
+                # breakpoint lets the loop go on, and such a run ends "finished".
                 self._close_outputs("breakpoint", None)
             elif exc is not None:
                 from workbench.report.json_report import error_json
