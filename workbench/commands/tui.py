@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(args.scenarios, device=device)
     run_to_the_end(app)
+    if getattr(app, "stopped_running_code", False):
+        print("workbench: the scenario's code was still running when you quit; its process was ended.",
+              file=sys.stderr, flush=True)
     return int(app.return_code or 0)
 
 

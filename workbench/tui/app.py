@@ -82,7 +82,8 @@ class WorkbenchApp(App[None]):
         self.closed = threading.Event()
 
     def get_default_screen(self) -> Screen:
-        return MainScreen(self.device, self.show_volatile)
+        self._main_screen = MainScreen(self.device, self.show_volatile)
+        return self._main_screen
 
     @property
     def main(self) -> MainScreen:
@@ -110,9 +111,8 @@ class WorkbenchApp(App[None]):
         if self._saved_showwarning is not None:
             warnings.showwarning = self._saved_showwarning
         logging.getLogger().removeHandler(self._log_handler)
-        session = self.main.session if self.screen_stack else None
-        if session is not None:
-            session.stop.set()
+        if self.screen_stack:
+            self.main.end_session()  # the scenario's process ends with the app, whatever it is doing
         self.closed.set()
 
     # -- warnings and logs ------------------------------------------------------------
@@ -121,8 +121,14 @@ class WorkbenchApp(App[None]):
         # May run on a worker thread: capture() only appends and posts.
         self.capture(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
 
+    @property
+    def stopped_running_code(self) -> bool:
+        """A quit had to kill the scenario's process while its code ran (the CLI says so)."""
+        main = getattr(self, "_main_screen", None)  # kept: the stack is empty once the app ended
+        return main is not None and main.stopped_running_code
+
     def capture_output(self, line: str, stderr: bool) -> None:
-        """One line the scenario printed (may run on a worker thread)."""
+        """One line the scenario printed (runs on the session's output thread, or a worker)."""
         self.logbook.append(f"{'stderr' if stderr else 'stdout'}: {line[:OUTPUT_LINE_LIMIT]}")
         if not self._output_seen:  # one toast for the first line, not a message per line
             self._output_seen = True

@@ -1,4 +1,4 @@
-"""Every message a worker thread sends to the UI, in one place.
+"""Every message a worker thread (or the session's pump) sends to the UI, in one place.
 
 Workers never touch widgets or reactives: they ``post_message`` one of these
 small frozen payloads (``post_message`` is thread-safe) and the screen's
@@ -59,10 +59,17 @@ class EngineUpdated(Message):
 
 @dataclass
 class WorkDone(Message):
-    """A stepping action finished (always sent last, after the final EngineUpdated)."""
+    """A command finished (always sent last, after the final EngineUpdated).
+
+    ``request`` is the id the session gave the command; a reply to one the
+    screen is not waiting for (breakpoints sent with a load) only updates the view.
+    """
 
     view: EngineView | None
     summary: RunSummary | None = None
+    request: int | None = None
+    note: str | None = None  # what the command did, in words (a rewind says where it went)
+    warning: bool = False  # the note says why it changed nothing
 
 
 @dataclass
@@ -73,6 +80,14 @@ class StepFailed(Message):
     details: str
     view: EngineView | None
     failed_step: int | None = None  # the step that raised (the engine has moved on to the next)
+
+
+@dataclass
+class HostLost(Message):
+    """The process running the scenario ended on its own (os._exit, a crash, a signal)."""
+
+    title: str
+    details: str
 
 
 @dataclass

@@ -1,461 +1,287 @@
-"""The TUI's handle on one Engine: every call here runs on a worker thread.
+"""The TUI's handle on one session: a client of an engine host, fed by its messages.
 
-The UI thread never calls the engine. A worker takes ``Session.lock``, calls
-the engine, and turns what it finds into an immutable :class:`EngineView`
-that is posted to the UI. Records from the engine are frozen dataclasses, so
-sharing them across threads is safe; the sequences are copied into tuples.
-
-Nothing here imports Textual, so the whole stepping path is testable
-without an app.
+The engine runs in a child process (``workbench.session.engine_host``); this
+side only sends commands and keeps what the host publishes in a
+``SessionState``: the module tree, step records, findings, the step in
+progress, breakpoints. Screens read immutable ``EngineView`` s built from it.
+A pump thread (no Textual worker: it lives as long as the session) reads the
+host's messages and tells a ``SessionListener``, whose methods post small
+messages to the UI; nothing here blocks on the user's code, and nothing here
+imports Textual, so the whole path is testable without an app.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-import traceback
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.records import Phase
-from workbench.scenario import ScenarioError, ScenarioSource
+from workbench.engine.records import Finding, Phase, StepRecord
+from workbench.scenario import ScenarioSource
+from workbench.session import engine_host as host
+from workbench.session.views import (  # noqa: F401 - the screens' names for them
+    PHASE_LABEL,
+    PHASES,
+    EngineView,
+    Histogram,
+    InspectorData,
+    ModuleNode,
+    RunSummary,
+    ScenarioSummary,
+    format_error,
+)
 
 if TYPE_CHECKING:
-    import torch
+    from workbench.engine.engine import EngineConfig
 
-    from workbench.engine.engine import Engine, EngineConfig
-
-PHASES = (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
-TUI_SNAPSHOTS = 8  # step starts kept for rewind (bounded by EngineConfig.snapshot_budget too)
-PHASE_LABEL = {
-    Phase.FORWARD: "forward",
-    Phase.LOSS: "loss",
-    Phase.BACKWARD: "backward",
-    Phase.OPTIMIZER_STEP: "optimizer step",
-}
-HIST_BINS = 24
-# Histograms read at most this many elements of a tensor (a strided sample
-# beyond it): enough for a shape, cheap for a 1 M-parameter layer.
-HIST_SAMPLE = 1 << 18
+HISTORY = 256  # records kept, as the engine's own ring (EngineConfig.history)
+MAX_FINDINGS = 2000
+# How often the pump looks for messages when none came (and whether the child is alive).
+POLL_S = 0.05
+TAIL_LINES = 20  # lines of the child's stderr kept to explain its death
 
 
-@dataclass(frozen=True)
-class ModuleNode:
-    """One row of the model hierarchy, in execution/registration order."""
+class SessionListener(Protocol):
+    """What the pump thread reports (called on that thread: post, never touch widgets)."""
 
-    name: str
-    type_name: str
-    depth: int
-    parent: str | None
-    children: tuple[str, ...]
-    num_params: int
-
-    @property
-    def short(self) -> str:
-        return self.name.rsplit(".", 1)[-1] if self.name else "(model)"
-
-
-@dataclass(frozen=True)
-class ScenarioSummary:
-    label: str
-    name: str
-    description: str
-    model_class: str
-    parameters: int
-    device: str
-    threads: int
-    optimizer: str
+    def loaded(self, view: EngineView) -> None: ...
+    def load_failed(self, title: str, details: str) -> None: ...
+    def updated(self, view: EngineView) -> None: ...
+    def done(self, request: int, view: EngineView, summary: RunSummary | None, note: str | None,
+             warning: bool) -> None: ...
+    def failed(self, request: int | None, title: str, details: str, view: EngineView,
+               failed_step: int | None) -> None: ...
+    def sample(self, data: InspectorData) -> None: ...
+    def output(self, line: str, stderr: bool) -> None: ...
+    def lost(self, title: str, details: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class EngineView:
-    """Everything a screen shows, read from the engine in one go on the worker."""
+class SessionState:
+    """What a client knows of a session, from the host's messages alone."""
 
-    summary: ScenarioSummary
-    step: int
-    next_phase: Phase
-    # The step in progress: its module stats fill in as phases complete.
-    current: Any
-    last: Any  # the newest finished StepRecord, or None
-    history: tuple[Any, ...]
-    findings: tuple[Any, ...]
-    pending_break: Any
-    breakpoints: tuple[Breakpoint, ...]
-    modules: tuple[ModuleNode, ...]
-    done_phases: tuple[Phase, ...] = ()
+    def __init__(self) -> None:
+        self.hello: Any = None
+        self.progress: Any = None
+        self.history: deque[StepRecord] = deque(maxlen=HISTORY)
+        self.findings: deque[Finding] = deque(maxlen=MAX_FINDINGS)
+        self._parsed: tuple[tuple[str, ...], tuple[Breakpoint, ...]] = ((), ())
 
-    def module_stats(self) -> dict[str, Any]:
-        """Module stats of the current step where measured, else of the last step."""
-        out: dict[str, Any] = {}
-        if self.last is not None:
-            out.update({m.name: m for m in self.last.modules})
-        if self.current is not None:
-            out.update({m.name: m for m in (getattr(self.current, "modules", ()) or ())})
-        return out
+    def apply(self, message: Any) -> None:
+        if isinstance(message, host.Hello):
+            self.hello = message
+        elif isinstance(message, host.Step):
+            self.history.append(message.record)
+        elif isinstance(message, host.Findings):
+            if message.replace:
+                self.findings.clear()
+            self.findings.extend(message.findings)
+        elif isinstance(message, host.Progress):
+            if message.history_from is not None:
+                kept = [r for r in self.history if r.step < message.history_from]
+                self.history.clear()
+                self.history.extend(kept)
+            self.progress = message
 
-    def fresh_modules(self) -> set[str]:
-        """Modules whose activation stats were measured in the step in progress."""
-        if self.current is None:
-            return set()
-        return {m.name for m in (getattr(self.current, "modules", ()) or ())}
+    def breakpoints(self) -> tuple[Breakpoint, ...]:
+        conditions = tuple(self.progress.breakpoints) if self.progress is not None else ()
+        if conditions != self._parsed[0]:
+            self._parsed = (conditions, tuple(Breakpoint.parse(c) for c in conditions))
+        return self._parsed[1]
 
-
-@dataclass(frozen=True)
-class RunSummary:
-    steps_done: int
-    stopped_by: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Histogram:
-    label: str
-    lo: float
-    hi: float
-    counts: tuple[int, ...]
-    numel: int
-    nan: int
-    inf: int
-    sampled: bool
-
-
-@dataclass(frozen=True)
-class InspectorData:
-    module: str
-    description: str
-    histograms: tuple[Histogram, ...]
-    notes: tuple[str, ...] = ()
-    # Non-finite activation values: positions in the output's own shape when
-    # the engine's sample is the whole output, else none (a sample's indices
-    # say nothing about where in the tensor they were).
-    nan_positions: tuple[tuple[int, ...], ...] = ()
-    nan_total: int = 0  # non-finite values among the `numel` values looked at
-    numel: int = 0
-    output_numel: int | None = None  # size of the whole output when only a sample was seen
-    step: int | None = None  # the engine's step when this was read
-
-
-class WorkbenchStepError(Exception):
-    """A phase raised inside the user's code; carries what the error panel shows."""
-
-    def __init__(self, title: str, details: str) -> None:
-        super().__init__(title)
-        self.title = title
-        self.details = details
-
-
-def format_error(exc: BaseException) -> tuple[str, str]:
-    """(one-line title, details) for the error panel, from any exception."""
-    if isinstance(exc, ScenarioError):
-        text = str(exc)
-        first, _, rest = text.partition("\n")
-        return first, rest or text
-    phase = getattr(exc, "phase", None)
-    step = getattr(exc, "step", None)
-    original = getattr(exc, "original", None) or getattr(exc, "__cause__", None) or exc
-    where = ""
-    if phase is not None:
-        where = f" in {PHASE_LABEL.get(Phase(phase), str(phase))}"
-        if step is not None:
-            where += f" of step {step}"
-    title = f"{type(original).__name__}{where}: {original}"
-    frame = getattr(exc, "user_frame", None)
-    if isinstance(frame, str):
-        title += f"  (at {frame})"
-    details = getattr(exc, "traceback_text", None)
-    if not isinstance(details, str):
-        details = "".join(traceback.format_exception(original))
-    return title, details
+    def view(self) -> EngineView | None:
+        if self.hello is None or self.progress is None:
+            return None
+        p = self.progress
+        current = p.current
+        return EngineView(
+            summary=self.hello.summary,
+            step=p.step,
+            next_phase=Phase(p.next_phase),
+            current=current,
+            last=self.history[-1] if self.history else None,
+            history=tuple(self.history),
+            findings=tuple(self.findings),
+            pending_break=p.pending_break,
+            breakpoints=self.breakpoints(),
+            modules=tuple(self.hello.modules),
+            done_phases=tuple(current.phases_done) if current is not None else (),
+        )
 
 
 class Session:
-    """One scenario in one engine, driven by worker threads one at a time."""
+    """One scenario in an engine host child, driven by commands; state from its messages."""
 
     def __init__(self, source: ScenarioSource, device: str, config: EngineConfig | None = None) -> None:
         self.source = source
         self.device = device
-        # The last few step starts are kept so `u` can rewind and replay them.
-        # None: the TUI's default, made in open() on the worker (EngineConfig's module loads torch).
+        # None: the TUI's default, made in the child (EngineConfig's module loads torch).
         self.config = config
-        self.lock = threading.Lock()
+        self.state = SessionState()
+        # Set when a pause was asked of the run in progress (cleared when the next run starts).
         self.stop = threading.Event()
-        self.engine: Engine | None = None
-        self._modules: tuple[ModuleNode, ...] = ()
-        self._summary: ScenarioSummary | None = None
+        self.host: host.HostProcess | None = None
+        self._listener: SessionListener | None = None
+        self._ids = itertools.count(1)
+        self._failed: host.Error | None = None  # an Error waiting for the state that follows it
+        self._sampling: str | None = None  # the module whose sample is on its way
+        self._loaded = False
+        self._closing = threading.Event()
+        self._pump_thread: threading.Thread | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.doing: str | None = None  # the command in flight, in words (for a death notice)
 
-    # -- lifecycle ---------------------------------------------------------------
-    def open(self) -> EngineView:
-        """Build the scenario and its engine (raises ScenarioError on a bad scenario)."""
-        from workbench.engine.engine import Engine, EngineConfig
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def needs_fork_server(self) -> bool:
+        """True when starting costs a torch import (the fork server is not up yet)."""
+        return not host.HostProcess.fork_server_running()
 
-        with self.lock:
-            self._close_locked()
-            if self.config is None:
-                self.config = EngineConfig(snapshots=TUI_SNAPSHOTS)
-            engine = Engine.from_source(self.source, self.device, self.config)
-            self.engine = engine
-            self._modules = _module_nodes(engine)
-            self._summary = _summary(self.source, engine)
-            return self._view_locked()
+    def open(self, listener: SessionListener, conditions: Sequence[str] = ()) -> None:
+        """Start the host and the pump (blocks while the fork server starts: a worker calls it)."""
+        self._listener = listener
+        self.host = host.HostProcess(self.source, self.device, self.config, on_output=self._output)
+        self.host.start()
+        if conditions:
+            self.set_breakpoints(conditions)
+        self._pump_thread = threading.Thread(target=self._pump, name="workbench-session-pump", daemon=True)
+        self._pump_thread.start()
 
-    def close(self) -> None:
-        with self.lock:
-            self._close_locked()
+    def close(self) -> bool:
+        """End the host (bounded: well under a second); True when it had to be killed."""
+        self._closing.set()
+        return self.host.close() if self.host is not None else False
 
-    def _close_locked(self) -> None:
-        if self.engine is not None:
-            engine, self.engine = self.engine, None
-            engine.close()
+    @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
 
-    # -- stepping (each returns the new view) --------------------------------------
-    def advance(self) -> EngineView:
-        with self.lock:
-            self._engine().advance()
-            return self._view_locked()
+    # -- commands (each returns its request id) -----------------------------------------------
+    def advance(self) -> int:
+        return self._send(lambda i: host.StepPhase(i), "the next phase")
 
-    def step(self) -> EngineView:
-        with self.lock:
-            self._engine().step_once()
-            return self._view_locked()
+    def step(self) -> int:
+        return self._send(lambda i: host.StepPhase(i, whole_step=True), "a step")
 
-    def run(
-        self,
-        steps: int | None,
-        on_progress: Callable[[EngineView], None],
-        min_interval: float = 0.1,
-    ) -> tuple[EngineView, RunSummary]:
-        """Run ``steps`` steps (None: until a breakpoint or pause).
+    def run(self, steps: int | None = None) -> int:
+        self.stop.clear()
+        return self._send(lambda i: host.Continue(i, steps), "a run")
 
-        ``on_progress`` gets a fresh view at most every ``min_interval``
-        seconds so a long run cannot flood the UI; the final state is
-        returned, never dropped.
-        """
-        import time
+    def skip(self) -> int:
+        return self._send(lambda i: host.SkipStep(i), "skip step")
 
-        with self.lock:
-            engine = self._engine()
-            self.stop.clear()
-            last = [time.monotonic()]
+    def rewind(self, steps: int = 1) -> int:
+        return self._send(lambda i: host.Rewind(i, steps), "rewind")
 
-            def on_step(record: Any) -> None:
-                now = time.monotonic()
-                if now - last[0] >= min_interval:
-                    last[0] = now
-                    on_progress(self._view_locked())
+    def set_breakpoints(self, conditions: Iterable[str]) -> int:
+        """Replace the host's breakpoints (ValueError, before sending, for a bad condition)."""
+        conditions = tuple(conditions)
+        for c in conditions:
+            Breakpoint.parse(c)
+        return self._send(lambda i: host.SetBreakpoints(i, conditions), None)
 
-            outcome = engine.run(
-                steps, until_break=True, should_stop=self.stop.is_set, on_step=on_step
-            )
-            error = getattr(outcome, "error", None)
-            if error is not None:
-                raise error
-            summary = RunSummary(outcome.steps_done, outcome.stopped_by, _reason(outcome))
-            return self._view_locked(), summary
+    def pause(self) -> None:
+        """Ask the run in progress to stop after its phase (once per run)."""
+        if not self.stop.is_set():
+            self.stop.set()
+            if self.host is not None:
+                self.host.send(host.Pause())
 
-    def skip(self) -> EngineView:
-        with self.lock:
-            self._engine().skip_step()
-            return self._view_locked()
+    def request_sample(self, module: str) -> bool:
+        """Ask for a module's histograms; False while one is on its way already."""
+        if self._sampling is not None or self.host is None:
+            return False
+        self._sampling = module
+        if not self.host.send(host.RequestSample(next(self._ids), module)):
+            self._sampling = None
+            return False
+        return True
 
-    def rewind(self, steps: int = 1) -> tuple[EngineView, str]:
-        """Back to a recent step's start (ValueError says why not); the view and a status line."""
-        with self.lock:
-            engine = self._engine()
-            target = engine.rewind(steps)
-            replay = engine.replay_steps
-            kept = engine.rewindable_steps
-            more = f"; u again goes back to step {target - 1}" if kept else ""
-            note = (f"rewound to the start of step {target}: steps {target}..{replay[-1] if replay else target} "
-                    f"replay on the same batches with full stats{more}")
-            return self._view_locked(), note
+    def view(self) -> EngineView | None:
+        return self.state.view()
 
-    def set_breakpoints(self, conditions: Iterable[str]) -> EngineView:
-        """Replace the engine's breakpoints with the parsed conditions."""
-        parsed = [Breakpoint.parse(c) for c in conditions]  # raises before any change
-        with self.lock:
-            engine = self._engine()
-            for bp in list(engine.breakpoints):
-                engine.remove_breakpoint(bp)
-            for bp in parsed:
-                engine.add_breakpoint(bp)
-            return self._view_locked()
+    def _send(self, make: Any, doing: str | None) -> int:
+        request = next(self._ids)
+        if doing is not None:
+            self.doing = doing
+        if self.host is None or not self.host.send(make(request)):
+            raise RuntimeError("the scenario's process is not running (R restarts it)")
+        return request
 
-    def view(self) -> EngineView:
-        with self.lock:
-            return self._view_locked()
+    # -- the pump ---------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        proc = self.host
+        assert proc is not None
+        while not self._closing.is_set():
+            messages = proc.poll(POLL_S)
+            for message in messages:
+                self._apply(message)
+            if messages or proc.alive():
+                continue
+            for message in proc.poll(0):  # sent just before it went
+                self._apply(message)
+            if not self._closing.is_set():
+                self._lost(proc)
+            return
 
-    # -- inspector ---------------------------------------------------------------
-    def inspect(self, module_name: str) -> InspectorData:
-        with self.lock:
-            return self.inspect_locked(module_name)
+    def _apply(self, message: Any) -> None:
+        listener = self._listener
+        assert listener is not None
+        self.state.apply(message)
+        if isinstance(message, host.Error):
+            if message.fatal:
+                self._loaded = True  # nothing more will come
+                listener.load_failed(message.title, message.details)
+            else:
+                self._failed = message
+        elif isinstance(message, host.Sample):
+            self._sampling = None
+            listener.sample(message.data)
+        elif isinstance(message, host.Progress):
+            view = self.state.view()
+            if view is None:
+                return
+            if not self._loaded:
+                self._loaded = True
+                listener.loaded(view)
+                return
+            failed, self._failed = self._failed, None
+            if failed is not None:
+                listener.failed(failed.reply_to, failed.title, failed.details, view, failed.step)
+            if message.reply_to is not None:
+                self.doing = None
+                listener.done(message.reply_to, view, message.summary, message.note, message.warning)
+            else:
+                listener.updated(view)
 
-    def inspect_locked(self, module_name: str) -> InspectorData:
-        """``inspect`` for a caller already holding ``lock`` (a run's progress callback)."""
-        import torch
+    def _lost(self, proc: host.HostProcess) -> None:
+        from workbench.isolation import describe_exit
 
-        engine = self._engine()
-        model = engine.scenario.model
-        try:
-            module = model.get_submodule(module_name) if module_name else model
-        except AttributeError:
-            return InspectorData(module_name, "(no such module)", ())
-        first_line = repr(module).splitlines()[0]
-        if first_line.endswith("("):  # a container: its repr lists the children
-            first_line = type(module).__name__
-        description = first_line if len(first_line) < 70 else first_line[:67] + "..."
-        histograms: list[Histogram] = []
-        notes: list[str] = []
-        act = engine.activation_sample(module_name)  # host copy: a deliberate, on-demand sync
-        nan_positions: tuple[tuple[int, ...], ...] = ()
-        nan_total = numel = 0
-        output_numel: int | None = None
-        if act is not None:
-            histograms.append(_histogram("activation", act))
-            shape = _output_shape(engine, module_name)
-            whole = shape is not None and math.prod(shape) == act.numel()
-            if shape is not None and not whole:
-                output_numel = math.prod(shape)
-            nan_positions, nan_total, numel = _nan_positions(act.reshape(shape) if whole else act,
-                                                             with_positions=whole)
-        elif engine.current.phases_done:
-            notes.append("activation: not measured in this step (stats off, or the module did not run)")
-        else:
-            notes.append(f"activation: none yet in step {engine.step} (after its forward)")
-        params = [p for p in module.parameters() if p is not None]
-        if params:
-            with torch.no_grad():
-                weights = torch.cat([p.detach().reshape(-1) for p in params])
-                histograms.append(_histogram("weight", weights))
-                grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
-                if grads:
-                    histograms.append(_histogram("grad", torch.cat(grads)))
-                else:
-                    notes.append("grad: none yet (after backward)")
-        else:
-            notes.append("no parameters")
-        return InspectorData(module_name, description, tuple(histograms), tuple(notes),
-                             nan_positions, nan_total, numel, output_numel, step=engine.step)
+        listener = self._listener
+        assert listener is not None
+        code = proc.exitcode
+        what = describe_exit(code).replace(" without reporting a result", "")
+        if self.doing:
+            what += f" while running {self.doing}"
+        view = self.state.view()
+        if view is not None:
+            what += f" (step {view.step}, next {PHASE_LABEL[view.next_phase]})"
+        tail = "\n".join(self.stderr_tail)
+        details = (f"The scenario's process {what}. Its code ended the process (os._exit, a crash, or a "
+                   "signal), so the engine's state is gone; R rebuilds the scenario, s picks another.")
+        if tail:
+            details += f"\n\nLast lines it wrote to stderr:\n{tail}"
+        self._loaded = True
+        listener.lost(f"the scenario's process {what}", details)
 
-    # -- helpers ------------------------------------------------------------------
-    def _engine(self) -> Engine:
-        if self.engine is None:
-            raise RuntimeError("no scenario is loaded")
-        return self.engine
-
-    def _view_locked(self) -> EngineView:
-        engine = self._engine()
-        assert self._summary is not None
-        current = engine.current
-        done = tuple(current.phases_done) if current is not None else ()
-        return EngineView(
-            summary=self._summary,
-            step=engine.step,
-            next_phase=Phase(engine.next_phase),
-            current=current,
-            last=engine.history[-1] if len(engine.history) else None,
-            history=tuple(engine.history),
-            findings=tuple(engine.findings),
-            pending_break=engine.pending_break,
-            breakpoints=tuple(engine.breakpoints),
-            modules=self._modules,
-            done_phases=done,
-        )
-
-
-def _reason(outcome: Any) -> str:
-    hit = getattr(outcome, "break_hit", None)
-    if outcome.stopped_by == "breakpoint" and hit is not None:
-        return f"breakpoint {hit.breakpoint}: {hit.reason}"
-    if outcome.stopped_by == "stopped":
-        return f"paused after {outcome.steps_done} step(s)"
-    return f"{outcome.steps_done} step(s) done"
-
-
-def _summary(source: ScenarioSource, engine: Engine) -> ScenarioSummary:
-    import torch
-
-    s = engine.scenario
-    return ScenarioSummary(
-        label=source.label,
-        name=s.name,
-        description=s.description,
-        model_class=type(s.model).__name__,
-        parameters=s.num_parameters(),
-        device=str(s.device),
-        threads=torch.get_num_threads(),
-        optimizer=type(s.optimizer).__name__,
-    )
-
-
-def _module_nodes(engine: Engine) -> tuple[ModuleNode, ...]:
-    """The engine's module tree as rows, parents before children."""
-    tree = engine.module_tree
-    order = list(engine.module_names)
-    if "" not in order:
-        order.insert(0, "")
-    nodes = []
-    for name in order:
-        info = tree.get(name)
-        children = tuple(_get(info, "children", ()) or ())
-        parent = None if name == "" else (name.rsplit(".", 1)[0] if "." in name else "")
-        depth = 0 if name == "" else name.count(".") + 1
-        nodes.append(ModuleNode(
-            name=name,
-            type_name=str(_get(info, "type_name", None) or _get(info, "type", "") or ""),
-            depth=depth,
-            parent=parent,
-            children=children,
-            num_params=int(_get(info, "total_params", 0) or 0),
-        ))
-    return tuple(nodes)
-
-
-def _get(obj: Any, key: str, default: Any) -> Any:
-    return default if obj is None else getattr(obj, key, default)
-
-
-def _histogram(label: str, tensor: torch.Tensor) -> Histogram:
-    import torch
-
-    flat = tensor.detach().reshape(-1).float()
-    numel = flat.numel()
-    sampled = numel > HIST_SAMPLE
-    if sampled:
-        flat = flat[:: math.ceil(numel / HIST_SAMPLE)]
-    finite_mask = torch.isfinite(flat)
-    nan = int(torch.isnan(flat).sum())  # host sync: the count is shown as text
-    inf = int((~finite_mask).sum()) - nan
-    finite = flat[finite_mask]
-    if finite.numel() == 0:
-        return Histogram(label, 0.0, 0.0, (0,) * HIST_BINS, numel, nan, inf, sampled)
-    lo, hi = (float(v) for v in torch.aminmax(finite))  # host sync: bin edges
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-    counts = torch.histc(finite, bins=HIST_BINS, min=lo, max=hi)
-    return Histogram(label, lo, hi, tuple(int(c) for c in counts.tolist()), numel, nan, inf, sampled)
-
-
-def _output_shape(engine: Engine, name: str) -> tuple[int, ...] | None:
-    """Shape of the module's last measured output (the step in progress first)."""
-    for modules in (engine.current.modules, engine.history[-1].modules if engine.history else ()):
-        for m in modules or ():
-            if m.name == name:
-                return tuple(m.shape)
-    return None
-
-
-def _nan_positions(tensor: torch.Tensor, limit: int = 3,
-                   with_positions: bool = True) -> tuple[tuple[tuple[int, ...], ...], int, int]:
-    import torch
-
-    bad = ~torch.isfinite(tensor.detach())
-    total = int(bad.sum())  # the tensor is a host copy already: no device sync
-    if total == 0 or not with_positions:
-        return (), total, tensor.numel()
-    idx = bad.nonzero()[:limit].tolist()
-    return tuple(tuple(i) for i in idx), total, tensor.numel()
+    def _output(self, line: str, stderr: bool) -> None:
+        if stderr:
+            self.stderr_tail.append(line)
+        if self._listener is not None:
+            self._listener.output(line, stderr)
 
 
 def group_grad_norms(params: Sequence[Any]) -> dict[str, float | None]:

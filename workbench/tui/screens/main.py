@@ -1,12 +1,13 @@
 """The stepping workbench: model table, phase bar, findings, charts, memory, inspector.
 
-Torch work happens only in the thread workers below; they post messages
-from workbench.tui.messages and the handlers update widgets on the UI thread.
+The scenario runs in a child process (workbench.session.engine_host); this
+screen sends it commands through its Session and never waits on it. The
+session's pump thread posts messages from workbench.tui.messages and the
+handlers update widgets on the UI thread.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from textual.widgets import Static
 
 from workbench.scenario import ScenarioError, ScenarioSource, load_source
 from workbench.tui import messages as msg
-from workbench.tui.session import PHASE_LABEL, EngineView, Session, format_error
+from workbench.tui.session import PHASE_LABEL, EngineView, InspectorData, RunSummary, Session, format_error
 from workbench.tui.widgets.common import ErrorPanel
 from workbench.tui.widgets.findings import FindingsPanel, finding_detail
 from workbench.tui.widgets.footer import KeyFooter
@@ -97,6 +98,8 @@ class MainScreen(Screen[None]):
         self.starting = False  # the first frame is drawn, the app has not opened its scenario yet
         self.queue: deque[str] = deque()  # stepping actions waiting for the one in progress
         self.doing = ""  # what is running, in the user's words ("forward", "step 3", "loading torch")
+        self.request: int | None = None  # the session's id of the command the screen waits for
+        self.stopped_running_code = False  # a quit had to kill the scenario's process mid-phase
 
     # -- layout ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -154,36 +157,32 @@ class MainScreen(Screen[None]):
 
     def load(self, source: ScenarioSource) -> None:
         old = self.session
-        if old is not None:
-            old.stop.set()  # a run in progress stops at its next phase
         self.session = Session(source, self.device)
+        self.request = None
         self.view = None
         self.busy = "loading"
         self.loading_label = source.label
-        self.doing = "loading torch" if "torch" not in sys.modules else "building the scenario"
+        self.doing = "loading torch" if self.session.needs_fork_server else "building the scenario"
         self.status = f"{self.doing}… ({source.label})"
         self._hide_error()
         self._refresh_all()
-        self._load_worker(old, self.session, self.conditions)
+        self._load_worker(old, self.session, _Poster(self, self.session), self.conditions)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def _load_worker(self, old: Session | None, session: Session, conditions: tuple[str, ...]) -> None:
+    def _load_worker(self, old: Session | None, session: Session, poster: _Poster,
+                     conditions: tuple[str, ...]) -> None:
         if old is not None:
-            old.close()
+            old.close()  # bounded: Stop, then terminate, then kill
         label = session.source.label
         try:
-            if "torch" not in sys.modules:
-                # The first frame is already drawn; torch (≈1-2 s) loads here, off the UI thread.
+            if session.needs_fork_server:
+                # The first frame is already drawn; the fork server imports torch (≈1-2 s) meanwhile.
                 self.post_message(msg.ScenarioLoading(label, "loading torch"))
-                import torch  # noqa: F401
             self.post_message(msg.ScenarioLoading(label, "building the scenario"))
-            view = session.open()
-            if conditions:
-                view = session.set_breakpoints(conditions)
-        except Exception as exc:  # the user's scenario: show it, never die
-            self.post_message(msg.ScenarioFailed(session.source.label, *format_error(exc)))
-            return
-        self.post_message(msg.ScenarioLoaded(view))
+            # Returns once the child runs; ScenarioLoaded comes from the pump when it has built.
+            session.open(poster, conditions)
+        except Exception as exc:  # starting the process failed: show it, never die
+            self.post_message(msg.ScenarioFailed(label, *format_error(exc)))
 
     @on(msg.ScenarioLoading)
     def scenario_loading(self, message: msg.ScenarioLoading) -> None:
@@ -195,6 +194,8 @@ class MainScreen(Screen[None]):
 
     @on(msg.ScenarioLoaded)
     def scenario_loaded(self, message: msg.ScenarioLoaded) -> None:
+        if self.busy != "loading":
+            return  # a load replaced by another (R, s) or given up on
         self.busy = None
         self.view = message.view
         self.status = "ready · f next phase · n step · r run"
@@ -208,6 +209,8 @@ class MainScreen(Screen[None]):
     def scenario_failed(self, message: msg.ScenarioFailed) -> None:
         self.busy = None
         self._drop_queue("the scenario failed to load")
+        if self.session is not None:
+            self.session.close()  # it has exited already; this reaps it
         self.session = None
         self.view = None
         self.status = f"{message.label} failed to load"
@@ -232,7 +235,24 @@ class MainScreen(Screen[None]):
         if action in ("run", "steps"):
             self.status = "running… (p pauses)"
             self._refresh_title()
-        self._drive(self.session, action, steps)
+        session = self.session
+        try:
+            if action == "advance":
+                self.request = session.advance()
+            elif action == "step":
+                self.request = session.step()
+            elif action == "skip":
+                self.request = session.skip()
+            elif action == "rewind":
+                self.request = session.rewind()
+            else:
+                self.request = session.run(steps)
+        except RuntimeError as exc:  # the scenario's process is gone: say so, change nothing
+            self.busy = None
+            self.doing = ""
+            self.status = str(exc)
+            self._refresh_title()
+            self.notify(str(exc), severity="error")
 
     def _enqueue(self, action: str) -> None:
         """Keep a stepping key pressed while something runs; refuse the rest with the reason."""
@@ -277,47 +297,6 @@ class MainScreen(Screen[None]):
         return {"skip": "skip step", "rewind": "rewind", "run": "to a breakpoint",
                 "steps": "steps", "breakpoints": "breakpoint update"}.get(action, action)
 
-    # Not exclusive: a queued key starts the next drive while the last one is still returning
-    # (the session's lock orders them); cancelling that one would only mark it cancelled.
-    @work(thread=True, exit_on_error=False, group="engine")
-    def _drive(self, session: Session, action: str, steps: int | None) -> None:
-        summary = None
-        try:
-            if action == "advance":
-                view = session.advance()
-            elif action == "step":
-                view = session.step()
-            elif action == "skip":
-                view = session.skip()
-            elif action == "rewind":
-                try:
-                    view, note = session.rewind()
-                except ValueError as exc:  # nothing to rewind to: say why, change nothing
-                    self.app.call_from_thread(self.notify, str(exc), title="rewind", severity="warning")
-                    view = session.view()
-                else:
-                    self.app.call_from_thread(self.notify, note, title="rewind")
-            else:
-                def progress(v: EngineView) -> None:
-                    self.post_message(msg.EngineUpdated(v))
-                    # The run holds the session's lock: the inspector's module is read here, at
-                    # the same throttled pace, so its histograms follow the run.
-                    name = self.inspect_target
-                    if name is not None:
-                        self.post_message(msg.InspectorReady(session.inspect_locked(name)))
-
-                view, summary = session.run(steps, progress)
-        except Exception as exc:  # user code raised in a phase: show it, keep going
-            title, details = format_error(exc)
-            try:
-                view = session.view()
-            except Exception:
-                view = None
-            self.post_message(msg.StepFailed(title, details, view, getattr(exc, "step", None)))
-            self.post_message(msg.WorkDone(view))
-            return
-        self.post_message(msg.WorkDone(view, summary))
-
     @on(msg.EngineUpdated)
     def engine_updated(self, message: msg.EngineUpdated) -> None:
         if self.busy in ("run", "steps") and self._run_started is not None:
@@ -326,13 +305,28 @@ class MainScreen(Screen[None]):
             self.status = f"running… {rate:.1f} steps/s (p pauses)"
         self.view = message.view
         self._refresh_all()
+        if self.busy in ("run", "steps"):
+            # The inspector's module is read again at the run's throttled pace, so its
+            # histograms follow the run (the host answers between phases).
+            name = self.inspect_target
+            if name is not None and self.session is not None:
+                self.session.request_sample(name)
 
     @on(msg.WorkDone)
     def work_done(self, message: msg.WorkDone) -> None:
+        if message.request is not None and message.request != self.request:
+            if message.view is not None:  # a reply nobody waits on (breakpoints sent with a load)
+                self.view = message.view
+                self._refresh_all()
+            return
         self.busy = None
         self.doing = ""
+        self.request = None
         if message.view is not None:
             self.view = message.view
+        if message.note:
+            self.notify(message.note, title=self._note_title(message),
+                        severity="warning" if message.warning else "information")
         view = self.view
         if message.summary is not None:
             self.status = message.summary.reason + self._run_rate(view)
@@ -366,6 +360,20 @@ class MainScreen(Screen[None]):
             return text
         seconds = max(time.monotonic() - t0, 1e-9)
         return f"{text} in {seconds:.1f} s ({steps / seconds:.1f} steps/s)"
+
+    @staticmethod
+    def _note_title(message: msg.WorkDone) -> str:
+        return "rewind" if message.note and message.note.startswith(("rewound", "cannot rewind")) else "workbench"
+
+    @on(msg.HostLost)
+    def host_lost(self, message: msg.HostLost) -> None:
+        self.busy = None
+        self.doing = ""
+        self.request = None
+        self._drop_queue("the scenario's process ended")
+        self.status = "the scenario's process ended: R restarts it · s picks another"
+        self._show_error(message.title, message.details)
+        self._refresh_all()
 
     @on(msg.StepFailed)
     def step_failed(self, message: msg.StepFailed) -> None:
@@ -405,7 +413,7 @@ class MainScreen(Screen[None]):
 
     def action_pause(self) -> None:
         if self.session is not None and self.busy in ("run", "steps"):
-            self.session.stop.set()  # polled by the engine between phases
+            self.session.pause()  # the host reads it between phases
             self.status = "pausing…"
             self._refresh_title()
         else:
@@ -437,19 +445,15 @@ class MainScreen(Screen[None]):
             if self.session is not None and self.view is not None:
                 self.busy = "breakpoints"
                 self.doing = "breakpoint update"
-                self._set_breakpoints(self.session, conditions)
+                try:
+                    self.request = self.session.set_breakpoints(conditions)
+                except (ValueError, RuntimeError) as exc:
+                    self.busy = None
+                    self.doing = ""
+                    self._show_error(*format_error(exc))
+                    self._refresh_all()
 
         self.app.push_screen(BreakpointsScreen(self.conditions, _finding_kinds()), saved)
-
-    @work(thread=True, exit_on_error=False, group="engine")
-    def _set_breakpoints(self, session: Session, conditions: tuple[str, ...]) -> None:
-        try:
-            view = session.set_breakpoints(conditions)
-        except Exception as exc:
-            self.post_message(msg.StepFailed(*format_error(exc), None))
-            self.post_message(msg.WorkDone(None))
-            return
-        self.post_message(msg.WorkDone(view))
 
     def action_bench(self) -> None:
         self._push_tool("bench", "BenchScreen", "benchmarks")
@@ -498,9 +502,16 @@ class MainScreen(Screen[None]):
         self.app.push_screen(HelpScreen(keys))
 
     def action_quit(self) -> None:
-        if self.session is not None:
-            self.session.stop.set()
+        self.end_session()
         self.app.exit()
+
+    def end_session(self) -> None:
+        """End the scenario's process now (bounded well under a second, whatever its code does)."""
+        session, self.session = self.session, None
+        if session is not None and not session.closed:
+            busy = self.busy is not None
+            if session.close() and busy:
+                self.stopped_running_code = True
 
     def action_hide_error(self) -> None:
         if self.queue:  # esc first forgets the queued keys, then hides the error
@@ -565,22 +576,14 @@ class MainScreen(Screen[None]):
     def _request_inspect(self) -> None:
         name = self.query_one(ModelTable).selected
         if self.session is None or self.view is None or self.busy is not None or name is None:
-            return  # a run reads it in its progress callback; a phase, when it is done
-        self._inspect_worker(self.session, name)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="inspect")
-    def _inspect_worker(self, session: Session, name: str) -> None:
-        try:
-            data = session.inspect(name)
-        except Exception as exc:  # inspection must never take the app down
-            self.post_message(msg.LogLine(f"inspector: {type(exc).__name__}: {exc}"))
-            return
-        self.post_message(msg.InspectorReady(data))
+            return  # a run asks at its progress pace; a phase, when it is done
+        self.session.request_sample(name)  # one at a time: the answer asks again if the cursor moved
 
     @on(msg.InspectorReady)
     def inspector_ready(self, message: msg.InspectorReady) -> None:
         if message.data.module != self.query_one(ModelTable).selected:
-            return  # read for a row the cursor has left; the new row's read is on its way
+            self._request_inspect()  # read for a row the cursor has left: read the new row
+            return
         self._inspected = message.data
         self._show_inspector(message.data)
 
@@ -649,3 +652,48 @@ def _finding_kinds() -> tuple[str, ...]:
         return ()
     kinds = getattr(breakpoints, "FINDING_KINDS", None)
     return tuple(kinds) if kinds else ()
+
+
+class _Poster:
+    """The session's listener: turns what its pump reports into messages for this screen.
+
+    Called on the pump thread; ``post_message`` is thread-safe. A session the
+    screen has replaced (R, s) posts nothing more.
+    """
+
+    def __init__(self, screen: MainScreen, session: Session) -> None:
+        self.screen = screen
+        self.session = session
+        self.app = screen.app  # read here, on the UI thread (the pump has no active app)
+
+    def _post(self, message: Any) -> None:
+        if self.screen.session is self.session:
+            self.screen.post_message(message)
+
+    def loaded(self, view: EngineView) -> None:
+        self._post(msg.ScenarioLoaded(view))
+
+    def load_failed(self, title: str, details: str) -> None:
+        self._post(msg.ScenarioFailed(self.session.source.label, title, details))
+
+    def updated(self, view: EngineView) -> None:
+        self._post(msg.EngineUpdated(view))
+
+    def done(self, request: int, view: EngineView, summary: RunSummary | None, note: str | None,
+             warning: bool) -> None:
+        self._post(msg.WorkDone(view, summary, request, note, warning))
+
+    def failed(self, request: int | None, title: str, details: str, view: EngineView,
+               failed_step: int | None) -> None:
+        self._post(msg.StepFailed(title, details, view, failed_step))
+
+    def sample(self, data: InspectorData) -> None:
+        self._post(msg.InspectorReady(data))
+
+    def output(self, line: str, stderr: bool) -> None:
+        capture = getattr(self.app, "capture_output", None)
+        if capture is not None and self.screen.session is self.session:
+            capture(line, stderr)
+
+    def lost(self, title: str, details: str) -> None:
+        self._post(msg.HostLost(title, details))
