@@ -125,3 +125,12 @@ async def test_a_thread_left_running_does_not_keep_the_child_alive() -> None:
         assert time.monotonic() - started < 1.0
     assert _gone(pid)
     assert not app.stopped_running_code  # it stopped when asked: nothing had to be killed
+
+
+async def test_an_app_that_ends_without_q_ends_its_child() -> None:
+    app = create_app([str(HERE.parent / "scenarios" / "mlp_digits.py")], device="cpu", show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = await settle(pilot)
+        await _wait_for(pilot, lambda: main.view is not None)
+        pid = _host_pid(app)
+    assert _gone(pid)

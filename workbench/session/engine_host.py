@@ -574,12 +574,21 @@ def _ensure_resource_tracker() -> None:
 _LIVE: weakref.WeakSet[HostProcess] = weakref.WeakSet()
 
 
-@atexit.register
+_EXIT_HOOK: list[bool] = []
+
+
 def _close_live_hosts() -> None:
-    # Registered after multiprocessing's own exit handler, so it runs first: that one
-    # joins every child still alive, and a host stuck in user code would hold the exit.
     for proc in list(_LIVE):
         proc.close()
+
+
+def _register_exit_hook() -> None:
+    # Registered after multiprocessing's own exit handler (it is imported by now), so it
+    # runs first: that one joins every child still alive, and a host stuck in user code
+    # would hold the interpreter's exit for ever.
+    if not _EXIT_HOOK:
+        _EXIT_HOOK.append(True)
+        atexit.register(_close_live_hosts)
 
 
 class HostProcess:
@@ -615,6 +624,7 @@ class HostProcess:
         from workbench.isolation import _context
 
         ctx = _context(self.preload)
+        _register_exit_hook()
         _ensure_resource_tracker()
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)

@@ -111,8 +111,9 @@ class WorkbenchApp(App[None]):
         if self._saved_showwarning is not None:
             warnings.showwarning = self._saved_showwarning
         logging.getLogger().removeHandler(self._log_handler)
-        if self.screen_stack:
-            self.main.end_session()  # the scenario's process ends with the app, whatever it is doing
+        main = getattr(self, "_main_screen", None)  # the screen stack may be empty by now
+        if main is not None:
+            main.end_session()  # the scenario's process ends with the app, whatever it is doing
         self.closed.set()
 
     # -- warnings and logs ------------------------------------------------------------
