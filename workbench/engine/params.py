@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workbench.engine.probe import S_MEAN, S_STD, SampleIndex, nonfinite_counts, real_values, sample_reductions, stack_f32
+from workbench.engine.probe import (
+    S_MEAN,
+    S_STD,
+    SampleIndex,
+    flat_reductions,
+    nonfinite_counts,
+    real_values,
+    stack_f32,
+)
 from workbench.engine.records import ParamStats
 
 # Layout of the per-parameter gradient vector.
@@ -102,13 +110,10 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     grad_norms = stack_f32(torch._foreach_norm(grads), device)
     abs_max = _abs_maxes(grads, device)
     weight_norms = stack_f32(torch._foreach_norm(weights), device)
-    samples, lengths = [], []
-    for g in grads:
-        sample, real = sampler.take(g)
-        samples.append(sample)
-        lengths.append(real)
-    mask, n = sampler.mask(tuple(lengths), device)
-    reduced = sample_reductions(stack_f32(samples, device), mask, n)  # (P, 3)
+    # Gradients are not modified before this phase ends: the samples may be views.
+    samples = [sampler.take_flat(g) for g in grads]
+    reduced = flat_reductions(samples, sampler)  # (P, 3)
+    _, n = sampler.segments(tuple(t.numel() for t in samples), device)
     stats = torch.stack([grad_norms, reduced[:, S_MEAN], abs_max, reduced[:, S_STD], n, weight_norms], dim=1)
     return stats, with_grad
 

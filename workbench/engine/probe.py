@@ -161,6 +161,7 @@ class SampleIndex:
         self.size = size
         self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._masks: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._segments: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def take(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(a copy of ``size`` elements, how many of them are real)."""
@@ -168,6 +169,16 @@ class SampleIndex:
         n = flat.numel()
         if n <= self.size:
             return torch.nn.functional.pad(flat, (0, self.size - n)), n
+        return self._select(flat), self.size
+
+    def take_flat(self, t: torch.Tensor) -> torch.Tensor:
+        """The sample of ``t`` without padding: the whole of a small tensor (a view of it, not a
+        copy: for tensors nothing modifies before the sample is reduced), else ``size`` elements."""
+        flat = t.reshape(-1)
+        return flat if flat.numel() <= self.size else self._select(flat)
+
+    def _select(self, flat: torch.Tensor) -> torch.Tensor:
+        n = flat.numel()
         key = (n, flat.device)
         idx = self._cache.get(key)
         if idx is None:
@@ -178,7 +189,21 @@ class SampleIndex:
             # One host->device copy per tensor size, then reused every step.
             idx = idx.to(flat.device)
             self._cache[key] = idx
-        return flat.index_select(0, idx), self.size
+        return flat.index_select(0, idx)
+
+    def segments(self, lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum(lengths),) segment id of each element and (rows,) float lengths, cached per layout
+        (built on the host once, then one copy to the device: no per-step transfer)."""
+        key = (device, lengths)
+        cached = self._segments.get(key)
+        if cached is None:
+            counts = torch.tensor(lengths, dtype=torch.int64)
+            seg = torch.repeat_interleave(torch.arange(len(lengths)), counts).to(device)
+            if len(self._segments) > 64:
+                self._segments.clear()
+            cached = (seg, counts.to(torch.float32).to(device))
+            self._segments[key] = cached
+        return cached
 
     def mask(self, lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, size) bool mask of real elements and (rows,) float lengths, cached per layout.
@@ -216,6 +241,26 @@ def sample_reductions(samples: torch.Tensor, mask: torch.Tensor, lengths: torch.
     std = (centred.square().sum(dim=1) / lengths).sqrt()
     # Padding is exactly zero: count every zero, then take the padding off (no mask pass).
     zero = ((samples == 0).sum(dim=1, dtype=torch.int32) - (samples.shape[1] - lengths)) / lengths
+    return torch.stack([mean, std, zero], dim=1)
+
+
+def flat_reductions(parts: list[torch.Tensor], index: SampleIndex) -> torch.Tensor:
+    """1-D tensors (samples of at most ``index.size`` elements) -> (rows, 3): mean, std, zero fraction.
+
+    The same numbers as :func:`sample_reductions`, from one ``cat`` of the real elements and
+    per-segment sums, instead of a (rows, size) matrix padded with zeros: a parameter list
+    holds many tiny tensors (biases, norm weights of a few dozen elements), and the padded
+    matrix made every elementwise pass several times longer than the data.
+    """
+    device = parts[0].device
+    f32 = torch.float32
+    values = torch.cat([t if t.dtype == f32 and t.device == device else t.to(device, f32) for t in parts])
+    seg, n = index.segments(tuple(t.numel() for t in parts), device)
+    rows = len(parts)
+    mean = torch.zeros(rows, device=device).index_add_(0, seg, values) / n
+    centred = values - mean.index_select(0, seg)
+    std = (torch.zeros(rows, device=device).index_add_(0, seg, centred.square_()) / n).sqrt()
+    zero = torch.zeros(rows, device=device).index_add_(0, seg, (values == 0).to(f32)) / n
     return torch.stack([mean, std, zero], dim=1)
 
 
