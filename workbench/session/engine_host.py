@@ -67,6 +67,7 @@ TERM_GRACE_S = 0.3
 # The child checks this often that the process that started it is still there.
 PARENT_CHECK_S = 0.5
 OUTPUT_LINE_LIMIT = 2000  # characters kept of one printed line
+CHILD_NICE = 5  # the engine child's niceness above the TUI's
 # Imported once by the fork server, so starting a host costs a fork (workbench.isolation).
 ENGINE_HOST_PRELOAD = ("torch._dynamo", "psutil", "workbench.engine.engine", "workbench.scenario.loader",
                        "workbench.scenario.step", "workbench.session.engine_host")
@@ -510,6 +511,12 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         except (AttributeError, ValueError):
             pass
     os.chdir(cwd)  # the fork server's cwd is the one it started in
+    try:
+        # Where training and the screen compete for the same cores, the screen wins: keys
+        # stay answered (benchmarks/test_tui_latency.py). With cores to spare it costs nothing.
+        os.nice(CHILD_NICE)
+    except OSError:
+        pass
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="workbench-host-parent", daemon=True).start()
     code = 1
     try:
