@@ -476,10 +476,10 @@ class Diagnosis:
             text = str(w.message)
             if (broadcast_told or self._told_broadcast) and text.startswith(_TORCH_BROADCAST_WARNING):
                 continue  # torch's own words for the loss_broadcast finding made above
-            key = (w.category.__name__, text, w.filename, w.lineno)
-            if key in self._told_warnings:
+            told = (w.category.__name__, text, w.filename, w.lineno)
+            if told in self._told_warnings:
                 continue
-            self._told_warnings.add(key)
+            self._told_warnings.add(told)
             # A library warning with stacklevel=2 points at its caller: this module's watcher.
             at = "" if w.filename == __file__ else f" at {w.filename}:{w.lineno}"
             out.append(Finding(

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -527,7 +527,7 @@ class Engine:
     def _record_clipping(self, s: StepState, norm: torch.Tensor) -> None:
         max_norm = float(self._scenario.clip_grad_norm or 0.0)
         # Sync point (clip_grad_norm set): the total norm clip_grad_norm_ saw, one scalar.
-        total = float(norm.tolist())
+        total = float(cast(float, norm.tolist()))
         s.clip_before = total
         s.clip_after = total * min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else total
         clipped = math.isfinite(total) and total > max_norm

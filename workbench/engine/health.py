@@ -418,7 +418,8 @@ class HealthMonitor:
             if len(p.shape) == 1 and p.update_norm is not None:
                 # A bias or norm gain near zero is not "overwritten" by a normal step: judge
                 # its update against an element scale of bias_floor, not against ~0.
-                r = p.update_norm / max(w, t.bias_floor * math.sqrt(max(p.shape[0], 1)))  # type: ignore[type-var]
+                assert w is not None  # finite, checked above
+                r = p.update_norm / max(w, t.bias_floor * math.sqrt(max(p.shape[0], 1)))
             if tiny and streak >= t.vanishing_steps:
                 out.append(Finding(
                     step, Phase.OPTIMIZER_STEP, p.module, p.name, TINY_UPDATES, "warning", p.update_ratio,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,7 +54,16 @@ from workbench.engine.probe import (
     SampleIndex,
     stack_f32,
 )
-from workbench.engine.records import AMP_OVERFLOW, NAN_INF, Finding, ModuleNode, ModuleStats, ParamStats, Phase
+from workbench.engine.records import (
+    AMP_OVERFLOW,
+    NAN_INF,
+    Finding,
+    ModuleNode,
+    ModuleStats,
+    ParamStats,
+    Phase,
+    Severity,
+)
 
 # Findings made on demand, only on a step that already went non-finite (the batch's NaN/Inf).
 DataCheck = Callable[[], list[Finding]]
@@ -205,7 +214,7 @@ class Instruments:
                         + (bad_data() if bad_data is not None and root and not root[1] else []))
 
     # -- loss -----------------------------------------------------------------------------
-    def loss_value(self, s: StepState, total: torch.Tensor, parts: dict[str, torch.Tensor] | None = None,
+    def loss_value(self, s: StepState, total: torch.Tensor, parts: Mapping[str, torch.Tensor] | None = None,
                    source: str = "loss_fn", watch: LossWatch | None = None,
                    bad_data: DataCheck | None = None) -> None:
         """Read the loss (and its named parts) in the LOSS phase's one transfer; the loss rules.
@@ -273,7 +282,7 @@ class Instruments:
         else:
             total = total_grad_norm_tensor(refs)
             # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
-            s.total_grad_norm = float(total.tolist()) if total is not None else None
+            s.total_grad_norm = float(cast(float, total.tolist())) if total is not None else None
             no_grad = [p for p in refs if p.param.grad is None]
             if no_grad:  # a host-side check: no transfer needed to see a missing .grad
                 s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,
@@ -297,7 +306,7 @@ class Instruments:
         # scale; it skips this step and halves the scale. Said as such, not as a NaN in the model.
         self._amp_skips_in_row += 1
         n = self._amp_skips_in_row
-        severity = "warning" if n >= 3 else "info"
+        severity: Severity = "warning" if n >= 3 else "info"
         advice = ("" if n < 3 else f" {n} steps in a row: the model overflows fp16 even at small scales; "
                   "compare layers with `workbench diff --b fp16`, or train with amp='bf16'.")
         kept = [f for f in found if f.kind != NAN_INF]
@@ -315,7 +324,7 @@ class Instruments:
         if s.measured and refs:
             with torch.no_grad():
                 # One fused copy of every parameter (the update is measured against it).
-                before = torch._foreach_mul([r.param.detach() for r in refs], 1.0)
+                before = list(torch._foreach_mul([r.param.detach() for r in refs], 1.0))
         s.charge("update_stats", time.perf_counter() - t0)
         return before
 

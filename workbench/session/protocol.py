@@ -430,11 +430,12 @@ def decode_line(line: str | bytes, *, where: str = "") -> tuple[int, Any]:
     """``(seq, message)`` for one line. ``where`` names the source in errors ("session.jsonl line 7")."""
     prefix = f"{where}: " if where else ""
     if isinstance(line, bytes):
+        raw = line
         try:
-            line = line.decode("utf-8")
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"{prefix}not UTF-8 text ({exc.reason} at byte {exc.start}): "
-                                f"{_excerpt(line.decode('utf-8', 'replace'))}. Expected one JSON object per "
+                                f"{_excerpt(raw.decode('utf-8', 'replace'))}. Expected one JSON object per "
                                 "line from a workbench session.") from None
     try:
         data = json.loads(line)

@@ -244,7 +244,7 @@ class SessionServer:
 
     def commands(self) -> list[Any]:
         """The commands clients sent since the last call, oldest first (never waits)."""
-        out = []
+        out: list[Any] = []
         while True:
             try:
                 cmd = self._commands.get_nowait()
