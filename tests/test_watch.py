@@ -412,3 +412,23 @@ def test_a_script_that_dies_without_closing_the_watch_still_leaves_its_report(
     data = json.loads(report.read_text())
     assert data["summary"]["stopped_by"] == stopped_by and data["summary"]["steps_done"] == 3
     assert data["scenario"] == str(script)
+
+
+def test_a_nan_on_an_unmeasured_step_points_at_every_1_not_at_a_replay_the_loop_cannot_do() -> None:
+    """A user loop has no replay: the finding says how this watch would see where it starts."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with workbench.watch(model, opt, every=4) as wb:
+        for step in range(3):
+            x = torch.randn(8, 4)
+            if step == 1:  # an unmeasured step (every=4 measures steps 0, 4, ...)
+                x[0, 0] = float("nan")
+            loss = model(x).pow(2).mean()
+            wb.set_loss(loss)  # as the Lightning callback does, before backward
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    (nan,) = [f for f in wb.findings if f.kind == "nan_inf" and f.step == 1]
+    assert "every=1" in nan.message and "one step in 4" in nan.message
+    assert "workbench run" not in nan.message and "--replay" not in nan.message

@@ -159,11 +159,18 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+# How to see where a NaN starts when the step that made it took no module stats; a host
+# that owns no replay (workbench.watch) says its own way.
+FULL_STATS_HINT = ("replay the step with full stats (`workbench run --break-on nan_inf --replay N`, or `u` in the "
+                   "workbench), or take stats every step (--every 1)")
+
+
 class HealthMonitor:
     """Stateful rules (running averages, best loss) for one engine."""
 
     def __init__(self, thresholds: HealthThresholds) -> None:
         self.t = thresholds
+        self.full_stats_hint = FULL_STATS_HINT
         self._total_ema: float | None = None
         self._param_ema: dict[str, float] = {}
         self._losses: deque[float] = deque(maxlen=thresholds.loss_window)
@@ -243,9 +250,7 @@ class HealthMonitor:
                 self._nan_step = step
                 if outputs_finite is None:  # a step without module stats: the outputs were not looked at
                     message = (f"the loss is {loss} on a step whose module outputs were not measured, so "
-                               "where the NaN/Inf starts is unknown: replay the step with full stats "
-                               "(`workbench run --break-on nan_inf --replay N`, or `u` in the workbench), or "
-                               "take stats every step (--every 1).")
+                               f"where the NaN/Inf starts is unknown: {self.full_stats_hint}.")
                 else:
                     message = (f"the loss function returned {loss} from finite model outputs: check the "
                                "targets and the loss inputs (log of 0, probabilities outside [0, 1]).")

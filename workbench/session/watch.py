@@ -240,6 +240,9 @@ class Watch:
         self.rank, self.world_size = _rank()
         self.title = title or _script_title()
         self._inst = Instruments(self.model, sample_size=sample_size, thresholds=thresholds)
+        # No replay in a loop the watch does not own: more stats is the way to see where a NaN starts.
+        self._inst.health.full_stats_hint = (f"take stats every step (workbench.watch(..., every=1)) to see which "
+                                             f"module makes it (this watch measures one step in {every})")
         self._holder: Any = (self.optimizers[0] if len(self.optimizers) == 1 else
                              _Optimizers(self.optimizers) if self.optimizers else _AllParameters(self.model))
         ids = {id(r.param): r for r in self._inst.params}
