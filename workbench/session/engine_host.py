@@ -18,10 +18,12 @@ lives in a child, and the TUI is one client of it:
   ``Stop``, then SIGTERM, then SIGKILL to its whole process group, each after a
   short grace, so nothing the user's code started is left behind.
 
-The wire between them is a ``Channel`` (host side) and a ``HostProcess``
-(client side) with the session transport's method names (``publish``,
-``commands``, ``wait_command``; ``send``, ``poll``, ``close``); this module
-pickles the messages over a ``multiprocessing`` pipe.
+The messages and commands are the session protocol's (``workbench.session.protocol``),
+the same a ``watch`` host publishes. The wire between them is a ``Channel`` (host
+side) and a ``HostProcess`` (client side) with the session transport's method names
+(``publish``, ``commands``, ``wait_command``; ``send``, ``poll``, ``close``); this
+module pickles the protocol's dataclasses over a ``multiprocessing`` pipe (no JSON
+round trip between two processes of one workbench).
 """
 
 from __future__ import annotations
@@ -35,19 +37,32 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workbench.engine.records import BreakHit, Finding, Phase, StepProgress, StepRecord
+from workbench.engine.records import Finding, Phase, StepRecord
+from workbench.session.protocol import (
+    Continue,
+    Ended,
+    Error,
+    Findings,
+    Hello,
+    Pause,
+    Progress,
+    RequestSample,
+    Rewind,
+    RunSummary,
+    Sample,
+    SetBreakpoints,
+    SkipStep,
+    Step,
+    StepPhase,
+    Stop,
+)
 from workbench.session.views import (
     TUI_SNAPSHOTS,
-    InspectorData,
-    ModuleNode,
-    RunSummary,
-    ScenarioSummary,
     format_error,
     inspect_module,
-    module_nodes,
+    module_tree,
     run_reason,
     scenario_summary,
 )
@@ -71,139 +86,6 @@ CHILD_NICE = 5  # the engine child's niceness above the TUI's
 # Imported once by the fork server, so starting a host costs a fork (workbench.isolation).
 ENGINE_HOST_PRELOAD = ("torch._dynamo", "psutil", "workbench.engine.engine", "workbench.scenario.loader",
                        "workbench.scenario.step", "workbench.session.engine_host")
-
-
-# -- messages: host -> client ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hello:
-    """The first message: who is hosting what, and the model's module tree."""
-
-    kind: str
-    pid: int
-    title: str
-    device: str
-    summary: ScenarioSummary
-    modules: tuple[ModuleNode, ...]
-    breakpoints: tuple[str, ...]
-    started_at: float
-    every: int = 1
-
-
-@dataclass(frozen=True)
-class Step:
-    """One finished step's record."""
-
-    record: StepRecord
-
-
-@dataclass(frozen=True)
-class Findings:
-    """New findings in order; ``replace``: the whole list (after a rewind dropped some)."""
-
-    findings: tuple[Finding, ...]
-    replace: bool = False
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where the engine stands: the step in progress as far as it got, and what it is doing.
-
-    ``reply_to`` names the command this closes (its result is this state);
-    ``history_from``: records of this step and later were dropped (a rewind).
-    """
-
-    step: int
-    next_phase: Phase
-    current: StepProgress | None
-    pending_break: BreakHit | None
-    breakpoints: tuple[str, ...]
-    busy: str | None = None
-    paused: bool = False
-    reply_to: int | None = None
-    summary: RunSummary | None = None
-    note: str | None = None  # what the command did, in words ("rewound to ...")
-    warning: bool = False  # the note says why the command changed nothing
-    history_from: int | None = None
-
-
-@dataclass(frozen=True)
-class Sample:
-    """The answer to RequestSample: a module's histograms and non-finite positions."""
-
-    id: int
-    data: InspectorData
-
-
-@dataclass(frozen=True)
-class Error:
-    """The user's code raised (a phase, or building the scenario when ``fatal``)."""
-
-    title: str
-    details: str
-    kind: str = ""
-    file: str | None = None
-    line: int | None = None
-    step: int | None = None
-    phase: str | None = None
-    reply_to: int | None = None
-    fatal: bool = False
-
-
-@dataclass(frozen=True)
-class Ended:
-    reason: str
-    exit_code: int | None = None
-
-
-# -- commands: client -> host ------------------------------------------------------------------
-@dataclass(frozen=True)
-class StepPhase:
-    """Run the next phase; ``whole_step``: finish the step in progress instead."""
-
-    id: int
-    whole_step: bool = False
-
-
-@dataclass(frozen=True)
-class Continue:
-    """Run ``steps`` steps (None: until a breakpoint fires or Pause comes)."""
-
-    id: int
-    steps: int | None = None
-
-
-@dataclass(frozen=True)
-class Pause:
-    pass
-
-
-@dataclass(frozen=True)
-class SkipStep:
-    id: int
-
-
-@dataclass(frozen=True)
-class Rewind:
-    id: int
-    steps: int = 1
-
-
-@dataclass(frozen=True)
-class SetBreakpoints:
-    id: int
-    conditions: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RequestSample:
-    id: int
-    module: str
-    kind: str = "activation"
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
 
 
 class Channel(Protocol):
@@ -289,14 +171,16 @@ class EngineHost:
             config = self.config if self.config is not None else EngineConfig(snapshots=TUI_SNAPSHOTS)
             self.engine = engine = Engine.from_source(self.source, self.device, config)
             summary = scenario_summary(self.source, engine)
-            modules = module_nodes(engine)
+            modules = module_tree(engine)
         except BaseException as exc:  # the user's build(): SystemExit too is a failed build here
             title, details = format_error(exc)
-            self.channel.publish(Error(title, details, kind=type(exc).__name__, fatal=True))
+            self.channel.publish(Error(kind=type(exc).__name__, message=title, file=None, line=None,
+                                       traceback=details, fatal=True))
             self.channel.publish(Ended("the scenario failed to build", 2))
             return False
-        self.channel.publish(Hello(HOST_KIND, os.getpid(), self.source.where, summary.device, summary, modules,
-                                   self._conditions(), time.time(), config.stats_every))
+        self.channel.publish(Hello(host=HOST_KIND, pid=os.getpid(), title=self.source.where, device=summary.device,
+                                   every=config.stats_every, modules=modules, breakpoints=self._conditions(),
+                                   started_at=time.time(), summary=summary))
         self._publish_news()
         self._progress()
         return True
@@ -330,8 +214,9 @@ class EngineHost:
         elif isinstance(command, Rewind):
             self._rewind(command)
         else:
-            self.channel.publish(Error(f"the engine host does not know the command {type(command).__name__}",
-                                       repr(command), kind="protocol"))
+            self.channel.publish(Error(kind="protocol", file=None, line=None, traceback=repr(command),
+                                       message=f"the engine host does not know the command "
+                                       f"{type(command).__name__}"))
 
     def _guarded(self, reply_to: int, call: Callable[[], Any]) -> None:
         """Run one engine call; a failure of the user's code is an Error, then the state."""
@@ -356,8 +241,9 @@ class EngineHost:
         file, line = _file_line(frame)
         original = getattr(exc, "original", None) or exc
         phase = getattr(exc, "phase", None)
-        self.channel.publish(Error(title, details, type(original).__name__, file, line, getattr(exc, "step", None),
-                                   str(phase) if phase is not None else None, reply_to))
+        self.channel.publish(Error(kind=type(original).__name__, message=title, file=file, line=line,
+                                   traceback=details, step=getattr(exc, "step", None),
+                                   phase=Phase(phase) if phase is not None else None, reply_to=reply_to))
         self._publish_news()
         self._progress(reply_to)
 
@@ -376,13 +262,13 @@ class EngineHost:
                 elif isinstance(other, (RequestSample, SetBreakpoints)):
                     self._handle(other)
                 else:
-                    self._progress(busy="run", note=f"{type(other).__name__} ignored: a run is in progress "
-                                   "(pause it first)", warning=True)
+                    self._progress(activity="run", note=f"{type(other).__name__} ignored: a run is in "
+                                   "progress (pause it first)", warning=True)
             now = time.monotonic()
             if now - last[0] >= PROGRESS_INTERVAL_S:
                 last[0] = now
                 self._publish_news()
-                self._progress(busy="run")
+                self._progress(activity="run")
             return paused[0]
 
         def on_step(record: StepRecord) -> None:
@@ -422,7 +308,8 @@ class EngineHost:
         try:
             parsed = [Breakpoint.parse(c) for c in command.conditions]  # raises before any change
         except ValueError as exc:
-            self.channel.publish(Error(f"bad breakpoint: {exc}", str(exc), "ValueError", reply_to=command.id))
+            self.channel.publish(Error(kind="ValueError", message=f"bad breakpoint: {exc}", file=None, line=None,
+                                       traceback=str(exc), reply_to=command.id))
             self._progress(command.id)
             return
         for bp in list(engine.breakpoints):
@@ -435,10 +322,11 @@ class EngineHost:
         engine = self.engine
         assert engine is not None
         try:
-            data = inspect_module(engine, command.module)
+            sample = inspect_module(engine, command.module, command.id)
         except Exception as exc:  # a sample must never end the session
-            data = InspectorData(command.module, f"(could not read: {type(exc).__name__}: {exc})", ())
-        self.channel.publish(Sample(command.id, data))
+            sample = Sample(command.id, command.module, command.kind, engine.step,
+                            error=f"{type(exc).__name__}: {exc}")
+        self.channel.publish(sample)
 
     # -- publishing ----------------------------------------------------------------------------
     def _conditions(self) -> tuple[str, ...]:
@@ -472,15 +360,17 @@ class EngineHost:
             self.channel.publish(Findings(tuple(findings[start or 0:])))
         self._last_finding = findings[-1]
 
-    def _progress(self, reply_to: int | None = None, *, busy: str | None = None, summary: RunSummary | None = None,
-                  note: str | None = None, warning: bool = False, history_from: int | None = None) -> None:
+    def _progress(self, reply_to: int | None = None, *, activity: str | None = None,
+                  summary: RunSummary | None = None, note: str | None = None, warning: bool = False,
+                  history_from: int | None = None) -> None:
         engine = self.engine
         assert engine is not None
         current = engine.current
         self.channel.publish(Progress(
             step=engine.step, next_phase=Phase(engine.next_phase), current=current,
-            pending_break=engine.pending_break, breakpoints=self._conditions(), busy=busy,
-            paused=engine.pending_break is not None, reply_to=reply_to, summary=summary, note=note,
+            pending_break=engine.pending_break, breakpoints=self._conditions(), busy=activity is not None,
+            activity=activity, paused=engine.pending_break is not None, reply_to=reply_to, summary=summary,
+            note=note or "",
             warning=warning, history_from=history_from,
         ))
 

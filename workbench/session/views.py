@@ -1,9 +1,10 @@
 """What a client shows of one engine, as frozen data built where the engine lives.
 
 The engine host (``workbench.session.engine_host``) runs the Engine in a child
-process and builds these from it there: the scenario's summary line, the module
-tree as rows, a module's histograms for the inspector, an error as the error
-panel's title and details. A client (the TUI) renders them as they come; it
+process and builds the protocol's messages from it there: the scenario's summary
+line, the module tree, a module's histograms (a ``Sample``), an error's title and
+details. A client rebuilds the screen's data from those messages (``module_rows``,
+``inspector_data``) whichever host sent them. A client (the TUI) renders them as they come; it
 never touches the Engine, torch tensors or the user's code.
 """
 
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workbench.engine.breakpoints import Breakpoint
+from workbench.engine.records import ModuleNode as TreeNode
 from workbench.engine.records import Phase
 from workbench.scenario import ScenarioError
+from workbench.session.protocol import Histogram, RunSummary, Sample, ScenarioSummary  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     import torch
@@ -55,18 +59,6 @@ class ModuleNode:
 
 
 @dataclass(frozen=True)
-class ScenarioSummary:
-    label: str
-    name: str
-    description: str
-    model_class: str
-    parameters: int
-    device: str
-    threads: int
-    optimizer: str
-
-
-@dataclass(frozen=True)
 class EngineView:
     """Everything a screen shows, read from the engine in one go on the worker."""
 
@@ -97,25 +89,6 @@ class EngineView:
         if self.current is None:
             return set()
         return {m.name for m in (getattr(self.current, "modules", ()) or ())}
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    steps_done: int
-    stopped_by: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Histogram:
-    label: str
-    lo: float
-    hi: float
-    counts: tuple[int, ...]
-    numel: int
-    nan: int
-    inf: int
-    sampled: bool
 
 
 @dataclass(frozen=True)
@@ -158,15 +131,16 @@ def format_error(exc: BaseException) -> tuple[str, str]:
     return title, details
 
 
-def inspect_module(engine: Engine, module_name: str) -> InspectorData:
-    """Histograms and NaN positions of one module, read from the engine (on its thread)."""
+def inspect_module(engine: Engine, module_name: str, request_id: int | str = 0) -> Sample:
+    """Histograms and NaN positions of one module, read from the engine (on its thread), as the
+    protocol's answer to a RequestSample (a client rebuilds it with ``inspector_data``)."""
     import torch
 
     model = engine.scenario.model
     try:
         module = model.get_submodule(module_name) if module_name else model
     except AttributeError:
-        return InspectorData(module_name, "(no such module)", ())
+        return Sample(request_id, module_name, "activation", engine.step, description="(no such module)")
     first_line = repr(module).splitlines()[0]
     if first_line.endswith("("):  # a container: its repr lists the children
         first_line = type(module).__name__
@@ -175,16 +149,19 @@ def inspect_module(engine: Engine, module_name: str) -> InspectorData:
     notes: list[str] = []
     act = engine.activation_sample(module_name)  # host copy: a deliberate, on-demand sync
     nan_positions: tuple[tuple[int, ...], ...] = ()
-    nan_total = numel = 0
+    nan = inf = numel = 0
     output_numel: int | None = None
+    shape: tuple[int, ...] = ()
     if act is not None:
         histograms.append(_histogram("activation", act))
-        shape = _output_shape(engine, module_name)
-        whole = shape is not None and math.prod(shape) == act.numel()
-        if shape is not None and not whole:
-            output_numel = math.prod(shape)
-        nan_positions, nan_total, numel = _nan_positions(act.reshape(shape) if whole else act,
-                                                         with_positions=whole)
+        measured = _output_shape(engine, module_name)
+        whole = measured is not None and math.prod(measured) == act.numel()
+        if measured is not None:
+            shape = measured
+            if not whole:
+                output_numel = math.prod(measured)
+        nan_positions, nan, inf, numel = _nan_positions(act.reshape(measured) if whole else act,
+                                                        with_positions=whole)
     elif engine.current.phases_done:
         notes.append("activation: not measured in this step (stats off, or the module did not run)")
     else:
@@ -201,8 +178,32 @@ def inspect_module(engine: Engine, module_name: str) -> InspectorData:
                 notes.append("grad: none yet (after backward)")
     else:
         notes.append("no parameters")
-    return InspectorData(module_name, description, tuple(histograms), tuple(notes),
-                         nan_positions, nan_total, numel, output_numel, step=engine.step)
+    return Sample(request_id, module_name, "activation", engine.step, shape=shape, nan_count=nan, inf_count=inf,
+                  nan_positions=nan_positions, histograms=tuple(histograms), description=description,
+                  notes=tuple(notes), numel=numel, output_numel=output_numel)
+
+
+def inspector_data(sample: Sample) -> InspectorData:
+    """The inspector's data from a Sample answer, whichever host sent it.
+
+    The engine host sends labelled histograms; a watch host one histogram of the
+    requested tensor as ``counts``/``edges``, which becomes one histogram here.
+    """
+    histograms = sample.histograms
+    notes = sample.notes
+    if not histograms and sample.counts and len(sample.edges) == len(sample.counts) + 1:
+        histograms = (Histogram(sample.kind, sample.edges[0], sample.edges[-1], sample.counts, sample.numel
+                                or sum(sample.counts) + sample.nan_count + sample.inf_count,
+                                sample.nan_count, sample.inf_count, False),)
+    description = sample.description
+    if sample.error:
+        if description:
+            notes = (*notes, sample.error)
+        else:
+            description = f"(could not read: {sample.error})"
+    numel = sample.numel or (math.prod(sample.shape) if sample.shape and not sample.histograms else 0)
+    return InspectorData(sample.module, description, histograms, notes, sample.nan_positions,
+                         sample.nan_count + sample.inf_count, numel, sample.output_numel, step=sample.step)
 
 
 def run_reason(outcome: Any) -> str:
@@ -230,31 +231,28 @@ def scenario_summary(source: ScenarioSource, engine: Engine) -> ScenarioSummary:
     )
 
 
-def module_nodes(engine: Engine) -> tuple[ModuleNode, ...]:
-    """The engine's module tree as rows, parents before children."""
+def module_tree(engine: Engine) -> tuple[TreeNode, ...]:
+    """The engine's module tree in execution/registration order, as the Hello carries it."""
     tree = engine.module_tree
     order = list(engine.module_names)
     if "" not in order:
         order.insert(0, "")
-    nodes = []
-    for name in order:
-        info = tree.get(name)
-        children = tuple(_get(info, "children", ()) or ())
+    return tuple(tree[name] for name in order if name in tree)
+
+
+def module_rows(tree: Sequence[TreeNode]) -> tuple[ModuleNode, ...]:
+    """A Hello's module tree as the model table's rows, parents before children."""
+    nodes = list(tree)
+    if not any(n.name == "" for n in nodes):
+        nodes.insert(0, TreeNode("", "", (), 0, 0))
+    rows = []
+    for info in nodes:
+        name = info.name
         parent = None if name == "" else (name.rsplit(".", 1)[0] if "." in name else "")
         depth = 0 if name == "" else name.count(".") + 1
-        nodes.append(ModuleNode(
-            name=name,
-            type_name=str(_get(info, "type_name", None) or _get(info, "type", "") or ""),
-            depth=depth,
-            parent=parent,
-            children=children,
-            num_params=int(_get(info, "total_params", 0) or 0),
-        ))
-    return tuple(nodes)
-
-
-def _get(obj: Any, key: str, default: Any) -> Any:
-    return default if obj is None else getattr(obj, key, default)
+        rows.append(ModuleNode(name=name, type_name=info.type_name, depth=depth, parent=parent,
+                               children=tuple(info.children), num_params=int(info.total_params)))
+    return tuple(rows)
 
 
 def _histogram(label: str, tensor: torch.Tensor) -> Histogram:
@@ -288,12 +286,17 @@ def _output_shape(engine: Engine, name: str) -> tuple[int, ...] | None:
 
 
 def _nan_positions(tensor: torch.Tensor, limit: int = 3,
-                   with_positions: bool = True) -> tuple[tuple[tuple[int, ...], ...], int, int]:
+                   with_positions: bool = True) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
+    """(first positions of non-finite values, NaN count, inf count, values looked at)."""
     import torch
 
-    bad = ~torch.isfinite(tensor.detach())
+    t = tensor.detach()
+    bad = ~torch.isfinite(t)
     total = int(bad.sum())  # the tensor is a host copy already: no device sync
-    if total == 0 or not with_positions:
-        return (), total, tensor.numel()
+    if total == 0:
+        return (), 0, 0, t.numel()
+    nan = int(torch.isnan(t).sum())
+    if not with_positions:
+        return (), nan, total - nan, t.numel()
     idx = bad.nonzero()[:limit].tolist()
-    return tuple(tuple(i) for i in idx), total, tensor.numel()
+    return tuple(tuple(i) for i in idx), nan, total - nan, t.numel()

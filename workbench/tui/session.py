@@ -23,6 +23,7 @@ from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.records import Finding, Phase, StepRecord
 from workbench.scenario import ScenarioSource
 from workbench.session import engine_host as host
+from workbench.session import protocol as P
 from workbench.session.views import (  # noqa: F401 - the screens' names for them
     PHASE_LABEL,
     PHASES,
@@ -33,6 +34,8 @@ from workbench.session.views import (  # noqa: F401 - the screens' names for the
     RunSummary,
     ScenarioSummary,
     format_error,
+    inspector_data,
+    module_rows,
 )
 
 if TYPE_CHECKING:
@@ -64,22 +67,24 @@ class SessionState:
     """What a client knows of a session, from the host's messages alone."""
 
     def __init__(self) -> None:
-        self.hello: Any = None
-        self.progress: Any = None
+        self.hello: P.Hello | None = None
+        self.progress: P.Progress | None = None
+        self.modules: tuple[ModuleNode, ...] = ()  # the Hello's tree as the model table's rows
         self.history: deque[StepRecord] = deque(maxlen=HISTORY)
         self.findings: deque[Finding] = deque(maxlen=MAX_FINDINGS)
         self._parsed: tuple[tuple[str, ...], tuple[Breakpoint, ...]] = ((), ())
 
     def apply(self, message: Any) -> None:
-        if isinstance(message, host.Hello):
+        if isinstance(message, P.Hello):
             self.hello = message
-        elif isinstance(message, host.Step):
+            self.modules = module_rows(message.modules)
+        elif isinstance(message, P.Step):
             self.history.append(message.record)
-        elif isinstance(message, host.Findings):
+        elif isinstance(message, P.Findings):
             if message.replace:
                 self.findings.clear()
             self.findings.extend(message.findings)
-        elif isinstance(message, host.Progress):
+        elif isinstance(message, P.Progress):
             if message.history_from is not None:
                 kept = [r for r in self.history if r.step < message.history_from]
                 self.history.clear()
@@ -87,7 +92,7 @@ class SessionState:
             self.progress = message
 
     def breakpoints(self) -> tuple[Breakpoint, ...]:
-        conditions = tuple(self.progress.breakpoints) if self.progress is not None else ()
+        conditions = tuple(self.progress.breakpoints or ()) if self.progress is not None else ()
         if conditions != self._parsed[0]:
             self._parsed = (conditions, tuple(Breakpoint.parse(c) for c in conditions))
         return self._parsed[1]
@@ -107,7 +112,7 @@ class SessionState:
             findings=tuple(self.findings),
             pending_break=p.pending_break,
             breakpoints=self.breakpoints(),
-            modules=tuple(self.hello.modules),
+            modules=self.modules,
             done_phases=tuple(current.phases_done) if current is not None else (),
         )
 
@@ -126,13 +131,14 @@ class Session:
         self.host: host.HostProcess | None = None
         self._listener: SessionListener | None = None
         self._ids = itertools.count(1)
-        self._failed: host.Error | None = None  # an Error waiting for the state that follows it
+        self._failed: P.Error | None = None  # an Error waiting for the state that follows it
         self._sampling: str | None = None  # the module whose sample is on its way
         self._loaded = False
         self._closing = threading.Event()
         self._pump_thread: threading.Thread | None = None
         self.stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.doing: str | None = None  # the command in flight, in words (for a death notice)
+        self.ended: P.Ended | None = None  # the host said it ended (and why)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -161,41 +167,41 @@ class Session:
 
     # -- commands (each returns its request id) -----------------------------------------------
     def advance(self) -> int:
-        return self._send(lambda i: host.StepPhase(i), "the next phase")
+        return self._send(lambda i: P.StepPhase(id=i), "the next phase")
 
     def step(self) -> int:
-        return self._send(lambda i: host.StepPhase(i, whole_step=True), "a step")
+        return self._send(lambda i: P.StepPhase(id=i, whole_step=True), "a step")
 
     def run(self, steps: int | None = None) -> int:
         self.stop.clear()
-        return self._send(lambda i: host.Continue(i, steps), "a run")
+        return self._send(lambda i: P.Continue(id=i, steps=steps), "a run")
 
     def skip(self) -> int:
-        return self._send(lambda i: host.SkipStep(i), "skip step")
+        return self._send(lambda i: P.SkipStep(id=i), "skip step")
 
     def rewind(self, steps: int = 1) -> int:
-        return self._send(lambda i: host.Rewind(i, steps), "rewind")
+        return self._send(lambda i: P.Rewind(steps, id=i), "rewind")
 
     def set_breakpoints(self, conditions: Iterable[str]) -> int:
         """Replace the host's breakpoints (ValueError, before sending, for a bad condition)."""
         conditions = tuple(conditions)
         for c in conditions:
             Breakpoint.parse(c)
-        return self._send(lambda i: host.SetBreakpoints(i, conditions), None)
+        return self._send(lambda i: P.SetBreakpoints(conditions, id=i), None)
 
     def pause(self) -> None:
         """Ask the run in progress to stop after its phase (once per run)."""
         if not self.stop.is_set():
             self.stop.set()
             if self.host is not None:
-                self.host.send(host.Pause())
+                self.host.send(P.Pause())
 
     def request_sample(self, module: str) -> bool:
         """Ask for a module's histograms; False while one is on its way already."""
         if self._sampling is not None or self.host is None:
             return False
         self._sampling = module
-        if not self.host.send(host.RequestSample(next(self._ids), module)):
+        if not self.host.send(P.RequestSample(next(self._ids), module)):
             self._sampling = None
             return False
         return True
@@ -223,7 +229,7 @@ class Session:
                 continue
             for message in proc.poll(0):  # sent just before it went
                 self._apply(message)
-            if not self._closing.is_set():
+            if not self._closing.is_set() and self.ended is None:  # it went without saying why
                 self._lost(proc)
             return
 
@@ -231,16 +237,18 @@ class Session:
         listener = self._listener
         assert listener is not None
         self.state.apply(message)
-        if isinstance(message, host.Error):
+        if isinstance(message, P.Ended):
+            self.ended = message
+        elif isinstance(message, P.Error):
             if message.fatal:
                 self._loaded = True  # nothing more will come
-                listener.load_failed(message.title, message.details)
+                listener.load_failed(message.message, message.traceback)
             else:
                 self._failed = message
-        elif isinstance(message, host.Sample):
+        elif isinstance(message, P.Sample):
             self._sampling = None
-            listener.sample(message.data)
-        elif isinstance(message, host.Progress):
+            listener.sample(inspector_data(message))
+        elif isinstance(message, P.Progress):
             view = self.state.view()
             if view is None:
                 return
@@ -250,10 +258,10 @@ class Session:
                 return
             failed, self._failed = self._failed, None
             if failed is not None:
-                listener.failed(failed.reply_to, failed.title, failed.details, view, failed.step)
+                listener.failed(failed.reply_to, failed.message, failed.traceback, view, failed.step)
             if message.reply_to is not None:
                 self.doing = None
-                listener.done(message.reply_to, view, message.summary, message.note, message.warning)
+                listener.done(message.reply_to, view, message.summary, message.note or None, message.warning)
             else:
                 listener.updated(view)
 
