@@ -66,7 +66,7 @@ def test_domain_modules_do_not_load_textual() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-HELP = [["--help"], *([c, "--help"] for c in ("tui", "list", "run", "check", "summary", "bench", "profile", "diff"))]
+HELP = [["--help"], *([c, "--help"] for c in ("tui", "attach", "list", "run", "check", "summary", "bench", "profile", "diff"))]
 
 
 @pytest.mark.parametrize("argv", HELP, ids=lambda a: " ".join(a))

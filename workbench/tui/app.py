@@ -67,9 +67,12 @@ class WorkbenchApp(App[None]):
     CSS_PATH = "styles/workbench.tcss"
     TITLE = "torch workbench"
 
-    def __init__(self, specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True) -> None:
+    def __init__(self, specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True,
+                 attach: Any = None) -> None:
         super().__init__()
         self.specs = list(specs)
+        # (target, token, open connection or None): show that session instead of a scenario.
+        self.attach_to: tuple[str, str | None, Any] | None = attach
         self.device = device
         self.show_volatile = show_volatile
         self.logbook: deque[str] = deque(maxlen=500)
@@ -101,7 +104,9 @@ class WorkbenchApp(App[None]):
     def begin(self) -> None:
         """Open the scenario given on the command line, or the picker (main screen is mounted)."""
         single = len(self.specs) == 1 and not Path(self.specs[0]).is_dir()
-        if single:
+        if self.attach_to is not None:
+            self.main.attach(*self.attach_to)
+        elif single:
             self.main.load_spec(self.specs[0])
         else:
             self.main.queue.clear()  # keys pressed before the picker opened step nothing
@@ -168,6 +173,9 @@ class WorkbenchApp(App[None]):
                                 getattr(main, f"action_{a.action}"))
 
 
-def create_app(specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True) -> WorkbenchApp:
-    """The app the CLI runs; tests build theirs the same way."""
-    return WorkbenchApp(specs, device=device, show_volatile=show_volatile)
+def create_app(specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True,
+               attach: str | None = None, token: str | None = None, connection: Any = None) -> WorkbenchApp:
+    """The app the CLI runs; tests build theirs the same way. ``attach``: a session's RUN_DIR,
+    HOST:PORT or unix:PATH to show (``connection``: one already open to it)."""
+    return WorkbenchApp(specs, device=device, show_volatile=show_volatile,
+                        attach=None if attach is None else (attach, token, connection))

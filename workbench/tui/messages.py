@@ -9,7 +9,7 @@ in ``can_replace`` so a burst collapses into the newest state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
@@ -88,6 +88,14 @@ class HostLost(Message):
 
     title: str
     details: str
+
+
+@dataclass
+class HostEnded(Message):
+    """An attached session's host said it ended (or the connection to it was lost)."""
+
+    session: Any
+    text: str
 
 
 @dataclass

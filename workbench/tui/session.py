@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.records import Finding, Phase, StepRecord
+from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
 from workbench.scenario import ScenarioSource
 from workbench.session import engine_host as host
 from workbench.session import protocol as P
@@ -61,6 +62,7 @@ class SessionListener(Protocol):
     def sample(self, data: InspectorData) -> None: ...
     def output(self, line: str, stderr: bool) -> None: ...
     def lost(self, title: str, details: str) -> None: ...
+    def ended(self, text: str) -> None: ...
 
 
 class SessionState:
@@ -70,6 +72,9 @@ class SessionState:
         self.hello: P.Hello | None = None
         self.progress: P.Progress | None = None
         self.modules: tuple[ModuleNode, ...] = ()  # the Hello's tree as the model table's rows
+        # A host that does not echo its breakpoints in Progress (a watch): the ones sent last.
+        self.sent_conditions: tuple[str, ...] | None = None
+        self.last_hit: BreakHit | None = None  # the newest BreakHit message (a watch's breakpoints)
         self.history: deque[StepRecord] = deque(maxlen=HISTORY)
         self.findings: deque[Finding] = deque(maxlen=MAX_FINDINGS)
         self._parsed: tuple[tuple[str, ...], tuple[Breakpoint, ...]] = ((), ())
@@ -80,6 +85,8 @@ class SessionState:
             self.modules = module_rows(message.modules)
         elif isinstance(message, P.Step):
             self.history.append(message.record)
+        elif isinstance(message, BreakHit):
+            self.last_hit = message
         elif isinstance(message, P.Findings):
             if message.replace:
                 self.findings.clear()
@@ -91,36 +98,147 @@ class SessionState:
                 self.history.extend(kept)
             self.progress = message
 
+    def conditions(self) -> tuple[str, ...]:
+        """The breakpoint conditions in force, as the host last said (or as last sent to it)."""
+        if self.progress is not None and self.progress.breakpoints is not None:
+            return tuple(self.progress.breakpoints)
+        if self.sent_conditions is not None:
+            return self.sent_conditions
+        return tuple(self.hello.breakpoints) if self.hello is not None else ()
+
     def breakpoints(self) -> tuple[Breakpoint, ...]:
-        conditions = tuple(self.progress.breakpoints or ()) if self.progress is not None else ()
+        conditions = self.conditions()
         if conditions != self._parsed[0]:
             self._parsed = (conditions, tuple(Breakpoint.parse(c) for c in conditions))
         return self._parsed[1]
 
-    def view(self) -> EngineView | None:
-        if self.hello is None or self.progress is None:
+    def view(self, without_progress: bool = False) -> EngineView | None:
+        """The screen's view; None before Hello and the first Progress (``without_progress``:
+        before Hello only: a watch says where its loop is once a step ends)."""
+        if self.hello is None or (self.progress is None and not without_progress):
             return None
         p = self.progress
+        if p is None:
+            p = P.Progress(step=self.history[-1].step + 1 if self.history else 0, next_phase=Phase.FORWARD,
+                           paused=False, busy=False)
         current = p.current
+        pending = p.pending_break
+        hit = self.last_hit
+        if pending is None and p.paused and hit is not None and hit.step == p.step:
+            pending = hit  # a watch holding its step at a wait breakpoint says so with BreakHit + Progress
         return EngineView(
-            summary=self.hello.summary,
+            summary=self.hello.summary or _summary_of(self.hello),
             step=p.step,
             next_phase=Phase(p.next_phase),
             current=current,
             last=self.history[-1] if self.history else None,
             history=tuple(self.history),
             findings=tuple(self.findings),
-            pending_break=p.pending_break,
+            pending_break=pending,
             breakpoints=self.breakpoints(),
             modules=self.modules,
             done_phases=tuple(current.phases_done) if current is not None else (),
         )
 
 
-class Session:
-    """One scenario in an engine host child, driven by commands; state from its messages."""
+def _summary_of(hello: P.Hello) -> ScenarioSummary:
+    """The title bar's line for a host that sent no summary (a watch names its script only)."""
+    params = sum(n.own_params for n in hello.modules)
+    root = next((n for n in hello.modules if n.name == ""), None)
+    return ScenarioSummary(label=hello.title, name=hello.title, description=f"{hello.host} host, pid {hello.pid}",
+                           model_class=root.type_name if root is not None else "", parameters=params,
+                           device=hello.device, threads=0, optimizer="")
 
-    def __init__(self, source: ScenarioSource, device: str, config: EngineConfig | None = None) -> None:
+
+class Channel(Protocol):
+    """The client's side of a session's wire: what a Session sends through and reads from."""
+
+    read_only: bool
+
+    def start(self) -> None: ...
+    def send(self, command: Any) -> bool: ...
+    def poll(self, timeout: float = 0.0) -> list[Any]: ...
+    def alive(self) -> bool: ...
+    def close(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+
+class AttachChannel:
+    """A session another process hosts (``workbench.watch(..., serve=...)``), over the session
+    transport: ``connect(target)`` for a RUN_DIR, HOST:PORT or unix:PATH. A finished run's
+    directory opens read-only from its log."""
+
+    def __init__(self, target: str, token: str | None = None, connection: Any = None) -> None:
+        self.target = target
+        self.token = token
+        self._conn = connection
+        self.read_only = bool(getattr(connection, "read_only", False))
+
+    def start(self) -> None:
+        """Connect (SessionError says why not), unless given an open connection."""
+        if self._conn is None:
+            from workbench.session.transport import connect
+
+            self._conn = connect(self.target, self.token, client="workbench attach")
+            self.read_only = bool(self._conn.read_only)
+
+    def send(self, command: Any) -> bool:
+        from workbench.session.transport import SessionError
+
+        if self._conn is None or self.read_only:
+            return False
+        try:
+            self._conn.send(command)
+            return True
+        except (SessionError, OSError):
+            return False
+
+    def poll(self, timeout: float = 0.0) -> list[Any]:
+        from workbench.session.transport import SessionError
+
+        if self._conn is None:
+            return []
+        try:
+            out = self._conn.poll(timeout)
+        except SessionError as exc:  # refused mid-session: end it with the reason
+            return [P.Ended(reason="refused", message=str(exc))]
+        if not out and timeout and self.read_only:
+            time.sleep(timeout)  # a log has nothing more to say: do not spin
+        return out
+
+    def alive(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def close(self) -> bool:
+        if self._conn is not None:
+            self._conn.close()
+        return False
+
+    @property
+    def pid(self) -> int | None:
+        hello = getattr(self._conn, "hello", None)
+        return hello.pid if hello is not None else None
+
+    exitcode = None
+
+
+# What each stepping command is, for a host that lists the commands it honours.
+ACTION_COMMANDS: dict[str, type] = {"advance": P.StepPhase, "step": P.StepPhase, "skip": P.SkipStep,
+                                    "rewind": P.Rewind, "run": P.Continue, "steps": P.Continue,
+                                    "breakpoints": P.SetBreakpoints, "pause": P.Pause}
+
+
+class Session:
+    """One session, driven by commands; state from its messages: a scenario in an engine host
+    child (``Session(source, device)``), or a running script's watch (``Session.attach``)."""
+
+    def __init__(self, source: ScenarioSource | None, device: str, config: EngineConfig | None = None,
+                 channel: AttachChannel | None = None) -> None:
         self.source = source
         self.device = device
         # None: the TUI's default, made in the child (EngineConfig's module loads torch).
@@ -128,7 +246,8 @@ class Session:
         self.state = SessionState()
         # Set when a pause was asked of the run in progress (cleared when the next run starts).
         self.stop = threading.Event()
-        self.host: host.HostProcess | None = None
+        self.host: Channel | None = None
+        self._channel = channel  # attached: the session another process hosts
         self._listener: SessionListener | None = None
         self._ids = itertools.count(1)
         self._failed: P.Error | None = None  # an Error waiting for the state that follows it
@@ -139,19 +258,61 @@ class Session:
         self.stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.doing: str | None = None  # the command in flight, in words (for a death notice)
         self.ended: P.Ended | None = None  # the host said it ended (and why)
+        self._ended_pending = False
+
+    @classmethod
+    def attach(cls, target: str, token: str | None = None, connection: Any = None) -> Session:
+        """A client of the session at ``target`` (RUN_DIR, HOST:PORT, unix:PATH)."""
+        return cls(None, "", channel=AttachChannel(target, token, connection))
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
+    def attached(self) -> bool:
+        """Another process hosts this session (a watch): commands are sent, not waited on."""
+        return self._channel is not None
+
+    @property
+    def read_only(self) -> bool:
+        return self._channel is not None and self._channel.read_only
+
+    @property
+    def label(self) -> str:
+        if self.source is not None:
+            return self.source.label
+        assert self._channel is not None
+        return self._channel.target
+
+    @property
     def needs_fork_server(self) -> bool:
         """True when starting costs a torch import (the fork server is not up yet)."""
-        return not host.HostProcess.fork_server_running()
+        return self._channel is None and not host.HostProcess.fork_server_running()
+
+    def refusal(self, action: str) -> str | None:
+        """Why ``action`` cannot go to this host (None: it can): a finished run, or a command the
+        host's Hello does not list (a user's loop cannot step one phase or rewind)."""
+        if self._channel is None:
+            return None
+        if self.read_only:
+            ended = f" ({self.ended.reason})" if self.ended is not None else ""
+            return f"this run has ended{ended}: {self.label} is open read-only from its log"
+        command = ACTION_COMMANDS.get(action)
+        hello = self.state.hello
+        if command is not None and hello is not None and not hello.accepts(command):
+            what = {"advance": "step one phase", "step": "finish a step phase by phase",
+                    "rewind": "rewind"}.get(action, action)
+            return f"a {hello.host} host cannot {what}: the script's own loop drives its steps"
+        return None
 
     def open(self, listener: SessionListener, conditions: Sequence[str] = ()) -> None:
         """Start the host and the pump (blocks while the fork server starts: a worker calls it)."""
         self._listener = listener
-        self.host = host.HostProcess(self.source, self.device, self.config, on_output=self._output)
+        if self._channel is not None:
+            self.host = self._channel
+        else:
+            assert self.source is not None
+            self.host = host.HostProcess(self.source, self.device, self.config, on_output=self._output)
         self.host.start()
-        if conditions:
+        if conditions and self._channel is None:
             self.set_breakpoints(conditions)
         self._pump_thread = threading.Thread(target=self._pump, name="workbench-session-pump", daemon=True)
         self._pump_thread.start()
@@ -187,10 +348,15 @@ class Session:
         conditions = tuple(conditions)
         for c in conditions:
             Breakpoint.parse(c)
+        if self._channel is not None:
+            self.state.sent_conditions = conditions
         return self._send(lambda i: P.SetBreakpoints(conditions, id=i), None)
 
     def pause(self) -> None:
         """Ask the run in progress to stop after its phase (once per run)."""
+        if self._channel is not None:  # a watch pauses its loop at the next step boundary
+            self._send(lambda i: P.Pause(id=i), None)
+            return
         if not self.stop.is_set():
             self.stop.set()
             if self.host is not None:
@@ -214,7 +380,16 @@ class Session:
         if doing is not None:
             self.doing = doing
         if self.host is None or not self.host.send(make(request)):
+            if self._channel is not None:
+                raise RuntimeError(self.refusal("") or f"{self.label}: the session is not reachable any more")
             raise RuntimeError("the scenario's process is not running (R restarts it)")
+        if self._channel is not None and self._listener is not None:
+            # A watch answers no command with a reply: the command is done once sent; what it
+            # changes arrives as the loop's own messages.
+            self.doing = None
+            view = self.state.view(without_progress=True)
+            if view is not None:
+                self._listener.done(request, view, None, None, False)
         return request
 
     # -- the pump ---------------------------------------------------------------------------------
@@ -225,6 +400,12 @@ class Session:
             messages = proc.poll(POLL_S)
             for message in messages:
                 self._apply(message)
+            if messages and self._channel is not None:
+                self._attached_update()
+                if self._ended_pending and self.ended is not None:
+                    self._ended_pending = False
+                    assert self._listener is not None
+                    self._listener.ended(self._ended_text(self.ended))
             if messages or proc.alive():
                 continue
             for message in proc.poll(0):  # sent just before it went
@@ -239,6 +420,17 @@ class Session:
         self.state.apply(message)
         if isinstance(message, P.Ended):
             self.ended = message
+            if self._channel is not None:
+                self._ended_pending = True  # said after the batch's view (a log replays in one batch)
+        elif self._channel is not None and isinstance(message, (P.Progress, P.Error)):
+            if isinstance(message, P.Error) and not message.fatal:
+                where = f" ({message.file}:{message.line})" if message.file else ""
+                step = f" at step {message.step}" if message.step is not None else ""
+                title = f"{message.kind}{step}: {message.message}{where}"
+                view = self.state.view(without_progress=True)
+                if view is not None:
+                    listener.failed(None, title, message.traceback or title, view, message.step)
+            return  # a batch is shown at once (_attached_update)
         elif isinstance(message, P.Error):
             if message.fatal:
                 self._loaded = True  # nothing more will come
@@ -265,7 +457,50 @@ class Session:
             else:
                 listener.updated(view)
 
-    def _lost(self, proc: host.HostProcess) -> None:
+    def _attached_update(self) -> None:
+        """After a batch of an attached host's messages: one view for the screen."""
+        listener = self._listener
+        assert listener is not None
+        view = self.state.view(without_progress=True)
+        if view is None:
+            return
+        if not self._loaded:
+            self._loaded = True
+            listener.loaded(view)
+        else:
+            listener.updated(view)
+
+    def status_line(self) -> str:
+        """The status bar of an attached session: where the script is, and what the keys do here."""
+        view = self.state.view(without_progress=True)
+        if self.read_only:
+            reason = f" ({self.ended.reason})" if self.ended is not None else ""
+            return f"read-only: this run has ended{reason}; what it logged is shown"
+        if self.ended is not None:
+            return self._ended_text(self.ended)
+        if view is None:
+            return f"attached to {self.label}"
+        hit = view.pending_break
+        if hit is not None:
+            return (f"step {hit.step} waits at {hit.breakpoint}: {hit.reason} · r continues · x skips its "
+                    "optimizer step")
+        p = self.state.progress
+        if p is not None and p.paused:
+            return f"{p.note or 'paused'} · r continues · N runs k steps"
+        hello = self.state.hello
+        who = f"{hello.host} pid {hello.pid}" if hello is not None else self.label
+        return f"attached to {who} · step {view.step} · p pauses · B sets breakpoints"
+
+    def _ended_text(self, ended: P.Ended) -> str:
+        how = f" (exit code {ended.exit_code})" if ended.exit_code not in (None, 0) else ""
+        what = f"the run ended: {ended.reason}{how}"
+        if ended.message:
+            what += f" · {ended.message}"
+        if self.read_only:
+            what = f"read-only, from its log · {what}"
+        return what
+
+    def _lost(self, proc: Channel) -> None:
         from workbench.isolation import describe_exit
 
         listener = self._listener

@@ -168,12 +168,27 @@ class MainScreen(Screen[None]):
         self._refresh_all()
         self._load_worker(old, self.session, _Poster(self, self.session), self.conditions)
 
+    def attach(self, target: str, token: str | None = None, connection: Any = None) -> None:
+        """Show the session another process hosts (``workbench attach``): the same screen, fed
+        by that session's messages instead of an engine child's."""
+        old = self.session
+        self.session = Session.attach(target, token, connection)
+        self.request = None
+        self.view = None
+        self.busy = "loading"
+        self.loading_label = target
+        self.doing = "attaching"
+        self.status = f"attaching… ({target})"
+        self._hide_error()
+        self._refresh_all()
+        self._load_worker(old, self.session, _Poster(self, self.session), ())
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
     def _load_worker(self, old: Session | None, session: Session, poster: _Poster,
                      conditions: tuple[str, ...]) -> None:
         if old is not None:
             old.close()  # bounded: Stop, then terminate, then kill
-        label = session.source.label
+        label = session.label
         try:
             if session.needs_fork_server:
                 # The first frame is already drawn; the fork server imports torch (≈1-2 s) meanwhile.
@@ -199,6 +214,9 @@ class MainScreen(Screen[None]):
         self.busy = None
         self.view = message.view
         self.status = "ready · f next phase · n step · r run"
+        if self.session is not None and self.session.attached:
+            self.conditions = self.session.state.conditions()
+            self.status = self.session.status_line()
         self._refresh_all()
         table = self.query_one(ModelTable)
         table.focus()
@@ -224,6 +242,10 @@ class MainScreen(Screen[None]):
             return
         if self.session is None or self.view is None:
             self.notify("no scenario loaded: press s to pick one", severity="warning")
+            return
+        refusal = self.session.refusal(action)
+        if refusal is not None:  # a watch host cannot step a phase or rewind; a finished run takes nothing
+            self.notify(refusal, severity="warning")
             return
         if self.busy is not None or (self.queue and not queued):  # keys keep their order
             self._enqueue(action)
@@ -304,7 +326,11 @@ class MainScreen(Screen[None]):
             rate = (message.view.step - step0) / max(time.monotonic() - t0, 1e-9)
             self.status = f"running… {rate:.1f} steps/s (p pauses)"
         self.view = message.view
+        if self.session is not None and self.session.attached:
+            self.status = self.session.status_line()
         self._refresh_all()
+        if self.session is not None and self.session.attached:
+            self._request_inspect()  # an attached script steps by itself: the inspector follows it
         if self.busy in ("run", "steps"):
             # The inspector's module is read again at the run's throttled pace, so its
             # histograms follow the run (the host answers between phases).
@@ -340,6 +366,8 @@ class MainScreen(Screen[None]):
             self.status = f"paused before optimizer step: {view.pending_break.reason}"
         elif view is not None and not self.query_one(ErrorPanel).shown:
             self.status = f"next: {PHASE_LABEL[view.next_phase]}"
+        if self.session is not None and self.session.attached:
+            self.status = self.session.status_line()
         self._refresh_all()
         self._request_inspect()
         if self.query_one(ErrorPanel).shown:
@@ -373,6 +401,18 @@ class MainScreen(Screen[None]):
         self._drop_queue("the scenario's process ended")
         self.status = "the scenario's process ended: R restarts it · s picks another"
         self._show_error(message.title, message.details)
+        self._refresh_all()
+
+    @on(msg.HostEnded)
+    def host_ended(self, message: msg.HostEnded) -> None:
+        if self.session is None or self.session is not message.session:
+            return
+        self.busy = None
+        self.doing = ""
+        self.request = None
+        self._drop_queue("the run ended")
+        self.status = message.text
+        self.notify(message.text, title="session")
         self._refresh_all()
 
     @on(msg.StepFailed)
@@ -412,6 +452,19 @@ class MainScreen(Screen[None]):
         self.app.push_screen(StepsPrompt(), chosen)
 
     def action_pause(self) -> None:
+        if self.session is not None and self.session.attached:
+            refusal = self.session.refusal("pause")
+            if refusal is not None:
+                self.notify(refusal, severity="warning")
+                return
+            try:
+                self.session.pause()  # the script's loop holds at its next step boundary
+            except RuntimeError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.status = "pausing the script at its next step…"
+            self._refresh_title()
+            return
         if self.session is not None and self.busy in ("run", "steps"):
             self.session.pause()  # the host reads it between phases
             self.status = "pausing…"
@@ -422,6 +475,9 @@ class MainScreen(Screen[None]):
     def action_reset(self) -> None:
         if self.session is None:
             self.action_switch()
+            return
+        if self.session.source is None:  # attached: connect again (a finished run reopens its log)
+            self.attach(self.session.label)
             return
         self.load(self.session.source)
 
@@ -466,6 +522,10 @@ class MainScreen(Screen[None]):
     def _push_tool(self, module: str, cls: str, what: str, **extra: Any) -> None:
         if self.session is None:
             self.notify("load a scenario first (s)", severity="warning")
+            return
+        if self.session.source is None:
+            self.notify(f"the {what} screen runs a scenario file; an attached script has none (s picks one)",
+                        severity="warning")
             return
         import importlib
 
@@ -674,7 +734,7 @@ class _Poster:
         self._post(msg.ScenarioLoaded(view))
 
     def load_failed(self, title: str, details: str) -> None:
-        self._post(msg.ScenarioFailed(self.session.source.label, title, details))
+        self._post(msg.ScenarioFailed(self.session.label, title, details))
 
     def updated(self, view: EngineView) -> None:
         self._post(msg.EngineUpdated(view))
@@ -697,3 +757,6 @@ class _Poster:
 
     def lost(self, title: str, details: str) -> None:
         self._post(msg.HostLost(title, details))
+
+    def ended(self, text: str) -> None:
+        self._post(msg.HostEnded(self.session, text))
