@@ -57,8 +57,8 @@ class TitleBar(Static):
         left = Text(" torch workbench", theme.ACCENT)
         if view is not None:
             s = view.summary
-            left.append(f" ─ {s.label} · {s.model_class} · {human_count(s.parameters)} params · "
-                        f"{s.device} · {s.threads} thread{'s' if s.threads != 1 else ''}")
+            threads = f" · {s.threads} thread{'s' if s.threads != 1 else ''}" if s.threads else ""  # 0: not said
+            left.append(f" ─ {s.label} · {s.model_class} · {human_count(s.parameters)} params · {s.device}{threads}")
         elif label:
             left.append(f" ─ {label}")
         right = Text(state + " ", theme.NEXT if "paused" in state or "running" in state else "")
