@@ -19,14 +19,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import torch
 
 from workbench.engine import memory, snapshots
 from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.diagnosis import find_non_finite
-from workbench.engine.errors import ErrorContext, StepError, describe_call, innermost_module
+from workbench.engine.errors import (
+    ErrorContext,
+    StepError,
+    describe_call,
+    innermost_module,
+    is_data_loading_error,
+)
 from workbench.engine.health import HealthThresholds
 from workbench.engine.instruments import Instruments, StepState
 from workbench.engine.records import (
@@ -275,10 +281,23 @@ class Engine:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit from user code too: a step failure, not our exit
-            error = StepError(phase, s.step, exc, self._error_context(phase, s, exc))
-            self._last_error = error
-            self._abort_step(s)
-            raise error from exc
+            self._fail(phase, s, exc)
+        try:
+            return self._after_phase(phase, s, before, start)
+        except RuntimeError as exc:
+            # A DataLoader worker's death is raised by its SIGCHLD handler wherever the main
+            # thread is, the bookkeeping after a phase included: still this step's failure.
+            if not is_data_loading_error(exc):
+                raise
+            self._fail(phase, s, exc)
+
+    def _fail(self, phase: Phase, s: StepState, exc: BaseException) -> NoReturn:
+        error = StepError(phase, s.step, exc, self._error_context(phase, s, exc))
+        self._last_error = error
+        self._abort_step(s)
+        raise error from exc
+
+    def _after_phase(self, phase: Phase, s: StepState, before: dict[str, float], start: float) -> PhaseResult:
         wall = time.perf_counter() - start
         spent = sum(s.instrument.values()) - sum(before.values())
         # Phase time is the user's work: the debugger's own cost is accounted separately.

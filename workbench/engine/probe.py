@@ -257,10 +257,10 @@ def flat_reductions(parts: list[torch.Tensor], index: SampleIndex) -> torch.Tens
     values = torch.cat([t if t.dtype == f32 and t.device == device else t.to(device, f32) for t in parts])
     seg, n = index.segments(tuple(t.numel() for t in parts), device)
     rows = len(parts)
-    mean = torch.zeros(rows, device=device).index_add_(0, seg, values) / n
+    mean = torch.zeros(rows, device=device, dtype=f32).index_add_(0, seg, values) / n
     centred = values - mean.index_select(0, seg)
-    std = (torch.zeros(rows, device=device).index_add_(0, seg, centred.square_()) / n).sqrt()
-    zero = torch.zeros(rows, device=device).index_add_(0, seg, (values == 0).to(f32)) / n
+    std = (torch.zeros(rows, device=device, dtype=f32).index_add_(0, seg, centred.square_()) / n).sqrt()
+    zero = torch.zeros(rows, device=device, dtype=f32).index_add_(0, seg, (values == 0).to(f32)) / n
     return torch.stack([mean, std, zero], dim=1)
 
 
