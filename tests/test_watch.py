@@ -381,6 +381,38 @@ def test_a_client_pauses_between_steps_asks_for_a_module_sample_and_continues_on
         assert not thread.is_alive() and done == [0, 1, 2, 3]
 
 
+def test_a_loop_paused_by_a_client_that_leaves_goes_on_by_itself(tmp_path: Path) -> None:
+    """Nobody is left to say continue: a client's pause must not hang the user's training."""
+    import threading
+
+    from workbench.session import protocol as P
+    from workbench.session.transport import connect
+
+    torch.manual_seed(0)
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run_dir = tmp_path / "run"
+    wb = workbench.watch(model, opt, every=1, serve=f"unix:{tmp_path / 's.sock'}", run_dir=run_dir)
+    done: list[int] = []
+
+    def train() -> None:
+        with wb:
+            for i, batch in enumerate(dict_batches(3)):
+                model(**batch)["loss"].backward()
+                opt.step()
+                opt.zero_grad()
+                done.append(i)
+
+    with connect(run_dir) as conn:
+        conn.send(P.Pause())
+        thread = threading.Thread(target=train, daemon=True)
+        thread.start()
+        _poll_until(conn, lambda m: isinstance(m, P.Progress) and m.paused)
+        assert done == []
+    thread.join(20)  # the client closed while the loop was paused
+    assert not thread.is_alive() and done == [0, 1, 2]
+
+
 CRASHING_SCRIPT = """
 import sys, torch
 from torch import nn

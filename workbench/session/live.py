@@ -106,7 +106,12 @@ class Live:
             command = self.server.wait_command(0.5)  # short waits: Ctrl-C in the user's terminal is seen
             if command is not None:
                 self._handle(command, step)
+            elif not self._anyone_attached():
+                self.paused = False  # nobody is left to say continue: the loop goes on by itself
         self._progress(step, Phase.FORWARD, paused=False)
+
+    def _anyone_attached(self) -> bool:
+        return bool(self.server.clients)
 
     def wait_at_break(self, hit: BreakHit, skip: Callable[[], None]) -> None:
         """Hold the step at a ``wait`` breakpoint until a client continues, or skips it
