@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 NAME = "attach"
 ORDER = 2
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     return int(app.return_code or 0)
 
 
-def open_target(target: str, token: str | None, root: str) -> object:
+def open_target(target: str, token: str | None, root: str) -> Any:
     """The open connection to ``target``; UsageError (exit 2) naming it when it cannot be opened."""
     from workbench.errors import UsageError
     from workbench.session.transport import SessionError, connect

@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from textual.app import App
+    from workbench.tui.app import WorkbenchApp
 
 NAME = "tui"
 ORDER = 1
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     return int(app.return_code or 0)
 
 
-def run_to_the_end(app: App[None], grace: float = EXIT_GRACE_S) -> None:
+def run_to_the_end(app: WorkbenchApp, grace: float = EXIT_GRACE_S) -> None:
     """``app.run()``, but a quit ends the process even if user code never returns.
 
     Thread workers run in asyncio's default executor, and ``asyncio.run`` joins

@@ -29,6 +29,7 @@ round trip between two processes of one workbench).
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import select
 import signal
@@ -37,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from workbench.engine.records import Finding, Phase, StepRecord
 from workbench.session.protocol import (
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
     from workbench.engine.engine import Engine, EngineConfig
     from workbench.scenario import ScenarioSource
 
-HOST_KIND = "engine"
+HOST_KIND: Literal["engine"] = "engine"
 # How often a run publishes its progress (records go out as they are made; the
 # step in progress, its phase and the throttled view at most this often).
 PROGRESS_INTERVAL_S = 0.1
@@ -397,7 +398,7 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         stream.close()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(line_buffering=True)  # a print reaches the log when it is made
+            cast(io.TextIOWrapper, stream).reconfigure(line_buffering=True)  # a print reaches the log when made
         except (AttributeError, ValueError):
             pass
     os.chdir(cwd)  # the fork server's cwd is the one it started in

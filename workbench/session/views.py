@@ -160,7 +160,7 @@ def inspect_module(engine: Engine, module_name: str, request_id: int | str = 0) 
             shape = measured
             if not whole:
                 output_numel = math.prod(measured)
-        nan_positions, nan, inf, numel = _nan_positions(act.reshape(measured) if whole else act,
+        nan_positions, nan, inf, numel = _nan_positions(act.reshape(measured) if whole and measured else act,
                                                         with_positions=whole)
     elif engine.current.phases_done:
         notes.append("activation: not measured in this step (stats off, or the module did not run)")

@@ -246,7 +246,7 @@ class Session:
         self.state = SessionState()
         # Set when a pause was asked of the run in progress (cleared when the next run starts).
         self.stop = threading.Event()
-        self.host: Channel | None = None
+        self.host: Any = None  # the engine child (host.HostProcess) or a watch's AttachChannel
         self._channel = channel  # attached: the session another process hosts
         self._listener: SessionListener | None = None
         self._ids = itertools.count(1)

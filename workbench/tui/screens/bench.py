@@ -179,6 +179,7 @@ class BenchScreen(Screen[None]):
             cells = event.data_table.get_row(event.row_key) if event.row_key is not None else []
             text = "  ".join(str(c) for c in cells if str(c))
         else:
+            assert run is not None  # a result came from it
             text = row_detail(result, run.get("fp32"))
         self.query_one("#detail", Static).update(text)
 

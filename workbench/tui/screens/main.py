@@ -19,6 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Static
 
 from workbench.scenario import ScenarioError, ScenarioSource, load_source
@@ -93,7 +94,7 @@ class MainScreen(Screen[None]):
         self.loading_label = ""
         self.status = "no scenario"
         self._run_started: tuple[float, int] | None = None
-        self._inspect_timer = None
+        self._inspect_timer: Timer | None = None
         self.failed_step: int | None = None  # the step whose phase raised, while its error shows
         self.starting = False  # the first frame is drawn, the app has not opened its scenario yet
         self.queue: deque[str] = deque()  # stepping actions waiting for the one in progress

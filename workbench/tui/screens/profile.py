@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -188,7 +188,7 @@ class ProfileScreen(Screen[None]):
         head = Text(f"mean step {a.mean_step_us / 1e3:.2f} ms over {len(a.steps)} profiled steps", theme.ACCENT)
         if a.gpu_utilization is not None:
             head.append(f"  ·  GPU kernel-busy {a.gpu_utilization * 100:.1f}%", style="")
-        parts = [head, stacked_bar(a, width=72), bar_legend(a), breakdown_table(a)]
+        parts: list[RenderableType] = [head, stacked_bar(a, width=72), bar_legend(a), breakdown_table(a)]
         loss_line = loss_source_line(a)  # the model computed the loss: say that forward holds it
         if loss_line is not None:
             parts.append(loss_line)

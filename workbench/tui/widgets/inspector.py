@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -34,7 +36,7 @@ def inspector_title(data: InspectorData | None) -> str:
     return "Inspector" if data is None else f"Inspector · {data.module or 'model'} · {data.description}"
 
 
-def _stats_line(stats: object | None, fresh: bool) -> Text | None:
+def _stats_line(stats: Any, fresh: bool) -> Text | None:
     if stats is None or getattr(stats, "mean", None) is None:
         return None
     # Stats of an earlier step say so: "none yet in step 3" beside step 2's mean is no contradiction.
@@ -76,6 +78,6 @@ def render_inspector(data: InspectorData | None, stats: object | None = None,
         parts.append(Text(f"non-finite: {data.nan_total:,} of {data.numel:,} sampled values "
                           f"(positions need the whole output, {human_count(data.output_numel or 0)} values)",
                           theme.ERROR))
-    for note in data.notes:
-        parts.append(Text(note, theme.DIM))
+    for remark in data.notes:
+        parts.append(Text(remark, theme.DIM))
     return Group(*parts)
