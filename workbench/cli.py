@@ -103,6 +103,8 @@ def entry(argv: Sequence[str] | None = None) -> None:
     names = ", ".join(repr(t.name) for t in left)
     print(f"warning: the scenario left {len(left)} non-daemon thread{'s' if len(left) > 1 else ''} running "
           f"({names}); exiting without waiting for {'them' if len(left) > 1 else 'it'}.", file=sys.stderr)
+    from workbench.isolation import leave_now
+
     leave_now(code)
 
 
@@ -112,19 +114,6 @@ def stray_threads() -> list:  # list[threading.Thread]
 
     main_thread = threading.main_thread()
     return [t for t in threading.enumerate() if t is not main_thread and not t.daemon and t.is_alive()]
-
-
-def leave_now(code: int) -> None:
-    """End the process at once with ``code`` once stdout and stderr are flushed (no
-    interpreter teardown: no thread joins, no atexit handlers of user code)."""
-    import os
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
-            pass
-    os._exit(code)
 
 
 def _short_warnings() -> None:

@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 # Polling interval of the parent while a child works: how soon a death or the
 # timeout is noticed, and how soon Ctrl-C is (the wait itself is interruptible).
@@ -84,6 +84,13 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...]) -
             conn.send(("raised", text, ()))
         except BaseException:
             code = 1
+    leave_now(code)
+
+
+def leave_now(code: int) -> NoReturn:
+    """End the process at once with ``code`` once stdout and stderr are flushed: no
+    interpreter teardown, so no thread the user's code left running is joined and no
+    atexit handler of theirs runs."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

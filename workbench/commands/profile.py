@@ -189,12 +189,9 @@ def _leave_now(code: int) -> None:
     ranks, rank 0 in the middle of its analysis. Nothing is left to do by then
     (traces, metadata and output are written), so skip the teardown.
     """
-    import os
-    import sys
+    from workbench.isolation import leave_now
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    leave_now(code)
 
 
 def _torchrun_rank_code(args, console, source, options, limit, findings) -> int:  # noqa: ANN001

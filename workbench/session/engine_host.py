@@ -416,13 +416,10 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         import traceback
 
         traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: S110 - a closed pipe: nothing more can be said
-            pass
+    from workbench.isolation import leave_now
+
     # Not sys.exit: threads the user's code left running must not keep the child alive.
-    os._exit(code)
+    leave_now(code)
 
 
 def _watch_parent(pid: int) -> None:
