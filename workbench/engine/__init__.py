@@ -22,7 +22,9 @@ API overview::
 * engine.py       EngineConfig, Engine (owns the loop: data, phases, snapshots, breakpoints).
 * instruments.py  Instruments: probe + parameter stats + health rules at each phase boundary,
                   for whoever owns the loop (the Engine, ``workbench.watch``).
-* health.py       HealthThresholds (documented defaults) and the rules.
+* thresholds.py   HealthThresholds: every threshold of the rules and the diagnosis, documented.
+* health.py       the health rules (HealthMonitor).
+* diagnosis.py    the silent-bug diagnosis the rules run (Diagnosis, LossWatch, InputScaleProbe).
 * probe.py        module hooks: batched forward stats, output-gradient norms, NaN root cause.
 * params.py       per-parameter grad / weight / update stats.
 * memory.py       RSS and CUDA allocator samples.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.engine.breakpoints import Breakpoint
     from workbench.engine.engine import Engine, EngineConfig
     from workbench.engine.errors import StepError
-    from workbench.engine.health import HealthThresholds
+    from workbench.engine.thresholds import HealthThresholds
     from workbench.engine.records import (
         FINDING_KINDS,
         PHASES,
@@ -65,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # in torch through this package, so the TUI can import the records' types before torch loads.
 _HOME = {
     "Breakpoint": "breakpoints", "Engine": "engine", "EngineConfig": "engine", "StepError": "errors",
-    "HealthThresholds": "health",
+    "HealthThresholds": "thresholds",
     **{name: "records" for name in (
         "FINDING_KINDS", "PHASES", "BreakHit", "Finding", "MemorySample", "ModuleNode", "ModuleStats",
         "ParamStats", "Phase", "PhaseResult", "RunOutcome", "StepProgress", "StepRecord")},

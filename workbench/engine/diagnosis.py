@@ -14,7 +14,7 @@ the bugs that give a plausible loss and no exception:
   that oscillates with a large amplitude instead of settling;
 * recurrent layers whose gradients explode through time.
 
-Every threshold lives in ``HealthThresholds`` (health.py) with the reason for its default.
+Every threshold lives in ``HealthThresholds`` (thresholds.py) with the reason for its default.
 
 How it looks without costing a sync per step: the loss's inputs are seen through a
 ``TorchFunctionMode`` active only while ``loss_fn`` runs (it sees ``F.cross_entropy`` etc.
@@ -67,7 +67,7 @@ from workbench.engine.records import (
 )
 
 if TYPE_CHECKING:
-    from workbench.engine.health import HealthThresholds
+    from workbench.engine.thresholds import HealthThresholds
 
 # Losses that apply log_softmax / log_sigmoid themselves (expect logits), and NLLLoss,
 # which expects log-probabilities: all three are wrong on probabilities.

@@ -20,7 +20,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -28,9 +28,6 @@ from torch import nn
 from workbench.scenario.batch import PAIR, Batch, split_batch
 from workbench.scenario.errors import ScenarioError
 from workbench.scenario.outputs import describe_output, output_loss
-
-if TYPE_CHECKING:
-    from workbench.scenario.loader import ScenarioSource
 
 AMP_MODES = (None, "bf16", "fp16")
 SCHEDULER_INTERVALS = (None, "step", "epoch")
@@ -53,6 +50,25 @@ class LossValue:
     @property
     def inside_model(self) -> bool:
         return self.source != "loss_fn"
+
+
+class ScenarioOrigin(Protocol):
+    """Where a Scenario came from, as the contract reads it; the loader's ScenarioSource is one.
+
+    A protocol rather than the loader's class: the loader builds Scenarios, so the contract
+    below it names only what it needs of a source and does not import the loader back.
+    """
+
+    @property
+    def path(self) -> str | None: ...  # the .py file, when there is one
+
+    @property
+    def where(self) -> str: ...  # the file, module or spec, for messages
+
+    @property
+    def label(self) -> str: ...  # the short name lists and titles show
+
+    def build(self, device: str | torch.device = "cpu") -> Scenario: ...  # a fresh Scenario
 
 
 @dataclass
@@ -93,7 +109,7 @@ class Scenario:
     load_state: Callable[[Any], None] | None = None  # puts back what state() returned
     carries_state: bool = False  # state lives outside the model (a carried hidden state ...)
     # Set by the loader: where this scenario came from, and what it noticed at load.
-    source: ScenarioSource | None = field(default=None, repr=False, compare=False)
+    source: ScenarioOrigin | None = field(default=None, repr=False, compare=False)
     load_warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:

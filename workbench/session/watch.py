@@ -62,7 +62,7 @@ from torch import nn
 from workbench.engine import memory
 from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.diagnosis import find_non_finite
-from workbench.engine.health import HealthThresholds
+from workbench.engine.thresholds import HealthThresholds
 from workbench.engine.instruments import Instruments, StepState
 from workbench.engine.params import ParamRef
 from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
