@@ -14,7 +14,7 @@ import workbench
 from tests.watch_models import DetachedHead, DictLM, dict_batches, hook_count
 from workbench.engine.records import NAN_INF, NO_GRADIENT, Phase
 from workbench.errors import OutputPathError
-from workbench.session import watch as watch_module
+from workbench.session.watch import breaks as watch_breaks
 
 
 def _train_dict_lm(model: DictLM, wb_kwargs: dict, steps: int = 4) -> tuple[workbench.watch, torch.optim.Optimizer]:
@@ -137,7 +137,7 @@ def test_on_break_pdb_stops_with_the_finding_and_its_module_at_hand(monkeypatch:
 
     out = io.StringIO()
     script = io.StringIO("p finding.kind, module_name, type(module).__name__\np sorted(params)\nc\n")
-    monkeypatch.setattr(watch_module, "_make_pdb", lambda: pdb.Pdb(stdin=script, stdout=out))
+    monkeypatch.setattr(watch_breaks, "_make_pdb", lambda: pdb.Pdb(stdin=script, stdout=out))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
     with torch.no_grad():

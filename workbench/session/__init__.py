@@ -1,7 +1,9 @@
 """Sessions: the protocol between something that trains (a host) and something that shows it
 (a client), its transport, the session log and the registry of sessions on this machine.
 
-* watch.py      ``workbench.watch``: the engine's Instruments on a loop the user owns (a host).
+* watch/        ``workbench.watch``: the engine's Instruments on a loop the user owns (a host);
+                its hooks and step boundaries, breakpoints, outputs, ranks, unwrapping.
+* live.py       a watched loop's live side: what it publishes, the commands clients send it.
 * protocol.py   frozen message/command dataclasses <-> versioned JSON lines (encode, decode).
 * transport.py  SessionServer (loopback TCP or Unix socket, token, replay) and connect().
 * log.py        RUN_DIR/session.jsonl: the JSON-lines log every host writes, read back after a crash.

@@ -1,42 +1,7 @@
-"""``workbench.watch``: the engine's instruments on a training loop the user owns.
+"""The ``Watch``: the engine's instruments hooked onto a loop the user owns, and its step boundaries.
 
-::
-
-    with workbench.watch(model, optimizer, every=16, report="runs/watch/exp1.json") as wb:
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step(); optimizer.zero_grad()
-            wb.log(loss=loss)
-
-What one step is
-    A step ends when every optimizer given has run ``step()`` once since the last
-    boundary (one optimizer: each ``optimizer.step()``; a GAN loop with
-    ``[opt_g, opt_d]``: one round of both, in whatever order the loop steps them; an
-    optimizer that steps twice before the others closes the round early). Without an
-    optimizer, ``wb.step()`` ends a step: call it after ``backward()`` and before the
-    weights change and the gradients are cleared. Under a GradScaler that skips an
-    update, ``optimizer.step()`` is not called and the round closes at the next one.
-
-Where each measurement happens (the Instruments of the engine, at the same boundaries)
-    * forward: on a measured step (``step % every == 0``) the probe's module hooks are
-      attached when the step starts and the first forward of the model's root run with
-      gradients on is measured; its stats are read in one transfer when that forward
-      returns (or at the step's optimizer step when the root module is never called, as
-      in a Lightning ``training_step`` that calls a submodule). Forwards under
-      ``torch.no_grad()`` (evaluation) are not measured. On an unmeasured step no module
-      hook is attached: only two hooks on the root module note the loss a model returns.
-    * loss: the loss the model returned (``outputs.loss`` / ``outputs["loss"]``, as a
-      Hugging Face model does), else the ``loss=`` given to ``wb.log`` before the step;
-      read at the optimizer step, in one transfer. A loss logged after ``optimizer.step()``
-      joins that step's record (and its rules) when the next step starts.
-    * backward: ``optimizer.step()``'s pre-hook, for the parameters that optimizer holds:
-      gradient stats and the backward rules (one transfer), then breakpoints. A
-      ``Break`` raised here stops ``step()`` before any weight changes.
-    * update: the post-hook, update/weight norms (one transfer) and the update rules.
-
-``wb.log(**scalars)`` keeps tensors as they are (no sync); they are read together, in one
-transfer, when the step's record is written.
+How a step is told apart and where each measurement happens: the package's docstring
+(``workbench.session.watch``). The outputs, breakpoints and unwrapping it uses live beside it.
 """
 
 from __future__ import annotations
@@ -46,7 +11,6 @@ import contextlib
 import functools
 import math
 import os
-import pdb
 import sys
 import time
 import traceback
@@ -62,133 +26,20 @@ from torch import nn
 from workbench.engine import memory
 from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.diagnosis import find_non_finite
-from workbench.engine.thresholds import HealthThresholds
 from workbench.engine.instruments import Instruments, StepState
 from workbench.engine.params import ParamRef
 from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
+from workbench.engine.thresholds import HealthThresholds
 from workbench.scenario.outputs import output_loss
-
-ON_BREAK = ("raise", "pdb", "wait", "log")
-# The commands a user's own loop can honour: it cannot step one phase or rewind.
-
-
-class Break(Exception):
-    """A ``break_on`` condition fired (``on_break="raise"``), before the optimizer step.
-
-    ``hit`` is the engine's BreakHit (step, phase, breakpoint, finding, reason);
-    ``finding`` the finding that fired it, or None for loss/grad_norm/step conditions.
-    """
-
-    def __init__(self, hit: BreakHit) -> None:
-        self.hit = hit
-        self.finding = hit.finding
-        where = "before its optimizer step" if hit.phase is Phase.BACKWARD else "after its optimizer step"
-        super().__init__(f"workbench breakpoint {hit.breakpoint!r} at step {hit.step} ({where}): {hit.reason}")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module that really computes: ``torch.compile``'s ``_orig_mod``, DDP/DataParallel's ``.module``."""
-    for _ in range(8):  # a compiled DDP model, a DDP of a compiled model: a few layers at most
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-            continue
-        break
-    return model
-
-
-def unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
-    """The torch optimizer under Lightning's LightningOptimizer or accelerate's AcceleratedOptimizer."""
-    for _ in range(8):
-        if type(opt).__module__.startswith("torch.optim") or not any(
-                isinstance(getattr(opt, a, None), torch.optim.Optimizer) for a in ("optimizer", "_optimizer")):
-            break
-        inner = getattr(opt, "optimizer", None)
-        opt = inner if isinstance(inner, torch.optim.Optimizer) else opt._optimizer
-    if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError(f"workbench.watch: expected a torch.optim.Optimizer (or a list of them), got "
-                        f"{type(opt).__name__}. Pass the optimizer your loop calls step() on.")
-    return opt
-
-
-def parse_breakpoints(break_on: Iterable[str | Breakpoint] | str) -> list[Breakpoint]:
-    """``break_on`` as ``run --break-on`` takes it: conditions, or strings with commas."""
-    items = [break_on] if isinstance(break_on, (str, Breakpoint)) else list(break_on)
-    out: list[Breakpoint] = []
-    for item in items:
-        if isinstance(item, Breakpoint):
-            out.append(item)
-            continue
-        for text in (c for c in str(item).split(",") if c.strip()):
-            try:
-                out.append(Breakpoint.parse(text))
-            except ValueError as exc:
-                raise ValueError(f"workbench.watch(break_on=...): {exc}") from None
-    return out
-
-
-class _Optimizers:
-    """Several optimizers seen as one holder of param groups (for the unowned-parameter rule)."""
-
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [g for o in self.optimizers for g in o.param_groups]
-
-
-class _AllParameters:
-    """No optimizer (wb.step()): every parameter counts as held, so none is called unowned."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.param_groups = [{"params": list(model.parameters()), "lr": math.nan}]
-
-
-def _rank() -> tuple[int, int]:
-    """(rank, world size) of this process under torch.distributed, (0, 1) otherwise."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def rank_path(path: str | os.PathLike[str], rank: int, world: int) -> Path:
-    """``exp.json`` -> ``exp.rank1.json`` when several ranks write (each its own report)."""
-    p = Path(path)
-    return p if world <= 1 else p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
-
-
-REPORT_START = b'{\n  "schema": "workbench.run/1"'
-
-
-def check_report_path(path: Path) -> None:
-    """Refuse a path that holds a file which is not a previous workbench report (or is unwritable)."""
-    from workbench.errors import OutputPathError
-    from workbench.files import check_writable, existing_kind
-
-    check_writable(path)
-    if existing_kind(path) == "file" and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            start = f.read(len(REPORT_START))
-        if start != REPORT_START:
-            raise OutputPathError(
-                f"{path} exists and is not a workbench report (it does not start with "
-                f'{{"schema": "workbench.run/1"): workbench.watch never writes over another file. '
-                "Choose another report= path, or move that file away.")
-
-
-def _script_title() -> str:
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
-    return str(path) or "<python>"
+from workbench.session.watch import breaks
+from workbench.session.watch.breaks import ON_BREAK, Break, parse_breakpoints
+from workbench.session.watch.outputs import Outputs, sample_reply, script_title
+from workbench.session.watch.ranks import current_rank
+from workbench.session.watch.wrapped import param_holder, unwrap_model, unwrap_optimizer
 
 
 class Watch:
-    """A watched training loop; made by :func:`watch` (see the module docstring)."""
+    """A watched training loop; made by :func:`watch` (see the ``workbench.session.watch`` docstring)."""
 
     def __init__(
         self,
@@ -237,14 +88,13 @@ class Watch:
         self.close_on_break = close_on_break  # integrations whose framework cannot close the watch on an exception
         self.breakpoints: list[Breakpoint] = parse_breakpoints(break_on)
         self.epoch = 0  # an integration that knows the epoch sets it
-        self.rank, self.world_size = _rank()
-        self.title = title or _script_title()
+        self.rank, self.world_size = current_rank()
+        self.title = title or script_title()
         self._inst = Instruments(self.model, sample_size=sample_size, thresholds=thresholds)
         # No replay in a loop the watch does not own: more stats is the way to see where a NaN starts.
         self._inst.health.full_stats_hint = (f"take stats every step (workbench.watch(..., every=1)) to see which "
                                              f"module makes it (this watch measures one step in {every})")
-        self._holder: Any = (self.optimizers[0] if len(self.optimizers) == 1 else
-                             _Optimizers(self.optimizers) if self.optimizers else _AllParameters(self.model))
+        self._holder: Any = param_holder(self.model, self.optimizers)
         ids = {id(r.param): r for r in self._inst.params}
         # Each optimizer's share of the parameters; those no optimizer holds go with the first
         # (the unowned-parameter rule names them).
@@ -282,12 +132,7 @@ class Watch:
         self._t_resume: float | None = None  # the watch's last hook work ended: the user's code runs again
         self._t_boundary: float | None = None
         self.break_hits: list[BreakHit] = []  # every breakpoint that fired, in order
-        self._report: Any = None
-        self._tb: Any = None
-        self._live: Any = None  # workbench.session.live.Live while serving
-        self.report_path: Path | None = None
-        self.tensorboard_dir: Path | None = None
-        self.run_dir: Path | None = None
+        self._out = Outputs()  # the report, TensorBoard log and live session asked for
         self._samples: dict[str, torch.Tensor | None] = {}  # the last measured step's output samples
         try:
             self._open_outputs(report, tensorboard, histogram_every, serve, run_dir)
@@ -336,6 +181,26 @@ class Watch:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def report_path(self) -> Path | None:
+        """This rank's JSON report, when one was asked for."""
+        return self._out.report_path
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        """This rank's TensorBoard log directory, when one was asked for."""
+        return self._out.tensorboard_dir
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The live session's files, when serving."""
+        return self._out.run_dir
+
+    @property
+    def address(self) -> str | None:
+        """Where a client attaches (``workbench attach ADDRESS``), when serving."""
+        return self._out.address
 
     @property
     def module_tree(self) -> Any:
@@ -424,8 +289,8 @@ class Watch:
                 from workbench.report.json_report import error_json
 
                 text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                if self._live is not None:
-                    self._live.error(exc, text, self._step)
+                if self._out.live is not None:
+                    self._out.live.error(exc, text, self._step)
                 self._close_outputs("error", error_json(exc, text, step=self._step))
             else:
                 self._close_outputs("finished", None)
@@ -480,7 +345,7 @@ class Watch:
             self._inst.end_forward(self._s, self._scale)
             self._forward_open = False
         if self._armed:
-            if self._live is not None and self._s.modules:
+            if self._out.live is not None and self._s.modules:
                 # Between steps a client may ask for a module's values: keep this step's samples
                 # (references to the probe's fixed-size copies, not new copies).
                 self._samples = {m.name: self._inst.probe.sample_of(m.name) for m in self._s.modules}
@@ -594,8 +459,9 @@ class Watch:
                 s.total_grad_norm = math.hypot(earlier_total, s.total_grad_norm)
         if Phase.BACKWARD not in s.phases_done:
             s.phases_done.append(Phase.BACKWARD)
-        if self._tb is not None and self._tb.wants_histograms(s.step) and first:
-            self._tb.histograms(self.model, s.step)
+        tb = self._out.tb
+        if tb is not None and tb.wants_histograms(s.step) and first:
+            tb.histograms(self.model, s.step)
         if index is not None:
             self._before[index] = inst.before_update(s, refs)
         self._found(inst.phase_findings)
@@ -698,22 +564,13 @@ class Watch:
         self._logged.append(values)
         if len(self._logged) > (self._history.maxlen or 0):
             del self._logged[0]
-        if self._report is not None:
-            self._report.add_findings(record.findings)
-            self._report.add(record, extra={"logged": values} if values else None)
-        if self._tb is not None:
-            self._tb.step(record)
-            if values:
-                self._tb.scalars(record.step, {f"log/{k}": v for k, v in values.items()})
-        if self._live is not None:
-            self._live.step(record, values)
+        self._out.record(record, values)
 
     def _found(self, findings: Sequence[Finding]) -> None:
         if not findings:
             return
         self._findings.extend(findings)
-        if self._live is not None:
-            self._live.findings(findings)
+        self._out.findings(findings)
         if self.on_finding is not None:
             for f in findings:
                 self.on_finding(f)
@@ -727,24 +584,14 @@ class Watch:
 
     # -- breakpoints ------------------------------------------------------------------------
     def _check_breakpoints(self, phase: Phase, candidates: Sequence[Finding]) -> BreakHit | None:
+        # After the optimizer step of a step's last optimizer, that step is the pending one.
         s = self._s if phase is Phase.BACKWARD else (self._pending[0] if self._pending else self._s)
-        for bp in self.breakpoints:
-            if phase is Phase.OPTIMIZER_STEP and bp.condition != "finding":
-                continue
-            key = bp.describe()
-            if key in self._hits and s is self._s:
-                continue
-            hit = bp.check(step=s.step, phase=phase, loss=s.loss, total_grad_norm=s.total_grad_norm,
-                           findings=candidates)
-            if hit is not None:
-                self._hits.add(key)
-                return hit
-        return None
+        return breaks.first_hit(self.breakpoints, phase, s, candidates, self._hits, once=s is self._s)
 
     def _on_hit(self, hit: BreakHit, index: int | None) -> None:
         self.break_hits.append(hit)
-        if self._live is not None:
-            self._live.publish(hit)
+        if self._out.live is not None:
+            self._out.live.publish(hit)
         if self.on_break == "log":
             return
         if self.on_break == "raise":
@@ -759,27 +606,9 @@ class Watch:
                 self.close(error)
             raise error
         if self.on_break == "pdb":
-            self._debug(hit)
+            breaks.debug(hit, self.model, self, self._s, self._inst.activation_sample)
             return
         self._wait(hit, index)
-
-    def _debug(self, hit: BreakHit) -> None:
-        """Drop into pdb with the finding, its module, its tensors and the watch at hand."""
-        f = hit.finding
-        modules = dict(self.model.named_modules())
-        name = f.module if f is not None else ""
-        module = modules.get(name, self.model)
-        own = dict(module.named_parameters(recurse=False)) if module is not None else {}
-        namespace = {
-            "hit": hit, "finding": f, "module": module, "module_name": name, "model": self.model, "wb": self,
-            "params": own, "grads": {k: p.grad for k, p in own.items()},
-            "activation": self._inst.activation_sample(name) if name else None,
-            "step": self._s.step, "modules": {m.name: m for m in self._s.modules},
-        }
-        banner = (f"workbench: {hit.breakpoint} at step {hit.step}: {hit.reason}\n"
-                  "  at hand: finding, module, module_name, params, grads, activation (output sample), "
-                  "modules (this step's stats), model, wb; `c` continues the step.")
-        _inspect(namespace, banner)
 
     def _wait(self, hit: BreakHit, index: int | None) -> None:
         from workbench.session.live import Stopped
@@ -791,101 +620,47 @@ class Watch:
                     ref.param.grad = None
                 self._skipped.add(hit.step)
 
+        # on_break="wait" requires serve= (checked at the start); a rank other than 0 does not serve.
+        assert self._out.live is not None
         try:
-            self._live.wait_at_break(hit, skip)
+            self._out.live.wait_at_break(hit, skip)
         except Stopped as stop:
             raise Break(stop.hit) from None
 
     # -- outputs ----------------------------------------------------------------------------
     def _open_outputs(self, report: Any, tensorboard: Any, histogram_every: int, serve: Any, run_dir: Any) -> None:
-        if report is not None:
-            from workbench.report.run_report import RunReport
-
-            self.report_path = rank_path(report, self.rank, self.world_size)
-            check_report_path(self.report_path)
-            self._report = RunReport(str(self.report_path), self.title, str(self._device), every=self.every)
-        if tensorboard is not None:
-            from workbench.files import check_writable
-            from workbench.report.tensorboard import TensorBoardWriter
-
-            tb_dir = Path(tensorboard) / f"rank{self.rank}" if self.world_size > 1 else Path(tensorboard)
-            check_writable(tb_dir, directory=True)
-            self.tensorboard_dir = tb_dir
-            self._tb = TensorBoardWriter(tb_dir, histogram_every)
+        self._out.open_files(report, tensorboard, histogram_every, rank=self.rank, world=self.world_size,
+                             title=self.title, device=str(self._device), every=self.every)
         if serve and self.rank == 0:  # the live session is rank 0's; every rank writes its report
-            self._open_server(serve, run_dir)
-
-    def _open_server(self, serve: Any, run_dir: Any) -> None:
-        from workbench.session import protocol
-        from workbench.session.live import HONOURED, Live
-
-        hello = protocol.Hello(
-            host="watch", pid=os.getpid(), title=self.title, device=str(self._device), every=self.every,
-            modules=tuple(self._inst.module_tree.values()), breakpoints=tuple(b.describe() for b in self.breakpoints),
-            started_at=time.time(), commands=HONOURED, workbench=_version(),
-        )
-        self._live = Live.open(serve, run_dir, hello, set_breakpoints=self._set_breakpoints, sample=self._sample)
-        self.run_dir = Path(self._live.server.run_dir)
-
-    @property
-    def address(self) -> str | None:
-        """Where a client attaches (``workbench attach ADDRESS``), when serving."""
-        return None if self._live is None else (self._live.address or str(self.run_dir))
+            self._out.serve(serve, run_dir, title=self.title, device=str(self._device), every=self.every,
+                            modules=tuple(self._inst.module_tree.values()),
+                            breakpoints=tuple(b.describe() for b in self.breakpoints),
+                            set_breakpoints=self._set_breakpoints, sample=self._sample)
 
     def _set_breakpoints(self, conditions: Sequence[str]) -> None:
         self.breakpoints = parse_breakpoints(conditions)
 
     def _serve_commands(self) -> None:
         """Between steps: what clients asked for (pause blocks here until continue)."""
-        if self._live is None:
+        live = self._out.live
+        if live is None:
             return
         from workbench.session.live import Stopped
 
         try:
-            self._live.serve(self._step)
+            live.serve(self._step)
         except Stopped as stop:
             raise Break(stop.hit) from None
 
     def _sample(self, request: Any) -> Any:
-        from workbench.session import protocol
-        from workbench.session.live import sample_message
-
-        if request.kind == "activation":
-            values = self._inst.activation_sample(request.module)
-            if values is None and self._samples.get(request.module) is not None:
-                values = self._samples[request.module].detach().to("cpu", copy=True)  # type: ignore[union-attr]
-            missing = "no measured output of that module is kept (it ran on no measured step yet)"
-        else:
-            module = dict(self.model.named_modules()).get(request.module)
-            grads = [p.grad.detach().reshape(-1) for p in (module.parameters(recurse=False) if module else ())
-                     if p.grad is not None]
-            values = torch.cat(grads).to("cpu") if grads else None  # deliberate sync: a client asked
-            missing = "that module's parameters hold no gradient now (between steps they are cleared)"
-        if values is None:
-            return protocol.Sample(id=request.id, module=request.module, kind=request.kind, step=self._step,
-                                   error=missing)
-        return sample_message(request, values.float(), self._step)
+        return sample_reply(request, self._inst, self.model, self._samples, self._step)
 
     def _close_outputs(self, stopped_by: str, error: dict[str, Any] | None) -> None:
-        try:
-            if self._report is not None:
-                self._report.write(stopped_by, error, self.break_hit)
-        finally:
-            if self._tb is not None:
-                with contextlib.suppress(Exception):
-                    self._tb.close()
-            if self._live is not None:
-                self._live.close(stopped_by, (error or {}).get("message", ""))
+        self._out.close(stopped_by, error, self.break_hit)
 
     def _abort_outputs(self) -> None:
         self._closed = True
-        stream = getattr(self._report, "stream", None)
-        if stream is not None and stream.open:
-            stream.abort()
-        for closer in (getattr(self._tb, "close", None), getattr(getattr(self._live, "server", None), "close", None)):
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    closer()
+        self._out.abort()
 
     def _at_exit(self) -> None:
         """The interpreter exits and close() never ran: keep what was measured."""
@@ -897,37 +672,6 @@ class Watch:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this workbench.watch is closed; start a new one")
-
-
-def _version() -> str:
-    """This package's version, for Hello (without importing the package root from below it)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("torch-workbench")
-    except metadata.PackageNotFoundError:
-        return ""
-
-
-def _make_pdb() -> pdb.Pdb:
-    return pdb.Pdb()
-
-
-def _inspect(namespace: dict[str, Any], banner: str) -> None:
-    """A frame holding the finding's objects as locals, for pdb to stop in."""
-    finding = namespace["finding"]  # noqa: F841 - locals for the debugger
-    module = namespace["module"]  # noqa: F841
-    module_name = namespace["module_name"]  # noqa: F841
-    params = namespace["params"]  # noqa: F841
-    grads = namespace["grads"]  # noqa: F841
-    activation = namespace["activation"]  # noqa: F841
-    modules = namespace["modules"]  # noqa: F841
-    model = namespace["model"]  # noqa: F841
-    wb = namespace["wb"]  # noqa: F841
-    hit = namespace["hit"]  # noqa: F841
-    debugger = _make_pdb()
-    print(banner, file=debugger.stdout)
-    debugger.set_trace(sys._getframe())
 
 
 def watch(
