@@ -221,14 +221,16 @@ class EngineHost:
 
     def _guarded(self, reply_to: int, call: Callable[[], Any]) -> None:
         """Run one engine call; a failure of the user's code is an Error, then the state."""
+        from workbench.engine.errors import StepError
+
         try:
             call()
-        except RuntimeError as exc:
-            if getattr(exc, "original", None) is None:  # the engine refused (skip with no step): say why
-                self._publish_news()
-                self._progress(reply_to, note=str(exc), warning=True)
-                return
+        except StepError as exc:
             self._failed(exc, reply_to)
+            return
+        except RuntimeError as exc:  # the engine refused (skip with no step): say why
+            self._publish_news()
+            self._progress(reply_to, note=str(exc), warning=True)
             return
         except Exception as exc:
             self._failed(exc, reply_to)
@@ -237,14 +239,16 @@ class EngineHost:
         self._progress(reply_to)
 
     def _failed(self, exc: BaseException, reply_to: int | None) -> None:
+        from workbench.engine.errors import StepError
+
         title, details = format_error(exc)
-        frame = getattr(exc, "user_frame", None)
-        file, line = _file_line(frame)
-        original = getattr(exc, "original", None) or exc
-        phase = getattr(exc, "phase", None)
-        self.channel.publish(Error(kind=type(original).__name__, message=title, file=file, line=line,
-                                   traceback=details, step=getattr(exc, "step", None),
-                                   phase=Phase(phase) if phase is not None else None, reply_to=reply_to))
+        if isinstance(exc, StepError):  # the user's step raised: its own exception, where and when
+            file, line = _file_line(exc.user_frame)
+            self.channel.publish(Error(kind=type(exc.original).__name__, message=title, file=file, line=line,
+                                       traceback=details, step=exc.step, phase=exc.phase, reply_to=reply_to))
+        else:
+            self.channel.publish(Error(kind=type(exc).__name__, message=title, file=None, line=None,
+                                       traceback=details, reply_to=reply_to))
         self._publish_news()
         self._progress(reply_to)
 

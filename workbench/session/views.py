@@ -11,14 +11,23 @@ never touches the Engine, torch tensors or the user's code.
 from __future__ import annotations
 
 import math
+import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.records import ModuleNode as TreeNode
-from workbench.engine.records import Phase
+from workbench.engine.records import (
+    BreakHit,
+    Finding,
+    ModuleNode,
+    ModuleStats,
+    Phase,
+    RunOutcome,
+    StepProgress,
+    StepRecord,
+)
 from workbench.scenario import ScenarioError
 from workbench.session.protocol import Histogram, RunSummary, Sample, ScenarioSummary  # noqa: F401 - re-exported
 
@@ -26,9 +35,9 @@ if TYPE_CHECKING:
     import torch
 
     from workbench.engine.engine import Engine
+    from workbench.engine.errors import StepError
     from workbench.scenario import ScenarioSource
 
-PHASES = (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
 TUI_SNAPSHOTS = 8  # step starts the TUI's engine keeps for rewind (bounded by EngineConfig.snapshot_budget too)
 PHASE_LABEL = {
     Phase.FORWARD: "forward",
@@ -43,8 +52,9 @@ HIST_SAMPLE = 1 << 18
 
 
 @dataclass(frozen=True)
-class ModuleNode:
-    """One row of the model hierarchy, in execution/registration order."""
+class ModuleRow:
+    """One row of the model table: an engine ``ModuleNode`` placed in the hierarchy
+    (its depth and parent), in execution/registration order."""
 
     name: str
     type_name: str
@@ -66,29 +76,29 @@ class EngineView:
     step: int
     next_phase: Phase
     # The step in progress: its module stats fill in as phases complete.
-    current: Any
-    last: Any  # the newest finished StepRecord, or None
-    history: tuple[Any, ...]
-    findings: tuple[Any, ...]
-    pending_break: Any
+    current: StepProgress | None
+    last: StepRecord | None  # the newest finished step
+    history: tuple[StepRecord, ...]
+    findings: tuple[Finding, ...]
+    pending_break: BreakHit | None
     breakpoints: tuple[Breakpoint, ...]
-    modules: tuple[ModuleNode, ...]
+    modules: tuple[ModuleRow, ...]
     done_phases: tuple[Phase, ...] = ()
 
-    def module_stats(self) -> dict[str, Any]:
+    def module_stats(self) -> dict[str, ModuleStats]:
         """Module stats of the current step where measured, else of the last step."""
-        out: dict[str, Any] = {}
+        out: dict[str, ModuleStats] = {}
         if self.last is not None:
             out.update({m.name: m for m in self.last.modules})
         if self.current is not None:
-            out.update({m.name: m for m in (getattr(self.current, "modules", ()) or ())})
+            out.update({m.name: m for m in self.current.modules})
         return out
 
     def fresh_modules(self) -> set[str]:
         """Modules whose activation stats were measured in the step in progress."""
         if self.current is None:
             return set()
-        return {m.name for m in (getattr(self.current, "modules", ()) or ())}
+        return {m.name for m in self.current.modules}
 
 
 @dataclass(frozen=True)
@@ -113,22 +123,22 @@ def format_error(exc: BaseException) -> tuple[str, str]:
         text = str(exc)
         first, _, rest = text.partition("\n")
         return first, rest or text
-    phase = getattr(exc, "phase", None)
-    step = getattr(exc, "step", None)
-    original = getattr(exc, "original", None) or getattr(exc, "__cause__", None) or exc
-    where = ""
-    if phase is not None:
-        where = f" in {PHASE_LABEL.get(Phase(phase), str(phase))}"
-        if step is not None:
-            where += f" of step {step}"
-    title = f"{type(original).__name__}{where}: {original}"
-    frame = getattr(exc, "user_frame", None)
-    if isinstance(frame, str):
-        title += f"  (at {frame})"
-    details = getattr(exc, "traceback_text", None)
-    if not isinstance(details, str):
-        details = "".join(traceback.format_exception(original))
-    return title, details
+    step_error = _step_error_type()
+    if step_error is not None and isinstance(exc, step_error):  # the user's step raised: where, when
+        original = exc.original
+        title = f"{type(original).__name__} in {PHASE_LABEL[exc.phase]} of step {exc.step}: {original}"
+        if exc.user_frame is not None:
+            title += f"  (at {exc.user_frame})"
+        return title, exc.traceback_text
+    original = exc.__cause__ or exc
+    return f"{type(original).__name__}: {original}", "".join(traceback.format_exception(original))
+
+
+def _step_error_type() -> type[StepError] | None:
+    """StepError, when its module is loaded: it imports torch, which a client's process (the TUI's
+    first frame) does not load for this; an exception of a module never imported is none of its."""
+    errors = sys.modules.get("workbench.engine.errors")
+    return errors.StepError if errors is not None else None  # type: ignore[no-any-return]
 
 
 def inspect_module(engine: Engine, module_name: str, request_id: int | str = 0) -> Sample:
@@ -206,8 +216,8 @@ def inspector_data(sample: Sample) -> InspectorData:
                          sample.nan_count + sample.inf_count, numel, sample.output_numel, step=sample.step)
 
 
-def run_reason(outcome: Any) -> str:
-    hit = getattr(outcome, "break_hit", None)
+def run_reason(outcome: RunOutcome) -> str:
+    hit = outcome.break_hit
     if outcome.stopped_by == "breakpoint" and hit is not None:
         return f"breakpoint {hit.breakpoint}: {hit.reason}"
     if outcome.stopped_by == "stopped":
@@ -231,7 +241,7 @@ def scenario_summary(source: ScenarioSource, engine: Engine) -> ScenarioSummary:
     )
 
 
-def module_tree(engine: Engine) -> tuple[TreeNode, ...]:
+def module_tree(engine: Engine) -> tuple[ModuleNode, ...]:
     """The engine's module tree in execution/registration order, as the Hello carries it."""
     tree = engine.module_tree
     order = list(engine.module_names)
@@ -240,17 +250,17 @@ def module_tree(engine: Engine) -> tuple[TreeNode, ...]:
     return tuple(tree[name] for name in order if name in tree)
 
 
-def module_rows(tree: Sequence[TreeNode]) -> tuple[ModuleNode, ...]:
+def module_rows(tree: Sequence[ModuleNode]) -> tuple[ModuleRow, ...]:
     """A Hello's module tree as the model table's rows, parents before children."""
     nodes = list(tree)
     if not any(n.name == "" for n in nodes):
-        nodes.insert(0, TreeNode("", "", (), 0, 0))
+        nodes.insert(0, ModuleNode("", "", (), 0, 0))
     rows = []
     for info in nodes:
         name = info.name
         parent = None if name == "" else (name.rsplit(".", 1)[0] if "." in name else "")
         depth = 0 if name == "" else name.count(".") + 1
-        rows.append(ModuleNode(name=name, type_name=info.type_name, depth=depth, parent=parent,
+        rows.append(ModuleRow(name=name, type_name=info.type_name, depth=depth, parent=parent,
                                children=tuple(info.children), num_params=int(info.total_params)))
     return tuple(rows)
 

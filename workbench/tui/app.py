@@ -9,11 +9,11 @@ import logging
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TextIO
 
-from textual import on
+from textual import events, on
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
@@ -21,6 +21,12 @@ from workbench.scenario import ScenarioSource
 from workbench.tui import messages as msg
 from workbench.tui.screens.main import ACTIONS, MainScreen
 from workbench.tui.screens.picker import PickerScreen, picker_entries
+
+if TYPE_CHECKING:
+    from workbench.session.transport import ClientConnection, ReplayConnection
+
+    # (target, token, open connection or None): a session another process hosts.
+    AttachTo = tuple[str, str | None, ClientConnection | ReplayConnection | None]
 
 
 class _LogHandler(logging.Handler):
@@ -51,10 +57,10 @@ class _OutputCapture:
         self._partial = {False: "", True: ""}
         self._lock = threading.Lock()
 
-    def post_message(self, event: Any) -> bool:
-        stderr = bool(getattr(event, "stderr", False))
+    def post_message(self, event: events.Print) -> bool:
+        stderr = event.stderr
         with self._lock:
-            *lines, rest = (self._partial[stderr] + str(getattr(event, "text", ""))).split("\n")
+            *lines, rest = (self._partial[stderr] + event.text).split("\n")
             self._partial[stderr] = rest[-OUTPUT_LINE_LIMIT:]
         for line in lines:
             self.app.capture_output(line, stderr)
@@ -68,15 +74,15 @@ class WorkbenchApp(App[None]):
     TITLE = "torch workbench"
 
     def __init__(self, specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True,
-                 attach: Any = None) -> None:
+                 attach: AttachTo | None = None) -> None:
         super().__init__()
         self.specs = list(specs)
         # (target, token, open connection or None): show that session instead of a scenario.
-        self.attach_to: tuple[str, str | None, Any] | None = attach
+        self.attach_to = attach
         self.device = device
         self.show_volatile = show_volatile
         self.logbook: deque[str] = deque(maxlen=500)
-        self._saved_showwarning: Any = None
+        self._saved_showwarning: Callable[..., None] | None = None
         self._log_handler = _LogHandler(self)
         self._warned = False
         self._output_seen = False
@@ -122,8 +128,8 @@ class WorkbenchApp(App[None]):
         self.closed.set()
 
     # -- warnings and logs ------------------------------------------------------------
-    def _showwarning(self, message: Any, category: type[Warning], filename: str, lineno: int,
-                     file: Any = None, line: str | None = None) -> None:
+    def _showwarning(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: TextIO | None = None, line: str | None = None) -> None:
         # May run on a worker thread: capture() only appends and posts.
         self.capture(f"{category.__name__}: {message} ({Path(filename).name}:{lineno})")
 
@@ -174,7 +180,8 @@ class WorkbenchApp(App[None]):
 
 
 def create_app(specs: Sequence[str] = (), device: str = "auto", show_volatile: bool = True,
-               attach: str | None = None, token: str | None = None, connection: Any = None) -> WorkbenchApp:
+               attach: str | None = None, token: str | None = None,
+               connection: ClientConnection | ReplayConnection | None = None) -> WorkbenchApp:
     """The app the CLI runs; tests build theirs the same way. ``attach``: a session's RUN_DIR,
     HOST:PORT or unix:PATH to show (``connection``: one already open to it)."""
     return WorkbenchApp(specs, device=device, show_volatile=show_volatile,

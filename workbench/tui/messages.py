@@ -9,11 +9,11 @@ in ``can_replace`` so a burst collapses into the newest state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from workbench.tui.session import EngineView, InspectorData, RunSummary
+from workbench.tui.session import EngineView, InspectorData, RunSummary, Session
 
 if TYPE_CHECKING:  # annotations only: the main screen need not load bench/profiling
     from workbench.bench.results import BenchRun, VariantResult
@@ -94,7 +94,7 @@ class HostLost(Message):
 class HostEnded(Message):
     """An attached session's host said it ended (or the connection to it was lost)."""
 
-    session: Any
+    session: Session
     text: str
 
 

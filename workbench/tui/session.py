@@ -17,21 +17,20 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from workbench.engine.breakpoints import Breakpoint
-from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
+from workbench.engine.records import BreakHit, Finding, ParamStats, Phase, StepRecord
 from workbench.scenario import ScenarioSource
 from workbench.session import engine_host as host
 from workbench.session import protocol as P
 from workbench.session.views import (  # noqa: F401 - the screens' names for them
     PHASE_LABEL,
-    PHASES,
     EngineView,
     Histogram,
     InspectorData,
-    ModuleNode,
+    ModuleRow,
     RunSummary,
     ScenarioSummary,
     format_error,
@@ -41,6 +40,7 @@ from workbench.session.views import (  # noqa: F401 - the screens' names for the
 
 if TYPE_CHECKING:
     from workbench.engine.engine import EngineConfig
+    from workbench.session.transport import ClientConnection, ReplayConnection
 
 HISTORY = 256  # records kept, as the engine's own ring (EngineConfig.history)
 MAX_FINDINGS = 2000
@@ -71,7 +71,7 @@ class SessionState:
     def __init__(self) -> None:
         self.hello: P.Hello | None = None
         self.progress: P.Progress | None = None
-        self.modules: tuple[ModuleNode, ...] = ()  # the Hello's tree as the model table's rows
+        self.modules: tuple[ModuleRow, ...] = ()  # the Hello's tree as the model table's rows
         # A host that does not echo its breakpoints in Progress (a watch): the ones sent last.
         self.sent_conditions: tuple[str, ...] | None = None
         self.last_hit: BreakHit | None = None  # the newest BreakHit message (a watch's breakpoints)
@@ -79,7 +79,7 @@ class SessionState:
         self.findings: deque[Finding] = deque(maxlen=MAX_FINDINGS)
         self._parsed: tuple[tuple[str, ...], tuple[Breakpoint, ...]] = ((), ())
 
-    def apply(self, message: Any) -> None:
+    def apply(self, message: P.Message) -> None:
         if isinstance(message, P.Hello):
             self.hello = message
             self.modules = module_rows(message.modules)
@@ -151,13 +151,12 @@ def _summary_of(hello: P.Hello) -> ScenarioSummary:
 
 
 class Channel(Protocol):
-    """The client's side of a session's wire: what a Session sends through and reads from."""
-
-    read_only: bool
+    """The client's side of a session's wire: what a Session sends through and reads from
+    (an engine host child's ``HostProcess``, or an ``AttachChannel``)."""
 
     def start(self) -> None: ...
-    def send(self, command: Any) -> bool: ...
-    def poll(self, timeout: float = 0.0) -> list[Any]: ...
+    def send(self, command: P.Command) -> bool: ...
+    def poll(self, timeout: float = 0.0) -> list[P.Message]: ...
     def alive(self) -> bool: ...
     def close(self) -> bool: ...
 
@@ -173,11 +172,12 @@ class AttachChannel:
     transport: ``connect(target)`` for a RUN_DIR, HOST:PORT or unix:PATH. A finished run's
     directory opens read-only from its log."""
 
-    def __init__(self, target: str, token: str | None = None, connection: Any = None) -> None:
+    def __init__(self, target: str, token: str | None = None,
+                 connection: ClientConnection | ReplayConnection | None = None) -> None:
         self.target = target
         self.token = token
         self._conn = connection
-        self.read_only = bool(getattr(connection, "read_only", False))
+        self.read_only = connection is not None and connection.read_only
 
     def start(self) -> None:
         """Connect (SessionError says why not), unless given an open connection."""
@@ -187,7 +187,7 @@ class AttachChannel:
             self._conn = connect(self.target, self.token, client="workbench attach")
             self.read_only = bool(self._conn.read_only)
 
-    def send(self, command: Any) -> bool:
+    def send(self, command: P.Command) -> bool:
         from workbench.session.transport import SessionError
 
         if self._conn is None or self.read_only:
@@ -198,7 +198,7 @@ class AttachChannel:
         except (SessionError, OSError):
             return False
 
-    def poll(self, timeout: float = 0.0) -> list[Any]:
+    def poll(self, timeout: float = 0.0) -> list[P.Message]:
         from workbench.session.transport import SessionError
 
         if self._conn is None:
@@ -221,16 +221,10 @@ class AttachChannel:
 
     @property
     def pid(self) -> int | None:
-        hello = getattr(self._conn, "hello", None)
+        hello = self._conn.hello if self._conn is not None else None
         return hello.pid if hello is not None else None
 
     exitcode = None
-
-
-# What each stepping command is, for a host that lists the commands it honours.
-ACTION_COMMANDS: dict[str, type] = {"advance": P.StepPhase, "step": P.StepPhase, "skip": P.SkipStep,
-                                    "rewind": P.Rewind, "run": P.Continue, "steps": P.Continue,
-                                    "breakpoints": P.SetBreakpoints, "pause": P.Pause}
 
 
 class Session:
@@ -246,7 +240,7 @@ class Session:
         self.state = SessionState()
         # Set when a pause was asked of the run in progress (cleared when the next run starts).
         self.stop = threading.Event()
-        self.host: Any = None  # the engine child (host.HostProcess) or a watch's AttachChannel
+        self.host: Channel | None = None  # the engine child (host.HostProcess) or a watch's AttachChannel
         self._channel = channel  # attached: the session another process hosts
         self._listener: SessionListener | None = None
         self._ids = itertools.count(1)
@@ -261,7 +255,8 @@ class Session:
         self._ended_pending = False
 
     @classmethod
-    def attach(cls, target: str, token: str | None = None, connection: Any = None) -> Session:
+    def attach(cls, target: str, token: str | None = None,
+               connection: ClientConnection | ReplayConnection | None = None) -> Session:
         """A client of the session at ``target`` (RUN_DIR, HOST:PORT, unix:PATH)."""
         return cls(None, "", channel=AttachChannel(target, token, connection))
 
@@ -287,19 +282,17 @@ class Session:
         """True when starting costs a torch import (the fork server is not up yet)."""
         return self._channel is None and not host.HostProcess.fork_server_running()
 
-    def refusal(self, action: str) -> str | None:
-        """Why ``action`` cannot go to this host (None: it can): a finished run, or a command the
-        host's Hello does not list (a user's loop cannot step one phase or rewind)."""
+    def refusal(self, command: type[P.Command] | None = None, what: str = "") -> str | None:
+        """Why ``command`` (``what`` it does, in words) cannot go to this host (None: it can): a
+        finished run, or a command the host's Hello does not list (a user's loop cannot step one
+        phase or rewind)."""
         if self._channel is None:
             return None
         if self.read_only:
             ended = f" ({self.ended.reason})" if self.ended is not None else ""
             return f"this run has ended{ended}: {self.label} is open read-only from its log"
-        command = ACTION_COMMANDS.get(action)
         hello = self.state.hello
         if command is not None and hello is not None and not hello.accepts(command):
-            what = {"advance": "step one phase", "step": "finish a step phase by phase",
-                    "rewind": "rewind"}.get(action, action)
             return f"a {hello.host} host cannot {what}: the script's own loop drives its steps"
         return None
 
@@ -375,13 +368,13 @@ class Session:
     def view(self) -> EngineView | None:
         return self.state.view()
 
-    def _send(self, make: Any, doing: str | None) -> int:
+    def _send(self, make: Callable[[int], P.Command], doing: str | None) -> int:
         request = next(self._ids)
         if doing is not None:
             self.doing = doing
         if self.host is None or not self.host.send(make(request)):
             if self._channel is not None:
-                raise RuntimeError(self.refusal("") or f"{self.label}: the session is not reachable any more")
+                raise RuntimeError(self.refusal() or f"{self.label}: the session is not reachable any more")
             raise RuntimeError("the scenario's process is not running (R restarts it)")
         if self._channel is not None and self._listener is not None:
             # A watch answers no command with a reply: the command is done once sent; what it
@@ -414,7 +407,7 @@ class Session:
                 self._lost(proc)
             return
 
-    def _apply(self, message: Any) -> None:
+    def _apply(self, message: P.Message) -> None:
         listener = self._listener
         assert listener is not None
         self.state.apply(message)
@@ -527,7 +520,7 @@ class Session:
             self._listener.output(line, stderr)
 
 
-def group_grad_norms(params: Sequence[Any]) -> dict[str, float | None]:
+def group_grad_norms(params: Sequence[ParamStats]) -> dict[str, float]:
     """Grad norm per owning module from the engine's per-parameter norms.
 
     The norm of a module's gradient is the root of the sum of its parameters'

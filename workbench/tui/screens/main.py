@@ -8,21 +8,26 @@ handlers update widgets on the UI thread.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Static
 
+from workbench.engine.records import FINDING_KINDS, ModuleStats
 from workbench.scenario import ScenarioError, ScenarioSource, load_source
+from workbench.session import protocol as P
 from workbench.tui import messages as msg
 from workbench.tui.session import PHASE_LABEL, EngineView, InspectorData, RunSummary, Session, format_error
 from workbench.tui.widgets.common import ErrorPanel
@@ -32,12 +37,48 @@ from workbench.tui.widgets.inspector import Inspector, inspector_title, render_i
 from workbench.tui.widgets.model_table import ModelTable
 from workbench.tui.widgets.panels import ChartsPanel, MemoryPanel, PhaseBar, TitleBar, ViewPanel
 
+if TYPE_CHECKING:
+    from workbench.session.transport import ClientConnection, ReplayConnection
+
 NARROW_WIDTH = 100
 SHORT_HEIGHT = 30
+
+
+class Busy(str, enum.Enum):
+    """What the screen waits for (``MainScreen.busy``; None: nothing): its scenario loading,
+    or one command to the session's host."""
+
+    LOADING = "loading"
+    ADVANCE = "advance"  # one phase (f)
+    STEP = "step"  # the rest of the step (n)
+    SKIP = "skip"  # drop the pending optimizer step (x)
+    REWIND = "rewind"  # (u)
+    RUN = "run"  # to a breakpoint (r)
+    STEPS = "steps"  # k steps (N)
+    BREAKPOINTS = "breakpoints"  # a breakpoint update (B)
+
+    def __str__(self) -> str:  # "run", not "Busy.RUN", in messages
+        return self.value
+
+    @property
+    def running(self) -> bool:
+        """A run of many steps, which only a pause (p) ends early."""
+        return self in (Busy.RUN, Busy.STEPS)
+
+
 # Stepping keys pressed while a phase runs wait here (in order) instead of being dropped.
 QUEUE_LIMIT = 8
-QUEUEABLE = frozenset({"advance", "step", "skip", "rewind", "run"})
-QUEUE_KEY = {"advance": "f", "step": "n", "skip": "x", "rewind": "u", "run": "r"}
+QUEUE_KEY = {Busy.ADVANCE: "f", Busy.STEP: "n", Busy.SKIP: "x", Busy.REWIND: "u", Busy.RUN: "r"}
+# What a host that lists the commands it honours must accept for each (a watch steps no phase).
+HOST_COMMAND: dict[Busy, tuple[type[P.Command], str]] = {
+    Busy.ADVANCE: (P.StepPhase, "step one phase"),
+    Busy.STEP: (P.StepPhase, "finish a step phase by phase"),
+    Busy.SKIP: (P.SkipStep, "skip"),
+    Busy.REWIND: (P.Rewind, "rewind"),
+    Busy.RUN: (P.Continue, "run"),
+    Busy.STEPS: (P.Continue, "steps"),
+    Busy.BREAKPOINTS: (P.SetBreakpoints, "breakpoints"),
+}
 
 
 @dataclass(frozen=True)
@@ -89,7 +130,7 @@ class MainScreen(Screen[None]):
         self.show_volatile = show_volatile
         self.session: Session | None = None
         self.view: EngineView | None = None
-        self.busy: str | None = None
+        self.busy: Busy | None = None
         self.conditions: tuple[str, ...] = ()
         self.loading_label = ""
         self.status = "no scenario"
@@ -97,7 +138,7 @@ class MainScreen(Screen[None]):
         self._inspect_timer: Timer | None = None
         self.failed_step: int | None = None  # the step whose phase raised, while its error shows
         self.starting = False  # the first frame is drawn, the app has not opened its scenario yet
-        self.queue: deque[str] = deque()  # stepping actions waiting for the one in progress
+        self.queue: deque[Busy] = deque()  # stepping commands waiting for the one in progress
         self.doing = ""  # what is running, in the user's words ("forward", "step 3", "loading torch")
         self.request: int | None = None  # the session's id of the command the screen waits for
         self.stopped_running_code = False  # a quit had to kill the scenario's process mid-phase
@@ -161,7 +202,7 @@ class MainScreen(Screen[None]):
         self.session = Session(source, self.device)
         self.request = None
         self.view = None
-        self.busy = "loading"
+        self.busy = Busy.LOADING
         self.loading_label = source.label
         self.doing = "loading torch" if self.session.needs_fork_server else "building the scenario"
         self.status = f"{self.doing}… ({source.label})"
@@ -169,14 +210,15 @@ class MainScreen(Screen[None]):
         self._refresh_all()
         self._load_worker(old, self.session, _Poster(self, self.session), self.conditions)
 
-    def attach(self, target: str, token: str | None = None, connection: Any = None) -> None:
+    def attach(self, target: str, token: str | None = None,
+               connection: ClientConnection | ReplayConnection | None = None) -> None:
         """Show the session another process hosts (``workbench attach``): the same screen, fed
         by that session's messages instead of an engine child's."""
         old = self.session
         self.session = Session.attach(target, token, connection)
         self.request = None
         self.view = None
-        self.busy = "loading"
+        self.busy = Busy.LOADING
         self.loading_label = target
         self.doing = "attaching"
         self.status = f"attaching… ({target})"
@@ -202,7 +244,7 @@ class MainScreen(Screen[None]):
 
     @on(msg.ScenarioLoading)
     def scenario_loading(self, message: msg.ScenarioLoading) -> None:
-        if self.busy != "loading" or message.label != self.loading_label:
+        if self.busy is not Busy.LOADING or message.label != self.loading_label:
             return  # a stage of a load that was replaced
         self.doing = message.stage
         self.status = f"{message.stage}… ({message.label})"
@@ -210,7 +252,7 @@ class MainScreen(Screen[None]):
 
     @on(msg.ScenarioLoaded)
     def scenario_loaded(self, message: msg.ScenarioLoaded) -> None:
-        if self.busy != "loading":
+        if self.busy is not Busy.LOADING:
             return  # a load replaced by another (R, s) or given up on
         self.busy = None
         self.view = message.view
@@ -237,39 +279,35 @@ class MainScreen(Screen[None]):
         self._refresh_all()
 
     # -- stepping ------------------------------------------------------------------
-    def _start(self, action: str, steps: int | None = None, queued: bool = False) -> None:
-        if self.starting or (self.session is not None and self.busy == "loading"):
+    def _start(self, action: Busy, steps: int | None = None, queued: bool = False) -> None:
+        if self.starting or (self.session is not None and self.busy is Busy.LOADING):
             self._enqueue(action)  # `workbench tui x.py` then f f f: they run once it has loaded
             return
         if self.session is None or self.view is None:
             self.notify("no scenario loaded: press s to pick one", severity="warning")
             return
-        refusal = self.session.refusal(action)
+        refusal = self.session.refusal(*HOST_COMMAND[action])
         if refusal is not None:  # a watch host cannot step a phase or rewind; a finished run takes nothing
             self.notify(refusal, severity="warning")
             return
         if self.busy is not None or (self.queue and not queued):  # keys keep their order
             self._enqueue(action)
             return
+        session = self.session
+        # The session's call for each stepping command (bound now: a reload replaces the session).
+        send: dict[Busy, Callable[[], int]] = {
+            Busy.ADVANCE: session.advance, Busy.STEP: session.step, Busy.SKIP: session.skip,
+            Busy.REWIND: session.rewind, Busy.RUN: session.run, Busy.STEPS: lambda: session.run(steps),
+        }
         self.busy = action
         self.doing = self._describe(action, self.view)
         self._hide_error()
         self._run_started = (time.monotonic(), self.view.step)
-        if action in ("run", "steps"):
+        if action.running:
             self.status = "running… (p pauses)"
             self._refresh_title()
-        session = self.session
         try:
-            if action == "advance":
-                self.request = session.advance()
-            elif action == "step":
-                self.request = session.step()
-            elif action == "skip":
-                self.request = session.skip()
-            elif action == "rewind":
-                self.request = session.rewind()
-            else:
-                self.request = session.run(steps)
+            self.request = send[action]()
         except RuntimeError as exc:  # the scenario's process is gone: say so, change nothing
             self.busy = None
             self.doing = ""
@@ -277,13 +315,13 @@ class MainScreen(Screen[None]):
             self._refresh_title()
             self.notify(str(exc), severity="error")
 
-    def _enqueue(self, action: str) -> None:
+    def _enqueue(self, action: Busy) -> None:
         """Keep a stepping key pressed while something runs; refuse the rest with the reason."""
         doing = f"still {self._doing_words()}"
-        if self.busy in ("run", "steps"):
+        if self.busy is not None and self.busy.running:
             self.notify(f"{doing}: p pauses it first", severity="warning")
             return
-        if action not in QUEUEABLE:
+        if action not in QUEUE_KEY:
             self.notify(f"{doing}: wait for it to finish", severity="warning")
             return
         if len(self.queue) >= QUEUE_LIMIT:
@@ -306,23 +344,23 @@ class MainScreen(Screen[None]):
     def _doing_words(self) -> str:
         if self.starting:
             return "starting…"
-        if self.busy == "loading":
+        if self.busy is Busy.LOADING:
             return f"{self.doing}…"
         return f"running {self.doing}…" if self.doing else "busy…"
 
     @staticmethod
-    def _describe(action: str, view: EngineView) -> str:
+    def _describe(action: Busy, view: EngineView) -> str:
         """The work an action starts, as the status line names it."""
-        if action == "advance":
+        if action is Busy.ADVANCE:
             return PHASE_LABEL[view.next_phase]
-        if action == "step":
+        if action is Busy.STEP:
             return f"the rest of step {view.step}"
-        return {"skip": "skip step", "rewind": "rewind", "run": "to a breakpoint",
-                "steps": "steps", "breakpoints": "breakpoint update"}.get(action, action)
+        return {Busy.SKIP: "skip step", Busy.RUN: "to a breakpoint",
+                Busy.BREAKPOINTS: "breakpoint update"}.get(action, action.value)
 
     @on(msg.EngineUpdated)
     def engine_updated(self, message: msg.EngineUpdated) -> None:
-        if self.busy in ("run", "steps") and self._run_started is not None:
+        if self.busy is not None and self.busy.running and self._run_started is not None:
             t0, step0 = self._run_started
             rate = (message.view.step - step0) / max(time.monotonic() - t0, 1e-9)
             self.status = f"running… {rate:.1f} steps/s (p pauses)"
@@ -332,7 +370,7 @@ class MainScreen(Screen[None]):
         self._refresh_all()
         if self.session is not None and self.session.attached:
             self._request_inspect()  # an attached script steps by itself: the inspector follows it
-        if self.busy in ("run", "steps"):
+        if self.busy is not None and self.busy.running:
             # The inspector's module is read again at the run's throttled pace, so its
             # histograms follow the run (the host answers between phases).
             name = self.inspect_target
@@ -360,9 +398,8 @@ class MainScreen(Screen[None]):
             if message.summary.stopped_by == "breakpoint":
                 self.notify(message.summary.reason, title="breakpoint", severity="warning")
                 hit = view.pending_break if view is not None else None
-                module = getattr(getattr(hit, "finding", None), "module", None)
-                if module is not None:
-                    self.query_one(ModelTable).select_module(module)
+                if hit is not None and hit.finding is not None:
+                    self.query_one(ModelTable).select_module(hit.finding.module)
         elif view is not None and view.pending_break is not None:
             self.status = f"paused before optimizer step: {view.pending_break.reason}"
         elif view is not None and not self.query_one(ErrorPanel).shown:
@@ -425,36 +462,36 @@ class MainScreen(Screen[None]):
 
     # -- actions -------------------------------------------------------------------
     def action_next_phase(self) -> None:
-        self._start("advance")
+        self._start(Busy.ADVANCE)
 
     def action_full_step(self) -> None:
-        self._start("step")
+        self._start(Busy.STEP)
 
     def action_run(self) -> None:
-        self._start("run")
+        self._start(Busy.RUN)
 
     def action_skip(self) -> None:
         if self.view is not None and self.view.next_phase.value != "optimizer_step":
             self.notify("no optimizer step is pending: step to it first (f) or stop at a breakpoint",
                         severity="warning")
             return
-        self._start("skip")
+        self._start(Busy.SKIP)
 
     def action_rewind(self) -> None:
-        self._start("rewind")
+        self._start(Busy.REWIND)
 
     def action_step_k(self) -> None:
         from workbench.tui.screens.dialogs import StepsPrompt
 
         def chosen(steps: int | None) -> None:
             if steps:
-                self._start("steps", steps)
+                self._start(Busy.STEPS, steps)
 
         self.app.push_screen(StepsPrompt(), chosen)
 
     def action_pause(self) -> None:
         if self.session is not None and self.session.attached:
-            refusal = self.session.refusal("pause")
+            refusal = self.session.refusal(P.Pause, "pause")
             if refusal is not None:
                 self.notify(refusal, severity="warning")
                 return
@@ -466,7 +503,7 @@ class MainScreen(Screen[None]):
             self.status = "pausing the script at its next step…"
             self._refresh_title()
             return
-        if self.session is not None and self.busy in ("run", "steps"):
+        if self.session is not None and self.busy is not None and self.busy.running:
             self.session.pause()  # the host reads it between phases
             self.status = "pausing…"
             self._refresh_title()
@@ -487,7 +524,7 @@ class MainScreen(Screen[None]):
 
     def action_breakpoints(self) -> None:
         if self.busy is not None:
-            hint = "pause first (p)" if self.busy in ("run", "steps") else f"wait for {self.busy} to finish"
+            hint = "pause first (p)" if self.busy.running else f"wait for {self.busy} to finish"
             self.notify(f"{hint}, then edit breakpoints", severity="warning")
             return
         from workbench.tui.screens.dialogs import BreakpointsScreen
@@ -500,7 +537,7 @@ class MainScreen(Screen[None]):
             self.notify(f"breakpoints saved: {what}" + ("" if self.view is not None else
                         " (they apply once a scenario is loaded)"), title="breakpoints")
             if self.session is not None and self.view is not None:
-                self.busy = "breakpoints"
+                self.busy = Busy.BREAKPOINTS
                 self.doing = "breakpoint update"
                 try:
                     self.request = self.session.set_breakpoints(conditions)
@@ -510,35 +547,33 @@ class MainScreen(Screen[None]):
                     self._show_error(*format_error(exc))
                     self._refresh_all()
 
-        self.app.push_screen(BreakpointsScreen(self.conditions, _finding_kinds()), saved)
+        self.app.push_screen(BreakpointsScreen(self.conditions, FINDING_KINDS), saved)
 
     def action_bench(self) -> None:
-        self._push_tool("bench", "BenchScreen", "benchmarks")
+        from workbench.tui.screens.bench import BenchScreen
+
+        source = self._tool_source("benchmarks")
+        if source is not None and self.session is not None:
+            self.app.push_screen(BenchScreen(source, self.session.device))
 
     def action_profile(self) -> None:
-        # The debugger's findings so far join the trace's recommendations ("ours").
-        findings = tuple(self.view.findings) if self.view is not None else ()
-        self._push_tool("profile", "ProfileScreen", "profile", findings=findings)
+        from workbench.tui.screens.profile import ProfileScreen
 
-    def _push_tool(self, module: str, cls: str, what: str, **extra: Any) -> None:
+        source = self._tool_source("profile")
+        if source is not None and self.session is not None:
+            # The debugger's findings so far join the trace's recommendations ("ours").
+            findings = tuple(self.view.findings) if self.view is not None else ()
+            self.app.push_screen(ProfileScreen(source, self.session.device, findings=findings))
+
+    def _tool_source(self, what: str) -> ScenarioSource | None:
+        """The scenario file the bench or profile screen runs (None: there is none, and why is said)."""
         if self.session is None:
             self.notify("load a scenario first (s)", severity="warning")
-            return
+            return None
         if self.session.source is None:
             self.notify(f"the {what} screen runs a scenario file; an attached script has none (s picks one)",
                         severity="warning")
-            return
-        import importlib
-
-        name = f"workbench.tui.screens.{module}"
-        try:
-            screen_cls = getattr(importlib.import_module(name), cls)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            self.notify(f"{what} screen not available yet", severity="warning")
-            return
-        self.app.push_screen(screen_cls(self.session.source, self.session.device, **extra))
+        return self.session.source
 
     def action_inspect(self) -> None:
         from workbench.tui.screens.dialogs import InspectorScreen
@@ -619,13 +654,13 @@ class MainScreen(Screen[None]):
     _inspected = None
     inspect_target: str | None = None  # the module the inspector shows (read by a run's worker)
 
-    def _stats_of(self, name: str | None) -> tuple[object | None, bool]:
+    def _stats_of(self, name: str | None) -> tuple[ModuleStats | None, bool]:
         """(the module's activation stats, measured in the step in progress?)."""
         if self.view is None or name is None:
             return None, False
         return self.view.module_stats().get(name), name in self.view.fresh_modules()
 
-    def _show_inspector(self, data: Any, reading: str | None = None) -> None:
+    def _show_inspector(self, data: InspectorData | None, reading: str | None = None) -> None:
         inspector = self.query_one(Inspector)
         if data is None and reading is not None:
             stats, fresh = self._stats_of(reading)
@@ -656,9 +691,9 @@ class MainScreen(Screen[None]):
 
     def _refresh_title(self) -> None:
         view = self.view
-        if self.busy in ("run", "steps"):
+        if self.busy is not None and self.busy.running:
             state = self.status.split(" (")[0]
-        elif self.busy == "loading":
+        elif self.busy is Busy.LOADING:
             state = f"{self.doing}…"
         elif self.starting:
             state = "starting…"
@@ -679,12 +714,12 @@ class MainScreen(Screen[None]):
             state += f" · queued: {' '.join(QUEUE_KEY[a] for a in self.queue)}"
         self.query_one(TitleBar).show(view, state, self.loading_label)
         status = self.status
-        if self.busy is not None and self.busy not in ("run", "steps", "loading"):
+        if self.busy is not None and not self.busy.running and self.busy is not Busy.LOADING:
             status = self._doing_words()
         if self.queue:
             status += f"  · queued: {' '.join(QUEUE_KEY[a] for a in self.queue)} (esc clears)"
         self.query_one(PhaseBar).status = status
-        placeholder = (f"{self.doing}… ({self.loading_label})" if self.busy == "loading"
+        placeholder = (f"{self.doing}… ({self.loading_label})" if self.busy is Busy.LOADING
                        else "starting…" if self.starting else "")
         for panel in self.query(ViewPanel):
             panel.placeholder = placeholder
@@ -694,7 +729,7 @@ class MainScreen(Screen[None]):
         with self.app.batch_update():
             self._refresh_title()
             # Flash what a phase changed; during a run everything changes ten times a second.
-            self.query_one(ModelTable).show(view, flash=self.busy not in ("run", "steps"))
+            self.query_one(ModelTable).show(view, flash=self.busy is None or not self.busy.running)
             self.query_one(FindingsPanel).show(view)
             self.query_one(PhaseBar).failed_step = self.failed_step
             for panel in (self.query_one(PhaseBar), self.query_one(ChartsPanel), self.query_one(MemoryPanel)):
@@ -703,16 +738,6 @@ class MainScreen(Screen[None]):
 
 def _key_label(key: str) -> str:
     return {"question_mark": "?"}.get(key, key)
-
-
-def _finding_kinds() -> tuple[str, ...]:
-    """The finding kinds the engine's health rules raise, when it lists them."""
-    try:
-        from workbench.engine import breakpoints
-    except ImportError:
-        return ()
-    kinds = getattr(breakpoints, "FINDING_KINDS", None)
-    return tuple(kinds) if kinds else ()
 
 
 class _Poster:
@@ -727,7 +752,7 @@ class _Poster:
         self.session = session
         self.app = screen.app  # read here, on the UI thread (the pump has no active app)
 
-    def _post(self, message: Any) -> None:
+    def _post(self, message: Message) -> None:
         if self.screen.session is self.session:
             self.screen.post_message(message)
 

@@ -9,7 +9,7 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from workbench.engine.records import collapse_findings
+from workbench.engine.records import Finding, collapse_findings
 from workbench.report.numbers import fmt_float
 from workbench.tui import theme
 from workbench.tui.session import EngineView
@@ -29,13 +29,13 @@ class FindingsPanel(OptionList):
     class Highlighted(Message):
         """The cursor is on a finding (None: on nothing); the detail pane shows it whole."""
 
-        def __init__(self, finding: Any) -> None:
+        def __init__(self, finding: Finding | None) -> None:
             super().__init__()
             self.finding = finding
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._shown: tuple[Any, ...] | None = None  # None: nothing drawn yet, not even the hint
+        self._shown: tuple[Finding, ...] | None = None  # None: nothing drawn yet, not even the hint
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()
@@ -59,7 +59,7 @@ class FindingsPanel(OptionList):
         if highlighted is not None and highlighted < len(findings):
             self.highlighted = highlighted
 
-    def finding_at(self, index: int) -> Any:
+    def finding_at(self, index: int) -> Finding | None:
         shown = self._shown or ()
         return shown[index] if 0 <= index < len(shown) else None
 
@@ -70,9 +70,9 @@ class FindingsPanel(OptionList):
             self.post_message(self.JumpToModule(finding.module, f"{finding.kind} on {finding.where}: {finding.message}"))
 
 
-def finding_detail(f: Any) -> Text:
+def finding_detail(f: Finding) -> Text:
     """One finding in full, wrapped by its pane: what, where, when, the numbers."""
-    phase = getattr(f.phase, "value", f.phase)
+    phase = f.phase.value
     text = Text()
     text.append(f"{theme.severity_icon(f.severity)} {f.kind}", theme.severity_style(f.severity))
     text.append(f"  {f.module or 'model'}", "bold")
@@ -80,36 +80,36 @@ def finding_detail(f: Any) -> Text:
     text.append(str(f.message))
     if f.value is not None and f.threshold is not None:
         text.append(f" ({fmt_float(f.value)} vs threshold {fmt_float(f.threshold)})", theme.DIM)
-    for c in getattr(f, "consequences", ()) or ():
+    for c in f.consequences:
         text.append(f"\n  → {c.kind} {c.where} {_steps(c)}: {c.message}", theme.DIM)
     return text
 
 
-def _steps(f: Any) -> str:
+def _steps(f: Finding) -> str:
     """s12, or s3–s9 ×7 for a finding repeated over consecutive steps (collapsed)."""
-    last = getattr(f, "last_step", None)
-    count = getattr(f, "count", 1) or 1
+    last = f.last_step
+    count = f.count or 1
     if last is not None and last != f.step:
         return f"s{f.step}–s{last} ×{count}"
     return f"s{f.step}" + (f" ×{count}" if count > 1 else "")
 
 
-def _consequences(f: Any) -> str:
-    follow = getattr(f, "consequences", ()) or ()
+def _consequences(f: Finding) -> str:
+    follow = f.consequences
     if not follow:
         return ""
     kinds = sorted({c.kind for c in follow})
     return f"  → {len(follow)} following: {', '.join(kinds)}"
 
 
-def _option(index: int, f: Any, width: int) -> Option:
-    phase = getattr(f.phase, "value", f.phase)
+def _option(index: int, f: Finding, width: int) -> Option:
+    phase = f.phase.value
     head = Text()
     head.append(f"{theme.severity_icon(f.severity)} ", theme.severity_style(f.severity))
     head.append(f"{f.kind} ", theme.severity_style(f.severity))
     head.append(f"{f.module or 'model'}", "bold")
     # Steps before the phase: when the row is cut, the phase goes first.
-    head.append(f"  {_steps(f)} {PHASE_SHORT.get(str(phase), str(phase))}", theme.DIM)
+    head.append(f"  {_steps(f)} {PHASE_SHORT.get(phase, phase)}", theme.DIM)
     body = Text("  " + f.message + _consequences(f), theme.DIM)
     if f.value is not None and f.threshold is not None:
         body.append(f" ({fmt_float(f.value)} vs {fmt_float(f.threshold)})", theme.DIM)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from workbench.engine.records import ModuleStats
 from workbench.report.numbers import fmt_float, human_count
 from workbench.tui import theme
 from workbench.tui.render import histogram
@@ -18,11 +17,11 @@ from workbench.tui.session import InspectorData
 class Inspector(Static):
     """Shows one InspectorData; the screen asks a worker for it on selection."""
 
-    def show(self, data: InspectorData | None, stats: object | None = None, fresh: bool = True) -> None:
+    def show(self, data: InspectorData | None, stats: ModuleStats | None = None, fresh: bool = True) -> None:
         self.border_title = inspector_title(data)
         self.update(render_inspector(data, stats, fresh))
 
-    def show_reading(self, module: str, stats: object | None = None, fresh: bool = True) -> None:
+    def show_reading(self, module: str, stats: ModuleStats | None = None, fresh: bool = True) -> None:
         """The cursor moved to ``module``: its name now, its histograms when they are read."""
         self.border_title = f"Inspector · {module or 'model'}"
         parts: list[RenderableType] = [Text("reading its tensors…", theme.DIM)]
@@ -36,8 +35,8 @@ def inspector_title(data: InspectorData | None) -> str:
     return "Inspector" if data is None else f"Inspector · {data.module or 'model'} · {data.description}"
 
 
-def _stats_line(stats: Any, fresh: bool) -> Text | None:
-    if stats is None or getattr(stats, "mean", None) is None:
+def _stats_line(stats: ModuleStats | None, fresh: bool) -> Text | None:
+    if stats is None or stats.mean is None:
         return None
     # Stats of an earlier step say so: "none yet in step 3" beside step 2's mean is no contradiction.
     when = "" if fresh else "  (the last step's: not yet measured in this one)"
@@ -47,7 +46,7 @@ def _stats_line(stats: Any, fresh: bool) -> Text | None:
         theme.DIM)
 
 
-def render_inspector(data: InspectorData | None, stats: object | None = None,
+def render_inspector(data: InspectorData | None, stats: ModuleStats | None = None,
                      fresh: bool = True) -> RenderableType:
     if data is None:
         return Text("select a module in the table", theme.DIM)

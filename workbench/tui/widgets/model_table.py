@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeGuard
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
+from workbench.engine.records import ModuleStats, ParamStats
 from workbench.report.numbers import fmt_float, human_count
 from workbench.tui import theme
 from workbench.tui.render import shape_str
-from workbench.tui.session import EngineView, ModuleNode, group_grad_norms
+from workbench.tui.session import EngineView, ModuleRow, group_grad_norms
 
 # Cells carry their own one-space gap (cell_padding=0) so the table fits
 # beside the side panels at 120 columns. Number columns have fixed widths
@@ -96,11 +99,11 @@ class ModelTable(DataTable):
         self.view: EngineView | None = None
         self.collapsed: set[str] = set()
         self._row_names: list[str] = []
-        self._cells: dict[str, tuple[Any, ...]] = {}
+        self._cells: dict[str, tuple[Text, ...]] = {}
         self._selected: str | None = None
         self._name_width = 0  # the module column's width the rows were cut to
         self._flashing: set[tuple[str, int]] = set()  # (row, column index) shown in the flash style
-        self._flash_timer: Any = None
+        self._flash_timer: Timer | None = None
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
@@ -132,7 +135,7 @@ class ModelTable(DataTable):
     def selected(self) -> str | None:
         return self._selected
 
-    def _visible(self) -> list[ModuleNode]:
+    def _visible(self) -> list[ModuleRow]:
         assert self.view is not None
         hidden: set[str] = set()
         rows = []
@@ -179,7 +182,7 @@ class ModelTable(DataTable):
                 self.move_cursor(row=names.index(keep), animate=False)
         else:
             for name in names:
-                old = self._cells.get(name) or (None,) * len(cells[name])
+                old: tuple[Text | None, ...] = self._cells.get(name) or (None,) * len(cells[name])
                 for index, ((key, _), before, after) in enumerate(zip(COLUMNS, old, cells[name])):
                     # Text equality ignores the base style: compare it too, or a
                     # number turning dim (or back) would never be redrawn.
@@ -199,7 +202,7 @@ class ModelTable(DataTable):
                 self._flash_timer.stop()
             self._flash_timer = self.set_timer(FLASH_SECONDS, self._end_flash)
 
-    def _fit_names(self, cells: dict[str, tuple[Any, ...]]) -> int:
+    def _fit_names(self, cells: dict[str, tuple[Text, ...]]) -> int:
         """Cut module names to the width the number columns leave (returns that width)."""
         shape_width = max([len(COLUMNS[1][1])] + [c[1].cell_len for c in cells.values()])
         current = self.columns.get(ColumnKey("shape"))
@@ -266,7 +269,7 @@ class ModelTable(DataTable):
             self.post_message(self.ModuleSelected(name))
 
 
-def _update_ratios(params: Any) -> dict[str, float | None]:
+def _update_ratios(params: Iterable[ParamStats]) -> dict[str, float | None]:
     """The largest update/weight ratio among a module's own parameters."""
     out: dict[str, float | None] = {}
     for p in params:
@@ -294,7 +297,7 @@ def _look(cell: Text | None) -> tuple[str, str] | None:
     return None if cell is None else (cell.plain, str(cell.style))
 
 
-def _measured(cell: Text | None) -> bool:
+def _measured(cell: Text | None) -> TypeGuard[Text]:
     """The cell held a number (not blank or the "not measured" dot)."""
     return cell is not None and cell.plain.strip() not in ("", "·")
 
@@ -319,7 +322,7 @@ def _num(value: float | None, style: str) -> Text:
     return _cell(short_float(value), style if value is not None else theme.DIM)
 
 
-def _row(node: ModuleNode, stats: Any, fresh: bool, grad: float | None, grad_fresh: bool,
+def _row(node: ModuleRow, stats: ModuleStats | None, fresh: bool, grad: float | None, grad_fresh: bool,
          uw: float | None, uw_fresh: bool, severity: str | None, collapsed: bool) -> tuple[Text, ...]:
     fold = ("▸ " if collapsed else "▾ ") if node.children else "  "
     icon = theme.severity_icon(severity) if severity in ("error", "warning") else " "

@@ -17,10 +17,11 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from workbench.engine.records import PHASES, StepRecord
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes, human_count
 from workbench.tui import theme
 from workbench.tui.render import heat_cell, meter, sparkline
-from workbench.tui.session import PHASE_LABEL, PHASES, EngineView, group_grad_norms
+from workbench.tui.session import PHASE_LABEL, EngineView, group_grad_norms
 
 
 class ViewPanel(Static):
@@ -79,9 +80,9 @@ class PhaseBar(ViewPanel):
         self.watch_view(self.view)
 
     def render_view(self, view: EngineView) -> RenderableType:
-        seconds = dict(getattr(view.current, "phase_seconds", None) or {})
+        seconds = dict(view.current.phase_seconds) if view.current is not None else {}
         previous = not view.done_phases and view.last is not None
-        if previous:  # a new step has not started: show how long the last one took
+        if previous and view.last is not None:  # a new step has not started: how long the last one took
             seconds = dict(view.last.phase_seconds)
         line = Text(no_wrap=True, overflow="ellipsis")
         for phase in PHASES:
@@ -92,7 +93,7 @@ class PhaseBar(ViewPanel):
                 if self.show_volatile and took is not None:
                     line.append(f" {fmt_ms(took)}", theme.DIM)
             elif phase in view.done_phases:
-                took = seconds.get(phase, seconds.get(phase.value))
+                took = seconds.get(phase)
                 line.append("✔ ", theme.OK).append(label)
                 if self.show_volatile and took is not None:
                     line.append(f" {fmt_ms(took)}", theme.DIM)
@@ -110,11 +111,11 @@ class PhaseBar(ViewPanel):
         if self.failed_step is not None:
             info.append(f" (step {self.failed_step} raised)", theme.ERROR)
         last = view.last
-        loss = getattr(view.current, "loss", None)
+        loss = view.current.loss if view.current is not None else None
         if loss is None and last is not None:
             loss = last.loss
         info.append("  loss ").append(fmt_float(loss, 4), theme.ERROR if loss is not None and not math.isfinite(loss) else "")
-        source = getattr(last, "loss_source", "loss_fn")
+        source = last.loss_source if last is not None else "loss_fn"
         if source != "loss_fn":  # the model computed its loss: the loss phase only reads it
             info.append(f"  loss from {source}, timed in forward", theme.DIM)
         lrs = last.lrs if last is not None else ()
@@ -164,8 +165,8 @@ class ChartsPanel(ViewPanel):
         layers = [n.name for n in view.modules if n.num_params and not n.children][:rows]
         recent = history[-width:]
         per_step = [group_grad_norms(r.params) for r in recent]
-        values = [v for step in per_step for v in step.values() if v and math.isfinite(v) and v > 0]
-        lo, hi = (math.log10(min(values)), math.log10(max(values))) if values else (0.0, 0.0)
+        heat = [v for step in per_step for v in step.values() if v and math.isfinite(v) and v > 0]
+        lo, hi = (math.log10(min(heat)), math.log10(max(heat))) if heat else (0.0, 0.0)
         for layer, label in zip(layers, unique_labels(layers, 10)):
             strip = Text()
             for step in per_step:
@@ -247,14 +248,14 @@ class DebuggerTax:
         return (self.work_seconds + self.tax_seconds) / self.work_seconds if self.work_seconds > 0 else math.nan
 
 
-def debugger_tax(history: Sequence[Any], window: int = TAX_WINDOW) -> DebuggerTax | None:
+def debugger_tax(history: Sequence[StepRecord], window: int = TAX_WINDOW) -> DebuggerTax | None:
     """Mean per-step cost of each instrument over the last ``window`` steps (None before a step)."""
     recent = list(history)[-window:]
     if not recent:
         return None
     totals: dict[str, float] = {}
     for r in recent:
-        for name, seconds in (r.instrument_breakdown or {}).items():
+        for name, seconds in r.instrument_breakdown.items():
             totals[name] = totals.get(name, 0.0) + seconds
     n = len(recent)
     work = sum(r.seconds + r.data_seconds for r in recent) / n
