@@ -89,6 +89,7 @@ class WorkbenchApp(App[None]):
         self._output = _OutputCapture(self)
         # Set when the app has unmounted: the CLI's exit watchdog waits on it.
         self.closed = threading.Event()
+        self._main_screen: MainScreen | None = None  # made with the default screen
 
     def get_default_screen(self) -> Screen:
         self._main_screen = MainScreen(self.device, self.show_volatile)
@@ -122,7 +123,7 @@ class WorkbenchApp(App[None]):
         if self._saved_showwarning is not None:
             warnings.showwarning = self._saved_showwarning
         logging.getLogger().removeHandler(self._log_handler)
-        main = getattr(self, "_main_screen", None)  # the screen stack may be empty by now
+        main = self._main_screen  # the screen stack may be empty by now
         if main is not None:
             main.end_session()  # the scenario's process ends with the app, whatever it is doing
         self.closed.set()
@@ -136,7 +137,7 @@ class WorkbenchApp(App[None]):
     @property
     def stopped_running_code(self) -> bool:
         """A quit had to kill the scenario's process while its code ran (the CLI says so)."""
-        main = getattr(self, "_main_screen", None)  # kept: the stack is empty once the app ended
+        main = self._main_screen  # kept: the stack is empty once the app ended
         return main is not None and main.stopped_running_code
 
     def capture_output(self, line: str, stderr: bool) -> None:

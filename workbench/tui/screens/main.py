@@ -39,6 +39,7 @@ from workbench.tui.widgets.panels import ChartsPanel, MemoryPanel, PhaseBar, Tit
 
 if TYPE_CHECKING:
     from workbench.session.transport import ClientConnection, ReplayConnection
+    from workbench.tui.app import WorkbenchApp
 
 NARROW_WIDTH = 100
 SHORT_HEIGHT = 30
@@ -69,7 +70,8 @@ class Busy(str, enum.Enum):
 # Stepping keys pressed while a phase runs wait here (in order) instead of being dropped.
 QUEUE_LIMIT = 8
 QUEUE_KEY = {Busy.ADVANCE: "f", Busy.STEP: "n", Busy.SKIP: "x", Busy.REWIND: "u", Busy.RUN: "r"}
-# What a host that lists the commands it honours must accept for each (a watch steps no phase).
+# The command a stepping key sends, and what it does in words, for a host that lists the commands
+# it honours (a watch steps no phase).
 HOST_COMMAND: dict[Busy, tuple[type[P.Command], str]] = {
     Busy.ADVANCE: (P.StepPhase, "step one phase"),
     Busy.STEP: (P.StepPhase, "finish a step phase by phase"),
@@ -77,7 +79,6 @@ HOST_COMMAND: dict[Busy, tuple[type[P.Command], str]] = {
     Busy.REWIND: (P.Rewind, "rewind"),
     Busy.RUN: (P.Continue, "run"),
     Busy.STEPS: (P.Continue, "steps"),
-    Busy.BREAKPOINTS: (P.SetBreakpoints, "breakpoints"),
 }
 
 
@@ -143,6 +144,15 @@ class MainScreen(Screen[None]):
         self.request: int | None = None  # the session's id of the command the screen waits for
         self.stopped_running_code = False  # a quit had to kill the scenario's process mid-phase
 
+    @property
+    def workbench(self) -> WorkbenchApp:
+        """The app, typed: this screen is the workbench app's default screen."""
+        from workbench.tui.app import WorkbenchApp  # that module imports this one
+
+        app = self.app
+        assert isinstance(app, WorkbenchApp), f"MainScreen runs in a WorkbenchApp, not {type(app).__name__}"
+        return app
+
     # -- layout ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         vol = self.show_volatile
@@ -167,17 +177,16 @@ class MainScreen(Screen[None]):
             self.query_one(selector).border_title = title
         self.query_one(Inspector).show(None)
         self._set_narrow(self.size.width, self.size.height)
-        begin = getattr(self.app, "begin", None)
         # Keys pressed before the app opens its scenario wait for the load too.
-        self.starting = begin is not None
+        self.starting = True
         self._refresh_all()
-        if begin is not None:
-            def started() -> None:
-                self.starting = False
-                begin()
-                self._refresh_all()
 
-            self.call_after_refresh(started)  # the first frame is drawn before anything loads
+        def started() -> None:
+            self.starting = False
+            self.workbench.begin()
+            self._refresh_all()
+
+        self.call_after_refresh(started)  # the first frame is drawn before anything loads
 
     def on_resize(self, event: object) -> None:
         self._set_narrow(self.size.width, self.size.height)
@@ -520,7 +529,7 @@ class MainScreen(Screen[None]):
         self.load(self.session.source)
 
     def action_switch(self) -> None:
-        self.app.action_pick_scenario()  # type: ignore[attr-defined]
+        self.workbench.action_pick_scenario()
 
     def action_breakpoints(self) -> None:
         if self.busy is not None:
@@ -586,7 +595,7 @@ class MainScreen(Screen[None]):
     def action_log(self) -> None:
         from workbench.tui.screens.dialogs import LogScreen
 
-        self.app.push_screen(LogScreen(list(getattr(self.app, "logbook", []))))
+        self.app.push_screen(LogScreen(list(self.workbench.logbook)))
 
     def action_help(self) -> None:
         from workbench.tui.screens.dialogs import HelpScreen
@@ -750,7 +759,7 @@ class _Poster:
     def __init__(self, screen: MainScreen, session: Session) -> None:
         self.screen = screen
         self.session = session
-        self.app = screen.app  # read here, on the UI thread (the pump has no active app)
+        self.app = screen.workbench  # read here, on the UI thread (the pump has no active app)
 
     def _post(self, message: Message) -> None:
         if self.screen.session is self.session:
@@ -777,9 +786,8 @@ class _Poster:
         self._post(msg.InspectorReady(data))
 
     def output(self, line: str, stderr: bool) -> None:
-        capture = getattr(self.app, "capture_output", None)
-        if capture is not None and self.screen.session is self.session:
-            capture(line, stderr)
+        if self.screen.session is self.session:
+            self.app.capture_output(line, stderr)
 
     def lost(self, title: str, details: str) -> None:
         self._post(msg.HostLost(title, details))

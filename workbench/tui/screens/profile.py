@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.text import Text
@@ -22,6 +21,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
+from workbench.engine.records import Finding
 from workbench.profiling.analysis import TraceAnalysis, top_operators
 from workbench.profiling.capture import ProfileRun, prepare_profiler
 from workbench.profiling.export import run_profile
@@ -70,7 +70,7 @@ class ProfileScreen(Screen[None]):
         device: str,
         logdir: str | Path = "runs/profile",
         options: ProfileOptions = TUI_OPTIONS,
-        findings: tuple[Any, ...] = (),
+        findings: tuple[Finding, ...] = (),
     ) -> None:
         super().__init__()
         self.findings = findings  # the debugger's health findings: recommendations of our own
