@@ -78,8 +78,6 @@ async def test_profile_screen_shows_breakdown_ops_advice_and_trace_path(tmp_path
 
 
 async def test_a_failing_scenario_shows_the_error_and_the_app_lives(tmp_path: Path) -> None:
-    if not RAISES_FORWARD.exists():
-        pytest.skip("tests/tui_scenarios/raises_in_forward.py is not there")
     screen = ProfileScreen(load_source(str(RAISES_FORWARD)), "cpu", logdir=tmp_path, options=FAST)
     app = Host(screen)
     async with app.run_test(size=SIZE) as pilot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual import on
@@ -200,7 +201,7 @@ class InspectorScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,i,q", "dismiss", "close")]
 
-    def __init__(self, title: str, body: object) -> None:
+    def __init__(self, title: str, body: RenderableType) -> None:
         super().__init__()
         self.title_text = title
         self.body = body
@@ -208,5 +209,5 @@ class InspectorScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog"):
             yield Label(Text(self.title_text, theme.ACCENT))
-            yield Static(self.body)  # type: ignore[arg-type]
+            yield Static(self.body)
         yield Footer()

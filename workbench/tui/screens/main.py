@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -188,7 +188,7 @@ class MainScreen(Screen[None]):
 
         self.call_after_refresh(started)  # the first frame is drawn before anything loads
 
-    def on_resize(self, event: object) -> None:
+    def on_resize(self, event: events.Resize) -> None:
         self._set_narrow(self.size.width, self.size.height)
 
     def _set_narrow(self, width: int, height: int) -> None:
