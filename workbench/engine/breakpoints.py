@@ -20,13 +20,21 @@ import fnmatch
 import math
 import re
 from collections.abc import Iterable
+import enum
 from dataclasses import dataclass
-from typing import Literal
 
-from workbench.engine.records import FINDING_KINDS, SEVERITY_RANK, BreakHit, Finding, Phase
+from workbench.engine.records import FINDING_KINDS, SEVERITY_RANK, BreakHit, Finding, Phase, SeverityLevel
 
 ANY_KIND = "any"
-Condition = Literal["finding", "loss", "grad_norm", "step"]
+
+
+class Condition(enum.StrEnum):
+    """What a breakpoint watches (str-valued, as the breakpoint's text starts)."""
+
+    FINDING = "finding"  # a finding of a kind (or any), at a severity, on a module
+    LOSS = "loss"
+    GRAD_NORM = "grad_norm"  # the total gradient norm
+    STEP = "step"
 
 _SYNTAX = (
     "expected KIND[>=SEVERITY][@MODULE_GLOB] (KIND one of "
@@ -38,12 +46,18 @@ _SYNTAX = (
 @dataclass(frozen=True)
 class Breakpoint:
     condition: Condition
-    kind: str | None = None  # finding kind, or "any"
-    min_severity: str | None = None
+    kind: str | None = None  # a FindingKind's value, or "any"
+    min_severity: SeverityLevel | None = None
     module_glob: str | None = None
     threshold: float | None = None  # loss / grad_norm
     below: bool = False  # loss / grad_norm: fire below the threshold instead of above
     step: int | None = None
+
+    def __post_init__(self) -> None:
+        # Breakpoint("loss", threshold=5) spelled with plain strings still compares by identity below.
+        object.__setattr__(self, "condition", Condition(self.condition))
+        if self.min_severity is not None:
+            object.__setattr__(self, "min_severity", SeverityLevel(self.min_severity))
 
     # -- factories -------------------------------------------------------------------
     @classmethod
@@ -56,29 +70,30 @@ class Breakpoint:
             raise ValueError(
                 f"unknown severity {min_severity!r}; expected one of {', '.join(SEVERITY_RANK)}"
             )
-        return cls("finding", kind=kind, min_severity=min_severity, module_glob=module)
+        level = SeverityLevel(min_severity) if min_severity is not None else None
+        return cls(Condition.FINDING, kind=kind, min_severity=level, module_glob=module)
 
     @classmethod
     def loss_above(cls, value: float) -> Breakpoint:
-        return cls("loss", threshold=float(value))
+        return cls(Condition.LOSS, threshold=float(value))
 
     @classmethod
     def grad_norm_above(cls, value: float) -> Breakpoint:
-        return cls("grad_norm", threshold=float(value))
+        return cls(Condition.GRAD_NORM, threshold=float(value))
 
     @classmethod
     def loss_below(cls, value: float) -> Breakpoint:
-        return cls("loss", threshold=float(value), below=True)
+        return cls(Condition.LOSS, threshold=float(value), below=True)
 
     @classmethod
     def grad_norm_below(cls, value: float) -> Breakpoint:
-        return cls("grad_norm", threshold=float(value), below=True)
+        return cls(Condition.GRAD_NORM, threshold=float(value), below=True)
 
     @classmethod
     def at_step(cls, step: int) -> Breakpoint:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        return cls("step", step=int(step))
+        return cls(Condition.STEP, step=int(step))
 
     @classmethod
     def parse(cls, text: str) -> Breakpoint:
@@ -94,7 +109,7 @@ class Breakpoint:
             if math.isnan(value):
                 raise ValueError(f"breakpoint {raw!r}: the threshold must be a number, not nan; "
                                  "to stop on a NaN loss use loss_divergence or nan_inf")
-            return cls(m.group(1), threshold=value, below=m.group(2) == "<")  # type: ignore[arg-type]
+            return cls(Condition(m.group(1)), threshold=value, below=m.group(2) == "<")
         m = re.fullmatch(r"step==?(\d+)", compact)
         if m:
             return cls.at_step(int(m.group(1)))
@@ -108,9 +123,9 @@ class Breakpoint:
 
     # -- use ---------------------------------------------------------------------------
     def describe(self) -> str:
-        if self.condition in ("loss", "grad_norm"):
+        if self.condition in (Condition.LOSS, Condition.GRAD_NORM):
             return f"{self.condition}{'<' if self.below else '>'}{self.threshold:g}"
-        if self.condition == "step":
+        if self.condition is Condition.STEP:
             return f"step=={self.step}"
         text = self.kind or ANY_KIND
         if self.min_severity:
@@ -123,11 +138,11 @@ class Breakpoint:
         return self.describe()
 
     def matches_finding(self, finding: Finding) -> bool:
-        if self.condition != "finding":
+        if self.condition is not Condition.FINDING:
             return False
         if self.kind not in (None, ANY_KIND) and finding.kind != self.kind:
             return False
-        if self.min_severity and SEVERITY_RANK[finding.severity] < SEVERITY_RANK[self.min_severity]:
+        if self.min_severity and SEVERITY_RANK[finding.severity] < self.min_severity.rank:
             return False
         if self.module_glob:
             names = [finding.module] + ([finding.parameter] if finding.parameter else [])
@@ -145,21 +160,21 @@ class Breakpoint:
         findings: Iterable[Finding],
     ) -> BreakHit | None:
         """A BreakHit when this breakpoint fires on the given state, else None."""
-        if self.condition == "finding":
+        if self.condition is Condition.FINDING:
             for finding in findings:
                 if self.matches_finding(finding):
                     return BreakHit(step, phase, self.describe(), finding,
                                     f"{finding.kind} on {finding.where}: {finding.message}")
             return None
-        if self.condition == "step":
+        if self.condition is Condition.STEP:
             if step == self.step:
                 return BreakHit(step, phase, self.describe(), None, f"reached step {step}")
             return None
-        value = loss if self.condition == "loss" else total_grad_norm
+        value = loss if self.condition is Condition.LOSS else total_grad_norm
         assert self.threshold is not None
         if value is None:
             return None
-        label = "loss" if self.condition == "loss" else "total gradient norm"
+        label = "loss" if self.condition is Condition.LOSS else "total gradient norm"
         if self.below:
             if value < self.threshold:  # NaN compares False: a NaN loss has not converged
                 return BreakHit(step, phase, self.describe(), None, f"{label} {value:.4g} < {self.threshold:g}")

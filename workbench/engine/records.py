@@ -12,35 +12,63 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Severity = Literal["error", "warning", "info"]
-SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "error": 2}
+class FindingKind(enum.StrEnum):
+    """What a Finding is about (str-valued: the exact words of the JSON, the UI and breakpoints)."""
 
-# Finding kinds (exact strings shared with the UI, breakpoints and reports).
-NAN_INF = "nan_inf"
-EXPLODING_GRADIENT = "exploding_gradient"
-VANISHING_GRADIENT = "vanishing_gradient"
-DEAD_UNITS = "dead_units"
-SATURATED_ACTIVATIONS = "saturated_activations"
-NO_GRADIENT = "no_gradient"
-TINY_UPDATES = "tiny_updates"
-HUGE_UPDATES = "huge_updates"
-LOSS_DIVERGENCE = "loss_divergence"
-GRAD_CLIPPING = "grad_clipping"  # how often clip_grad_norm bites
-AMP_OVERFLOW = "amp_overflow"  # the fp16 GradScaler skipped steps
-SCENARIO_CONFIG = "scenario_config"  # a setting noticed at load (a per-epoch scheduler stepped per batch)
-# Silent bugs (engine/diagnosis.py): the model trains, nothing raises, and it learns badly.
-NON_FINITE_DATA = "non_finite_data"
-UNNORMALISED_INPUTS = "unnormalised_inputs"
-PROBABILITIES_AS_LOGITS = "probabilities_as_logits"
-LOSS_BROADCAST = "loss_broadcast"
-LOSS_WARNING = "loss_warning"
-UNOWNED_PARAMETERS = "unowned_parameters"
-NO_PROGRESS = "no_progress"
-LR_COLLAPSE = "lr_collapse"
-WEIGHT_DECAY_DOMINATES = "weight_decay_dominates"
-OSCILLATING_LOSS = "oscillating_loss"
-EXPLODING_THROUGH_TIME = "exploding_through_time"
-SILENT_BUG_KINDS: tuple[str, ...] = (
+    # Health rules (engine/health.py).
+    NAN_INF = "nan_inf"
+    EXPLODING_GRADIENT = "exploding_gradient"
+    VANISHING_GRADIENT = "vanishing_gradient"
+    DEAD_UNITS = "dead_units"
+    SATURATED_ACTIVATIONS = "saturated_activations"
+    NO_GRADIENT = "no_gradient"
+    TINY_UPDATES = "tiny_updates"
+    HUGE_UPDATES = "huge_updates"
+    LOSS_DIVERGENCE = "loss_divergence"
+    # Silent bugs (engine/diagnosis.py): the model trains, nothing raises, and it learns badly.
+    NON_FINITE_DATA = "non_finite_data"
+    UNNORMALISED_INPUTS = "unnormalised_inputs"
+    PROBABILITIES_AS_LOGITS = "probabilities_as_logits"
+    LOSS_BROADCAST = "loss_broadcast"
+    LOSS_WARNING = "loss_warning"
+    UNOWNED_PARAMETERS = "unowned_parameters"
+    NO_PROGRESS = "no_progress"
+    LR_COLLAPSE = "lr_collapse"
+    WEIGHT_DECAY_DOMINATES = "weight_decay_dominates"
+    OSCILLATING_LOSS = "oscillating_loss"
+    EXPLODING_THROUGH_TIME = "exploding_through_time"
+    # How the scenario trains rather than the model's health (no health rule, no breakpoint).
+    GRAD_CLIPPING = "grad_clipping"  # how often clip_grad_norm bites
+    AMP_OVERFLOW = "amp_overflow"  # the fp16 GradScaler skipped steps
+    SCENARIO_CONFIG = "scenario_config"  # a setting noticed at load (a per-epoch scheduler stepped per batch)
+
+
+# The module-level names the rules were written with, kept: each is its FindingKind member.
+NAN_INF = FindingKind.NAN_INF
+EXPLODING_GRADIENT = FindingKind.EXPLODING_GRADIENT
+VANISHING_GRADIENT = FindingKind.VANISHING_GRADIENT
+DEAD_UNITS = FindingKind.DEAD_UNITS
+SATURATED_ACTIVATIONS = FindingKind.SATURATED_ACTIVATIONS
+NO_GRADIENT = FindingKind.NO_GRADIENT
+TINY_UPDATES = FindingKind.TINY_UPDATES
+HUGE_UPDATES = FindingKind.HUGE_UPDATES
+LOSS_DIVERGENCE = FindingKind.LOSS_DIVERGENCE
+GRAD_CLIPPING = FindingKind.GRAD_CLIPPING
+AMP_OVERFLOW = FindingKind.AMP_OVERFLOW
+SCENARIO_CONFIG = FindingKind.SCENARIO_CONFIG
+NON_FINITE_DATA = FindingKind.NON_FINITE_DATA
+UNNORMALISED_INPUTS = FindingKind.UNNORMALISED_INPUTS
+PROBABILITIES_AS_LOGITS = FindingKind.PROBABILITIES_AS_LOGITS
+LOSS_BROADCAST = FindingKind.LOSS_BROADCAST
+LOSS_WARNING = FindingKind.LOSS_WARNING
+UNOWNED_PARAMETERS = FindingKind.UNOWNED_PARAMETERS
+NO_PROGRESS = FindingKind.NO_PROGRESS
+LR_COLLAPSE = FindingKind.LR_COLLAPSE
+WEIGHT_DECAY_DOMINATES = FindingKind.WEIGHT_DECAY_DOMINATES
+OSCILLATING_LOSS = FindingKind.OSCILLATING_LOSS
+EXPLODING_THROUGH_TIME = FindingKind.EXPLODING_THROUGH_TIME
+
+SILENT_BUG_KINDS: tuple[FindingKind, ...] = (
     NON_FINITE_DATA,
     UNNORMALISED_INPUTS,
     PROBABILITIES_AS_LOGITS,
@@ -53,32 +81,47 @@ SILENT_BUG_KINDS: tuple[str, ...] = (
     OSCILLATING_LOSS,
     EXPLODING_THROUGH_TIME,
 )
-FINDING_KINDS: tuple[str, ...] = (
-    NAN_INF,
-    EXPLODING_GRADIENT,
-    VANISHING_GRADIENT,
-    DEAD_UNITS,
-    SATURATED_ACTIVATIONS,
-    NO_GRADIENT,
-    TINY_UPDATES,
-    HUGE_UPDATES,
-    LOSS_DIVERGENCE,
-    *SILENT_BUG_KINDS,
-)
 # Findings about how the scenario trains rather than about the model's health (not health rules).
-SETUP_KINDS: tuple[str, ...] = (GRAD_CLIPPING, AMP_OVERFLOW, SCENARIO_CONFIG)
+SETUP_KINDS: tuple[FindingKind, ...] = (GRAD_CLIPPING, AMP_OVERFLOW, SCENARIO_CONFIG)
+# What a breakpoint can stop on: every kind but the setup ones, health rules first.
+FINDING_KINDS: tuple[FindingKind, ...] = tuple(k for k in FindingKind if k not in SETUP_KINDS)
 
 
-class Phase(str, enum.Enum):
-    """One quarter of a training step, in the order the engine runs them."""
+class SeverityLevel(enum.StrEnum):
+    """How serious a Finding is, least first (str-valued: the JSON's words)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        """0 for info, 1 warning, 2 error: ``>=`` in a breakpoint compares these."""
+        return _SEVERITY_ORDER.index(self)
+
+
+_SEVERITY_ORDER: tuple[SeverityLevel, ...] = tuple(SeverityLevel)
+# The type of Finding.severity: SeverityLevel's values as a Literal, so a rule may write
+# "error" as well as SeverityLevel.ERROR (a str-valued member is that string).
+Severity = Literal["error", "warning", "info"]
+SEVERITY_RANK: dict[str, int] = {level: level.rank for level in SeverityLevel}
+
+
+def _member(vocabulary: type[enum.StrEnum], word: str) -> str:
+    """``word`` as ``vocabulary``'s member when it is one of its values, else unchanged."""
+    try:
+        return vocabulary(word)
+    except ValueError:
+        return word
+
+
+class Phase(enum.StrEnum):
+    """One quarter of a training step, in the order the engine runs them ("forward" in messages)."""
 
     FORWARD = "forward"
     LOSS = "loss"
     BACKWARD = "backward"
     OPTIMIZER_STEP = "optimizer_step"
-
-    def __str__(self) -> str:  # "forward", not "Phase.FORWARD", in messages
-        return self.value
 
     @property
     def next(self) -> Phase:
@@ -164,15 +207,26 @@ class Finding:
     phase: Phase
     module: str
     parameter: str | None
+    # A FindingKind (the rules write its members); typed str as the diagnosis's sets of kinds are.
     kind: str
     severity: Severity
     value: float | None
     threshold: float | None
     message: str
-    cause: str | None = None  # the kind of the root finding this one follows from (a NaN loss from NaN data)
+    # The kind (a FindingKind's value) of the root finding this one follows from (a NaN loss from NaN data).
+    cause: str | None = None
     count: int = 1  # occurrences folded into this one
     last_step: int | None = None  # the last folded occurrence's step (None: only ``step``)
     consequences: tuple[Finding, ...] = ()  # findings caused by this one, themselves collapsed
+
+    def __post_init__(self) -> None:
+        # The vocabulary's members whoever wrote it (a rule's constant, a string from the
+        # protocol or a test), so every Finding carries the same types; a word this version
+        # does not know (a newer host's kind) stays the string it was.
+        object.__setattr__(self, "kind", _member(FindingKind, self.kind))
+        object.__setattr__(self, "severity", _member(SeverityLevel, self.severity))
+        if self.cause is not None:
+            object.__setattr__(self, "cause", _member(FindingKind, self.cause))
 
     @property
     def where(self) -> str:
@@ -325,10 +379,24 @@ class PhaseResult:
     record: StepRecord | None = None  # set when this phase completed the step
 
 
+class StopReason(enum.StrEnum):
+    """Why ``Engine.run`` returned (str-valued: the run report's ``stopped_by``)."""
+
+    STEPS = "steps"  # it ran the steps asked for
+    BREAKPOINT = "breakpoint"
+    STOPPED = "stopped"  # should_stop() said so
+    ERROR = "error"  # the user's step raised (RunOutcome.error)
+
+
+# The type of RunOutcome.stopped_by: StopReason's values as a Literal, so the engine may
+# write "steps" as well as StopReason.STEPS.
+StoppedBy = Literal["steps", "breakpoint", "stopped", "error"]
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     steps_done: int
-    stopped_by: Literal["steps", "breakpoint", "stopped", "error"]
+    stopped_by: StoppedBy
     break_hit: BreakHit | None = None
     error: BaseException | None = None
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from rich import box
 from rich.text import Text
 
-from workbench.engine.records import SEVERITY_RANK, Finding, StepProgress, StepRecord, collapse_findings
+from workbench.engine.records import SEVERITY_RANK, Finding, SeverityLevel, StepProgress, StepRecord, collapse_findings
 from workbench.report.numbers import fmt_float, fmt_ms, human_bytes
 from workbench.report.text import Table
 
-SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SEVERITY_STYLE: dict[str, str] = {SeverityLevel.ERROR: "bold red", SeverityLevel.WARNING: "yellow", SeverityLevel.INFO: "cyan"}
 
 
 @dataclass(frozen=True)
