@@ -19,8 +19,8 @@ from workbench.bench import Plan, run_bench
 from workbench.bench.context import BenchContext, collect
 from workbench.bench.hardware import detect
 from workbench.bench.results import VariantResult, load_run
-from workbench.bench.runner import run_one
-from workbench.bench.timing import measure
+from workbench.bench.runner import format_traceback, run_one
+from workbench.bench.timing import BenchStepError, describe_failure, measure, where_failed
 from workbench.bench.variants import Variant
 from workbench.bench.variants.base import fp32_loss_after
 from workbench.cli import main
@@ -106,6 +106,42 @@ class _OOMInStep(Variant):
 
         measure(step, ctx.plan, torch.device("cpu"))  # CPU clocks: no GPU needed to raise
         raise AssertionError("unreachable")
+
+
+def test_a_failing_timed_step_is_a_step_error_with_its_step_and_the_users_line() -> None:
+    """measure() raises the engine's StepError type: the step, warm-up or not, the user's frame;
+    a row's reason, a DDP rank's line and the JSON traceback still word the user's own error."""
+    from workbench.engine import StepError
+
+    def step(i: int) -> None:
+        if i == 2:
+            raise ValueError("bad batch\nsecond line")
+
+    with pytest.raises(BenchStepError) as info:
+        measure(step, PLAN, torch.device("cpu"))
+    err = info.value
+    assert isinstance(err, StepError) and isinstance(err.original, ValueError)
+    assert (err.step, err.warmup, err.phase, err.oom) == (2, False, None, False)
+    assert err.user_frame is not None and err.user_frame.startswith(f"{__file__}:")
+    assert where_failed(err) == "at step 2" and where_failed(ValueError()) == ""
+    assert describe_failure(err) == ("ValueError: bad batch\nsecond line (at step 2)", False)
+    tb = format_traceback(err)
+    assert "BenchStepError" not in tb and "direct cause" not in tb
+    assert tb.index(", in measure") < tb.index(", in _run") < tb.index(", in step") and tb.count(", in _run") == 1
+    assert tb.endswith("ValueError: bad batch\nsecond line")
+
+
+def test_a_measure_inside_a_step_names_its_own_step() -> None:
+    """The innermost measure() knows which step failed (a variant that times inside its step)."""
+
+    def inner(i: int) -> None:
+        if i == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(BenchStepError) as info:
+        measure(lambda i: measure(inner, Plan(warmup=0, steps=2), torch.device("cpu")), PLAN, torch.device("cpu"))
+    assert (info.value.step, info.value.warmup, info.value.oom) == (1, False, True)
+    assert describe_failure(info.value) == ("torch.OutOfMemoryError: CUDA out of memory (at step 1)", True)
 
 
 def test_oom_on_cuda_empties_the_cache_and_resets_the_peak(

@@ -259,6 +259,42 @@ def test_a_failure_at_step_k_keeps_the_steps_before_it(tmp_path: Path, write_sce
     assert json.loads(trace.read_text())["traceEvents"]
 
 
+def test_a_failing_phase_is_the_engines_step_error_with_the_range_and_the_line(
+        write_scenario) -> None:  # noqa: ANN001
+    """The profiled loop's failure is a StepError (phase, step, the user's frame) that names the
+    profiler range; a failure fetching the batch is the dataloader range and data loading."""
+    from workbench.engine import Phase, StepError
+    from workbench.profiling.errors import ProfileStepError
+    from workbench.profiling.loop import train_steps
+
+    broken = write_scenario(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n\n"
+        "class Boom(nn.Linear):\n    def forward(self, x):\n        raise RuntimeError('boom in forward')\n\n"
+        "class Data:\n    def __iter__(self):\n        yield torch.randn(3, 4), torch.randn(3, 2)\n"
+        "        raise OSError('disk gone')\n\n"
+        "def build(device, boom=True):\n    m = Boom(4, 2) if boom else nn.Linear(4, 2)\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.MSELoss(), data=Data())\n\n"
+        "def build_ok(device):\n    return build(device, boom=False)\n",
+        "boom.py",
+    )
+    with pytest.raises(ProfileStepError) as info:
+        train_steps(load_source(str(broken)).build("cpu"), 3)
+    err = info.value
+    assert isinstance(err, StepError) and isinstance(err.original, RuntimeError)
+    assert (err.phase, err.range_name, err.step, err.line) == (Phase.FORWARD, "forward", 0, 7)
+    assert err.user_frame == f"{broken}:7 in forward" and not err.data_loading
+    assert str(err) == (f"{broken}:7: the forward phase of step 0 raised RuntimeError: boom in forward. "
+                        "Fix the scenario (run with --verbose for the full traceback).")
+
+    with pytest.raises(ProfileStepError) as info:
+        train_steps(load_source(f"{broken}:build_ok").build("cpu"), 3)
+    err = info.value
+    assert (err.phase, err.range_name, err.step, err.line) == (None, "dataloader", 1, 12)
+    assert err.data_loading and err.stage == "data loading" and isinstance(err.original, OSError)
+    assert str(err).startswith(f"{broken}:12: the dataloader phase of step 1 raised OSError: disk gone.")
+
+
 def test_one_worker_file_per_rank_in_the_same_run(tmp_path: Path) -> None:
     """What a DDP launcher does: each rank calls profile_scenario with its rank."""
     source = load_source(MLP)

@@ -153,12 +153,19 @@ def leave_group() -> None:
 # -- the local launcher ---------------------------------------------------------------
 
 
-def _no_where(exc: BaseException) -> str:
-    return ""
+def describe_failure(exc: BaseException) -> tuple[str, bool]:
+    """A rank's error as one line ('RuntimeError: boom') and whether it ran out of memory."""
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text, isinstance(exc, torch.OutOfMemoryError)
+
+
+# A rank's exception -> (one line for the report, out of memory?); a front end that wraps the
+# user's error (the bench's StepError) says it in the user's words.
+Describe = Callable[[BaseException], tuple[str, bool]]
 
 
 def _spawn_entry(rank: int, world_size: int, port: int, entry: RankEntry, payload: Any,
-                 where: Callable[[BaseException], str], out: Any) -> None:
+                 describe: Describe, out: Any) -> None:
     """Child process body: set torchrun-style env, run the rank, report back."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -172,10 +179,8 @@ def _spawn_entry(rank: int, world_size: int, port: int, entry: RankEntry, payloa
                        lambda: out.put(("alive", rank)))
         out.put(("ok", rank, result))
     except BaseException as exc:  # report anything, including KeyboardInterrupt
-        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        at = where(exc)
-        oom = isinstance(exc, torch.OutOfMemoryError)
-        out.put(("error", rank, f"{text} ({at})" if at else text, oom))
+        text, oom = describe(exc)
+        out.put(("error", rank, text, oom))
         raise SystemExit(1) from None
 
 
@@ -186,12 +191,12 @@ def spawn_ranks(
     *,
     timeout_s: float = 180.0,
     tick: Tick | None = None,
-    where: Callable[[BaseException], str] = _no_where,
+    describe: Describe = describe_failure,
 ) -> tuple[list[Any], float]:
     """Spawn ``world_size`` ranks running ``entry``; (results by rank, wall seconds).
 
-    ``entry``, ``payload`` and ``where`` (which names the place of a rank's
-    error, e.g. 'at step 4') must be picklable: module-level functions and
+    ``entry``, ``payload`` and ``describe`` (which words a rank's error in one
+    line, e.g. 'RuntimeError: boom (at step 4)') must be picklable: module-level functions and
     frozen dataclasses. Raises RankFailed when a rank raises, exits without a
     result, or no rank has reported anything (start-up, a step, a result) for
     ``timeout_s``. A stall timeout, not a total one: a long run is fine as
@@ -204,7 +209,7 @@ def spawn_ranks(
     port = free_port()
     # Not daemonic: a rank may start processes of its own (DataLoader workers), which
     # daemonic processes may not. The finally below stops every rank however this ends.
-    procs = [ctx.Process(target=_spawn_entry, args=(r, world_size, port, entry, payload, where, out))
+    procs = [ctx.Process(target=_spawn_entry, args=(r, world_size, port, entry, payload, describe, out))
              for r in range(world_size)]
     t0 = time.perf_counter()
     for p in procs:

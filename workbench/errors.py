@@ -104,6 +104,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     scenario = sys.modules.get("workbench.scenario")
     if scenario is not None:
         errors.append(scenario.ScenarioError)
+    step = sys.modules.get("workbench.engine.errors")
+    if step is not None:
+        errors.append(step.StepError)  # names the step, the phase and the user's file:line already
     distributed = sys.modules.get("workbench.distributed")
     if distributed is not None:
         errors.append(distributed.RankFailed)  # names the rank and its error already

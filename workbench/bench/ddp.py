@@ -21,7 +21,7 @@ import torch
 from workbench.bench.context import collect
 from workbench.bench.memory import track_peak
 from workbench.bench.steps import mean_loss
-from workbench.bench.timing import Plan, measure, where_failed
+from workbench.bench.timing import Plan, describe_failure, measure
 from workbench.distributed import Beat, Tick, backend_for, join_group, leave_group, spawn_ranks
 from workbench.scenario import Batch, ScenarioSource
 from workbench.scenario.step import (
@@ -194,4 +194,4 @@ def launch_local(
     """Spawn ``world_size`` ranks on 127.0.0.1 and wait for all results; (results by
     rank, wall seconds). Raises RankFailed as ``spawn_ranks`` does."""
     job = DDPJob(source, device, plan, timeout_s=timeout_s)
-    return spawn_ranks(_rank_entry, job, world_size, timeout_s=timeout_s, tick=tick, where=where_failed)
+    return spawn_ranks(_rank_entry, job, world_size, timeout_s=timeout_s, tick=tick, describe=describe_failure)

@@ -22,7 +22,7 @@ import torch
 from workbench.bench import hardware as hw
 from workbench.bench.context import BenchContext, collect
 from workbench.bench.results import BenchRun, BenchSettings, VariantResult
-from workbench.bench.timing import DEFAULT_PLAN, Plan, where_failed
+from workbench.bench.timing import DEFAULT_PLAN, BenchStepError, Plan, user_error, where_failed
 from workbench.bench.variants import BASELINE, Variant, resolve
 from workbench.bench.variants.base import fp32_loss_after
 from workbench.scenario import ScenarioSource, resolve_device
@@ -176,18 +176,33 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def format_traceback(exc: BaseException, limit: int = 60) -> str:
-    """The failed row's traceback for the JSON report (its last ``limit`` lines)."""
+    """The failed row's traceback for the JSON report (its last ``limit`` lines).
+
+    A timed step's error is the user's exception with every frame from the row down
+    to its raise: the row's frames to the step, then the step's own.
+    """
     import traceback
 
-    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    if isinstance(exc, BenchStepError):
+        # The wrapper's frames run from the row to the timed step (its last frame is the re-raise,
+        # which the original's first frame repeats at the call of the step).
+        outer = traceback.format_list(traceback.extract_tb(exc.__traceback__)[:-1])
+        parts = traceback.format_exception(exc.original)
+        heads = [i for i, part in enumerate(parts) if part.startswith("Traceback (most recent call last)")]
+        at = heads[-1] + 1 if heads else 0
+        parts[at:at] = outer
+    else:
+        parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    lines = "".join(parts).splitlines()
     return "\n".join(lines[-limit:])
 
 
 def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> str:
     """One line: 'out of memory at step 3, batch size 64 (micro-batch 16): ...' or 'Type: message (at step k)'."""
+    where = where_failed(exc)
+    exc = user_error(exc)
     text = str(exc).strip()
     detail = text.splitlines()[0] if text else ""
-    where = where_failed(exc)
     if is_oom(exc):
         head = f"out of memory {where}" if where else "out of memory"
         head += f", {variant.batch_note(ctx)}"

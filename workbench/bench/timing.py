@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from workbench.bench.results import Timing
+from workbench.distributed import describe_failure as describe_rank_failure
+from workbench.engine.errors import StepError
 
 StepFn = Callable[[int], object]
 # (steps done, steps in all) after each warm-up step and each timed block.
@@ -98,8 +100,8 @@ def measure(
     can cycle through fixed batches. ``first_step_s``, when given, receives
     the wall time of step 0 (compile time for torch.compile). With a budget,
     timing stops early (see :class:`Plan`); ``agree`` makes that decision
-    collective. An exception from a step propagates unchanged but for a
-    ``bench_step`` attribute, read back by :func:`where_failed`.
+    collective. An exception from a step is raised as :class:`BenchStepError`
+    (the original, its step and whether it was a warm-up one).
     """
     done = 0
     for i in range(plan.warmup):
@@ -144,21 +146,46 @@ def measure(
                   timed_steps=i - plan.warmup, budget_s=plan.budget_s)
 
 
+class BenchStepError(StepError):
+    """Step ``step`` of a benchmark row raised ``original`` (a warm-up step when ``warmup``).
+
+    The step runs as one piece (no phase); a row's reason still words the
+    original error, with :attr:`at_step` ('at step 4', 'at step 0 (warm-up)').
+    """
+
+    def __init__(self, step: int, original: Exception, *, warmup: bool) -> None:
+        self.warmup = warmup
+        super().__init__(None, step, original)
+
+    @property
+    def at_step(self) -> str:
+        return f"at step {self.step}" + (" (warm-up)" if self.warmup else "")
+
+
 def _run(step: StepFn, i: int, *, warmup: bool) -> None:
     try:
         step(i)
+    except BenchStepError:
+        raise  # a measure() inside this step already named its own step
     except Exception as exc:
-        if not hasattr(exc, "bench_step"):  # the innermost measure() knows the step
-            exc.bench_step = (i, warmup)  # type: ignore[attr-defined]
-        raise
+        raise BenchStepError(i, exc, warmup=warmup) from exc
 
 
 def where_failed(exc: BaseException) -> str:
     """'at step 4' / 'at step 0 (warm-up)' for an error raised by a timed step, else ''."""
-    at = getattr(exc, "bench_step", None)
-    if not at:
-        return ""
-    return f"at step {at[0]}" + (" (warm-up)" if at[1] else "")
+    return exc.at_step if isinstance(exc, BenchStepError) else ""
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """The exception the user's code raised: a timed step's original, else ``exc`` itself."""
+    return exc.original if isinstance(exc, BenchStepError) else exc
+
+
+def describe_failure(exc: BaseException) -> tuple[str, bool]:
+    """A DDP rank's error in one line, 'RuntimeError: boom (at step 4)', and whether it is an OOM."""
+    text, oom = describe_rank_failure(user_error(exc))
+    where = where_failed(exc)
+    return (f"{text} ({where})" if where else text), oom
 
 
 @contextlib.contextmanager

@@ -1,4 +1,9 @@
-"""StepError: a user exception raised inside one phase of a training step, with advice.
+"""StepError: a user exception raised inside a training step, with advice.
+
+Every command that runs the user's step says "the user's step raised" with this one type
+(phase, step, the original exception, the user's file:line): the engine (per phase), the
+profiler's loop (``profiling.errors.ProfileStepError``) and the bench's timed steps
+(``bench.timing.BenchStepError``).
 
 The common ways a training step fails (a loss that rejects the shapes, class
 indices of the wrong dtype, tensors on two devices, BatchNorm at batch size 1,
@@ -30,7 +35,8 @@ class ErrorContext:
     module: str | None = None  # the innermost model module on the stack: "'1' (BatchNorm1d)"
 
 
-Advice = Callable[[re.Match[str], Phase, ErrorContext], str]
+# (match, phase or None for a whole step, context) -> the advice.
+Advice = Callable[[re.Match[str], Phase | None, ErrorContext], str]
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class KnownError:
     types: tuple[type[BaseException], ...] = (Exception,)
     phases: tuple[Phase, ...] = ()  # empty: any phase
 
-    def match(self, exc: BaseException, phase: Phase) -> re.Match[str] | None:
+    def match(self, exc: BaseException, phase: Phase | None) -> re.Match[str] | None:
         if not isinstance(exc, self.types) or (self.phases and phase not in self.phases):
             return None
         return self.pattern.search(str(exc))
@@ -53,13 +59,14 @@ def _batch(ctx: ErrorContext) -> str:
     return f"batch size {ctx.batch_size}" if ctx.batch_size is not None else "this batch size"
 
 
-def _oom(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
-    return (f"out of memory in the {phase.value} phase at {_batch(ctx)}: use a smaller batch, mixed "
+def _oom(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
+    where = f"the {phase.value} phase" if phase is not None else "the training step"
+    return (f"out of memory in {where} at {_batch(ctx)}: use a smaller batch, mixed "
             "precision (AMP) or gradient accumulation over smaller micro-batches; compare them with "
             "`workbench bench SCENARIO --variants fp32,amp,accum-4`.")
 
 
-def _batchnorm(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+def _batchnorm(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
     which = f"BatchNorm module {ctx.module}" if ctx.module else "BatchNorm"
     return (f"{_batch(ctx)}: {which} in training mode needs more than one value per channel: use a batch "
             "of 2 or more, or drop_last=True on the DataLoader (a last partial batch of one sample "
@@ -116,25 +123,25 @@ USER_EXIT = (
 )
 
 
-def _linear(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+def _linear(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
     who = f"Linear {ctx.module}" if ctx.module else "a Linear layer"
     return (f"{who} receives {m.group(2)} features per sample but was built for {m.group(3)}: set its "
             "in_features to what reaches it (check the flatten/reshape before it).")
 
 
-def _conv(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+def _conv(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
     who = ctx.module or "a convolution"
     return (f"{who} expects {m.group(1)} input channels but got {m.group(2)}: match in_channels to the "
             "data (grayscale 1, RGB 3) and keep images channels-first, (N, C, H, W).")
 
 
-def _embedding(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+def _embedding(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
     who = f"Embedding {ctx.module}" if ctx.module else "an Embedding"
     return (f"{who} got an index outside [0, num_embeddings): size it to the largest id + 1 "
             "or remap the ids.")
 
 
-def _keyword_batch(m: re.Match[str], phase: Phase, ctx: ErrorContext) -> str:
+def _keyword_batch(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
     return (f"the data yielded a dict (a Mapping), so the model is called as model(**batch), and its "
             f"forward() takes no argument {m.group(1)!r}: name the batch's keys after forward()'s "
             "parameters (input_ids=..., labels=...), or yield pairs instead, expected (inputs, targets) for "
@@ -178,7 +185,7 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
 )
 
 
-def known_error(exc: BaseException, phase: Phase) -> tuple[KnownError, re.Match[str]] | None:
+def known_error(exc: BaseException, phase: Phase | None) -> tuple[KnownError, re.Match[str]] | None:
     for known in KNOWN_ERRORS:
         m = known.match(exc, phase)
         if m is not None:
@@ -235,16 +242,22 @@ def _release_frames(exc: BaseException) -> None:
 class StepError(Exception):
     """The scenario's own code raised during ``phase`` of ``step``.
 
-    ``original`` is the user's exception and ``traceback_text`` its formatted
-    traceback; ``call`` the call that failed (with shapes), ``advice`` a hint from
-    ``KNOWN_ERRORS`` (or None) and ``oom`` whether it ran out of memory. The
-    exception's frames are cleared once formatted, so the tensors they held (an
+    ``phase`` is None when the step ran as one piece (a bench's timed step) or
+    failed fetching its batch (``data_loading``). ``original`` is the user's
+    exception and ``traceback_text`` its formatted traceback; ``frames`` its user
+    frames (``errors.user_frames``) and ``user_frame`` the innermost as
+    'file:line in name'; ``call`` the call that failed (with shapes), ``advice`` a
+    hint from ``KNOWN_ERRORS`` (or None) and ``oom`` whether it ran out of memory.
+    The exception's frames are cleared once formatted, so the tensors they held (an
     out-of-memory step's activations) are freed; the engine that raised this is
     still usable (history intact, the next call starts a fresh step).
+
+    A subclass that words its own message overrides ``_message``, which runs at the
+    end of ``__init__``: it sets what the message needs before calling this one.
     """
 
-    def __init__(self, phase: Phase, step: int, original: BaseException,
-                 context: ErrorContext | None = None) -> None:
+    def __init__(self, phase: Phase | None, step: int, original: BaseException,
+                 context: ErrorContext | None = None, *, data_loading: bool = False) -> None:
         ctx = context or ErrorContext()
         self.phase = phase
         self.step = step
@@ -252,8 +265,9 @@ class StepError(Exception):
         # A DataLoader worker's failure surfaces in whichever phase the engine was in
         # (a dead worker is noticed by a signal handler, or at the next batch): name
         # it for what it is, without the model call that merely happened to be running.
-        self.data_loading = is_data_loading_error(original)
-        self.stage = "data loading" if self.data_loading else f"{phase.value} phase"
+        self.data_loading = data_loading or is_data_loading_error(original)
+        self.stage = ("data loading" if self.data_loading
+                      else f"{phase.value} phase" if phase is not None else "training step")
         self.batch_size = ctx.batch_size
         self.call = None if self.data_loading else ctx.call
         self.module = None if self.data_loading else ctx.module
@@ -262,6 +276,7 @@ class StepError(Exception):
             traceback.format_exception(type(original), original, original.__traceback__)
         )
         frames = user_frames(original)
+        self.frames: tuple[traceback.FrameSummary, ...] = tuple(frames)
         self.user_traceback = "".join(traceback.format_list(frames))
         self.user_frame: str | None = (
             f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None

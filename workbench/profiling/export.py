@@ -150,6 +150,7 @@ def _profile_into(
         if refusal is not None:
             raise TraceTooLargeError(refusal)
     capture = redirect_stderr_fd(log_path) if capture_stderr else contextlib.nullcontext(log_path)
+    from workbench.profiling.errors import ProfileStepError, kept_traces
     from workbench.scenario import ScenarioError
 
     kept = set(run_dir.glob("*.pt.trace.json*"))
@@ -170,15 +171,15 @@ def _profile_into(
     except KeyboardInterrupt as exc:
         # Leaving the profiler context flushed the steps recorded so far.
         raise ProfileInterrupted(run_dir, tuple(sorted(run_dir.glob("*.pt.trace.json*")))) from exc
-    except ScenarioError as exc:
+    except (ProfileStepError, ScenarioError) as exc:
         # Leaving the profiler context flushed the steps before the failing one: say so.
         partial = sorted(set(run_dir.glob("*.pt.trace.json*")) - kept)
         if not partial:
             raise
-        names = ", ".join(str(f) for f in partial)
-        raise ScenarioError(f"{exc} The steps before it were traced and kept (the failing step's range "
-                            f"ends at the error): {names} "
-                            f"(workbench profile --analyze {run_dir}).", path=exc.path, line=exc.line) from exc
+        if isinstance(exc, ProfileStepError):
+            exc.keep_traces(partial, run_dir)
+            raise
+        raise ScenarioError(f"{exc} {kept_traces(partial, run_dir)}", path=exc.path, line=exc.line) from exc
     write_metadata(run_dir, source, dev, options, ranks, files,
                    loss_source=loss_sources[0] if loss_sources else None)
     return ProfileRun(

@@ -16,7 +16,6 @@ with a ``record_function`` range named exactly (the analysis relies on them):
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -86,22 +85,9 @@ def train_steps(
 
 
 def _step_error(scenario: Scenario, phase: str, step: int, exc: Exception) -> Exception:
-    """The user's code raised inside a step: say where (file:line) and in which phase."""
-    import traceback
-
-    from workbench.scenario import ScenarioError
+    """The user's code raised inside a step: a StepError naming the file:line and the phase."""
+    from workbench.profiling.errors import ProfileStepError
 
     source = scenario.source
-    path = source.path if source is not None else None
-    line = None
-    if path is not None:
-        for frame in traceback.extract_tb(exc.__traceback__):
-            if Path(frame.filename).resolve() == Path(path).resolve():
-                line = frame.lineno
-    where = (source.where if source is not None else scenario.name or "scenario") + (f":{line}" if line else "")
-    return ScenarioError(
-        f"{where}: the {phase} phase of step {step} raised {type(exc).__name__}: {exc}. "
-        "Fix the scenario (run with --verbose for the full traceback).",
-        path=path,
-        line=line,
-    )
+    where = source.where if source is not None else scenario.name or "scenario"
+    return ProfileStepError(phase, step, exc, where=where, path=source.path if source is not None else None)

@@ -11,9 +11,12 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.engine.records import BreakHit, Finding, StepRecord
+
+if TYPE_CHECKING:
+    from workbench.engine.errors import StepError  # imports torch: only for the annotation
 
 SCHEMA = "workbench.run/1"
 
@@ -153,9 +156,10 @@ def report_rest(*, scenario: str, device: str, findings: Sequence[dict[str, Any]
     }
 
 
-def step_error_json(err: Any) -> dict[str, Any]:
+def step_error_json(err: StepError) -> dict[str, Any]:
     """A StepError: the user's exception plus where it happened, the call and the advice."""
-    payload = error_json(err.original, err.traceback_text, phase=err.phase.value, step=err.step)
+    phase = err.phase.value if err.phase is not None else None
+    payload = error_json(err.original, err.traceback_text, phase=phase, step=err.step)
     payload.update({"stage": err.stage, "data_loading": err.data_loading,
                     "call": err.call, "module": err.module, "at": err.user_frame, "kind": err.kind,
                     "hint": err.advice, "oom": err.oom, "batch_size": err.batch_size})
