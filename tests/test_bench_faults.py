@@ -109,9 +109,10 @@ class _OOMInStep(Variant):
 
 
 def test_a_failing_timed_step_is_a_step_error_with_its_step_and_the_users_line() -> None:
-    """measure() raises the engine's StepError type: the step, warm-up or not, the user's frame;
-    a row's reason, a DDP rank's line and the JSON traceback still word the user's own error."""
-    from workbench.engine import StepError
+    """measure() raises the engine's TrainingStepError (a StepError without a phase: the step runs
+    as one piece): the step, warm-up or not, the user's frame; a row's reason, a DDP rank's line
+    and the JSON traceback still word the user's own error."""
+    from workbench.engine.errors import StepError, TrainingStepError
 
     def step(i: int) -> None:
         if i == 2:
@@ -120,7 +121,8 @@ def test_a_failing_timed_step_is_a_step_error_with_its_step_and_the_users_line()
     with pytest.raises(BenchStepError) as info:
         measure(step, PLAN, torch.device("cpu"))
     err = info.value
-    assert isinstance(err, StepError) and isinstance(err.original, ValueError)
+    assert isinstance(err, TrainingStepError) and not isinstance(err, StepError)
+    assert isinstance(err.original, ValueError) and err.stage == "training step"
     assert (err.step, err.warmup, err.phase, err.oom) == (2, False, None, False)
     assert err.user_frame is not None and err.user_frame.startswith(f"{__file__}:")
     assert where_failed(err) == "at step 2" and where_failed(ValueError()) == ""

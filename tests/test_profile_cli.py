@@ -261,8 +261,8 @@ def test_a_failure_at_step_k_keeps_the_steps_before_it(tmp_path: Path, write_sce
 
 def test_a_failing_phase_is_the_engines_step_error_with_the_range_and_the_line(
         write_scenario) -> None:  # noqa: ANN001
-    """The profiled loop's failure is a StepError (phase, step, the user's frame) that names the
-    profiler range; a failure fetching the batch is the dataloader range and data loading."""
+    """The profiled loop's failure is the engine's StepError (phase, step, the user's frame) that
+    names the profiler range; a failure fetching the batch is the dataloader range and data loading."""
     from workbench.engine import Phase, StepError
     from workbench.profiling.errors import ProfileStepError
     from workbench.profiling.loop import train_steps
@@ -290,7 +290,8 @@ def test_a_failing_phase_is_the_engines_step_error_with_the_range_and_the_line(
     with pytest.raises(ProfileStepError) as info:
         train_steps(load_source(f"{broken}:build_ok").build("cpu"), 3)
     err = info.value
-    assert (err.phase, err.range_name, err.step, err.line) == (None, "dataloader", 1, 12)
+    # The engine fetches a batch at the start of its forward phase: so does this error.
+    assert (err.phase, err.range_name, err.step, err.line) == (Phase.FORWARD, "dataloader", 1, 12)
     assert err.data_loading and err.stage == "data loading" and isinstance(err.original, OSError)
     assert str(err).startswith(f"{broken}:12: the dataloader phase of step 1 raised OSError: disk gone.")
 

@@ -27,6 +27,7 @@ from workbench.session import protocol as P
 
 def test_the_kinds_are_one_enum_and_the_old_names_are_its_members() -> None:
     assert records.GRAD_CLIPPING is FindingKind.GRAD_CLIPPING and NAN_INF == "nan_inf"
+    assert repr(NAN_INF) == "'nan_inf'" and f"{NAN_INF}" == str(NAN_INF) == "nan_inf"  # as the strings showed
     assert set(FINDING_KINDS) | set(SETUP_KINDS) == set(FindingKind)
     assert not set(FINDING_KINDS) & set(SETUP_KINDS)
     assert set(SILENT_BUG_KINDS) < set(FINDING_KINDS)

@@ -106,7 +106,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         errors.append(scenario.ScenarioError)
     step = sys.modules.get("workbench.engine.errors")
     if step is not None:
-        errors.append(step.StepError)  # names the step, the phase and the user's file:line already
+        errors.append(step.TrainingStepError)  # names the step, the phase and the user's file:line already
     distributed = sys.modules.get("workbench.distributed")
     if distributed is not None:
         errors.append(distributed.RankFailed)  # names the rank and its error already

@@ -21,7 +21,7 @@ import torch
 
 from workbench.bench.results import Timing
 from workbench.distributed import describe_failure as describe_rank_failure
-from workbench.engine.errors import StepError
+from workbench.engine.errors import TrainingStepError
 
 StepFn = Callable[[int], object]
 # (steps done, steps in all) after each warm-up step and each timed block.
@@ -146,7 +146,7 @@ def measure(
                   timed_steps=i - plan.warmup, budget_s=plan.budget_s)
 
 
-class BenchStepError(StepError):
+class BenchStepError(TrainingStepError):
     """Step ``step`` of a benchmark row raised ``original`` (a warm-up step when ``warmup``).
 
     The step runs as one piece (no phase); a row's reason still words the

@@ -20,15 +20,14 @@ import fnmatch
 import math
 import re
 from collections.abc import Iterable
-import enum
 from dataclasses import dataclass
 
-from workbench.engine.records import FINDING_KINDS, SEVERITY_RANK, BreakHit, Finding, Phase, SeverityLevel
+from workbench.engine.records import FINDING_KINDS, SEVERITY_RANK, BreakHit, Finding, Phase, SeverityLevel, Vocabulary
 
 ANY_KIND = "any"
 
 
-class Condition(enum.StrEnum):
+class Condition(Vocabulary):
     """What a breakpoint watches (str-valued, as the breakpoint's text starts)."""
 
     FINDING = "finding"  # a finding of a kind (or any), at a severity, on a module

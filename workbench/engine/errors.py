@@ -1,9 +1,10 @@
 """StepError: a user exception raised inside a training step, with advice.
 
-Every command that runs the user's step says "the user's step raised" with this one type
-(phase, step, the original exception, the user's file:line): the engine (per phase), the
-profiler's loop (``profiling.errors.ProfileStepError``) and the bench's timed steps
-(``bench.timing.BenchStepError``).
+Every command that runs the user's step says "the user's step raised" with one type,
+TrainingStepError (step, phase or None, the original exception, the user's file:line):
+StepError when the step runs phase by phase (the engine; the profiler's loop,
+``profiling.errors.ProfileStepError``), ``bench.timing.BenchStepError`` for a bench's
+timed step, which runs as one piece.
 
 The common ways a training step fails (a loss that rejects the shapes, class
 indices of the wrong dtype, tensors on two devices, BatchNorm at batch size 1,
@@ -239,18 +240,19 @@ def _release_frames(exc: BaseException) -> None:
         tb = tb.tb_next
 
 
-class StepError(Exception):
-    """The scenario's own code raised during ``phase`` of ``step``.
+class TrainingStepError(Exception):
+    """The scenario's own code raised during step ``step`` (in ``phase``, when it ran phase by phase).
 
-    ``phase`` is None when the step ran as one piece (a bench's timed step) or
-    failed fetching its batch (``data_loading``). ``original`` is the user's
-    exception and ``traceback_text`` its formatted traceback; ``frames`` its user
-    frames (``errors.user_frames``) and ``user_frame`` the innermost as
-    'file:line in name'; ``call`` the call that failed (with shapes), ``advice`` a
-    hint from ``KNOWN_ERRORS`` (or None) and ``oom`` whether it ran out of memory.
-    The exception's frames are cleared once formatted, so the tensors they held (an
-    out-of-memory step's activations) are freed; the engine that raised this is
-    still usable (history intact, the next call starts a fresh step).
+    ``phase`` is None when the step ran as one piece (a bench's timed step).
+    ``original`` is the user's exception and ``traceback_text`` its formatted
+    traceback; ``frames`` its user frames (``errors.user_frames``) and
+    ``user_frame`` the innermost as 'file:line in name'; ``call`` the call that
+    failed (with shapes), ``advice`` a hint from ``KNOWN_ERRORS`` (or None),
+    ``oom`` whether it ran out of memory and ``data_loading`` whether fetching
+    the batch failed. The exception's frames are cleared once formatted, so the
+    tensors they held (an out-of-memory step's activations) are freed; the engine
+    that raised this is still usable (history intact, the next call starts a
+    fresh step).
 
     A subclass that words its own message overrides ``_message``, which runs at the
     end of ``__init__``: it sets what the message needs before calling this one.
@@ -306,6 +308,17 @@ class StepError(Exception):
         if self.advice:
             lines.append(f"  hint: {self.advice}")
         return "\n".join(lines)
+
+
+class StepError(TrainingStepError):
+    """The user's code raised in ``phase`` of a step that runs phase by phase: the engine's,
+    and the profiled loop's (``profiling.errors.ProfileStepError``)."""
+
+    phase: Phase
+
+    def __init__(self, phase: Phase, step: int, original: BaseException,
+                 context: ErrorContext | None = None, *, data_loading: bool = False) -> None:
+        super().__init__(phase, step, original, context, data_loading=data_loading)
 
 
 def describe_call(phase: Phase, inputs: Sequence[Any], outputs: Any, targets: Any,

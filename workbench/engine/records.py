@@ -12,7 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-class FindingKind(enum.StrEnum):
+class Vocabulary(enum.StrEnum):
+    """A str-valued enum that shows as its word: repr 'nan_inf', as the plain strings it
+    replaced did (in a Finding's repr, in pdb), not <FindingKind.NAN_INF: 'nan_inf'>."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class FindingKind(Vocabulary):
     """What a Finding is about (str-valued: the exact words of the JSON, the UI and breakpoints)."""
 
     # Health rules (engine/health.py).
@@ -87,7 +95,7 @@ SETUP_KINDS: tuple[FindingKind, ...] = (GRAD_CLIPPING, AMP_OVERFLOW, SCENARIO_CO
 FINDING_KINDS: tuple[FindingKind, ...] = tuple(k for k in FindingKind if k not in SETUP_KINDS)
 
 
-class SeverityLevel(enum.StrEnum):
+class SeverityLevel(Vocabulary):
     """How serious a Finding is, least first (str-valued: the JSON's words)."""
 
     INFO = "info"
@@ -379,7 +387,7 @@ class PhaseResult:
     record: StepRecord | None = None  # set when this phase completed the step
 
 
-class StopReason(enum.StrEnum):
+class StopReason(Vocabulary):
     """Why ``Engine.run`` returned (str-valued: the run report's ``stopped_by``)."""
 
     STEPS = "steps"  # it ran the steps asked for

@@ -2,7 +2,7 @@
 
 A StepError (phase, step, the original exception, the user's frames) worded for
 ``workbench profile``: the scenario file and line, the profiler range it failed
-in ("dataloader" has no engine Phase), and, once the profiler has flushed them,
+in ("dataloader": the forward phase's fetch of the batch, as in the engine), and, once the profiler has flushed them,
 the traces of the steps before it. Its own module, imported when a step fails:
 it imports torch (through the engine's errors) and ``profiling.loop`` must not.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 from workbench.engine.errors import StepError
 from workbench.engine.records import Phase
 
-# The loop's range names that are engine phases ("dataloader" is not one).
+# The loop's range names are the engine's phases, but for "dataloader": the engine fetches a
+# step's batch at the start of its forward phase, and so does this error (with data_loading).
 _PHASE_OF_RANGE = {p.value: p for p in Phase}
 
 
@@ -34,7 +35,8 @@ class ProfileStepError(StepError):
         self.where = where
         self.path = path
         self.kept = ""  # set by keep_traces
-        super().__init__(_PHASE_OF_RANGE.get(range_name), step, original, data_loading=range_name == "dataloader")
+        super().__init__(_PHASE_OF_RANGE.get(range_name, Phase.FORWARD), step, original,
+                         data_loading=range_name == "dataloader")
 
     @property
     def line(self) -> int | None:

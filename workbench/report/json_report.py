@@ -158,8 +158,7 @@ def report_rest(*, scenario: str, device: str, findings: Sequence[dict[str, Any]
 
 def step_error_json(err: StepError) -> dict[str, Any]:
     """A StepError: the user's exception plus where it happened, the call and the advice."""
-    phase = err.phase.value if err.phase is not None else None
-    payload = error_json(err.original, err.traceback_text, phase=phase, step=err.step)
+    payload = error_json(err.original, err.traceback_text, phase=err.phase.value, step=err.step)
     payload.update({"stage": err.stage, "data_loading": err.data_loading,
                     "call": err.call, "module": err.module, "at": err.user_frame, "kind": err.kind,
                     "hint": err.advice, "oom": err.oom, "batch_size": err.batch_size})
