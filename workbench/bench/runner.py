@@ -171,8 +171,10 @@ def with_isolated_peak(result: VariantResult, variant: Variant, source: Scenario
 
 
 def is_oom(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError (what torch.cuda.OutOfMemoryError is), also from a DDP rank."""
-    return isinstance(exc, torch.OutOfMemoryError) or bool(getattr(exc, "oom", False))
+    """torch.OutOfMemoryError (what torch.cuda.OutOfMemoryError is), also from a timed step or a DDP rank."""
+    from workbench.distributed import RankFailed
+
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, (BenchStepError, RankFailed)) and exc.oom)
 
 
 def format_traceback(exc: BaseException, limit: int = 60) -> str:

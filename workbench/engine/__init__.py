@@ -17,7 +17,8 @@ API overview::
         eng.activation_sample("features.0")      # CPU copy of that output (<= sample_size values)
 
 * records.py      frozen results: Phase, ModuleStats, ParamStats, Finding, MemorySample, StepRecord,
-                  BreakHit, StepProgress, PhaseResult, RunOutcome, ModuleNode; finding kind strings.
+                  BreakHit, StepProgress, PhaseResult, RunOutcome, ModuleNode; the vocabularies as
+                  str-valued enums (FindingKind, SeverityLevel, StopReason).
 * breakpoints.py  Breakpoint (factories, parse, describe, check).
 * engine.py       EngineConfig, Engine (owns the loop: data, phases, snapshots, breakpoints).
 * instruments.py  Instruments: probe + parameter stats + health rules at each phase boundary,
@@ -28,7 +29,8 @@ API overview::
 * probe.py        module hooks: batched forward stats, output-gradient norms, NaN root cause.
 * params.py       per-parameter grad / weight / update stats.
 * memory.py       RSS and CUDA allocator samples.
-* errors.py       StepError (a user exception in a phase; the engine stays usable).
+* errors.py       StepError (a user exception in a phase; the engine stays usable), under
+                  TrainingStepError, which the bench's timed step (no phase) raises too.
 * summary.py      a torchinfo-like static model summary (shapes, params, FLOPs).
 
 Each phase does at most one device->host transfer (search for "Sync point"); the
@@ -45,13 +47,14 @@ from workbench.lazy import lazy_exports
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.engine.breakpoints import Breakpoint
     from workbench.engine.engine import Engine, EngineConfig
-    from workbench.engine.errors import StepError
+    from workbench.engine.errors import StepError, TrainingStepError
     from workbench.engine.thresholds import HealthThresholds
     from workbench.engine.records import (
         FINDING_KINDS,
         PHASES,
         BreakHit,
         Finding,
+        FindingKind,
         MemorySample,
         ModuleNode,
         ModuleStats,
@@ -59,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Phase,
         PhaseResult,
         RunOutcome,
+        SeverityLevel,
         StepProgress,
         StepRecord,
     )
@@ -67,16 +71,18 @@ if TYPE_CHECKING:  # pragma: no cover
 # in torch through this package, so the TUI can import the records' types before torch loads.
 _HOME = {
     "Breakpoint": "breakpoints", "Engine": "engine", "EngineConfig": "engine", "StepError": "errors",
-    "HealthThresholds": "thresholds",
+    "TrainingStepError": "errors", "HealthThresholds": "thresholds",
     **{name: "records" for name in (
-        "FINDING_KINDS", "PHASES", "BreakHit", "Finding", "MemorySample", "ModuleNode", "ModuleStats",
-        "ParamStats", "Phase", "PhaseResult", "RunOutcome", "StepProgress", "StepRecord")},
+        "FINDING_KINDS", "PHASES", "BreakHit", "Finding", "FindingKind", "MemorySample", "ModuleNode",
+        "ModuleStats", "ParamStats", "Phase", "PhaseResult", "RunOutcome", "SeverityLevel", "StepProgress",
+        "StepRecord")},
 }
 
 __all__ = [
-    "Breakpoint", "BreakHit", "Engine", "EngineConfig", "FINDING_KINDS", "Finding", "HealthThresholds",
-    "MemorySample", "ModuleNode", "ModuleStats", "PHASES", "ParamStats", "Phase", "PhaseResult",
-    "RunOutcome", "StepError", "StepProgress", "StepRecord",
+    "Breakpoint", "BreakHit", "Engine", "EngineConfig", "FINDING_KINDS", "Finding", "FindingKind",
+    "HealthThresholds", "MemorySample", "ModuleNode", "ModuleStats", "PHASES", "ParamStats", "Phase",
+    "PhaseResult", "RunOutcome", "SeverityLevel", "StepError", "StepProgress", "StepRecord",
+    "TrainingStepError",
 ]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+
 class Vocabulary(enum.StrEnum):
     """A str-valued enum that shows as its word: repr 'nan_inf', as the plain strings it
     replaced did (in a Finding's repr, in pdb), not <FindingKind.NAN_INF: 'nan_inf'>."""

@@ -1,10 +1,11 @@
 """ProfileStepError: the user's code raised inside a phase range of the profiled loop.
 
 A StepError (phase, step, the original exception, the user's frames) worded for
-``workbench profile``: the scenario file and line, the profiler range it failed
-in ("dataloader": the forward phase's fetch of the batch, as in the engine), and, once the profiler has flushed them,
-the traces of the steps before it. Its own module, imported when a step fails:
-it imports torch (through the engine's errors) and ``profiling.loop`` must not.
+``workbench profile``: the scenario file and line, the profiler range it failed in
+("dataloader": the forward phase's fetch of the batch, as in the engine) and, once
+the profiler has flushed them, the traces of the steps before it. Its own module,
+imported when a step fails: it imports torch (through the engine's errors) and
+``profiling.loop`` must not.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ then profile in this process or in spawned DDP ranks, and write the sidecar.
 
 The pieces live beside it: ``loop`` (the phase-ranged training loop),
 ``capture`` (options, size estimate and gate, one process's capture),
-``sidecar`` (the run directory's own files), ``ddp`` (the ranks).
+``sidecar`` (the run directory's own files), ``ddp`` (the ranks), ``errors`` (a failing
+step: ProfileStepError).
 """
 
 from __future__ import annotations
