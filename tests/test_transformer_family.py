@@ -18,7 +18,7 @@ from torch import nn
 from workbench.bench import Plan, run_bench
 from workbench.bench.divergence import compare_variants, past_threshold
 from workbench.cli import main
-from workbench.engine.probe import ActivationProbe, F_MAX, F_MIN
+from workbench.engine.probe import ActivationProbe
 from workbench.engine.summary import summarize
 from workbench.errors import UsageError
 from workbench.scenario import Scenario, load, load_source
@@ -80,14 +80,14 @@ def test_the_probe_measures_nested_outputs_through_their_values() -> None:
         probe.begin_forward(measure=True)
         with torch.no_grad():
             model(*scenario.data[0][0])
-        rows = probe.decode_forward(probe.forward_tensor().tolist())
+        decoded = probe.decode_forward(probe.forward_tensor().tolist())
         probe.end_forward()
         call = next(c for c in probe.calls if c.name == "enc.layers.0.linear1")
     finally:
         probe.detach()
     assert call.measured and call.shape == (8, 6, 32) and call.numel == 40 * 32
-    row = rows[call.index]
-    assert math.isfinite(row[F_MIN]) and math.isfinite(row[F_MAX]) and row[F_MIN] < row[F_MAX]
+    out = decoded[call.index].output
+    assert out is not None and math.isfinite(out.min) and math.isfinite(out.max) and out.min < out.max
 
 
 def test_diff_int8_runs_on_the_encoder() -> None:

@@ -9,10 +9,8 @@ import torch
 from torch import nn
 
 from workbench.engine.probe import (
-    S_MEAN,
-    S_STD,
     SampleIndex,
-    flat_reductions,
+    flat_moments,
     nonfinite_counts,
     real_values,
     stack_f32,
@@ -112,9 +110,9 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     weight_norms = stack_f32(torch._foreach_norm(weights), device)
     # Gradients are not modified before this phase ends: the samples may be views.
     samples = [sampler.take_flat(g) for g in grads]
-    reduced = flat_reductions(samples, sampler)  # (P, 3)
-    _, n = sampler.segments(tuple(t.numel() for t in samples), device)
-    stats = torch.stack([grad_norms, reduced[:, S_MEAN], abs_max, reduced[:, S_STD], n, weight_norms], dim=1)
+    n = sampler.lengths(tuple(t.numel() for t in samples), device)
+    mean, std = flat_moments(samples, n)
+    stats = torch.stack([grad_norms, mean, abs_max, std, n, weight_norms], dim=1)
     return stats, with_grad
 
 
@@ -150,7 +148,7 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_gr
             out.append(ParamStats(ref.name, ref.module, shape, None, None, None, None, None, None,
                                   None, has_grad=False))
             continue
-        nan, inf = counts.get(i, (0.0, 0.0))
+        nan, inf, _ = counts.get(i, (0.0, 0.0, 0.0))
         out.append(ParamStats(
             name=ref.name, module=ref.module, shape=shape, grad_norm=row[G_NORM],
             grad_mean=row[G_MEAN], grad_std=row[G_STD], grad_abs_max=row[G_ABS_MAX],

@@ -44,16 +44,44 @@ from torch import nn
 
 from workbench.scenario.outputs import LOSS_FIELD, prediction_tensor
 
-# Layout of the per-call forward stats vector.
-(F_MEAN, F_MIN, F_MAX, F_STD, F_ZERO, F_NAN, F_INF, F_SAMPLE_N, F_IN_FINITE, F_DEAD, F_SAT) = range(11)
-F_WIDTH = 11
+
+@dataclass(frozen=True, slots=True)
+class OutputStats:
+    """One call's output as the forward's one transfer read it.
+
+    ``min``/``max`` are exact (NaN when the output holds a NaN); ``mean``, ``std`` and
+    ``zero_fraction`` come from the call's sample of ``sample_n`` elements; ``nan``/``inf``
+    are counted (in the sample) only for a non-finite output, else 0.
+    """
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    zero_fraction: float
+    nan: float
+    inf: float
+    sample_n: float
+    dead_fraction: float | None = None  # ReLU family: units zero for the whole batch
+    saturated_fraction: float | None = None  # Sigmoid/Tanh: outputs pinned at their bounds
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.min) and math.isfinite(self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    """What :meth:`ActivationProbe.decode_forward` says of one call (completion order)."""
+
+    inputs_finite: bool  # every floating input of the call was finite
+    output: OutputStats | None  # None: the call's output was not summarised (no float tensor)
 
 # Outputs exactly zero for negative inputs: a unit can die.
 RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 # Bounded outputs that saturate, with their bounds.
 SATURATING: dict[type[nn.Module], tuple[float, float]] = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0)}
 
-_NAN = float("nan")
 
 
 def measurable(t: torch.Tensor) -> bool:
@@ -161,14 +189,20 @@ class SampleIndex:
         self.size = size
         self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._masks: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._segments: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lengths: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
 
     def take(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(a copy of ``size`` elements, how many of them are real)."""
+        """(a copy of ``size`` elements, how many of them are real).
+
+        A small tensor is padded with copies of its FIRST element (not zeros): shifted by that
+        element, the padding is exactly zero, so :func:`sample_reductions` needs no mask pass.
+        """
         flat = t.reshape(-1)
         n = flat.numel()
-        if n <= self.size:
-            return torch.nn.functional.pad(flat, (0, self.size - n)), n
+        if n < self.size:
+            return torch.cat([flat, flat[:1].expand(self.size - n)]), n
+        if n == self.size:
+            return flat.clone(), n
         return self._select(flat), self.size
 
     def take_flat(self, t: torch.Tensor) -> torch.Tensor:
@@ -191,18 +225,15 @@ class SampleIndex:
             self._cache[key] = idx
         return flat.index_select(0, idx)
 
-    def segments(self, lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum(lengths),) segment id of each element and (rows,) float lengths, cached per layout
-        (built on the host once, then one copy to the device: no per-step transfer)."""
+    def lengths(self, lengths: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """(rows,) float lengths on ``device``, cached per layout (no per-step host->device copy)."""
         key = (device, lengths)
-        cached = self._segments.get(key)
+        cached = self._lengths.get(key)
         if cached is None:
-            counts = torch.tensor(lengths, dtype=torch.int64)
-            seg = torch.repeat_interleave(torch.arange(len(lengths)), counts).to(device)
-            if len(self._segments) > 64:
-                self._segments.clear()
-            cached = (seg, counts.to(torch.float32).to(device))
-            self._segments[key] = cached
+            cached = torch.tensor(lengths, dtype=torch.float32).to(device)
+            if len(self._lengths) > 64:
+                self._lengths.clear()
+            self._lengths[key] = cached
         return cached
 
     def mask(self, lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +245,7 @@ class SampleIndex:
         key = (device, lengths)
         cached = self._masks.get(key)
         if cached is None:
-            n = torch.tensor(lengths, dtype=torch.float32).to(device)
+            n = self.lengths(lengths, device)
             mask = torch.arange(self.size, device=device)[None, :] < n[:, None]
             if len(self._masks) > 64:
                 self._masks.clear()
@@ -227,45 +258,47 @@ class SampleIndex:
 S_MEAN, S_STD, S_ZERO = range(3)
 
 
-def sample_reductions(samples: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(rows, S) samples -> (rows, 3): mean, std, zero fraction.
+def sample_reductions(samples: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(rows, S) samples from :meth:`SampleIndex.take` -> (rows, 3): mean, std, zero fraction.
 
-    ``mask`` marks the real elements (padding is zeros and never counts). NaN/Inf
-    counts are not here: they only matter for a non-finite tensor, which min/max
-    already reveal, so ``nonfinite_counts`` computes them on those rare steps (bool
-    reductions cost several times a float one on CPU).
+    Each row is shifted by its first element before the sums: its padding (copies of that
+    element) becomes exactly zero and counts for nothing, and the variance from
+    E[d^2] - E[d]^2 keeps its precision in float32 for a row whose mean is far from zero
+    (a saturated sigmoid). Five passes over the matrix, no mask and no centred copy.
+    NaN/Inf counts are not here: they only matter for a non-finite tensor, which min/max
+    already reveal, so ``nonfinite_counts`` computes them (and that row's exact zero
+    fraction) on those rare steps.
     """
-    f32 = torch.float32
-    mean = samples.sum(dim=1, dtype=f32) / lengths
-    centred = (samples - mean[:, None]) * mask
-    std = (centred.square().sum(dim=1) / lengths).sqrt()
-    # Padding is exactly zero: count every zero, then take the padding off (no mask pass).
-    zero = ((samples == 0).sum(dim=1, dtype=torch.int32) - (samples.shape[1] - lengths)) / lengths
-    return torch.stack([mean, std, zero], dim=1)
+    first = samples[:, :1]
+    shifted = samples - first
+    d_mean = shifted.sum(dim=1) / lengths
+    d_sq = torch.linalg.vector_norm(shifted, dim=1).square_() / lengths
+    std = (d_sq - d_mean.square()).clamp_(min=0).sqrt_()
+    # Non-zeros of the whole row, less the padding's (which are zeros only when the first is).
+    padding = samples.shape[1] - lengths
+    nonzero = samples.sign().abs_().sum(dim=1) - padding * first[:, 0].sign().abs()
+    zero = (lengths - nonzero) / lengths
+    return torch.stack([first[:, 0] + d_mean, std, zero], dim=1)
 
 
-def flat_reductions(parts: list[torch.Tensor], index: SampleIndex) -> torch.Tensor:
-    """1-D tensors (samples of at most ``index.size`` elements) -> (rows, 3): mean, std, zero fraction.
+def flat_moments(parts: list[torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D tensors (samples of at most ``index.size`` elements) -> ((rows,) mean, (rows,) std).
 
-    The same numbers as :func:`sample_reductions`, from one ``cat`` of the real elements and
-    per-segment sums, instead of a (rows, size) matrix padded with zeros: a parameter list
-    holds many tiny tensors (biases, norm weights of a few dozen elements), and the padded
-    matrix made every elementwise pass several times longer than the data.
+    Per tensor one ``sum`` and one fused ``_foreach_norm`` for all: a parameter list holds
+    many tiny tensors (biases, norm weights of a few dozen elements), and a padded matrix or
+    one ``cat`` with segment sums costs several elementwise passes over all of them. For
+    gradients, which centre near zero, E[g^2] - E[g]^2 loses nothing in float32.
     """
-    device = parts[0].device
-    f32 = torch.float32
-    values = torch.cat([t if t.dtype == f32 and t.device == device else t.to(device, f32) for t in parts])
-    seg, n = index.segments(tuple(t.numel() for t in parts), device)
-    rows = len(parts)
-    mean = torch.zeros(rows, device=device, dtype=f32).index_add_(0, seg, values) / n
-    centred = values - mean.index_select(0, seg)
-    std = (torch.zeros(rows, device=device, dtype=f32).index_add_(0, seg, centred.square_()) / n).sqrt()
-    zero = torch.zeros(rows, device=device, dtype=f32).index_add_(0, seg, (values == 0).to(f32)) / n
-    return torch.stack([mean, std, zero], dim=1)
+    device = lengths.device
+    sums = stack_f32([t.sum() for t in parts], device)
+    squares = stack_f32(torch._foreach_norm(parts), device).square_()
+    mean = sums / lengths
+    std = (squares / lengths - mean.square()).clamp_(min=0).sqrt_()
+    return mean, std
 
 
-def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float]]:
-    """(NaN count, Inf count) of each tensor.
+def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float, float]]:
+    """(NaN count, Inf count, zero count) of each tensor.
 
     A deliberate extra device->host sync, made only on a step whose min/max already
     showed a NaN/Inf somewhere (never on a healthy step).
@@ -273,12 +306,23 @@ def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float]]:
     if not tensors:
         return []
     device = tensors[0].device
-    counts = torch.stack([torch.stack([torch.isnan(t).sum(), torch.isinf(t).sum()]).to(device)
+    counts = torch.stack([torch.stack([torch.isnan(t).sum(), torch.isinf(t).sum(), (t == 0).sum()]).to(device)
                           for t in tensors])
-    return [(float(nan), float(inf)) for nan, inf in counts.tolist()]
+    return [(float(nan), float(inf), float(zero)) for nan, inf, zero in counts.tolist()]
 
 
-@dataclass
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32`` (cached: str() of a dtype per call costs)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+    return name
+
+
+@dataclass(slots=True)
 class CallInfo:
     """Host-side facts about one module call (no sync needed to know them)."""
 
@@ -330,6 +374,9 @@ class ActivationProbe:
             # A module registered under two names keeps the first (as named_modules does).
             self.names.setdefault(module, name)
         self._leaf = {m: not any(True for _ in m.children()) for m in self.names}
+        # What kind of output each module gives, decided once (isinstance per call costs).
+        self._relu = {m: isinstance(m, RELU_FAMILY) for m in self.names}
+        self._bounds = {m: next((b for k, b in SATURATING.items() if isinstance(m, k)), None) for m in self.names}
         self._handles: list[Any] = []
         self._attached = False
         self.active = False  # measuring this forward
@@ -427,15 +474,16 @@ class ActivationProbe:
         start = time.perf_counter()
         producers: list[int] = []
         external: list[int] = []
-        with torch.no_grad():
-            for t in float_tensors(args):
-                if t.numel() == 0:
-                    continue
-                entry = self._lookup(t)
-                if entry.producer is not None:
-                    producers.append(entry.producer)
-                elif entry.external is not None:
-                    external.append(entry.external)
+        # No torch.no_grad() in the hooks: every tensor they reduce is detached, so no graph
+        # is built, and entering the context twice per module was a measurable share.
+        for t in float_tensors(args):
+            if t.numel() == 0:
+                continue
+            entry = self._lookup(t)
+            if entry.producer is not None:
+                producers.append(entry.producer)
+            elif entry.external is not None:
+                external.append(entry.external)
         self._pending_inputs.setdefault(id(module), []).append((tuple(producers), tuple(external)))
         self.seconds += time.perf_counter() - start
 
@@ -473,8 +521,7 @@ class ActivationProbe:
                 # producer's stats hold and a second pass over them would only cost.
                 self._share_view(call, self.calls[viewed], out)
             else:
-                with torch.no_grad():
-                    self._summarise(module, out.detach(), call)
+                self._summarise(module, out.detach(), call)
             self._cache[id(out)] = _Cached(out, out._version, call.index, None)
             if call.view_of is None:  # a view keeps its producer's id: the bytes are counted once
                 call.out_id = id(out)
@@ -518,7 +565,7 @@ class ActivationProbe:
 
     def _summarise(self, module: nn.Module, t: torch.Tensor, call: CallInfo) -> None:
         call.shape = padded_shape(t)
-        call.dtype = str(t.dtype).replace("torch.", "")
+        call.dtype = _dtype_name(t.dtype)
         call.device = str(t.device)
         call.numel = t.numel()
         call.nbytes = t.numel() * t.element_size()
@@ -538,7 +585,7 @@ class ActivationProbe:
         self._lengths.append(real)
         # Exactly ONE pass over the whole tensor: min/max (exact finiteness: a NaN anywhere
         # makes both NaN, an Inf shows in one of them).
-        if plain and isinstance(module, RELU_FAMILY) and t.dim() >= 2:
+        if plain and self._relu[module] and t.dim() >= 2:
             # ReLU family: the pass is the per-unit max over the batch instead, which gives the
             # dead units (a feature of a 2-D output, a channel of N,C,... outputs, zero for the
             # whole batch), the exact max and exact finiteness (NaN propagates, ReLU maps -inf
@@ -558,26 +605,23 @@ class ActivationProbe:
         mn, mx = torch.aminmax(t)
         self._mins.append(mn)
         self._maxs.append(mx)
-        for kind, bounds in SATURATING.items():
-            if plain and isinstance(module, kind):
-                call.saturation = bounds
-                break
+        if plain:
+            call.saturation = self._bounds[module]
 
     def _grad_hook(self, grad: torch.Tensor, call_index: int, generation: int) -> None:
         if generation != self.generation:
             return
         start = time.perf_counter()
-        with torch.no_grad():
-            # The squared norm (sqrt'd for all calls at once in stacked_grads): non-finite when
-            # the gradient holds a NaN or an Inf (or its norm passes ~1.8e19 in float32, an
-            # exploding gradient either way). dot() is one BLAS pass, about twice as fast as
-            # linalg.vector_norm on CPU.
-            g = real_values(grad.detach())
-            if g.dtype in (torch.float32, torch.float64) and g.is_contiguous():
-                flat = g.view(-1)
-                self.grad_norms.append(torch.dot(flat, flat))  # float32 or float64: stacked as float32
-            else:
-                self.grad_norms.append(torch.linalg.vector_norm(g, dtype=torch.float32).square())
+        # The squared norm (sqrt'd for all calls at once in stacked_grads): non-finite when
+        # the gradient holds a NaN or an Inf (or its norm passes ~1.8e19 in float32, an
+        # exploding gradient either way). dot() is one BLAS pass, about twice as fast as
+        # linalg.vector_norm on CPU. Detached, so no graph even under create_graph=True.
+        g = real_values(grad.detach())
+        if g.dtype in (torch.float32, torch.float64) and g.is_contiguous():
+            flat = g.view(-1)
+            self.grad_norms.append(torch.dot(flat, flat))  # float32 or float64: stacked as float32
+        else:
+            self.grad_norms.append(torch.linalg.vector_norm(g, dtype=torch.float32).square())
         self.grad_calls.append(call_index)
         self.seconds += time.perf_counter() - start
 
@@ -593,11 +637,12 @@ class ActivationProbe:
         extremes = stack_f32(self._mins + self._maxs + self._ext_mins + self._ext_maxs, device)
         parts = [extremes[:2 * n]]
         samples = stack_f32(self._samples, device)
-        mask, lengths = self._sampler.mask(tuple(self._lengths), device)
-        reduced = sample_reductions(samples, mask, lengths)  # (rows, 3)
+        lengths = self._sampler.lengths(tuple(self._lengths), device)
+        reduced = sample_reductions(samples, lengths)  # (rows, 3)
         parts.append(reduced.reshape(-1))
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
         if sat_calls:
+            mask, _ = self._sampler.mask(tuple(self._lengths), device)
             idx, lo, hi = self._saturation_tensors(sat_calls, device)
             rows = samples.index_select(0, idx)
             band = 1e-3 * (hi - lo)
@@ -622,8 +667,8 @@ class ActivationProbe:
             self._const_cache[key] = cached
         return cached
 
-    def decode_forward(self, flat: list[float]) -> list[list[float]]:
-        """One F_WIDTH row per call (completion order) from forward_tensor().tolist()."""
+    def decode_forward(self, flat: list[float]) -> list[CallStats]:
+        """One :class:`CallStats` per call (completion order) from ``forward_tensor().tolist()``."""
         n = len(self._samples)
         mins, maxs = flat[:n], flat[n:2 * n]
         off = 2 * n
@@ -640,32 +685,33 @@ class ActivationProbe:
         ext_finite = [math.isfinite(lo) and math.isfinite(hi)
                       for lo, hi in zip(flat[off:off + e], flat[off + e:off + 2 * e])]
         out_finite: dict[int, bool] = {}
-        rows: list[list[float]] = []
+        result: list[CallStats] = []
         for call in self.calls:
-            row = [_NAN] * F_WIDTH
+            output: OutputStats | None = None
             shared = call.alias_of if call.alias_of is not None else call.view_of
             if shared is not None:
-                base = rows[shared]
-                row[:F_IN_FINITE] = base[:F_IN_FINITE]
-                row[F_DEAD] = row[F_SAT] = _NAN
+                base = result[shared].output
+                if base is not None:  # the same values: the same stats, but not a ReLU's or a bound's
+                    output = OutputStats(base.mean, base.std, base.min, base.max, base.zero_fraction,
+                                         base.nan, base.inf, base.sample_n)
                 if call.measured:
                     out_finite[call.index] = out_finite.get(shared, True)
             elif call.measured:
                 r = call.row
-                row[F_MIN], row[F_MAX] = mins[r], maxs[r]
-                row[F_MEAN], row[F_STD], row[F_ZERO] = reduced[3 * r:3 * r + 3]
-                row[F_NAN], row[F_INF] = counts.get(r, (0.0, 0.0))
-                row[F_SAMPLE_N] = float(self._lengths[r])
-                if call.relu_row >= 0:
-                    row[F_DEAD] = dead[call.relu_row]
-                if call.index in sat:
-                    row[F_SAT] = sat[call.index]
-                out_finite[call.index] = math.isfinite(row[F_MIN]) and math.isfinite(row[F_MAX])
+                length = self._lengths[r]
+                mean, std, zero = reduced[3 * r:3 * r + 3]
+                nan = inf = 0.0
+                if r in counts:  # a non-finite row: its exact counts (the sums above are NaN)
+                    nan, inf, zeros = counts[r]
+                    zero = zeros / max(length, 1)
+                output = OutputStats(mean, std, mins[r], maxs[r], zero, nan, inf, float(length),
+                                     dead_fraction=dead[call.relu_row] if call.relu_row >= 0 else None,
+                                     saturated_fraction=sat.get(call.index))
+                out_finite[call.index] = output.finite
             inputs_ok = all(out_finite.get(p, True) for p in call.producers) and all(
                 ext_finite[x] for x in call.external)
-            row[F_IN_FINITE] = 1.0 if inputs_ok else 0.0
-            rows.append(row)
-        return rows
+            result.append(CallStats(inputs_ok, output))
+        return result
 
     def sample_of(self, name: str) -> torch.Tensor | None:
         """The real elements of ``name``'s output sample from the last measured forward, or None."""
