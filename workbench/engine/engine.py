@@ -133,7 +133,6 @@ class Engine:
                                 for w in scenario.load_warnings]
         self._state = self._new_state()
         self._snapshots = SnapshotRing(self.config.snapshots, self.config.snapshot_budget)
-        self._snapshot_too_big: int | None = None  # bytes of one snapshot, when over the budget
         # Snapshots of rewound steps: their batches (and RNG) are replayed, in order,
         # before the data iterator is touched again.
         self._replay: deque[snapshots.Snapshot] = deque()
@@ -266,6 +265,7 @@ class Engine:
         s = self._state
         before = dict(s.instrument)
         start = time.perf_counter()
+        self._inst.begin_phase()  # the findings of this phase start empty, whatever the phase
         try:
             if phase is Phase.FORWARD:
                 self._forward(s)
@@ -383,28 +383,12 @@ class Engine:
             raise ValueError(f"steps must be >= 1, got {steps}")
         in_progress = bool(self._state.phases_done)
         target = self._step - steps + (1 if in_progress else 0)
-        snap = self._snapshots.get(target)
-        if snap is None:
-            kept = self._snapshots.steps()
-            if not self.config.snapshots:
-                why = "snapshots are off (EngineConfig(snapshots=N) keeps the last N step starts)"
-            elif self._snapshot_too_big is not None:
-                why = (f"one snapshot of this model and optimizer takes {self._snapshot_too_big / 2**20:.1f} MB, "
-                       f"over the {self.config.snapshot_budget / 2**20:.1f} MB snapshot budget, so none are taken")
-            elif not kept and self._step == 0:
-                why = "no step has started yet"
-            elif not kept:
-                why = ("no snapshot is kept now: a rewind uses up the snapshots it goes back over, and the "
-                       "replayed steps take them again")
-            else:
-                why = f"snapshots are kept for steps {kept[0]}..{kept[-1]} (the last {self.config.snapshots})"
-            raise ValueError(f"cannot rewind to step {target}: {why}")
         origin = self._step + (1 if in_progress else 0)
-        have = [x for x in self._snapshots.steps() if x >= target]
-        if have != list(range(target, origin)):
-            missing = sorted(set(range(target, origin)) - set(have))
-            raise ValueError(f"cannot rewind to step {target}: step {missing[0]} has no snapshot (it failed "
-                             "before drawing its batch), so a replay would not see the same batches")
+        refusal = self._snapshots.refusal(target, origin, started=self._step > 0)
+        if refusal is not None:
+            raise ValueError(refusal)
+        snap = self._snapshots.get(target)
+        assert snap is not None  # refusal() said it is kept
         later = self._snapshots.drop_from(target)
         self._replay = deque([x for x in later if x.batch is not None] + list(self._replay))
         snap.restore(self._scenario, self._scaler)
@@ -462,18 +446,17 @@ class Engine:
 
     # -- phases -----------------------------------------------------------------------------
     def _forward(self, s: StepState) -> None:
-        self._inst.begin_phase()
         snap = None
         if self.config.snapshots:
             t0 = time.perf_counter()
             try:
                 snap = snapshots.take(self._scenario, s.step, self._cycle.epoch, self._cycle.batches_in_epoch,
                                       self._inst.health, self.config.snapshot_budget, scaler=self._scaler)
-                self._snapshot_too_big = None
+                self._snapshots.too_big = None
             except snapshots.SnapshotTooLarge as big:
                 # A step without a snapshot breaks the chain: older ones could not be replayed
                 # past it on the same batches, so none are kept.
-                self._snapshot_too_big = big.size
+                self._snapshots.too_big = big.size
                 self._snapshots.drop_from(0)
             s.charge("snapshot", time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -498,7 +481,6 @@ class Engine:
         self._inst.forward_stats(s, scale, lambda: self._bad_data(s, Phase.FORWARD, targets=False))
 
     def _loss(self, s: StepState) -> None:
-        self._inst.begin_phase()
         assert s.batch is not None
         diagnosis = self._inst.health.diagnosis
         with diagnosis.watch_loss(s.outputs, s.batch.loss_arg, s.step) as watch, self._scenario.autocast():
@@ -507,7 +489,6 @@ class Engine:
                               lambda: self._bad_data(s, Phase.LOSS, targets=True))
 
     def _backward(self, s: StepState) -> None:
-        self._inst.begin_phase()
         assert s.loss_tensor is not None
         self._probe.seconds = 0.0
         scaler = self._scaler
@@ -524,7 +505,6 @@ class Engine:
         self._inst.backward_stats(s, self._scenario.optimizer, scaler)
 
     def _optimizer_step(self, s: StepState) -> None:
-        self._inst.begin_phase()
         scenario = self._scenario
         s.lrs = self._lrs()
         prep = prepare_update(scenario, self._scaler, unscaled=self._scaler is not None)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from workbench.engine.diagnosis import Diagnosis
+from workbench.engine.nan_root import BackwardRoot, ForwardRoot
 from workbench.engine.records import (
     DEAD_UNITS,
     EXPLODING_GRADIENT,
@@ -63,24 +64,11 @@ class HealthMonitor:
         self.diagnosis = Diagnosis(thresholds)
 
     # -- forward ---------------------------------------------------------------------
-    def forward(self, step: int, modules: Sequence[ModuleStats], root: tuple[str, bool, bool] | None) -> list[Finding]:
-        """``root``: (module, inputs_were_finite, own_weights_non_finite) of the first non-finite output."""
+    def forward(self, step: int, modules: Sequence[ModuleStats], root: ForwardRoot | None) -> list[Finding]:
+        """``root``: the first non-finite output of this forward, if any."""
         out: list[Finding] = []
         if root is not None:
-            name, inputs_finite, bad_weights = root
-            where = f"module {name!r}" if name else "the model's forward()"
-            if bad_weights:
-                msg = (f"{where} produced NaN/Inf because its own parameters are already non-finite "
-                       "(an earlier step's update or gradient went non-finite; see the first "
-                       "nan_inf finding). Restart from a checkpoint and fix that step.")
-            elif inputs_finite:
-                msg = (f"{where} produced NaN/Inf from finite inputs: the first non-finite "
-                       "activation of this step. Look for log/sqrt/division of values that can "
-                       "reach 0 or below, exp overflow, or weights already non-finite.")
-            else:
-                msg = (f"{where} received NaN/Inf inputs: the batch itself (or code outside any "
-                       "module) is non-finite. Check the data pipeline.")
-            out.append(Finding(step, Phase.FORWARD, name, None, NAN_INF, "error", None, None, msg))
+            out.append(Finding(step, Phase.FORWARD, root.module, None, NAN_INF, "error", None, None, root.message))
             self._nan_step = step
         for m in modules:
             if m.dead_fraction is not None and m.dead_fraction > self.t.dead_fraction:
@@ -162,18 +150,18 @@ class HealthMonitor:
         step: int,
         total_norm: float | None,
         params: Sequence[ParamStats],
-        root: tuple[str, str | None, str] | None,
+        root: BackwardRoot | None,
         measured: bool,
     ) -> list[Finding]:
-        """``root``: (module, parameter, message) where gradients first turned non-finite."""
+        """``root``: where this backward's gradients first turned non-finite, if they did."""
         t = self.t
         out: list[Finding] = []
         self._steps_seen += 1
         if self._nan_step == step:
             pass  # non-finite gradients follow from the forward/loss finding of this step
         elif root is not None:
-            module, parameter, message = root
-            out.append(Finding(step, Phase.BACKWARD, module, parameter, NAN_INF, "error", None, None, message))
+            out.append(Finding(step, Phase.BACKWARD, root.module, root.parameter, NAN_INF, "error", None, None,
+                               root.message))
             self._nan_step = step
         elif total_norm is not None and not math.isfinite(total_norm):
             self._nan_step = step

@@ -26,6 +26,7 @@ from torch import nn
 
 from workbench.engine.diagnosis import InputScaleProbe, LossWatch, recurrent_modules
 from workbench.engine.health import HealthMonitor, HealthThresholds
+from workbench.engine.nan_root import BackwardRoot, backward_root, forward_root
 from workbench.engine.params import (
     ParamRef,
     grad_stats_tensor,
@@ -195,10 +196,7 @@ class Instruments:
         calls = self.probe.calls
         s.modules, first_bad = self._module_stats(calls, decoded)
         s.outputs_finite = first_bad is None
-        root = None
-        if first_bad is not None:
-            name, inputs_finite = first_bad
-            root = (name, inputs_finite, self._weights_non_finite(name))
+        root = forward_root(self.model, first_bad)
         s.activation_bytes = self._activation_bytes(calls)
         if not self._biases_checked:  # the layer order is known after the first measured forward
             self.health.cancelled_biases = self._biases_before_batchnorm()
@@ -207,7 +205,7 @@ class Instruments:
         diagnosis = self.health.diagnosis
         self.run_health(s, lambda: self.health.forward(s.step, s.modules, root)
                         + (diagnosis.input_scale(s.step, scale) if scale is not None else [])
-                        + (bad_data() if bad_data is not None and root and not root[1] else []))
+                        + (bad_data() if bad_data is not None and root and not root.inputs_finite else []))
 
     # -- loss -----------------------------------------------------------------------------
     def loss_value(self, s: StepState, total: torch.Tensor, parts: Mapping[str, torch.Tensor] | None = None,
@@ -274,7 +272,8 @@ class Instruments:
             s.params = tuple(stats)
             s.modules = self._attach_grad_norms(s.modules, act_norms)
             if s.loss is None or math.isfinite(s.loss):
-                root = self._backward_root(act_norms, stats)
+                root = backward_root(self.probe.calls, self.probe.grad_calls, act_norms, stats,
+                                     self.probe.model_output_call)
         else:
             total = total_grad_norm_tensor(refs)
             # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
@@ -286,7 +285,7 @@ class Instruments:
         s.charge("backward_stats", time.perf_counter() - t0)
         self.run_health(s, lambda: self._backward_health(s, root, optimizer, scaler, total_rule))
 
-    def _backward_health(self, s: StepState, root: tuple[str, str | None, str] | None, optimizer: Any,
+    def _backward_health(self, s: StepState, root: BackwardRoot | None, optimizer: Any,
                          scaler: torch.amp.GradScaler | None, total_rule: bool = True) -> list[Finding]:
         diagnosis = self.health.diagnosis
         found = (diagnosis.unowned_parameters(s.step, self.model, optimizer)
@@ -417,15 +416,6 @@ class Instruments:
             saturated_fraction=o.saturated_fraction, sampled=call.sampled,
         )
 
-    def _weights_non_finite(self, name: str) -> bool:
-        module = dict(self.model.named_modules()).get(name)
-        own = list(module.parameters(recurse=False)) if module is not None else []
-        if not own:
-            return False
-        # Deliberate extra sync, only on a step that already found a NaN/Inf: is the cause the
-        # module's own weights (poisoned by an earlier step) or its computation?
-        return not bool(torch.stack([torch.isfinite(p).all() for p in own]).all().tolist())
-
     def _biases_before_batchnorm(self) -> set[str]:
         """Biases of leaf modules whose next module in execution order is a BatchNorm/InstanceNorm."""
         modules = dict(self.model.named_modules())
@@ -466,43 +456,3 @@ class Instruments:
             if m.name in by_name else m
             for m in modules
         )
-
-    def _backward_root(self, norms: list[float], params: list[ParamStats]) -> tuple[str, str | None, str] | None:
-        calls = self.probe.calls
-        grad_of: dict[int, float] = dict(zip(self.probe.grad_calls, norms))
-        backward_order = {call: i for i, call in enumerate(self.probe.grad_calls)}
-        bad = {c for c, n in grad_of.items() if not math.isfinite(n)}
-        if bad:
-            # Where the gradient turned non-finite: a call whose output gradient is finite but
-            # which passed a non-finite gradient to the module that produced its input.
-            candidates = [c for c in calls if c.index in grad_of and c.index not in bad
-                          and any(p in bad for p in c.producers)]
-            names = [c.name for c in candidates]
-            innermost = [c for c in candidates
-                         if not any(o != c.name and (c.name == "" or o.startswith(c.name + ".")) for o in names)]
-            innermost.sort(key=lambda c: backward_order.get(c.index, 0))
-            if innermost:
-                c = innermost[0]
-                return (c.name, None,
-                        f"module {c.name!r} ({type(c.module).__name__}) turned a finite gradient into "
-                        "NaN/Inf in its backward: the gradient reaching its output is finite, the one "
-                        "it passes to its input is not. Look for sqrt/log/pow/division at 0 or "
-                        "a custom autograd Function in it.")
-            out_call = self.probe.model_output_call
-            if out_call is not None and out_call in bad:
-                return ("", None,
-                        "the loss's backward produced a NaN/Inf gradient for the model output: "
-                        "check the loss function near 0/1 (log of 0) and its targets.")
-            first = min(bad, key=lambda c: backward_order[c])
-            c = calls[first]
-            return (c.name, None,
-                    f"the first non-finite gradient in backward order is at the output of "
-                    f"{c.name!r} ({type(c.module).__name__}).")
-        for p in reversed(params):  # backward visits the last layers first
-            if p.has_grad and p.grad_norm is not None and not math.isfinite(p.grad_norm):
-                return (p.module, p.name,
-                        f"the gradient of parameter {p.name!r} is NaN/Inf while every activation "
-                        "gradient is finite: something in its weight-gradient path (a hook, a custom "
-                        "autograd Function, a .register_hook) introduces it.")
-        return None
-

@@ -16,8 +16,31 @@ try:
 except Exception:  # pragma: no cover - psutil is a dependency, but stay usable without it
     _PROCESS = None
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_HAS_STATM = os.path.exists("/proc/self/statm")  # Linux
+_statm: tuple[int, int] | None = None  # (pid, fd) of this process's open /proc/self/statm
+
+
+def _statm_rss() -> int | None:
+    """RSS from ``/proc/self/statm`` through a descriptor kept open: one pread (~3 us) where
+    psutil opens, reads and closes the file each time (~30 us, ~150 us on a loaded machine).
+    Reopened after a fork (a child's open /proc/self names its parent)."""
+    global _statm
+    pid = os.getpid()
+    try:
+        if _statm is None or _statm[0] != pid:
+            _statm = (pid, os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+        return int(os.pread(_statm[1], 128, 0).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        _statm = None
+        return None
+
 
 def rss_bytes() -> int | None:
+    if _HAS_STATM:
+        rss = _statm_rss()
+        if rss is not None:
+            return rss
     # memory_info() costs ~12 us; memory_full_info() ~4 ms: keep to the cheap one.
     if _PROCESS is None:
         return None

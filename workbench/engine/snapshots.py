@@ -161,6 +161,7 @@ class SnapshotRing:
     size: int
     budget: int = 2**63  # bytes, all snapshots together
     items: deque[Snapshot] = field(default_factory=deque)
+    too_big: int | None = None  # bytes of one snapshot, when it alone was over the budget (none are taken)
 
     def add(self, snap: Snapshot) -> None:
         while self.items and self.items[-1].step >= snap.step:
@@ -185,3 +186,28 @@ class SnapshotRing:
     @property
     def bytes(self) -> int:
         return sum(s.bytes for s in self.items)
+
+    def refusal(self, target: int, origin: int, started: bool) -> str | None:
+        """Why a rewind from ``origin`` (the step a resume would run next) back to the start of
+        ``target`` is not possible, or None when it is. ``started``: any step has begun."""
+        kept = self.steps()
+        if self.get(target) is None:
+            if not self.size:
+                why = "snapshots are off (EngineConfig(snapshots=N) keeps the last N step starts)"
+            elif self.too_big is not None:
+                why = (f"one snapshot of this model and optimizer takes {self.too_big / 2**20:.1f} MB, "
+                       f"over the {self.budget / 2**20:.1f} MB snapshot budget, so none are taken")
+            elif not kept and not started:
+                why = "no step has started yet"
+            elif not kept:
+                why = ("no snapshot is kept now: a rewind uses up the snapshots it goes back over, and the "
+                       "replayed steps take them again")
+            else:
+                why = f"snapshots are kept for steps {kept[0]}..{kept[-1]} (the last {self.size})"
+            return f"cannot rewind to step {target}: {why}"
+        have = [x for x in kept if x >= target]
+        if have != list(range(target, origin)):
+            missing = sorted(set(range(target, origin)) - set(have))
+            return (f"cannot rewind to step {target}: step {missing[0]} has no snapshot (it failed "
+                    "before drawing its batch), so a replay would not see the same batches")
+        return None
