@@ -339,16 +339,25 @@ class Engine:
             raise ValueError(f"steps must be >= 0, got {steps}")
         done = 0
         while steps is None or done < steps:
-            if should_stop is not None and should_stop():
-                return RunOutcome(done, "stopped")
             try:
+                if should_stop is not None and should_stop():
+                    return RunOutcome(done, "stopped")
                 result = self.advance()
+                if result.record is not None:
+                    done += 1
+                    if on_step is not None:
+                        on_step(result.record)
             except StepError as exc:
                 return RunOutcome(done, "error", error=exc)
-            if result.record is not None:
-                done += 1
-                if on_step is not None:
-                    on_step(result.record)
+            except RuntimeError as exc:
+                # A DataLoader worker's death is raised by its SIGCHLD handler wherever the main
+                # thread is: in should_stop or on_step too. It is the next step's failure.
+                if not is_data_loading_error(exc):
+                    raise
+                try:
+                    self._fail(self._next_phase, self._state, exc)
+                except StepError as error:
+                    return RunOutcome(done, "error", error=error)
             if until_break and result.break_hit is not None:
                 return RunOutcome(done, "breakpoint", result.break_hit)
         return RunOutcome(done, "steps")
