@@ -319,7 +319,7 @@ class Instruments:
         if s.measured and refs:
             with torch.no_grad():
                 # One fused copy of every parameter (the update is measured against it).
-                before = list(torch._foreach_mul([r.param.detach() for r in refs], 1.0))
+                before = list(torch._foreach_mul([r.param for r in refs], 1.0))
         s.charge("update_stats", time.perf_counter() - t0)
         return before
 
@@ -343,7 +343,7 @@ class Instruments:
             return
         t0 = time.perf_counter()
         with torch.no_grad():
-            now = [r.param.detach() for r in refs]
+            now = [r.param for r in refs]
             update_norms = torch._foreach_norm(torch._foreach_sub(now, before))
             weight_norms = torch._foreach_norm(now)
             both = stack_f32((*update_norms, *weight_norms))

@@ -86,7 +86,10 @@ def _grad_values(p: nn.Parameter) -> torch.Tensor:
     the batch touched. A complex gradient is summarised through its magnitudes |g| (same
     norm and abs max; the mean and std are of |g|), since min/max have no complex kernel.
     """
-    g = p.grad.detach()  # type: ignore[union-attr]
+    # Callers run under torch.no_grad(), so no .detach() per parameter (a gradient made with
+    # create_graph=True builds no graph there either).
+    g = p.grad
+    assert g is not None
     return real_values(g.coalesce().values() if g.is_sparse else g)
 
 
@@ -102,8 +105,13 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
         return None, with_grad
+    with torch.no_grad():
+        return _grad_stats(refs, with_grad, sampler), with_grad
+
+
+def _grad_stats(refs: list[ParamRef], with_grad: list[int], sampler: SampleIndex) -> torch.Tensor:
     grads = [_grad_values(refs[i].param) for i in with_grad]
-    weights = [refs[i].param.detach() for i in with_grad]
+    weights = [refs[i].param for i in with_grad]
     device = grads[0].device
     grad_norms = stack_f32(torch._foreach_norm(grads), device)
     abs_max = _abs_maxes(grads, device)
@@ -112,8 +120,7 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
     samples = [sampler.take_flat(g) for g in grads]
     n = sampler.lengths(tuple(t.numel() for t in samples), device)
     mean, std = flat_moments(samples, n)
-    stats = torch.stack([grad_norms, mean, abs_max, std, n, weight_norms], dim=1)
-    return stats, with_grad
+    return torch.stack([grad_norms, mean, abs_max, std, n, weight_norms], dim=1)
 
 
 def _abs_maxes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -129,17 +136,19 @@ def _abs_maxes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tenso
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
-    grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
-    if not grads:
-        return None
-    return torch.linalg.vector_norm(stack_f32(torch._foreach_norm(grads)))
+    with torch.no_grad():
+        grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
+        if not grads:
+            return None
+        return torch.linalg.vector_norm(stack_f32(torch._foreach_norm(grads)))
 
 
 def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_grad: list[int]) -> list[ParamStats]:
     by_index = dict(zip(with_grad, rows))
     # Exact NaN/Inf counts of the gradients whose abs max is non-finite (rare: one extra sync then).
     bad = [i for i in with_grad if not math.isfinite(by_index[i][G_ABS_MAX])]
-    counts = dict(zip(bad, nonfinite_counts([_grad_values(refs[i].param) for i in bad])))
+    with torch.no_grad():
+        counts = dict(zip(bad, nonfinite_counts([_grad_values(refs[i].param) for i in bad])))
     out: list[ParamStats] = []
     for i, ref in enumerate(refs):
         shape = tuple(ref.param.shape)

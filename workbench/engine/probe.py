@@ -83,7 +83,6 @@ RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 SATURATING: dict[type[nn.Module], tuple[float, float]] = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0)}
 
 
-
 def measurable(t: torch.Tensor) -> bool:
     """A tensor whose values the instruments read: floating point or complex (as |z|)."""
     return t.is_floating_point() or t.is_complex()
