@@ -263,7 +263,7 @@ class Engine:
         self._pending_break = None
         phase = self._next_phase
         s = self._state
-        before = dict(s.instrument)
+        before = s.charged
         start = time.perf_counter()
         self._inst.begin_phase()  # the findings of this phase start empty, whatever the phase
         try:
@@ -297,9 +297,9 @@ class Engine:
         self._abort_step(s)
         raise error from exc
 
-    def _after_phase(self, phase: Phase, s: StepState, before: dict[str, float], start: float) -> PhaseResult:
+    def _after_phase(self, phase: Phase, s: StepState, before: float, start: float) -> PhaseResult:
         wall = time.perf_counter() - start
-        spent = sum(s.instrument.values()) - sum(before.values())
+        spent = s.charged - before
         # Phase time is the user's work: the debugger's own cost is accounted separately.
         s.phase_seconds[phase] = max(wall - spent - (s.data_seconds if phase is Phase.FORWARD else 0.0), 0.0)
         s.phases_done.append(phase)
@@ -605,7 +605,7 @@ class Engine:
             step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,
             phase_seconds=dict(s.phase_seconds), memory=mem, modules=s.modules, params=s.params,
             findings=tuple(s.findings), skipped=skipped,
-            instrument_seconds=sum(s.instrument.values()), instrument_breakdown=dict(s.instrument),
+            instrument_seconds=s.charged, instrument_breakdown=dict(s.instrument),
             epoch=self._cycle.epoch, batch_size=s.batch_size, measured=s.measured,
             data_seconds=s.data_seconds, loss_parts=dict(s.loss_parts), loss_source=s.loss_source,
             grad_norm_before_clip=s.clip_before, grad_norm_after_clip=s.clip_after,

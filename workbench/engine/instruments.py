@@ -96,8 +96,11 @@ class StepState:
     amp_skipped: bool = False
     sub_phase_seconds: dict[str, float] = field(default_factory=dict)
 
+    charged: float = 0.0  # the sum of ``instrument``, kept as it grows (read around every phase)
+
     def charge(self, what: str, seconds: float) -> None:
         self.instrument[what] = self.instrument.get(what, 0.0) + seconds
+        self.charged += seconds
 
 
 class Instruments:
@@ -343,7 +346,7 @@ class Instruments:
             return
         t0 = time.perf_counter()
         with torch.no_grad():
-            now = [r.param for r in refs]
+            now: list[torch.Tensor] = [r.param for r in refs]
             update_norms = torch._foreach_norm(torch._foreach_sub(now, before))
             weight_norms = torch._foreach_norm(now)
             both = stack_f32((*update_norms, *weight_norms))

@@ -111,7 +111,7 @@ def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch
 
 def _grad_stats(refs: list[ParamRef], with_grad: list[int], sampler: SampleIndex) -> torch.Tensor:
     grads = [_grad_values(refs[i].param) for i in with_grad]
-    weights = [refs[i].param for i in with_grad]
+    weights: list[torch.Tensor] = [refs[i].param for i in with_grad]
     device = grads[0].device
     grad_norms = stack_f32(torch._foreach_norm(grads), device)
     abs_max = _abs_maxes(grads, device)

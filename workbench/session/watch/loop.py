@@ -394,7 +394,7 @@ class Watch:
     def _end_measured_forward(self) -> None:
         s, inst = self._s, self._inst
         self._forward_open = False
-        t0, charged = time.perf_counter(), sum(s.instrument.values())
+        t0, charged = time.perf_counter(), s.charged
         inst.end_forward(s, self._scale)
         inst.begin_phase()
         inst.forward_stats(s, self._scale, self._bad_inputs)
@@ -435,7 +435,7 @@ class Watch:
         if index is not None and index in self._stepped:
             self._finish_step(skipped=False)  # that optimizer steps again: the last round was incomplete
         s, inst = self._s, self._inst
-        charged = sum(s.instrument.values())
+        charged = s.charged
         if Phase.BACKWARD not in s.phase_seconds:
             # The loss and backward as the loop runs them (without a root forward: the whole step so far).
             since = self._t_resume if self._t_forward is not None and self._t_resume is not None else self._t_step
@@ -476,7 +476,7 @@ class Watch:
             return
         t0 = time.perf_counter()
         s, inst = self._s, self._inst
-        charged = sum(s.instrument.values())
+        charged = s.charged
         if index not in self._before:
             # No pre-hook ran for it (an integration that calls before_optimizer_step missed it).
             self._before[index] = None
@@ -556,7 +556,7 @@ class Watch:
             step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,
             phase_seconds=dict(s.phase_seconds), memory=mem, modules=s.modules, params=s.params,
             findings=tuple(s.findings), skipped=s.step in self._skipped,
-            instrument_seconds=sum(s.instrument.values()), instrument_breakdown=dict(s.instrument),
+            instrument_seconds=s.charged, instrument_breakdown=dict(s.instrument),
             epoch=self.epoch, batch_size=0, measured=s.measured, data_seconds=s.data_seconds,
             loss_source=s.loss_source if s.loss is not None else "",
         )
@@ -579,7 +579,7 @@ class Watch:
         """Charge ``s`` with the watch's own time since ``t0`` that no instrument charged
         (``charged``: the sum of ``s.instrument`` at ``t0``)."""
         spent = time.perf_counter() - t0
-        own = spent - (sum(s.instrument.values()) - charged)
+        own = spent - (s.charged - charged)
         s.charge("watch", max(own, 0.0))
 
     # -- breakpoints ------------------------------------------------------------------------
