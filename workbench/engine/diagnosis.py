@@ -52,8 +52,8 @@ from workbench.engine.records import (
     LOSS_WARNING,
     LR_COLLAPSE,
     NAN_INF,
-    NO_PROGRESS,
     NON_FINITE_DATA,
+    NO_PROGRESS,
     OSCILLATING_LOSS,
     PROBABILITIES_AS_LOGITS,
     SATURATED_ACTIVATIONS,
@@ -64,6 +64,7 @@ from workbench.engine.records import (
     Finding,
     ParamStats,
     Phase,
+    SeverityLevel,
 )
 
 if TYPE_CHECKING:
@@ -394,7 +395,7 @@ class Diagnosis:
                    f"the next activation and give the first layer outsized gradients. Inputs too large: "
                    f"{advice}.")
         self._last_root_step[UNNORMALISED_INPUTS] = step
-        return [Finding(step, Phase.FORWARD, layer, None, UNNORMALISED_INPUTS, "warning", scale,
+        return [Finding(step, Phase.FORWARD, layer, None, UNNORMALISED_INPUTS, SeverityLevel.WARNING, scale,
                         self.t.input_scale, message)]
 
     def non_finite_data(self, step: int, phase: Phase, bad: Sequence[BadData], batch_label: str) -> list[Finding]:
@@ -409,7 +410,7 @@ class Diagnosis:
                        "log/division in preprocessing), drop or impute those samples, or assert "
                        "torch.isfinite(x).all() when loading.")
             self._last_root_step[NON_FINITE_DATA] = step
-            out.append(Finding(step, phase, "", None, NON_FINITE_DATA, "error", float(b.nan + b.inf), None, message))
+            out.append(Finding(step, phase, "", None, NON_FINITE_DATA, SeverityLevel.ERROR, float(b.nan + b.inf), None, message))
         return out
 
     # -- loss -------------------------------------------------------------------------
@@ -483,7 +484,7 @@ class Diagnosis:
             # A library warning with stacklevel=2 points at its caller: this module's watcher.
             at = "" if w.filename == __file__ else f" at {w.filename}:{w.lineno}"
             out.append(Finding(
-                step, Phase.LOSS, "", None, LOSS_WARNING, "warning", None, None,
+                step, Phase.LOSS, "", None, LOSS_WARNING, SeverityLevel.WARNING, None, None,
                 f"the loss raised a {w.category.__name__}{at}: {text.strip()} "
                 "A warning inside the loss usually means its inputs are not what it expects: read it, then "
                 "fix the inputs (or filter that warning if it is deliberate).",
@@ -515,7 +516,7 @@ class Diagnosis:
                    f"(values {lo:.3g}..{hi:.3g}{rows}) where it expects logits. The loss then squashes them "
                    f"again, its gradient shrinks and learning stalls near chance level. Fix: {fix}.")
         self._last_root_step[PROBABILITIES_AS_LOGITS] = step
-        return Finding(step, Phase.LOSS, "", None, PROBABILITIES_AS_LOGITS, "error", hi, 1.0, message)
+        return Finding(step, Phase.LOSS, "", None, PROBABILITIES_AS_LOGITS, SeverityLevel.ERROR, hi, 1.0, message)
 
     def _broadcast(self, step: int, name: str, out_shape: tuple[int, ...], tgt_shape: tuple[int, ...],
                    result: tuple[int, ...]) -> Finding:
@@ -527,7 +528,7 @@ class Diagnosis:
                    "Make the shapes equal: outputs.squeeze(-1) or targets.unsqueeze(-1) (torch only warns once "
                    "per process: 'Using a target size ... different to the input size').")
         self._last_root_step[LOSS_BROADCAST] = step
-        return Finding(step, Phase.LOSS, "", None, LOSS_BROADCAST, "error", float(n_res), float(n_out), message)
+        return Finding(step, Phase.LOSS, "", None, LOSS_BROADCAST, SeverityLevel.ERROR, float(n_res), float(n_out), message)
 
     def _see_loss(self, loss: float) -> None:
         if not math.isfinite(loss):
@@ -556,7 +557,7 @@ class Diagnosis:
                    "model is complete, or add them with optimizer.add_param_group({'params': [...]}).")
         self._last_root_step[UNOWNED_PARAMETERS] = step
         return [Finding(step, Phase.BACKWARD, modules[0] if len(modules) == 1 else "", None, UNOWNED_PARAMETERS,
-                        "error", float(len(names)), None, message)]
+                        SeverityLevel.ERROR, float(len(names)), None, message)]
 
     def recurrent(self, step: int, params: Sequence[ParamStats], recurrent: dict[str, str]) -> list[Finding]:
         """Gradients exploding through time, judged on each recurrent layer's own parameters."""
@@ -591,7 +592,7 @@ class Diagnosis:
                        + ("use LSTM/GRU instead of a plain RNN, " if kind == "RNN" else "")
                        + "initialise weight_hh orthogonally, or lower the learning rate.")
             self._last_root_step[EXPLODING_THROUGH_TIME] = step
-            out.append(Finding(step, Phase.BACKWARD, module, None, EXPLODING_THROUGH_TIME, "error", g, limit, message))
+            out.append(Finding(step, Phase.BACKWARD, module, None, EXPLODING_THROUGH_TIME, SeverityLevel.ERROR, g, limit, message))
         return out
 
     # -- after the optimizer step ----------------------------------------------------
@@ -643,7 +644,7 @@ class Diagnosis:
                    "After this the model barely moves. A scheduler meant per epoch (StepLR, MultiStepLR, "
                    "ExponentialLR) is being stepped per batch: step it once per epoch "
                    "(scheduler_interval='epoch'), or give it step sizes in batches and a gamma closer to 1.")
-        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, LR_COLLAPSE, "warning", lr, peak / t.lr_collapse_factor,
+        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, LR_COLLAPSE, SeverityLevel.WARNING, lr, peak / t.lr_collapse_factor,
                         message)]
 
     def _record_weight_decay(self, params: Sequence[ParamStats], optimizer: torch.optim.Optimizer) -> None:
@@ -707,7 +708,7 @@ class Diagnosis:
                    "weight_decay (1e-4..1e-2 with SGD/Adam, ~0.01-0.1 with AdamW), or exclude biases and norm "
                    "layers from it.")
         self._last_root_step[WEIGHT_DECAY_DOMINATES] = step
-        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, WEIGHT_DECAY_DOMINATES, "warning", ratio,
+        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, WEIGHT_DECAY_DOMINATES, SeverityLevel.WARNING, ratio,
                         t.weight_decay_ratio, message)]
 
     def _stalled(self) -> tuple[float, float, float] | None:
@@ -750,7 +751,7 @@ class Diagnosis:
                    f"{first} (an improvement below the {allowed:.2g} that batch noise explains).{chance} Look for "
                    "a learning rate far too small, inputs or targets that do not match (shuffled labels), a "
                    "frozen or detached model, or probabilities fed to a logits loss; check the other findings.")
-        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, NO_PROGRESS, "warning", recent, base - allowed, message,
+        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, NO_PROGRESS, SeverityLevel.WARNING, recent, base - allowed, message,
                         cause=cause)]
 
     def _oscillation(self, step: int) -> list[Finding]:
@@ -791,7 +792,7 @@ class Diagnosis:
                    f"(last losses {tail}). The steps overshoot the minimum back and forth: lower the learning "
                    "rate (2-10x), add warm-up or gradient clipping, or raise the batch size; this usually comes "
                    "before a divergence.")
-        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, OSCILLATING_LOSS, "warning", amplitude,
+        return [Finding(step, Phase.OPTIMIZER_STEP, "", None, OSCILLATING_LOSS, SeverityLevel.WARNING, amplitude,
                         t.oscillation_amplitude, message)]
 
     # -- grouping ---------------------------------------------------------------------

@@ -44,8 +44,10 @@ from workbench.engine.records import (
     Phase,
     PhaseResult,
     RunOutcome,
+    SeverityLevel,
     StepProgress,
     StepRecord,
+    StopReason,
 )
 from workbench.engine.snapshots import SnapshotRing
 from workbench.scenario import PAIR, Batch, Scenario, ScenarioSource
@@ -129,7 +131,7 @@ class Engine:
         self._skipped_steps = 0
         self._measure_until = 0  # steps below this are measured whatever stats_every says (replays)
         # What the loader noticed about the scenario's settings, as findings of the first step.
-        self._setup_findings = [Finding(0, Phase.FORWARD, "", None, SCENARIO_CONFIG, "warning", None, None, w)
+        self._setup_findings = [Finding(0, Phase.FORWARD, "", None, SCENARIO_CONFIG, SeverityLevel.WARNING, None, None, w)
                                 for w in scenario.load_warnings]
         self._state = self._new_state()
         self._snapshots = SnapshotRing(self.config.snapshots, self.config.snapshot_budget)
@@ -341,14 +343,14 @@ class Engine:
         while steps is None or done < steps:
             try:
                 if should_stop is not None and should_stop():
-                    return RunOutcome(done, "stopped")
+                    return RunOutcome(done, StopReason.STOPPED)
                 result = self.advance()
                 if result.record is not None:
                     done += 1
                     if on_step is not None:
                         on_step(result.record)
             except StepError as exc:
-                return RunOutcome(done, "error", error=exc)
+                return RunOutcome(done, StopReason.ERROR, error=exc)
             except RuntimeError as exc:
                 # A DataLoader worker's death is raised by its SIGCHLD handler wherever the main
                 # thread is: in should_stop or on_step too. It is the next step's failure.
@@ -357,10 +359,10 @@ class Engine:
                 try:
                     self._fail(self._next_phase, self._state, exc)
                 except StepError as error:
-                    return RunOutcome(done, "error", error=error)
+                    return RunOutcome(done, StopReason.ERROR, error=error)
             if until_break and result.break_hit is not None:
-                return RunOutcome(done, "breakpoint", result.break_hit)
-        return RunOutcome(done, "steps")
+                return RunOutcome(done, StopReason.BREAKPOINT, result.break_hit)
+        return RunOutcome(done, StopReason.STEPS)
 
     @property
     def rewindable_steps(self) -> tuple[int, ...]:
@@ -418,7 +420,7 @@ class Engine:
             self._measure_until = max(self._measure_until, origin)
         self._state = self._new_state()
         if not self.replay_exact:
-            note = Finding(target, Phase.FORWARD, "", None, SCENARIO_CONFIG, "warning", None, None,
+            note = Finding(target, Phase.FORWARD, "", None, SCENARIO_CONFIG, SeverityLevel.WARNING, None, None,
                            f"rewound to step {target}, but the scenario keeps state outside the model "
                            "(carries_state=True) and gives no state()/load_state(): the replay starts "
                            "from that state as it is now, not as it was at that step, so it is not "
@@ -547,7 +549,7 @@ class Engine:
         if window >= CLIP_WINDOW // 2 and share >= 0.5 and not self._clip_reported:
             self._clip_reported = True
             self._inst.run_health(s, lambda: [Finding(
-                s.step, Phase.OPTIMIZER_STEP, "", None, GRAD_CLIPPING, "warning", share, 0.5,
+                s.step, Phase.OPTIMIZER_STEP, "", None, GRAD_CLIPPING, SeverityLevel.WARNING, share, 0.5,
                 f"clip_grad_norm={max_norm:g} clipped {sum(self._clip_recent)} of the last {window} steps "
                 f"(this step's norm {total:.3g}): clipping is the rule, not a guard, so the real step size is "
                 "lr x max_norm / norm. Raise max_norm above the typical gradient norm or lower the lr.")])

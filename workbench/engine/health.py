@@ -29,6 +29,7 @@ from workbench.engine.records import (
     ModuleStats,
     ParamStats,
     Phase,
+    SeverityLevel,
 )
 from workbench.engine.thresholds import HealthThresholds  # importable from here too, where it was defined
 
@@ -68,12 +69,12 @@ class HealthMonitor:
         """``root``: the first non-finite output of this forward, if any."""
         out: list[Finding] = []
         if root is not None:
-            out.append(Finding(step, Phase.FORWARD, root.module, None, NAN_INF, "error", None, None, root.message))
+            out.append(Finding(step, Phase.FORWARD, root.module, None, NAN_INF, SeverityLevel.ERROR, None, None, root.message))
             self._nan_step = step
         for m in modules:
             if m.dead_fraction is not None and m.dead_fraction > self.t.dead_fraction:
                 out.append(Finding(
-                    step, Phase.FORWARD, m.name, None, DEAD_UNITS, "warning", m.dead_fraction,
+                    step, Phase.FORWARD, m.name, None, DEAD_UNITS, SeverityLevel.WARNING, m.dead_fraction,
                     self.t.dead_fraction,
                     f"{m.dead_fraction:.0%} of the units of {m.name!r} ({m.type_name}) output zero "
                     "for the whole batch: they pass no gradient and no longer learn. Try a lower "
@@ -81,7 +82,7 @@ class HealthMonitor:
                 ))
             if m.saturated_fraction is not None and m.saturated_fraction > self.t.saturated_fraction:
                 out.append(Finding(
-                    step, Phase.FORWARD, m.name, None, SATURATED_ACTIVATIONS, "warning",
+                    step, Phase.FORWARD, m.name, None, SATURATED_ACTIVATIONS, SeverityLevel.WARNING,
                     m.saturated_fraction, self.t.saturated_fraction,
                     f"{m.saturated_fraction:.0%} of the outputs of {m.name!r} ({m.type_name}) are "
                     "pinned at its bounds, where its gradient is almost zero. Normalise its inputs "
@@ -110,7 +111,7 @@ class HealthMonitor:
                            + (f"; also non-finite: {', '.join(repr(n) for n in bad[1:])}" if bad[1:] else "")
                            + f". Look at how loss_fn computes {bad[0]!r} (log of 0, division by a "
                            "zero count, an empty mask).")
-                out.append(Finding(step, Phase.LOSS, "", None, NAN_INF, "error", loss, None, message))
+                out.append(Finding(step, Phase.LOSS, "", None, NAN_INF, SeverityLevel.ERROR, loss, None, message))
             elif outputs_finite is not False and self._nan_step != step:
                 self._nan_step = step
                 if outputs_finite is None:  # a step without module stats: the outputs were not looked at
@@ -119,9 +120,9 @@ class HealthMonitor:
                 else:
                     message = (f"the loss function returned {loss} from finite model outputs: check the "
                                "targets and the loss inputs (log of 0, probabilities outside [0, 1]).")
-                out.append(Finding(step, Phase.LOSS, "", None, NAN_INF, "error", loss, None, message))
+                out.append(Finding(step, Phase.LOSS, "", None, NAN_INF, SeverityLevel.ERROR, loss, None, message))
             out.append(Finding(
-                step, Phase.LOSS, "", None, LOSS_DIVERGENCE, "error", loss, None,
+                step, Phase.LOSS, "", None, LOSS_DIVERGENCE, SeverityLevel.ERROR, loss, None,
                 f"the loss is {loss}: training has diverged. Lower the learning rate, clip "
                 "gradients, or find the first nan_inf finding of this step.",
             ))
@@ -136,7 +137,7 @@ class HealthMonitor:
                 self._best_window = window
             elif window > self.t.loss_factor * best and window - best > self.t.loss_min_rise:
                 out.append(Finding(
-                    step, Phase.LOSS, "", None, LOSS_DIVERGENCE, "error", window,
+                    step, Phase.LOSS, "", None, LOSS_DIVERGENCE, SeverityLevel.ERROR, window,
                     self.t.loss_factor * best,
                     f"the loss (median of the last {len(self._losses)} steps: {window:.4g}) rose to "
                     f"{window / best:.1f}x its best ({best:.4g}): training is diverging. Lower the "
@@ -160,13 +161,13 @@ class HealthMonitor:
         if self._nan_step == step:
             pass  # non-finite gradients follow from the forward/loss finding of this step
         elif root is not None:
-            out.append(Finding(step, Phase.BACKWARD, root.module, root.parameter, NAN_INF, "error", None, None,
+            out.append(Finding(step, Phase.BACKWARD, root.module, root.parameter, NAN_INF, SeverityLevel.ERROR, None, None,
                                root.message))
             self._nan_step = step
         elif total_norm is not None and not math.isfinite(total_norm):
             self._nan_step = step
             out.append(Finding(
-                step, Phase.BACKWARD, "", None, NAN_INF, "error", total_norm, None,
+                step, Phase.BACKWARD, "", None, NAN_INF, SeverityLevel.ERROR, total_norm, None,
                 "the total gradient norm is non-finite"
                 + ("" if measured else " (per-layer stats were skipped this step: run with "
                    "stats every step to find the module)") + ".",
@@ -176,14 +177,14 @@ class HealthMonitor:
             assert total_norm is not None
             if total_norm > t.grad_norm_abs:
                 out.append(Finding(
-                    step, Phase.BACKWARD, "", None, EXPLODING_GRADIENT, "error", total_norm, t.grad_norm_abs,
+                    step, Phase.BACKWARD, "", None, EXPLODING_GRADIENT, SeverityLevel.ERROR, total_norm, t.grad_norm_abs,
                     f"the total gradient norm is {total_norm:.4g} (> {t.grad_norm_abs:g}). Lower the "
                     "learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), or check the "
                     "loss scale and input normalisation.",
                 ))
             elif warm and self._total_ema and total_norm > t.grad_norm_spike * self._total_ema:
                 out.append(Finding(
-                    step, Phase.BACKWARD, "", None, EXPLODING_GRADIENT, "error", total_norm,
+                    step, Phase.BACKWARD, "", None, EXPLODING_GRADIENT, SeverityLevel.ERROR, total_norm,
                     t.grad_norm_spike * self._total_ema,
                     f"the total gradient norm jumped to {total_norm:.4g}, "
                     f"{total_norm / self._total_ema:.0f}x its running average "
@@ -199,7 +200,7 @@ class HealthMonitor:
         for p in params:
             if not p.has_grad:
                 out.append(Finding(
-                    step, Phase.BACKWARD, p.module, p.name, NO_GRADIENT, "error", None, None,
+                    step, Phase.BACKWARD, p.module, p.name, NO_GRADIENT, SeverityLevel.ERROR, None, None,
                     f"parameter {p.name!r} requires grad but received no gradient: it is not on "
                     "the path from the inputs to the loss (an unused branch, a .detach(), "
                     "torch.no_grad() or .data in forward). Fix the graph, or freeze it with "
@@ -213,13 +214,13 @@ class HealthMonitor:
             ema = self._param_ema.get(p.name)
             if g > t.grad_norm_abs:
                 out.append(Finding(
-                    step, Phase.BACKWARD, p.module, p.name, EXPLODING_GRADIENT, "error", g, t.grad_norm_abs,
+                    step, Phase.BACKWARD, p.module, p.name, EXPLODING_GRADIENT, SeverityLevel.ERROR, g, t.grad_norm_abs,
                     f"the gradient norm of {p.name!r} is {g:.4g} (> {t.grad_norm_abs:g}). Clip "
                     "gradients, lower the learning rate, or add normalisation before this layer.",
                 ))
             elif warm and ema and g > t.grad_norm_spike * ema:
                 out.append(Finding(
-                    step, Phase.BACKWARD, p.module, p.name, EXPLODING_GRADIENT, "error", g,
+                    step, Phase.BACKWARD, p.module, p.name, EXPLODING_GRADIENT, SeverityLevel.ERROR, g,
                     t.grad_norm_spike * ema,
                     f"the gradient norm of {p.name!r} jumped to {g:.4g}, {g / ema:.0f}x its running "
                     f"average ({ema:.3g}). Clip gradients or lower the learning rate.",
@@ -236,7 +237,7 @@ class HealthMonitor:
                     if p.name not in self._told_cancelled:
                         self._told_cancelled.add(p.name)
                         out.append(Finding(
-                            step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, "info", ratio,
+                            step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, SeverityLevel.INFO, ratio,
                             t.vanishing_ratio,
                             f"{p.name!r} feeds a BatchNorm, which subtracts the per-channel mean: "
                             "this bias cannot change the output, so its gradient is ~0. It is "
@@ -250,7 +251,7 @@ class HealthMonitor:
                     continue
                 shown = f"{update:.2g}" if update is not None else "not measured"
                 out.append(Finding(
-                    step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, "warning", ratio,
+                    step, Phase.BACKWARD, p.module, p.name, VANISHING_GRADIENT, SeverityLevel.WARNING, ratio,
                     t.vanishing_ratio,
                     f"the gradient of {p.name!r} is {ratio:.2g} of its weight norm for {streak} measured steps "
                     f"while other layers learn, and the optimizer's last update of it was {shown} of its norm: "
@@ -268,7 +269,7 @@ class HealthMonitor:
             p = non_finite[0]
             others = f" (and {len(non_finite) - 1} more)" if len(non_finite) > 1 else ""
             out.append(Finding(
-                step, Phase.OPTIMIZER_STEP, p.module, p.name, NAN_INF, "error", p.weight_norm, None,
+                step, Phase.OPTIMIZER_STEP, p.module, p.name, NAN_INF, SeverityLevel.ERROR, p.weight_norm, None,
                 f"parameter {p.name!r}{others} became non-finite in the optimizer step although "
                 "its gradient was finite: the update overflowed. Lower the learning rate, clip "
                 "gradients, or check the optimizer's eps / weight decay.",
@@ -292,7 +293,7 @@ class HealthMonitor:
                 r = p.update_norm / max(w, t.bias_floor * math.sqrt(max(p.shape[0], 1)))
             if tiny and streak >= t.vanishing_steps:
                 out.append(Finding(
-                    step, Phase.OPTIMIZER_STEP, p.module, p.name, TINY_UPDATES, "warning", p.update_ratio,
+                    step, Phase.OPTIMIZER_STEP, p.module, p.name, TINY_UPDATES, SeverityLevel.WARNING, p.update_ratio,
                     t.tiny_update_ratio,
                     f"the step changed {p.name!r} by {p.update_ratio:.2g} of its norm for {streak} measured "
                     "steps in a row: it is not learning. Raise the learning rate, or check for vanishing "
@@ -300,7 +301,7 @@ class HealthMonitor:
                 ))
             elif warm and r > t.huge_update_ratio:
                 out.append(Finding(
-                    step, Phase.OPTIMIZER_STEP, p.module, p.name, HUGE_UPDATES, "warning", r,
+                    step, Phase.OPTIMIZER_STEP, p.module, p.name, HUGE_UPDATES, SeverityLevel.WARNING, r,
                     t.huge_update_ratio,
                     f"the step changed {p.name!r} by {r:.2g}x its norm: the weights are being "
                     "overwritten each step. Lower the learning rate or add warm-up.",

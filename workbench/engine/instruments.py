@@ -47,6 +47,7 @@ from workbench.engine.records import (
     ParamStats,
     Phase,
     Severity,
+    SeverityLevel,
 )
 
 # Findings made on demand, only on a step that already went non-finite (the batch's NaN/Inf).
@@ -304,7 +305,7 @@ class Instruments:
         # scale; it skips this step and halves the scale. Said as such, not as a NaN in the model.
         self._amp_skips_in_row += 1
         n = self._amp_skips_in_row
-        severity: Severity = "warning" if n >= 3 else "info"
+        severity: Severity = SeverityLevel.WARNING if n >= 3 else SeverityLevel.INFO
         advice = ("" if n < 3 else f" {n} steps in a row: the model overflows fp16 even at small scales; "
                   "compare layers with `workbench diff --b fp16`, or train with amp='bf16'.")
         kept = [f for f in found if f.kind != NAN_INF]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 
 class Vocabulary(enum.StrEnum):
@@ -110,9 +109,8 @@ class SeverityLevel(Vocabulary):
 
 
 _SEVERITY_ORDER: tuple[SeverityLevel, ...] = tuple(SeverityLevel)
-# The type of Finding.severity: SeverityLevel's values as a Literal, so a rule may write
-# "error" as well as SeverityLevel.ERROR (a str-valued member is that string).
-Severity = Literal["error", "warning", "info"]
+# The type of Finding.severity (the enum itself; the name rules and the protocol use).
+Severity = SeverityLevel
 SEVERITY_RANK: dict[str, int] = {level: level.rank for level in SeverityLevel}
 
 
@@ -397,9 +395,8 @@ class StopReason(Vocabulary):
     ERROR = "error"  # the user's step raised (RunOutcome.error)
 
 
-# The type of RunOutcome.stopped_by: StopReason's values as a Literal, so the engine may
-# write "steps" as well as StopReason.STEPS.
-StoppedBy = Literal["steps", "breakpoint", "stopped", "error"]
+# The type of RunOutcome.stopped_by.
+StoppedBy = StopReason
 
 
 @dataclass(frozen=True)
