@@ -54,3 +54,16 @@ def test_a_scenario_error_splits_into_its_first_line_and_the_rest() -> None:
     assert format_error(ScenarioError("a.py:3: no build()\ndefine build()")) == ("a.py:3: no build()",
                                                                                   "define build()")
     assert format_error(ScenarioError("one line")) == ("one line", "one line")
+
+
+def test_a_bench_step_error_has_no_phase_and_names_its_step() -> None:
+    from workbench.bench.timing import BenchStepError
+
+    try:
+        _users_loss()
+    except ValueError as exc:
+        err = BenchStepError(4, exc, warmup=False)
+    title, details = format_error(err)
+    assert title.startswith("ValueError in step 4: targets have the wrong shape")
+    assert err.user_frame is not None and title.endswith(f"  (at {err.user_frame})")
+    assert "raise ValueError" in details

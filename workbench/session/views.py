@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from workbench.engine.engine import Engine
-    from workbench.engine.errors import StepError
+    from workbench.engine.errors import TrainingStepError
     from workbench.scenario import ScenarioSource
 
 TUI_SNAPSHOTS = 8  # step starts the TUI's engine keeps for rewind (bounded by EngineConfig.snapshot_budget too)
@@ -126,7 +126,8 @@ def format_error(exc: BaseException) -> tuple[str, str]:
     step_error = _step_error_type()
     if step_error is not None and isinstance(exc, step_error):  # the user's step raised: where, when
         original = exc.original
-        title = f"{type(original).__name__} in {PHASE_LABEL[exc.phase]} of step {exc.step}: {original}"
+        where = f"{PHASE_LABEL[exc.phase]} of step {exc.step}" if exc.phase is not None else f"step {exc.step}"
+        title = f"{type(original).__name__} in {where}: {original}"
         if exc.user_frame is not None:
             title += f"  (at {exc.user_frame})"
         return title, exc.traceback_text
@@ -134,11 +135,12 @@ def format_error(exc: BaseException) -> tuple[str, str]:
     return f"{type(original).__name__}: {original}", "".join(traceback.format_exception(original))
 
 
-def _step_error_type() -> type[StepError] | None:
-    """StepError, when its module is loaded: it imports torch, which a client's process (the TUI's
-    first frame) does not load for this; an exception of a module never imported is none of its."""
+def _step_error_type() -> type[TrainingStepError] | None:
+    """TrainingStepError (the engine's, the profiled loop's and the bench's step errors), when its
+    module is loaded: it imports torch, which a client's process (the TUI's first frame) does not
+    load for this; an exception of a module never imported is none of its."""
     errors = sys.modules.get("workbench.engine.errors")
-    return errors.StepError if errors is not None else None  # type: ignore[no-any-return]
+    return errors.TrainingStepError if errors is not None else None  # type: ignore[no-any-return]
 
 
 def inspect_module(engine: Engine, module_name: str, request_id: int | str = 0) -> Sample:
