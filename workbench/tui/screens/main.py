@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from rich.text import Text
 from textual import events, on, work
@@ -39,7 +39,19 @@ from workbench.tui.widgets.panels import ChartsPanel, MemoryPanel, PhaseBar, Tit
 
 if TYPE_CHECKING:
     from workbench.session.transport import ClientConnection, ReplayConnection
-    from workbench.tui.app import WorkbenchApp
+
+
+class Workbench(Protocol):
+    """What this screen asks of the app it runs in (the workbench app, which imports this
+    module: named by what it does, so the screen does not import the app back)."""
+
+    logbook: deque[str]
+
+    def begin(self) -> None: ...
+
+    def capture_output(self, line: str, stderr: bool) -> None: ...
+
+    def action_pick_scenario(self) -> None: ...
 
 NARROW_WIDTH = 100
 SHORT_HEIGHT = 30
@@ -145,13 +157,9 @@ class MainScreen(Screen[None]):
         self.stopped_running_code = False  # a quit had to kill the scenario's process mid-phase
 
     @property
-    def workbench(self) -> WorkbenchApp:
+    def workbench(self) -> Workbench:
         """The app, typed: this screen is the workbench app's default screen."""
-        from workbench.tui.app import WorkbenchApp  # that module imports this one
-
-        app = self.app
-        assert isinstance(app, WorkbenchApp), f"MainScreen runs in a WorkbenchApp, not {type(app).__name__}"
-        return app
+        return cast(Workbench, self.app)
 
     # -- layout ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
