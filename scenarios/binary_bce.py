@@ -35,7 +35,7 @@ def _mlp(sigmoid: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _scenario(device, sigmoid: bool) -> Scenario:
+def _scenario(device, sigmoid: bool, description: str) -> Scenario:
     torch.manual_seed(0)
     model = _mlp(sigmoid).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -48,15 +48,16 @@ def _scenario(device, sigmoid: bool) -> Scenario:
         eval_data=DataLoader(make_spirals(512, seed=63), batch_size=256),
         scheduler=None if sigmoid else torch.optim.lr_scheduler.StepLR(optimizer, step_size=30, gamma=0.5),
         name="binary-bce" if sigmoid else "binary-bce-logits",
-        description=("LeakyReLU MLP, Sigmoid + BCELoss on two spirals, SGD" if sigmoid else
-                     "LeakyReLU MLP, BCEWithLogitsLoss on two spirals, SGD + StepLR"),
+        description=description,
         seed=0,
     )
 
 
+# Each build names its description where `workbench list --static` can read it.
 def build(device):
-    return _scenario(device, sigmoid=True)
+    return _scenario(device, sigmoid=True, description="LeakyReLU MLP, Sigmoid + BCELoss on two spirals, SGD")
 
 
 def build_logits(device):
-    return _scenario(device, sigmoid=False)
+    return _scenario(device, sigmoid=False,
+                     description="LeakyReLU MLP, BCEWithLogitsLoss on two spirals, SGD + StepLR")

@@ -63,11 +63,11 @@ def _scenario(device, model: nn.Module, name: str, description: str) -> Scenario
 
 def build(device):
     torch.manual_seed(0)
-    return _scenario(device, ImageClassifier(), "cnn-image",
-                     "2-conv CNN classifier on synthetic 32x32 RGB images, Adam")
+    return _scenario(device, ImageClassifier(), name="cnn-image",
+                     description="2-conv CNN classifier on synthetic 32x32 RGB images, Adam")
 
 
 def build_batchnorm(device):
     torch.manual_seed(0)
-    return _scenario(device, ImageClassifier(batchnorm=True, dropout=0.25), "cnn-image-bn",
-                     "the CNN with BatchNorm2d, in-place ReLU and Dropout, Adam")
+    return _scenario(device, ImageClassifier(batchnorm=True, dropout=0.25), name="cnn-image-bn",
+                     description="the CNN with BatchNorm2d, in-place ReLU and Dropout, Adam")

@@ -29,7 +29,9 @@ def _table(title: str, diffs: tuple[TensorDiff, ...], threshold: float, first: T
     table = Table(title=title, title_justify="left", header_style="bold")
     for col, justify in ((what, "left"), ("type", "left"), ("shape", "left"), ("rel error", "right"),
                          ("max |Δ|", "right"), ("cosine", "right"), ("B NaN/Inf", "right"), ("", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # Names and numbers are read whole (a parameter name is copied into code); only
+        # the flag column may wrap.
+        table.add_column(col, justify=justify, no_wrap=bool(col))  # type: ignore[arg-type]
     for d in diffs:
         table.add_row(*_row(d, threshold, d is first))
     return table

@@ -233,13 +233,14 @@ def recommendations_view(recs: Sequence[Recommendation], scenario: str | None = 
     table.add_column("rule", no_wrap=True, style="bold")
     table.add_column("finding and advice", overflow="fold", ratio=3)
     table.add_column("fired because", overflow="fold", ratio=1)
-    table.add_column("try", overflow="fold", ratio=1)
-    for r in recs:
-        cmd = r.command(target)
-        table.add_row(
-            r.rule, r.message, f"{r.threshold} (measured {r.measured})" if r.measured else r.threshold,
-            Text(cmd, style="cyan") if cmd else Text("no bench variant measures this", style="dim"),
-        )
+    # A `try` command is copied and pasted: it is never folded, and its column is as wide as
+    # the longest one (the prose columns wrap around it instead).
+    cells = [Text(cmd, style="cyan") if cmd else Text("no bench variant measures this", style="dim")
+             for cmd in (r.command(target) for r in recs)]
+    table.add_column("try", no_wrap=True, min_width=max(c.cell_len for c in cells))
+    for r, cell in zip(recs, cells):
+        table.add_row(r.rule, r.message, f"{r.threshold} (measured {r.measured})" if r.measured else r.threshold,
+                      cell)
     return table
 
 

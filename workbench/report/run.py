@@ -190,11 +190,9 @@ def check_table(results: Sequence[CheckResult]) -> Table:
     table = Table(title="workbench check", title_justify="left")
     table.add_column("scenario", style="cyan", no_wrap=True)
     table.add_column("result", no_wrap=True)
-    table.add_column("steps", justify="right")
-    table.add_column("loss", justify="right")
-    table.add_column("errors", justify="right")
-    table.add_column("warnings", justify="right")
-    table.add_column("time", justify="right")
+    # Numbers stay whole (never "9145… ms"); the free text column takes what room is left.
+    for col in ("steps", "loss", "errors", "warnings", "time"):
+        table.add_column(col, justify="right", no_wrap=True)
     problems = any(r.first_problem for r in results)
     if problems:
         table.add_column("first problem", overflow="fold", min_width=20)

@@ -11,7 +11,8 @@ off; styled words are ``Text`` objects with explicit styles.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import IO, Any
 
 from rich import table as _rich_table
 from rich.console import Console
@@ -36,6 +37,18 @@ class Table(_rich_table.Table):
         super().__setattr__(name, literal(value) if name in ("title", "caption") else value)
 
 
-def plain_console(stderr: bool = False) -> Console:
-    """The commands' Console: strings are never read as markup (user text is everywhere)."""
-    return Console(stderr=stderr, markup=False)
+# Width of output piped to a file or another program. rich falls back to 80 columns
+# there, which crops the tables' numbers and names; a log or a pager has room for more.
+HEADLESS_WIDTH = 160
+
+
+def plain_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
+    """The commands' Console: strings are never read as markup (user text is everywhere).
+
+    Not a terminal and no ``COLUMNS`` set (``workbench check | tee log``, CI): print
+    :data:`HEADLESS_WIDTH` wide instead of rich's 80. An explicit ``COLUMNS`` wins.
+    """
+    console = Console(stderr=stderr, markup=False, file=file)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = HEADLESS_WIDTH
+    return console

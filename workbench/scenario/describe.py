@@ -54,10 +54,30 @@ def static_info(source: ScenarioSource) -> ScenarioInfo:
         return info
     top = top_level(tree)
     func = top.functions.get(source.function)
+    own = _keyword_literals(func) if func is not None else {}
     doc = ast.get_docstring(func) if func is not None else None
-    description = top.literals.get("description") or doc or top.docstring or ""
-    return replace(info, name=top.literals.get("name", ""),
+    # The entry point's own words first: a file with several builds (build, build_logits)
+    # names each one in its own call, and the file's first Scenario(...) literal or its
+    # module docstring would give every row the same text.
+    description = own.get("description") or doc or top.literals.get("description") or top.docstring or ""
+    return replace(info, name=own.get("name") or top.literals.get("name", ""),
                    description=description.strip().splitlines()[0] if description.strip() else "")
+
+
+def _keyword_literals(func: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
+    """``name=`` / ``description=`` string keywords of the calls inside one function.
+
+    ``Scenario(description="...")`` itself, or a helper the function hands them to
+    (``return _scenario(device, description="...")``); the first of each wins.
+    """
+    found: dict[str, str] = {}
+    for call in ast.walk(func):
+        if isinstance(call, ast.Call):
+            for kw in call.keywords:
+                if kw.arg in ("name", "description") and isinstance(kw.value, ast.Constant) \
+                        and isinstance(kw.value.value, str):
+                    found.setdefault(kw.arg, kw.value.value)
+    return found
 
 
 def describe_source(source: ScenarioSource) -> ScenarioInfo:
