@@ -7,7 +7,8 @@ and headless commands never load Textual.
 
 Exit codes shared by every command: 0 success, 1 the work ran and found
 errors (error findings, failed checks, a regression), 2 bad input or the
-scenario failed, 130 interrupted (Ctrl-C or SIGTERM; partial results kept).
+scenario failed, 130 interrupted (Ctrl-C or SIGTERM; partial results kept), 141
+stdout's reader closed it (`| head`: a quiet stop, as SIGPIPE is for other tools).
 """
 
 from __future__ import annotations
@@ -83,8 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not verbose and args.command != "tui":
         _short_warnings()
     try:
-        return int(table[args.command].run(args) or 0)
-    except BaseException as exc:  # SystemExit too: our commands never raise it, so it is user code's
+        code = int(table[args.command].run(args) or 0)
+        # A reader that left (`| head`) shows here at the latest, not in the interpreter's
+        # own last flush (a message and exit 120).
+        sys.stdout.flush()
+        return code
+    except BaseException as exc:  # SystemExit too: user code's, or rich's for a closed stdout (errors.py tells them apart)
         return report_exception(exc, verbose)
 
 

@@ -16,6 +16,9 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE: what a shell reports for any tool whose output's reader went away
+# (`seq 1000000 | head -1` under `set -o pipefail`).
+EXIT_OUTPUT_CLOSED = 141
 
 
 class OutputPathError(Exception):
@@ -74,6 +77,66 @@ def user_location(exc: BaseException, path: str | None = None) -> str | None:
     return f"{user[-1].filename}:{user[-1].lineno}" if user else None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it or was being handled when it was raised (no cycles)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and not any(current is s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _stdout_has_no_reader() -> bool:
+    """True when standard output is a pipe (or terminal) whose reading end is gone: poll()
+    says POLLERR for a pipe with no reader left, POLLHUP for a hung-up terminal."""
+    import select
+
+    stream = sys.__stdout__
+    if stream is None or not hasattr(select, "poll"):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # closed or not a real file (a test's capture)
+        return False
+
+
+def stdout_closed(exc: BaseException) -> bool:
+    """True when ``exc`` only says that standard output's reader went away (`workbench run x | head -2`):
+    nobody failed, the output is just not wanted any more.
+
+    Two shapes: a BrokenPipeError (print's flush, ours or the user code's), anywhere in the
+    chain, while stdout indeed has no reader; or the SystemExit(1) that rich's Console raises
+    from its ``on_broken_pipe`` (it has already pointed stdout at os.devnull, so the pipe can no
+    longer be asked). That SystemExit is told from a user's sys.exit() by where it was raised:
+    in library code (rich), with a BrokenPipeError being handled; a sys.exit() in the user's own
+    code, even one answering a BrokenPipeError, stays the user's and is reported as such.
+    """
+    if isinstance(exc, SystemExit):
+        frames = traceback.extract_tb(exc.__traceback__)
+        library = _library_dirs(installed=True)
+        return (isinstance(exc.__context__, BrokenPipeError) and bool(frames)
+                and frames[-1].filename.startswith(library))
+    return any(isinstance(e, BrokenPipeError) for e in _chain(exc)) and _stdout_has_no_reader()
+
+
+def leave_output_closed() -> int:
+    """The conventional quiet end when stdout's reader has gone: point stdout at os.devnull (what
+    is still buffered would make the interpreter's last flush raise again, with a message)
+    and return 141. Nothing is printed: the reader left on purpose."""
+    stream = sys.__stdout__
+    try:
+        if stream is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+    except (OSError, ValueError):  # stdout already closed: nothing left to flush into it
+        pass
+    return EXIT_OUTPUT_CLOSED
+
+
 def exit_description(exc: BaseException) -> str:
     """'called sys.exit(3)' / 'raised GeneratorExit: ...': what the user's code did."""
     if isinstance(exc, SystemExit):
@@ -122,10 +185,13 @@ def describe(exc: BaseException) -> tuple[str, int]:
 
 def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int:
     """Print a command's failure as one clear paragraph (the traceback only with
-    --verbose) and return its exit code: 130 for Ctrl-C / SIGTERM."""
+    --verbose) and return its exit code: 130 for Ctrl-C / SIGTERM, 141 (quietly) when
+    stdout's reader closed the pipe."""
     if isinstance(exc, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if stdout_closed(exc):  # `| head`: the reader has all it wanted; neither we nor user code failed
+        return leave_output_closed()
     if is_user_exit(exc):  # sys.exit() in a scenario: a failure of the scenario, never our exit
         exc = UserCodeExit(exc, "the scenario's code")
 

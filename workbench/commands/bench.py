@@ -141,9 +141,10 @@ def _bench(console: object, args: argparse.Namespace) -> int:
 
         result = run_bench(source, variants, device=args.device, plan=plan, threads=args.threads,
                            progress=progress, isolate_memory=args.isolate_memory)
+    if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
+        save_run(args.json, result)
     console.print(render_run(result))  # type: ignore[attr-defined]
     if args.json:
-        save_run(args.json, result)
         console.print(f"wrote {args.json}")  # type: ignore[attr-defined]
     console.print(f"bench wall time {result.wall_s:.1f} s (torch {torch.__version__})")  # type: ignore[attr-defined]
     if result.interrupted:

@@ -88,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_all(sources, device, args, results, console)
     except KeyboardInterrupt:
+        written = _write_reports(args, results, device, interrupted=True)
         console.print(check_table(results))
-        _write_reports(args, results, device, console, interrupted=True)
+        _print_lines(console, written)
         console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
         raise
+    # The reports are written before anything is printed: a reader of stdout that leaves
+    # early (`| head`) ends the printing, and the reports must not depend on it.
+    written = _write_reports(args, results, device, interrupted=False)
 
     from rich.text import Text
 
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         + f"{len(flagged)} with error findings, {len(failed)} failed (time includes building each scenario)",
         highlight=False,
     )
-    _write_reports(args, results, device, console, interrupted=False)
+    _print_lines(console, written)
     if failed:
         return 2
     return 1 if flagged or (args.strict and warned) else 0
@@ -181,15 +185,21 @@ def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
     return CheckResult(source.label, source.where, "ok", outcome.steps_done, seconds, final, 0, 0, "", findings)
 
 
-def _write_reports(args: argparse.Namespace, results: list, device: Any, console: Any, *,
-                   interrupted: bool) -> None:
+def _print_lines(console: Any, lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _write_reports(args: argparse.Namespace, results: list, device: Any, *, interrupted: bool) -> list[str]:
+    """Write --junit and --json; the lines that say where (printed by the caller)."""
     from workbench.files import atomic_write_json, atomic_write_text
     from workbench.report.json_report import finding_json
     from workbench.report.junit import junit_xml
 
+    written: list[str] = []
     if args.junit:
         atomic_write_text(args.junit, junit_xml(results, strict=args.strict))
-        console.print(f"JUnit XML written to {args.junit}", highlight=False)
+        written.append(f"JUnit XML written to {args.junit}")
     if args.json:
         atomic_write_json(args.json, {
             "schema": "workbench.check/1",
@@ -205,4 +215,5 @@ def _write_reports(args: argparse.Namespace, results: list, device: Any, console
                 for r in results
             ],
         })
-        console.print(f"report written to {args.json}", highlight=False)
+        written.append(f"report written to {args.json}")
+    return written

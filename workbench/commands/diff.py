@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {type(exc).__name__}: {exc}. "
                             "Run `workbench run` on it for the traceback.") from exc
-    plain_console().print(divergence_view(div))
-    if args.json:
+    if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         atomic_write_json(args.json, div.to_json())
+    plain_console().print(divergence_view(div))
     return 1 if div.diverged else 0

@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import shlex
     from pathlib import Path
 
     from workbench.errors import UsageError
@@ -50,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     style = "Hugging Face " if args.hf else ""
-    print(f"wrote {path}: a {style}scenario template. Next: `workbench check {path}`, "
-          f"then `workbench run {path}` or `workbench {path}`.")
+    check, run_it, tui = (shlex.join(argv) for argv in next_commands(str(path)))
+    print(f"wrote {path}: a {style}scenario template. Next: `{check}`, then `{run_it}` (headless) "
+          f"or `{tui}` (the interactive workbench).")
     return 0
+
+
+def next_commands(path: str) -> tuple[list[str], list[str], list[str]]:
+    """What the message after writing suggests: check, run and open in the TUI, as argv lists
+    (quoted for a shell when printed; a test parses each with the CLI's own parser)."""
+    return ["workbench", "check", path], ["workbench", "run", path], ["workbench", "tui", path]

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.analyze:
         analysis = analyze_path(args.analyze, findings=findings,
                                 max_mb=args.max_trace_mb or DEFAULT_MAX_READ_MB)
+        written = _write_analysis(args.json, analysis)
         console.print(run_view(analysis, args.top))
         logdir = analysis.run_dir.parent
     else:
@@ -155,15 +156,24 @@ def run(args: argparse.Namespace) -> int:
         if not result.files:
             return 1
         analysis = analyze_path(result.run_dir, findings=findings)
+        written = _write_analysis(args.json, analysis)
         console.print(run_view(analysis, args.top))
         logdir = result.logdir
-    if args.json:
-        from workbench.files import atomic_write_json
-
-        console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
+    if written:
+        console.print(f"analysis written to {written}")
     if args.open_tensorboard:
         return _serve(console, logdir)
     return 0
+
+
+def _write_analysis(path: str | None, analysis: object) -> str | None:
+    """Write --json before anything about it is printed: a reader of stdout that leaves early
+    (`| head`) ends the printing, and the file must not depend on it. Returns the path written."""
+    if not path:
+        return None
+    from workbench.files import atomic_write_json
+
+    return str(atomic_write_json(path, analysis))
 
 
 def _analyzed_inputs(path: str | None) -> list[tuple[str, str]]:
@@ -227,11 +237,10 @@ def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  
     if not result.files:
         return 1
     analysis = analyze_path(result.run_dir, findings=findings)
+    written = _write_analysis(args.json, analysis)
     console.print(run_view(analysis, args.top))
-    if args.json:
-        from workbench.files import atomic_write_json
-
-        console.print(f"analysis written to {atomic_write_json(args.json, analysis)}")
+    if written:
+        console.print(f"analysis written to {written}")
     return 0
 
 

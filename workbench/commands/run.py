@@ -14,7 +14,8 @@ DESCRIPTION = (
     "0 no error findings, 1 error findings (or a --break-on condition fired: the run stops "
     "there, before that step's optimizer step), 2 the scenario failed to load or raised "
     "(message and traceback printed, the JSON report still written with the steps done), "
-    "130 interrupted (partial JSON written)."
+    "130 interrupted (partial JSON written), 141 stdout's reader closed it, e.g. `| head` (a quiet stop; "
+    "the JSON report is written with the steps done)."
 )
 
 
@@ -86,12 +87,18 @@ def run(args: argparse.Namespace) -> int:
 
             sys.stderr.write(f"partial report ({report.steps_done} steps) written to {args.json}\n")
         raise
-    except BaseException as exc:  # our own bug, or user code's sys.exit(): keep the steps done
+    except BaseException as exc:  # our own bug, user code's sys.exit(), or stdout's reader gone: keep the steps done
         import traceback
 
+        from workbench.errors import stdout_closed
         from workbench.report import json_report
 
-        report.write("error", json_report.error_json(exc, traceback.format_exc(), step=report.step))
+        if stdout_closed(exc):  # `| head -2`: the run stops there, as other tools do, and says so
+            report.write("interrupted", {"type": "BrokenPipeError", "phase": None, "step": report.step,
+                                         "message": "standard output was closed by its reader (a pipe into "
+                                                    "`head`?): the run stopped there", "traceback": None})
+        else:
+            report.write("error", json_report.error_json(exc, traceback.format_exc(), step=report.step))
         raise
     finally:
         if report.stream is not None and report.stream.open:

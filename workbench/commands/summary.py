@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.scenario}: the summary's forward pass raised {type(exc).__name__}: {exc}. "
             "Run `workbench run` on it for the traceback."
         ) from exc
-    plain_console().print(summary_renderable(summary, args.depth))
-    if args.json:
+    if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         atomic_write_json(args.json, summary)
+    plain_console().print(summary_renderable(summary, args.depth))
     return 0
