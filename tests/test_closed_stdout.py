@@ -97,3 +97,19 @@ def test_a_closed_stdout_is_not_told_from_an_open_one_by_the_exception_alone(rai
         raise raised
     except BaseException as exc:  # noqa: BLE001 - the point of the test
         assert not stdout_closed(exc)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_user_code_printing_into_the_closed_pipe_stops_the_run_quietly(tmp_path) -> None:
+    """The scenario's own print() meets the closed pipe (its BrokenPipeError wrapped as a failed
+    build): still a closed stdout, not a broken scenario, and the report says the run stopped."""
+    scenario = tmp_path / "chatty.py"
+    scenario.write_text((SCENARIOS / "mlp_digits.py").read_text(encoding="utf-8")
+                        + "\n\n_build = build\n\n\ndef build(device):\n    for i in range(20_000):\n"
+                          "        print('building', i)\n    return _build(device)\n", encoding="utf-8")
+    report = tmp_path / "report.json"
+    code, err = _run_with_early_reader_exit(["run", str(scenario), "--steps", "2", "--json", str(report)], lines=0)
+    assert code == EXIT_OUTPUT_CLOSED, err
+    assert "Traceback" not in err and "error" not in err and "Exception ignored" not in err, err
+    data = json.loads(report.read_text())
+    assert data["summary"]["stopped_by"] == "interrupted" and data["error"]["type"] == "BrokenPipeError"

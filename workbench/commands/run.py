@@ -156,7 +156,10 @@ def _build(args: argparse.Namespace, report: Any) -> Any:
     except ScenarioError as exc:
         import traceback
 
-        report.write("error", json_report.error_json(exc, traceback.format_exc()))
+        from workbench.errors import stdout_closed
+
+        if not stdout_closed(exc):  # a build that printed into a closed pipe: run() reports the stop
+            report.write("error", json_report.error_json(exc, traceback.format_exc()))
         raise
 
 
