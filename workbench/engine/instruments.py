@@ -29,7 +29,7 @@ from workbench.engine.health import HealthMonitor, HealthThresholds
 from workbench.engine.nan_root import BackwardRoot, backward_root, forward_root
 from workbench.engine.params import (
     ParamRef,
-    grad_stats_tensor,
+    grad_readings,
     own_and_shared,
     owned_count,
     param_owners,
@@ -259,17 +259,16 @@ class Instruments:
         t0 = time.perf_counter()
         root = None
         if s.measured:
-            grad_stats, with_grad = grad_stats_tensor(refs, self.sampler)
-            act = self.probe.stacked_grads()
-            tensors = [t.reshape(-1) for t in (act, grad_stats) if t is not None]
-            n_act = act.numel() if act is not None else 0
+            readings = grad_readings(refs, self.sampler)
+            act = self.probe.grad_norms  # squared norms of the output gradients, backward order
+            scalars = act + (readings.scalars if readings is not None else [])
             # Sync point: the backward's one transfer (activation-grad norms + parameter stats).
-            flat = torch.cat([p.to(tensors[0].device, torch.float32) for p in tensors]).tolist() if tensors else []
-            act_norms = flat[:n_act]
+            flat = stack_f32(scalars).tolist() if scalars else []
+            act_norms = [math.sqrt(v) if v >= 0 else v for v in flat[:len(act)]]
             if s.grad_scale:  # activation gradients are the scaled ones under fp16
                 act_norms = [n / s.grad_scale for n in act_norms]
-            width = grad_stats.shape[1] if grad_stats is not None else 0
-            rows = [flat[n_act + i * width: n_act + (i + 1) * width] for i in range(len(with_grad))]
+            rows = readings.rows(flat[len(act):]) if readings is not None else []
+            with_grad = readings.with_grad if readings is not None else []
             stats = param_stats_from_rows(refs, rows, with_grad)
             norms = [p.grad_norm for p in stats if p.grad_norm is not None]
             s.total_grad_norm = math.sqrt(sum(n * n for n in norms)) if norms else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -10,15 +11,12 @@ from torch import nn
 
 from workbench.engine.probe import (
     SampleIndex,
-    flat_moments,
     nonfinite_counts,
     real_values,
     stack_f32,
 )
 from workbench.engine.records import ParamStats
 
-# Layout of the per-parameter gradient vector.
-(G_NORM, G_MEAN, G_ABS_MAX, G_STD, G_SAMPLE_N, G_WEIGHT) = range(6)
 
 
 @dataclass(frozen=True)
@@ -93,46 +91,81 @@ def _grad_values(p: nn.Parameter) -> torch.Tensor:
     return real_values(g.coalesce().values() if g.is_sparse else g)
 
 
-def grad_stats_tensor(refs: list[ParamRef], sampler: SampleIndex) -> tuple[torch.Tensor | None, list[int]]:
-    """(P_with_grad, 6) stats on the device (G_* columns), and the indexes of refs that had a grad.
+@dataclass(frozen=True, slots=True)
+class GradRow:
+    """One parameter's gradient (and weight) as the backward's one transfer read it."""
+
+    norm: float  # exact 2-norm (NaN/Inf when the gradient holds one)
+    mean: float  # from the gradient's sample
+    std: float
+    abs_max: float  # exact
+    weight_norm: float
+
+
+@dataclass(frozen=True)
+class GradReadings:
+    """The 0-d device tensors a measured backward reads for its parameters, to be stacked with
+    the phase's other numbers into its one transfer; :meth:`rows` decodes them."""
+
+    scalars: list[torch.Tensor]
+    with_grad: list[int]  # indexes into the refs of the parameters that have a gradient
+    lengths: tuple[int, ...]  # each gradient's sample size
+    split_abs: bool  # the abs max came as (min, max) pairs (CPU), not as inf-norms
+
+    def rows(self, values: Sequence[float]) -> list[GradRow]:
+        """``values``: the floats of ``scalars``, in order. Arithmetic on the host: a handful of
+        tiny device operations per phase cost more (about 5 us each on CPU) than the data."""
+        p = len(self.with_grad)
+        blocks = [values[k * p:(k + 1) * p] for k in range(len(values) // p)]
+        abs_max: Sequence[float]
+        if self.split_abs:
+            norms, lows, highs, weights, sums, squares = blocks
+            abs_max = [max(-lo, hi) if not (math.isnan(lo) or math.isnan(hi)) else math.nan
+                       for lo, hi in zip(lows, highs)]
+        else:
+            norms, abs_max, weights, sums, squares = blocks
+        out = []
+        for norm, amax, w, total, sq, n in zip(norms, abs_max, weights, sums, squares, self.lengths):
+            mean = total / n
+            # E[g^2] - E[g]^2 of the sample, in double: gradients centre near zero, so no precision is lost.
+            var = sq * sq / n - mean * mean
+            std = math.sqrt(var) if var > 0 else (math.nan if math.isnan(var) else 0.0)
+            out.append(GradRow(norm, mean, std, amax, w))
+        return out
+
+
+def grad_readings(refs: list[ParamRef], sampler: SampleIndex) -> GradReadings | None:
+    """What a measured backward reads of every parameter with a gradient (None: none has one).
 
     The 2-norm and the abs max are exact (``_foreach_norm``, one fused launch for all
-    parameters, and ``_abs_maxes``; NaN propagates through both, an Inf shows in
-    both); mean and std come from a fixed sample (exact for gradients of up to
-    ``sampler.size`` elements), reduced for all parameters at once. NaN/Inf counts
-    are exact and computed only when the abs max is non-finite (param_stats_from_rows).
+    parameters, and one ``aminmax`` each on CPU; NaN propagates through both, an Inf
+    shows in both); mean and std come from a fixed sample (exact for gradients of up to
+    ``sampler.size`` elements). NaN/Inf counts are exact and computed only when the abs
+    max is non-finite (param_stats_from_rows).
     """
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
-        return None, with_grad
+        return None
     with torch.no_grad():
-        return _grad_stats(refs, with_grad, sampler), with_grad
-
-
-def _grad_stats(refs: list[ParamRef], with_grad: list[int], sampler: SampleIndex) -> torch.Tensor:
-    grads = [_grad_values(refs[i].param) for i in with_grad]
-    weights: list[torch.Tensor] = [refs[i].param for i in with_grad]
-    device = grads[0].device
-    grad_norms = stack_f32(torch._foreach_norm(grads), device)
-    abs_max = _abs_maxes(grads, device)
-    weight_norms = stack_f32(torch._foreach_norm(weights), device)
-    # Gradients are not modified before this phase ends: the samples may be views.
-    samples = [sampler.take_flat(g) for g in grads]
-    n = sampler.lengths(tuple(t.numel() for t in samples), device)
-    mean, std = flat_moments(samples, n)
-    return torch.stack([grad_norms, mean, abs_max, std, n, weight_norms], dim=1)
-
-
-def _abs_maxes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Exact max |x| per tensor (NaN if any NaN, Inf if any Inf), as one (P,) float32 tensor."""
-    if device.type != "cpu":
-        # One fused launch for every tensor: launches are what cost on an accelerator.
-        return stack_f32(torch._foreach_norm(tensors, float("inf")), device)
-    # On CPU the inf-norm takes a slow path (about 10x an aminmax per tensor, measured on
-    # cnn_image's gradients); max(-min, max) is the same number and NaN propagates.
-    zero = torch.zeros((), device=device)
-    lows, highs = zip(*(torch.aminmax(t) if t.numel() else (zero, zero) for t in tensors))
-    return torch.maximum(stack_f32(highs, device), stack_f32(lows, device).neg())
+        grads = [_grad_values(refs[i].param) for i in with_grad]
+        weights: list[torch.Tensor] = [refs[i].param for i in with_grad]
+        scalars = list(torch._foreach_norm(grads))
+        split_abs = grads[0].device.type == "cpu"
+        if split_abs:
+            # On CPU the inf-norm takes a slow path (about 10x an aminmax per tensor, measured
+            # on cnn_image's gradients); max(-min, max) is the same number and NaN propagates.
+            zero = torch.zeros((), device=grads[0].device)
+            lows, highs = zip(*(torch.aminmax(g) if g.numel() else (zero, zero) for g in grads))
+            scalars += [*lows, *highs]
+        else:
+            # One fused launch for every tensor: launches are what cost on an accelerator.
+            scalars += torch._foreach_norm(grads, float("inf"))
+        scalars += torch._foreach_norm(weights)
+        # Gradients are not modified before this phase ends: the samples may be views.
+        samples = [sampler.take_flat(g) for g in grads]
+        scalars += [t.sum() for t in samples]
+        scalars += torch._foreach_norm(samples)
+    return GradReadings(scalars, with_grad, tuple(t.numel() for t in samples), split_abs)
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
@@ -143,10 +176,10 @@ def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
         return torch.linalg.vector_norm(stack_f32(torch._foreach_norm(grads)))
 
 
-def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_grad: list[int]) -> list[ParamStats]:
+def param_stats_from_rows(refs: list[ParamRef], rows: list[GradRow], with_grad: list[int]) -> list[ParamStats]:
     by_index = dict(zip(with_grad, rows))
     # Exact NaN/Inf counts of the gradients whose abs max is non-finite (rare: one extra sync then).
-    bad = [i for i in with_grad if not math.isfinite(by_index[i][G_ABS_MAX])]
+    bad = [i for i in with_grad if not math.isfinite(by_index[i].abs_max)]
     with torch.no_grad():
         counts = dict(zip(bad, nonfinite_counts([_grad_values(refs[i].param) for i in bad])))
     out: list[ParamStats] = []
@@ -154,13 +187,14 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[list[float]], with_gr
         shape = tuple(ref.param.shape)
         row = by_index.get(i)
         if row is None:
-            out.append(ParamStats(ref.name, ref.module, shape, None, None, None, None, None, None,
-                                  None, has_grad=False))
+            out.append(ParamStats(name=ref.name, module=ref.module, shape=shape, grad_norm=None, grad_mean=None,
+                                  grad_std=None, grad_abs_max=None, grad_nan=None, grad_inf=None,
+                                  weight_norm=None, has_grad=False))
             continue
         nan, inf, _ = counts.get(i, (0.0, 0.0, 0.0))
         out.append(ParamStats(
-            name=ref.name, module=ref.module, shape=shape, grad_norm=row[G_NORM],
-            grad_mean=row[G_MEAN], grad_std=row[G_STD], grad_abs_max=row[G_ABS_MAX],
-            grad_nan=int(nan), grad_inf=int(inf), weight_norm=row[G_WEIGHT],
+            name=ref.name, module=ref.module, shape=shape, grad_norm=row.norm,
+            grad_mean=row.mean, grad_std=row.std, grad_abs_max=row.abs_max,
+            grad_nan=int(nan), grad_inf=int(inf), weight_norm=row.weight_norm,
         ))
     return out

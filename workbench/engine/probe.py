@@ -194,7 +194,7 @@ class SampleIndex:
         """(a copy of ``size`` elements, how many of them are real).
 
         A small tensor is padded with copies of its FIRST element (not zeros): shifted by that
-        element, the padding is exactly zero, so :func:`sample_reductions` needs no mask pass.
+        element, the padding is exactly zero, so :func:`sample_sums` needs no mask pass.
         """
         flat = t.reshape(-1)
         n = flat.numel()
@@ -253,47 +253,34 @@ class SampleIndex:
         return cached
 
 
-# Columns of sample_reductions.
-S_MEAN, S_STD, S_ZERO = range(3)
+def sample_sums(samples: torch.Tensor) -> torch.Tensor:
+    """(rows, S) samples from :meth:`SampleIndex.take` -> (rows, 4): the row's first element,
+    the sum and the 2-norm of the row shifted by it, and the row's count of non-zeros.
 
-
-def sample_reductions(samples: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(rows, S) samples from :meth:`SampleIndex.take` -> (rows, 3): mean, std, zero fraction.
-
-    Each row is shifted by its first element before the sums: its padding (copies of that
-    element) becomes exactly zero and counts for nothing, and the variance from
-    E[d^2] - E[d]^2 keeps its precision in float32 for a row whose mean is far from zero
-    (a saturated sigmoid). Five passes over the matrix, no mask and no centred copy.
-    NaN/Inf counts are not here: they only matter for a non-finite tensor, which min/max
-    already reveal, so ``nonfinite_counts`` computes them (and that row's exact zero
-    fraction) on those rare steps.
+    :func:`sample_moments` turns them into mean, std and zero fraction on the host, after the
+    phase's one transfer: the arithmetic there costs nothing, and each tiny device operation
+    costs about 5 us on CPU. Shifted by its first element, a row's padding (copies of that
+    element) is exactly zero, and E[d^2] - E[d]^2 keeps its precision for a row whose mean is
+    far from zero (a saturated sigmoid). NaN/Inf counts are not here: they only matter for a
+    non-finite tensor, which min/max already reveal, so ``nonfinite_counts`` computes them (and
+    that row's exact zero count) on those rare steps.
     """
     first = samples[:, :1]
     shifted = samples - first
-    d_mean = shifted.sum(dim=1) / lengths
-    d_sq = torch.linalg.vector_norm(shifted, dim=1).square_() / lengths
-    std = (d_sq - d_mean.square()).clamp_(min=0).sqrt_()
+    nonzero = samples.sign().abs_().sum(dim=1)
+    return torch.stack([first[:, 0], shifted.sum(dim=1), torch.linalg.vector_norm(shifted, dim=1), nonzero], dim=1)
+
+
+def sample_moments(first: float, d_sum: float, d_norm: float, nonzero: float, length: int,
+                   size: int) -> tuple[float, float, float]:
+    """(mean, std, zero fraction) of a sample of ``length`` real elements padded to ``size``,
+    from its :func:`sample_sums` row."""
+    d_mean = d_sum / length
+    var = d_norm * d_norm / length - d_mean * d_mean
+    std = math.sqrt(var) if var > 0 else (math.nan if math.isnan(var) else 0.0)
     # Non-zeros of the whole row, less the padding's (which are zeros only when the first is).
-    padding = samples.shape[1] - lengths
-    nonzero = samples.sign().abs_().sum(dim=1) - padding * first[:, 0].sign().abs()
-    zero = (lengths - nonzero) / lengths
-    return torch.stack([first[:, 0] + d_mean, std, zero], dim=1)
-
-
-def flat_moments(parts: list[torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D tensors (samples of at most ``index.size`` elements) -> ((rows,) mean, (rows,) std).
-
-    Per tensor one ``sum`` and one fused ``_foreach_norm`` for all: a parameter list holds
-    many tiny tensors (biases, norm weights of a few dozen elements), and a padded matrix or
-    one ``cat`` with segment sums costs several elementwise passes over all of them. For
-    gradients, which centre near zero, E[g^2] - E[g]^2 loses nothing in float32.
-    """
-    device = lengths.device
-    sums = stack_f32([t.sum() for t in parts], device)
-    squares = stack_f32(torch._foreach_norm(parts), device).square_()
-    mean = sums / lengths
-    std = (squares / lengths - mean.square()).clamp_(min=0).sqrt_()
-    return mean, std
+    real_nonzero = nonzero - (size - length) * (first != 0)
+    return first + d_mean, std, (length - real_nonzero) / length
 
 
 def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float, float]]:
@@ -611,7 +598,7 @@ class ActivationProbe:
         if generation != self.generation:
             return
         start = time.perf_counter()
-        # The squared norm (sqrt'd for all calls at once in stacked_grads): non-finite when
+        # The squared norm (its root is taken on the host, after the phase's transfer): non-finite when
         # the gradient holds a NaN or an Inf (or its norm passes ~1.8e19 in float32, an
         # exploding gradient either way). dot() is one BLAS pass, about twice as fast as
         # linalg.vector_norm on CPU. Detached, so no graph even under create_graph=True.
@@ -633,12 +620,9 @@ class ActivationProbe:
         device = self._samples[0].device
         n = len(self._mins)
         # min and max of every call in one stack (external inputs' too: appended after them)
-        extremes = stack_f32(self._mins + self._maxs + self._ext_mins + self._ext_maxs, device)
-        parts = [extremes[:2 * n]]
+        parts = [stack_f32(self._mins + self._maxs + self._ext_mins + self._ext_maxs, device)]
         samples = stack_f32(self._samples, device)
-        lengths = self._sampler.lengths(tuple(self._lengths), device)
-        reduced = sample_reductions(samples, lengths)  # (rows, 3)
-        parts.append(reduced.reshape(-1))
+        parts.append(sample_sums(samples).reshape(-1))  # (rows, 4)
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
         if sat_calls:
             mask, _ = self._sampler.mask(tuple(self._lengths), device)
@@ -646,11 +630,10 @@ class ActivationProbe:
             rows = samples.index_select(0, idx)
             band = 1e-3 * (hi - lo)
             pinned = ((rows <= lo + band) | (rows >= hi - band)) & mask.index_select(0, idx)
-            parts.append(pinned.sum(dim=1, dtype=f32) / lengths.index_select(0, idx))
+            parts.append(pinned.sum(dim=1, dtype=f32))  # counts: divided on the host
         if self._relu_max:
             parts.append(stack_f32([(m <= 0).mean(dtype=f32) for m in self._relu_max], device))
-        if self._ext_mins:
-            parts.append(extremes[2 * n:])
+        assert n == len(self._samples)
         return torch.cat(parts)
 
     def _saturation_tensors(self, sat_calls: list[CallInfo], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -669,20 +652,19 @@ class ActivationProbe:
     def decode_forward(self, flat: list[float]) -> list[CallStats]:
         """One :class:`CallStats` per call (completion order) from ``forward_tensor().tolist()``."""
         n = len(self._samples)
+        e = len(self._ext_mins)
         mins, maxs = flat[:n], flat[n:2 * n]
-        off = 2 * n
-        reduced = flat[off:off + 3 * n]
-        off += 3 * n
+        ext_finite = [math.isfinite(lo) and math.isfinite(hi)
+                      for lo, hi in zip(flat[2 * n:2 * n + e], flat[2 * n + e:2 * n + 2 * e])]
+        off = 2 * n + 2 * e
+        sums = flat[off:off + 4 * n]
+        off += 4 * n
         bad = [r for r in range(n) if not (math.isfinite(mins[r]) and math.isfinite(maxs[r]))]
         counts = dict(zip(bad, nonfinite_counts([self._samples[r][: self._lengths[r]] for r in bad])))
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
-        sat = dict(zip((c.index for c in sat_calls), flat[off:off + len(sat_calls)]))
+        sat = {c.index: pinned / self._lengths[c.row] for c, pinned in zip(sat_calls, flat[off:off + len(sat_calls)])}
         off += len(sat_calls)
         dead = flat[off:off + len(self._relu_max)]
-        off += len(self._relu_max)
-        e = len(self._ext_mins)
-        ext_finite = [math.isfinite(lo) and math.isfinite(hi)
-                      for lo, hi in zip(flat[off:off + e], flat[off + e:off + 2 * e])]
         out_finite: dict[int, bool] = {}
         result: list[CallStats] = []
         for call in self.calls:
@@ -698,7 +680,8 @@ class ActivationProbe:
             elif call.measured:
                 r = call.row
                 length = self._lengths[r]
-                mean, std, zero = reduced[3 * r:3 * r + 3]
+                first, d_sum, d_norm, nonzero = sums[4 * r:4 * r + 4]
+                mean, std, zero = sample_moments(first, d_sum, d_norm, nonzero, length, self.sample_size)
                 nan = inf = 0.0
                 if r in counts:  # a non-finite row: its exact counts (the sums above are NaN)
                     nan, inf, zeros = counts[r]
@@ -718,9 +701,3 @@ class ActivationProbe:
             if call.name == name and call.measured and 0 <= call.row < len(self._samples):
                 return self._samples[call.row][: self._lengths[call.row]]
         return None
-
-    def stacked_grads(self) -> torch.Tensor | None:
-        if not self.grad_norms:
-            return None
-        device = self.grad_norms[0].device
-        return stack_f32(self.grad_norms, device).sqrt()
