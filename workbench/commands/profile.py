@@ -147,12 +147,13 @@ def run(args: argparse.Namespace) -> int:
                     ranks=args.ddp or 1, append=args.append,
                 )
             except ProfileInterrupted as stop:
+                # soft_wrap: a path or command on one line, whatever the width, so it pastes whole
                 for f in stop.files:
-                    console.print(f"partial trace kept: {f}")
+                    console.print(f"partial trace kept: {f}", soft_wrap=True)
                 if stop.files:
-                    console.print(f"analyse it with: workbench profile --analyze {stop.run_dir}")
+                    console.print(f"analyse it with: workbench profile --analyze {stop.run_dir}", soft_wrap=True)
                 raise
-        console.print(files_view(result))
+        console.print(files_view(result), soft_wrap=True)  # its paths and commands paste whole
         if not result.files:
             return 1
         analysis = analyze_path(result.run_dir, findings=findings)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(run_view(analysis, args.top))
         logdir = result.logdir
     if written:
-        console.print(f"analysis written to {written}")
+        console.print(f"analysis written to {written}", soft_wrap=True)
     if args.open_tensorboard:
         return _serve(console, logdir)
     return 0
@@ -231,16 +232,16 @@ def _as_torchrun_rank(args, console, source, options, limit, findings) -> int:  
     )
     if not lead:
         for f in result.files:
-            console.print(f"rank {rank} wrote {f}")
+            console.print(f"rank {rank} wrote {f}", soft_wrap=True)
         return 0 if result.files else 1
-    console.print(files_view(result))
+    console.print(files_view(result), soft_wrap=True)
     if not result.files:
         return 1
     analysis = analyze_path(result.run_dir, findings=findings)
     written = _write_analysis(args.json, analysis)
     console.print(run_view(analysis, args.top))
     if written:
-        console.print(f"analysis written to {written}")
+        console.print(f"analysis written to {written}", soft_wrap=True)
     return 0
 
 
