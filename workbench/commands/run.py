@@ -132,6 +132,8 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
             stopped_by, hit, paused = _advance(engine, args, report, tb, console)
         except StepError as exc:
             stopped_by, error = "error", exc
+        except RuntimeError as exc:  # raised in this loop's own bookkeeping, between the engine's phases
+            stopped_by, error = "error", engine.data_loading_error(exc)
     finally:
         if engine is not None:
             engine.close()

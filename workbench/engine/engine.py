@@ -32,6 +32,7 @@ from workbench.engine.errors import (
     describe_call,
     innermost_module,
     is_data_loading_error,
+    worker_death,
 )
 from workbench.engine.health import HealthThresholds
 from workbench.engine.instruments import Instruments, StepState
@@ -293,8 +294,30 @@ class Engine:
                 raise
             self._fail(phase, s, exc)
 
+    def data_loading_error(self, exc: RuntimeError) -> StepError:
+        """``exc`` raised between phases, in the caller's own loop, as the StepError it is when a
+        DataLoader worker died: torch's SIGCHLD handler raises it wherever the main thread is, so
+        it is the next step's data-loading failure. Any other error is raised again as it is."""
+        if not is_data_loading_error(exc):
+            raise exc
+        try:
+            self._fail(self._next_phase, self._state, exc)
+        except StepError as error:
+            return error
+
     def _fail(self, phase: Phase, s: StepState, exc: BaseException) -> NoReturn:
-        error = StepError(phase, s.step, exc, self._error_context(phase, s, exc))
+        exc = worker_death(exc) or exc  # a broken batch hand-over is the worker's death it hides
+        error = None
+        for _ in range(8):
+            try:
+                if is_data_loading_error(exc):
+                    self._cycle.drop()  # first: a dead worker's DataLoader keeps raising from SIGCHLD
+                error = StepError(phase, s.step, exc, self._error_context(phase, s, exc))
+                break
+            except RuntimeError as again:  # that handler fired again while this error was being built
+                if not is_data_loading_error(again):
+                    raise
+        assert error is not None, "a DataLoader worker's death kept interrupting its own report"
         self._last_error = error
         self._abort_step(s)
         raise error from exc
@@ -351,15 +374,8 @@ class Engine:
                         on_step(result.record)
             except StepError as exc:
                 return RunOutcome(done, StopReason.ERROR, error=exc)
-            except RuntimeError as exc:
-                # A DataLoader worker's death is raised by its SIGCHLD handler wherever the main
-                # thread is: in should_stop or on_step too. It is the next step's failure.
-                if not is_data_loading_error(exc):
-                    raise
-                try:
-                    self._fail(self._next_phase, self._state, exc)
-                except StepError as error:
-                    return RunOutcome(done, StopReason.ERROR, error=error)
+            except RuntimeError as exc:  # in should_stop or on_step
+                return RunOutcome(done, StopReason.ERROR, error=self.data_loading_error(exc))
             if until_break and result.break_hit is not None:
                 return RunOutcome(done, StopReason.BREAKPOINT, result.break_hit)
         return RunOutcome(done, StopReason.STEPS)

@@ -15,6 +15,7 @@ front end (run, check, the TUI) gives the same one-line advice.
 from __future__ import annotations
 
 import re
+import time
 import traceback
 import types
 from collections.abc import Callable, Sequence
@@ -116,6 +117,43 @@ _DATALOADER_RE = re.compile(
 def is_data_loading_error(exc: BaseException) -> bool:
     """True when a DataLoader worker died or its dataset raised (whatever phase noticed it)."""
     return isinstance(exc, Exception) and bool(_DATALOADER_RE.search(str(exc)))
+
+
+def worker_death(exc: BaseException) -> RuntimeError | None:
+    """The DataLoader's own "worker ... is killed" error behind ``exc``, or None.
+
+    A worker that dies while handing a batch over (its tensors travel as shared-memory file
+    descriptors) leaves the reader with a ConnectionResetError or EOFError from inside the
+    DataLoader's fetch, before its SIGCHLD handler says which worker died. Asking torch's
+    worker check then gives the real error, with ``exc`` as its cause.
+    """
+    if not isinstance(exc, (ConnectionError, EOFError)) or not _raised_in_dataloader(exc):
+        return None
+    try:
+        from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
+    except ImportError:  # a torch without that private check: keep the error as it came
+        return None
+    # The reader's socket closes as the worker exits, a moment before the worker can be reaped:
+    # look again for up to half a second (only on this already-failed path).
+    for _ in range(50):
+        try:
+            _error_if_any_worker_fails()
+        except RuntimeError as death:
+            death.__cause__ = exc
+            return death
+        except Exception:
+            return None
+        time.sleep(0.01)
+    return None
+
+
+def _raised_in_dataloader(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("torch/utils/data/dataloader.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 USER_EXIT = (

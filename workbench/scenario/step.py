@@ -135,6 +135,15 @@ class DataCycle:
             return item
         raise ScenarioError(f"{self.where} yielded no batches; it must yield at least one batch.")
 
+    def drop(self) -> None:
+        """Let go of the data's iterator (the next item starts a fresh pass), shutting down a
+        DataLoader's workers now: after a worker died, torch's SIGCHLD handler raises again on
+        every signal for as long as the iterator keeps its dead worker registered."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's own cleanup, what its __del__ calls
+        if callable(shutdown):
+            shutdown()
+
     def __next__(self) -> Batch:
         return self.scenario.make_batch(self.next_item(), self.where)
 
