@@ -13,6 +13,7 @@ from workbench.engine.probe import (
     SampleIndex,
     nonfinite_counts,
     real_values,
+    std_of,
     stack_f32,
 )
 from workbench.engine.records import ParamStats
@@ -127,10 +128,8 @@ class GradReadings:
         out = []
         for norm, amax, w, total, sq, n in zip(norms, abs_max, weights, sums, squares, self.lengths):
             mean = total / n
-            # E[g^2] - E[g]^2 of the sample, in double: gradients centre near zero, so no precision is lost.
-            var = sq * sq / n - mean * mean
-            std = math.sqrt(var) if var > 0 else (math.nan if math.isnan(var) else 0.0)
-            out.append(GradRow(norm, mean, std, amax, w))
+            # Unshifted: gradients centre near zero, so E[g^2] - E[g]^2 loses no precision.
+            out.append(GradRow(norm, mean, std_of(mean, sq * sq / n), amax, w))
         return out
 
 

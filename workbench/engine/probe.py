@@ -271,13 +271,19 @@ def sample_sums(samples: torch.Tensor) -> torch.Tensor:
     return torch.stack([first[:, 0], shifted.sum(dim=1), torch.linalg.vector_norm(shifted, dim=1), nonzero], dim=1)
 
 
+def std_of(mean: float, mean_square: float) -> float:
+    """sqrt(E[x^2] - E[x]^2), in double on the host: 0 where rounding leaves it a hair below
+    zero, NaN when either moment is NaN."""
+    var = mean_square - mean * mean
+    return math.sqrt(var) if var > 0 else (math.nan if math.isnan(var) else 0.0)
+
+
 def sample_moments(first: float, d_sum: float, d_norm: float, nonzero: float, length: int,
                    size: int) -> tuple[float, float, float]:
     """(mean, std, zero fraction) of a sample of ``length`` real elements padded to ``size``,
     from its :func:`sample_sums` row."""
     d_mean = d_sum / length
-    var = d_norm * d_norm / length - d_mean * d_mean
-    std = math.sqrt(var) if var > 0 else (math.nan if math.isnan(var) else 0.0)
+    std = std_of(d_mean, d_norm * d_norm / length)
     # Non-zeros of the whole row, less the padding's (which are zeros only when the first is).
     real_nonzero = nonzero - (size - length) * (first != 0)
     return first + d_mean, std, (length - real_nonzero) / length
