@@ -56,6 +56,7 @@ from workbench.scenario.step import (
     DataCycle,
     apply_update,
     backward,
+    clip_total_norm,
     instrumented,
     prepare_update,
     scheduler_after_update,
@@ -529,14 +530,20 @@ class Engine:
             scaler.unscale_(self._scenario.optimizer)
             s.sub_phase_seconds["unscale"] = time.perf_counter() - t0
         s.charge("grad_hooks", self._probe.seconds)
-        self._inst.backward_stats(s, self._scenario.optimizer, scaler)
+        if self._scenario.clip_grad_norm is not None:
+            # The norm clipping scales by, computed once: the unmeasured step's total norm is
+            # this tensor, and prepare_update clips with it instead of computing it again.
+            t0 = time.perf_counter()
+            s.clip_norm = clip_total_norm(self._scenario.model)
+            s.clip_norm_seconds = time.perf_counter() - t0
+        self._inst.backward_stats(s, self._scenario.optimizer, scaler, total=s.clip_norm)
 
     def _optimizer_step(self, s: StepState) -> None:
         scenario = self._scenario
         s.lrs = self._lrs()
-        prep = prepare_update(scenario, self._scaler, unscaled=self._scaler is not None)
+        prep = prepare_update(scenario, self._scaler, unscaled=self._scaler is not None, grad_norm=s.clip_norm)
         if prep.grad_norm is not None:
-            s.sub_phase_seconds["clip_grad"] = prep.clip_seconds
+            s.sub_phase_seconds["clip_grad"] = prep.clip_seconds + s.clip_norm_seconds
         if scenario.before_step is not None:
             s.sub_phase_seconds["before_step"] = prep.before_step_seconds
         before = self._inst.before_update(s)

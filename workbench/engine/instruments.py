@@ -96,6 +96,8 @@ class StepState:
     grad_scale: float | None = None
     amp_skipped: bool = False
     sub_phase_seconds: dict[str, float] = field(default_factory=dict)
+    clip_norm: torch.Tensor | None = None  # clipping on: the total norm it scales by (computed in backward)
+    clip_norm_seconds: float = 0.0
 
     charged: float = 0.0  # the sum of ``instrument``, kept as it grows (read around every phase)
 
@@ -247,13 +249,16 @@ class Instruments:
 
     # -- backward -------------------------------------------------------------------------
     def backward_stats(self, s: StepState, optimizer: Any, scaler: torch.amp.GradScaler | None = None,
-                       params: list[ParamRef] | None = None, total_rule: bool = True) -> None:
+                       params: list[ParamRef] | None = None, total_rule: bool = True,
+                       total: torch.Tensor | None = None) -> None:
         """Gradient stats after backward (the backward's one transfer) and the backward rules.
 
         ``optimizer``: what holds the parameters (anything with ``param_groups``), for the
         unowned-parameter rule. ``scaler``: the fp16 GradScaler whose overflow steps are
         reported as such. ``params``: the parameters judged (default: all); ``total_rule``:
         judge their total norm as the model's (False when it is only part of the model's).
+        ``total``: the total norm of these gradients as a device tensor, when the caller
+        already has it (the clipping's): an unmeasured step reads it instead of its own.
         """
         refs = self.params if params is None else params
         t0 = time.perf_counter()
@@ -278,7 +283,8 @@ class Instruments:
                 root = backward_root(self.probe.calls, self.probe.grad_calls, act_norms, stats,
                                      self.probe.model_output_call)
         else:
-            total = total_grad_norm_tensor(refs)
+            if total is None:
+                total = total_grad_norm_tensor(refs)
             # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
             s.total_grad_norm = float(cast(float, total.tolist())) if total is not None else None
             no_grad = [p for p in refs if p.param.grad is None]

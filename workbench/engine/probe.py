@@ -160,6 +160,27 @@ def float_tensors(values: Iterable[Any]) -> list[torch.Tensor]:
     return out
 
 
+def dense_flat(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s elements as a 1-D tensor, in memory order, without a copy where one is not needed.
+
+    A contiguous tensor gives its view; a permuted but gap-free one (``batch_first`` LSTM
+    output, a transpose, channels-last) a flat view of the memory it fills, where
+    ``reshape(-1)`` would copy it all in logical order. The same elements either way, so
+    min/max and a sample of positions are unchanged; only an overlapping or gapped tensor
+    (an expanded or sliced view) is copied.
+    """
+    if t.is_contiguous():
+        return t.view(-1)
+    n = t.numel()
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return t.reshape(-1)
+        expected *= size
+    return t.as_strided((n,), (1,), t.storage_offset())
+
+
 def stack_f32(tensors: Iterable[torch.Tensor], device: torch.device | None = None) -> torch.Tensor:
     """Same-shaped tensors stacked as float32 on ``device`` (default: the first one's).
 
@@ -190,13 +211,12 @@ class SampleIndex:
         self._masks: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         self._lengths: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
 
-    def take(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(a copy of ``size`` elements, how many of them are real).
+    def take(self, flat: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(a copy of ``size`` elements of the 1-D ``flat``, how many of them are real).
 
         A small tensor is padded with copies of its FIRST element (not zeros): shifted by that
         element, the padding is exactly zero, so :func:`sample_sums` needs no mask pass.
         """
-        flat = t.reshape(-1)
         n = flat.numel()
         if n < self.size:
             return torch.cat([flat, flat[:1].expand(self.size - n)]), n
@@ -207,7 +227,7 @@ class SampleIndex:
     def take_flat(self, t: torch.Tensor) -> torch.Tensor:
         """The sample of ``t`` without padding: the whole of a small tensor (a view of it, not a
         copy: for tensors nothing modifies before the sample is reduced), else ``size`` elements."""
-        flat = t.reshape(-1)
+        flat = dense_flat(t)
         return flat if flat.numel() <= self.size else self._select(flat)
 
     def _select(self, flat: torch.Tensor) -> torch.Tensor:
@@ -572,7 +592,8 @@ class ActivationProbe:
         # Now, not at phase end: the tensor may be modified in place by the next module.
         # A fixed-size copy serves the mean, std, zeros, NaN/Inf counts and saturation,
         # reduced together with every other call's at phase end.
-        sample, real = self._sampler.take(t)
+        flat = dense_flat(t)
+        sample, real = self._sampler.take(flat)
         self._samples.append(sample)
         self._lengths.append(real)
         # Exactly ONE pass over the whole tensor: min/max (exact finiteness: a NaN anywhere
@@ -594,7 +615,7 @@ class ActivationProbe:
             self._mins.append(sample[:real].amin())
             self._maxs.append(unit_max.amax())
             return
-        mn, mx = torch.aminmax(t)
+        mn, mx = torch.aminmax(flat)  # the dense view: a permuted tensor read in memory order
         self._mins.append(mn)
         self._maxs.append(mx)
         if plain:
