@@ -103,6 +103,40 @@ def test_instrumented_training_is_identical_to_a_plain_loop(name: str) -> None:
     assert got == expected  # bit-identical: the hooks observe, they never change the math
 
 
+def _clipping_scenario() -> Scenario:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 6, generator=g) * 4, torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), loss_fn=nn.CrossEntropyLoss(),
+                    data=data, clip_grad_norm=0.05, seed=0)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_clipping_with_the_steps_own_norm_is_bit_identical_to_clip_grad_norm(every: int) -> None:
+    # The engine computes the total norm once in backward and clips with it; the result must be
+    # what a plain loop with clip_grad_norm_ gets, on measured and unmeasured steps alike.
+    plain = _clipping_scenario()
+    torch.manual_seed(plain.seed)
+    norms = []
+    for step in range(6):
+        x, y = plain.data[step % 4]
+        loss = plain.loss_fn(plain.model(x), y)
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(plain.model.parameters(), 0.05)))
+        plain.optimizer.step()
+        plain.optimizer.zero_grad()
+    with Engine(_clipping_scenario(), EngineConfig(stats_every=every)) as eng:
+        eng.run(6)
+        records = list(eng.history)
+        model = eng.scenario.model
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.model.parameters()))
+    assert [r.grad_norm_before_clip for r in records] == norms
+    assert all(r.clipped for r in records)  # the norm is far above 0.05: every step was scaled
+    assert [r.total_grad_norm for r in records if not r.measured] == pytest.approx(
+        [n for r, n in zip(records, norms) if not r.measured], rel=1e-6)
+
+
 def test_stats_every_k_and_bounded_history() -> None:
     with Engine(load(SCENARIOS / "mlp_digits.py"), EngineConfig(stats_every=3, history=4)) as eng:
         out = eng.run(7)

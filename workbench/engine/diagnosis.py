@@ -328,6 +328,8 @@ class Diagnosis:
         self.t = thresholds
         self.unowned: tuple[str, ...] = ()
         self._told_unowned: tuple[str, ...] = ()
+        self._owned_key: tuple[tuple[int, int, int, int], ...] = ()
+        self._owned: set[int] = set()
         self._scale_checked = False
         self._told_probabilities: set[str] = set()
         self._told_broadcast: set[tuple[Any, ...]] = set()
@@ -542,7 +544,15 @@ class Diagnosis:
     # -- backward ---------------------------------------------------------------------
     def unowned_parameters(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Finding]:
         """Parameters with a gradient that no optimizer param group holds (host-side only)."""
-        owned = {id(p) for g in optimizer.param_groups for p in g.get("params", ())}
+        groups = optimizer.param_groups
+        # The ids the groups hold, gathered again only when the groups change (add_param_group,
+        # a list replaced or grown): building the set every step was most of this rule's cost.
+        key = tuple((id(params), len(params), id(params[0]) if params else 0, id(params[-1]) if params else 0)
+                    for params in (g.get("params", ()) for g in groups))
+        if key != self._owned_key:
+            self._owned_key = key
+            self._owned = {id(p) for g in groups for p in g.get("params", ())}
+        owned = self._owned
         names = tuple(n for n, p in _named_parameters(model) if p.requires_grad and p.grad is not None
                       and id(p) not in owned)
         self.unowned = names
@@ -767,14 +777,15 @@ class Diagnosis:
         diffs = [history[i] - history[i - lag] for i in range(len(history) - w + 1, len(history))]
         pairs = list(zip(diffs, diffs[1:]))
         alternating = sum(1 for a, b in pairs if a * b < 0) / len(pairs)
-        level = statistics.median(losses)
-        change = statistics.median(abs(d) for d in diffs)
-        amplitude = change / level if level > 0 else 0.0
-        start = statistics.fmean(self._baseline)
-        half = len(losses) // 2
-        settling = statistics.fmean(losses[half:]) < (1 - t.oscillation_settle) * statistics.fmean(losses[:half])
-        firing = (alternating >= t.oscillation_alternation and amplitude >= t.oscillation_amplitude
-                  and change >= t.oscillation_floor * abs(start) and not settling)
+        firing = alternating >= t.oscillation_alternation  # the rest only then: this runs every step
+        if firing:
+            level = statistics.median(losses)
+            change = statistics.median(abs(d) for d in diffs)
+            amplitude = change / level if level > 0 else 0.0
+            start = statistics.fmean(self._baseline)
+            half = len(losses) // 2
+            settling = statistics.fmean(losses[half:]) < (1 - t.oscillation_settle) * statistics.fmean(losses[:half])
+            firing = amplitude >= t.oscillation_amplitude and change >= t.oscillation_floor * abs(start) and not settling
         if not firing:
             # Said again only after a whole quiet window: a flicker is the same oscillation.
             self._osc_quiet += 1
