@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from tests.conftest import BROKEN, SCENARIOS
 from workbench.engine.records import SILENT_BUG_KINDS
 from workbench.engine import FINDING_KINDS, Engine, EngineConfig, Finding, HealthThresholds, Phase
+from workbench import Scenario
 from workbench.scenario import discover, load
 
 PATHO = BROKEN / "pathologies.py"
@@ -80,6 +83,27 @@ def test_exploding_gradient_spike_against_the_running_average() -> None:
     spikes = [f for f in found if f.kind == "exploding_gradient"]
     assert spikes and min(f.step for f in spikes) == 6  # (step 7 follows: step 6 wrecked the weights)
     assert "running average" in spikes[0].message
+
+
+def test_the_saturation_band_threshold_decides_what_counts_as_pinned() -> None:
+    # Pre-activations of about +-3: sigmoid outputs within ~5% of a bound, never within 0.1%.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Sigmoid(), torch.nn.Linear(64, 1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.where(torch.arange(64) % 2 == 0, 3.0, -3.0))
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def saturation(band: float) -> float | None:
+        net = copy.deepcopy(model)
+        scenario = Scenario(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                            loss_fn=torch.nn.MSELoss(), data=[(x, y)], seed=0)
+        with Engine(scenario, EngineConfig(thresholds=HealthThresholds(saturation_band=band))) as eng:
+            eng.advance()
+            return next(m for m in eng.current.modules if m.name == "1").saturated_fraction
+
+    assert saturation(1e-3) == 0.0
+    assert saturation(0.06) == 1.0  # sigmoid(3) = 0.953: inside a 6% band of the top bound
 
 
 def test_saturated_sigmoid() -> None:

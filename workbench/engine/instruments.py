@@ -117,10 +117,11 @@ class Instruments:
     def __init__(self, model: nn.Module, *, sample_size: int = 4096,
                  thresholds: HealthThresholds | None = None) -> None:
         self.model = model
-        self.probe = ActivationProbe(model, sample_size)
+        thresholds = thresholds or HealthThresholds()
+        self.probe = ActivationProbe(model, sample_size, saturation_band=thresholds.saturation_band)
         self.params: list[ParamRef] = param_refs(model)
         self.sampler = SampleIndex(sample_size)
-        self.health = HealthMonitor(thresholds or HealthThresholds())
+        self.health = HealthMonitor(thresholds)
         self.health.diagnosis.set_param_names(model)
         self.recurrent = recurrent_modules(model)
         self.phase_findings: list[Finding] = []  # what the phase in progress found

@@ -384,9 +384,12 @@ class ActivationProbe:
     everything else is computed once per phase on the stacked results.
     """
 
-    def __init__(self, model: nn.Module, sample_size: int = 4096) -> None:
+    def __init__(self, model: nn.Module, sample_size: int = 4096, saturation_band: float = 1e-3) -> None:
         self.model = model
         self.sample_size = sample_size
+        # A Sigmoid/Tanh output within this share of its range from a bound counts as pinned
+        # there (HealthThresholds.saturation_band).
+        self.saturation_band = saturation_band
         self._sampler = SampleIndex(sample_size)
         self.names: dict[nn.Module, str] = {}
         for name, module in model.named_modules():
@@ -682,10 +685,9 @@ class ActivationProbe:
         sat_calls = [c for c in self.calls if c.saturation is not None and c.measured]
         if sat_calls:
             mask, _ = self._sampler.mask(tuple(self._lengths), device)
-            idx, lo, hi = self._saturation_tensors(sat_calls, device)
+            idx, low, high = self._saturation_tensors(sat_calls, device)
             rows = samples.index_select(0, idx)
-            band = 1e-3 * (hi - lo)
-            pinned = ((rows <= lo + band) | (rows >= hi - band)) & mask.index_select(0, idx)
+            pinned = ((rows <= low) | (rows >= high)) & mask.index_select(0, idx)
             parts.append(pinned.sum(dim=1, dtype=f32))  # counts: divided on the host
         if self._relu_max:
             parts.append(stack_f32([(m <= 0).mean(dtype=f32) for m in self._relu_max], device))
@@ -695,13 +697,16 @@ class ActivationProbe:
     def _saturation_tensors(self, sat_calls: list[CallInfo], device: torch.device) -> tuple[torch.Tensor, ...]:
         # Built once per model layout: a host->device copy of a Python list every step would
         # wait for the device on CUDA (pageable memory), a hidden sync.
+        # The band's edges are constants of the layout too: (rows, idx of each, low edge, high edge).
         key = (device, tuple((c.row, c.saturation) for c in sat_calls))
         cached = self._const_cache.get(key)
         if cached is None:
             idx = torch.tensor([c.row for c in sat_calls], device=device)
-            lo = torch.tensor([c.saturation[0] for c in sat_calls], device=device)[:, None]  # type: ignore[index]
-            hi = torch.tensor([c.saturation[1] for c in sat_calls], device=device)[:, None]  # type: ignore[index]
-            cached = (idx, lo, hi)
+            band = self.saturation_band
+            bounds = [c.saturation for c in sat_calls if c.saturation is not None]
+            low = torch.tensor([lo + band * (hi - lo) for lo, hi in bounds], device=device)[:, None]
+            high = torch.tensor([hi - band * (hi - lo) for lo, hi in bounds], device=device)[:, None]
+            cached = (idx, low, high)
             self._const_cache[key] = cached
         return cached
 
