@@ -156,6 +156,24 @@ async def test_a_finished_run_dir_opens_read_only(tmp_path: Path) -> None:
         assert any("read-only" in n.message for n in app._notifications)
 
 
+async def test_a_finished_run_that_logged_no_loss_names_no_loss_source(tmp_path: Path) -> None:
+    # A plain model (no loss in its outputs) and a loop that never calls wb.log(loss=...).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with workbench.watch(model, opt, every=1, serve=f"unix:{tmp_path / 's.sock'}", run_dir=tmp_path / "run"):
+        for _ in range(2):
+            model(torch.randn(16, 4)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    app = create_app(attach=str(tmp_path / "run"), show_volatile=False)
+    async with app.run_test(size=SIZE) as pilot:
+        main = app.main
+        await until(pilot, lambda: main.view is not None and main.session.ended is not None)
+        phase = " ".join(plain(main.query_one("#phase")).split())
+        assert "step 2" in phase and "loss from" not in phase and "()" not in phase, phase
+
+
 def test_attach_list_shows_live_sessions_and_a_bad_target_exits_2(tmp_path: Path, capsys) -> None:
     loop = Loop(tmp_path, 2, hold_after=1).start()
     try:

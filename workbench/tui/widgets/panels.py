@@ -116,12 +116,14 @@ class PhaseBar(ViewPanel):
             loss = last.loss
         info.append("  loss ").append(fmt_float(loss, 4), theme.ERROR if loss is not None and not math.isfinite(loss) else "")
         source = last.loss_source if last is not None else "loss_fn"
-        if source != "loss_fn":  # the model computed its loss: the loss phase only reads it
+        if source and source != "loss_fn":  # the model computed its loss: the loss phase only reads it
+            # ("" is a watched run whose script logged no loss: nothing to say where it came from)
             info.append(f"  loss from {source}, timed in forward", theme.DIM)
         lrs = last.lrs if last is not None else ()
         if lrs:
             info.append("  lr ").append(" ".join(fmt_float(lr, 3) for lr in lrs))
-        info.append(f"  ({view.summary.optimizer})", theme.DIM)
+        if view.summary.optimizer:  # a watched loop may not say which optimizer it steps
+            info.append(f"  ({view.summary.optimizer})", theme.DIM)
         if last is not None and last.skipped:
             info.append("  last step skipped", theme.WARNING)
         # The breakpoints in force, always in sight (B edits them).
