@@ -34,6 +34,7 @@ def test_advance_runs_one_phase_at_a_time() -> None:
         assert eng.next_phase is Phase.LOSS
         cur = eng.current
         assert cur.phases_done == (Phase.FORWARD,)
+        assert cur.batch_size == 64  # mlp_digits' DataLoader batch: the TUI drops that dimension
         assert {m.name for m in cur.modules} == {"", "fc1", "act", "fc2"}
         assert cur.params == ()
         r = eng.advance()

@@ -418,6 +418,15 @@ def test_table_numbers_fit_their_columns_without_being_cropped() -> None:
     assert [short_count(n) for n in (64, 2048, 921_600, 1_384_448)] == ["64", "2048", "922K", "1.4M"]
 
 
+def test_shapes_drop_the_batch_dimension_only() -> None:
+    from workbench.tui.render import shape_str
+    assert shape_str((8, 24, 32), 8) == "24×32"  # a batch of 8 token sequences
+    assert shape_str((24, 32), 8) == "24×32"  # a position embedding: no batch dimension
+    assert shape_str((24, 8, 64), 8) == "24×8×64"  # a time-major LSTM's (T, N, H)
+    assert shape_str((8, 10), 0) == "10"  # batch size unknown: the first dimension is the batch's
+    assert (shape_str((8,), 8), shape_str(None, 8)) == ("8", "·")
+
+
 async def test_phase_bar_says_a_loss_from_the_model_is_timed_in_forward() -> None:
     # transformer_lm computes its loss in forward: the loss phase's ~0 ms must not read as free.
     app = create_app([str(ROOT / "scenarios" / "transformer_lm.py")], device="cpu", show_volatile=False)

@@ -219,7 +219,7 @@ class Engine:
         return StepProgress(
             step=s.step, next_phase=self._next_phase, phases_done=tuple(s.phases_done), loss=s.loss,
             total_grad_norm=s.total_grad_norm, phase_seconds=dict(s.phase_seconds), modules=s.modules,
-            params=s.params, findings=tuple(s.findings), measured=s.measured,
+            params=s.params, findings=tuple(s.findings), measured=s.measured, batch_size=s.batch_size,
         )
 
     @property

@@ -373,6 +373,7 @@ class StepProgress:
     params: tuple[ParamStats, ...]
     findings: tuple[Finding, ...]
     measured: bool
+    batch_size: int = 0  # samples in the step's batch (0: its forward has not drawn one yet)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,13 @@ class EngineView:
             out.update({m.name: m for m in self.current.modules})
         return out
 
+    def batch_size(self) -> int:
+        """Samples in the batch the shown module stats came from (0 when not known: a watched
+        loop does not say)."""
+        if self.current is not None and self.current.modules and self.current.batch_size:
+            return self.current.batch_size
+        return self.last.batch_size if self.last is not None else 0
+
     def fresh_modules(self) -> set[str]:
         """Modules whose activation stats were measured in the step in progress."""
         if self.current is None:

@@ -84,9 +84,15 @@ def meter(fraction: float, width: int, style: str = theme.INFO) -> Text:
     return text
 
 
-def shape_str(shape: Sequence[int] | None, batch: bool = True) -> str:
-    """64×30×30 for (N, 64, 30, 30): the batch dimension is dropped."""
+def shape_str(shape: Sequence[int] | None, batch_size: int = 0) -> str:
+    """64×30×30 for (N, 64, 30, 30) in a batch of N: the batch dimension is dropped.
+
+    A shape whose first dimension is not the batch's is shown whole: a time-major LSTM's
+    (T, N, H), a position embedding's (T, D). With the batch size unknown (0), the first
+    dimension is taken for the batch's.
+    """
     if shape is None:
         return "·"
-    dims = list(shape)[1:] if batch and len(shape) > 1 else list(shape)
+    batched = len(shape) > 1 and (batch_size <= 0 or shape[0] == batch_size)
+    dims = list(shape)[1:] if batched else list(shape)
     return "×".join(str(d) for d in dims) if dims else "scalar"

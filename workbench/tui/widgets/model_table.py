@@ -166,8 +166,9 @@ class ModelTable(DataTable):
         uw_fresh = any(p.update_ratio is not None for p in current_params)
         uw = _update_ratios(current_params if uw_fresh else last_params)
         health = _health(view)
+        batch_size = view.batch_size()
         cells = {n.name: _row(n, stats.get(n.name), n.name in fresh, grad_norms.get(n.name), grad_fresh,
-                             uw.get(n.name), uw_fresh, health.get(n.name), n.name in self.collapsed)
+                             uw.get(n.name), uw_fresh, health.get(n.name), n.name in self.collapsed, batch_size)
                  for n in nodes}
         name_width = self._fit_names(cells)
         if names != self._row_names or name_width != self._name_width:
@@ -323,7 +324,8 @@ def _num(value: float | None, style: str) -> Text:
 
 
 def _row(node: ModuleRow, stats: ModuleStats | None, fresh: bool, grad: float | None, grad_fresh: bool,
-         uw: float | None, uw_fresh: bool, severity: str | None, collapsed: bool) -> tuple[Text, ...]:
+         uw: float | None, uw_fresh: bool, severity: str | None, collapsed: bool,
+         batch_size: int = 0) -> tuple[Text, ...]:
     fold = ("▸ " if collapsed else "▾ ") if node.children else "  "
     icon = theme.severity_icon(severity) if severity in ("error", "warning") else " "
     name_style = theme.severity_style(severity) if severity in ("error", "warning") else ""
@@ -337,7 +339,7 @@ def _row(node: ModuleRow, stats: ModuleStats | None, fresh: bool, grad: float | 
         naninf = _cell("·", theme.DIM)
     else:
         values = (
-            _cell(shape_str(stats.shape), style),
+            _cell(shape_str(stats.shape, batch_size), style),
             _num(stats.mean, style), _num(stats.std, style), _num(stats.min, style),
             _num(stats.max, style), _zeros(stats.zero_fraction, style),
         )
