@@ -116,7 +116,7 @@ def _pvariance(xs: Sequence[float] | deque[float]) -> float:
     rounding, about 50x faster (it computes exactly in Fractions), since it runs every step."""
     n = len(xs)
     mean = math.fsum(xs) / n
-    return math.fsum((x - mean) * (x - mean) for x in xs) / n
+    return math.fsum([(x - mean) * (x - mean) for x in xs]) / n
 
 
 def _trajectory(values: Sequence[float], steps: Sequence[int], limit: int = 8) -> str:
@@ -338,6 +338,7 @@ class Diagnosis:
         self.classes_from = ""
         self._losses: list[float] = []  # every finite loss of the first window, then the recent ones
         self._baseline: list[float] = []
+        self._baseline_moments: tuple[float, float] | None = None  # (mean, variance) once it is full
         self._recent: deque[float] = deque(maxlen=thresholds.progress_window)
         self._lr_recent: deque[float] = deque(maxlen=thresholds.progress_window)
         self._no_progress_told = False
@@ -728,8 +729,11 @@ class Diagnosis:
             return None
         if self._steps_seen < 2 * w:
             return None
-        base, recent = statistics.fmean(self._baseline), statistics.fmean(self._recent)
-        noise = math.sqrt((_pvariance(self._baseline) + _pvariance(self._recent)) / w)
+        if self._baseline_moments is None:  # the first window's losses no longer change
+            self._baseline_moments = (statistics.fmean(self._baseline), _pvariance(self._baseline))
+        base, base_var = self._baseline_moments
+        recent = statistics.fmean(self._recent)
+        noise = math.sqrt((base_var + _pvariance(self._recent)) / w)
         allowed = max(self.t.progress_sigma * noise, self.t.progress_min_gain * abs(base))
         if base - recent > allowed:
             return None
@@ -816,6 +820,8 @@ class Diagnosis:
         """
         if loss is not None and math.isfinite(loss) and self._nan_root is not None:
             self._nan_root = None
+        if not found:  # most phases of most steps: nothing to link
+            return found
         roots = {f.kind for f in found if f.cause is None and f.kind in _ROOT_KINDS}
         if any(f.kind == NON_FINITE_DATA for f in found):
             self._nan_root = NON_FINITE_DATA

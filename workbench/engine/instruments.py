@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -287,7 +287,7 @@ class Instruments:
             if total is None:
                 total = total_grad_norm_tensor(refs)
             # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
-            s.total_grad_norm = float(cast(float, total.tolist())) if total is not None else None
+            s.total_grad_norm = float(total.item()) if total is not None else None
             no_grad = [p for p in refs if p.param.grad is None]
             if no_grad:  # a host-side check: no transfer needed to see a missing .grad
                 s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,

@@ -168,8 +168,13 @@ def grad_readings(refs: list[ParamRef], sampler: SampleIndex) -> GradReadings | 
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
+    """The 2-norm of every gradient together, as a device tensor (an unmeasured step's one number)."""
     with torch.no_grad():
-        grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
+        grads = [r.param.grad for r in refs if r.param.grad is not None]
+        for g in grads:  # dense real gradients need no rewrite (a loop: this runs every step)
+            if g.is_sparse or g.is_complex():
+                grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
+                break
         if not grads:
             return None
         return torch.linalg.vector_norm(stack_f32(torch._foreach_norm(grads)))

@@ -80,6 +80,13 @@ def tree_tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from tree_tensors(getattr(value, f.name))
 
 
+def _all_on(value: Any, device: torch.device) -> bool:
+    """Every tensor of ``value`` is on ``device`` (a plain tensor checked without a walk)."""
+    if isinstance(value, torch.Tensor):
+        return value.device == device
+    return all(t.device == device for t in tree_tensors(value))
+
+
 def _move(device: torch.device, non_blocking: bool | None) -> Callable[[torch.Tensor], torch.Tensor]:
     def move(t: torch.Tensor) -> torch.Tensor:
         if t.device == device:
@@ -169,8 +176,13 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool | None = None) -> Batch:
         """Every tensor on ``device``; non-tensor leaves pass through. ``non_blocking``
-        defaults to True exactly for pinned host tensors going to a GPU."""
-        return self.map(_move(torch.device(device), non_blocking))
+        defaults to True exactly for pinned host tensors going to a GPU. A batch already there
+        is returned as it is (every CPU step: rebuilding it cost more than the check)."""
+        device = torch.device(device)
+        parts = (self.inputs, self.targets) if self.style == PAIR else (self.data,)
+        if all(_all_on(part, device) for part in parts):
+            return self
+        return self.map(_move(device, non_blocking))
 
     def split(self, k: int, dim: int | None = None) -> list[Batch]:
         """``k`` micro-batches along ``dim`` (default ``batch_dim``), sizes differing by at most one.
