@@ -536,7 +536,8 @@ class Engine:
             t0 = time.perf_counter()
             s.clip_norm = clip_total_norm(self._scenario.model)
             s.clip_norm_seconds = time.perf_counter() - t0
-        self._inst.backward_stats(s, self._scenario.optimizer, scaler, total=s.clip_norm)
+        self._inst.backward_stats(s, self._scenario.optimizer, scaler,
+                                  total=s.clip_norm.norm if s.clip_norm is not None else None)
 
     def _optimizer_step(self, s: StepState) -> None:
         scenario = self._scenario

@@ -49,6 +49,7 @@ from workbench.engine.records import (
     Severity,
     SeverityLevel,
 )
+from workbench.scenario.step import ClipNorm
 
 # Findings made on demand, only on a step that already went non-finite (the batch's NaN/Inf).
 DataCheck = Callable[[], list[Finding]]
@@ -96,7 +97,7 @@ class StepState:
     grad_scale: float | None = None
     amp_skipped: bool = False
     sub_phase_seconds: dict[str, float] = field(default_factory=dict)
-    clip_norm: torch.Tensor | None = None  # clipping on: the total norm it scales by (computed in backward)
+    clip_norm: ClipNorm | None = None  # clipping on: the total norm it scales by (computed in backward)
     clip_norm_seconds: float = 0.0
 
     charged: float = 0.0  # the sum of ``instrument``, kept as it grows (read around every phase)

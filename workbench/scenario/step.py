@@ -188,18 +188,27 @@ class UpdatePrep:
     before_step_seconds: float = 0.0
 
 
-def clip_total_norm(model: nn.Module) -> torch.Tensor | None:
+@dataclass(frozen=True)
+class ClipNorm:
+    """The total gradient norm clipping scales by, with the parameters it was taken over."""
+
+    params: list[nn.Parameter]
+    norm: torch.Tensor  # on the device: read it when you choose (a sync)
+
+
+def clip_total_norm(model: nn.Module) -> ClipNorm | None:
     """The total gradient 2-norm of ``model`` exactly as ``clip_grad_norm_(model.parameters())``
     computes it (the same tensors, the same reduction), or None when no parameter has a
     gradient. A caller that reads the norm anyway passes it to :func:`prepare_update`, so the
-    clipping does not compute it a second time and scales the gradients bit for bit as
-    ``clip_grad_norm_`` would."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else None
+    clipping neither computes it nor walks the parameters a second time, and scales the
+    gradients bit for bit as ``clip_grad_norm_`` would."""
+    params = list(model.parameters())
+    grads = [p.grad for p in params if p.grad is not None]
+    return ClipNorm(params, torch.nn.utils.get_total_norm(grads)) if grads else None
 
 
 def prepare_update(scenario: Scenario, scaler: torch.amp.GradScaler | None = None,
-                   *, unscaled: bool = False, grad_norm: torch.Tensor | None = None) -> UpdatePrep:
+                   *, unscaled: bool = False, grad_norm: ClipNorm | None = None) -> UpdatePrep:
     """Between backward and the optimizer step: unscale (fp16), clip, ``before_step``.
 
     ``unscaled``: the caller already called ``scaler.unscale_`` this step. ``grad_norm``: the
@@ -215,8 +224,8 @@ def prepare_update(scenario: Scenario, scaler: torch.amp.GradScaler | None = Non
         if grad_norm is None:
             prep.grad_norm = torch.nn.utils.clip_grad_norm_(scenario.model.parameters(), scenario.clip_grad_norm)
         else:
-            torch.nn.utils.clip_grads_with_norm_(scenario.model.parameters(), scenario.clip_grad_norm, grad_norm)
-            prep.grad_norm = grad_norm
+            torch.nn.utils.clip_grads_with_norm_(grad_norm.params, scenario.clip_grad_norm, grad_norm.norm)
+            prep.grad_norm = grad_norm.norm
         prep.clip_seconds = time.perf_counter() - t0
     if scenario.before_step is not None:
         t0 = time.perf_counter()
