@@ -73,3 +73,29 @@ def test_a_healthy_step_measures_every_parameter_and_its_update() -> None:
     assert measured["0.weight"].update_norm is not None and measured["0.weight"].update_norm > 0
     missing = [f for f in s.findings if f.kind == NO_GRADIENT]
     assert {f.parameter for f in missing} == {"unused.weight", "unused.bias"}
+
+
+def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter() -> None:
+    # 96 x 128 = 12288 weights: more than the 4096-element sample the activations use.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 96), nn.Tanh(), nn.Linear(96, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    inst = Instruments(model)
+    inst.probe.attach()
+    x, y = torch.randn(32, 128), torch.randn(32, 1)
+    # The reference gradient and update, from a copy of the model trained by hand on the same batch.
+    ref = nn.Sequential(nn.Linear(128, 96), nn.Tanh(), nn.Linear(96, 1))
+    ref.load_state_dict(model.state_dict())
+    nn.functional.mse_loss(ref(x), y).backward()
+    g = ref[0].weight.grad.double()
+    expected_update = (0.5 * g).norm().item()
+    try:
+        s = _step(inst, model, opt, x, y)
+    finally:
+        inst.probe.detach()
+    p = {q.name: q for q in s.params}["0.weight"]
+    assert p.grad_mean is not None and p.grad_std is not None and p.update_norm is not None
+    assert abs(p.grad_mean - g.mean().item()) <= 1e-6 * g.abs().max().item()
+    assert abs(p.grad_std - g.std(unbiased=False).item()) <= 1e-4 * g.std().item()
+    assert abs(p.grad_norm - g.norm().item()) <= 1e-5 * g.norm().item()
+    assert abs(p.update_norm - expected_update) <= 1e-4 * expected_update

@@ -328,8 +328,8 @@ class Diagnosis:
         self.t = thresholds
         self.unowned: tuple[str, ...] = ()
         self._told_unowned: tuple[str, ...] = ()
-        self._owned_key: tuple[tuple[int, int, int, int], ...] = ()
-        self._owned: set[int] = set()
+        self._owned_key: tuple[Any, ...] = ()
+        self._not_owned: tuple[int, ...] = ()  # indices into the model's parameter list
         self._scale_checked = False
         self._told_probabilities: set[str] = set()
         self._told_broadcast: set[tuple[Any, ...]] = set()
@@ -548,14 +548,18 @@ class Diagnosis:
         groups = optimizer.param_groups
         # The ids the groups hold, gathered again only when the groups change (add_param_group,
         # a list replaced or grown): building the set every step was most of this rule's cost.
-        key = tuple((id(params), len(params), id(params[0]) if params else 0, id(params[-1]) if params else 0)
-                    for params in (g.get("params", ()) for g in groups))
+        # The model's parameters no group holds are found then too (as indices into the model's
+        # parameter list: this state is plain data), so a step only looks at those, usually none.
+        named = _named_parameters(model)
+        key = (id(model), len(named)) + tuple(
+            (id(params), len(params), id(params[0]) if params else 0, id(params[-1]) if params else 0)
+            for params in (g.get("params", ()) for g in groups))
         if key != self._owned_key:
             self._owned_key = key
-            self._owned = {id(p) for g in groups for p in g.get("params", ())}
-        owned = self._owned
-        names = tuple(n for n, p in _named_parameters(model) if p.requires_grad and p.grad is not None
-                      and id(p) not in owned)
+            owned = {id(p) for g in groups for p in g.get("params", ())}
+            self._not_owned = tuple(i for i, (_, p) in enumerate(named) if id(p) not in owned)
+        names = tuple(named[i][0] for i in self._not_owned
+                      if named[i][1].requires_grad and named[i][1].grad is not None)
         self.unowned = names
         if not names or names == self._told_unowned:
             return []

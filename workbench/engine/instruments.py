@@ -1,8 +1,8 @@
 """The instruments at each phase boundary of a training step, whoever owns the loop.
 
 ``Instruments`` holds what the engine measures with: the ActivationProbe (module
-hooks), the parameter references, the sampler and the health rules with their
-running state. Its methods are the phase boundaries: ``begin_forward`` /
+hooks), the parameter references and the health rules with their running
+state. Its methods are the phase boundaries: ``begin_forward`` /
 ``end_forward`` around the model call, then ``forward_stats``, ``loss_value``,
 ``backward_stats``, ``before_update`` / ``update_stats`` around the optimizer step.
 Each ends with at most ONE device->host transfer (marked "Sync point"). The
@@ -37,7 +37,7 @@ from workbench.engine.params import (
     param_stats_from_rows,
     total_grad_norm_tensor,
 )
-from workbench.engine.probe import ActivationProbe, CallInfo, CallStats, SampleIndex, stack_f32
+from workbench.engine.probe import ActivationProbe, CallInfo, CallStats, stack_f32
 from workbench.engine.records import (
     AMP_OVERFLOW,
     NAN_INF,
@@ -68,7 +68,7 @@ def _evolve(record: _R, **changes: Any) -> _R:
     return new
 
 
-@dataclass
+@dataclass(slots=True)
 class StepState:
     """The step in progress (mutable; the engine exposes it as a frozen StepProgress)."""
 
@@ -121,7 +121,6 @@ class Instruments:
         thresholds = thresholds or HealthThresholds()
         self.probe = ActivationProbe(model, sample_size, saturation_band=thresholds.saturation_band)
         self.params: list[ParamRef] = param_refs(model)
-        self.sampler = SampleIndex(sample_size)
         self.health = HealthMonitor(thresholds)
         self.health.diagnosis.set_param_names(model)
         self.recurrent = recurrent_modules(model)
@@ -266,7 +265,7 @@ class Instruments:
         t0 = time.perf_counter()
         root = None
         if s.measured:
-            readings = grad_readings(refs, self.sampler)
+            readings = grad_readings(refs)
             act = self.probe.grad_norms  # squared norms of the output gradients, backward order
             scalars = act + (readings.scalars if readings is not None else [])
             # Sync point: the backward's one transfer (activation-grad norms + parameter stats).
@@ -355,7 +354,9 @@ class Instruments:
         t0 = time.perf_counter()
         with torch.no_grad():
             now: list[torch.Tensor] = [r.param for r in refs]
-            update_norms = torch._foreach_norm(torch._foreach_sub(now, before))
+            # In place on the copy: the copy's last use, and no second set of buffers.
+            torch._foreach_sub_(before, now)
+            update_norms = torch._foreach_norm(before)
             weight_norms = torch._foreach_norm(now)
             both = stack_f32((*update_norms, *weight_norms))
         # Sync point: the optimizer phase's one transfer (update and weight norms).

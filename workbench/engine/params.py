@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from workbench.engine.probe import (
-    SampleIndex,
     nonfinite_counts,
     real_values,
     std_of,
@@ -97,8 +96,8 @@ class GradRow:
     """One parameter's gradient (and weight) as the backward's one transfer read it."""
 
     norm: float  # exact 2-norm (NaN/Inf when the gradient holds one)
-    mean: float  # from the gradient's sample
-    std: float
+    mean: float  # exact, from the gradient's sum
+    std: float  # exact, from the sum and the 2-norm
     abs_max: float  # exact
     weight_norm: float
 
@@ -110,7 +109,7 @@ class GradReadings:
 
     scalars: list[torch.Tensor]
     with_grad: list[int]  # indexes into the refs of the parameters that have a gradient
-    lengths: tuple[int, ...]  # each gradient's sample size
+    lengths: tuple[int, ...]  # each gradient's element count
     split_abs: bool  # the abs max came as (min, max) pairs (CPU), not as inf-norms
 
     def rows(self, values: Sequence[float]) -> list[GradRow]:
@@ -120,27 +119,29 @@ class GradReadings:
         blocks = [values[k * p:(k + 1) * p] for k in range(len(values) // p)]
         abs_max: Sequence[float]
         if self.split_abs:
-            norms, lows, highs, weights, sums, squares = blocks
+            norms, lows, highs, weights, sums = blocks
             abs_max = [max(-lo, hi) if not (math.isnan(lo) or math.isnan(hi)) else math.nan
                        for lo, hi in zip(lows, highs)]
         else:
-            norms, abs_max, weights, sums, squares = blocks
+            norms, abs_max, weights, sums = blocks
         out = []
-        for norm, amax, w, total, sq, n in zip(norms, abs_max, weights, sums, squares, self.lengths):
+        for norm, amax, w, total, n in zip(norms, abs_max, weights, sums, self.lengths):
             mean = total / n
             # Unshifted: gradients centre near zero, so E[g^2] - E[g]^2 loses no precision.
-            out.append(GradRow(norm, mean, std_of(mean, sq * sq / n), amax, w))
+            out.append(GradRow(norm, mean, std_of(mean, norm * norm / n), amax, w))
         return out
 
 
-def grad_readings(refs: list[ParamRef], sampler: SampleIndex) -> GradReadings | None:
+def grad_readings(refs: list[ParamRef]) -> GradReadings | None:
     """What a measured backward reads of every parameter with a gradient (None: none has one).
 
-    The 2-norm and the abs max are exact (``_foreach_norm``, one fused launch for all
-    parameters, and one ``aminmax`` each on CPU; NaN propagates through both, an Inf
-    shows in both); mean and std come from a fixed sample (exact for gradients of up to
-    ``sampler.size`` elements). NaN/Inf counts are exact and computed only when the abs
-    max is non-finite (param_stats_from_rows).
+    All exact: the 2-norm (``_foreach_norm``, one fused launch for all parameters), the abs
+    max (one ``aminmax`` each on CPU; NaN propagates through both, an Inf shows in both),
+    and the sum, which with the 2-norm gives the mean and std on the host. One sum per
+    gradient costs less than the sample it replaced (a view or a gather, then a sum and a
+    norm of it): on these sizes an operation's fixed cost is more than its pass over the
+    data. NaN/Inf counts are exact and computed only when the abs max is non-finite
+    (param_stats_from_rows).
     """
     with_grad = [i for i, r in enumerate(refs) if r.param.grad is not None]
     if not with_grad:
@@ -160,11 +161,8 @@ def grad_readings(refs: list[ParamRef], sampler: SampleIndex) -> GradReadings | 
             # One fused launch for every tensor: launches are what cost on an accelerator.
             scalars += torch._foreach_norm(grads, float("inf"))
         scalars += torch._foreach_norm(weights)
-        # Gradients are not modified before this phase ends: the samples may be views.
-        samples = [sampler.take_flat(g) for g in grads]
-        scalars += [t.sum() for t in samples]
-        scalars += torch._foreach_norm(samples)
-    return GradReadings(scalars, with_grad, tuple(t.numel() for t in samples), split_abs)
+        scalars += [g.sum(dtype=torch.float32) for g in grads]
+    return GradReadings(scalars, with_grad, tuple(max(g.numel(), 1) for g in grads), split_abs)
 
 
 def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:

@@ -231,12 +231,6 @@ class SampleIndex:
             return flat.clone(), n
         return self._select(flat), self.size
 
-    def take_flat(self, t: torch.Tensor) -> torch.Tensor:
-        """The sample of ``t`` without padding: the whole of a small tensor (a view of it, not a
-        copy: for tensors nothing modifies before the sample is reduced), else ``size`` elements."""
-        flat = dense_flat(t)
-        return flat if flat.numel() <= self.size else self._select(flat)
-
     def _select(self, flat: torch.Tensor) -> torch.Tensor:
         n = flat.numel()
         key = (n, flat.device)
@@ -331,6 +325,7 @@ def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float, fl
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
+_DEVICE_NAMES: dict[torch.device, str] = {}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -338,6 +333,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
     name = _DTYPE_NAMES.get(dtype)
     if name is None:
         name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+    return name
+
+
+def _device_name(device: torch.device) -> str:
+    """``cuda:0`` for that device (cached like the dtype names: str() of a device costs too)."""
+    name = _DEVICE_NAMES.get(device)
+    if name is None:
+        name = _DEVICE_NAMES[device] = str(device)
     return name
 
 
@@ -406,6 +409,8 @@ class ActivationProbe:
         self.execution_order: list[str] = []
         self._seen: set[str] = set()
         self._const_cache: dict[Any, tuple[torch.Tensor, ...]] = {}
+        self._dirty = True
+        self.model_output_call: int | None = None
         self.reset()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -439,16 +444,22 @@ class ActivationProbe:
         self._handles.clear()
 
     def begin_forward(self, measure: bool) -> None:
-        self.reset()
+        if self._dirty:
+            self.reset()
+        else:  # nothing was captured since the last reset (an unmeasured step): only the clock
+            self.seconds = 0.0
+            self.model_output_call = None
         self.generation += 1
         self.active = measure and self._attached
         if self.active:
+            self._dirty = True
             self._install_hooks()
         else:
             self._remove_hooks()
 
     def reset(self) -> None:
         self.active = False
+        self._dirty = False  # set by a measured forward: its lists are filled until the next reset
         self.calls: list[CallInfo] = []
         self._mins: list[torch.Tensor] = []
         self._maxs: list[torch.Tensor] = []
@@ -462,7 +473,7 @@ class ActivationProbe:
         self._cache: dict[int, _Cached] = {}
         self._pending_inputs: dict[int, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
         self.seconds = 0.0  # time spent inside hooks this phase
-        self.model_output_call: int | None = None
+        self.model_output_call = None
 
     def end_forward(self) -> None:
         # Inputs and outputs are kept alive by autograd as needed; drop our references.
@@ -537,7 +548,9 @@ class ActivationProbe:
             self.seconds += time.perf_counter() - start
             return
         if out is not None and out.numel() > 0:
-            viewed = None if out.is_nested else self._viewed_input(args, out)
+            # Only a view can lie in an input's memory (not a nested tensor: no flat view of it);
+            # asking first skips the inputs' walk for every other output.
+            viewed = self._viewed_input(args, out) if not out.is_nested and out._is_view() else None
             if viewed is not None:
                 # Flatten, a reshape-only module: the same values in the same memory, so the
                 # producer's stats hold and a second pass over them would only cost.
@@ -587,7 +600,7 @@ class ActivationProbe:
     def _summarise(self, module: nn.Module, t: torch.Tensor, call: CallInfo) -> None:
         call.shape = padded_shape(t)
         call.dtype = _dtype_name(t.dtype)
-        call.device = str(t.device)
+        call.device = _device_name(t.device)
         call.numel = t.numel()
         call.nbytes = t.numel() * t.element_size()
         call.measured = True

@@ -161,6 +161,9 @@ class Batch:
     def size(self) -> int:
         """Samples in the batch: the length along ``batch_dim`` of its first tensor that has
         that dimension (a pair's targets first, as contract v1 counted)."""
+        first = self.targets if self.style == PAIR else self.data
+        if isinstance(first, torch.Tensor) and first.dim() > self.batch_dim:  # the usual batch: no walk
+            return int(first.shape[self.batch_dim])
         order = [*tree_tensors(self.targets), *tree_tensors(self.inputs)] if self.style == PAIR else self.tensors()
         for t in order:
             if t.dim() > self.batch_dim:
