@@ -464,3 +464,20 @@ def test_a_nan_on_an_unmeasured_step_points_at_every_1_not_at_a_replay_the_loop_
     (nan,) = [f for f in wb.findings if f.kind == "nan_inf" and f.step == 1]
     assert "every=1" in nan.message and "one step in 4" in nan.message
     assert "workbench run" not in nan.message and "--replay" not in nan.message
+
+
+def test_a_wait_breakpoint_on_a_rank_other_than_0_is_logged_and_the_loop_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rank 1 of 2: it serves no session (rank 0's), so nobody could tell it to go on.
+    from workbench.session.watch import loop
+
+    monkeypatch.setattr(loop, "current_rank", lambda: (1, 2))
+    torch.manual_seed(0)
+    wb, _ = _train_dict_lm(DictLM(poison=True), {
+        "every": 1, "break_on": ["nan_inf"], "on_break": "wait", "serve": f"unix:{tmp_path / 's.sock'}",
+        "run_dir": tmp_path / "run", "report": tmp_path / "r.json"}, steps=3)
+    assert [h.step for h in wb.break_hits] == [0, 1, 2]  # every step hit, none held
+    assert wb.step_index == 3 and not any(r.skipped for r in wb.history)
+    assert not (tmp_path / "s.sock").exists() and wb.address is None
+    report = json.loads((tmp_path / "r.rank1.json").read_text())
+    assert len(report["steps"]) == 3

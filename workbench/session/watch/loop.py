@@ -608,6 +608,10 @@ class Watch:
         if self.on_break == "pdb":
             breaks.debug(hit, self.model, self, self._s, self._inst.activation_sample)
             return
+        if self._out.live is None:
+            # A rank other than 0 serves no session, so nobody could tell it to go on: the hit is
+            # logged, and the rank waits for rank 0 (which holds) at its next collective.
+            return
         self._wait(hit, index)
 
     def _wait(self, hit: BreakHit, index: int | None) -> None:
@@ -620,8 +624,7 @@ class Watch:
                     ref.param.grad = None
                 self._skipped.add(hit.step)
 
-        # on_break="wait" requires serve= (checked at the start); a rank other than 0 does not serve.
-        assert self._out.live is not None
+        assert self._out.live is not None  # _on_hit waits only where this process serves
         try:
             self._out.live.wait_at_break(hit, skip)
         except Stopped as stop:
@@ -686,7 +689,9 @@ def watch(
     workbench.run/1, as ``workbench run --json`` writes (per rank under torch.distributed:
     ``exp.rank1.json``). ``tensorboard``: a log directory. ``break_on``: conditions as
     ``run --break-on`` takes them. ``on_break``: "raise" (``workbench.Break``, before the
-    optimizer step), "pdb", "wait" (needs ``serve``) or "log". ``on_finding``: called with
+    optimizer step), "pdb", "wait" (needs ``serve``; on a rank other than 0, which serves
+    nothing, a hit is logged and the rank waits for rank 0 at its next collective) or "log".
+    ``on_finding``: called with
     every finding. ``serve``: True (127.0.0.1, a free port) or an address ("HOST:PORT",
     "unix:PATH"): publish the session live for ``workbench attach`` (rank 0 only), with its
     files under ``run_dir`` (default runs/watch/SCRIPT-TIME-PID).
