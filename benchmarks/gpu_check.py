@@ -226,11 +226,14 @@ def oom_child() -> int:
     torch.cuda.set_per_process_memory_fraction(cap / total, 0)
     try:
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 4096)).cuda()  # 128 MiB
+        model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)).cuda()  # 4 MiB
         g = torch.Generator().manual_seed(0)
-        # 128 MiB of inputs, then 128 MiB per activation: over the cap within the first forward.
-        big = [(torch.randn(8192, 4096, generator=g), torch.randn(8192, 4096, generator=g))]
-        small = [(torch.randn(64, 4096, generator=g), torch.randn(64, 4096, generator=g))]
+        # 96 MiB of inputs fit under the cap with the model; the first Linear's output (96 MiB)
+        # does too, the ReLU's (96 MiB more) does not: a real OOM inside the first forward. The
+        # step after it (the same model, a small batch, gradients and the measured step's copy
+        # of the parameters: a few MiB) fits, once the engine has let the failed step's memory go.
+        big = [(torch.randn(24576, 1024, generator=g), torch.randn(24576, 1, generator=g))]
+        small = [(torch.randn(64, 1024, generator=g), torch.randn(64, 1, generator=g))]
         t0 = time.perf_counter()
         s = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
                      loss_fn=nn.MSELoss(), data=big, name="oom-check")
@@ -245,18 +248,23 @@ def oom_child() -> int:
         s2 = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1e-3),
                       loss_fn=nn.MSELoss(), data=small, name="after-oom")
         with Engine(s2) as eng:
-            rec = eng.step_once()
+            try:
+                rec = eng.step_once()
+            except StepError as err:
+                print(f"AFTER step failed: {str(err).splitlines()[0][:300]}")
+                return 1
         print(f"AFTER step ok, loss {rec.loss:.4f}, allocated {torch.cuda.memory_allocated() / 2**20:.1f} MiB")
         return 0
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)  # back to the default
 
 
-def row_oom(c: Check, device: str) -> None:
+def row_oom(c: Check, device: str, seconds: float) -> None:
     if device != "cuda":
         c.skip("set_per_process_memory_fraction and a CUDA OOM need a CUDA device")
         return
-    proc = subprocess.run([sys.executable, __file__, OOM_CHILD], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, __file__, OOM_CHILD], capture_output=True, text=True,
+                          timeout=max(20.0, min(120.0, seconds)))
     for line in proc.stdout.splitlines():
         c.say(line)
     if proc.returncode != 0:
@@ -270,9 +278,10 @@ def row_diff(c: Check, device: str, tmp: Path) -> None:
     rc, _ = _cli(["diff", CNN, "--device", device, "--b", "fp16", "--json", str(out)])
     data = json.loads(out.read_text())
     worst = max(data["layers"], key=lambda d: d.get("rel_error") or 0.0, default=None)
+    rel = worst.get("rel_error") if worst else None
     c.say(f"loss fp32 {data['loss_a']:.5f} fp16 {data['loss_b']:.5f}; diverged {data['diverged']}; "
           f"first over {data['first_over']}; worst layer {worst['name'] if worst else '-'} "
-          f"rel error {worst['rel_error'] if worst else float('nan'):.2e}")
+          f"rel error {rel if rel is not None else float('nan'):.2e}")
     c.expect(rc in (0, 1) and data["device"].startswith(device), f"workbench diff --b fp16 on {device} (exit {rc})")
 
 
@@ -285,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cuda (default); cpu rehearses the same code paths (figures are not GPU figures)")
     parser.add_argument("--budget", type=float, default=470.0, help="seconds for all rows (default 470)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the tax table (default 5)")
-    parser.add_argument("--rows", default="tax,bench,run-memory,profile,oom,diff-fp16")
+    # The quick checks first, the long tables last: a budget that runs out skips the least.
+    parser.add_argument("--rows", default="run-memory,oom,profile,diff-fp16,tax,bench")
     parser.add_argument("--keep", metavar="DIR", help="keep reports and traces here")
     args = parser.parse_args(argv)
 
@@ -315,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": lambda c: row_bench(c, args.device),
             "run-memory": lambda c: row_run_memory(c, args.device, tmp),
             "profile": lambda c: row_profile(c, args.device, tmp),
-            "oom": lambda c: row_oom(c, args.device),
+            "oom": lambda c: row_oom(c, args.device, args.budget - (time.perf_counter() - start) - 10),
             "diff-fp16": lambda c: row_diff(c, args.device, tmp),
         }
         wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -336,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rows[name](c)
                 status = "FAIL" if c.failed else "SKIP" if c.skipped else "PASS"
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI rows install that handler): the table still prints
+                c.say("FAIL interrupted")
+                results.append(RowResult(name, "FAIL", c.lines, time.perf_counter() - t0))
+                break
             except Exception as exc:  # one row's failure must not hide the others
                 c.say(f"FAIL {type(exc).__name__}: {exc}")
                 status = "FAIL"

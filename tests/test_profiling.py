@@ -108,6 +108,22 @@ def test_gpu_breakdown_claims_each_microsecond_once_in_priority_order() -> None:
         assert sum(t for _, t in step.categories) == pytest.approx(step.duration_us)
 
 
+def test_gpu_side_copies_of_the_step_ranges_are_not_more_steps() -> None:
+    # Kineto repeats each record_function range on the GPU timeline (gpu_user_annotation),
+    # ProfilerStep#N and the phase ranges included, spanning the kernels they launched.
+    trace = gpu_trace()
+    trace["traceEvents"] += [
+        _x("gpu_user_annotation", "ProfilerStep#1", 20, 110, pid=0, tid=7),
+        _x("gpu_user_annotation", "ProfilerStep#2", 130, 0.5, pid=0, tid=7),
+        _x("gpu_user_annotation", "forward", 20, 50, pid=0, tid=7),
+        _x("gpu_user_annotation", "dataloader", 60, 10, pid=0, tid=8),
+    ]
+    plain, doubled = analyze_trace(gpu_trace()), analyze_trace(trace)
+    assert [s.name for s in doubled.steps] == ["ProfilerStep#1", "ProfilerStep#2"]
+    assert [dict(s.categories) for s in doubled.steps] == [dict(s.categories) for s in plain.steps]
+    assert [s.duration_us for s in doubled.steps] == [130, 20]
+
+
 def test_gpu_trace_device_time_reaches_the_launching_operator() -> None:
     a = analyze_trace(gpu_trace())
     ops = {o.name: o for o in a.operators}

@@ -293,6 +293,11 @@ def _classify(durations: Iterable[dict]) -> _Events:
     ev = _Events()
     for e in durations:
         cat = str(e.get("cat", "")).lower()
+        if cat == "gpu_user_annotation":
+            # On CUDA, Kineto draws every record_function range a second time on the GPU
+            # timeline, over the kernels it launched: ProfilerStep#N included. Those copies
+            # are not more steps (nor phases); the host range is the one counted.
+            continue
         name = str(e.get("name", ""))
         if _STEP_RE.match(name):
             ev.steps.append(e)
