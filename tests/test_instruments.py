@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from workbench.engine import params
 from workbench.engine.instruments import Instruments, StepState
 from workbench.engine.records import NAN_INF, NO_GRADIENT, Phase
 
@@ -75,8 +77,13 @@ def test_a_healthy_step_measures_every_parameter_and_its_update() -> None:
     assert {f.parameter for f in missing} == {"unused.weight", "unused.bias"}
 
 
-def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter() -> None:
-    # 96 x 128 = 12288 weights: more than the 4096-element sample the activations use.
+@pytest.mark.parametrize("fused_abs_max", [False, True], ids=["cpu-aminmax", "accelerator-inf-norm"])
+def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter(
+        fused_abs_max: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 96 x 128 = 12288 weights: more than the 4096-element sample the activations use. The
+    # accelerator's layout of the readings (abs max as one inf-norm launch) is taken on CPU too.
+    if fused_abs_max:
+        monkeypatch.setattr(params, "abs_max_by_aminmax", lambda device: False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 96), nn.Tanh(), nn.Linear(96, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -99,3 +106,6 @@ def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter() -> 
     assert abs(p.grad_std - g.std(unbiased=False).item()) <= 1e-4 * g.std().item()
     assert abs(p.grad_norm - g.norm().item()) <= 1e-5 * g.norm().item()
     assert abs(p.update_norm - expected_update) <= 1e-4 * expected_update
+    assert p.grad_abs_max == pytest.approx(g.abs().max().item(), rel=1e-6)
+    assert {q.name: q.weight_norm for q in s.params}["2.weight"] == pytest.approx(
+        ref[2].weight.detach().norm().item(), rel=1e-5)  # before the update, as the step read it

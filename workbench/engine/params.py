@@ -132,6 +132,12 @@ class GradReadings:
         return out
 
 
+def abs_max_by_aminmax(device: torch.device) -> bool:
+    """Whether a gradient's abs max is read as (min, max) on ``device`` (CPU) rather than as its
+    inf-norm in one fused launch (an accelerator). A function, so a test can take either path."""
+    return device.type == "cpu"
+
+
 def grad_readings(refs: list[ParamRef]) -> GradReadings | None:
     """What a measured backward reads of every parameter with a gradient (None: none has one).
 
@@ -150,7 +156,7 @@ def grad_readings(refs: list[ParamRef]) -> GradReadings | None:
         grads = [_grad_values(refs[i].param) for i in with_grad]
         weights: list[torch.Tensor] = [refs[i].param for i in with_grad]
         scalars = list(torch._foreach_norm(grads))
-        split_abs = grads[0].device.type == "cpu"
+        split_abs = abs_max_by_aminmax(grads[0].device)
         if split_abs:
             # On CPU the inf-norm takes a slow path (about 10x an aminmax per tensor, measured
             # on cnn_image's gradients); max(-min, max) is the same number and NaN propagates.
