@@ -40,6 +40,7 @@ from torch import nn
 from workbench.engine import Engine, EngineConfig
 from workbench.engine.probe import first_float_tensor
 from workbench.scenario import Scenario, load, replace
+from workbench.scenario.batch import tree_map
 from workbench.scenario.step import (
     apply_update,
     backward,
@@ -67,9 +68,11 @@ def perf_block(step: Step, n: int) -> float:
 
 
 def scenario_copy(name: str, device: str = "cpu", batches: int = BATCHES) -> Scenario:
-    """A fresh build of a bundled scenario whose data is its first ``batches`` items, kept in memory."""
+    """A fresh build of a bundled scenario whose data is its first ``batches`` items, kept in memory
+    on ``device``: every variant then starts its steps from batches already there (the engine's
+    ``Batch.to`` returns them as they are), so no variant pays a host->device copy the others do not."""
     s = load(ROOT / "scenarios" / f"{name}.py", device)
-    items = list(itertools.islice(iter(s.data), batches))
+    items = [tree_map(lambda t: t.to(s.device), item) for item in itertools.islice(iter(s.data), batches)]
     return replace(s, data=items)
 
 

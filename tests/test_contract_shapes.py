@@ -180,6 +180,36 @@ def test_fp16_grad_scaler_records_its_scale(tmp_path: Path) -> None:
     assert records[0].total_grad_norm is not None and records[0].total_grad_norm < 1e3  # unscaled
 
 
+def test_fp16_steps_go_on_after_a_skip_a_failed_step_and_a_rewind_past_the_backward(tmp_path: Path) -> None:
+    # The backward's unscale_ marks the optimizer until the scaler's update(); a step that never
+    # reaches it (skipped at a breakpoint, failed, rewound) must not make the next unscale_ raise.
+    from workbench.engine import StepError
+
+    path = cm.write(tmp_path, cm.AMP, "amp.py")
+    scenario = load(f"{path}:build_fp16")
+    calls = [0]
+
+    def fails_once(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # the first step that gets this far (step 0 is skipped before it)
+            raise ValueError("before_step fails once")
+
+    from workbench.scenario import replace
+
+    with Engine(replace(scenario, before_step=fails_once), EngineConfig(snapshots=4)) as eng:
+        for _ in range(3):
+            eng.advance()  # forward, loss, backward (with its unscale_)
+        eng.skip_step()
+        with pytest.raises(StepError, match="before_step fails once"):
+            eng.step_once()
+        for _ in range(3):
+            eng.advance()
+        eng.rewind(1)  # back to the start of this step, after its backward
+        records = [eng.step_once() for _ in range(2)]
+    assert [r.skipped for r in records] == [False, False]
+    assert all(r.grad_scale == 65536.0 and math.isfinite(r.loss) for r in records)
+
+
 def test_fp16_overflow_is_a_skipped_step_not_a_nan_error(tmp_path: Path) -> None:
     path = cm.write(tmp_path, cm.AMP, "amp.py")
     with Engine(load(f"{path}:build_fp16_overflow")) as eng:

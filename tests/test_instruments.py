@@ -109,3 +109,54 @@ def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter(
     assert p.grad_abs_max == pytest.approx(g.abs().max().item(), rel=1e-6)
     assert {q.name: q.weight_norm for q in s.params}["2.weight"] == pytest.approx(
         ref[2].weight.detach().norm().item(), rel=1e-5)  # before the update, as the step read it
+
+
+class WithEmptyParameter(nn.Module):
+    """A model holding a zero-size parameter that still gets a (zero-size) gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.empty = nn.Parameter(torch.zeros(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.empty.sum()
+
+
+@pytest.mark.parametrize("fused_abs_max", [False, True], ids=["cpu-aminmax", "accelerator-inf-norm"])
+def test_a_zero_size_gradient_is_measured_on_either_layout(fused_abs_max: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # _foreach_norm has no inf-norm of an empty tensor: the accelerator layout must not ask for one.
+    if fused_abs_max:
+        monkeypatch.setattr(params, "abs_max_by_aminmax", lambda device: False)
+    torch.manual_seed(0)
+    model = WithEmptyParameter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    inst = Instruments(model)
+    inst.probe.attach()
+    try:
+        s = _step(inst, model, opt, torch.randn(8, 4), torch.randn(8, 1))
+    finally:
+        inst.probe.detach()
+    stats = {p.name: p for p in s.params}
+    assert stats["empty"].grad_norm == 0.0 and stats["empty"].grad_abs_max == 0.0
+    assert stats["fc.weight"].grad_norm is not None and stats["fc.weight"].grad_norm > 0
+
+
+def test_a_half_precision_weight_norm_past_the_fp16_range_stays_finite() -> None:
+    # 250 x 400 weights of 300: a norm of about 94868, past fp16's largest value (65504). The
+    # norms are accumulated in float32, so the weight is not reported as non-finite.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(400, 250), nn.Linear(250, 1)).half()
+    with torch.no_grad():
+        model[0].weight.fill_(300.0)
+        model[0].weight.mul_(torch.rand_like(model[0].weight).sign())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    inst = Instruments(model)
+    inst.probe.attach()
+    try:
+        s = _step(inst, model, opt, torch.randn(4, 400).half() * 1e-3, torch.zeros(4, 1).half())
+    finally:
+        inst.probe.detach()
+    weight = {p.name: p for p in s.params}["0.weight"]
+    assert weight.weight_norm == pytest.approx(300.0 * (250 * 400) ** 0.5, rel=1e-3)
+    assert not [f for f in s.findings if f.kind == NAN_INF]

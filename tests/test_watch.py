@@ -481,3 +481,37 @@ def test_a_wait_breakpoint_on_a_rank_other_than_0_is_logged_and_the_loop_goes_on
     assert not (tmp_path / "s.sock").exists() and wb.address is None
     report = json.loads((tmp_path / "r.rank1.json").read_text())
     assert len(report["steps"]) == 3
+
+
+def test_with_the_loops_grad_scaler_the_output_gradient_norms_are_unscaled() -> None:
+    # fp16 autocast and torch.amp.GradScaler("cpu") run on CPU in torch 2.13 (slowly).
+    def run(pass_scaler: bool) -> list:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cpu")
+        g = torch.Generator().manual_seed(1)
+        with workbench.watch(model, opt, every=1, scaler=scaler if pass_scaler else None) as wb:
+            for _ in range(2):
+                x, y = torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = nn.functional.mse_loss(model(x).float(), y)
+                scaler.scale(loss).backward()
+                wb.log(loss=loss)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad()
+        return list(wb.history)
+
+    plain, unscaled = run(False), run(True)
+    assert [r.grad_scale for r in unscaled] == [65536.0, 65536.0] and plain[0].grad_scale is None
+    for a, b in zip(plain, unscaled):
+        ga, gb = a.module("0").grad_norm, b.module("0").grad_norm
+        assert ga is not None and gb is not None
+        assert ga == pytest.approx(65536.0 * gb, rel=1e-5)  # without the scaler they carry the scale
+        assert a.total_grad_norm == pytest.approx(b.total_grad_norm, rel=1e-6)  # parameters: unscaled either way
+
+
+def test_scaler_must_be_a_grad_scaler() -> None:
+    with pytest.raises(TypeError, match="GradScaler"):
+        workbench.watch(nn.Linear(2, 1), scaler=2.0)

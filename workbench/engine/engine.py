@@ -54,6 +54,7 @@ from workbench.engine.snapshots import SnapshotRing
 from workbench.scenario import PAIR, Batch, Scenario, ScenarioSource
 from workbench.scenario.step import (
     DataCycle,
+    abandon_update,
     apply_update,
     backward,
     clip_total_norm,
@@ -420,6 +421,7 @@ class Engine:
         later = self._snapshots.drop_from(target)
         self._replay = deque([x for x in later if x.batch is not None] + list(self._replay))
         snap.restore(self._scenario, self._scaler)
+        abandon_update(self._scaler)  # rewound after a backward: its unscale_ is forgotten too
         health = copy.deepcopy(snap.health)
         # Found once, on the first measured forward, which a rewind to step 0 goes back before.
         health.cancelled_biases = self._inst.health.cancelled_biases
@@ -454,6 +456,7 @@ class Engine:
         self._pending_break = None
         s = self._state
         self._scenario.optimizer.zero_grad(set_to_none=True)
+        abandon_update(self._scaler)  # the backward's unscale_ must not block the next step's
         s.lrs = self._lrs()
         self._probe.reset()
         return self._finish_step(s, skipped=True)
@@ -670,6 +673,7 @@ class Engine:
         self._probe.reset()
         try:
             self._scenario.optimizer.zero_grad(set_to_none=True)
+            abandon_update(self._scaler)  # an fp16 step that failed after its unscale_
         except Exception:  # a broken optimizer must not hide the user's original error
             pass
         if self._device.type == "cuda":

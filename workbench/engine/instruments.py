@@ -30,6 +30,7 @@ from workbench.engine.nan_root import BackwardRoot, backward_root, forward_root
 from workbench.engine.params import (
     ParamRef,
     grad_readings,
+    norms_f32,
     own_and_shared,
     owned_count,
     param_owners,
@@ -229,8 +230,9 @@ class Instruments:
         t0 = time.perf_counter()
         if parts:
             scalars = [total, *parts.values()]
-            # Sync point: the loss value and its named parts, stacked: the LOSS phase's one transfer.
-            numbers = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
+            # Sync point: the loss value and its named parts, stacked: the LOSS phase's one transfer
+            # (on the loss's device: a part may be a CPU tensor next to a CUDA loss).
+            numbers = stack_f32([t.detach().reshape(()) for t in scalars], total.device).tolist()
             s.loss = float(numbers[0])
             s.loss_parts = dict(zip(parts, map(float, numbers[1:])))
         else:
@@ -356,8 +358,8 @@ class Instruments:
             now: list[torch.Tensor] = [r.param for r in refs]
             # In place on the copy: the copy's last use, and no second set of buffers.
             torch._foreach_sub_(before, now)
-            update_norms = torch._foreach_norm(before)
-            weight_norms = torch._foreach_norm(now)
+            update_norms = norms_f32(before)
+            weight_norms = norms_f32(now)
             both = stack_f32((*update_norms, *weight_norms))
         # Sync point: the optimizer phase's one transfer (update and weight norms).
         values = both.tolist()

@@ -132,6 +132,19 @@ class GradReadings:
         return out
 
 
+_HALF = frozenset((torch.float16, torch.bfloat16))
+
+
+def norms_f32(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor (``_foreach_norm``: one fused launch), accumulated in float32
+    when there are 16-bit tensors: an fp16 norm is inf past 65504 and a bf16 one keeps about
+    three digits. (float32 output from float64 input would be narrowing, which it refuses.)"""
+    dtypes = {t.dtype for t in tensors}
+    if dtypes & _HALF and torch.float64 not in dtypes:
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+    return list(torch._foreach_norm(tensors))
+
+
 def abs_max_by_aminmax(device: torch.device) -> bool:
     """Whether a gradient's abs max is read as (min, max) on ``device`` (CPU) rather than as its
     inf-norm in one fused launch (an accelerator). A function, so a test can take either path."""
@@ -155,8 +168,9 @@ def grad_readings(refs: list[ParamRef]) -> GradReadings | None:
     with torch.no_grad():
         grads = [_grad_values(refs[i].param) for i in with_grad]
         weights: list[torch.Tensor] = [refs[i].param for i in with_grad]
-        scalars = list(torch._foreach_norm(grads))
-        split_abs = abs_max_by_aminmax(grads[0].device)
+        scalars = norms_f32(grads)
+        # An empty gradient has no inf-norm (_foreach_norm refuses it): (min, max) then, for all.
+        split_abs = abs_max_by_aminmax(grads[0].device) or any(g.numel() == 0 for g in grads)
         if split_abs:
             # On CPU the inf-norm takes a slow path (about 10x an aminmax per tensor, measured
             # on cnn_image's gradients); max(-min, max) is the same number and NaN propagates.
@@ -166,7 +180,7 @@ def grad_readings(refs: list[ParamRef]) -> GradReadings | None:
         else:
             # One fused launch for every tensor: launches are what cost on an accelerator.
             scalars += torch._foreach_norm(grads, float("inf"))
-        scalars += torch._foreach_norm(weights)
+        scalars += norms_f32(weights)
         scalars += [g.sum(dtype=torch.float32) for g in grads]
     return GradReadings(scalars, with_grad, tuple(max(g.numel(), 1) for g in grads), split_abs)
 
@@ -181,7 +195,7 @@ def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
                 break
         if not grads:
             return None
-        return torch.linalg.vector_norm(stack_f32(torch._foreach_norm(grads)))
+        return torch.linalg.vector_norm(stack_f32(norms_f32(grads)))
 
 
 def param_stats_from_rows(refs: list[ParamRef], rows: list[GradRow], with_grad: list[int]) -> list[ParamStats]:

@@ -234,6 +234,18 @@ def prepare_update(scenario: Scenario, scaler: torch.amp.GradScaler | None = Non
     return prep
 
 
+def abandon_update(scaler: torch.amp.GradScaler | None) -> None:
+    """End a step that will not reach :func:`apply_update` (skipped, failed, or rewound) with
+    the scaler as the next step needs it: ``unscale_`` marks the optimizer until the scaler's
+    ``update()``, and a second ``unscale_`` before that raises. ``update`` with the current
+    scale forgets this step's unscaling and inf checks and leaves the scale as it was.
+    """
+    if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+        return  # no scaler, or it has scaled nothing yet: nothing to forget
+    # Sync point (fp16 only, on this rare path): the current scale, to set it back unchanged.
+    scaler.update(new_scale=scaler.get_scale())
+
+
 def apply_update(scenario: Scenario, scaler: torch.amp.GradScaler | None = None) -> None:
     """``optimizer.step()`` (through the scaler under fp16, which skips a step whose
     gradients are not finite) and ``zero_grad``."""

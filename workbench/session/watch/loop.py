@@ -62,6 +62,7 @@ class Watch:
         thresholds: HealthThresholds | None = None,
         step_pre_hooks: bool = True,
         close_on_break: bool = False,
+        scaler: Any = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"workbench.watch: every must be >= 1, got {every}")
@@ -86,6 +87,11 @@ class Watch:
         self.on_break = on_break
         self.on_finding = on_finding
         self.close_on_break = close_on_break  # integrations whose framework cannot close the watch on an exception
+        if scaler is not None and not (callable(getattr(scaler, "get_scale", None))
+                                       and callable(getattr(scaler, "is_enabled", None))):
+            raise TypeError(f"workbench.watch: scaler= takes the torch.amp.GradScaler the loop scales its loss "
+                            f"with, got {type(scaler).__name__}")
+        self.scaler = scaler  # the user's fp16 GradScaler: output-gradient norms are reported unscaled
         self.breakpoints: list[Breakpoint] = parse_breakpoints(break_on)
         self.epoch = 0  # an integration that knows the epoch sets it
         self.rank, self.world_size = current_rank()
@@ -450,7 +456,11 @@ class Watch:
         refs = self._refs[index] if index is not None else inst.params
         several = len(self.optimizers) > 1
         earlier, earlier_total = s.params, s.total_grad_norm
-        inst.backward_stats(s, self._holder, None, refs, total_rule=not several)
+        if first and self.scaler is not None and self.scaler.is_enabled():
+            # Sync point (fp16 only): the scale this backward used (the scaler's update() comes
+            # after the step), to unscale the output-gradient norms the probe saw.
+            s.grad_scale = float(self.scaler.get_scale())
+        inst.backward_stats(s, self._holder, self.scaler, refs, total_rule=not several)
         if several and self._stepped:
             # Another optimizer of this step measured its parameters already: keep both.
             names = {r.name for r in refs}
@@ -558,7 +568,7 @@ class Watch:
             findings=tuple(s.findings), skipped=s.step in self._skipped,
             instrument_seconds=s.charged, instrument_breakdown=dict(s.instrument),
             epoch=self.epoch, batch_size=0, measured=s.measured, data_seconds=s.data_seconds,
-            loss_source=s.loss_source if s.loss is not None else "",
+            loss_source=s.loss_source if s.loss is not None else "", grad_scale=s.grad_scale,
         )
         self._history.append(record)
         self._logged.append(values)
@@ -691,8 +701,10 @@ def watch(
     ``run --break-on`` takes them. ``on_break``: "raise" (``workbench.Break``, before the
     optimizer step), "pdb", "wait" (needs ``serve``; on a rank other than 0, which serves
     nothing, a hit is logged and the rank waits for rank 0 at its next collective) or "log".
-    ``on_finding``: called with
-    every finding. ``serve``: True (127.0.0.1, a free port) or an address ("HOST:PORT",
+    ``on_finding``: called with every finding. ``scaler``: the ``torch.amp.GradScaler`` the
+    loop scales its loss with, so the output-gradient norms are reported unscaled (without it
+    they carry the scale; the parameters' gradients are unscaled by ``scaler.step`` before the
+    watch reads them). ``serve``: True (127.0.0.1, a free port) or an address ("HOST:PORT",
     "unix:PATH"): publish the session live for ``workbench attach`` (rank 0 only), with its
     files under ``run_dir`` (default runs/watch/SCRIPT-TIME-PID).
     """
