@@ -40,16 +40,22 @@ def _step(inst: Instruments, model: nn.Module, opt: torch.optim.Optimizer, x: to
     return s
 
 
+def _measured(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              run: nn.Module | None = None) -> StepState:
+    """One measured step of ``run`` (default ``model``) with Instruments on ``model``, hooks removed after."""
+    inst = Instruments(model)
+    inst.probe.attach()
+    try:
+        return _step(inst, run if run is not None else model, opt, x, y)
+    finally:
+        inst.probe.detach()
+
+
 def test_a_nan_made_by_one_module_is_named_as_its_root() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), LogOfNegative(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    inst = Instruments(model)
-    inst.probe.attach()
-    try:
-        s = _step(inst, model, opt, torch.randn(16, 4), torch.randn(16, 1))
-    finally:
-        inst.probe.detach()
+    s = _measured(model, opt, torch.randn(16, 4), torch.randn(16, 1))
     roots = [f for f in s.findings if f.kind == NAN_INF and f.phase is Phase.FORWARD]
     assert [f.module for f in roots] == ["1"]
     assert "from finite inputs" in roots[0].message
@@ -64,12 +70,7 @@ def test_a_healthy_step_measures_every_parameter_and_its_update() -> None:
     head = nn.Linear(1, 1)  # never on the path to the loss
     model.add_module("unused", head)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    inst = Instruments(model)
-    inst.probe.attach()
-    try:
-        s = _step(inst, model[:3], opt, torch.randn(16, 4), torch.randn(16, 1))
-    finally:
-        inst.probe.detach()
+    s = _measured(model, opt, torch.randn(16, 4), torch.randn(16, 1), run=model[:3])
     assert s.loss is not None and s.loss > 0 and s.total_grad_norm is not None
     measured = {p.name: p for p in s.params}
     assert measured["0.weight"].update_norm is not None and measured["0.weight"].update_norm > 0
@@ -87,8 +88,6 @@ def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 96), nn.Tanh(), nn.Linear(96, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    inst = Instruments(model)
-    inst.probe.attach()
     x, y = torch.randn(32, 128), torch.randn(32, 1)
     # The reference gradient and update, from a copy of the model trained by hand on the same batch.
     ref = nn.Sequential(nn.Linear(128, 96), nn.Tanh(), nn.Linear(96, 1))
@@ -96,10 +95,7 @@ def test_gradient_mean_std_and_update_norm_are_exact_for_a_large_parameter(
     nn.functional.mse_loss(ref(x), y).backward()
     g = ref[0].weight.grad.double()
     expected_update = (0.5 * g).norm().item()
-    try:
-        s = _step(inst, model, opt, x, y)
-    finally:
-        inst.probe.detach()
+    s = _measured(model, opt, x, y)
     p = {q.name: q for q in s.params}["0.weight"]
     assert p.grad_mean is not None and p.grad_std is not None and p.update_norm is not None
     assert abs(p.grad_mean - g.mean().item()) <= 1e-6 * g.abs().max().item()
@@ -131,12 +127,7 @@ def test_a_zero_size_gradient_is_measured_on_either_layout(fused_abs_max: bool, 
     torch.manual_seed(0)
     model = WithEmptyParameter()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    inst = Instruments(model)
-    inst.probe.attach()
-    try:
-        s = _step(inst, model, opt, torch.randn(8, 4), torch.randn(8, 1))
-    finally:
-        inst.probe.detach()
+    s = _measured(model, opt, torch.randn(8, 4), torch.randn(8, 1))
     stats = {p.name: p for p in s.params}
     assert stats["empty"].grad_norm == 0.0 and stats["empty"].grad_abs_max == 0.0
     assert stats["fc.weight"].grad_norm is not None and stats["fc.weight"].grad_norm > 0
@@ -151,12 +142,7 @@ def test_a_half_precision_weight_norm_past_the_fp16_range_stays_finite() -> None
         model[0].weight.fill_(300.0)
         model[0].weight.mul_(torch.rand_like(model[0].weight).sign())
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    inst = Instruments(model)
-    inst.probe.attach()
-    try:
-        s = _step(inst, model, opt, torch.randn(4, 400).half() * 1e-3, torch.zeros(4, 1).half())
-    finally:
-        inst.probe.detach()
+    s = _measured(model, opt, torch.randn(4, 400).half() * 1e-3, torch.zeros(4, 1).half())
     weight = {p.name: p for p in s.params}["0.weight"]
     assert weight.weight_norm == pytest.approx(300.0 * (250 * 400) ** 0.5, rel=1e-3)
     assert not [f for f in s.findings if f.kind == NAN_INF]
