@@ -33,6 +33,23 @@ def build(device):
                     optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 '''
 
+# A loss weighted by 1e-3 through four Tanh layers: its gradients fall below fp16's smallest
+# values in an unscaled half-precision backward, which fp16 training (with a GradScaler) avoids.
+TINY_LOSS = '''
+import torch
+from torch import nn
+from workbench.scenario import Scenario
+
+def build(device):
+    torch.manual_seed(0)
+    layers = [m for _ in range(4) for m in (nn.Linear(256, 256), nn.Tanh())]
+    model = nn.Sequential(*layers, nn.Linear(256, 10)).to(device)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 256, generator=g), torch.randint(0, 10, (256,), generator=g)
+    return Scenario(model=model, data=[(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    loss_fn=lambda out, t: 1e-3 * nn.functional.cross_entropy(out, t))
+'''
+
 
 def test_bf16_stays_close_and_the_layers_come_in_execution_order() -> None:
     div = compare_variants(load_source(str(SCENARIOS / "mlp_digits.py")), "fp32", "bf16", batches=2)
@@ -154,3 +171,13 @@ def test_diff_uses_the_bench_variants_own_numerics(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="expected one of fp32, amp"):
         divergence._side("accum-2", scenario)  # batching, not numerics
     assert main(["diff", str(SCENARIOS / "mlp_digits.py"), "--b", "channels-last"]) == 2
+
+
+def test_the_fp16_side_scales_its_loss_as_fp16_training_does(write_scenario) -> None:  # noqa: ANN001
+    # Unscaled, the first layer's weight gradient read a relative error of about 1.1 (most of it
+    # flushed to zero); with GradScaler's 2^16 it is fp16 rounding, under 1%.
+    div = compare_variants(load_source(str(write_scenario(TINY_LOSS, "tiny_loss.py"))), "fp32", "fp16", batches=1)
+    grads = {d.name: d for d in div.grads}
+    assert set(grads) == {f"{i}.{k}" for i in (0, 2, 4, 6, 8) for k in ("weight", "bias")}
+    assert all(d.rel_error < 0.01 and d.non_finite_b == 0 for d in grads.values()), {
+        n: d.rel_error for n, d in grads.items()}

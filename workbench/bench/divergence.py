@@ -198,13 +198,44 @@ def _capture(model: nn.Module, fields: list[Any] | None = None) -> Iterator[dict
         yield seen
 
 
+FP16_LOSS_SCALE = 2.0**16  # torch.amp.GradScaler's initial scale
+
+
+def _fp16_backward(loss: torch.Tensor, model: nn.Module) -> None:
+    """The backward of an fp16 side as fp16 training runs it: the loss scaled (GradScaler's
+    initial 2^16, halved while the gradients overflow, as the scaler halves it on a skipped
+    step), then the gradients unscaled. Without the scale, gradients below fp16's smallest
+    values flush to zero in the half-precision backward, an error the user's training (which
+    scales) does not have.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    scale = FP16_LOSS_SCALE
+    while True:
+        for p in params:
+            p.grad = None
+        (loss.float() * scale).backward(retain_graph=scale > 1.0)
+        grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+        if not grads:
+            return
+        found_inf = torch.zeros(1, device=grads[0].device)
+        # GradScaler's own fused check: unscales in place, and counts any Inf/NaN.
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.full((1,), 1.0 / scale,
+                                                                                      device=grads[0].device))
+        # Sync point (fp16 side, once per try): did this scale overflow?
+        if not found_inf.item() or scale <= 1.0:
+            return
+        scale /= 2.0
+
+
 def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float, list[Any]]:
     grad = torch.enable_grad() if side.trains else torch.no_grad()
     fields: list[Any] = []
     with _capture(side.model, fields) as seen, grad:
         _, value = forward_loss(scenario, batch, side.model, autocast=side.autocast)
         loss = value.total
-        if side.trains:
+        if side.trains and side.autocast is torch.float16:
+            _fp16_backward(loss, side.model)
+        elif side.trains:
             loss.float().backward()
     return seen, float(loss.detach().float()), fields  # sync point: one loss value per side per batch
 
