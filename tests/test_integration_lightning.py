@@ -35,7 +35,8 @@ class Regressor(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def _fit(module: pl.LightningModule, tmp_path: Path, **watch_kwargs) -> "WorkbenchCallback":  # noqa: F821
+def _fit(module: pl.LightningModule, tmp_path: Path, plugins: list | None = None,
+         **watch_kwargs) -> "WorkbenchCallback":  # noqa: F821
     from workbench.integrations.lightning import WorkbenchCallback
 
     g = torch.Generator().manual_seed(0)
@@ -43,7 +44,7 @@ def _fit(module: pl.LightningModule, tmp_path: Path, **watch_kwargs) -> "Workben
     callback = WorkbenchCallback(**watch_kwargs)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         callbacks=[callback])
+                         callbacks=[callback], plugins=plugins)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     return callback
 
@@ -85,3 +86,20 @@ def test_a_break_ends_fit_before_the_update_and_closes_the_watch(tmp_path: Path)
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["summary"]["stopped_by"] == "breakpoint"
     assert hook_count(module) == 0
+
+
+def test_16_mixed_precision_hands_its_grad_scaler_to_the_watch(tmp_path: Path) -> None:
+    # Lightning makes no GradScaler for 16-mixed on CPU; one is given to the plugin here, as
+    # Lightning makes one on CUDA. Its scale must not show in the output-gradient norms.
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def fit(**watch_kwargs) -> list:
+        torch.manual_seed(0)
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+        return list(_fit(Regressor(), tmp_path, plugins=[plugin], every=1, **watch_kwargs).watch.history)
+
+    handed, withheld = fit(), fit(scaler=None)  # scaler=None: the user's own choice wins
+    assert [r.grad_scale for r in handed] == [65536.0] * 3 and withheld[0].grad_scale is None
+    for a, b in zip(handed, withheld):
+        ga, gb = a.module("body.0").grad_norm, b.module("body.0").grad_norm
+        assert ga is not None and gb == pytest.approx(65536.0 * ga, rel=1e-5)

@@ -41,6 +41,9 @@ class WorkbenchCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         kwargs = {"title": type(pl_module).__name__, **self.watch_kwargs}
+        # precision="16-mixed" scales the loss with its plugin's GradScaler: the watch unscales
+        # the output-gradient norms with it (the parameters' are unscaled before this hook).
+        kwargs.setdefault("scaler", getattr(trainer.precision_plugin, "scaler", None))
         self.watch = watch(pl_module, list(trainer.optimizers) or None, step_pre_hooks=False, **kwargs)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
