@@ -15,7 +15,7 @@ from workbench.scenario import Scenario
 TRANSFER_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 
 
-def deep_mlp(depth: int) -> Scenario:
+def deep_mlp(depth: int, clip: float | None = None) -> Scenario:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for _ in range(depth):
@@ -26,7 +26,7 @@ def deep_mlp(depth: int) -> Scenario:
     # SGD: Adam calls .item() on its own CPU step counter inside optimizer.step(), a sync of
     # the user's optimizer that this test must not blame on the debugger.
     return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
-                    loss_fn=nn.MSELoss(), data=data)
+                    loss_fn=nn.MSELoss(), data=data, clip_grad_norm=clip)
 
 
 @pytest.fixture
@@ -43,9 +43,10 @@ def count_transfers(monkeypatch: pytest.MonkeyPatch) -> Counter:
     return counts
 
 
-def transfers_per_phase(depth: int, counts: Counter, stats_every: int = 1) -> dict[Phase, int]:
+def transfers_per_phase(depth: int, counts: Counter, stats_every: int = 1,
+                        clip: float | None = None) -> dict[Phase, int]:
     per_phase: dict[Phase, int] = {}
-    with Engine(deep_mlp(depth), EngineConfig(stats_every=stats_every)) as eng:
+    with Engine(deep_mlp(depth, clip), EngineConfig(stats_every=stats_every)) as eng:
         eng.step_once()  # warm-up step outside the count
         for _ in range(4):
             before = sum(counts.values())
@@ -66,6 +67,15 @@ def test_one_transfer_per_phase_independent_of_depth(count_transfers: Counter) -
 def test_unmeasured_steps_transfer_only_loss_and_grad_norm(count_transfers: Counter) -> None:
     per_phase = transfers_per_phase(40, count_transfers, stats_every=1000)  # step 1 is unmeasured
     assert per_phase == {Phase.FORWARD: 0, Phase.LOSS: 1, Phase.BACKWARD: 1, Phase.OPTIMIZER_STEP: 0}
+
+
+@pytest.mark.parametrize("every", [1, 1000], ids=["measured", "unmeasured"])
+def test_clipping_reads_its_norm_with_the_backwards_transfer(count_transfers: Counter, every: int) -> None:
+    # The clip norm goes to the host with the backward's numbers; reading it after the
+    # optimizer step would wait for that step's kernels on a GPU.
+    per_phase = transfers_per_phase(4, count_transfers, stats_every=every, clip=0.5)
+    assert per_phase == {Phase.FORWARD: int(every == 1), Phase.LOSS: 1, Phase.BACKWARD: 1,
+                         Phase.OPTIMIZER_STEP: int(every == 1)}
 
 
 @pytest.mark.cuda

@@ -563,8 +563,11 @@ class Engine:
     # -- helpers ---------------------------------------------------------------------------
     def _record_clipping(self, s: StepState, norm: torch.Tensor) -> None:
         max_norm = float(self._scenario.clip_grad_norm or 0.0)
-        # Sync point (clip_grad_norm set): the total norm clip_grad_norm_ saw, one scalar.
-        total = float(cast(float, norm.tolist()))
+        if s.clip_norm is not None and norm is s.clip_norm.norm and s.clip_before is not None:
+            total = s.clip_before  # read with the backward's transfer: no wait for the optimizer step
+        else:
+            # Sync point (clip_grad_norm set, the norm computed by the clipping itself): one scalar.
+            total = float(cast(float, norm.tolist()))
         s.clip_before = total
         s.clip_after = total * min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else total
         clipped = math.isfinite(total) and total > max_norm

@@ -261,7 +261,9 @@ class Instruments:
         reported as such. ``params``: the parameters judged (default: all); ``total_rule``:
         judge their total norm as the model's (False when it is only part of the model's).
         ``total``: the total norm of these gradients as a device tensor, when the caller
-        already has it (the clipping's): an unmeasured step reads it instead of its own.
+        already has it (the clipping's): an unmeasured step reads it instead of its own, a
+        measured one with its other numbers; either way its value lands in ``s.clip_before``,
+        so the clipping's record needs no transfer of its own.
         """
         refs = self.params if params is None else params
         t0 = time.perf_counter()
@@ -270,8 +272,13 @@ class Instruments:
             readings = grad_readings(refs)
             act = self.probe.grad_norms  # squared norms of the output gradients, backward order
             scalars = act + (readings.scalars if readings is not None else [])
-            # Sync point: the backward's one transfer (activation-grad norms + parameter stats).
+            # Sync point: the backward's one transfer (activation-grad norms + parameter stats,
+            # and the clipping's total norm last).
+            if total is not None:
+                scalars = scalars + [total]
             flat = stack_f32(scalars).tolist() if scalars else []
+            if total is not None:
+                s.clip_before = flat.pop()
             act_norms = [math.sqrt(v) if v >= 0 else v for v in flat[:len(act)]]
             if s.grad_scale:  # activation gradients are the scaled ones under fp16
                 act_norms = [n / s.grad_scale for n in act_norms]
@@ -286,10 +293,13 @@ class Instruments:
                 root = backward_root(self.probe.calls, self.probe.grad_calls, act_norms, stats,
                                      self.probe.model_output_call)
         else:
+            clipping = total is not None
             if total is None:
                 total = total_grad_norm_tensor(refs)
             # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
             s.total_grad_norm = float(total.item()) if total is not None else None
+            if clipping:
+                s.clip_before = s.total_grad_norm
             no_grad = [p for p in refs if p.param.grad is None]
             if no_grad:  # a host-side check: no transfer needed to see a missing .grad
                 s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,
