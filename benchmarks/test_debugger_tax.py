@@ -30,16 +30,14 @@ import torch
 from tax_harness import BLOCK, SCENARIOS, VARIANTS, Row, measure, table_header, table_row, watch
 
 ROUNDS = int(os.environ.get("WB_TAX_ROUNDS", "7"))
-WATCH_ROWS = ("cnn_image", "transformer_lm")
 
 
 def _variants(name: str) -> dict:
     variants = dict(VARIANTS)
-    if name in WATCH_ROWS:
-        for every in (1, 16):
-            make = watch(every)
-            if make is not None:
-                variants[f"watch/{every}"] = make
+    for every in (1, 16):
+        make = watch(every)
+        if make is not None:
+            variants[f"watch/{every}"] = make
     return variants
 
 
