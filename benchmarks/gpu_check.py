@@ -21,6 +21,10 @@ Rows (each through the project's own functions and commands; a row that cannot r
   that process only, and set back to 1.0 before it exits): the engine must report it as
   out_of_memory and step again afterwards.
 * ``diff-fp16``: ``workbench diff --b fp16 --device cuda``.
+* ``syncs``: the engine stepped phase by phase under ``torch.cuda.set_sync_debug_mode("warn")``
+  on batches of changing sizes (new sample sizes and layouts mid-training): every phase may
+  wait for the device once, for its one transfer, and an unmeasured step only for the loss
+  and the gradient norm.
 
 No GPU setting is changed otherwise (no clocks, no persistence or compute mode, no MIG).
 Exit 0 when every row that ran passed its checks (or when there is no CUDA device: then it
@@ -283,7 +287,57 @@ def row_diff(c: Check, device: str, tmp: Path) -> None:
     c.say(f"loss fp32 {data['loss_a']:.5f} fp16 {data['loss_b']:.5f}; diverged {data['diverged']}; "
           f"first over {data['first_over']}; worst layer {worst['name'] if worst else '-'} "
           f"rel error {rel if rel is not None else float('nan'):.2e}")
+    for note in data.get("notes", []):
+        c.say(f"note: {note}")
     c.expect(rc in (0, 1) and data["device"].startswith(device), f"workbench diff --b fp16 on {device} (exit {rc})")
+
+
+def row_syncs(c: Check, device: str) -> None:
+    if device != "cuda":
+        c.skip("torch.cuda.set_sync_debug_mode is CUDA's: on the CPU every read is immediate")
+        return
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from workbench.engine import Engine, EngineConfig
+    from workbench.scenario import Scenario
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 256), nn.Tanh(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1)).cuda()
+    g = torch.Generator().manual_seed(0)
+    # On the device already: the batch copy is the user's data, not the engine's doing.
+    data = [(torch.randn(n, 32, generator=g).cuda(), torch.randn(n, 1, generator=g).cuda())
+            for n in (64, 7, 50, 64, 3, 1000, 9, 64)]
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                        loss_fn=nn.MSELoss(), data=data)
+    worst: dict[tuple[bool, str], int] = {}
+    first: list[str] = []
+    with Engine(scenario, EngineConfig(stats_every=2)) as eng:
+        for _ in range(4 * len(data)):
+            progress = eng.current
+            measured = progress.measured
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    result = eng.advance()
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+            syncs = sum("synchronizing" in str(w.message) for w in caught)
+            if progress.step == 0:  # the first measured step also reads the input scale, once
+                first.append(f"{result.phase} {syncs}")
+                continue
+            key = (measured, str(result.phase))
+            worst[key] = max(worst.get(key, 0), syncs)
+    c.say(f"step 0 (with the one-time input-scale read): {', '.join(first)}")
+    for measured in (True, False):
+        counts = ", ".join(f"{phase} {n}" for (m, phase), n in worst.items() if m == measured)
+        c.say(f"{'measured' if measured else 'unmeasured'} steps, most syncs per phase: {counts}")
+    c.expect(all(n <= 1 for n in worst.values()), "at most one sync per phase (its transfer)")
+    c.expect(worst.get((False, "forward"), 0) == 0 and worst.get((False, "optimizer_step"), 0) == 0,
+             "an unmeasured step waits only for the loss and the gradient norm")
 
 
 # -- driver ----------------------------------------------------------------------------
@@ -296,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=470.0, help="seconds for all rows (default 470)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the tax table (default 5)")
     # The quick checks first, the long tables last: a budget that runs out skips the least.
-    parser.add_argument("--rows", default="run-memory,oom,profile,diff-fp16,tax,bench")
+    parser.add_argument("--rows", default="run-memory,oom,syncs,profile,diff-fp16,tax,bench")
     parser.add_argument("--keep", metavar="DIR", help="keep reports and traces here")
     args = parser.parse_args(argv)
 
@@ -328,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": lambda c: row_profile(c, args.device, tmp, args.budget - (time.perf_counter() - start) - 10),
             "oom": lambda c: row_oom(c, args.device, args.budget - (time.perf_counter() - start) - 10),
             "diff-fp16": lambda c: row_diff(c, args.device, tmp),
+            "syncs": lambda c: row_syncs(c, args.device),
         }
         wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
         unknown = [r for r in wanted if r not in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import SCENARIOS
+from workbench.bench import divergence
 from workbench.bench.divergence import compare_variants
 from workbench.cli import main
 from workbench.errors import UsageError
@@ -181,3 +183,41 @@ def test_the_fp16_side_scales_its_loss_as_fp16_training_does(write_scenario) -> 
     assert set(grads) == {f"{i}.{k}" for i in (0, 2, 4, 6, 8) for k in ("weight", "bias")}
     assert all(d.rel_error < 0.01 and d.non_finite_b == 0 for d in grads.values()), {
         n: d.rel_error for n, d in grads.items()}
+
+
+def _fp32_settings() -> list[str]:
+    return [torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision,
+            torch.backends.cuda.matmul.fp32_precision]
+
+
+def test_on_cuda_the_fp32_side_runs_without_tf32_and_every_setting_is_put_back() -> None:
+    # Only flags are touched, so this runs without a GPU; cuDNN convolutions default to TF32.
+    before = _fp32_settings()
+    torch.backends.cuda.matmul.allow_tf32 = True  # as a build() may do, through the legacy flag
+    try:
+        with divergence.ieee_fp32(torch.device("cuda")) as tf32_off:
+            assert _fp32_settings() == ["ieee"] * 3
+        assert tf32_off == ("cudnn.conv", "cudnn.rnn", "cuda.matmul")
+        assert torch.backends.cuda.matmul.allow_tf32  # the legacy view reads what it said before
+        with divergence.ieee_fp32(torch.device("cpu")) as nothing:
+            assert _fp32_settings()[2] == "tf32"
+        assert nothing == ()
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before[2]
+    assert _fp32_settings() == before
+
+
+def test_only_the_full_precision_side_runs_in_ieee_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    entered: list[str] = []
+    original = divergence.ieee_fp32
+
+    @contextlib.contextmanager
+    def recording(device: torch.device):  # noqa: ANN202
+        entered.append(str(device))
+        with original(device) as off:
+            yield off
+
+    monkeypatch.setattr(divergence, "ieee_fp32", recording)
+    result = compare_variants(load_source(SCENARIOS / "mlp_digits.py"), "fp32", "bf16", batches=2)
+    assert entered == ["cpu", "cpu"]  # once a batch, for the fp32 side; bf16 runs under autocast
+    assert not any("IEEE" in note for note in result.notes)  # nothing to say on the CPU

@@ -91,3 +91,29 @@ def test_cuda_one_transfer_per_phase_and_memory(count_transfers: Counter) -> Non
         assert sum(count_transfers.values()) - before <= 4
     assert rec.memory.cuda_allocated and rec.memory.cuda_peak and rec.memory.cuda_reserved
     assert rec.module("0").device.startswith("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+def test_cuda_new_sizes_mid_training_copy_to_the_device_without_waiting() -> None:
+    # A new output size needs a new sample index, a new layout new lengths and bounds: each is
+    # a host->device copy, and from pageable memory that copy waits for the queued forward.
+    from workbench.engine.probe import ActivationProbe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)).cuda()
+    probe = ActivationProbe(model, sample_size=256)
+    probe.attach()
+    for rows in (3, 50, 7, 300, 3):  # outputs below and above the sample size
+        x = torch.randn(rows, 16, device="cuda")
+        probe.begin_forward(True)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x)
+            stacked = probe.forward_tensor()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        probe.end_forward()
+        assert stacked is not None
+        stats = probe.decode_forward(stacked.tolist())
+        assert all(s.output is not None and s.output.finite for s in stats)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,17 +227,50 @@ def _fp16_backward(loss: torch.Tensor, model: nn.Module) -> None:
         scale /= 2.0
 
 
-def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float, list[Any]]:
+# The precision settings of fp32 work on CUDA, in torch's per-backend API (the legacy allow_tf32
+# flags are views of these; mixing the two APIs raises).
+_FP32_SETTINGS: tuple[tuple[str, Callable[[], Any]], ...] = (
+    ("cudnn.conv", lambda: getattr(torch.backends.cudnn, "conv")),  # not in torch's type stubs
+    ("cudnn.rnn", lambda: getattr(torch.backends.cudnn, "rnn")),
+    ("cuda.matmul", lambda: torch.backends.cuda.matmul),
+)
+
+
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[tuple[str, ...]]:
+    """fp32 work in IEEE fp32 for the duration on CUDA; yields the settings that were TF32.
+
+    cuDNN convolutions default to TF32 on Ampere and later (10 mantissa bits, about the
+    precision of fp16), and a build() may turn it on for matmuls: a reference side computed
+    so would hide part of what fp16 or bf16 changes. Each setting is put back as it was.
+    Elsewhere (CPU) nothing changes.
+    """
+    if device.type != "cuda":
+        yield ()
+        return
+    saved = [(name, get(), get().fp32_precision) for name, get in _FP32_SETTINGS]
+    try:
+        for _, backend, _ in saved:
+            backend.fp32_precision = "ieee"
+        yield tuple(name for name, _, value in saved if value == "tf32")
+    finally:
+        for _, backend, value in saved:
+            backend.fp32_precision = value
+
+
+def _run(side: _Side, scenario: Scenario, batch: Batch,
+         device: torch.device) -> tuple[dict[str, Captured], float, list[Any], tuple[str, ...]]:
     grad = torch.enable_grad() if side.trains else torch.no_grad()
     fields: list[Any] = []
-    with _capture(side.model, fields) as seen, grad:
+    precise = ieee_fp32(device) if side.autocast is None else contextlib.nullcontext(())
+    with precise as tf32_off, _capture(side.model, fields) as seen, grad:
         _, value = forward_loss(scenario, batch, side.model, autocast=side.autocast)
         loss = value.total
         if side.trains and side.autocast is torch.float16:
             _fp16_backward(loss, side.model)
         elif side.trains:
             loss.float().backward()
-    return seen, float(loss.detach().float()), fields  # sync point: one loss value per side per batch
+    return seen, float(loss.detach().float()), fields, tf32_off  # sync point: one loss value per side per batch
 
 
 # -- comparing ---------------------------------------------------------------------------
@@ -381,8 +414,8 @@ def compare_variants(
         batch = batch.to(dev)
         for side in (side_a, side_b):
             side.model.zero_grad(set_to_none=True)
-        seen_a, la, fields = _run(side_a, first, batch)
-        seen_b, lb, _ = _run(side_b, second, batch)
+        seen_a, la, fields, tf32_a = _run(side_a, first, batch, dev)
+        seen_b, lb, _, tf32_b = _run(side_b, second, batch, dev)
         loss_a += la / len(data)
         loss_b += lb / len(data)
         aligned = {n: _align(seen_a[n], seen_b[n]) for n in seen_a if n in seen_b}
@@ -400,6 +433,10 @@ def compare_variants(
             if padded:
                 notes.append(f"nested outputs compared zero-padded, padding left out: {', '.join(padded[:6])}"
                              + (" …" if len(padded) > 6 else ""))
+            tf32 = sorted(set(tf32_a) | set(tf32_b))
+            if tf32:
+                notes.append(f"fp32 computed in IEEE fp32: TF32 was on for {', '.join(tf32)} and is off for the "
+                             "full-precision side, so the reference is not TF32's")
             if len(fields) == 3 and fields[0] is not None:
                 notes.append(f"the model computes its own loss ({fields[0]}): the (model) row compares "
                              f"outputs.{fields[2] or '?'}, what it computed")

@@ -182,6 +182,19 @@ def dense_flat(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((n,), (1,), t.storage_offset())
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor built from Python numbers, copied to ``device`` without waiting for it.
+
+    A plain ``.to("cuda")`` copies from pageable memory and then waits for the stream: every
+    kernel already queued (the model's forward so far) finishes first, a hidden sync. From
+    pinned memory the copy is queued like a kernel (torch's pinned-memory cache keeps the
+    source until it has run). CPU and any other device: the ordinary copy.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def stack_f32(tensors: Iterable[torch.Tensor], device: torch.device | None = None) -> torch.Tensor:
     """Same-shaped tensors stacked as float32 on ``device`` (default: the first one's).
 
@@ -240,8 +253,8 @@ class SampleIndex:
             idx = torch.randint(0, n, (self.size,), generator=g).sort().values
             if len(self._cache) > 512:  # shapes that change every step (variable lengths)
                 self._cache.clear()
-            # One host->device copy per tensor size, then reused every step.
-            idx = idx.to(flat.device)
+            # One host->device copy per tensor size (queued, not waited for), then reused.
+            idx = to_device(idx, flat.device)
             self._cache[key] = idx
         return flat.index_select(0, idx)
 
@@ -250,7 +263,7 @@ class SampleIndex:
         key = (device, lengths)
         cached = self._lengths.get(key)
         if cached is None:
-            cached = torch.tensor(lengths, dtype=torch.float32).to(device)
+            cached = to_device(torch.tensor(lengths, dtype=torch.float32), device)
             if len(self._lengths) > 64:
                 self._lengths.clear()
             self._lengths[key] = cached
@@ -259,8 +272,8 @@ class SampleIndex:
     def mask(self, lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, size) bool mask of real elements and (rows,) float lengths, cached per layout.
 
-        Cached because a host->device copy of a Python list every step would wait for the
-        device on CUDA (pageable memory): a hidden sync.
+        Cached: a new layout (a new sequence length) costs one queued host->device copy
+        (:func:`to_device`, no wait for the device); a layout seen before costs nothing.
         """
         key = (device, lengths)
         cached = self._masks.get(key)
@@ -708,17 +721,17 @@ class ActivationProbe:
         return torch.cat(parts)
 
     def _saturation_tensors(self, sat_calls: list[CallInfo], device: torch.device) -> tuple[torch.Tensor, ...]:
-        # Built once per model layout: a host->device copy of a Python list every step would
-        # wait for the device on CUDA (pageable memory), a hidden sync.
+        # Built once per model layout, with queued host->device copies (to_device: no wait for
+        # the device when a new layout appears mid-training).
         # The band's edges are constants of the layout too: (rows, idx of each, low edge, high edge).
         key = (device, tuple((c.row, c.saturation) for c in sat_calls))
         cached = self._const_cache.get(key)
         if cached is None:
-            idx = torch.tensor([c.row for c in sat_calls], device=device)
+            idx = to_device(torch.tensor([c.row for c in sat_calls]), device)
             band = self.saturation_band
             bounds = [c.saturation for c in sat_calls if c.saturation is not None]
-            low = torch.tensor([lo + band * (hi - lo) for lo, hi in bounds], device=device)[:, None]
-            high = torch.tensor([hi - band * (hi - lo) for lo, hi in bounds], device=device)[:, None]
+            low = to_device(torch.tensor([lo + band * (hi - lo) for lo, hi in bounds]), device)[:, None]
+            high = to_device(torch.tensor([hi - band * (hi - lo) for lo, hi in bounds]), device)[:, None]
             cached = (idx, low, high)
             self._const_cache[key] = cached
         return cached
