@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -185,39 +184,23 @@ def test_the_fp16_side_scales_its_loss_as_fp16_training_does(write_scenario) -> 
         n: d.rel_error for n, d in grads.items()}
 
 
-def _fp32_settings() -> list[str]:
-    return [torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision,
-            torch.backends.cuda.matmul.fp32_precision]
-
-
-def test_on_cuda_the_fp32_side_runs_without_tf32_and_every_setting_is_put_back() -> None:
-    # Only flags are touched, so this runs without a GPU; cuDNN convolutions default to TF32.
-    before = _fp32_settings()
-    torch.backends.cuda.matmul.allow_tf32 = True  # as a build() may do, through the legacy flag
+def test_on_cuda_a_tf32_setting_that_governs_the_model_is_named_and_left_as_it_is() -> None:
+    # Only flags are read, so this runs without a GPU; cuDNN convolutions default to TF32.
+    cuda = torch.device("cuda")
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    assert divergence.tf32_settings(conv, cuda) == ("torch.backends.cudnn.conv",)
+    assert divergence.tf32_settings(mlp, cuda) == ()  # a Linear runs no cuDNN convolution
+    assert divergence.tf32_settings(conv, torch.device("cpu")) == ()
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # as a build() may do
     try:
-        with divergence.ieee_fp32(torch.device("cuda")) as tf32_off:
-            assert _fp32_settings() == ["ieee"] * 3
-        assert tf32_off == ("cudnn.conv", "cudnn.rnn", "cuda.matmul")
-        assert torch.backends.cuda.matmul.allow_tf32  # the legacy view reads what it said before
-        with divergence.ieee_fp32(torch.device("cpu")) as nothing:
-            assert _fp32_settings()[2] == "tf32"
-        assert nothing == ()
+        assert divergence.tf32_settings(mlp, cuda) == ("torch.backends.cuda.matmul",)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # read, not changed
     finally:
-        torch.backends.cuda.matmul.fp32_precision = before[2]
-    assert _fp32_settings() == before
+        torch.backends.cuda.matmul.fp32_precision = "none"
+    assert torch.get_float32_matmul_precision() == "highest"
 
 
-def test_only_the_full_precision_side_runs_in_ieee_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    entered: list[str] = []
-    original = divergence.ieee_fp32
-
-    @contextlib.contextmanager
-    def recording(device: torch.device):  # noqa: ANN202
-        entered.append(str(device))
-        with original(device) as off:
-            yield off
-
-    monkeypatch.setattr(divergence, "ieee_fp32", recording)
-    result = compare_variants(load_source(SCENARIOS / "mlp_digits.py"), "fp32", "bf16", batches=2)
-    assert entered == ["cpu", "cpu"]  # once a batch, for the fp32 side; bf16 runs under autocast
-    assert not any("IEEE" in note for note in result.notes)  # nothing to say on the CPU
+def test_no_tf32_note_on_the_cpu() -> None:
+    result = compare_variants(load_source(SCENARIOS / "cnn_image.py"), "fp32", "bf16", batches=1)
+    assert not any("TF32" in note for note in result.notes)

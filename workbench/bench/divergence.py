@@ -227,50 +227,41 @@ def _fp16_backward(loss: torch.Tensor, model: nn.Module) -> None:
         scale /= 2.0
 
 
-# The precision settings of fp32 work on CUDA, in torch's per-backend API (the legacy allow_tf32
-# flags are views of these; mixing the two APIs raises).
-_FP32_SETTINGS: tuple[tuple[str, Callable[[], Any]], ...] = (
-    ("cudnn.conv", lambda: getattr(torch.backends.cudnn, "conv")),  # not in torch's type stubs
-    ("cudnn.rnn", lambda: getattr(torch.backends.cudnn, "rnn")),
-    ("cuda.matmul", lambda: torch.backends.cuda.matmul),
+# The precision settings of fp32 work on CUDA (torch's per-backend API; reading it never raises,
+# where the legacy allow_tf32 flags can once the two APIs were mixed), and the modules each governs.
+_TF32_SETTINGS: tuple[tuple[str, Callable[[], Any], tuple[type[nn.Module], ...]], ...] = (
+    ("torch.backends.cudnn.conv", lambda: getattr(torch.backends.cudnn, "conv"),  # not in the stubs
+     (nn.modules.conv._ConvNd,)),
+    ("torch.backends.cudnn.rnn", lambda: getattr(torch.backends.cudnn, "rnn"), (nn.RNNBase,)),
+    ("torch.backends.cuda.matmul", lambda: torch.backends.cuda.matmul, (nn.Module,)),
 )
 
 
-@contextlib.contextmanager
-def ieee_fp32(device: torch.device) -> Iterator[tuple[str, ...]]:
-    """fp32 work in IEEE fp32 for the duration on CUDA; yields the settings that were TF32.
+def tf32_settings(model: nn.Module, device: torch.device) -> tuple[str, ...]:
+    """The fp32 precision settings in TF32 on CUDA that govern modules of ``model``.
 
-    cuDNN convolutions default to TF32 on Ampere and later (10 mantissa bits, about the
-    precision of fp16), and a build() may turn it on for matmuls: a reference side computed
-    so would hide part of what fp16 or bf16 changes. Each setting is put back as it was.
-    Elsewhere (CPU) nothing changes.
+    cuDNN convolutions default to TF32 on Ampere and later (10 mantissa bits, fp16's), so
+    an "fp32" side computed so is not an IEEE fp32 reference. diff says so rather than change
+    process-wide settings the user's build() may have chosen. Elsewhere (CPU): none.
     """
     if device.type != "cuda":
-        yield ()
-        return
-    saved = [(name, get(), get().fp32_precision) for name, get in _FP32_SETTINGS]
-    try:
-        for _, backend, _ in saved:
-            backend.fp32_precision = "ieee"
-        yield tuple(name for name, _, value in saved if value == "tf32")
-    finally:
-        for _, backend, value in saved:
-            backend.fp32_precision = value
+        return ()
+    kinds = {type(m) for m in model.modules()}
+    return tuple(name for name, backend, governs in _TF32_SETTINGS
+                 if backend().fp32_precision == "tf32" and any(issubclass(k, governs) for k in kinds))
 
 
-def _run(side: _Side, scenario: Scenario, batch: Batch,
-         device: torch.device) -> tuple[dict[str, Captured], float, list[Any], tuple[str, ...]]:
+def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float, list[Any]]:
     grad = torch.enable_grad() if side.trains else torch.no_grad()
     fields: list[Any] = []
-    precise = ieee_fp32(device) if side.autocast is None else contextlib.nullcontext(())
-    with precise as tf32_off, _capture(side.model, fields) as seen, grad:
+    with _capture(side.model, fields) as seen, grad:
         _, value = forward_loss(scenario, batch, side.model, autocast=side.autocast)
         loss = value.total
         if side.trains and side.autocast is torch.float16:
             _fp16_backward(loss, side.model)
         elif side.trains:
             loss.float().backward()
-    return seen, float(loss.detach().float()), fields, tf32_off  # sync point: one loss value per side per batch
+    return seen, float(loss.detach().float()), fields  # sync point: one loss value per side per batch
 
 
 # -- comparing ---------------------------------------------------------------------------
@@ -414,8 +405,8 @@ def compare_variants(
         batch = batch.to(dev)
         for side in (side_a, side_b):
             side.model.zero_grad(set_to_none=True)
-        seen_a, la, fields, tf32_a = _run(side_a, first, batch, dev)
-        seen_b, lb, _, tf32_b = _run(side_b, second, batch, dev)
+        seen_a, la, fields = _run(side_a, first, batch)
+        seen_b, lb, _ = _run(side_b, second, batch)
         loss_a += la / len(data)
         loss_b += lb / len(data)
         aligned = {n: _align(seen_a[n], seen_b[n]) for n in seen_a if n in seen_b}
@@ -433,10 +424,11 @@ def compare_variants(
             if padded:
                 notes.append(f"nested outputs compared zero-padded, padding left out: {', '.join(padded[:6])}"
                              + (" …" if len(padded) > 6 else ""))
-            tf32 = sorted(set(tf32_a) | set(tf32_b))
+            tf32 = tf32_settings(side_a.model, dev) if None in (side_a.autocast, side_b.autocast) else ()
             if tf32:
-                notes.append(f"fp32 computed in IEEE fp32: TF32 was on for {', '.join(tf32)} and is off for the "
-                             "full-precision side, so the reference is not TF32's")
+                notes.append(f"the fp32 side computed in TF32 where {', '.join(tf32)} is 'tf32' (cuDNN's "
+                             "default for convolutions): not an IEEE fp32 reference; for one, set "
+                             "<setting>.fp32_precision = 'ieee' in build()")
             if len(fields) == 3 and fields[0] is not None:
                 notes.append(f"the model computes its own loss ({fields[0]}): the (model) row compares "
                              f"outputs.{fields[2] or '?'}, what it computed")
