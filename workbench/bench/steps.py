@@ -4,8 +4,9 @@ A step builder returns ``step(i)`` that trains on batch ``i % len(batches)``;
 the timing harness decides how often to call it. The step itself is the
 scenario layer's (``workbench.scenario.step``): the same model call, loss,
 clipping, ``before_step`` hook, GradScaler and scheduler as every other
-command. Nothing here syncs with the device: the harness does that once per
-timed block.
+command. Nothing here syncs with the device, except what the user's recipe does itself
+(``GradScaler.step`` reads its inf check, once a step under fp16): the harness syncs
+once per timed block.
 """
 
 from __future__ import annotations
