@@ -117,3 +117,19 @@ def test_cuda_new_sizes_mid_training_copy_to_the_device_without_waiting() -> Non
         assert stacked is not None
         stats = probe.decode_forward(stacked.tolist())
         assert all(s.output is not None and s.output.finite for s in stats)
+
+
+def test_a_learning_rate_held_as_a_tensor_is_read_as_its_value() -> None:
+    # Capturable optimizers and schedules written for torch.compile keep lr as a tensor; on an
+    # accelerator each such lr is read in one transfer with the others (params.lr_values).
+    from workbench.engine.params import lr_values
+
+    scenario = deep_mlp(2)
+    params = list(scenario.model.parameters())
+    scenario.optimizer = torch.optim.SGD([{"params": params[:2], "lr": torch.tensor(0.01)},
+                                          {"params": params[2:]}], lr=0.05, momentum=0.9)
+    with Engine(scenario, EngineConfig(stats_every=1)) as eng:
+        records = [eng.step_once() for _ in range(2)]
+    assert all(r.lrs == pytest.approx((0.01, 0.05)) for r in records)
+    values = lr_values([{"lr": torch.tensor(0.5)}, {}, {"lr": 2}], default=0.0)
+    assert values == (0.5, 0.0, 2.0) and all(type(v) is float for v in values)

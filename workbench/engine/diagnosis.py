@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from workbench.engine.params import lr_values
 from workbench.engine.records import (
     EXPLODING_GRADIENT,
     EXPLODING_THROUGH_TIME,
@@ -664,12 +665,12 @@ class Diagnosis:
 
     def _record_weight_decay(self, params: Sequence[ParamStats], optimizer: torch.optim.Optimizer) -> None:
         by_id = {}
-        for g in optimizer.param_groups:
+        groups = [g for g in optimizer.param_groups if float(g.get("weight_decay", 0.0) or 0.0) > 0]
+        for g, lr in zip(groups, lr_values(groups, default=0.0)):
             wd = float(g.get("weight_decay", 0.0) or 0.0)
-            if wd > 0:
-                decoupled = bool(g.get("decoupled_weight_decay", False)) or type(optimizer).__name__ == "AdamW"
-                for p in g.get("params", ()):
-                    by_id[id(p)] = (wd, float(g.get("lr", 0.0)), decoupled)
+            decoupled = bool(g.get("decoupled_weight_decay", False)) or type(optimizer).__name__ == "AdamW"
+            for p in g.get("params", ()):
+                by_id[id(p)] = (wd, lr, decoupled)
         if not by_id:
             return
         decay_sq = grad_sq = weight_sq = 0.0

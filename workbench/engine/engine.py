@@ -36,6 +36,7 @@ from workbench.engine.errors import (
 )
 from workbench.engine.health import HealthThresholds
 from workbench.engine.instruments import Instruments, StepState
+from workbench.engine.params import lr_values
 from workbench.engine.records import (
     GRAD_CLIPPING,
     SCENARIO_CONFIG,
@@ -594,7 +595,7 @@ class Engine:
         return state
 
     def _lrs(self) -> tuple[float, ...]:
-        return tuple(float(g.get("lr", float("nan"))) for g in self._scenario.optimizer.param_groups)
+        return lr_values(self._scenario.optimizer.param_groups)
 
     def _check_open(self) -> None:
         if self._closed:

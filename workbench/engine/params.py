@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -220,3 +221,25 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[GradRow], with_grad: 
             grad_nan=int(nan), grad_inf=int(inf), weight_norm=row.weight_norm,
         ))
     return out
+
+
+def lr_values(groups: Iterable[Mapping[str, Any]], default: float = math.nan) -> tuple[float, ...]:
+    """Each param group's learning rate as a float (``default`` where a group has none).
+
+    An lr may be a tensor (capturable optimizers, schedules written for torch.compile). On
+    the CPU reading it is immediate; on an accelerator it is a transfer, so every such lr
+    is read in one, instead of one wait for the device per group.
+    """
+    values: list[Any] = [g.get("lr", default) for g in groups]
+    on_device = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+    if on_device:
+        tensors = [values[i].detach().reshape(()).float() for i in on_device]
+        try:
+            stacked = torch.stack(tensors)
+        except RuntimeError:  # on several devices: each its own transfer
+            read = [float(t) for t in tensors]
+        else:
+            read = stacked.tolist()  # Sync point (an lr held on an accelerator only): all of them at once
+        for i, value in zip(on_device, read):
+            values[i] = value
+    return tuple(float(v) for v in values)

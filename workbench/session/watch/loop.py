@@ -27,7 +27,7 @@ from workbench.engine import memory
 from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.diagnosis import find_non_finite
 from workbench.engine.instruments import Instruments, StepState
-from workbench.engine.params import ParamRef
+from workbench.engine.params import ParamRef, lr_values
 from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
 from workbench.engine.thresholds import HealthThresholds
 from workbench.scenario.outputs import output_loss
@@ -491,7 +491,7 @@ class Watch:
             # No pre-hook ran for it (an integration that calls before_optimizer_step missed it).
             self._before[index] = None
         last = len(self._stepped | {index}) == len(self.optimizers)
-        s.lrs = tuple(float(g.get("lr", math.nan)) for o in self.optimizers for g in o.param_groups)
+        s.lrs = lr_values(g for o in self.optimizers for g in o.param_groups)
         if self._t_boundary is not None:
             s.phase_seconds[Phase.OPTIMIZER_STEP] = (s.phase_seconds.get(Phase.OPTIMIZER_STEP, 0.0)
                                                      + max(t0 - self._t_boundary, 0.0))
