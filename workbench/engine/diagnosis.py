@@ -665,9 +665,8 @@ class Diagnosis:
 
     def _record_weight_decay(self, params: Sequence[ParamStats], optimizer: torch.optim.Optimizer) -> None:
         by_id = {}
-        groups = [g for g in optimizer.param_groups if float(g.get("weight_decay", 0.0) or 0.0) > 0]
-        for g, lr in zip(groups, lr_values(groups, default=0.0)):
-            wd = float(g.get("weight_decay", 0.0) or 0.0)
+        decayed = [(g, wd) for g in optimizer.param_groups if (wd := float(g.get("weight_decay", 0.0) or 0.0)) > 0]
+        for (g, wd), lr in zip(decayed, lr_values((g for g, _ in decayed), default=0.0)):
             decoupled = bool(g.get("decoupled_weight_decay", False)) or type(optimizer).__name__ == "AdamW"
             for p in g.get("params", ()):
                 by_id[id(p)] = (wd, lr, decoupled)
