@@ -41,6 +41,21 @@ def test_healthy_run_prints_layers_and_writes_json(tmp_path: Path, capsys: pytes
     assert report["summary"]["steps_done"] == 3 and report["summary"]["stopped_by"] == "steps"
 
 
+def test_a_warning_the_loader_found_is_in_the_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A per-epoch StepLR stepped per batch is found when the scenario loads, before any phase runs.
+    from tests import contract_models as cm
+
+    path = cm.write(tmp_path, cm.TIMM_SCHEDULER, "timm.py")
+    out = tmp_path / "r.json"
+    assert main(["run", f"{path}:build_steplr", "--steps", "2", "--json", str(out)]) == 0
+    text = flat(capsys.readouterr().out)
+    assert "scenario_config" in text and "1 warning" in text
+    report = strict_json(out)
+    assert [f["kind"] for f in report["findings"]] == ["scenario_config"]
+    assert report["findings"][0]["step"] == 0 and "StepLR(step_size=1)" in report["findings"][0]["message"]
+    assert report["summary"]["findings_by_kind"] == {"scenario_config": 1}
+
+
 def test_error_findings_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "r.json"
     assert main(["run", f"{PATHO}:build_detached", "--steps", "2", "--json", str(out)]) == 1

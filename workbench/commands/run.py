@@ -127,6 +127,9 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
         engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints,
                                                snapshots=args.replay or 0))
         report.step = engine.step
+        # What the loader noticed about the scenario's settings (a per-epoch scheduler stepped per
+        # batch): findings of step 0 that no phase returns, so taken from the engine before stepping.
+        report.add_findings(engine.findings)
         _announce(console, args, report, scenario)
         try:
             stopped_by, hit, paused = _advance(engine, args, report, tb, console)
