@@ -103,3 +103,34 @@ def test_16_mixed_precision_hands_its_grad_scaler_to_the_watch(tmp_path: Path) -
     for a, b in zip(handed, withheld):
         ga, gb = a.module("body.0").grad_norm, b.module("body.0").grad_norm
         assert ga is not None and gb == pytest.approx(65536.0 * ga, rel=1e-5)
+
+
+class Recording(Regressor):
+    """Keeps each training_step's loss, as the batch computed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(loss.item())
+        return loss
+
+
+def test_with_accumulate_grad_batches_the_steps_loss_is_its_batches_mean_undivided(tmp_path: Path) -> None:
+    from workbench.integrations.lightning import WorkbenchCallback
+
+    torch.manual_seed(0)
+    module = Recording()
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 4, generator=g), torch.randn(48, 1, generator=g))
+    callback = WorkbenchCallback(every=2)
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[callback], accumulate_grad_batches=2)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    wb = callback.watch
+    assert wb is not None and len(wb.history) == 3 and len(module.losses) == 6
+    expected = [(a + b) / 2 for a, b in zip(module.losses[::2], module.losses[1::2])]
+    assert [r.loss for r in wb.history] == pytest.approx(expected, rel=1e-6)

@@ -123,3 +123,27 @@ def test_a_break_ends_train_before_the_update_with_the_watch_closed(tmp_path: Pa
     assert torch.equal(model.lm_head.weight.detach(), weights)
     assert json.loads(report.read_text())["summary"]["stopped_by"] == "breakpoint"
     assert hook_count(model) == 1  # only the test's own fault hook is left
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_with_gradient_accumulation_the_steps_loss_is_the_trainers(tmp_path: Path, accumulate: int) -> None:
+    # GPT-2 takes loss kwargs: under accumulation the Trainer passes num_items_in_batch and each
+    # micro-batch's outputs.loss is its share of the step's; the step's loss is what the Trainer logs.
+    from workbench.integrations.transformers import WorkbenchCallback
+
+    model = _tiny_gpt2()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, report_to=[],
+        use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, learning_rate=1e-3,
+        gradient_accumulation_steps=accumulate,
+    )
+    callback = WorkbenchCallback(every=2)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_token_rows(), callbacks=[callback])
+    try:
+        trainer.train()
+    finally:
+        callback.close()
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    wb = callback.watch
+    assert wb is not None and len(wb.history) == 3 and len(logged) == 3
+    assert [r.loss for r in wb.history] == pytest.approx(logged, rel=1e-3)

@@ -515,3 +515,49 @@ def test_with_the_loops_grad_scaler_the_output_gradient_norms_are_unscaled() -> 
 def test_scaler_must_be_a_grad_scaler() -> None:
     with pytest.raises(TypeError, match="GradScaler"):
         workbench.watch(nn.Linear(2, 1), scaler=2.0)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_with_gradient_accumulation_the_steps_loss_is_the_mean_of_its_micro_batches(every: int) -> None:
+    # The model returns its loss (outputs["loss"]); the loop scales it by 1/4 for the backward.
+    torch.manual_seed(0)
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = dict_batches(12)
+    expected = []
+    with workbench.watch(model, opt, every=every) as wb:
+        micro = []
+        for i, batch in enumerate(batches):
+            loss = model(**batch)["loss"]
+            micro.append(loss.item())
+            (loss / 4).backward()
+            if (i + 1) % 4 == 0:
+                opt.step()
+                opt.zero_grad()
+                expected.append(sum(micro) / 4)
+                micro = []
+    assert len(wb.history) == 3
+    assert [r.loss for r in wb.history] == pytest.approx(expected, rel=1e-6)
+    assert {r.loss_source for r in wb.history} == {'outputs["loss"]'}
+
+
+def test_a_loss_logged_before_the_step_wins_over_the_models_and_is_averaged_too() -> None:
+    torch.manual_seed(0)
+    model = DictLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with workbench.watch(model, opt, every=2) as wb:
+        micro = []
+        for i, batch in enumerate(dict_batches(8)):
+            loss = model(**batch)["loss"] + 1.0  # the loop's own loss: the model's plus a term
+            micro.append(loss.item())
+            (loss / 2).backward()
+            wb.log(loss=loss)
+            if i % 2 == 1:
+                opt.step()
+                opt.zero_grad()
+                expected.append(sum(micro) / 2)
+                micro = []
+    assert [r.loss for r in wb.history] == pytest.approx(expected, rel=1e-6)
+    assert {r.loss_source for r in wb.history} == {"wb.log"}
+    assert [v["loss"] for v in wb.logged] == pytest.approx(expected, rel=1e-6)

@@ -10,7 +10,8 @@ Lightning runs the forward and backward inside ``optimizer.step(closure)``, so t
 optimizer's own pre-step hook comes before them: the backward boundary is Lightning's
 ``on_before_optimizer_step`` instead (after the closure, before the update), and the loss
 is the one ``on_before_backward`` receives. One step is one optimizer step (with
-``accumulate_grad_batches=k``, k batches); with several optimizers, one round of them.
+``accumulate_grad_batches=k``, k batches, and its loss the mean of theirs, undivided by k);
+with several optimizers, one round of them.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class WorkbenchCallback(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any) -> None:
         if self._open():
+            k = trainer.accumulate_grad_batches
+            if pl_module.automatic_optimization and k > 1 and hasattr(loss, "detach"):
+                # Lightning divides training_step's loss by k before the backward: this batch's own
+                # loss is k times it (the watch takes the mean over the step's k batches).
+                loss = loss.detach() * k
             self.watch.set_loss(loss, "training_step")  # type: ignore[union-attr]
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:

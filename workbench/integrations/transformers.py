@@ -13,7 +13,8 @@ model and the optimizer under accelerate's wrapper; steps end on that optimizer'
 hooks, so one step is one Trainer step (``gradient_accumulation_steps`` batches). The Trainer
 clips gradients (``max_grad_norm``) before ``optimizer.step()``: the gradient stats are the
 clipped gradients the optimizer uses. The loss is the one the model returns
-(``outputs.loss``). A ``workbench.Break`` raised at a breakpoint ends ``trainer.train()``;
+(``outputs.loss``), over the step's micro-batches as the Trainer logs it (their sum when the
+model takes ``num_items_in_batch``, their mean otherwise). A ``workbench.Break`` raised at a breakpoint ends ``trainer.train()``;
 the watch is closed (hooks removed, report written) before it propagates.
 """
 

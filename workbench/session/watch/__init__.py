@@ -26,13 +26,19 @@ Where each measurement happens (the Instruments of the engine, at the same bound
       in a Lightning ``training_step`` that calls a submodule). Forwards under
       ``torch.no_grad()`` (evaluation) are not measured. On an unmeasured step no module
       hook is attached: only two hooks on the root module note the loss a model returns.
-    * loss: the loss the model returned (``outputs.loss`` / ``outputs["loss"]``, as a
-      Hugging Face model does), else the ``loss=`` given to ``wb.log`` before the step;
-      read at the optimizer step, in one transfer. A loss logged after ``optimizer.step()``
-      joins that step's record (and its rules) when the next step starts.
+    * loss: the ``loss=`` given to ``wb.log`` before the step, else the loss an integration
+      hands over (the one its framework calls backward on), else the loss the model
+      returned (``outputs.loss`` / ``outputs["loss"]``, as a Hugging Face model does); read
+      at the optimizer step, in one transfer. Under gradient accumulation the step's loss
+      is the mean over its micro-batches (their sum when the model divided each by the
+      whole step's ``num_items_in_batch``, as Hugging Face's Trainer has it). A loss logged
+      after ``optimizer.step()`` joins that step's record (and its rules) when the next step
+      starts, when the model returned none.
     * backward: ``optimizer.step()``'s pre-hook, for the parameters that optimizer holds:
       gradient stats and the backward rules (one transfer), then breakpoints. A
-      ``Break`` raised here stops ``step()`` before any weight changes.
+      ``Break`` raised here stops ``step()`` before any weight changes. So the gradients
+      are the ones the optimizer gets: after any ``clip_grad_norm_`` the loop does (log
+      its return value, ``wb.log(grad_norm=...)``, for the norm before clipping).
     * update: the post-hook, update/weight norms (one transfer) and the update rules.
 
 ``wb.log(**scalars)`` keeps tensors as they are (no sync); they are read together, in one
@@ -42,6 +48,7 @@ The package, one job a module:
 
 * loop.py      ``Watch`` and ``watch``: the hooks on the model and the optimizers, the step
                boundaries, each step's record.
+* losses.py    the step's loss over its micro-batches, and whose loss it is.
 * breaks.py    ``break_on`` conditions, which one fires, ``Break``, pdb at a hit.
 * outputs.py   the JSON report, the TensorBoard log and the live session (``serve=``).
 * ranks.py     this process's rank under torch.distributed and each rank's own output paths.

@@ -33,6 +33,7 @@ from workbench.engine.thresholds import HealthThresholds
 from workbench.scenario.outputs import output_loss
 from workbench.session.watch import breaks
 from workbench.session.watch.breaks import ON_BREAK, Break, parse_breakpoints
+from workbench.session.watch.losses import FRAMEWORK, LOGGED, MODEL_OUTPUT, StepLoss
 from workbench.session.watch.outputs import Outputs, sample_reply, script_title
 from workbench.session.watch.ranks import current_rank
 from workbench.session.watch.wrapped import param_holder, unwrap_model, unwrap_optimizer
@@ -126,13 +127,13 @@ class Watch:
         self._forward_open = False  # a measured forward started and its stats are not read yet
         self._forward_seen = False  # this step's training forward of the root has run
         self._inputs: tuple[Any, Any] | None = None  # the measured forward's (args, kwargs), for a NaN diagnosis
-        self._loss: tuple[torch.Tensor, str] | None = None
+        self._loss = StepLoss()  # this step's, over its micro-batches
         self._logs: dict[str, Any] = {}
         self._stepped: set[int] = set()
         self._before: dict[int, list[torch.Tensor] | None] = {}
         self._hits: set[str] = set()  # breakpoints already fired this step
         self._skipped: set[int] = set()  # steps whose update did not happen (a Break, a client's skip)
-        self._pending: tuple[StepState, dict[str, Any], tuple[torch.Tensor, str] | None] | None = None
+        self._pending: tuple[StepState, dict[str, Any], StepLoss] | None = None
         self._t_step = time.perf_counter()
         self._t_forward: float | None = None  # the step's training forward started
         self._t_resume: float | None = None  # the watch's last hook work ended: the user's code runs again
@@ -235,15 +236,16 @@ class Watch:
                     raise ValueError(f"wb.log({name}=...): expected a number or a one-element tensor, got "
                                      f"{type(value).__name__}") from None
             if name == "loss" and target is self._logs:
-                # Before the optimizer step: the step's loss for its rules and loss>X breakpoints.
-                self._loss = (torch.as_tensor(target[name]), "wb.log")
+                # Before the optimizer step: the step's loss for its rules and loss>X breakpoints
+                # (logged once per micro-batch, their mean).
+                self._loss.add(torch.as_tensor(target[name]), "wb.log", LOGGED)
 
     def set_loss(self, loss: torch.Tensor, source: str = "loss") -> None:
         """This step's loss, when neither the model's output nor ``wb.log`` carries it (an
         integration passes the loss its framework is about to call backward on). No sync."""
         self._check_open()
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._loss = (loss.detach(), source)
+            self._loss.add(loss, source, FRAMEWORK)
 
     def step(self) -> None:
         """End a step where no optimizer is watched: after backward, before the update."""
@@ -366,6 +368,8 @@ class Watch:
             return
         if self._pending is not None:
             self._emit_pending()
+        if kwargs.get("num_items_in_batch") is not None:
+            self._loss.summed = True  # a Hugging Face loss divided by the whole step's item count
         if self._forward_seen:
             return
         self._forward_seen = True
@@ -378,10 +382,11 @@ class Watch:
     def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._closed or not torch.is_grad_enabled():
             return
-        if self._loss is None or self._loss[1] != "wb.log":
+        if self._loss.rank <= MODEL_OUTPUT:
             loss, source = output_loss(output)
             if loss is not None and loss.numel() == 1:
-                self._loss = (loss.detach(), source)  # read at the optimizer step, with nothing else syncing
+                # Read at the optimizer step, with nothing else syncing (each micro-batch's: their mean).
+                self._loss.add(loss, source, MODEL_OUTPUT)
         if self._t_forward is not None and Phase.FORWARD not in self._s.phase_seconds:
             # The user's forward: its wall time less the probe's hooks inside it.
             hooks = self._inst.probe.seconds if self._forward_open else 0.0
@@ -450,9 +455,9 @@ class Watch:
             self._end_measured_forward()  # the root module was never called: end the forward here
         first = not self._stepped and Phase.BACKWARD not in s.phases_done
         inst.begin_phase()
-        if first and self._loss is not None and s.loss is None:
-            total, source = self._loss
-            inst.loss_value(s, total, None, source)
+        total = self._loss.value() if first and s.loss is None else None
+        if total is not None:
+            inst.loss_value(s, total, None, self._loss.source)
         refs = self._refs[index] if index is not None else inst.params
         several = len(self.optimizers) > 1
         earlier, earlier_total = s.params, s.total_grad_norm
@@ -526,7 +531,7 @@ class Watch:
         self._pending = (s, self._logs, self._loss)
         self._step += 1
         self._s = self._new_state()
-        self._logs, self._loss = {}, None
+        self._logs, self._loss = {}, StepLoss()
         self._stepped, self._before, self._hits = set(), {}, set()
         self._forward_seen = False
         self._t_forward = self._t_boundary = self._t_resume = None
@@ -555,9 +560,9 @@ class Watch:
             s.loss, s.loss_source = float(values["loss"]), "wb.log"
             self._inst.loss_rules(s)
             self._found(self._inst.phase_findings)
-        elif s.loss is None and loss is not None:
+        elif s.loss is None and (total := loss.value()) is not None:
             self._inst.begin_phase()
-            self._inst.loss_value(s, loss[0], None, loss[1])
+            self._inst.loss_value(s, total, None, loss.source)
             self._found(self._inst.phase_findings)
         mem = memory.sample(self._device, s.activation_bytes,
                             rss=memory.rss_for(s.measured, self._history[-1] if self._history else None))
