@@ -204,3 +204,33 @@ def test_on_cuda_a_tf32_setting_that_governs_the_model_is_named_and_left_as_it_i
 def test_no_tf32_note_on_the_cpu() -> None:
     result = compare_variants(load_source(SCENARIOS / "cnn_image.py"), "fp32", "bf16", batches=1)
     assert not any("TF32" in note for note in result.notes)
+
+
+NO_BF16_KERNEL = '''
+import torch
+from torch import nn
+from workbench.scenario import Scenario
+
+class Fussy(nn.Module):
+    """Stands for an operation this build has no bf16 kernel for (a CPU LSTM under bf16 autocast)."""
+    def forward(self, x):
+        if x.dtype == torch.bfloat16:
+            raise RuntimeError("could not create a primitive descriptor for this op.")
+        return x
+
+def build(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), Fussy()).to(device)
+    x, y = torch.randn(16, 8), torch.randn(16, 4)
+    return Scenario(model=model, data=[(x, y)], loss_fn=nn.MSELoss(),
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+'''
+
+
+def test_a_variant_this_device_cannot_run_is_named_and_the_advice_fits(write_scenario, capsys) -> None:  # noqa: ANN001
+    path = write_scenario(NO_BF16_KERNEL, "fussy.py")
+    assert main(["diff", str(path), "--b", "bf16"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the bf16 side of fp32 vs bf16 raised RuntimeError: could not create a primitive descriptor" in err
+    assert "The fp32 side ran the same batch, so it is bf16 itself that fails here" in err
+    assert "workbench run" not in err and ".." not in err

@@ -251,6 +251,23 @@ def tf32_settings(model: nn.Module, device: torch.device) -> tuple[str, ...]:
                  if backend().fp32_precision == "tf32" and any(issubclass(k, governs) for k in kinds))
 
 
+class VariantFailed(RuntimeError):
+    """One side's forward or backward raised; ``variant`` names it, ``reference_ran`` says whether
+    the other side had run the same batch (then the variant itself is what this device lacks)."""
+
+    def __init__(self, variant: str, error: RuntimeError, reference_ran: bool) -> None:
+        super().__init__(f"{type(error).__name__}: {str(error).rstrip('. ')}")
+        self.variant, self.error, self.reference_ran = variant, error, reference_ran
+
+
+def _run_side(name: str, side: _Side, scenario: Scenario, batch: Batch,
+              reference_ran: bool) -> tuple[dict[str, Captured], float, list[Any]]:
+    try:
+        return _run(side, scenario, batch)
+    except RuntimeError as exc:
+        raise VariantFailed(name, exc, reference_ran) from exc
+
+
 def _run(side: _Side, scenario: Scenario, batch: Batch) -> tuple[dict[str, Captured], float, list[Any]]:
     grad = torch.enable_grad() if side.trains else torch.no_grad()
     fields: list[Any] = []
@@ -405,8 +422,8 @@ def compare_variants(
         batch = batch.to(dev)
         for side in (side_a, side_b):
             side.model.zero_grad(set_to_none=True)
-        seen_a, la, fields = _run(side_a, first, batch)
-        seen_b, lb, _ = _run(side_b, second, batch)
+        seen_a, la, fields = _run_side(a, side_a, first, batch, reference_ran=False)
+        seen_b, lb, _ = _run_side(b, side_b, second, batch, reference_ran=True)
         loss_a += la / len(data)
         loss_b += lb / len(data)
         aligned = {n: _align(seen_a[n], seen_b[n]) for n in seen_a if n in seen_b}

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.json, inputs=scenario_inputs(args.scenario))
     from workbench.report.text import plain_console
 
-    from workbench.bench.divergence import compare_variants
+    from workbench.bench.divergence import VariantFailed, compare_variants
     from workbench.report.divergence import divergence_view
     from workbench.scenario import ScenarioError, load_source
 
@@ -54,9 +54,19 @@ def run(args: argparse.Namespace) -> int:
                                threshold=args.threshold)
     except (ScenarioError, ValueError):
         raise
+    except VariantFailed as exc:
+        if exc.reference_ran:
+            advice = (f"The {args.a} side ran the same batch, so it is {exc.variant} itself that fails here: an "
+                      f"operation without a {exc.variant} kernel on {args.device} in this torch build (an LSTM "
+                      "under CPU bf16 autocast is one). Compare another variant, or on a device that has it; "
+                      "--verbose shows the traceback.")
+        else:
+            advice = "`workbench run` on the scenario shows whether it trains at all; --verbose shows the traceback."
+        raise ScenarioError(f"{source.where}: the {exc.variant} side of {args.a} vs {args.b} raised {exc}. "
+                            f"{advice}") from exc
     except RuntimeError as exc:
         raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {type(exc).__name__}: {exc}. "
-                            "Run `workbench run` on it for the traceback.") from exc
+                            "--verbose shows the traceback.") from exc
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         atomic_write_json(args.json, div.to_json())
     plain_console().print(divergence_view(div))
