@@ -244,3 +244,24 @@ async def test_tui_charts_loss_parts_of_a_v2_scenario(tmp_path: Path) -> None:
         assert set(main.view.history[-1].loss_parts) == {"ce", "recon"}
         text = plain(main.query_one(ChartsPanel))
         assert "ce" in text and "recon" in text
+
+
+@pytest.mark.parametrize(("step_size", "batches", "warned"), [
+    (30, 64, True),     # the classic "every 30 epochs", stepped per batch: decays inside epoch 1
+    (30, 16, False),    # the first decay comes after the epoch ends: could be meant in batches
+    (1000, 2000, False),  # a step count in iterations
+    (5, 2, True),       # small counts are epochs whatever the data
+])
+def test_a_steplr_whose_step_size_reads_as_epochs_is_warned_about(step_size: int, batches: int, warned: bool) -> None:
+    from workbench.scenario import Scenario
+    from workbench.scenario.loader import load_warnings
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    s = Scenario(model=model, optimizer=opt, loss_fn=torch.nn.MSELoss(),
+                 data=[(torch.randn(4, 2), torch.randn(4, 1))] * batches,
+                 scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=step_size))
+    found = load_warnings(s)
+    assert bool(found) is warned
+    if warned:
+        assert f"StepLR(step_size={step_size})" in found[0] and f"{batches}-batch epochs" in found[0]

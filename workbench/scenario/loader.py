@@ -352,6 +352,20 @@ def _check_model_device(s: Scenario, device: torch.device, where: str, path: str
 # -- what the loader notices at load ----------------------------------------------------
 
 
+EPOCH_LIKE = 100  # up to this, a scheduler's step count that ends before an epoch does reads as epochs
+
+
+def _batches_per_epoch(data: Any) -> int | None:
+    """len(data) when it has one (a DataLoader over a sized dataset, a list), else None."""
+    try:
+        n = len(data)
+    except (TypeError, NotImplementedError):  # an IterableDataset's DataLoader, a generator
+        return None
+    except Exception:  # a user's __len__ that raises something else: no guess from it
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def load_warnings(s: Scenario) -> list[str]:
     """Settings that are probably not what the user meant; the engine shows them as findings."""
     out: list[str] = []
@@ -360,12 +374,20 @@ def load_warnings(s: Scenario) -> list[str]:
         import torch
 
         lrs = torch.optim.lr_scheduler
+        epoch = _batches_per_epoch(s.data)
+
+        def epochs_like(n: int) -> bool:
+            # Small counts are epochs; so are the classic 30/60/90 when the first decay would come
+            # before one pass over the data ends (a step count in iterations is usually larger).
+            return n <= 10 or (n <= EPOCH_LIKE and epoch is not None and n < epoch)
+
+        within = f", within the first of its {epoch}-batch epochs" if epoch is not None else ""
         per_epoch = None
         if isinstance(sched, lrs.ReduceLROnPlateau):
             per_epoch = f"ReduceLROnPlateau (patience {sched.patience}) counts epochs without improvement"
-        elif isinstance(sched, lrs.StepLR) and sched.step_size <= 10:
-            per_epoch = f"StepLR(step_size={sched.step_size}) decays every {sched.step_size} steps"
-        elif isinstance(sched, lrs.MultiStepLR) and sched.milestones and max(sched.milestones) <= 10:
+        elif isinstance(sched, lrs.StepLR) and epochs_like(sched.step_size):
+            per_epoch = f"StepLR(step_size={sched.step_size}) decays every {sched.step_size} steps{within}"
+        elif isinstance(sched, lrs.MultiStepLR) and sched.milestones and epochs_like(max(sched.milestones)):
             per_epoch = f"MultiStepLR(milestones={sorted(sched.milestones)}) looks like epoch numbers"
         elif isinstance(sched, lrs.ExponentialLR) and sched.gamma < 0.99:
             per_epoch = f"ExponentialLR(gamma={sched.gamma}) shrinks the lr {1 / sched.gamma:.2f}x per step"
