@@ -234,3 +234,26 @@ def test_a_variant_this_device_cannot_run_is_named_and_the_advice_fits(write_sce
     assert "the bf16 side of fp32 vs bf16 raised RuntimeError: could not create a primitive descriptor" in err
     assert "The fp32 side ran the same batch, so it is bf16 itself that fails here" in err
     assert "workbench run" not in err and ".." not in err
+
+
+FLOAT64_DEFAULT = '''
+import torch
+from torch import nn
+from workbench.scenario import Scenario
+
+def build(device):
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)  # the user's global setting: the model is float64
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to(device)
+    return Scenario(model=model, data=[(torch.randn(8, 4), torch.randint(0, 2, (8,)))],
+                    loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+'''
+
+
+def test_fp16_against_a_float64_model_runs_and_says_autocast_left_it_float64(write_scenario) -> None:  # noqa: ANN001
+    path = write_scenario(FLOAT64_DEFAULT, "wide.py")
+    try:
+        div = compare_variants(load_source(str(path)), "fp32", "fp16")
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert any("the fp16 side computed in float64 too" in n for n in div.notes)

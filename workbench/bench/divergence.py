@@ -122,6 +122,12 @@ class _Side:
     trains: bool
 
 
+def _float64_under_autocast(*sides: _Side) -> str:
+    """The names of the autocast sides whose model is float64 ("" when none is)."""
+    return " and ".join(s.name for s in sides if s.autocast is not None
+                        and any(p.dtype == torch.float64 for p in s.model.parameters()))
+
+
 def _side(name: str, scenario: Scenario) -> _Side:
     """The numerics of the bench variant called ``name`` (or one of diff's short names)."""
     from workbench.bench import variants
@@ -217,10 +223,11 @@ def _fp16_backward(loss: torch.Tensor, model: nn.Module) -> None:
         grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
         if not grads:
             return
-        found_inf = torch.zeros(1, device=grads[0].device)
+        # float32 whatever the default dtype (a build() may set float64): the op takes no other.
+        found_inf = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
+        inv_scale = torch.full((1,), 1.0 / scale, dtype=torch.float32, device=grads[0].device)
         # GradScaler's own fused check: unscales in place, and counts any Inf/NaN.
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.full((1,), 1.0 / scale,
-                                                                                      device=grads[0].device))
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
         # Sync point (fp16 side, once per try): did this scale overflow?
         if not found_inf.item() or scale <= 1.0:
             return
@@ -446,6 +453,11 @@ def compare_variants(
                 notes.append(f"the fp32 side computed in TF32 where {', '.join(tf32)} is 'tf32' (cuDNN's "
                              "default for convolutions): not an IEEE fp32 reference; for one, set "
                              "<setting>.fp32_precision = 'ieee' in build()")
+            wide = _float64_under_autocast(side_a, side_b)
+            if wide:
+                notes.append(f"the model is float64 and autocast leaves float64 as it is: the {wide} side "
+                             "computed in float64 too, so no precision difference can show; build the model "
+                             "in float32 (no torch.set_default_dtype(torch.float64) in build()) to compare")
             if len(fields) == 3 and fields[0] is not None:
                 notes.append(f"the model computes its own loss ({fields[0]}): the (model) row compares "
                              f"outputs.{fields[2] or '?'}, what it computed")
