@@ -334,3 +334,42 @@ def test_sigterm_during_a_loader_row_stops_its_workers_and_keeps_fp32(tmp_path: 
     psutil.wait_procs(workers, timeout=10)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
     assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*bench.json*"))
+
+
+LEAKS = '''
+import torch
+from torch import nn
+from workbench import Scenario
+
+class Leaky(nn.Module):
+    """Its first forward turns the process's default dtype to float64, as a careless helper might."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.calls = 0
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            torch.set_default_dtype(torch.float64)
+        return self.fc(x)
+
+def build(device):
+    torch.manual_seed(0)
+    model = Leaky().to(device)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(6)]
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    loss_fn=nn.CrossEntropyLoss(), data=data)
+'''
+
+
+def test_a_row_that_changes_the_default_dtype_does_not_break_the_rows_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "leaky.py"
+    path.write_text(LEAKS)
+    try:
+        run = run_bench(load_source(str(path)), ["fp32", "accum-2"], plan=PLAN)
+        after = torch.get_default_dtype()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert [r.name for r in run.results] == ["fp32", "accum-2"]
+    assert all(r.ok for r in run.results), [r.reason for r in run.results]
+    assert after == torch.float32  # and the process is left as the bench found it

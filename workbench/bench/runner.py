@@ -26,6 +26,7 @@ from workbench.bench.timing import DEFAULT_PLAN, BenchStepError, Plan, user_erro
 from workbench.bench.variants import BASELINE, Variant, resolve
 from workbench.bench.variants.base import fp32_loss_after
 from workbench.scenario import ScenarioSource, resolve_device
+from workbench.scenario.torch_state import TorchState
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ def run_bench(
     """
     dev = resolve_device(device)
     chosen = _variants(variants)
+    # Every row starts from torch's settings as the bench found them: a forward that changed the
+    # default dtype or grad mode must not break the rows after it (each row builds anew).
+    start_state = TorchState.now()
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -83,6 +87,7 @@ def run_bench(
                     progress(BenchProgress(_name, _i, len(chosen), done, total))
 
             tick(0, plan.total)
+            start_state.restore()
             ctx = BenchContext(source, dev, plan, batches, eval_batches, hardware, tick)
             try:
                 result = run_one(variant, ctx, probe)
@@ -95,12 +100,14 @@ def run_bench(
             if progress is not None:
                 progress(BenchProgress(variant.name, index, len(chosen), plan.total, plan.total, result))
         try:
+            start_state.restore()
             results = with_baseline_losses(
                 results, BenchContext(source, dev, plan, batches, eval_batches, hardware), rerun=not interrupted)
         except KeyboardInterrupt:
             interrupted = True
     finally:
         torch.set_num_threads(previous_threads)
+        start_state.restore()
     return BenchRun(
         scenario=probe.name or source.label,
         device=str(dev),
