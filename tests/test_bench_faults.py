@@ -373,3 +373,17 @@ def test_a_row_that_changes_the_default_dtype_does_not_break_the_rows_after_it(t
     assert [r.name for r in run.results] == ["fp32", "accum-2"]
     assert all(r.ok for r in run.results), [r.reason for r in run.results]
     assert after == torch.float32  # and the process is left as the bench found it
+
+
+def test_a_failed_row_names_the_users_line_also_for_system_exit(tmp_path: Path) -> None:
+    from tests.conftest import SCENARIOS
+
+    raising = SCENARIOS / "broken" / "raises_at_step3.py"
+    run = run_bench(load_source(str(raising)), ["fp32"], plan=PLAN)
+    assert f"(at step 3, {raising}:" in run.results[0].reason and "in forward)" in run.results[0].reason
+    exits = tmp_path / "exits.py"
+    exits.write_text(LEAKS.replace("torch.set_default_dtype(torch.float64)", "raise SystemExit(5)"))
+    run = run_bench(load_source(str(exits)), ["fp32", "accum-2"], plan=PLAN)
+    assert [r.status for r in run.results] == ["failed", "failed"]  # the bench itself went on
+    assert run.results[0].reason.startswith("SystemExit: 5 (at step 0 (warm-up), ")
+    assert f"{exits}:" in run.results[0].reason

@@ -207,17 +207,34 @@ def format_traceback(exc: BaseException, limit: int = 60) -> str:
 
 
 def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> str:
-    """One line: 'out of memory at step 3, batch size 64 (micro-batch 16): ...' or 'Type: message (at step k)'."""
+    """One line: 'out of memory at step 3, batch size 64 (micro-batch 16): ...' or 'Type: message (at
+    step k, file:line in function)', the line the user's code raised from."""
     where = where_failed(exc)
+    raised_at = _raised_at(exc, ctx)
     exc = user_error(exc)
     text = str(exc).strip()
     detail = text.splitlines()[0] if text else ""
-    if is_oom(exc):
+    if is_oom(exc):  # the batch size is the point, not the line that happened to allocate
         head = f"out of memory {where}" if where else "out of memory"
         head += f", {variant.batch_note(ctx)}"
         return f"{head}: {detail}" if detail else head
     reason = f"{type(exc).__name__}: {detail}"
+    where = ", ".join(w for w in (where, raised_at) if w)
     return f"{reason} ({where})" if where else reason
+
+
+def _raised_at(exc: BaseException, ctx: BenchContext) -> str:
+    """'file:line in function' of the user's code the error came from ('' when none is on its traceback)."""
+    from workbench.errors import user_frames
+
+    if isinstance(exc, BenchStepError):
+        return exc.user_frame or ""
+    frames = user_frames(exc)
+    path = ctx.source.path
+    if path is not None:  # the scenario's own line first, as `workbench run` names it
+        real = os.path.realpath(path)
+        frames = [f for f in frames if os.path.realpath(f.filename) == real] or frames
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
 
 
 def release_memory(device: torch.device) -> None:

@@ -153,7 +153,7 @@ class BenchStepError(TrainingStepError):
     original error, with :attr:`at_step` ('at step 4', 'at step 0 (warm-up)').
     """
 
-    def __init__(self, step: int, original: Exception, *, warmup: bool) -> None:
+    def __init__(self, step: int, original: BaseException, *, warmup: bool) -> None:
         self.warmup = warmup
         super().__init__(None, step, original)
 
@@ -165,9 +165,9 @@ class BenchStepError(TrainingStepError):
 def _run(step: StepFn, i: int, *, warmup: bool) -> None:
     try:
         step(i)
-    except BenchStepError:
-        raise  # a measure() inside this step already named its own step
-    except Exception as exc:
+    except (BenchStepError, KeyboardInterrupt):
+        raise  # a measure() inside this step already named its own step; Ctrl-C stops the row
+    except BaseException as exc:  # SystemExit from the user's step too: this step's failure, named
         raise BenchStepError(i, exc, warmup=warmup) from exc
 
 
