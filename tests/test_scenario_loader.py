@@ -191,6 +191,27 @@ def test_scenario_field_checked(write_scenario, old, new, message) -> None:
     e = _err(path)
     assert message in str(e)
     assert str(path) in str(e)
+    # The line of build() that made the Scenario (a multi-line call: one of its lines).
+    lines = src.splitlines()
+    start = next(i for i, text in enumerate(lines, 1) if "Scenario(" in text and "import" not in text)
+    assert e.line is not None and start <= e.line <= start + 8 and f"(line {e.line})" in str(e)
+
+
+def test_a_file_with_nul_bytes_is_refused_without_a_none_line(tmp_path) -> None:
+    path = tmp_path / "binary.py"
+    path.write_bytes(b"def build(device):\n    return 1\n\x00\x00")
+    e = _err(path)
+    assert "None" not in str(e) and "null bytes" in str(e) and "Is it a text file?" in str(e)
+
+
+def test_a_complex_loss_is_refused_with_what_to_do(write_scenario) -> None:
+    from workbench.engine import Engine, StepError
+
+    path = write_scenario(GOOD.replace("loss_fn=nn.CrossEntropyLoss(),",
+                                       "loss_fn=lambda o, y: nn.functional.cross_entropy(o, y) * (1 + 1j),", 1))
+    with Engine(load(path)) as eng, pytest.raises(StepError) as info:
+        eng.step_once()
+    assert "returned a complex tensor" in str(info.value) and "must be real" in str(info.value)
 
 
 def test_missing_required_field(write_scenario) -> None:

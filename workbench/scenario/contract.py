@@ -231,8 +231,14 @@ class Scenario:
 
 
 def _check_scalar(value: Any, what: str, s: Scenario) -> None:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         return
+    if isinstance(value, torch.Tensor) and value.is_complex():
+        raise ScenarioError(
+            f"{s.where}: {what} returned a complex tensor ({value.dtype}); a loss to minimise must be real. "
+            "Reduce it to a real number, e.g. z.abs().pow(2).mean() or (z.real ** 2).mean().",
+            path=s.source.path if s.source else None,
+        )
     got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
     raise ScenarioError(
         f"{s.where}: {what} returned {got}; expected a scalar Tensor (reduce with .mean() or .sum()), "

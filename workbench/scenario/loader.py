@@ -170,6 +170,9 @@ def _parse(path: Path) -> ast.Module:
     try:
         return ast.parse(text, filename=str(path))
     except SyntaxError as exc:
+        if exc.lineno is None:  # no line to show (a file holding NUL bytes)
+            raise ScenarioError(f"{path}: cannot be parsed as Python: {exc.msg}. Is it a text file?",
+                                path=str(path)) from exc
         raise ScenarioError(
             f"{path}:{exc.lineno}: syntax error: {exc.msg}\n"
             f"    {(exc.text or '').rstrip()}\n"
@@ -264,7 +267,10 @@ class ScenarioSource:
             with _folder_on_path(self.path):
                 result = func() if _takes_no_argument(func) else func(device)
         except ScenarioError as exc:
-            raise ScenarioError(f"{self.where}: {exc}", path=self.path, line=exc.line) from exc
+            # A Scenario(...) field refused in build(): the line of build() that made it.
+            line = exc.line or _user_line(exc, self.path)
+            at = f" (line {line})" if line and not exc.line else ""
+            raise ScenarioError(f"{self.where}{at}: {exc}", path=self.path, line=line) from exc
         except ModuleNotFoundError as exc:
             raise _unavailable(exc, self.where, self.path) from exc
         except KeyboardInterrupt:
