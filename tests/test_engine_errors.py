@@ -104,6 +104,9 @@ def _cases() -> list[tuple[str, Callable[[], Scenario], Phase, list[str]]]:
          ["step 0, data loading: RuntimeError: DataLoader worker", "num_workers=0"]),
         ("user_exit", lambda: _scenario(_Exits(4, 3), x8, torch.randn(8, 3)), Phase.FORWARD,
          ["SystemExit: 4", "called sys.exit()", "Raise an exception"]),
+        ("loss_without_graph", lambda: _scenario(nn.Linear(4, 3), x8, torch.randn(8, 3),
+                                                 lambda o, y: nn.functional.mse_loss(o.detach(), y)),
+         Phase.BACKWARD, ["does not require grad", "no graph back to any parameter", ".detach()ed"]),
     ]
 
 
@@ -235,3 +238,13 @@ def test_out_of_memory_under_run_is_in_the_json(write_scenario, tmp_path: Path, 
     assert error["type"] == "OutOfMemoryError" and error["oom"] is True
     assert error["batch_size"] == 16 and error["phase"] == "forward" and error["kind"] == "out_of_memory"
     assert "accum-4" in error["hint"] and error["at"].endswith("in forward")
+
+
+def test_a_loss_without_graph_because_grad_mode_is_off_says_so() -> None:
+    scenario = _scenario(nn.Linear(4, 3), torch.randn(8, 4), torch.randn(8, 3))
+    torch.set_grad_enabled(False)  # what a build() that turned it off leaves behind
+    try:
+        err = _first_error(scenario)
+    finally:
+        torch.set_grad_enabled(True)
+    assert err.kind == "loss_without_graph" and "gradient recording is off in this process" in str(err)

@@ -187,6 +187,16 @@ def _keyword_batch(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> 
             "model(*inputs), or give the scenario forward=lambda model, batch: model(batch['x']).")
 
 
+def _no_graph(m: re.Match[str], phase: Phase | None, ctx: ErrorContext) -> str:
+    if not torch.is_grad_enabled():
+        return ("gradient recording is off in this process: build() or the model called "
+                "torch.set_grad_enabled(False) (or entered torch.no_grad() and never left it), so the loss "
+                "has no graph. Scope it instead: `with torch.no_grad():` around evaluation only.")
+    return ("the loss has no graph back to any parameter: it was computed under torch.no_grad(), from "
+            ".detach()ed or .item() values, or from integer tensors, or every parameter has "
+            "requires_grad=False. Compute it from the model's outputs as they come.")
+
+
 def _re(text: str) -> re.Pattern[str]:
     return re.compile(text, re.DOTALL)
 
@@ -219,6 +229,8 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
     KnownError("embedding_index", _re(r"index out of range in self"), _embedding, phases=(Phase.FORWARD,)),
     KnownError("keyword_batch", _re(r"forward\(\) got an unexpected keyword argument '(\w+)'"), _keyword_batch,
                types=(TypeError,), phases=(Phase.FORWARD,)),
+    KnownError("loss_without_graph", _re(r"element 0 of tensors does not require grad and does not have a grad_fn"),
+               _no_graph, types=(RuntimeError,)),
     KnownError("user_exit", _re(r""), USER_EXIT, types=(SystemExit, GeneratorExit)),
     KnownError("dataloader_worker", _DATALOADER_RE, DATALOADER_WORKER),
 )
