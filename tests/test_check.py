@@ -80,31 +80,6 @@ def test_bundled_scenarios_pass(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert int(suite.get("tests")) == len(discover(SCENARIOS))
 
 
-def test_interrupt_keeps_the_finished_scenarios(mixed_dir: Path, tmp_path: Path) -> None:
-    (mixed_dir / "zz_stop.py").write_text(
-        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
-        "class Stop(nn.Linear):\n"
-        "    def forward(self, x):\n        raise KeyboardInterrupt\n"
-        "def build(device):\n"
-        "    m = Stop(4, 1)\n"
-        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
-        "                    loss_fn=nn.MSELoss(), data=[(torch.randn(8, 4), torch.randn(8, 1))])\n"
-    )
-    junit = tmp_path / "junit.xml"
-    assert main(["check", str(mixed_dir), "--steps", "2", "--junit", str(junit)]) == 130
-    suite = ET.parse(junit).getroot().find("testsuite")
-    assert [c.get("name") for c in suite.iter("testcase")] == ["detached_branch", "mlp_digits"]
-
-
-def test_an_interrupt_while_building_writes_empty_reports(write_scenario, tmp_path: Path) -> None:
-    path = write_scenario("def build(device):\n    raise KeyboardInterrupt\n", "stop.py")
-    junit, report = tmp_path / "junit.xml", tmp_path / "check.json"
-    assert main(["check", str(path), "--junit", str(junit), "--json", str(report)]) == 130
-    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "0"
-    data = json.loads(report.read_text())
-    assert data["results"] == [] and data["stopped_by"] == "interrupted"
-
-
 def test_warnings_only_is_warn_with_the_first_warning(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """dead_relu has warning findings only: `warn` and its first warning, exit 0 (1 with --strict)."""

@@ -3,8 +3,10 @@
 ``run_isolated(fn, *args)`` calls ``fn(*args)`` in a fresh child and returns what
 it returned, or why the child gave nothing back: it exited (``os._exit(7)``), was
 killed by a signal (a segfault), or ran past its timeout (an endless loop; the
-child is killed). A KeyboardInterrupt in the child is raised again in the parent
-(Ctrl-C stops the whole command, partial results kept). Whatever the user code does to the process (the default dtype,
+child is killed). Only an interrupt of this process stops the command (Ctrl-C reaches
+the parent with the child, SIGTERM the parent alone; partial results kept): a
+KeyboardInterrupt the user code raises itself is the call's failure, like any other
+exception. Whatever the user code does to the process (the default dtype,
 monkeypatched torch functions, ``sys.modules`` entries, module-level memory,
 threads that never end) dies with the child, so the next call starts clean.
 
@@ -13,7 +15,9 @@ that imported torch and the ``preload`` modules once: each child is a fork of
 that clean server, so a call costs a fork, not a torch import (measured in
 benchmarks/test_isolation_cost.py). The server runs no torch op, so it has one thread (no
 OpenMP pool a fork could leave half-copied: forking it is safe). Where there is no forkserver (Windows) each
-child is spawned, importing everything anew.
+child is spawned, importing everything anew. The child runs ``fn`` with no start method
+chosen, as a plain process would: the fork server's is not inherited (a DataLoader's
+workers are forked from the child, as they are under ``workbench run``).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...]) -
     code = 0
     try:
         os.chdir(cwd)  # the fork server's cwd is the one it started in
+        forget_start_method()
         value = fn(*args)
         import threading
 
@@ -72,19 +77,34 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...]) -
         import gc
 
         gc.collect()
-    except KeyboardInterrupt:  # Ctrl-C (the whole process group gets it): the parent stops too
-        code = 130
-        try:
-            conn.send(("interrupted", None, ()))
-        except BaseException:  # noqa: S110 - the parent may be gone already
-            pass
     except BaseException as exc:  # fn should not raise; if it does, say what, rather than die silently
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # KeyboardInterrupt too: a real Ctrl-C signals the parent as well, which stops before
+        # it reads this; one the parent reads came without a signal, from the user code itself.
         try:
-            conn.send(("raised", text, ()))
-        except BaseException:
+            conn.send(("raised", _raised_text(exc), ()))
+        except BaseException:  # the parent is gone already (its Ctrl-C): it reads nothing now
             code = 1
     leave_now(code)
+
+
+def forget_start_method() -> None:
+    """Leave multiprocessing's start method unchosen, as in a process that never set one.
+
+    A forkserver child has the server's method forced on it (``Process._bootstrap``), and
+    ``torch.multiprocessing`` (a DataLoader's workers) goes through that same default
+    context: its workers would be started by a fork server, which cannot unpickle a
+    Dataset class defined in a scenario file (its module exists only in this child)."""
+    multiprocessing.set_start_method(None, force=True)
+
+
+def _raised_text(exc: BaseException) -> str:
+    """'raised KeyboardInterrupt at /x/train.py:14' (the user's innermost frame), then the traceback."""
+    from workbench.errors import exit_description, user_location
+
+    location = user_location(exc)
+    at = f" at {location}" if location else ""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{exit_description(exc)}{at}\n{text}"
 
 
 def leave_now(code: int) -> NoReturn:
@@ -116,7 +136,12 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
                  preload: Sequence[str] = ()) -> ChildOutcome:
     """Call ``fn(*args)`` in a child process; ``fn``, its arguments and its result must
     pickle (module-level functions, frozen dataclasses). Never raises for what the
-    child does; Ctrl-C kills the child and propagates."""
+    child does, a KeyboardInterrupt it raises included; Ctrl-C or SIGTERM delivered to
+    this process kills the child and propagates.
+
+    A Ctrl-C signals the terminal's whole foreground process group at once, so this
+    process has it pending before the child can report its own KeyboardInterrupt: the
+    wait below raises it first. SIGTERM reaches this process alone (cli's handler)."""
     ctx = _context(preload)
     receive, send = ctx.Pipe(duplex=False)
     # Not daemonic: a scenario may start processes of its own (DataLoader workers),
@@ -148,13 +173,10 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
             _stop(proc)
         receive.close()
     seconds = time.monotonic() - start
-    if message is not None and message[0] == "interrupted":
-        raise KeyboardInterrupt  # the user's Ctrl-C, seen by the child first
     if message is not None and message[0] == "ok":
         return ChildOutcome(message[1], True, None, proc.exitcode, tuple(message[2]), seconds)
     if message is not None:
-        return ChildOutcome(failure=f"raised in the child process:\n{message[1]}", exitcode=proc.exitcode,
-                            seconds=seconds)
+        return ChildOutcome(failure=message[1], exitcode=proc.exitcode, seconds=seconds)
     return ChildOutcome(failure=describe_exit(proc.exitcode), exitcode=proc.exitcode, seconds=seconds)
 
 

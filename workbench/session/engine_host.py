@@ -406,6 +406,9 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         except (AttributeError, ValueError):
             pass
     os.chdir(cwd)  # the fork server's cwd is the one it started in
+    from workbench.isolation import forget_start_method
+
+    forget_start_method()  # DataLoader workers fork from here, as under `workbench run`
     try:
         # Where training and the screen compete for the same cores, the screen wins: keys
         # stay answered (benchmarks/test_tui_latency.py). With cores to spare it costs nothing.

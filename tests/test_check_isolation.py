@@ -1,0 +1,191 @@
+"""`workbench check`'s child processes: each scenario runs as it would in a plain process.
+
+The child comes from a fork server, but what a scenario sees of multiprocessing is what
+`workbench run` gives it (DataLoader workers are forked, so a Dataset class defined in the
+scenario file works). A KeyboardInterrupt the scenario's own code raises is that scenario's
+failure; only a real Ctrl-C or SIGTERM of the command stops the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.test_interrupts import _descendants, _wait_for
+from workbench.cli import main
+
+HEADER = "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
+
+TINY = HEADER + (
+    "def build(device):\n"
+    "    torch.manual_seed(0)\n"
+    "    m = nn.Linear(4, 2)\n"
+    "    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]\n"
+    "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+    "                    loss_fn=nn.CrossEntropyLoss(), data=data)\n"
+)
+
+# The Dataset class lives in the scenario file, whose module exists only in the child:
+# workers started through a fork server could not unpickle it; forked workers have it.
+WORKERS = HEADER + (
+    "from torch.utils.data import DataLoader, Dataset\n"
+    "class Pairs(Dataset):\n"
+    "    def __len__(self):\n        return 32\n"
+    "    def __getitem__(self, i):\n        return torch.full((4,), float(i)), i % 2\n"
+    "def build(device):\n"
+    "    m = nn.Linear(4, 2)\n"
+    "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+    "                    loss_fn=nn.CrossEntropyLoss(),\n"
+    "                    data=DataLoader(Pairs(), batch_size=8, num_workers=2))\n"
+)
+
+RAISES_INTERRUPT = HEADER + (
+    "class Stop(nn.Linear):\n"
+    "    calls = 0\n"
+    "    def forward(self, x):\n"
+    "        self.calls += 1\n"
+    "        if self.calls == 2:\n"
+    "            raise KeyboardInterrupt\n"
+    "        return super().forward(x)\n"
+    "def build(device):\n"
+    "    m = Stop(4, 2)\n"
+    "    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]\n"
+    "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+    "                    loss_fn=nn.CrossEntropyLoss(), data=data)\n"
+)
+RAISE_LINE = RAISES_INTERRUPT.splitlines().index("            raise KeyboardInterrupt") + 1
+
+# Says (a file beside it) that its first forward has begun, then waits there to be interrupted.
+SLOW = HEADER + (
+    "import pathlib, time\n"
+    "class Slow(nn.Linear):\n"
+    "    def forward(self, x):\n"
+    "        pathlib.Path(__file__).with_name('stepping').touch()\n"
+    "        time.sleep(300)\n"
+    "        return super().forward(x)\n"
+    "def build(device):\n"
+    "    m = Slow(4, 2)\n"
+    "    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]\n"
+    "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+    "                    loss_fn=nn.CrossEntropyLoss(), data=data)\n"
+)
+
+
+def scenario_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    d = tmp_path / "scenarios"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text, encoding="utf-8")
+    return d
+
+
+def check_json(argv: list[str], report: Path) -> tuple[int, list[dict]]:
+    code = main(["check", *argv, "--json", str(report)])
+    return code, json.loads(report.read_text())["results"]
+
+
+def test_dataloader_workers_with_a_dataset_class_in_the_scenario_file(tmp_path: Path) -> None:
+    # The scenario after it checks that the fork server still serves children afterwards.
+    d = scenario_dir(tmp_path, {"a_workers.py": WORKERS, "b_tiny.py": TINY})
+    code, results = check_json([str(d), "--steps", "3"], tmp_path / "check.json")
+    assert [(r["label"], r["status"]) for r in results] == [("a_workers", "ok"), ("b_tiny", "ok")], results
+    assert code == 0
+    assert results[0]["steps"] == 3
+
+
+def test_a_keyboard_interrupt_raised_by_user_code_fails_that_scenario_only(tmp_path: Path) -> None:
+    d = scenario_dir(tmp_path, {"a_tiny.py": TINY, "b_raises.py": RAISES_INTERRUPT, "c_tiny.py": TINY})
+    code, results = check_json([str(d), "--steps", "3"], tmp_path / "check.json")
+    assert code == 2
+    assert [(r["label"], r["status"]) for r in results] == [
+        ("a_tiny", "ok"), ("b_raises", "failed"), ("c_tiny", "ok")], results
+    failed = results[1]
+    where = f"{d / 'b_raises.py'}:{RAISE_LINE}"
+    assert "KeyboardInterrupt" in failed["first_problem"] and where in failed["first_problem"], failed
+    assert "raise KeyboardInterrupt" in failed["failure"]  # the whole traceback, for the JSON and JUnit reports
+    assert json.loads((tmp_path / "check.json").read_text())["stopped_by"] == "done"
+
+
+def _ctrl_c(proc: subprocess.Popen[str]) -> None:
+    # A terminal's Ctrl-C signals its whole foreground process group: the command, its fork
+    # server and the scenario's child all get SIGINT at once.
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+def _sigterm(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)  # `kill PID`: the command alone
+
+
+def _interrupt(proc: subprocess.Popen[str], send: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str]:
+    """Send the signal, wait for the command to end, check that it left no process behind."""
+    children = _descendants(proc.pid)
+    send(proc)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the command did not stop within 60 s of the signal")
+    deadline = time.monotonic() + 15
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.2)
+    assert not alive, f"orphans left: {alive}"
+    return proc.returncode, out + err
+
+
+def _interrupted_check(tmp_path: Path, files: dict[str, str],
+                       send: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, dict, ET.Element]:
+    """Run `workbench check` on ``files`` in a subprocess, signal it once some scenario says
+    it is under way; its exit code, output, JSON report and JUnit suite."""
+    d = scenario_dir(tmp_path, files)
+    report, junit = tmp_path / "check.json", tmp_path / "junit.xml"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120")
+    # A session of its own: the process group Ctrl-C goes to is the command's, not pytest's.
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "check", str(d), "--steps", "3",
+                             "--json", str(report), "--junit", str(junit)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: (d / "stepping").exists(), 120, proc)
+        code, output = _interrupt(proc, send)
+    finally:
+        # A failed wait kills the command alone; its scenario's child would run on without it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    return code, " ".join(output.split()), json.loads(report.read_text()), suite
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("send", [_ctrl_c, _sigterm], ids=["ctrl-c", "sigterm"])
+def test_a_real_interrupt_stops_the_run_and_keeps_the_finished_scenarios(send, tmp_path: Path) -> None:
+    files = {"a_tiny.py": TINY, "b_slow.py": SLOW, "c_tiny.py": TINY}
+    code, output, data, suite = _interrupted_check(tmp_path, files, send)
+    assert code == 130, output
+    assert "interrupted after 1 of 3 scenarios" in output
+    assert data["stopped_by"] == "interrupted"
+    assert [(r["label"], r["status"]) for r in data["results"]] == [("a_tiny", "ok")]
+    assert suite.get("tests") == "1"
+
+
+@pytest.mark.slow
+def test_a_real_interrupt_while_building_writes_empty_reports(tmp_path: Path) -> None:
+    # Its build calls the waiting forward: the signal comes before any scenario has finished.
+    slow_build = SLOW.replace("def build(device):\n", "def build(device):\n    Slow(4, 2)(torch.randn(1, 4))\n")
+    code, output, data, suite = _interrupted_check(tmp_path, {"slow_build.py": slow_build}, _ctrl_c)
+    assert code == 130, output
+    assert data["results"] == [] and data["stopped_by"] == "interrupted"
+    assert suite.get("tests") == "0"
