@@ -20,7 +20,8 @@ DESCRIPTION = (
     "state of the others (a child that dies or runs past --timeout is FAILED). Exit "
     "codes: 0 all healthy (warnings allowed unless --strict), 1 some scenario had an error "
     "finding (or, with --strict, a warning), 2 some scenario failed to load, raised or "
-    "died (this wins over 1). --junit writes JUnit XML for CI systems."
+    "died, or a report could not be written (this wins over 1; the table and the other "
+    "report still come). --junit writes JUnit XML for CI systems."
 )
 
 DEFAULT_TIMEOUT_S = 900.0
@@ -34,7 +35,7 @@ CHILD_PRELOAD = ("torch._dynamo", "torch.profiler", "psutil", "workbench.command
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="scenario files (file.py, file.py:function) or directories of scenarios")
+                   help="scenario files (file.py, file.py:function), dotted module names or directories of scenarios")
     p.add_argument("--steps", type=int, default=20, help="steps per scenario (default 20)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--every", type=int, default=1, metavar="K", help="module/parameter stats every K-th step")
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.errors import UsageError
+    from workbench.errors import EXIT_ERROR, UsageError
     from workbench.files import OutputPathError, check_writable, scenario_inputs
 
     for flag in ("steps", "every"):
@@ -58,26 +59,13 @@ def run(args: argparse.Namespace) -> int:
     if args.junit and args.json and os.path.realpath(args.junit) == os.path.realpath(args.json):
         raise OutputPathError(f"--junit and --json both name {args.json}; give them different files.")
 
-    from pathlib import Path
-
     from workbench.report.run import check_table
     from workbench.report.text import plain_console
-    from workbench.scenario import ScenarioSource, discover, discover_all, load_source, resolve_device
+    from workbench.scenario import resolve_device
 
     console = plain_console()
     results: list[CheckResult] = []
-    sources: list[ScenarioSource] = []
-    skipped: list[Any] = []
-    for path in args.paths:
-        base = path.rpartition(":")[0] if ":" in path and not Path(path).exists() else path
-        if Path(base).is_dir():
-            found = discover_all(base)
-            if not found.sources:
-                discover(base)  # raises the "no scenario files found" error, naming what was skipped
-            sources.extend(found.sources)
-            skipped.extend(found.skipped)
-        else:
-            sources.append(load_source(path))
+    sources, skipped = _gather(args.paths)
     inputs = [*scenario_inputs(*args.paths), *(("a scenario file", s.path) for s in sources if s.path)]
     for path in (args.junit, args.json):
         if path:
@@ -88,16 +76,30 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_all(sources, device, args, results, console)
     except KeyboardInterrupt:
-        written = _write_reports(args, results, device, interrupted=True)
-        console.print(check_table(results))
-        _print_lines(console, written)
-        console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
+        written, unwritten = _write_reports(args, results, device, interrupted=True)
+        try:
+            console.print(check_table(results))
+            _print_lines(console, written)
+            console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
+        finally:
+            _print_unwritten(unwritten)
         raise
     # The reports are written before anything is printed: a reader of stdout that leaves
     # early (`| head`) ends the printing, and the reports must not depend on it.
-    written = _write_reports(args, results, device, interrupted=False)
+    written, unwritten = _write_reports(args, results, device, interrupted=False)
+    try:
+        code = _print_results(console, args, device, results, skipped, written)
+    finally:  # also when stdout's reader has gone: stderr still says which report is missing
+        _print_unwritten(unwritten)
+    return EXIT_ERROR if unwritten else code
 
+
+def _print_results(console: Any, args: argparse.Namespace, device: Any, results: list[CheckResult],
+                   skipped: list[Any], written: list[str]) -> int:
+    """The table, a line per problem, the totals and where the reports went; the exit code."""
     from rich.text import Text
+
+    from workbench.report.run import check_table
 
     console.print(check_table(results))
     for r in results:
@@ -122,6 +124,55 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         return 2
     return 1 if flagged or (args.strict and warned) else 0
+
+
+# What a PATH argument may be, for the messages that refuse one.
+EXPECTED_PATH = "expected a scenario file, FILE.py:function, a directory of scenarios or a dotted module name"
+
+
+def _gather(paths: list[str]) -> tuple[list[Any], list[Any]]:
+    """The scenarios the PATH arguments name and the files discovery passed over. Every
+    argument is checked here, before any scenario runs."""
+    from pathlib import Path
+
+    from workbench.scenario import discover, discover_all, load_source
+
+    sources: list[Any] = []
+    skipped: list[Any] = []
+    for path in paths:
+        _refuse_bad_path(path)
+        if Path(path).is_dir():
+            found = discover_all(path)
+            if not found.sources:
+                discover(path)  # raises the "no scenario files found" error, naming what was skipped
+            sources.extend(found.sources)
+            skipped.extend(found.skipped)
+        else:
+            sources.append(load_source(path))
+    return sources, skipped
+
+
+def _refuse_bad_path(path: str) -> None:
+    """UsageError for the PATHs that would otherwise check something other than what was asked."""
+    import os
+    from pathlib import Path
+
+    from workbench.errors import UsageError
+
+    if not path:  # Path("") is ".": an unset "$DIR" must not check the current directory
+        raise UsageError(f'PATH is empty (""); {EXPECTED_PATH}. Pass one of those (an empty argument '
+                         "is often an unset shell variable).")
+    head, sep, function = path.rpartition(":")
+    if not sep or Path(path).exists():  # an existing name with a colon in it is taken as it is
+        return
+    example = f"{os.path.join(head or 'scenarios', 'FILE.py')}:{function or 'build'}"
+    if not head:  # ":build" would otherwise be looked up in the current directory
+        raise UsageError(f"{path}: no file or module before the colon; {EXPECTED_PATH}. Put the scenario "
+                         f"file or module before it, e.g. {example}.")
+    if Path(head).is_dir():  # a directory's scenarios each have their own function: one name cannot pick
+        raise UsageError(f"{path}: {head} is a directory, and a function can be named only in a scenario "
+                         f"file; {EXPECTED_PATH}. Pass {head} to check every scenario in it, or {example} "
+                         "for one function.")
 
 
 def _check_all(sources: list, device: Any, args: argparse.Namespace, results: list, console: Any) -> None:
@@ -190,30 +241,71 @@ def _print_lines(console: Any, lines: list[str]) -> None:
         console.print(line, highlight=False)
 
 
-def _write_reports(args: argparse.Namespace, results: list, device: Any, *, interrupted: bool) -> list[str]:
-    """Write --junit and --json; the lines that say where (printed by the caller)."""
+def _write_reports(args: argparse.Namespace, results: list, device: Any, *,
+                   interrupted: bool) -> tuple[list[str], list[str]]:
+    """Write --junit and --json, each on its own: one that cannot be written costs neither the
+    other nor the printed results. The lines that say where they went (printed by the caller),
+    and one message per report that was not written."""
     from workbench.files import atomic_write_json, atomic_write_text
-    from workbench.report.json_report import finding_json
     from workbench.report.junit import junit_xml
 
     written: list[str] = []
-    if args.junit:
-        atomic_write_text(args.junit, junit_xml(results, strict=args.strict))
-        written.append(f"JUnit XML written to {args.junit}")
-    if args.json:
-        atomic_write_json(args.json, {
-            "schema": "workbench.check/1",
-            "device": str(device),
-            "steps": args.steps,
-            "stopped_by": "interrupted" if interrupted else "done",
-            "results": [
-                {"label": r.label, "path": r.path, "status": r.status, "steps": r.steps, "seconds": r.seconds,
-                 "final_loss": r.final_loss, "errors": r.errors, "warnings": r.warnings,
-                 "first_problem": r.first_problem, "detail": r.detail, "failure": r.failure,
-                 "notes": list(r.notes),
-                 "findings": [finding_json(f) for f in r.findings]}
-                for r in results
-            ],
-        })
-        written.append(f"report written to {args.json}")
-    return written
+    unwritten: list[str] = []
+    reports = (
+        ("--junit", args.junit, "JUnit XML",
+         lambda path: atomic_write_text(path, junit_xml(results, strict=args.strict))),
+        ("--json", args.json, "report",
+         lambda path: atomic_write_json(path, _json_report(args, results, device, interrupted))),
+    )
+    for flag, path, what, write in reports:
+        if not path:
+            continue
+        try:
+            write(path)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the other report and the table still come
+            unwritten.append(_write_error(flag, path, exc))
+        else:
+            written.append(f"{what} written to {path}")
+    return written, unwritten
+
+
+def _write_error(flag: str, path: str, exc: Exception) -> str:
+    """One line for a report that was not written: which flag and path, and why."""
+    from workbench.errors import OutputPathError
+    from workbench.files import write_failed
+
+    if isinstance(exc, OSError):
+        exc = write_failed(exc, path)
+    if isinstance(exc, OutputPathError):  # its message names the path already
+        return f"{flag}: {exc}"
+    return f"{flag}: {path} was not written: {type(exc).__name__}: {exc}"
+
+
+def _print_unwritten(unwritten: list[str]) -> None:
+    """On stderr, after the results: the exit code is 2, and these lines say why."""
+    import sys
+
+    for line in unwritten:
+        print(f"error: {line}", file=sys.stderr)
+    if unwritten:
+        print("Give each report named above a path that can be written, and run the check again.",
+              file=sys.stderr)
+
+
+def _json_report(args: argparse.Namespace, results: list, device: Any, interrupted: bool) -> dict[str, Any]:
+    from workbench.report.json_report import finding_json
+
+    return {
+        "schema": "workbench.check/1",
+        "device": str(device),
+        "steps": args.steps,
+        "stopped_by": "interrupted" if interrupted else "done",
+        "results": [
+            {"label": r.label, "path": r.path, "status": r.status, "steps": r.steps, "seconds": r.seconds,
+             "final_loss": r.final_loss, "errors": r.errors, "warnings": r.warnings,
+             "first_problem": r.first_problem, "detail": r.detail, "failure": r.failure,
+             "notes": list(r.notes),
+             "findings": [finding_json(f) for f in r.findings]}
+            for r in results
+        ],
+    }
