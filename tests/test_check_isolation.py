@@ -14,15 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.test_interrupts import _descendants, _wait_for
+from tests.test_interrupts import _stopped, _wait_for
 from workbench.cli import main
 
 HEADER = "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
@@ -128,21 +126,8 @@ def _sigterm(proc: subprocess.Popen[str]) -> None:
 
 
 def _interrupt(proc: subprocess.Popen[str], send: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str]:
-    """Send the signal, wait for the command to end, check that it left no process behind."""
-    children = _descendants(proc.pid)
-    send(proc)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the command did not stop within 60 s of the signal")
-    deadline = time.monotonic() + 15
-    alive = children
-    while alive and time.monotonic() < deadline:
-        alive = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.2)
-    assert not alive, f"orphans left: {alive}"
-    return proc.returncode, out + err
+    code, out, err = _stopped(proc, send)
+    return code, out + err
 
 
 def _interrupted_check(tmp_path: Path, files: dict[str, str],

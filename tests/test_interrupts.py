@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -52,8 +53,13 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def _stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, str, str]:
+    return _stopped(proc, lambda p: p.send_signal(sig))
+
+
+def _stopped(proc: subprocess.Popen[str], send: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str, str]:
+    """``send`` the signal, wait for the command to end, and check it left no process behind."""
     children = _descendants(proc.pid)
-    proc.send_signal(sig)
+    send(proc)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
