@@ -65,16 +65,22 @@ def user_frames(exc: BaseException, *, installed: bool = False) -> list[tracebac
             if not f.filename.startswith(library) and not f.filename.startswith("<")]
 
 
-def user_location(exc: BaseException, path: str | None = None) -> str | None:
-    """'file:line' of the innermost frame of ``path`` (or else of any code outside the
-    workbench, the standard library and site-packages) on the exception's traceback."""
+def user_frame(exc: BaseException, path: str | None = None) -> traceback.FrameSummary | None:
+    """The innermost frame of ``path`` (or else of any code outside the workbench, the
+    standard library and site-packages) on the exception's traceback."""
     if path is not None:
         real = os.path.realpath(path)
         mine = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) == real]
         if mine:
-            return f"{mine[-1].filename}:{mine[-1].lineno}"
+            return mine[-1]
     user = user_frames(exc, installed=True)
-    return f"{user[-1].filename}:{user[-1].lineno}" if user else None
+    return user[-1] if user else None
+
+
+def user_location(exc: BaseException, path: str | None = None) -> str | None:
+    """'file:line' of :func:`user_frame`."""
+    frame = user_frame(exc, path)
+    return f"{frame.filename}:{frame.lineno}" if frame else None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -225,16 +225,12 @@ def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> s
 
 def _raised_at(exc: BaseException, ctx: BenchContext) -> str:
     """'file:line in function' of the user's code the error came from ('' when none is on its traceback)."""
-    from workbench.errors import user_frames
+    from workbench.errors import user_frame
 
     if isinstance(exc, BenchStepError):
         return exc.user_frame or ""
-    frames = user_frames(exc)
-    path = ctx.source.path
-    if path is not None:  # the scenario's own line first, as `workbench run` names it
-        real = os.path.realpath(path)
-        frames = [f for f in frames if os.path.realpath(f.filename) == real] or frames
-    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    frame = user_frame(exc, ctx.source.path)  # the scenario's own line first, as `workbench run` names it
+    return f"{frame.filename}:{frame.lineno} in {frame.name}" if frame else ""
 
 
 def release_memory(device: torch.device) -> None:

@@ -365,9 +365,7 @@ def _batches_per_epoch(data: Any) -> int | None:
     """len(data) when it has one (a DataLoader over a sized dataset, a list), else None."""
     try:
         n = len(data)
-    except (TypeError, NotImplementedError):  # an IterableDataset's DataLoader, a generator
-        return None
-    except Exception:  # a user's __len__ that raises something else: no guess from it
+    except Exception:  # an IterableDataset's DataLoader (TypeError), a user's __len__ that raises
         return None
     return n if isinstance(n, int) and n > 0 else None
 
