@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -174,3 +175,105 @@ def test_a_real_interrupt_while_building_writes_empty_reports(tmp_path: Path) ->
     assert code == 130, output
     assert data["results"] == [] and data["stopped_by"] == "interrupted"
     assert suite.get("tests") == "0"
+
+
+# Steps twice (a per-epoch StepLR stepped per batch: a warning from the load), then hangs in its
+# third forward: the row keeps both steps, their loss and the warning, and names the line.
+HANGS = HEADER + (
+    "import time\n"
+    "class Hang(nn.Linear):\n"
+    "    calls = 0\n"
+    "    def forward(self, x):\n"
+    "        self.calls += 1\n"
+    "        while self.calls == 3:\n"
+    "            time.sleep(0.05)\n"
+    "        return super().forward(x)\n"
+    "def build(device):\n"
+    "    torch.manual_seed(0)\n"
+    "    m = Hang(4, 2)\n"
+    "    opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+    "    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]\n"
+    "    return Scenario(model=m, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), data=data,\n"
+    "                    scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=2))\n"
+)
+HANG_LINE = HANGS.splitlines().index("            time.sleep(0.05)") + 1
+
+SEGFAULTS = HEADER + (
+    "import ctypes\n"
+    "class Crash(nn.Linear):\n"
+    "    calls = 0\n"
+    "    def forward(self, x):\n"
+    "        self.calls += 1\n"
+    "        if self.calls == 2:\n"
+    "            ctypes.string_at(0)\n"
+    "        return super().forward(x)\n"
+    "def build(device):\n"
+    "    m = Crash(4, 2)\n"
+    "    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]\n"
+    "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+    "                    loss_fn=nn.CrossEntropyLoss(), data=data)\n"
+)
+CRASH_LINE = SEGFAULTS.splitlines().index("            ctypes.string_at(0)") + 1
+
+
+def test_a_scenario_past_its_timeout_keeps_its_steps_and_findings_and_names_its_line(tmp_path: Path) -> None:
+    d = scenario_dir(tmp_path, {"hangs.py": HANGS, "tiny.py": TINY})
+    code, results = check_json([str(d), "--steps", "5", "--timeout", "15"], tmp_path / "check.json")
+    assert code == 2
+    hung, after = results
+    assert (hung["status"], hung["steps"]) == ("failed", 2), hung
+    assert hung["final_loss"] is not None and hung["warnings"] >= 1, hung
+    assert any(f["kind"] == "scenario_config" for f in hung["findings"]), hung["findings"]
+    assert "timed out after 15 s" in hung["first_problem"], hung
+    assert f"in step 2, at {d / 'hangs.py'}:{HANG_LINE} in forward" in hung["first_problem"], hung
+    # The stack from the scenario's line down, without the workbench's frames under it.
+    assert "Its main thread then" in hung["failure"] and "time.sleep" not in hung["failure"]
+    assert f'"{d / "hangs.py"}", line {HANG_LINE} in forward' in hung["failure"]
+    assert "workbench/engine" not in hung["failure"]
+    assert after["status"] == "ok"
+
+
+def test_a_segfault_keeps_the_finished_steps_and_names_the_line(tmp_path: Path) -> None:
+    d = scenario_dir(tmp_path, {"crash.py": SEGFAULTS})
+    code, results = check_json([str(d), "--steps", "4"], tmp_path / "check.json")
+    assert code == 2
+    (crashed,) = results
+    assert (crashed["status"], crashed["steps"]) == ("failed", 1), crashed
+    assert "SIGSEGV" in crashed["first_problem"]
+    assert f"in step 1, at {d / 'crash.py'}:{CRASH_LINE} in forward" in crashed["first_problem"], crashed
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter from /proc ('Z' for a zombie), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_scenario_child_ends_when_its_check_is_killed(tmp_path: Path) -> None:
+    # Writes its pid, then waits in its first forward; the check is then SIGKILLed.
+    waits = SLOW.replace("pathlib.Path(__file__).with_name('stepping').touch()",
+                         "pathlib.Path(__file__).with_name('stepping').write_text(str(__import__('os').getpid()))")
+    d = scenario_dir(tmp_path, {"waits.py": waits})
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "check", str(d), "--steps", "3"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    child = None
+    try:
+        _wait_for(lambda: (d / "stepping").exists() and (d / "stepping").read_text() != "", 120, proc)
+        child = int((d / "stepping").read_text())
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _state(child) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _state(child)
+    finally:  # whatever happened, nothing of this test runs on
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if child is not None and _state(child) not in (None, "Z"):
+            os.kill(child, signal.SIGKILL)
+    assert left in (None, "Z"), f"the scenario's child {child} still runs ({left}) after its check was killed"

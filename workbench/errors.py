@@ -65,6 +65,12 @@ def user_frames(exc: BaseException, *, installed: bool = False) -> list[tracebac
             if not f.filename.startswith(library) and not f.filename.startswith("<")]
 
 
+def is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's own code: not the workbench's, torch's, the standard
+    library's or an installed package's, and a real file (not ``<string>``)."""
+    return not filename.startswith(_library_dirs(True)) and not filename.startswith("<")
+
+
 def user_frame(exc: BaseException, path: str | None = None) -> traceback.FrameSummary | None:
     """The innermost frame of ``path`` (or else of any code outside the workbench, the
     standard library and site-packages) on the exception's traceback."""

@@ -18,14 +18,24 @@ OpenMP pool a fork could leave half-copied: forking it is safe). Where there is 
 child is spawned, importing everything anew. The child runs ``fn`` with no start method
 chosen, as a plain process would: the fork server's is not inherited (a DataLoader's
 workers are forked from the child, as they are under ``workbench run``).
+
+Nothing the child did is lost with it: ``fn`` may call :func:`report_progress` as it goes
+(the parent's ``on_progress`` receives each value at once), and a child that hangs or
+crashes says where. Before a child past its timeout is killed, it is asked for its
+threads' stacks (``faulthandler`` on SIGUSR1, which answers even from inside a C call),
+and a segfault writes them too; ``ChildOutcome.stuck_at`` is the user's innermost line of
+the main thread. A child whose parent is gone (SIGKILLed) ends itself.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -35,6 +45,18 @@ from typing import Any, NoReturn
 # Polling interval of the parent while a child works: how soon a death or the
 # timeout is noticed, and how soon Ctrl-C is (the wait itself is interruptible).
 _POLL_S = 0.1
+# How often a child looks for its parent, and how long the parent waits for a stuck child's
+# stacks before it kills it (faulthandler writes them from the signal handler, at once).
+PARENT_CHECK_S = 0.5
+_DUMP_WAIT_S = 1.0
+_DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows: no stacks from a stuck child
+_MAIN_MARK = "workbench main thread "
+_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+_FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
+
+# In a child: its end of the pipe to the parent (report_progress) and its stack file.
+_to_parent: Any = None
+_stack_file: Any = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,8 @@ class ChildOutcome:
     exitcode: int | None = None  # the child's exit status; -N: killed by signal N
     stray_threads: tuple[str, ...] = ()  # non-daemon threads still running when fn returned
     seconds: float = 0.0  # wall time, process start to result
+    stuck_at: str | None = None  # a hung or crashed child: "file:line in func", the user's innermost
+    stack: str = ""  # its main thread's stack then, innermost frame first (faulthandler's dump)
 
 
 def _context(preload: Sequence[str]) -> Any:
@@ -58,16 +82,20 @@ def _context(preload: Sequence[str]) -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...], parent: int,
+           stack_path: str | None) -> None:
     """The child's body: run fn, send its value back, leave without interpreter teardown
     (the user code's threads and atexit handlers must not keep the child alive)."""
+    global _to_parent
     code = 0
     try:
         os.chdir(cwd)  # the fork server's cwd is the one it started in
         forget_start_method()
+        watch_parent(parent)
+        _arm_stack_dump(stack_path)
+        _to_parent = conn
         value = fn(*args)
-        import threading
-
+        _to_parent = None
         main = threading.main_thread()
         left = tuple(t.name for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive())
         conn.send(("ok", value, left))
@@ -78,6 +106,7 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...]) -
 
         gc.collect()
     except BaseException as exc:  # fn should not raise; if it does, say what, rather than die silently
+        _to_parent = None
         # KeyboardInterrupt too: a real Ctrl-C signals the parent as well, which stops before
         # it reads this; one the parent reads came without a signal, from the user code itself.
         try:
@@ -85,6 +114,116 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...]) -
         except BaseException:  # the parent is gone already (its Ctrl-C): it reads nothing now
             code = 1
     leave_now(code)
+
+
+def report_progress(value: Any) -> None:
+    """From ``fn`` in its child: hand ``value`` (it must pickle) to the parent's ``on_progress``
+    now, so it is kept whatever the child does next. Does nothing outside an isolated child."""
+    conn = _to_parent
+    if conn is None:
+        return
+    try:
+        conn.send(("progress", value))
+    except OSError:  # the parent is gone: watch_parent ends this process
+        pass
+
+
+def watch_parent(pid: int, every_s: float = PARENT_CHECK_S) -> None:
+    """End this process when process ``pid`` (its parent) is gone, killed say, even while the
+    main thread is inside a forward: a daemon thread looks every ``every_s`` seconds."""
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone (or the pid reused by someone else's)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
+
+
+def _arm_stack_dump(path: str | None) -> None:
+    """Have faulthandler write every thread's stack to ``path`` on a crash and on _DUMP_SIGNAL
+    (its handlers are C code: they answer while the main thread is stuck in a C call)."""
+    global _stack_file
+    if path is None:
+        return
+    import faulthandler
+
+    _stack_file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - kept open: the handlers write to it
+    _stack_file.write(f"{_MAIN_MARK}0x{threading.main_thread().ident or 0:016x}\n")
+    _stack_file.flush()
+    faulthandler.enable(file=_stack_file, all_threads=True)
+    if _DUMP_SIGNAL is not None:
+        faulthandler.register(_DUMP_SIGNAL, file=_stack_file, all_threads=True)
+
+
+def main_thread_frames(dump: str) -> list[tuple[str, int, str]]:
+    """The main thread's frames in a stack file (innermost first) as (file, line, function)."""
+    lines = dump.splitlines()
+    main = lines[0][len(_MAIN_MARK):] if lines and lines[0].startswith(_MAIN_MARK) else None
+    blocks: dict[str, list[tuple[str, int, str]]] = {}
+    current: list[tuple[str, int, str]] | None = None
+    first: str | None = None
+    for line in lines[1:]:
+        thread = _THREAD.match(line)
+        if thread:
+            current = blocks.setdefault(thread.group(1), [])
+            first = first or thread.group(1)
+            continue
+        frame = _FRAME.match(line)
+        if frame and current is not None:
+            current.append((frame.group(1), int(frame.group(2)), frame.group(3)))
+    if main in blocks:
+        return blocks[main]
+    return blocks[first] if first is not None else []
+
+
+def _stuck_at(frames: list[tuple[str, int, str]]) -> str | None:
+    """'file:line in func' of the innermost frame that is the user's own code (else the innermost)."""
+    from workbench.errors import is_user_file
+
+    if not frames:
+        return None
+    chosen = next((f for f in frames if is_user_file(f[0])), frames[0])
+    return f"{chosen[0]}:{chosen[1]} in {chosen[2]}"
+
+
+def _read_stacks(path: str) -> tuple[str | None, str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            frames = main_thread_frames(f.read())
+    except OSError:
+        return None, ""
+    from workbench.errors import PACKAGE_DIR
+
+    # The frames down to the workbench's own (the scenario's code and what it called): the
+    # workbench's and the child's bootstrap below them say nothing about the hang.
+    ours = next((i for i, f in enumerate(frames) if f[0].startswith(PACKAGE_DIR)), len(frames))
+    text = "\n".join(f'  File "{file}", line {line} in {func}' for file, line, func in frames[:ours])
+    return _stuck_at(frames), text
+
+
+def _ask_for_stacks(proc: Any, path: str) -> None:
+    """Signal a stuck child to write its stacks and wait (briefly) until they are written."""
+    if _DUMP_SIGNAL is None or proc.pid is None:
+        return
+    try:
+        before = os.path.getsize(path)
+        os.kill(proc.pid, _DUMP_SIGNAL)
+    except OSError:
+        return
+    deadline = time.monotonic() + _DUMP_WAIT_S
+    size = before
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            now = os.path.getsize(path)
+        except OSError:
+            return
+        if now > before and now == size:  # written, and no longer growing
+            return
+        size = now
 
 
 def forget_start_method() -> None:
@@ -133,51 +272,70 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = None,
-                 preload: Sequence[str] = ()) -> ChildOutcome:
+                 preload: Sequence[str] = (), on_progress: Callable[[Any], None] | None = None) -> ChildOutcome:
     """Call ``fn(*args)`` in a child process; ``fn``, its arguments and its result must
     pickle (module-level functions, frozen dataclasses). Never raises for what the
     child does, a KeyboardInterrupt it raises included; Ctrl-C or SIGTERM delivered to
-    this process kills the child and propagates.
+    this process kills the child and propagates. ``on_progress`` receives, in this
+    process and in order, each value ``fn`` passes to :func:`report_progress`.
 
     A Ctrl-C signals the terminal's whole foreground process group at once, so this
     process has it pending before the child can report its own KeyboardInterrupt: the
     wait below raises it first. SIGTERM reaches this process alone (cli's handler)."""
     ctx = _context(preload)
     receive, send = ctx.Pipe(duplex=False)
+    handle, stack_path = tempfile.mkstemp(prefix="workbench-stacks-", suffix=".txt")
+    os.close(handle)
     # Not daemonic: a scenario may start processes of its own (DataLoader workers),
     # which daemonic processes may not. The finally below ends it however this goes.
-    proc = ctx.Process(target=_child, args=(send, os.getcwd(), fn, args), name="workbench-isolated")
+    proc = ctx.Process(target=_child, args=(send, os.getcwd(), fn, args, os.getpid(), stack_path),
+                       name="workbench-isolated")
     start = time.monotonic()
-    proc.start()
-    send.close()  # the child holds its own end: EOF here once it is gone
     message = None
     try:
+        proc.start()
+        send.close()  # the child holds its own end: EOF here once it is gone
         while True:
             if receive.poll(_POLL_S):
                 try:
                     message = receive.recv()
                 except (EOFError, OSError):  # the child died before (or while) sending
                     message = None
-                break
-            if not proc.is_alive():
+                    break
+                if message[0] != "progress":
+                    break
+                if on_progress is not None:
+                    on_progress(message[1])
+                message = None
+            elif not proc.is_alive():
                 if receive.poll(0):
                     continue  # it sent its result, then exited: read it first
                 break
             if timeout_s is not None and time.monotonic() - start > timeout_s:
+                _ask_for_stacks(proc, stack_path)
                 _stop(proc)
+                stuck_at, stack = _read_stacks(stack_path)
                 return ChildOutcome(failure=f"timed out after {timeout_s:g} s and was killed",
-                                    exitcode=proc.exitcode, seconds=time.monotonic() - start)
+                                    exitcode=proc.exitcode, seconds=time.monotonic() - start,
+                                    stuck_at=stuck_at, stack=stack)
         proc.join(timeout=5.0)
+        seconds = time.monotonic() - start
+        if message is not None and message[0] == "ok":
+            return ChildOutcome(message[1], True, None, proc.exitcode, tuple(message[2]), seconds)
+        if message is not None:
+            return ChildOutcome(failure=message[1], exitcode=proc.exitcode, seconds=seconds)
+        # Died without a word: a crash (a segfault) left its stacks; an os._exit none.
+        stuck_at, stack = _read_stacks(stack_path) if (proc.exitcode or 0) < 0 else (None, "")
+        return ChildOutcome(failure=describe_exit(proc.exitcode), exitcode=proc.exitcode, seconds=seconds,
+                            stuck_at=stuck_at, stack=stack)
     finally:
         if proc.is_alive():
             _stop(proc)
         receive.close()
-    seconds = time.monotonic() - start
-    if message is not None and message[0] == "ok":
-        return ChildOutcome(message[1], True, None, proc.exitcode, tuple(message[2]), seconds)
-    if message is not None:
-        return ChildOutcome(failure=message[1], exitcode=proc.exitcode, seconds=seconds)
-    return ChildOutcome(failure=describe_exit(proc.exitcode), exitcode=proc.exitcode, seconds=seconds)
+        try:
+            os.unlink(stack_path)
+        except OSError:
+            pass
 
 
 def _stop(proc: Any) -> None:

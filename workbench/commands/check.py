@@ -17,7 +17,8 @@ DESCRIPTION = (
     "Run every scenario in the given files or directories (directories are not searched "
     "recursively) for --steps steps with the health rules on, and print one table. Each "
     "scenario runs in a child process of its own, so one cannot end, hang or change the "
-    "state of the others (a child that dies or runs past --timeout is FAILED). Exit "
+    "state of the others (a child that dies or runs past --timeout is FAILED, with the steps "
+    "and findings it had and, for a hang or a crash, the line it was in). Exit "
     "codes: 0 all healthy (warnings allowed unless --strict), 1 some scenario had an error "
     "finding (or, with --strict, a warning), 2 some scenario failed to load, raised or "
     "died, or a report could not be written (this wins over 1; the table and the other "
@@ -114,7 +115,7 @@ def _print_results(console: Any, args: argparse.Namespace, device: Any, results:
     flagged = [r for r in results if r.status == "findings"]
     warned = [r for r in results if r.status == "warn"]
     console.print(
-        f"{len(results)} scenarios, {args.steps} steps each on {device}: "
+        f"{len(results)} scenario{'' if len(results) == 1 else 's'}, {args.steps} steps each on {device}: "
         f"{len(results) - len(failed) - len(flagged) - len(warned)} ok, "
         + (f"{len(warned)} with warnings only, " if warned else "")
         + f"{len(flagged)} with error findings, {len(failed)} failed (time includes building each scenario)",
@@ -177,13 +178,13 @@ def _refuse_bad_path(path: str) -> None:
 
 def _check_all(sources: list, device: Any, args: argparse.Namespace, results: list, console: Any) -> None:
     from workbench.isolation import run_isolated
-    from workbench.report.run import CheckResult
 
     with console.status("checking...") as status:
         for i, source in enumerate(sources, 1):
             status.update(f"[{i}/{len(sources)}] {source.label}")
+            progress = _Progress()
             outcome = run_isolated(check_one, source, str(device), args.steps, args.every,
-                                   timeout_s=args.timeout, preload=CHILD_PRELOAD)
+                                   timeout_s=args.timeout, preload=CHILD_PRELOAD, on_progress=progress.update)
             if outcome.returned:
                 result = outcome.value
                 if outcome.stray_threads:
@@ -192,10 +193,66 @@ def _check_all(sources: list, device: Any, args: argparse.Namespace, results: li
                         *result.notes, f"left {len(outcome.stray_threads)} non-daemon thread(s) running "
                         f"({names}); its process was ended without waiting for them"))
             else:
-                what = f"its process {outcome.failure}"
-                result = CheckResult(source.label, source.where, "failed", 0, outcome.seconds, None, 0, 0,
-                                     what.partition("\n")[0], failure=what, detail=what)
+                result = _lost(source, outcome, progress)
             results.append(result)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepsSoFar:
+    """What a check's child has done so far, sent after every step (isolation.report_progress)."""
+
+    steps: int
+    loss: float | None
+    findings: tuple | None  # None: the same as in the last report (sent again only when they change)
+
+
+class _Progress:
+    """The parent's copy of the child's latest StepsSoFar: what a child that dies still reports."""
+
+    def __init__(self) -> None:
+        self.built = False  # a first report comes once the scenario is built
+        self.steps = 0
+        self.loss: float | None = None
+        self.findings: tuple[Any, ...] = ()
+
+    def update(self, sofar: StepsSoFar) -> None:
+        self.built, self.steps, self.loss = True, sofar.steps, sofar.loss
+        if sofar.findings is not None:
+            self.findings = sofar.findings
+
+
+def _lost(source: Any, outcome: Any, progress: _Progress) -> CheckResult:
+    """A child that gave no result (died, hung): its failure with what it had done by then."""
+    from workbench.report.run import CheckResult
+
+    first, _, rest = (outcome.failure or "gave no result").partition("\n")
+    when = f"in step {progress.steps}" if progress.built else "while building the scenario"
+    where = f", at {outcome.stuck_at}" if outcome.stuck_at else ""
+    what = f"its process {first} ({when}{where})"
+    detail = "\n".join(part for part in (
+        what, rest, f"Its main thread then (innermost frame first):\n{outcome.stack}" if outcome.stack else "") if part)
+    findings = tuple(progress.findings)
+    return CheckResult(source.label, source.where, "failed", progress.steps, outcome.seconds, progress.loss,
+                       sum(f.severity == "error" for f in findings), sum(f.severity == "warning" for f in findings),
+                       what, findings, failure=detail, detail=what)
+
+
+def _reporter(engine: Any) -> Any:
+    """The on_step callback that sends the child's StepsSoFar to the parent (and a first one now:
+    the scenario is built, and the loader's findings)."""
+    from workbench.isolation import report_progress
+
+    sent: list[Any] = [len(engine.findings), engine.findings[-1] if engine.findings else None]
+    report_progress(StepsSoFar(engine.step, None, tuple(engine.findings)))
+
+    def on_step(record: Any) -> None:
+        findings = engine.findings
+        changed = (len(findings), findings[-1] if findings else None) != tuple(sent)
+        if changed:
+            sent[:] = [len(findings), findings[-1] if findings else None]
+        report_progress(StepsSoFar(engine.step, record.loss, tuple(findings) if changed else None))
+
+    return on_step
 
 
 def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
@@ -214,7 +271,7 @@ def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
         return CheckResult(source.label, source.where, "failed", 0, time.perf_counter() - start, None, 0, 0,
                            "failed to load", failure=message, detail=message)
     with Engine(scenario, EngineConfig(stats_every=every)) as engine:
-        outcome = engine.run(steps, until_break=False)
+        outcome = engine.run(steps, until_break=False, on_step=_reporter(engine))
         history = engine.history
         findings = tuple(engine.findings)
     seconds = time.perf_counter() - start

@@ -406,7 +406,7 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         except (AttributeError, ValueError):
             pass
     os.chdir(cwd)  # the fork server's cwd is the one it started in
-    from workbench.isolation import forget_start_method
+    from workbench.isolation import forget_start_method, watch_parent
 
     forget_start_method()  # DataLoader workers fork from here, as under `workbench run`
     try:
@@ -415,7 +415,7 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         os.nice(CHILD_NICE)
     except OSError:
         pass
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="workbench-host-parent", daemon=True).start()
+    watch_parent(parent_pid, PARENT_CHECK_S)  # ended with its parent (killed, say), even mid-forward
     code = 1
     try:
         code = EngineHost(source, device, config, PipeChannel(conn)).serve()
@@ -427,18 +427,6 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
 
     # Not sys.exit: threads the user's code left running must not keep the child alive.
     leave_now(code)
-
-
-def _watch_parent(pid: int) -> None:
-    """End the child when its parent is gone (killed, say), even mid-forward."""
-    while True:
-        time.sleep(PARENT_CHECK_S)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # the pid was reused by someone else's process: ours is gone
-            os._exit(0)
 
 
 # -- the parent's handle -----------------------------------------------------------------------
