@@ -98,6 +98,41 @@ def test_run_interrupted_writes_partial_json(sig, tmp_path: Path) -> None:
     _no_temp_files(tmp_path)
 
 
+STUCK = """import pathlib, time
+import torch
+from torch import nn
+from workbench import Scenario
+class Stuck(nn.Linear):
+    calls = 0
+    def forward(self, x):
+        self.calls += 1
+        while self.calls == 3:
+            pathlib.Path(__file__).with_name("stuck").touch()
+            time.sleep(0.05)
+        return super().forward(x)
+def build(device):
+    m = Stuck(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]
+    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+                    loss_fn=nn.CrossEntropyLoss(), data=data)
+"""
+
+
+def test_run_interrupted_in_a_hung_step_says_where_it_was(tmp_path: Path) -> None:
+    scenario = tmp_path / "stuck.py"
+    scenario.write_text(STUCK)
+    line = STUCK.splitlines().index("            time.sleep(0.05)") + 1
+    report = tmp_path / "run.json"
+    proc = _start(["run", str(scenario), "--steps", "5", "--json", str(report)], tmp_path)
+    _wait_for(lambda: (tmp_path / "stuck").exists(), 120, proc)
+    code, out, err = _stop(proc, signal.SIGTERM)
+    assert code == 130, err
+    where = f"interrupted at {scenario}:{line} in forward"
+    assert where in err, err
+    data = json.loads(report.read_text())
+    assert len(data["steps"]) == 2 and data["error"]["message"] == where and data["error"]["step"] == 2
+
+
 def test_bench_interrupted_keeps_finished_rows_and_stops_ranks(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     proc = _start(["bench", str(SLOW), "--variants", "fp32,ddp-2", "--steps", "400", "--json", str(report)],

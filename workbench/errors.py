@@ -89,6 +89,13 @@ def user_location(exc: BaseException, path: str | None = None) -> str | None:
     return f"{frame.filename}:{frame.lineno}" if frame else None
 
 
+def interrupted_at(exc: BaseException) -> str:
+    """'interrupted' and, when Ctrl-C (or SIGTERM) came while the user's code ran, where it was:
+    'interrupted at /x/train.py:41 in forward' (what a hung step was doing)."""
+    frame = user_frame(exc)
+    return f"interrupted at {frame.filename}:{frame.lineno} in {frame.name}" if frame else "interrupted"
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and what caused it or was being handled when it was raised (no cycles)."""
     seen: list[BaseException] = []
@@ -200,7 +207,7 @@ def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int
     --verbose) and return its exit code: 130 for Ctrl-C / SIGTERM, 141 (quietly) when
     stdout's reader closed the pipe."""
     if isinstance(exc, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
+        print(interrupted_at(exc), file=sys.stderr)
         return EXIT_INTERRUPTED
     if stdout_closed(exc):  # `| head`: the reader has all it wanted; neither we nor user code failed
         return leave_output_closed()

@@ -79,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     report = RunReport(args.json, args.scenario, str(args.device), every=args.every)
     try:
         return _run_session(args, tuple(breakpoints), report)
-    except KeyboardInterrupt:
-        report.write("interrupted", {"type": "KeyboardInterrupt", "message": "interrupted",
+    except KeyboardInterrupt as exc:
+        from workbench.errors import interrupted_at
+
+        report.write("interrupted", {"type": "KeyboardInterrupt", "message": interrupted_at(exc),
                                      "phase": None, "step": report.step, "traceback": None})
         if args.json:
             import sys
