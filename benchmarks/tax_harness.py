@@ -6,6 +6,10 @@ work):
 
 * ``bare``: a user's loop: ``train_step`` (forward, loss, backward, clipping if the
   scenario clips, optimizer step, zero_grad, scheduler) then ``loss.item()``.
+* ``floor``: the bare step plus what the every-16th target allows an unmeasured step
+  beyond it: the total gradient norm (one fused ``_foreach_norm``), read with the loss in
+  one transfer. The least any instrumented step can cost; ``engine/16`` against it shows
+  how much of the tax is the engine's own bookkeeping.
 * ``refs``: the bare step plus a forward hook on every module that only keeps a
   reference to its output and a tensor hook that only keeps its gradient: the floor
   any per-module instrument pays in Python.
@@ -91,6 +95,28 @@ def bare(s: Scenario) -> tuple[Step, Callable[[], None]]:
     def step() -> None:
         loss = train_step(s, next(batches), step=next(count))
         loss.item()  # the user's one read per step (a sync on CUDA)
+
+    return step, lambda: None
+
+
+def floor(s: Scenario) -> tuple[Step, Callable[[], None]]:
+    """The bare loop plus the total gradient norm, read with the loss (one transfer per step)."""
+    torch.manual_seed(s.seed)
+    s.model.train()
+    batches = _batches(s)
+    count = itertools.count()
+    params = [p for p in s.model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        _, loss = forward_loss(s, next(batches))
+        backward(loss.total)
+        with torch.no_grad():
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+        prepare_update(s)
+        apply_update(s)
+        scheduler_after_update(s, next(count) + 1, 0, loss.total.detach())
+        torch.stack([loss.total.detach().float().reshape(()), norm]).tolist()  # the one read per step
 
     return step, lambda: None
 
@@ -206,7 +232,7 @@ def watch(every: int) -> Callable[[Scenario], tuple[Step, Callable[[], None]]] |
 
 
 VARIANTS: dict[str, Callable[[Scenario], tuple[Step, Callable[[], None]]]] = {
-    "bare": bare, "refs": refs, "naive": naive, "engine/1": engine(1), "engine/16": engine(16),
+    "bare": bare, "floor": floor, "refs": refs, "naive": naive, "engine/1": engine(1), "engine/16": engine(16),
 }
 
 
