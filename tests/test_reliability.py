@@ -401,7 +401,7 @@ def test_a_socket_is_refused(tmp_path, capsys) -> None:
 def test_a_symlink_is_followed_not_replaced(tmp_path, capsys) -> None:
     real = tmp_path / "reports" / "real.json"
     real.parent.mkdir()
-    real.write_text("old")
+    real.write_text('{\n  "schema": "workbench.run/1",\n  "steps": []\n}\n')  # the last run's report
     link = tmp_path / "latest.json"
     link.symlink_to(real)
     dangling = tmp_path / "next.json"

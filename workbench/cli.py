@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not in the main thread (tests calling main() from a worker)
         pass
     verbose = bool(getattr(args, "verbose", False))
+    _report_on_stdout(args)
     if not verbose and args.command != "tui":
         _short_warnings()
     try:
@@ -119,6 +120,17 @@ def stray_threads() -> list:  # list[threading.Thread]
 
     main_thread = threading.main_thread()
     return [t for t in threading.enumerate() if t is not main_thread and not t.daemon and t.is_alive()]
+
+
+def _report_on_stdout(args: argparse.Namespace) -> None:
+    """``--json /dev/stdout`` (or the file stdout goes to): the tables go to stderr, so stdout
+    carries the report alone (`workbench run x.py --json /dev/stdout | jq`)."""
+    from workbench.files import writes_to_stdout
+
+    if any(writes_to_stdout(getattr(args, flag, None)) for flag in ("json", "junit")):
+        from workbench.report.text import stdout_is_the_report
+
+        stdout_is_the_report()
 
 
 def _short_warnings() -> None:

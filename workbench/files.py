@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -19,6 +20,40 @@ from workbench.errors import OutputPathError
 SOURCE_SUFFIXES = frozenset({".py", ".pyw", ".pyi", ".ipynb"})
 
 Inputs = Iterable[tuple[str, "str | os.PathLike[str]"]]  # (what it is, path): ("the scenario file", p)
+
+
+# The head of a file the workbench wrote (a report, a JUnit file): one it may write over. The
+# JSON outputs say "schema": "workbench.<kind>/N" first (bench: "format"); the unmarked heads
+# of diff, summary and profile JSON from before they did are recognised by their first keys.
+_OUR_HEADS = re.compile(
+    r'\A\s*(?:\{\s*"(?:schema"\s*:\s*"workbench\.|format"\s*:\s*"torch-workbench-)'
+    r'|\{\s*"scenario"\s*:\s*"[^"\n]*",\s*"(?:device"\s*:\s*"[^"\n]*",\s*"a"|model_class")\s*:'
+    r'|\{\s*"path"\s*:\s*"[^"\n]*",\s*"run"\s*:\s*"[^"\n]*",\s*"worker"\s*:'
+    r'|<\?xml[^>]*\?>\s*<testsuites name="workbench )')
+_HEAD_BYTES = 4096
+
+
+def workbench_output(path: str | os.PathLike[str]) -> bool:
+    """Whether the regular file at ``path`` is empty or one the workbench wrote (a report of an
+    earlier run, a JUnit file): the only files a command writes over."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError:
+        return False
+    return not head or bool(_OUR_HEADS.match(head.decode("utf-8", errors="replace")))
+
+
+def writes_to_stdout(path: str | os.PathLike[str] | None) -> bool:
+    """Whether ``path`` is this process's standard output (``/dev/stdout``, or the file stdout
+    is redirected to): the command's own printing must then go to stderr."""
+    if not path:
+        return False
+    try:
+        here, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError, TypeError):
+        return False
+    return (here.st_dev, here.st_ino) == (out.st_dev, out.st_ino)
 
 
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISREG, "file"), (stat.S_ISFIFO, "fifo"),
@@ -56,8 +91,9 @@ def check_writable(path: str | os.PathLike[str], *, directory: bool = False, inp
     """Fail early, with a clear message, when ``path`` cannot or must not be written.
 
     Refused: a path that is (or links to) one of ``inputs`` (the scenario file, a file
-    being compared or analysed), an existing Python source file, and an existing
-    socket or block device. A FIFO or character device is accepted (written in place);
+    being compared or analysed), an existing Python source file, an existing non-empty file
+    the workbench did not write (a dataset, someone's notes: :func:`workbench_output`), and
+    an existing socket or block device. A FIFO or character device is accepted (written in place);
     a symlink is followed. For a file: its parent must exist (or be creatable) and be
     writable, and the path must not be a directory. For a directory: it must be
     creatable and writable. Creates missing parent directories.
@@ -83,6 +119,11 @@ def check_writable(path: str | os.PathLike[str], *, directory: bool = False, inp
         if kind == "file" and Path(os.path.realpath(p)).suffix.lower() in SOURCE_SUFFIXES:
             raise OutputPathError(f"{p} is a Python source file: a report written there would replace the code. "
                                   "Choose another output path (e.g. report.json).")
+        if kind == "file" and not workbench_output(p):
+            raise OutputPathError(
+                f"{p} exists and is not an output of the workbench (a report, trace analysis or JUnit file "
+                "of an earlier run), so it is not written over. Choose another path, or move that file away "
+                "first.")
         target_dir = Path(os.path.realpath(p)).parent
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -255,8 +296,13 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], data: Any, schema: str | None = None) -> Path:
+    """``data`` as strict JSON (:func:`jsonable`), atomically; ``schema`` ("workbench.diff/1"), when
+    given, is the object's first key: what marks the file as the workbench's to write over later."""
+    value = jsonable(data)
+    if schema is not None and isinstance(value, dict):
+        value = {"schema": schema, **value}
+    return atomic_write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 class JsonStream:

@@ -68,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
         raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {type(exc).__name__}: {exc}. "
                             "--verbose shows the traceback.") from exc
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
-        atomic_write_json(args.json, div.to_json())
+        atomic_write_json(args.json, div.to_json(), schema="workbench.diff/1")
     plain_console().print(divergence_view(div))
     return 1 if div.diverged else 0

@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
             "Run `workbench run` on it for the traceback."
         ) from exc
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
-        atomic_write_json(args.json, summary)
+        atomic_write_json(args.json, summary, schema="workbench.summary/1")
     plain_console().print(summary_renderable(summary, args.depth))
     return 0

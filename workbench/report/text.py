@@ -42,13 +42,24 @@ class Table(_rich_table.Table):
 HEADLESS_WIDTH = 160
 
 
+# Set when a report is written to standard output (``--json /dev/stdout``): every table and
+# message then goes to stderr, so what reaches stdout is the report alone.
+_stdout_is_the_report = [False]
+
+
+def stdout_is_the_report() -> None:
+    """From here on, the commands' consoles print to stderr (a report is written to stdout)."""
+    _stdout_is_the_report[0] = True
+
+
 def plain_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
     """The commands' Console: strings are never read as markup (user text is everywhere).
 
     Not a terminal and no ``COLUMNS`` set (``workbench check | tee log``, CI): print
-    :data:`HEADLESS_WIDTH` wide instead of rich's 80. An explicit ``COLUMNS`` wins.
+    :data:`HEADLESS_WIDTH` wide instead of rich's 80. An explicit ``COLUMNS`` wins. After
+    :func:`stdout_is_the_report`, stderr.
     """
-    console = Console(stderr=stderr, markup=False, file=file)
+    console = Console(stderr=stderr or _stdout_is_the_report[0], markup=False, file=file)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = HEADLESS_WIDTH
     return console
