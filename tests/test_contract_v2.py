@@ -108,6 +108,35 @@ def test_split_along_batch_dim_leaves_other_tensors_whole() -> None:
         b.split(8)
 
 
+def _mask_scenario(**fields) -> Scenario:
+    m = nn.Linear(4, 4)
+    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), loss_fn=nn.MSELoss(),
+                    data=[], **fields)
+
+
+def test_whole_inputs_keep_a_mask_as_long_as_the_batch_whole() -> None:
+    # Time-major tokens (seq 8, batch 8) and their (8, 8) causal mask: by its length alone the
+    # mask looks batched, so it was cut in half with the tokens.
+    tokens, mask = torch.zeros(8, 8, dtype=torch.long), torch.ones(8, 8)
+    item = ((tokens, mask), tokens)
+    cut = _mask_scenario(batch_dim=1).make_batch(item).split(2)
+    assert cut[0].inputs[1].shape == (8, 4)
+    parts = _mask_scenario(batch_dim=1, whole_inputs=(1,)).make_batch(item).split(2)
+    assert [p.inputs[0].shape for p in parts] == [(8, 4), (8, 4)]
+    assert all(p.inputs[1] is mask for p in parts)
+    # A dict batch names it by key.
+    d = {"input_ids": torch.zeros(8, 8, dtype=torch.long), "mask": torch.ones(8, 8)}
+    halves = _mask_scenario(whole_inputs=("mask",)).make_batch(d).split(2)
+    assert [h.data["input_ids"].shape for h in halves] == [(4, 8), (4, 8)] and halves[1].data["mask"].shape == (8, 8)
+
+
+def test_whole_inputs_must_name_positions_or_keys() -> None:
+    with pytest.raises(ScenarioError, match="whole_inputs must be a tuple"):
+        _mask_scenario(whole_inputs=[1])
+    with pytest.raises(ScenarioError, match="whole_inputs must be a tuple"):
+        _mask_scenario(whole_inputs=(-1,))
+
+
 def test_hf_batch_encoding_stays_one() -> None:
     transformers = pytest.importorskip("transformers")
     enc = transformers.BatchEncoding({"input_ids": torch.zeros(2, 3, dtype=torch.long)})

@@ -118,6 +118,7 @@ class Batch:
     data: Any = None
     style: str = PAIR
     batch_dim: int = 0
+    whole: tuple[int | str, ...] = ()  # Scenario.whole_inputs: inputs split() leaves whole
 
     # -- what the model and the loss get -------------------------------------------
     def model_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -191,9 +192,11 @@ class Batch:
         """``k`` micro-batches along ``dim`` (default ``batch_dim``), sizes differing by at most one.
 
         Tensors whose length along ``dim`` is not the batch size (a causal mask, a
-        carried hidden state, a scalar) go whole into every micro-batch.
+        carried hidden state, a scalar) go whole into every micro-batch, and so do the
+        inputs named in ``whole`` whatever their length.
         """
         dim = self.batch_dim if dim is None else dim
+        kept = {id(t) for t in self._whole_tensors()}
         n = self.size if dim == self.batch_dim else None
         if n is None:
             n = next((int(t.shape[dim]) for t in self.tensors() if t.dim() > dim), 1)
@@ -206,12 +209,25 @@ class Batch:
 
         def part(j: int) -> Callable[[torch.Tensor], torch.Tensor]:
             def cut(t: torch.Tensor) -> torch.Tensor:
-                if t.dim() <= dim or t.shape[dim] != n:
+                if t.dim() <= dim or t.shape[dim] != n or id(t) in kept:
                     return t
                 return t.narrow(dim, starts[j], bounds[j])
             return cut
 
         return [self.map(part(j)) for j in range(k)]
+
+    def _whole_tensors(self) -> list[torch.Tensor]:
+        """The tensors under the inputs ``whole`` names (positions of a tuple, keys of a dict)."""
+        if not self.whole:
+            return []
+        holder = self.inputs if self.style == PAIR else self.data
+        found: list[torch.Tensor] = []
+        for w in self.whole:
+            if isinstance(holder, Mapping) and w in holder:
+                found += tree_tensors(holder[w])
+            elif isinstance(holder, (tuple, list)) and isinstance(w, int) and w < len(holder):
+                found += tree_tensors(holder[w])
+        return found
 
 
 # -- building one from what the data yielded --------------------------------------------

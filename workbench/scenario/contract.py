@@ -16,6 +16,7 @@ that runs in one command runs in all of them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -100,6 +101,10 @@ class Scenario:
     tags: tuple[str, ...] = ()
     # -- contract v2 ---------------------------------------------------------------
     batch_dim: int = 0  # the dimension that indexes samples: 1 for time-major (seq, batch, ...) models
+    # Inputs every micro-batch and DDP shard gets whole, even when their length along batch_dim
+    # is the batch size (a (seq, seq) causal mask when seq == batch): positions in a pair's inputs
+    # tuple, or keys of a dict batch or of dict inputs.
+    whole_inputs: tuple[int | str, ...] = ()
     amp: Literal["bf16", "fp16"] | None = None  # autocast as the user trains; fp16 adds a GradScaler
     clip_grad_norm: float | None = None  # max total gradient norm; the engine clips and records it
     before_step: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None  # after backward
@@ -140,8 +145,9 @@ class Scenario:
     # -- batches ------------------------------------------------------------------
     def make_batch(self, item: Any, where: str | None = None) -> Batch:
         """One item of ``data`` as a :class:`Batch` (validated; still where the data put it)."""
-        return split_batch(item, where or f"{self.where}: data", free_form=self.forward is not None,
-                           batch_dim=self.batch_dim)
+        batch = split_batch(item, where or f"{self.where}: data", free_form=self.forward is not None,
+                            batch_dim=self.batch_dim)
+        return dataclasses.replace(batch, whole=self.whole_inputs) if self.whole_inputs else batch
 
     # -- the model call and the loss ------------------------------------------------
     def call_model(self, batch: Batch | tuple[torch.Tensor, ...], model: nn.Module | None = None) -> Any:
@@ -286,6 +292,10 @@ def _contract_problems(s: Scenario) -> list[str]:
         problems.append(f"scheduler must have a step() method, got {type(s.scheduler).__name__}")
     if not isinstance(s.batch_dim, int) or isinstance(s.batch_dim, bool) or s.batch_dim < 0:
         problems.append(f"batch_dim must be an int >= 0 (0, or 1 for time-major batches), got {s.batch_dim!r}")
+    if not isinstance(s.whole_inputs, tuple) or not all(
+            (isinstance(w, int) and not isinstance(w, bool) and w >= 0) or isinstance(w, str) for w in s.whole_inputs):
+        problems.append("whole_inputs must be a tuple of input positions (ints >= 0) or dict keys (strs), "
+                        f"e.g. whole_inputs=(1,) for a mask passed second; got {s.whole_inputs!r}")
     if s.amp not in AMP_MODES:
         problems.append(f'amp must be "bf16", "fp16" or None, got {s.amp!r}')
     if s.clip_grad_norm is not None and not (_is_number(s.clip_grad_norm) and s.clip_grad_norm > 0
