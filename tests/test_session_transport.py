@@ -64,6 +64,19 @@ def server(tmp_path: Path):
     srv.close(drain=0.2)
 
 
+def test_answers_to_one_clients_request_stay_out_of_the_log(tmp_path: Path) -> None:
+    # An inspector asks for a module's sample at every update: logged, they grew the log
+    # without end while a script was held, and no reader of the log uses them.
+    srv = SessionServer(tmp_path / "run", title="train.py")
+    srv.publish(hello())
+    for i in range(3):
+        srv.publish(P.Sample(id=i, module="fc", kind="activation", step=0))
+    srv.publish(step(0))
+    srv.close(P.Ended(reason="finished", exit_code=0))
+    kinds = [P.type_name(m) for m in read_log(tmp_path / "run" / "session.jsonl").messages]
+    assert kinds == ["hello", "step", "ended"]
+
+
 def test_session_files_while_live_and_after_close(tmp_path: Path) -> None:
     srv = SessionServer(tmp_path / "run", host="engine", title="scenarios/mlp_digits.py")
     info = read_session(tmp_path / "run")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
+from workbench.engine.records import BreakHit, Finding, Phase, StepProgress, StepRecord
 from workbench.session import protocol
 
 # The commands a watch host honours (said in Hello, so a client greys out the others).
@@ -113,15 +114,31 @@ class Live:
     def _anyone_attached(self) -> bool:
         return bool(self.server.clients)
 
-    def wait_at_break(self, hit: BreakHit, skip: Callable[[], None]) -> None:
+    def wait_at_break(self, hit: BreakHit, skip: Callable[[], None], current: StepProgress | None = None,
+                      note: str = "") -> None:
         """Hold the step at a ``wait`` breakpoint until a client continues, or skips it
-        (``skip`` makes the coming optimizer step change nothing)."""
-        self._progress(hit.step, Phase.OPTIMIZER_STEP, paused=True,
-                       note=f"waiting at {hit.breakpoint}: a client continues or skips the step")
+        (``skip`` makes the coming optimizer step change nothing). ``current``: the held step as
+        far as it got (its module stats, loss and findings), for the clients' screens.
+
+        A hold outlasts its clients: it waits for one to say continue or skip, so a client that
+        leaves (the TUI quit) leaves the step held for the next one (unlike a client's pause,
+        which nobody would be left to end). While nobody is attached, stderr says so, once per
+        time the last one leaves.
+        """
+        note = note or f"waiting at {hit.breakpoint}: a client continues or skips the step"
+        self._progress(hit.step, Phase.OPTIMIZER_STEP, paused=True, note=note, current=current)
+        attached = self._anyone_attached()
+        if not attached:
+            self._say_held(hit, "")
         while True:
             command = self.server.wait_command(0.5)  # short waits: Ctrl-C in the user's terminal is seen
             if command is None:
+                now = self._anyone_attached()
+                if attached and not now:
+                    self._say_held(hit, "its client left; ")
+                attached = now
                 continue
+            attached = True
             if isinstance(command, protocol.Continue):
                 break
             if isinstance(command, protocol.SkipStep):
@@ -130,10 +147,21 @@ class Live:
             if isinstance(command, protocol.Stop):
                 raise Stopped(BreakHit(hit.step, hit.phase, "stop", None, "a client stopped the run"))
             self._handle(command, hit.step)
-        self._progress(hit.step, Phase.OPTIMIZER_STEP, paused=False)
+        self._progress(hit.step, Phase.OPTIMIZER_STEP, paused=False, current=current)
 
-    def _progress(self, step: int, phase: Phase, *, paused: bool, note: str = "") -> None:
-        self.publish(protocol.Progress(step=step, next_phase=phase, paused=paused, busy=not paused, note=note))
+    def _say_held(self, hit: BreakHit, why: str) -> None:
+        """One line for the user's terminal: a held script looks hung without it."""
+        target = getattr(self.server, "run_dir", None) or self.address
+        # A finding's reason goes on with its whole message: its kind and where say enough here.
+        what = hit.reason.split(": ", 1)[0] if hit.finding is not None else hit.reason
+        with contextlib.suppress(Exception):  # a closed stderr must not end the training
+            print(f"workbench: step {hit.step} is held at breakpoint {hit.breakpoint} ({what}); {why}"
+                  f"attach to continue or skip it: workbench attach {target}", file=sys.stderr, flush=True)
+
+    def _progress(self, step: int, phase: Phase, *, paused: bool, note: str = "",
+                  current: StepProgress | None = None) -> None:
+        self.publish(protocol.Progress(step=step, next_phase=phase, paused=paused, busy=not paused, note=note,
+                                       current=current))
 
     def _handle(self, command: Any, step: int) -> None:
         if isinstance(command, protocol.Pause):

@@ -231,7 +231,7 @@ class SessionServer:
             self._seq += 1
             line = P.encode(msg, seq)
             data = (line + "\n").encode("utf-8")
-            if self._log is not None:
+            if self._log is not None and not isinstance(msg, _NOT_REPLAYED):  # a reply is for its asker only
                 self._log.write(line)
             self._remember(msg, seq, data)
             for c in self._clients:

@@ -86,20 +86,32 @@ class EngineView:
     done_phases: tuple[Phase, ...] = ()
 
     def module_stats(self) -> dict[str, ModuleStats]:
-        """Module stats of the current step where measured, else of the last step."""
+        """Module stats of the current step where measured, else of the newest step that took
+        them (with stats every k-th step the steps between have none; the table shows the older
+        numbers dimmed, as not ``fresh_modules``)."""
         out: dict[str, ModuleStats] = {}
-        if self.last is not None:
-            out.update({m.name: m for m in self.last.modules})
+        measured = self.last_measured
+        if measured is not None:
+            out.update({m.name: m for m in measured.modules})
         if self.current is not None:
             out.update({m.name: m for m in self.current.modules})
         return out
+
+    @property
+    def last_measured(self) -> StepRecord | None:
+        """The newest finished step with module stats (``last`` when none has any)."""
+        for record in reversed(self.history):
+            if record.modules:
+                return record
+        return self.last
 
     def batch_size(self) -> int:
         """Samples in the batch the shown module stats came from (0 when not known: a watched
         loop does not say)."""
         if self.current is not None and self.current.modules and self.current.batch_size:
             return self.current.batch_size
-        return self.last.batch_size if self.last is not None else 0
+        measured = self.last_measured
+        return measured.batch_size if measured is not None else 0
 
     def fresh_modules(self) -> set[str]:
         """Modules whose activation stats were measured in the step in progress."""

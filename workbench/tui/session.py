@@ -46,6 +46,9 @@ HISTORY = 256  # records kept, as the engine's own ring (EngineConfig.history)
 MAX_FINDINGS = 2000
 # How often the pump looks for messages when none came (and whether the child is alive).
 POLL_S = 0.05
+# An attached script publishes every step: its screen is redrawn at most this often (the latest
+# state then; a fast loop would otherwise redraw, and ask for a sample, once per step).
+ATTACHED_UPDATE_S = 0.2
 TAIL_LINES = 20  # lines of the child's stderr kept to explain its death
 
 
@@ -246,6 +249,12 @@ class Session:
         self._ids = itertools.count(1)
         self._failed: P.Error | None = None  # an Error waiting for the state that follows it
         self._sampling: str | None = None  # the module whose sample is on its way
+        # Attached: what the last sample asked for was read at (module and where the script was);
+        # the screen asks again after every update, and an unchanged state needs no new one.
+        self._sample_key: tuple[object, ...] | None = None
+        self._send_lock = threading.Lock()  # the UI thread and the pump (a stale sample) both send
+        self._dirty = False  # attached: messages changed the state since the screen's last view
+        self._last_update = 0.0
         self._loaded = False
         self._closing = threading.Event()
         self._pump_thread: threading.Thread | None = None
@@ -356,14 +365,30 @@ class Session:
                 self.host.send(P.Pause())
 
     def request_sample(self, module: str) -> bool:
-        """Ask for a module's histograms; False while one is on its way already."""
+        """Ask for a module's histograms; False while one is on its way already, or (attached)
+        when the last one was read for this module where the script still is."""
         if self._sampling is not None or self.host is None:
             return False
+        key = self._where(module) if self._channel is not None else None
+        if key is not None and key == self._sample_key:
+            return False  # a script held or paused: the answer would be the same again
         self._sampling = module
-        if not self.host.send(P.RequestSample(next(self._ids), module)):
+        with self._send_lock:
+            sent = self.host.send(P.RequestSample(next(self._ids), module))
+        if not sent:
             self._sampling = None
             return False
+        self._sample_key = key
         return True
+
+    def _where(self, module: str) -> tuple[object, ...]:
+        """What an attached script's answer for ``module`` depends on: the step, and whether it
+        holds before its optimizer step (its forward's outputs are then this step's)."""
+        p = self.state.progress
+        steps = self.state.history[-1].step if self.state.history else -1
+        if p is None:
+            return (module, steps)
+        return (module, steps, p.step, p.next_phase, p.paused)
 
     def view(self) -> EngineView | None:
         return self.state.view()
@@ -372,7 +397,9 @@ class Session:
         request = next(self._ids)
         if doing is not None:
             self.doing = doing
-        if self.host is None or not self.host.send(make(request)):
+        with self._send_lock:
+            sent = self.host is not None and self.host.send(make(request))
+        if not sent:
             if self._channel is not None:
                 raise RuntimeError(self.refusal() or f"{self.label}: the session is not reachable any more")
             raise RuntimeError("the scenario's process is not running (R restarts it)")
@@ -393,12 +420,8 @@ class Session:
             messages = proc.poll(POLL_S)
             for message in messages:
                 self._apply(message)
-            if messages and self._channel is not None:
-                self._attached_update()
-                if self._ended_pending and self.ended is not None:
-                    self._ended_pending = False
-                    assert self._listener is not None
-                    self._listener.ended(self._ended_text(self.ended))
+            if self._channel is not None:
+                self._attached_batch(messages)
             if messages or proc.alive():
                 continue
             for message in proc.poll(0):  # sent just before it went
@@ -415,6 +438,8 @@ class Session:
             self.ended = message
             if self._channel is not None:
                 self._ended_pending = True  # said after the batch's view (a log replays in one batch)
+        elif self._channel is not None and isinstance(message, P.Sample):
+            self._sample_arrived(message)
         elif self._channel is not None and isinstance(message, (P.Progress, P.Error)):
             if isinstance(message, P.Error) and not message.fatal:
                 where = f" ({message.file}:{message.line})" if message.file else ""
@@ -450,8 +475,29 @@ class Session:
             else:
                 listener.updated(view)
 
+    def _attached_batch(self, messages: Sequence[P.Message]) -> None:
+        """After a poll of an attached host: one view for the screen, when the batch changed the
+        state and the last view is ``ATTACHED_UPDATE_S`` old (or the first, or the end's).
+
+        A batch holding only the answer to a sample changes nothing the screen shows: telling it
+        ``updated`` would make it ask for the sample again, whose answer would start it over (a
+        script held at a breakpoint kept a core busy and its session.jsonl growing that way).
+        """
+        if any(not isinstance(m, P.Sample) for m in messages):
+            self._dirty = True
+        now = time.monotonic()
+        due = not self._loaded or self._ended_pending or now - self._last_update >= ATTACHED_UPDATE_S
+        if self._dirty and due:
+            self._dirty = False
+            self._last_update = now
+            self._attached_update()
+        if self._ended_pending and self.ended is not None:
+            self._ended_pending = False
+            assert self._listener is not None
+            self._listener.ended(self._ended_text(self.ended))
+
     def _attached_update(self) -> None:
-        """After a batch of an attached host's messages: one view for the screen."""
+        """One view of an attached host's state for the screen."""
         listener = self._listener
         assert listener is not None
         view = self.state.view(without_progress=True)
@@ -462,6 +508,16 @@ class Session:
             listener.loaded(view)
         else:
             listener.updated(view)
+
+    def _sample_arrived(self, sample: P.Sample) -> None:
+        """An attached script's answer: shown, and asked again when the script moved on while it
+        was on its way (no update may come to ask: a script that holds sends nothing more)."""
+        asked = self._sample_key
+        self._sampling = None
+        assert self._listener is not None
+        self._listener.sample(inspector_data(sample))
+        if asked is not None and asked != self._where(sample.module) and not self._closing.is_set():
+            self.request_sample(sample.module)
 
     def status_line(self) -> str:
         """The status bar of an attached session: where the script is, and what the keys do here."""

@@ -6,6 +6,7 @@ step bookkeeping (loop.py); this module holds what needs none of it.
 
 from __future__ import annotations
 
+import dataclasses
 import pdb
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.engine.breakpoints import Breakpoint
+from workbench.engine.breakpoints import Breakpoint, Condition
 from workbench.engine.instruments import StepState
 from workbench.engine.records import BreakHit, Finding, Phase
 
@@ -69,6 +70,26 @@ def first_hit(breakpoints: Sequence[Breakpoint], phase: Phase, s: StepState, can
         if hit is not None:
             fired.add(key)
             return hit
+    return None
+
+
+def late_loss_hit(breakpoints: Sequence[Breakpoint], s: StepState, findings: Sequence[Finding]) -> BreakHit | None:
+    """The first loss condition (``loss>X``, ``loss<X``), or a finding condition on what the loss
+    rules found, that fires on a loss logged after the step's ``optimizer.step()``: it is read
+    when the step's record is written, after the update (the hit's phase says so)."""
+    for bp in breakpoints:
+        if bp.condition is Condition.LOSS:
+            hit = bp.check(step=s.step, phase=Phase.OPTIMIZER_STEP, loss=s.loss, total_grad_norm=None,
+                           findings=())
+        elif bp.condition is Condition.FINDING:
+            hit = bp.check(step=s.step, phase=Phase.OPTIMIZER_STEP, loss=None, total_grad_norm=None,
+                           findings=findings)
+        else:
+            continue
+        if hit is not None:
+            return dataclasses.replace(hit, reason=f"{hit.reason}; the loss was logged after optimizer.step(), so "
+                                                   "the step's update is done (wb.log(loss=...) before it stops "
+                                                   "before the update)")
     return None
 
 

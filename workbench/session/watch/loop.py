@@ -28,7 +28,7 @@ from workbench.engine.breakpoints import Breakpoint
 from workbench.engine.diagnosis import find_non_finite
 from workbench.engine.instruments import Instruments, StepState
 from workbench.engine.params import ParamRef, lr_values
-from workbench.engine.records import BreakHit, Finding, Phase, StepRecord
+from workbench.engine.records import BreakHit, Finding, Phase, StepProgress, StepRecord
 from workbench.engine.thresholds import HealthThresholds
 from workbench.scenario.outputs import output_loss
 from workbench.session.watch import breaks
@@ -283,7 +283,7 @@ class Watch:
             # A finished step is kept whatever ended the loop (its logged tensors may be unreadable
             # after a device error: the records matter more than those).
             with contextlib.suppress(Exception):
-                self._emit_pending()
+                self._emit_pending(act=False)
         finally:
             if isinstance(exc, KeyboardInterrupt):
                 self._close_outputs("interrupted", {"type": "KeyboardInterrupt", "message": "interrupted",
@@ -540,7 +540,11 @@ class Watch:
             self._emit_pending()
         self._arm()
 
-    def _emit_pending(self) -> None:
+    def _emit_pending(self, act: bool = True) -> None:
+        """Write the finished step's record. A loss that came only now (``wb.log(loss=...)`` after
+        ``optimizer.step()``) gets its rules and loss breakpoints here, at the next step's start:
+        a hit then stops the loop after that update (``act``: False when the watch is closing,
+        which records the hit only)."""
         if self._pending is None:
             return
         s, logs, loss = self._pending
@@ -555,11 +559,13 @@ class Watch:
             # Sync point: wb.log's tensors, all at once, when the step's record is written.
             numbers = torch.stack([t.float().reshape(()).to(self._device) for t in tensors.values()]).tolist()
             values.update(zip(tensors, numbers))
+        late: list[Finding] | None = None  # the loss arrived after the update: its rules' findings
         if s.loss is None and "loss" in values:
             self._inst.begin_phase()
             s.loss, s.loss_source = float(values["loss"]), "wb.log"
             self._inst.loss_rules(s)
-            self._found(self._inst.phase_findings)
+            late = list(self._inst.phase_findings)
+            self._found(late)
         elif s.loss is None and (total := loss.value()) is not None:
             self._inst.begin_phase()
             self._inst.loss_value(s, total, None, loss.source)
@@ -580,6 +586,15 @@ class Watch:
         if len(self._logged) > (self._history.maxlen or 0):
             del self._logged[0]
         self._out.record(record, values)
+        if late is not None:
+            hit = breaks.late_loss_hit(self.breakpoints, s, late)
+            if hit is not None:
+                if act:
+                    self._on_hit(hit, None, s)
+                else:
+                    self.break_hits.append(hit)
+                    if self._out.live is not None:
+                        self._out.live.publish(hit)
 
     def _found(self, findings: Sequence[Finding]) -> None:
         if not findings:
@@ -603,7 +618,8 @@ class Watch:
         s = self._s if phase is Phase.BACKWARD else (self._pending[0] if self._pending else self._s)
         return breaks.first_hit(self.breakpoints, phase, s, candidates, self._hits, once=s is self._s)
 
-    def _on_hit(self, hit: BreakHit, index: int | None) -> None:
+    def _on_hit(self, hit: BreakHit, index: int | None, state: StepState | None = None) -> None:
+        """``state``: the step the hit is about, when not the one in progress (a late loss's)."""
         self.break_hits.append(hit)
         if self._out.live is not None:
             self._out.live.publish(hit)
@@ -621,15 +637,33 @@ class Watch:
                 self.close(error)
             raise error
         if self.on_break == "pdb":
-            breaks.debug(hit, self.model, self, self._s, self._inst.activation_sample)
+            breaks.debug(hit, self.model, self, state or self._s, self._inst.activation_sample)
             return
         if self._out.live is None:
             # A rank other than 0 serves no session, so nobody could tell it to go on: the hit is
             # logged, and the rank waits for rank 0 (which holds) at its next collective.
             return
-        self._wait(hit, index)
+        self._wait(hit, index, state)
 
-    def _wait(self, hit: BreakHit, index: int | None) -> None:
+    def _held_progress(self, hit: BreakHit, state: StepState | None) -> StepProgress | None:
+        """The held step as far as it got, for the clients' screens: its module stats, loss and
+        findings (the step in progress, or the finished one a later hit is about)."""
+        s = state
+        if s is None:
+            s = self._s if hit.step == self._s.step else (self._pending[0] if self._pending else None)
+        if s is None or s.step != hit.step:
+            return None
+        # A watch does not time the loss apart from the backward (the loop computes it), and an
+        # unmeasured step's forward runs no hook: at a hold all of them have run.
+        done = [Phase.FORWARD, Phase.LOSS, Phase.BACKWARD]
+        if hit.phase is not Phase.BACKWARD:
+            done.append(Phase.OPTIMIZER_STEP)
+        return StepProgress(step=s.step, next_phase=Phase.OPTIMIZER_STEP, phases_done=tuple(done), loss=s.loss,
+                            total_grad_norm=s.total_grad_norm, phase_seconds=dict(s.phase_seconds),
+                            modules=s.modules, params=s.params, findings=tuple(s.findings),
+                            measured=s.measured, batch_size=s.batch_size)
+
+    def _wait(self, hit: BreakHit, index: int | None, state: StepState | None = None) -> None:
         from workbench.session.live import Stopped
 
         def skip() -> None:
@@ -640,8 +674,11 @@ class Watch:
                 self._skipped.add(hit.step)
 
         assert self._out.live is not None  # _on_hit waits only where this process serves
+        note = ""
+        if hit.phase is not Phase.BACKWARD:
+            note = f"held at {hit.breakpoint} after step {hit.step}'s update: a client continues"
         try:
-            self._out.live.wait_at_break(hit, skip)
+            self._out.live.wait_at_break(hit, skip, self._held_progress(hit, state), note)
         except Stopped as stop:
             raise Break(stop.hit) from None
 

@@ -36,7 +36,6 @@ def check_report_path(path: Path) -> None:
     from workbench.errors import OutputPathError
     from workbench.files import check_writable, existing_kind
 
-    check_writable(path)
     if existing_kind(path) == "file" and path.stat().st_size > 0:
         with open(path, "rb") as f:
             start = f.read(len(REPORT_START))
@@ -45,6 +44,7 @@ def check_report_path(path: Path) -> None:
                 f"{path} exists and is not a workbench report (it does not start with "
                 f'{{"schema": "workbench.run/1"): workbench.watch never writes over another file. '
                 "Choose another report= path, or move that file away.")
+    check_writable(path)
 
 
 def script_title() -> str:
