@@ -308,6 +308,15 @@ class Engine:
         except StepError as error:
             return error
 
+    def fail_step(self, exc: BaseException) -> StepError:
+        """The step in progress ended by ``exc``, as the StepError it is (the step aborted, the
+        engine usable), for what ``advance`` lets through but the caller knows came from the
+        user's code: a KeyboardInterrupt in a process no Ctrl-C reaches (the TUI's engine host)."""
+        try:
+            self._fail(self._next_phase, self._state, exc)
+        except StepError as error:
+            return error
+
     def _fail(self, phase: Phase, s: StepState, exc: BaseException) -> NoReturn:
         exc = worker_death(exc) or exc  # a broken batch hand-over is the worker's death it hides
         error = None

@@ -192,7 +192,9 @@ class EngineHost:
             self._dispatch(command)
         except ClientGone:
             raise
-        except Exception as exc:  # the host must outlive anything a command meets
+        # KeyboardInterrupt too: here it is the user's code's (a scenario's load_state, say), see
+        # _interrupted_step.
+        except (Exception, KeyboardInterrupt) as exc:  # the host must outlive anything a command meets
             self._failed(exc, getattr(command, "id", None))
 
     def _dispatch(self, command: Any) -> None:
@@ -224,7 +226,10 @@ class EngineHost:
         from workbench.engine.errors import StepError
 
         try:
-            call()
+            try:
+                call()
+            except KeyboardInterrupt as exc:
+                raise _interrupted_step(self.engine, exc) from exc
         except StepError as exc:
             self._failed(exc, reply_to)
             return
@@ -279,7 +284,11 @@ class EngineHost:
         def on_step(record: StepRecord) -> None:
             self._publish_news()
 
-        outcome = engine.run(command.steps, until_break=True, should_stop=should_stop, on_step=on_step)
+        try:
+            outcome = engine.run(command.steps, until_break=True, should_stop=should_stop, on_step=on_step)
+        except KeyboardInterrupt as exc:
+            self._failed(_interrupted_step(engine, exc), command.id)
+            return
         if outcome.error is not None:
             self._failed(outcome.error, command.id)
             return
@@ -427,6 +436,18 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
 
     # Not sys.exit: threads the user's code left running must not keep the child alive.
     leave_now(code)
+
+
+def _interrupted_step(engine: Engine | None, exc: KeyboardInterrupt) -> BaseException:
+    """A KeyboardInterrupt out of the engine, as the failure of the step it interrupted.
+
+    In this child it is never the user's Ctrl-C: the child leads a process group of its own, so
+    the terminal's SIGINT reaches the TUI only, which ends the host with Stop, SIGTERM, SIGKILL.
+    So the user's code raised it (``raise KeyboardInterrupt``, a library's own stop), and like a
+    SystemExit it fails the step rather than the process, which would take every good step and
+    the rewind snapshots with it (``Engine.advance`` lets it through: a headless run stops on it).
+    """
+    return exc if engine is None else engine.fail_step(exc)
 
 
 # -- the parent's handle -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from textual.screen import Screen
 
 from workbench.scenario import ScenarioSource
 from workbench.tui import messages as msg
+from workbench.tui.render import last_overwrite, terminal_plain
 from workbench.tui.screens.main import ACTIONS, MainScreen
 from workbench.tui.screens.picker import PickerScreen, picker_entries
 
@@ -142,10 +143,13 @@ class WorkbenchApp(App[None]):
 
     def capture_output(self, line: str, stderr: bool) -> None:
         """One line the scenario printed (runs on the session's output thread, or a worker)."""
+        # A progress bar's carriage returns go before the stream's name is put in front of it.
+        line = last_overwrite(line)
         self.logbook.append(f"{'stderr' if stderr else 'stdout'}: {line[:OUTPUT_LINE_LIMIT]}")
         if not self._output_seen:  # one toast for the first line, not a message per line
             self._output_seen = True
-            self.post_message(msg.LogLine(f"the scenario printed: {line[:120]}"))
+            # Shown plain: a printed escape code would act on the app's own screen.
+            self.post_message(msg.LogLine(f"the scenario printed: {terminal_plain(line[:OUTPUT_LINE_LIMIT])[:120]}"))
 
     def capture(self, text: str) -> None:
         self.logbook.append(text)
@@ -155,8 +159,9 @@ class WorkbenchApp(App[None]):
     def log_line(self, message: msg.LogLine) -> None:
         if not self._warned:
             self._warned = True
-            self.notify(f"{message.text[:120]}\n(l shows everything captured: output, warnings, logs)",
-                        title="captured", severity="warning")
+            # markup=False: the text is the user's ("files: [/data/a.csv]" is no closing tag).
+            self.notify(f"{terminal_plain(message.text)[:120]}\n(l shows everything captured: output, warnings, "
+                        "logs)", title="captured", severity="warning", markup=False)
 
     # -- scenario picker ------------------------------------------------------------------
     def action_pick_scenario(self) -> None:

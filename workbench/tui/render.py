@@ -7,6 +7,7 @@ stay thin and the look is testable without an app.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -14,6 +15,8 @@ from rich.text import Text
 from workbench.tui import theme
 
 BARS = "▁▂▃▄▅▆▇█"
+# What is left after the ANSI decoder: C0/C1 controls (bell, backspace, a lone ESC), DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 SHADES = " ░▒▓█"
 
 
@@ -96,3 +99,31 @@ def shape_str(shape: Sequence[int] | None, batch_size: int = 0) -> str:
     batched = len(shape) > 1 and (batch_size <= 0 or shape[0] == batch_size)
     dims = list(shape)[1:] if batched else list(shape)
     return "×".join(str(d) for d in dims) if dims else "scalar"
+
+
+def terminal_text(line: str) -> Text:
+    """One line a program wrote to its terminal, as a ``Text`` safe to draw inside a widget.
+
+    Colours (SGR) are kept; cursor moves, screen clears, titles and the bell are dropped, and
+    a carriage return keeps what the line shows last (a progress bar's final state). Written
+    raw, such a line clears or scrolls the app's own screen; as markup, ``[/x]`` raises.
+    """
+    text = Text.from_ansi(last_overwrite(line).expandtabs(4))
+    text.end = ""  # from_ansi ends its lines with a newline: this is one line, not a paragraph
+    # Controls the decoder let through, last first so the earlier positions stay valid.
+    for match in reversed(list(_CONTROL.finditer(text.plain))):
+        text = text[:match.start()] + text[match.end():]
+    return text
+
+
+def last_overwrite(line: str) -> str:
+    """What a line that rewrites itself with carriage returns shows last (tqdm's final bar)."""
+    if "\r" not in line:
+        return line
+    shown = [part for part in line.split("\r") if part.strip()]
+    return shown[-1] if shown else ""
+
+
+def terminal_plain(line: str) -> str:
+    """``terminal_text`` without its colours: for a toast, or a title."""
+    return terminal_text(line).plain

@@ -543,7 +543,7 @@ class Session:
     def _ended_text(self, ended: P.Ended) -> str:
         how = f" (exit code {ended.exit_code})" if ended.exit_code not in (None, 0) else ""
         what = f"the run ended: {ended.reason}{how}"
-        if ended.message:
+        if ended.message and ended.message != ended.reason:  # "interrupted · interrupted" says it twice
             what += f" · {ended.message}"
         if self.read_only:
             what = f"read-only, from its log · {what}"

@@ -16,6 +16,7 @@ from textual.widgets import Button, Footer, Input, Label, OptionList, RichLog, S
 from textual.widgets.option_list import Option
 
 from workbench.tui import theme
+from workbench.tui.render import terminal_text
 
 
 class HelpScreen(ModalScreen[None]):
@@ -122,7 +123,8 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         lst = self.query_one("#bp-list", OptionList)
         lst.clear_options()
         if self.conditions:
-            lst.add_options(Option(c, id=f"b{i}") for i, c in enumerate(self.conditions))
+            # Text: a str prompt is markup, and a glob's [abc] would vanish as a tag.
+            lst.add_options(Option(Text(c), id=f"b{i}") for i, c in enumerate(self.conditions))
         else:
             lst.add_option(Option(Text("none set", theme.DIM), disabled=True))
 
@@ -192,8 +194,10 @@ class LogScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         log = self.query_one(RichLog)
+        # What the scenario printed may hold escape codes (colours, a screen clear, the bell):
+        # colours are kept, the rest would act on this screen, so it goes.
         for line in self.lines or ["nothing captured"]:
-            log.write(line)
+            log.write(terminal_text(line))
 
 
 class InspectorScreen(ModalScreen[None]):

@@ -21,6 +21,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Static
@@ -155,6 +156,14 @@ class MainScreen(Screen[None]):
         self.doing = ""  # what is running, in the user's words ("forward", "step 3", "loading torch")
         self.request: int | None = None  # the session's id of the command the screen waits for
         self.stopped_running_code = False  # a quit had to kill the scenario's process mid-phase
+        # What R does after a load failed (the session is gone then): load the same scenario again.
+        self._retry_load: Callable[[], None] | None = None
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A toast; never read as markup: this screen's carry the user's text (an exception's message,
+        a finding, a note), where "[/data/x]" is a path, not a closing tag."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     @property
     def workbench(self) -> Workbench:
@@ -173,7 +182,7 @@ class MainScreen(Screen[None]):
                 yield ChartsPanel(id="charts", show_volatile=vol)
                 yield MemoryPanel(id="memory", show_volatile=vol)
         yield Inspector(id="inspector")
-        yield ErrorPanel(id="error")
+        yield ErrorPanel(hint="R reset · s switch scenario · esc hide", id="error")
         yield PhaseBar(id="phase", show_volatile=vol)
         yield KeyFooter([(_key_label(a.key), a.title) for a in ACTIONS if a.footer], FOOTER_STRIP_ORDER,
                         id="keys")
@@ -211,11 +220,13 @@ class MainScreen(Screen[None]):
             source = load_source(spec)
         except ScenarioError as exc:
             self._show_error(*format_error(exc))
+            self._retry_load = lambda: self.load_spec(spec)  # R: the file may exist by now
             return
         self.load(source)
 
     def load(self, source: ScenarioSource) -> None:
         old = self.session
+        self._retry_load = None
         self.session = Session(source, self.device)
         self.request = None
         self.view = None
@@ -232,6 +243,7 @@ class MainScreen(Screen[None]):
         """Show the session another process hosts (``workbench attach``): the same screen, fed
         by that session's messages instead of an engine child's."""
         old = self.session
+        self._retry_load = None
         self.session = Session.attach(target, token, connection)
         self.request = None
         self.view = None
@@ -287,8 +299,15 @@ class MainScreen(Screen[None]):
     def scenario_failed(self, message: msg.ScenarioFailed) -> None:
         self.busy = None
         self._drop_queue("the scenario failed to load")
-        if self.session is not None:
-            self.session.close()  # it has exited already; this reaps it
+        failed = self.session
+        if failed is not None:
+            failed.close()  # it has exited already; this reaps it
+            # R (which the panel offers) builds the same scenario again, once the file is fixed.
+            source = failed.source
+            if source is not None:
+                self._retry_load = lambda: self.load(source)
+            else:  # attached: connect again
+                self._retry_load = lambda: self.attach(failed.label)
         self.session = None
         self.view = None
         self.status = f"{message.label} failed to load"
@@ -300,13 +319,11 @@ class MainScreen(Screen[None]):
         if self.starting or (self.session is not None and self.busy is Busy.LOADING):
             self._enqueue(action)  # `workbench tui x.py` then f f f: they run once it has loaded
             return
-        if self.session is None or self.view is None:
-            self.notify("no scenario loaded: press s to pick one", severity="warning")
-            return
-        refusal = self.session.refusal(*HOST_COMMAND[action])
-        if refusal is not None:  # a watch host cannot step a phase or rewind; a finished run takes nothing
+        refusal = self._refusal(action)
+        if refusal is not None:
             self.notify(refusal, severity="warning")
             return
+        assert self.session is not None and self.view is not None  # _refusal said so
         if self.busy is not None or (self.queue and not queued):  # keys keep their order
             self._enqueue(action)
             return
@@ -331,6 +348,13 @@ class MainScreen(Screen[None]):
             self.status = str(exc)
             self._refresh_title()
             self.notify(str(exc), severity="error")
+
+    def _refusal(self, action: Busy) -> str | None:
+        """Why ``action`` cannot start with what is loaded now (None: it can)."""
+        if self.session is None or self.view is None:
+            return "no scenario loaded: press s to pick one"
+        # A watch host cannot step a phase or rewind; a finished run takes nothing.
+        return self.session.refusal(*HOST_COMMAND[action])
 
     def _enqueue(self, action: Busy) -> None:
         """Keep a stepping key pressed while something runs; refuse the rest with the reason."""
@@ -500,6 +524,12 @@ class MainScreen(Screen[None]):
     def action_step_k(self) -> None:
         from workbench.tui.screens.dialogs import StepsPrompt
 
+        # Ask for k only when k steps can run (a load in progress takes them after it).
+        refusal = None if self.starting or self.busy is Busy.LOADING else self._refusal(Busy.STEPS)
+        if refusal is not None:
+            self.notify(refusal, severity="warning")
+            return
+
         def chosen(steps: int | None) -> None:
             if steps:
                 self._start(Busy.STEPS, steps)
@@ -529,7 +559,10 @@ class MainScreen(Screen[None]):
 
     def action_reset(self) -> None:
         if self.session is None:
-            self.action_switch()
+            if self._retry_load is not None and self.busy is None:
+                self._retry_load()
+            else:
+                self.action_switch()
             return
         if self.session.source is None:  # attached: connect again (a finished run reopens its log)
             self.attach(self.session.label)

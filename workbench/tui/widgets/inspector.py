@@ -18,12 +18,13 @@ class Inspector(Static):
     """Shows one InspectorData; the screen asks a worker for it on selection."""
 
     def show(self, data: InspectorData | None, stats: ModuleStats | None = None, fresh: bool = True) -> None:
-        self.border_title = inspector_title(data)
+        # Text, not a str: a str title is markup, and a module's repr may hold "[/...]".
+        self.border_title = Text(inspector_title(data))
         self.update(render_inspector(data, stats, fresh))
 
     def show_reading(self, module: str, stats: ModuleStats | None = None, fresh: bool = True) -> None:
         """The cursor moved to ``module``: its name now, its histograms when they are read."""
-        self.border_title = f"Inspector · {module or 'model'}"
+        self.border_title = Text(f"Inspector · {module or 'model'}")
         parts: list[RenderableType] = [Text("reading its tensors…", theme.DIM)]
         line = _stats_line(stats, fresh)
         if line is not None:

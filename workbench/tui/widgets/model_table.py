@@ -160,7 +160,8 @@ class ModelTable(DataTable):
         # Gradients of this step exist after its backward, updates after its
         # optimizer step; until then the previous step's show, dimmed.
         current_params = tuple(view.current.params) if view.current is not None else ()
-        last_params = tuple(view.last.params) if view.last is not None else ()
+        last = view.last_measured  # with stats every k steps: the last step that measured them
+        last_params = tuple(last.params) if last is not None else ()
         grad_fresh = bool(current_params)
         grad_norms = group_grad_norms(current_params or last_params)
         uw_fresh = any(p.update_ratio is not None for p in current_params)

@@ -314,7 +314,7 @@ class MemoryPanel(ViewPanel):
         out.add_row(Text("activations", theme.DIM), human_bytes(mem.activation_bytes))
         stats = view.module_stats().get(self.selected or "")
         if self.selected is not None and stats is not None:
-            out.add_row(Text("selected", theme.DIM), f"{human_bytes(stats.bytes)} ({self.selected or 'model'})")
+            out.add_row(Text("selected", theme.DIM), Text(f"{human_bytes(stats.bytes)} ({self.selected or 'model'})"))
         tax = debugger_tax(view.history)
         if not vol or tax is None or tax.work_seconds <= 0:
             out.add_row(Text("debugger tax", theme.DIM), "—")
