@@ -39,6 +39,10 @@ class BenchContext:
     eval_batches: tuple[Batch, ...]
     hardware: Hardware
     tick: Tick | None = None
+    # The CPU RNG state ``batches`` were drawn from (right after the probe's build): a row
+    # that draws from the scenario's data itself (loader-wN) replays it, so a shuffled
+    # DataLoader yields these same batches. None: the row draws from whatever state it finds.
+    data_rng: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

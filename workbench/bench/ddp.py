@@ -6,7 +6,10 @@ same ``run_rank`` runs under torchrun through ``python -m workbench.bench.ddp_wo
 
 Each rank trains on its slice of the same global batches the other rows
 use (global batch / N per rank), so the effective batch, and with it the
-final loss, compares with fp32.
+final loss, compares with fp32. The bench ships its own fixed batches to the
+ranks (a shuffled DataLoader drawn again in a rank would shuffle anew); under
+torchrun each rank draws them from its fresh build as the bench does: right
+after ``build()``, before any reseed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from workbench.bench.context import collect
 from workbench.bench.memory import track_peak
-from workbench.bench.steps import mean_loss
+from workbench.bench.steps import EpochClock, mean_loss
 from workbench.bench.timing import Plan, describe_failure, measure
 from workbench.distributed import Beat, Tick, backend_for, join_group, leave_group, spawn_ranks
 from workbench.scenario import Batch, ScenarioSource
@@ -40,6 +43,7 @@ class DDPJob:
     source: ScenarioSource
     device: str  # "cpu" or "cuda"
     plan: Plan
+    batches: tuple[Batch, ...] | None = None  # the bench's fixed global batches (None: draw them)
     comm_steps: int = 4  # fwd+bwd steps timed with and without gradient sync
     timeout_s: float = 120.0  # collective timeout inside the ranks
 
@@ -91,8 +95,8 @@ def run_rank(
     ddp = None
     try:
         scenario = job.source.build(device)
-        torch.manual_seed(scenario.seed + rank)
-        global_batches, _ = collect(scenario, job.plan.total)
+        global_batches = job.batches if job.batches is not None else collect(scenario, job.plan.total)[0]
+        torch.manual_seed(scenario.seed + rank)  # the step's own randomness (dropout) per rank
         summed = scenario.loss_is_summed
         shards: list[tuple[Batch, float]] = []
         for batch in global_batches:
@@ -111,12 +115,30 @@ def run_rank(
                 backward(loss)
                 return loss
 
+            plateau = (scenario.scheduler_step is None
+                       and isinstance(scenario.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))
+
+            def whole_batch(loss: torch.Tensor) -> torch.Tensor:
+                """The global batch's loss from this rank's weighted shard loss, for a scheduler that
+                reads it: a rank's own would give each rank its own learning rate, and the replicas
+                would part."""
+                if not plateau:
+                    return loss  # no scheduler reads it: no collective
+                # A collective inside the timed step, as the host sync ReduceLROnPlateau makes anyway.
+                total = loss.detach().clone()
+                dist.all_reduce(total)
+                return total if summed else total / world_size
+
+            clock = EpochClock(scenario, len(shards), reduce=whole_batch)
+
             def step(i: int) -> torch.Tensor:
+                clock.before(i)
                 loss = fwd_bwd(i)
                 prepare_update(scenario)  # clipping sees the all-reduced gradients
                 apply_update(scenario)
-                scheduler_after_update(scenario, i + 1, 0, loss.detach())
-                return loss
+                if scenario.scheduler_interval != "epoch":  # else the clock steps it, once an epoch
+                    scheduler_after_update(scenario, i + 1, clock.epoch(i), whole_batch(loss.detach()))
+                return clock.after(loss)
 
             flag = torch.zeros(1, device=device)
 
@@ -188,10 +210,13 @@ def launch_local(
     device: str,
     plan: Plan,
     *,
+    batches: tuple[Batch, ...] | None = None,
     timeout_s: float = 180.0,
     tick: Tick | None = None,
 ) -> tuple[list[RankResult], float]:
     """Spawn ``world_size`` ranks on 127.0.0.1 and wait for all results; (results by
-    rank, wall seconds). Raises RankFailed as ``spawn_ranks`` does."""
-    job = DDPJob(source, device, plan, timeout_s=timeout_s)
+    rank, wall seconds). ``batches``: the global batches every rank trains on and rank 0
+    scores on (None: each rank draws them from its build). Raises RankFailed as
+    ``spawn_ranks`` does."""
+    job = DDPJob(source, device, plan, batches, timeout_s=timeout_s)
     return spawn_ranks(_rank_entry, job, world_size, timeout_s=timeout_s, tick=tick, describe=describe_failure)

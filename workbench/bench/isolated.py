@@ -58,12 +58,13 @@ def _entry(rank: int, world: int, init_method: str, job: IsolatedJob, tick: Tick
     start = proc_status_bytes("VmRSS") or 0
     device = torch.device("cpu")
     probe = job.source.build(device)
+    data_rng = torch.get_rng_state()  # as the bench collects them (bench/runner.py)
     batches, eval_batches = collect(probe, job.plan.total)
     # Only the batches stay, as in a process that trains this row alone: the probe's
     # model, optimizer and dataset would otherwise count twice in the peak.
     del probe
     gc.collect()
-    ctx = BenchContext(job.source, device, job.plan, batches, eval_batches, detect())
+    ctx = BenchContext(job.source, device, job.plan, batches, eval_batches, detect(), data_rng=data_rng)
     result = job.variant.run(ctx)
     if not result.ok:
         raise RuntimeError(f"the isolated {job.variant.name} run did not finish: {result.reason}")

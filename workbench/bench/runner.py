@@ -77,6 +77,7 @@ def run_bench(
     try:
         hardware = hw.detect()
         probe = source.build(dev)
+        data_rng = torch.get_rng_state()  # what a shuffled DataLoader draws the batches below from
         batches, eval_batches = collect(probe, plan.total)
         settings = BenchSettings(plan.warmup, plan.steps, plan.block, len(batches), batches[0].size,
                                  torch.get_num_threads(), plan.budget_s,
@@ -88,7 +89,7 @@ def run_bench(
 
             tick(0, plan.total)
             start_state.restore()
-            ctx = BenchContext(source, dev, plan, batches, eval_batches, hardware, tick)
+            ctx = BenchContext(source, dev, plan, batches, eval_batches, hardware, tick, data_rng)
             try:
                 result = run_one(variant, ctx, probe)
                 if isolate_memory and result.ok and dev.type == "cpu" and variant.isolatable:
@@ -102,7 +103,8 @@ def run_bench(
         try:
             start_state.restore()
             results = with_baseline_losses(
-                results, BenchContext(source, dev, plan, batches, eval_batches, hardware), rerun=not interrupted)
+                results, BenchContext(source, dev, plan, batches, eval_batches, hardware, data_rng=data_rng),
+                rerun=not interrupted)
         except KeyboardInterrupt:
             interrupted = True
     finally:
@@ -220,7 +222,9 @@ def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> s
         return f"{head}: {detail}" if detail else head
     reason = f"{type(exc).__name__}: {detail}"
     where = ", ".join(w for w in (where, raised_at) if w)
-    return f"{reason} ({where})" if where else reason
+    reason = f"{reason} ({where})" if where else reason
+    advice = variant.failure_advice(exc, ctx)
+    return f"{reason}. {advice[0].upper()}{advice[1:]}" if advice else reason
 
 
 def _raised_at(exc: BaseException, ctx: BenchContext) -> str:

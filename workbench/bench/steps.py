@@ -52,10 +52,38 @@ def loss_is_summed(scenario: Scenario) -> bool:
     return scenario.loss_is_summed
 
 
-def _epoch_tick(scenario: Scenario, i: int, n: int) -> None:
-    """A per-epoch scheduler steps when the fixed batches start over (the bench's epoch)."""
-    if i > 0 and i % n == 0:
-        scheduler_at_epoch(scenario, i, i // n)
+class EpochClock:
+    """The bench's epochs: a pass over the ``n`` fixed batches (the data's length, or the
+    plan's steps when the data is longer). A per-epoch scheduler steps when they start
+    over, given the loss of the step before, as the engine gives it (ReduceLROnPlateau
+    judges by it; other schedulers ignore it). Costs nothing for a per-step scheduler.
+    ``reduce`` turns that loss into the one to judge by (a DDP rank's into the global batch's).
+    """
+
+    def __init__(self, scenario: Scenario, n: int,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.scenario = scenario
+        self.n = n
+        self.reduce = reduce
+        self.on = scenario.scheduler_interval == "epoch"
+        self.last: torch.Tensor | None = None
+
+    def before(self, i: int) -> None:
+        """Before step ``i`` (counted from 0): the epoch tick, when the batches start over."""
+        if self.on and i > 0 and i % self.n == 0:
+            last = self.last
+            if last is not None and self.reduce is not None:
+                last = self.reduce(last)
+            scheduler_at_epoch(self.scenario, i, i // self.n, last)
+
+    def after(self, loss: torch.Tensor) -> torch.Tensor:
+        """Keep the step's loss for the next tick (a detached view: no sync, no graph kept)."""
+        if self.on:
+            self.last = loss.detach()
+        return loss
+
+    def epoch(self, i: int) -> int:
+        return i // self.n
 
 
 def train_step_fn(
@@ -73,11 +101,12 @@ def train_step_fn(
     ``"scenario"`` for the scenario's own ``amp``.
     """
     n = len(batches)
+    clock = EpochClock(scenario, n)
 
     def step(i: int) -> torch.Tensor:
-        _epoch_tick(scenario, i, n)
-        return train_step(scenario, batches[i % n], model=model, scaler=scaler, autocast=autocast,
-                          step=i, epoch=i // n)
+        clock.before(i)
+        return clock.after(train_step(scenario, batches[i % n], model=model, scaler=scaler,
+                                      autocast=autocast, step=i, epoch=clock.epoch(i)))
 
     return step
 
@@ -92,11 +121,12 @@ def accum_step_fn(scenario: Scenario, batches: Sequence[Batch], k: int,
     Micro-batches are cut along the scenario's ``batch_dim``.
     """
     prepared = [micro_batches(scenario, batch, k) for batch in batches]
-    n = len(prepared)
+    clock = EpochClock(scenario, len(prepared))
 
     def step(i: int) -> torch.Tensor:
-        _epoch_tick(scenario, i, n)
-        return accumulate_step(scenario, prepared[i % n], autocast=autocast, step=i, epoch=i // n)
+        clock.before(i)
+        return clock.after(accumulate_step(scenario, prepared[i % len(prepared)], autocast=autocast,
+                                           step=i, epoch=clock.epoch(i)))
 
     return step
 
@@ -135,5 +165,5 @@ def inference_fn(scenario: Scenario, model: nn.Module, batches: Sequence[Batch])
     return step
 
 
-__all__ = ["call", "first_tensor", "loss_is_summed", "train_step_fn", "accum_step_fn",
+__all__ = ["call", "first_tensor", "loss_is_summed", "EpochClock", "train_step_fn", "accum_step_fn",
            "accumulated_gradients", "mean_loss", "inference_fn", "backward"]

@@ -55,6 +55,11 @@ class Variant:
         and not the numbers in it. Raises UsageError when it cannot run on this scenario."""
         return None
 
+    def failure_advice(self, exc: BaseException, ctx: BenchContext) -> str | None:
+        """What to do about ``exc`` (the user's error the row failed with) when this variant
+        knows the cause better than the message does; None when it does not."""
+        return None
+
     def batch_note(self, ctx: BenchContext) -> str:
         """What one step processes, for an out-of-memory reason ("batch size 64")."""
         return f"batch size {ctx.batch_size}"

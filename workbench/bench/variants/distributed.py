@@ -36,8 +36,10 @@ class DDPVariant(Variant):
         return f"global batch size {ctx.batch_size} ({ctx.batch_size / self.world_size:g} per rank)"
 
     def run(self, ctx: BenchContext) -> VariantResult:
+        # The bench's own batches go to the ranks: a shuffled DataLoader drawn again there would
+        # shuffle anew, and this row would train (and be scored) on other batches than fp32.
         ranks, wall = launch_local(ctx.source, self.world_size, ctx.device.type, ctx.plan,
-                                   timeout_s=self.timeout_s, tick=ctx.tick)
+                                   batches=ctx.batches, timeout_s=self.timeout_s, tick=ctx.tick)
         lead = ranks[0]
         # Ranks step in lockstep (the all-reduce waits for the slowest), so a
         # rank's step time is the global step time for the whole batch.

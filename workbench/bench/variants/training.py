@@ -18,6 +18,7 @@ from workbench.bench.results import Hardware, VariantResult
 from workbench.bench.steps import accum_step_fn, train_step_fn
 from workbench.bench.variants.base import Numerics, Prepared, Variant, run_training
 from workbench.scenario import Batch, Scenario
+from workbench.scenario.step import instrumented
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,45 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+# What oneDNN raises when it has no kernel for an operation in the requested dtype.
+NO_ONEDNN_KERNEL = "could not create a primitive descriptor"
+LSTM_ADVICE = ("run this row on a GPU (--device cuda), or keep the LSTM in fp32 in your forward: "
+               "`with torch.autocast('cpu', enabled=False): out, _ = self.lstm(x.float())`")
+
+
+def short_dtype(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def lstm_without_kernel(model: nn.Module, dtype: torch.dtype) -> tuple[str, str] | None:
+    """(name, error) of the model's first ``nn.LSTM`` that CPU autocast to ``dtype`` cannot run, or None.
+
+    nn.LSTM on CPU runs oneDNN's kernel, and on CPUs where this torch build's oneDNN has no
+    bf16/fp16 LSTM (AVX2 CPUs without native bf16 among them) its forward raises "could not create a primitive
+    descriptor" at once, with no fallback. Each LSTM runs one step of one sample, in eval mode
+    without gradients and without its hooks (microseconds), first in fp32: only a failure
+    that fp32 does not have counts.
+    """
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.LSTM):
+            continue
+        param = next(module.parameters(), None)
+        if param is None or param.device.type != "cpu":
+            continue
+        x = torch.zeros(1, 1, module.input_size, dtype=param.dtype)
+        with instrumented(module, train=False, grad=False):
+            try:
+                nn.LSTM.forward(module, x)
+            except RuntimeError:
+                continue  # fails in fp32 too: not a missing kernel; the row says what happens
+            try:
+                with torch.autocast("cpu", dtype):
+                    nn.LSTM.forward(module, x)
+            except RuntimeError as exc:
+                return name or type(module).__name__, " ".join(str(exc).split(".")[0].split())
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,6 +99,23 @@ class AMP(Variant):
                 return "on CPU `amp` already runs bf16; this row is for CUDA bf16"
             if not torch.cuda.is_bf16_supported():
                 return f"{torch.cuda.get_device_name(scenario.device)} does not support bf16"
+        if scenario.device.type == "cpu":  # cuDNN has fp16 and bf16 LSTMs; oneDNN not on every CPU
+            dtype = self.autocast_dtype(scenario.device)
+            missing = lstm_without_kernel(scenario.model, dtype)
+            if missing is not None:
+                name, error = missing
+                short = short_dtype(dtype)
+                return (f"`{name}` (nn.LSTM) cannot run under CPU {short} autocast: this torch build's oneDNN "
+                        f"has no {short} LSTM kernel for this CPU (\"{error}\"); {LSTM_ADVICE}")
+        return None
+
+    def failure_advice(self, exc: BaseException, ctx: BenchContext) -> str | None:
+        # The probe in applicable() covers nn.LSTM modules; this, the same gap met elsewhere
+        # (an LSTM called through torch._VF, another oneDNN operation without the dtype).
+        if ctx.device.type == "cpu" and NO_ONEDNN_KERNEL in str(exc):
+            short = short_dtype(self.autocast_dtype(ctx.device))
+            return (f"an operation here has no {short} kernel in this CPU's oneDNN (an LSTM under CPU "
+                    f"{short} autocast is one): {LSTM_ADVICE}")
         return None
 
     def numerics(self, scenario: Scenario) -> Numerics:
