@@ -57,7 +57,7 @@ def test_an_earlier_output_or_an_empty_file_is_written_over(argv, tmp_path: Path
     # diff, summary and profile JSON before they said "schema" first
     '{\n  "scenario": "tm_lstm",\n  "device": "cpu",\n  "a": "fp32",\n  "b": "int8",\n',
     '{\n  "scenario": "mlp_digits",\n  "model_class": "MLP",\n  "device": "cpu",\n',
-    '{\n  "path": "runs/profile/r/x.pt.trace.json",\n  "run": "r",\n  "worker": "w",\n',
+    '{\n  "run": "r",\n  "run_dir": "runs/profile/r",\n  "scenario": "x.py",\n',
     '{\n  "format": "torch-workbench-bench",\n  "version": 1,\n',
 ])
 def test_earlier_outputs_are_recognised_by_their_heads(head: str, tmp_path: Path) -> None:

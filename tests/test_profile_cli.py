@@ -394,11 +394,18 @@ def test_cuda_profile_of_cnn_image_has_kernel_time(tmp_path: Path) -> None:
 
 def test_findings_of_a_run_report_join_the_recommendations(profiled: tuple[Path, str], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    dead_relu = str(ROOT / "scenarios/broken/dead_relu.py")
     report = tmp_path / "dead.json"
-    assert main(["run", str(ROOT / "scenarios/broken/dead_relu.py"), "--steps", "3", "--json", str(report)]) == 0
+    assert main(["run", dead_relu, "--steps", "3", "--json", str(report)]) == 0
     capsys.readouterr()
+    # Another scenario's findings (modules mlp_digits does not have) are refused.
+    assert main(["profile", "--analyze", str(profiled[0]), "--findings", str(report)]) == 2
+    assert "a report of scenario 'dead_relu', but the run analysed" in capsys.readouterr().err
     out_json = tmp_path / "analysis.json"
-    assert main(["profile", "--analyze", str(profiled[0]), "--findings", str(report), "--json", str(out_json)]) == 0
+    assert main(["profile", dead_relu, "--logdir", str(tmp_path / "logs"), "--run", "dead", *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["profile", "--analyze", str(tmp_path / "logs" / "dead"), "--findings", str(report),
+                 "--json", str(out_json)]) == 0
     assert "engine:dead_units" in capsys.readouterr().out
     recs = json.loads(out_json.read_text())["recommendations"]
     (dead,) = [r for r in recs if r["rule"] == "engine:dead_units"]

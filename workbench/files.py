@@ -28,7 +28,7 @@ Inputs = Iterable[tuple[str, "str | os.PathLike[str]"]]  # (what it is, path): (
 _OUR_HEADS = re.compile(
     r'\A\s*(?:\{\s*"(?:schema"\s*:\s*"workbench\.|format"\s*:\s*"torch-workbench-)'
     r'|\{\s*"scenario"\s*:\s*"[^"\n]*",\s*"(?:device"\s*:\s*"[^"\n]*",\s*"a"|model_class")\s*:'
-    r'|\{\s*"path"\s*:\s*"[^"\n]*",\s*"run"\s*:\s*"[^"\n]*",\s*"worker"\s*:'
+    r'|\{\s*"run"\s*:\s*"[^"\n]*",\s*"run_dir"\s*:'
     r'|<\?xml[^>]*\?>\s*<testsuites name="workbench )')
 _HEAD_BYTES = 4096
 

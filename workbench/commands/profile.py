@@ -89,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ddp N needs a SCENARIO and N >= 2, got --ddp {args.ddp}"
                          + (" with --analyze." if args.analyze else "."))
     options = None if args.analyze else _options(args)
+    if not args.analyze:
+        from workbench.profiling.sidecar import check_logdir, check_run_name
+
+        check_logdir(args.logdir)  # a newline in either would lose the trace: refused before any work
+        if args.run is not None:
+            check_run_name(args.run)
 
     from rich.text import Text
 
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         from workbench.report.json_report import read_findings
 
         findings = read_findings(args.findings)  # checked before profiling
+        _check_findings_scenario(args)
     if args.analyze:
         analysis = analyze_path(args.analyze, findings=findings,
                                 max_mb=args.max_trace_mb or DEFAULT_MAX_READ_MB)
@@ -167,6 +174,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_findings_scenario(args: argparse.Namespace) -> None:
+    """The --findings report must be of the scenario profiled (or analysed): another's findings
+    would recommend fixes for modules this model does not have."""
+    from workbench.profiling.runs import check_findings_scenario, profiled_scenario
+
+    if args.analyze:
+        label, spec = profiled_scenario(args.analyze)
+        check_findings_scenario(args.findings, label,
+                                f"the run analysed ({args.analyze}) is a profile of {{label}}", spec)
+    else:
+        from workbench.scenario import load_source
+
+        check_findings_scenario(args.findings, load_source(args.scenario).label,
+                                f"{args.scenario} is scenario {{label}}", args.scenario)
+
+
 def _write_analysis(path: str | None, analysis: object) -> str | None:
     """Write --json before anything about it is printed: a reader of stdout that leaves early
     (`| head`) ends the printing, and the file must not depend on it. Returns the path written."""
@@ -174,7 +197,7 @@ def _write_analysis(path: str | None, analysis: object) -> str | None:
         return None
     from workbench.files import atomic_write_json
 
-    return str(atomic_write_json(path, analysis))
+    return str(atomic_write_json(path, analysis, schema="workbench.profile/1"))
 
 
 def _analyzed_inputs(path: str | None) -> list[tuple[str, str]]:

@@ -7,7 +7,8 @@ variant that measures whether the advice helps on this scenario.
 Thresholds (the plugin's, unless marked ours):
 
 =====================  ==========================================================
-dataloader             DataLoader share of step time > 5 %
+dataloader             DataLoader share of step time > 5 % (the advice fits the data:
+                       a DataLoader, batches in memory, another iterable)
 dataparallel           nn.DataParallel seen in the trace
 ddp_backend            DDP on a GPU of compute capability >= 3.5 without NCCL
 communication          communication share of step time > 10 %
@@ -76,6 +77,7 @@ class Facts:
     tc_eligible_share: float | None = None  # of kernel time, eligible ops
     gpus: tuple[GpuFacts, ...] = ()
     with_stack: bool = False  # Python tracing on: it inflates the time between ops
+    data_type: str | None = None  # "DataLoader", "list", a class name; None: not known (an older trace)
 
     @classmethod
     def from_analysis(cls, a: TraceAnalysis) -> Facts:
@@ -106,6 +108,7 @@ class Facts:
             tc_eligible_share=min(a.tc_eligible_kernel_us / kernels, 1.0) if kernels > 0 else None,
             gpus=gpus,
             with_stack=a.with_stack,
+            data_type=a.data_type,
         )
 
 
@@ -128,18 +131,36 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
 
 
+# Data that is already in memory: nothing for loader workers to load.
+IN_MEMORY_DATA = frozenset({"list", "tuple"})
+
+
 def rule_dataloader(f: Facts) -> Recommendation | None:
     if f.dataloader_share <= DATALOADER_SHARE:
         return None
-    return Recommendation(
-        "dataloader",
-        f"{_pct(f.dataloader_share)} of the step time is spent waiting for data. Load batches in "
-        "background workers (DataLoader(num_workers=N)), and on a GPU pin_memory=True with "
-        "non_blocking copies.",
-        f"DataLoader share > {_pct(DATALOADER_SHARE)}",
-        _pct(f.dataloader_share),
-        "dataloader",
-    )
+    threshold, measured = f"DataLoader share > {_pct(DATALOADER_SHARE)}", _pct(f.dataloader_share)
+    if f.data_type is None or f.data_type == "DataLoader":
+        return Recommendation(
+            "dataloader",
+            f"{measured} of the step time is spent waiting for data. Load batches in "
+            "background workers (DataLoader(num_workers=N)), and on a GPU pin_memory=True with "
+            "non_blocking copies.",
+            threshold, measured, "dataloader",
+        )
+    # Not a DataLoader: `bench --variants dataloader` skips it, and DataLoader settings do not apply.
+    on_gpu = bool(f.gpus) or f.gpu_utilization is not None
+    if f.data_type in IN_MEMORY_DATA:
+        cost = ("the copy of each batch to the device. Pin the tensors once (tensor.pin_memory()) so "
+                "the copies can run non_blocking, or keep the batches on the device." if on_gpu else
+                "the per-batch cost of taking each batch; larger batches spread it over more samples.")
+        message = (f"{measured} of the step time is spent taking batches from the data, a {f.data_type} "
+                   f"already in memory, so background loader workers have nothing to load: this is {cost}")
+    else:
+        pin = ", and on a GPU pin_memory=True with non_blocking copies" if on_gpu else ""
+        message = (f"{measured} of the step time is spent waiting for data from a {f.data_type} (not a "
+                   "DataLoader). Load its batches in background workers: wrap it in a torch.utils.data."
+                   f"DataLoader (an IterableDataset or a Dataset) with num_workers=N{pin}.")
+    return Recommendation("dataloader", message, threshold, measured, None)
 
 
 def rule_dataparallel(f: Facts) -> Recommendation | None:

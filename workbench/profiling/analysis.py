@@ -52,6 +52,7 @@ from typing import Any
 from workbench.profiling import intervals
 from workbench.profiling.intervals import Span
 from workbench.profiling.trace import (
+    DATA_TYPE_KEY,
     DEFAULT_MAX_READ_MB,
     LOSS_SOURCE_KEY,
     TraceFile,
@@ -234,6 +235,8 @@ class TraceAnalysis:
     # None for a trace that does not say (written before it was recorded, or by another tool).
     loss_source: str | None = None
     loss_inside_model: bool = False  # the model computed the loss: its time is in forward
+    # What Scenario.data was ("DataLoader", "list", a class name); None when the trace does not say.
+    data_type: str | None = None
 
     @property
     def mean_step_us(self) -> float:
@@ -370,6 +373,7 @@ def analyze_trace(
     memory = tuple(_memory_curves(events, steps, phase_spans, devices, steps[0][1] if steps else 0.0))
     names = {str(e.get("name", "")) for e in ev.host_ops}
     loss_source = read_loss_source(data.get(LOSS_SOURCE_KEY))
+    data_type = data.get(DATA_TYPE_KEY)
     return TraceAnalysis(
         path=path,
         run=run,
@@ -397,6 +401,7 @@ def analyze_trace(
         notes=tuple(notes),
         loss_source=loss_source,
         loss_inside_model=loss_inside_model(loss_source),
+        data_type=data_type if isinstance(data_type, str) and data_type else None,
     )
 
 

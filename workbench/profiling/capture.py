@@ -8,7 +8,9 @@ each rank writes its own worker file into the same run directory.
 Where the loss came from (``LossValue.source``: ``loss_fn``, ``outputs.loss``,
 ``outputs["loss"]``) is written into each trace's metadata (key
 ``LOSS_SOURCE_KEY``) and into the run's sidecar, so the analysis can say that
-a ``forward`` range holds the loss and the ``loss`` range does not.
+a ``forward`` range holds the loss and the ``loss`` range does not. What the
+data is (``DATA_TYPE_KEY``: "DataLoader", "list" ...) goes into the metadata too,
+for the dataloader rule.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from workbench.errors import UsageError
 from workbench.profiling.loop import train_steps
 from workbench.profiling.options import ProfileOptions
 from workbench.profiling.sidecar import safe_name
-from workbench.profiling.trace import LOSS_SOURCE_KEY, WORKER_PATTERN, trace_loss_source
+from workbench.profiling.trace import DATA_TYPE_KEY, LOSS_SOURCE_KEY, WORKER_PATTERN, trace_loss_source
 
 if TYPE_CHECKING:
     import torch
 
-    from workbench.scenario import Scenario
+    from workbench.scenario import Batch, Scenario
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps total)
 
@@ -123,6 +125,14 @@ def redirect_stderr_fd(log_path: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def data_type_of(data: Any) -> str:
+    """What the dataloader rule needs to know of ``Scenario.data``: "DataLoader" for one (or a
+    subclass), else its type's name ("list", "tuple", a class of the user's)."""
+    from torch.utils.data import DataLoader
+
+    return "DataLoader" if isinstance(data, DataLoader) else type(data).__name__
+
+
 def _activities(device: torch.device) -> list[Any]:
     from torch.profiler import ProfilerActivity
 
@@ -141,9 +151,13 @@ def profile_scenario(
     worker_name: str | None = None,
     on_progress: ProgressCallback | None = None,
     on_loss_source: Callable[[str], None] | None = None,
+    shard: Callable[[Batch], Batch] | None = None,
+    data_type: str | None = None,
 ) -> tuple[Path, ...]:
     """Profile ``options.steps`` steps of ``scenario`` and write this worker's trace
-    into ``run_dir``. Returns the files written. Callable from a DDP rank.
+    into ``run_dir``. Returns the files written. Callable from a DDP rank, which passes
+    its ``shard`` of each batch (see ``train_steps``) and the ``data_type`` of the data
+    it sliced (default: ``data_type_of(scenario.data)``).
 
     The trace carries where the loss came from (``LOSS_SOURCE_KEY``), and
     ``on_loss_source`` hears it too (for the run's sidecar)."""
@@ -159,6 +173,7 @@ def profile_scenario(
     # This worker's files only: other DDP ranks write into the same directory meanwhile.
     pattern = f"{worker}.*.pt.trace.json*"
     before = set(run_dir.glob(pattern)) if run_dir.is_dir() else set()
+    kind = data_type or data_type_of(scenario.data)
     torch.manual_seed(scenario.seed)
     with profile(
         activities=_activities(scenario.device),
@@ -175,18 +190,21 @@ def profile_scenario(
             if on_progress is not None:
                 on_progress(i + 1, options.steps)
 
-        def loss_source(source: str) -> None:
+        def add_metadata(key: str, value: str) -> None:
             # Kineto keeps metadata only while it records: before the schedule's first
             # recorded step (a wait or warm-up step) it is preset, added when recording starts.
-            value = trace_loss_source(source)
             if prof.current_action in (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE):
-                prof.add_metadata(LOSS_SOURCE_KEY, value)
+                prof.add_metadata(key, value)
             else:
-                prof.preset_metadata_json(LOSS_SOURCE_KEY, json.dumps(value))
+                prof.preset_metadata_json(key, json.dumps(value))
+
+        def loss_source(source: str) -> None:
+            add_metadata(LOSS_SOURCE_KEY, trace_loss_source(source))
             if on_loss_source is not None:
                 on_loss_source(source)
 
-        train_steps(scenario, options.steps, step_done, loss_source)
+        add_metadata(DATA_TYPE_KEY, kind)
+        train_steps(scenario, options.steps, step_done, loss_source, shard)
     return tuple(sorted(set(run_dir.glob(pattern)) - before))
 
 

@@ -28,14 +28,21 @@ from workbench.profiling.capture import (
     ProgressCallback,
     SizeEstimate,
     TraceTooLargeError,
+    data_type_of,
     estimate_trace_size,
     profile_scenario,
     redirect_stderr_fd,
     size_refusal,
 )
 from workbench.profiling.options import ProfileOptions
-from workbench.profiling.sidecar import check_run_name, default_run_name, drop_if_empty, write_metadata
-from workbench.scenario import Scenario, ScenarioError, ScenarioSource, replace, split_batch
+from workbench.profiling.sidecar import (
+    check_logdir,
+    check_run_name,
+    default_run_name,
+    drop_if_empty,
+    write_metadata,
+)
+from workbench.scenario import Batch, Scenario, ScenarioError, ScenarioSource, replace, split_batch
 
 
 def check_ddp_ranks(device: torch.device, gpus_needed: int) -> None:
@@ -62,6 +69,16 @@ class RankProfileJob:
     timeout_s: float = 180.0  # collective timeout inside the ranks
 
 
+def rank_slice(batch: Batch, rank: int, world_size: int) -> Batch:
+    """Slice ``rank`` of ``batch`` cut along its batch dimension into ``world_size`` slices."""
+    if batch.size < world_size:
+        raise ScenarioError(
+            f"a batch of {batch.size} samples cannot be split over {world_size} ranks; "
+            f"use a batch size of at least {world_size} or fewer ranks (--ddp)."
+        )
+    return batch.split(world_size)[rank]  # bench ddp-N splits the same way
+
+
 class RankShard:
     """``data`` with every batch cut along the batch dimension into ``world_size`` slices;
     yields slice ``rank`` in the structure the data yielded."""
@@ -72,13 +89,20 @@ class RankShard:
     def __iter__(self) -> Iterator[Any]:
         for item in self.data:
             batch = self.scenario.make_batch(item) if self.scenario is not None else split_batch(item)
-            if batch.size < self.world_size:
-                raise ScenarioError(
-                    f"a batch of {batch.size} samples cannot be split over {self.world_size} ranks; "
-                    f"use a batch size of at least {self.world_size} or fewer ranks (--ddp)."
-                )
-            mine = batch.split(self.world_size)[self.rank]  # bench ddp-N splits the same way
-            yield mine.structure
+            yield rank_slice(batch, self.rank, self.world_size).structure
+
+
+def rank_data(scenario: Scenario, rank: int, world_size: int) -> tuple[Any, Callable[[Batch], Batch] | None]:
+    """What a rank profiles: its data and the ``shard`` the loop applies to each batch.
+
+    Slicing is the workbench's work, not the data's, so it stays out of the ``dataloader``
+    range: batches already in memory (a list, a tuple) are sliced here, before profiling
+    (views, no copies); any other data (a DataLoader) is loaded as it is, and the loop
+    slices each batch between the fetch and the copy to the device.
+    """
+    if isinstance(scenario.data, (list, tuple)):
+        return list(RankShard(scenario.data, rank, world_size, scenario)), None
+    return scenario.data, lambda batch: rank_slice(batch, rank, world_size)
 
 
 def profile_rank(
@@ -97,8 +121,10 @@ def profile_rank(
     scenario = job.source.build(device)
     ddp = DistributedDataParallel(scenario.model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
-        wrapped = replace(scenario, model=ddp, data=RankShard(scenario.data, rank, world_size, scenario))
-        files = profile_scenario(wrapped, job.run_dir, job.options, rank=rank, on_progress=on_progress)
+        data, shard = rank_data(scenario, rank, world_size)
+        wrapped = replace(scenario, model=ddp, data=data)
+        files = profile_scenario(wrapped, job.run_dir, job.options, rank=rank, on_progress=on_progress,
+                                 shard=shard, data_type=data_type_of(scenario.data))
         dist.barrier()
         return files
     finally:
@@ -161,6 +187,9 @@ def profile_torchrun(
     from workbench.files import check_writable
     from workbench.scenario import resolve_device
 
+    logdir = check_logdir(logdir)  # and the run name: both before the rendezvous, on every rank
+    if run is not None:
+        check_run_name(run)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     kind = resolve_device(device).type

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from workbench.engine.errors import StepError
 from workbench.engine.records import Phase
+from workbench.errors import exit_description, is_user_exit
 
 # The loop's range names are the engine's phases, but for "dataloader": the engine fetches a
 # step's batch at the start of its forward phase, and so does this error (with data_loading).
@@ -30,7 +31,7 @@ class ProfileStepError(StepError):
     the scenario's own code is not on it, e.g. a torch loss that rejects the shapes).
     """
 
-    def __init__(self, range_name: str, step: int, original: Exception, *, where: str,
+    def __init__(self, range_name: str, step: int, original: BaseException, *, where: str,
                  path: str | None) -> None:
         self.range_name = range_name
         self.where = where
@@ -55,8 +56,13 @@ class ProfileStepError(StepError):
     def _message(self) -> str:
         line = self.line
         at = f"{self.where}:{line}" if line else self.where
-        return (f"{at}: the {self.range_name} phase of step {self.step} raised {type(self.original).__name__}: "
-                f"{self.original}. Fix the scenario (run with --verbose for the full traceback).{self.kept}")
+        if is_user_exit(self.original):  # sys.exit(3), a BaseException of its own: said as the engine says it
+            what = (f"{exit_description(self.original)}: user code must not end the workbench's process "
+                    "(return or raise an exception instead)")
+        else:
+            what = f"raised {type(self.original).__name__}: {self.original}"
+        return (f"{at}: the {self.range_name} phase of step {self.step} {what}. Fix the scenario "
+                f"(run with --verbose for the full traceback).{self.kept}")
 
 
 def kept_traces(files: Sequence[Path], run_dir: Path) -> str:

@@ -28,7 +28,14 @@ from workbench.profiling.capture import (
 )
 from workbench.profiling.native_logs import quiet_native_logs
 from workbench.profiling.options import ProfileOptions
-from workbench.profiling.sidecar import STDERR_LOG, check_run_name, default_run_name, drop_if_empty, write_metadata
+from workbench.profiling.sidecar import (
+    STDERR_LOG,
+    check_logdir,
+    check_run_name,
+    default_run_name,
+    drop_if_empty,
+    write_metadata,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +104,7 @@ def run_profile(
         raise UsageError(f"--ddp must be >= 2 ranks (or left out), got {ranks}.")
     if ranks > 1:
         check_ddp_ranks(dev, ranks)
+    logdir = check_logdir(logdir)
     run_name = check_run_name(run or default_run_name(source.label))
     check_run_reuse(Path(logdir) / run_name, append)  # before any work: a reused name is refused
     created = not (Path(logdir) / run_name).exists()

@@ -3,7 +3,9 @@
 The loop marks every step with ``on_step`` (``prof.step()``) and each phase
 with a ``record_function`` range named exactly (the analysis relies on them):
 
-``dataloader``      next batch from ``Scenario.data`` and its copy to the device
+``dataloader``      next batch from ``Scenario.data`` and its copy to the device; with a
+                    ``shard`` (DDP ranks) two ranges, the fetch and the copy, and the
+                    tool's own slicing of the global batch between them, in neither
 ``forward``         ``scenario.call_model(batch)`` (under the scenario's autocast)
 ``loss``            ``scenario.compute_loss(outputs, batch)``; when the model computes the
                     loss itself (``loss_fn=None``) this only reads ``outputs.loss`` and the
@@ -19,15 +21,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workbench.scenario import Scenario
+    from workbench.scenario import Batch, Scenario
 
 
 def train_steps(
     scenario: Scenario, steps: int, on_step: Callable[[int], None] | None = None,
     on_loss_source: Callable[[str], None] | None = None,
+    shard: Callable[[Batch], Batch] | None = None,
 ) -> None:
     """The training loop with the named phase ranges; ``on_step(i)`` after each step,
-    ``on_loss_source(LossValue.source)`` once, after the first step's loss."""
+    ``on_loss_source(LossValue.source)`` once, after the first step's loss.
+
+    ``shard`` (a DDP rank's slice of each global batch) runs outside every range: it is
+    the workbench's work, not the data's, and must not count as DataLoader time.
+
+    An exception from the user's code, SystemExit and other BaseExceptions included,
+    is a ProfileStepError naming the step; KeyboardInterrupt (the user's stop) passes."""
     from torch.profiler import record_function
 
     from workbench.scenario import ScenarioError
@@ -45,6 +54,7 @@ def train_steps(
     scaler = scenario.make_scaler()  # fp16 as the user trains it
     scenario.model.train()
     phase = "dataloader"
+    last_loss = None  # the previous step's loss: what a per-epoch ReduceLROnPlateau judges, as in the engine
     try:
         for i in range(steps):
             phase = "dataloader"
@@ -52,9 +62,15 @@ def train_steps(
                 # The copy to the device as the Batch makes it (non_blocking only from pinned
                 # memory to a GPU), as in a plain training loop: that wait is part of what the
                 # profile should show.
-                batch = next(batches).to(device)
+                batch = next(batches)
+                if shard is None:
+                    batch = batch.to(device)
+            if shard is not None:
+                batch = shard(batch)
+                with record_function("dataloader"):
+                    batch = batch.to(device)
             if batches.epoch_started:
-                scheduler_at_epoch(scenario, i, batches.epoch)
+                scheduler_at_epoch(scenario, i, batches.epoch, last_loss)
             scenario.optimizer.zero_grad(set_to_none=True)
             phase = "forward"
             with record_function("forward"), scenario.autocast():
@@ -74,17 +90,18 @@ def train_steps(
                     with record_function("clip_grad+before_step"):
                         prepare_update(scenario, scaler)
                 apply_update(scenario, scaler)
-                scheduler_after_update(scenario, i + 1, batches.epoch, loss.detach())
+                last_loss = loss.detach()
+                scheduler_after_update(scenario, i + 1, batches.epoch, last_loss)
             # No loss.item() here: it would add a host-device sync the real loop may not have.
             if on_step is not None:
                 on_step(i)
-    except ScenarioError:
+    except (ScenarioError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in the user's code too: a step failure, not our exit
         raise _step_error(scenario, phase, i, exc) from exc
 
 
-def _step_error(scenario: Scenario, phase: str, step: int, exc: Exception) -> Exception:
+def _step_error(scenario: Scenario, phase: str, step: int, exc: BaseException) -> Exception:
     """The user's code raised inside a step: a StepError naming the file:line and the phase."""
     from workbench.profiling.errors import ProfileStepError
 

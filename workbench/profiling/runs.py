@@ -105,3 +105,43 @@ def check_run_reuse(run_dir: Path, append: bool) -> None:
         "timestamped run, choose another --run name, or pass --append to add this profile to that run "
         "(the analysis then reads this profile's traces only)."
     )
+
+
+def profiled_scenario(path: str | Path) -> tuple[str | None, str | None]:
+    """(label, spec) of the scenario whose profile ``analyze_path(path)`` would analyse, from
+    its sidecar; (None, None) when that is not known (no sidecar, or no traces there)."""
+    from workbench.profiling.trace import TraceError
+
+    try:
+        runs = find_runs(path)
+    except TraceError:
+        return None, None  # analyze_path says what is wrong with it
+    meta = read_metadata(runs[list(runs)[-1]][0].path.parent)
+    label, spec = meta.get("label"), meta.get("scenario")
+    return (label if isinstance(label, str) else None), (spec if isinstance(spec, str) else None)
+
+
+def check_findings_scenario(report: str, label: str | None, profile: str, spec: str | None = None) -> None:
+    """Refuse (UsageError) a `workbench run --json` ``report`` of another scenario than the
+    profile's (``label``, as ``ScenarioSource.label`` spells it; None: not known, not checked;
+    ``profile`` says what was profiled, a clause with ``{label}`` in it, ``spec`` how to name it
+    to `workbench run`):
+    its findings name modules and parameters this model may not have."""
+    from workbench.errors import UsageError
+    from workbench.inputs import InputFileError, read_json
+
+    if label is None:
+        return
+    try:
+        data = read_json(report, "`workbench run --json` report")
+    except InputFileError:
+        return  # read_findings has said what is wrong with it
+    scenario = data.get("scenario") if isinstance(data, dict) else None
+    if not isinstance(scenario, str) or scenario == label:
+        return
+    what = profile.replace("{label}", repr(label))  # not str.format: a path may hold braces
+    raise UsageError(
+        f"--findings {report}: a report of scenario {scenario!r}, but {what}; "
+        "its findings would name modules and parameters this model may not have. Pass the report of "
+        f"`workbench run {spec or label} --json FILE` instead, or leave --findings out."
+    )

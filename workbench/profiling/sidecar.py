@@ -33,9 +33,35 @@ def default_run_name(label: str, now: datetime | None = None) -> str:
 
 
 def check_run_name(name: str) -> str:
+    """``name`` when it can name the run directory; UsageError (exit 2) otherwise."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise UsageError(f"--run {name!r}: expected a plain directory name.")
+    _refuse_control_characters("--run", name, "a name of letters, digits, '-', '_' and '.'")
     return name
+
+
+def check_logdir(logdir: str | Path) -> Path:
+    """``logdir`` as a Path when the profiler can write traces under it; UsageError otherwise."""
+    _refuse_control_characters("--logdir", str(logdir), "a directory path without them")
+    return Path(logdir)
+
+
+def _refuse_control_characters(option: str, text: str, instead: str) -> None:
+    """Kineto writes each trace to NAME.tmp, then renames it to NAME with a newline dropped: the
+    rename misses, and the trace is lost in a stray .tmp. So control characters are refused
+    before any profiling."""
+    import unicodedata
+
+    bad = [(i, ch) for i, ch in enumerate(text) if unicodedata.category(ch) == "Cc"]
+    if not bad:
+        return
+    i, ch = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise UsageError(
+        f"{option} {text!r}: contains the control character {ch!r} (U+{ord(ch):04X}) at position {i}{more}; "
+        "the profiler's trace writer does not keep them in the file name (it drops a newline), and the "
+        f"trace would be lost. Use {instead}."
+    )
 
 
 def write_metadata(run_dir: Path, source: ScenarioSource, dev: torch.device, options: ProfileOptions,

@@ -22,6 +22,9 @@ WORKER_PATTERN = re.compile(r"^(.*?)(\.\d+)?\.pt\.trace\.json(?:\.gz)?$")
 # A top-level key the profile loop adds to each trace (prof.add_metadata): where the loss came
 # from, LossValue.source ("loss_fn", "outputs.loss", 'outputs["loss"]').
 LOSS_SOURCE_KEY = "workbench_loss_source"
+# Another: what Scenario.data is ("DataLoader", or its type's name: "list", "MyStream"), so the
+# dataloader rule advises what fits it (a list has no loader workers to add).
+DATA_TYPE_KEY = "workbench_data_type"
 
 
 def trace_loss_source(source: str) -> str:
