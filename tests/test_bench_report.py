@@ -65,3 +65,14 @@ def test_profile_no_rule_fired_says_which_rules_cannot_apply_on_cpu() -> None:
     assert all(name in skipped for name in GPU_ONLY)
     gpu = _text(recommendations_view((), "x.py", on_gpu=True), 300)
     assert "GPU kernel-busy share" in gpu and "Not applicable" not in gpu
+
+
+def test_uneven_micro_batches_are_named_by_their_sizes(tmp_path: Path) -> None:
+    from workbench.report.bench import notes
+
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY)  # batches of 16: 3 micro-batches of 6, 5 and 5
+    run = _bench(path, ["fp32", "accum-3"])
+    row = next(r for r in run.results if r.name == "accum-3")
+    assert row.extras["micro_batch_sizes"] == [6, 5, 5]
+    assert "micro-batches 6, 5, 5" in notes(row) and "5.33" not in notes(row)

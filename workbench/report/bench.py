@@ -81,7 +81,10 @@ def notes(r: VariantResult, baseline: VariantResult | None = None) -> str:
         parts.append(f"compile {e['compile_s']:.1f} s")
     if e.get("gradscaler_skipped_steps"):
         parts.append(f"GradScaler skipped {e['gradscaler_skipped_steps']} step(s)")
-    if "micro_batch_size" in e:
+    sizes = e.get("micro_batch_sizes")
+    if sizes and len(set(sizes)) > 1:  # 8 in 3: 3, 3, 2 (not "2.66667")
+        parts.append(f"micro-batches {', '.join(map(str, sizes))}")
+    elif "micro_batch_size" in e:
         parts.append(f"micro-batch {e['micro_batch_size']:g}")
     if "autocast_dtype" in e:
         parts.append(f"autocast {e['autocast_dtype']}")

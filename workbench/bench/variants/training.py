@@ -179,15 +179,27 @@ class Accumulate(Variant):
         return None
 
     def batch_note(self, ctx: BenchContext) -> str:
-        return f"batch size {ctx.batch_size} (micro-batch {ctx.batch_size / self.k:g})"
+        return f"batch size {ctx.batch_size} (micro-batch {micro_batches(ctx.batch_size, self.k)})"
 
     def run(self, ctx: BenchContext) -> VariantResult:
         micro = ctx.batch_size / self.k
         return run_training(
             self, ctx,
             lambda s, b: Prepared(accum_step_fn(s, b, self.k),
-                                  extras={"micro_batches": self.k, "micro_batch_size": micro}),
+                                  extras={"micro_batches": self.k, "micro_batch_size": micro,
+                                          "micro_batch_sizes": micro_batch_sizes(ctx.batch_size, self.k)}),
         )
+
+
+def micro_batch_sizes(batch: int, k: int) -> list[int]:
+    """The sizes Batch.split gives ``k`` micro-batches of ``batch`` samples (differing by at most one)."""
+    return [batch // k + (1 if i < batch % k else 0) for i in range(k)]
+
+
+def micro_batches(batch: int, k: int) -> str:
+    """'4', or '3, 3, 2' when ``batch`` does not divide by ``k``."""
+    sizes = micro_batch_sizes(batch, k)
+    return str(sizes[0]) if len(set(sizes)) == 1 else ", ".join(map(str, sizes))
 
 
 def _first_batch_size(scenario: Scenario) -> int | None:
