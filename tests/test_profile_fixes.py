@@ -250,3 +250,13 @@ def test_a_per_epoch_reduce_lr_on_plateau_steps_with_the_last_loss(write_scenari
     assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
     train_steps(scenario, 5)  # 2 batches an epoch: epochs 1 and 2 end before steps 2 and 4
     assert sched.last_epoch == 2 and sched.best < float("inf")
+
+
+def test_a_small_trace_over_a_small_limit_is_not_called_0_mb() -> None:
+    from workbench.profiling.capture import SizeEstimate, too_large_message
+
+    text = too_large_message(SizeEstimate(bytes_per_step=130 * 1024, events_per_step=1, active_steps=3,
+                                          gzip=False), 0.01)
+    assert "about 0.38 MB (0.13 MB per step x 3 active steps" in text and "0 MB" not in text.replace("0.", "")
+    big = too_large_message(SizeEstimate(bytes_per_step=60 * 2**20, events_per_step=1, active_steps=5, gzip=False), 200)
+    assert "about 300 MB (60 MB per step" in big

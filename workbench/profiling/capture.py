@@ -239,11 +239,17 @@ def estimate_trace_size(scenario: Scenario, options: ProfileOptions, workers: in
     return SizeEstimate(size, events, options.active, options.gzip, workers)
 
 
+def _mb(size: float) -> str:
+    """A size in MB with the digits it needs: '391 KB' reads '0.38 MB', not '0 MB'."""
+    mb = size / 2**20
+    return f"{mb:.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
+
+
 def too_large_message(size: SizeEstimate, max_trace_mb: float) -> str:
     ranks = f" x {size.workers} ranks" if size.workers > 1 else ""
     return (
-        f"the trace would be about {size.total_bytes / 2**20:.0f} MB "
-        f"({size.bytes_per_step / 2**20:.1f} MB per step x {size.active_steps} active steps{ranks}, "
+        f"the trace would be about {_mb(size.total_bytes)} "
+        f"({_mb(size.bytes_per_step)} per step x {size.active_steps} active steps{ranks}, "
         f"measured on one probe step), over the {max_trace_mb:g} MB limit. Record fewer "
         "steps (--active), drop --stack/--shapes/--memory, add --gzip, or pass --force "
         "(or a larger --max-trace-mb) to write it anyway."
