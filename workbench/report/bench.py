@@ -30,7 +30,9 @@ def hardware_line(run: BenchRun) -> Text:
         ("hardware ", "bold"), run.hardware.summary(), load, "\n",
         ("bench    ", "bold"),
         f"{run.scenario} on {run.device}: {s.warmup} warm-up + {timed}, blocks of {s.block}, "
-        f"{s.batches} fixed batches of {s.batch_size}, {s.threads} torch threads",
+        f"{s.batches} fixed batches of {s.batch_size}, {s.threads} torch threads"
+        + (f" (the scenario's build() set them; the machine's {run.hardware.threads} above)"
+           if s.threads != run.hardware.threads else ""),
     )
 
 
