@@ -92,7 +92,7 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...], p
         os.chdir(cwd)  # the fork server's cwd is the one it started in
         forget_start_method()
         watch_parent(parent)
-        _arm_stack_dump(stack_path)
+        arm_stack_dump(stack_path)
         _to_parent = conn
         value = fn(*args)
         _to_parent = None
@@ -142,9 +142,10 @@ def watch_parent(pid: int, every_s: float = PARENT_CHECK_S) -> None:
     threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
 
 
-def _arm_stack_dump(path: str | None) -> None:
-    """Have faulthandler write every thread's stack to ``path`` on a crash and on _DUMP_SIGNAL
-    (its handlers are C code: they answer while the main thread is stuck in a C call)."""
+def arm_stack_dump(path: str | None) -> None:
+    """In a child: have faulthandler write every thread's stack to ``path`` on a crash and when
+    :func:`ask_for_stacks` signals (its handlers are C code: they answer while the main thread
+    is stuck in a C call)."""
     global _stack_file
     if path is None:
         return
@@ -189,12 +190,17 @@ def _stuck_at(frames: list[tuple[str, int, str]]) -> str | None:
     return f"{chosen[0]}:{chosen[1]} in {chosen[2]}"
 
 
-def _read_stacks(path: str) -> tuple[str | None, str]:
+def read_stacks(path: str, since: int = 0) -> tuple[str | None, str]:
+    """Where the main thread was in the stack file's dump written after byte ``since`` (the
+    file keeps every dump): its :func:`_stuck_at` and its frames, as text."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            frames = main_thread_frames(f.read())
+        with open(path, "rb") as f:
+            header = f.readline()
+            f.seek(max(since, f.tell()))
+            dump = (header + f.read()).decode("utf-8", errors="replace")
     except OSError:
         return None, ""
+    frames = main_thread_frames(dump)
     from workbench.errors import PACKAGE_DIR
 
     # The frames down to the workbench's own (the scenario's code and what it called): the
@@ -204,15 +210,19 @@ def _read_stacks(path: str) -> tuple[str | None, str]:
     return _stuck_at(frames), text
 
 
-def _ask_for_stacks(proc: Any, path: str) -> None:
-    """Signal a stuck child to write its stacks and wait (briefly) until they are written."""
-    if _DUMP_SIGNAL is None or proc.pid is None:
-        return
+def ask_for_stacks(pid: int | None, path: str) -> int:
+    """Signal a stuck child (armed with :func:`arm_stack_dump` on ``path``) to write its stacks,
+    and wait briefly until they are written; returns where in the file the new dump starts."""
     try:
         before = os.path.getsize(path)
-        os.kill(proc.pid, _DUMP_SIGNAL)
     except OSError:
-        return
+        return 0
+    if _DUMP_SIGNAL is None or pid is None:
+        return before
+    try:
+        os.kill(pid, _DUMP_SIGNAL)
+    except OSError:
+        return before
     deadline = time.monotonic() + _DUMP_WAIT_S
     size = before
     while time.monotonic() < deadline:
@@ -220,10 +230,11 @@ def _ask_for_stacks(proc: Any, path: str) -> None:
         try:
             now = os.path.getsize(path)
         except OSError:
-            return
+            return before
         if now > before and now == size:  # written, and no longer growing
-            return
+            return before
         size = now
+    return before
 
 
 def forget_start_method() -> None:
@@ -312,9 +323,9 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
                     continue  # it sent its result, then exited: read it first
                 break
             if timeout_s is not None and time.monotonic() - start > timeout_s:
-                _ask_for_stacks(proc, stack_path)
+                ask_for_stacks(proc.pid, stack_path)
                 _stop(proc)
-                stuck_at, stack = _read_stacks(stack_path)
+                stuck_at, stack = read_stacks(stack_path)
                 return ChildOutcome(failure=f"timed out after {timeout_s:g} s and was killed",
                                     exitcode=proc.exitcode, seconds=time.monotonic() - start,
                                     stuck_at=stuck_at, stack=stack)
@@ -325,7 +336,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
         if message is not None:
             return ChildOutcome(failure=message[1], exitcode=proc.exitcode, seconds=seconds)
         # Died without a word: a crash (a segfault) left its stacks; an os._exit none.
-        stuck_at, stack = _read_stacks(stack_path) if (proc.exitcode or 0) < 0 else (None, "")
+        stuck_at, stack = read_stacks(stack_path) if (proc.exitcode or 0) < 0 else (None, "")
         return ChildOutcome(failure=describe_exit(proc.exitcode), exitcode=proc.exitcode, seconds=seconds,
                             stuck_at=stuck_at, stack=stack)
     finally:

@@ -29,6 +29,7 @@ round trip between two processes of one workbench).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import select
@@ -400,7 +401,7 @@ def _file_line(frame: str | None) -> tuple[str | None, int | None]:
 
 # -- the child process -------------------------------------------------------------------------
 def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None, conn: Any, out: Any, err: Any,
-               parent_pid: int, cwd: str) -> None:
+               parent_pid: int, cwd: str, stack_path: str | None = None) -> None:
     """The child's body: own process group, output to the parent, serve, leave without teardown."""
     try:
         os.setpgid(0, 0)  # a group of its own: ending it ends what the user's code started too
@@ -415,9 +416,10 @@ def _host_main(source: ScenarioSource, device: str, config: EngineConfig | None,
         except (AttributeError, ValueError):
             pass
     os.chdir(cwd)  # the fork server's cwd is the one it started in
-    from workbench.isolation import forget_start_method, watch_parent
+    from workbench.isolation import arm_stack_dump, forget_start_method, watch_parent
 
     forget_start_method()  # DataLoader workers fork from here, as under `workbench run`
+    arm_stack_dump(stack_path)  # HostProcess.stacks(): where a step that seems stuck is
     try:
         # Where training and the screen compete for the same cores, the screen wins: keys
         # stay answered (benchmarks/test_tui_latency.py). With cores to spare it costs nothing.
@@ -519,6 +521,7 @@ class HostProcess:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self.forced = False  # close() had to terminate or kill the child
+        self._stack_path: str | None = None  # where the child writes its stacks when asked
 
     @staticmethod
     def fork_server_running() -> bool:
@@ -540,9 +543,13 @@ class HostProcess:
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
+        import tempfile
+
+        handle, self._stack_path = tempfile.mkstemp(prefix="workbench-host-stacks-", suffix=".txt")
+        os.close(handle)
         proc = ctx.Process(target=_host_main, name="workbench-engine-host",
                            args=(self.source, self.device, self.config, child, out_w, err_w, os.getpid(),
-                                 os.getcwd()))
+                                 os.getcwd(), self._stack_path))
         if self._closed.is_set():
             for c in (parent, child, out_r, out_w, err_r, err_w):
                 c.close()
@@ -569,6 +576,17 @@ class HostProcess:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    def stacks(self) -> tuple[str | None, str]:
+        """Where the child's main thread is now ("file:line in func", the user's innermost
+        frame, and its frames as text), read from a stack dump it writes when signalled; a
+        blocking call of up to a second (the pump thread's, never the UI's)."""
+        from workbench.isolation import ask_for_stacks, read_stacks
+
+        if self._stack_path is None or not self.alive():
+            return None, ""
+        since = ask_for_stacks(self.pid, self._stack_path)
+        return read_stacks(self._stack_path, since)
 
     def alive(self) -> bool:
         with self._lock:
@@ -630,6 +648,9 @@ class HostProcess:
             self._signal(proc.pid, signal.SIGKILL, group_only=True)
         if conn is not None:
             conn.close()
+        if self._stack_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._stack_path)
         return self.forced
 
     @staticmethod

@@ -91,6 +91,19 @@ class HostLost(Message):
 
 
 @dataclass
+class HostBusy(Message):
+    """A command has had no news from the scenario's process for a while: how long, and where
+    its main thread is ("file:line in func"; None when it could not be read)."""
+
+    doing: str
+    seconds: float
+    where: str | None
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, HostBusy)
+
+
+@dataclass
 class HostEnded(Message):
     """An attached session's host said it ended (or the connection to it was lost)."""
 

@@ -46,6 +46,10 @@ HISTORY = 256  # records kept, as the engine's own ring (EngineConfig.history)
 MAX_FINDINGS = 2000
 # How often the pump looks for messages when none came (and whether the child is alive).
 POLL_S = 0.05
+# A command with no news from the host this long: the screen is told where the host's main
+# thread is (its stack, read every BUSY_STACK_S), each second while it stays quiet.
+BUSY_NOTICE_S = 5.0
+BUSY_STACK_S = 10.0
 # An attached script publishes every step: its screen is redrawn at most this often (the latest
 # state then; a fast loop would otherwise redraw, and ask for a sample, once per step).
 ATTACHED_UPDATE_S = 0.2
@@ -65,6 +69,7 @@ class SessionListener(Protocol):
     def sample(self, data: InspectorData) -> None: ...
     def output(self, line: str, stderr: bool) -> None: ...
     def lost(self, title: str, details: str) -> None: ...
+    def busy(self, doing: str, seconds: float, where: str | None) -> None: ...
     def ended(self, text: str) -> None: ...
 
 
@@ -258,6 +263,10 @@ class Session:
         self._loaded = False
         self._closing = threading.Event()
         self._pump_thread: threading.Thread | None = None
+        self._news_at = time.monotonic()  # the last message from the host (or command sent)
+        self._busy_said = 0.0  # when the screen was last told the host is busy, and where
+        self._busy_stack_at = 0.0
+        self._busy_where: str | None = None
         self.stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.doing: str | None = None  # the command in flight, in words (for a death notice)
         self.ended: P.Ended | None = None  # the host said it ended (and why)
@@ -395,6 +404,7 @@ class Session:
 
     def _send(self, make: Callable[[int], P.Command], doing: str | None) -> int:
         request = next(self._ids)
+        self._news_at, self._busy_stack_at, self._busy_where = time.monotonic(), 0.0, None
         if doing is not None:
             self.doing = doing
         with self._send_lock:
@@ -420,6 +430,10 @@ class Session:
             messages = proc.poll(POLL_S)
             for message in messages:
                 self._apply(message)
+            if messages:
+                self._news_at = time.monotonic()
+            elif self._channel is None and self.doing is not None:
+                self._say_where_busy(proc)
             if self._channel is not None:
                 self._attached_batch(messages)
             if messages or proc.alive():
@@ -429,6 +443,22 @@ class Session:
             if not self._closing.is_set() and self.ended is None:  # it went without saying why
                 self._lost(proc)
             return
+
+    def _say_where_busy(self, proc: Channel) -> None:
+        """A command has had no news for BUSY_NOTICE_S (a forward that loops, a slow step): tell
+        the screen how long, and where the host's main thread is (its stack, every BUSY_STACK_S)."""
+        now = time.monotonic()
+        quiet = now - self._news_at
+        if quiet < BUSY_NOTICE_S or now - self._busy_said < 1.0:
+            return
+        if now - self._busy_stack_at >= BUSY_STACK_S:
+            self._busy_stack_at = now
+            stacks = getattr(proc, "stacks", None)  # an engine host child can say; nothing else is asked
+            self._busy_where = stacks()[0] if stacks is not None else None
+        self._busy_said = time.monotonic()
+        doing, listener = self.doing, self._listener
+        if doing is not None and listener is not None:
+            listener.busy(doing, quiet, self._busy_where)
 
     def _apply(self, message: P.Message) -> None:
         listener = self._listener

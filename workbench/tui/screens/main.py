@@ -148,6 +148,7 @@ class MainScreen(Screen[None]):
         self.conditions: tuple[str, ...] = ()
         self.loading_label = ""
         self.status = "no scenario"
+        self._stuck = ""  # HostBusy: what the host has been busy with, with no news, and where
         self._run_started: tuple[float, int] | None = None
         self._inspect_timer: Timer | None = None
         self.failed_step: int | None = None  # the step whose phase raised, while its error shows
@@ -482,6 +483,16 @@ class MainScreen(Screen[None]):
         self._show_error(message.title, message.details)
         self._refresh_all()
 
+    @on(msg.HostBusy)
+    def host_busy(self, message: msg.HostBusy) -> None:
+        """A step that seems stuck (a forward that loops): how long, where, and what can be done."""
+        if self.busy is None:
+            return
+        where = f" · at {message.where}" if message.where else ""
+        step = f"step {self.view.step}" if self.view is not None else message.doing
+        self._stuck = f"{step} busy for {message.seconds:.0f} s with no news{where} · p pauses · R restarts"
+        self._refresh_title()
+
     @on(msg.HostEnded)
     def host_ended(self, message: msg.HostEnded) -> None:
         if self.session is None or self.session is not message.session:
@@ -766,6 +777,8 @@ class MainScreen(Screen[None]):
         status = self.status
         if self.busy is not None and not self.busy.running and self.busy is not Busy.LOADING:
             status = self._doing_words()
+        if self.busy is not None and self._stuck:  # no news for a while: how long, and where
+            status = self._stuck
         if self.queue:
             status += f"  · queued: {' '.join(QUEUE_KEY[a] for a in self.queue)} (esc clears)"
         self.query_one(PhaseBar).status = status
@@ -775,6 +788,7 @@ class MainScreen(Screen[None]):
             panel.placeholder = placeholder
 
     def _refresh_all(self) -> None:
+        self._stuck = ""  # news came: whatever the host was stuck on, it moved
         view = self.view
         with self.app.batch_update():
             self._refresh_title()
@@ -832,6 +846,9 @@ class _Poster:
 
     def lost(self, title: str, details: str) -> None:
         self._post(msg.HostLost(title, details))
+
+    def busy(self, doing: str, seconds: float, where: str | None) -> None:
+        self._post(msg.HostBusy(doing, seconds, where))
 
     def ended(self, text: str) -> None:
         self._post(msg.HostEnded(self.session, text))
