@@ -292,6 +292,16 @@ def test_compare_flags_slowdowns_past_the_threshold(tiny: Path) -> None:
     assert [c.verdict for c in compare_runs(run, failed).changes] == ["same", "regressed"]
 
 
+def test_cli_compare_refuses_two_scenarios(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _steady(_bench(tiny, ["fp32"]))
+    old, other = tmp_path / "old.json", tmp_path / "other.json"
+    save_run(old, run)
+    save_run(other, dataclasses.replace(run, scenario="another-model"))
+    assert main(["bench", "--compare", str(old), str(other)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{old} benchmarks scenario {run.scenario!r} and {other} benchmarks 'another-model'" in err
+
+
 def test_cli_compare_exit_codes(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _steady(_bench(tiny, ["fp32", "accum-2"]))
     old, new = tmp_path / "old.json", tmp_path / "new.json"

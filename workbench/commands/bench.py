@@ -82,9 +82,15 @@ def _compare(console: object, old: str, new: str, threshold_pct: float) -> int:
     if threshold_pct < 0:
         raise UsageError(f"--threshold {threshold_pct}: expected a percentage >= 0 (e.g. 10).")
     try:
-        cmp = compare_runs(load_run(old), load_run(new), threshold_pct / 100)
+        before, after = load_run(old), load_run(new)
     except BenchFileError as exc:
         raise UsageError(str(exc)) from exc
+    if before.scenario != after.scenario:  # a gate that compares two models gates nothing
+        raise UsageError(
+            f"{old} benchmarks scenario {before.scenario!r} and {new} benchmarks {after.scenario!r}: "
+            "timings of two scenarios say nothing about a regression. Compare two runs of the same "
+            "scenario (`workbench bench SCENARIO --json FILE` before and after the change).")
+    cmp = compare_runs(before, after, threshold_pct / 100)
     console.print(compare_table(cmp))  # type: ignore[attr-defined]
     return 1 if cmp.regressions else 0
 
