@@ -36,3 +36,19 @@ def test_list_missing_directory_is_a_clear_error(tmp_path, capsys) -> None:
 def test_python_dash_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "workbench", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "torch-workbench" in result.stdout
+
+
+@pytest.mark.slow  # a fresh interpreter that imports torch
+def test_list_timeout_counts_the_build_only_not_the_torch_import(tmp_path) -> None:
+    """`--timeout 1` on three init templates: each builds in well under a second, but a fresh
+    (forked) build child imports torch first, and again after every restart. Counted against
+    the first build, the import failed all three; the child now imports before the clock starts."""
+    for name in ("a.py", "b.py", "c.py"):
+        assert main(["init", str(tmp_path / name)]) == 0
+    # A fresh interpreter: torch not imported, so the build child is a fork (this test process
+    # has torch loaded and would spawn one).
+    result = subprocess.run([sys.executable, "-m", "workbench", "list", str(tmp_path), "--timeout", "1"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "did not return" not in result.stdout
+    assert result.stdout.count("Sequential") == 3, result.stdout

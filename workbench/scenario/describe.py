@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import multiprocessing
 import os
 import sys
@@ -25,6 +26,10 @@ from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
 from workbench.scenario.loader import ScenarioSource, read_source, top_level
 
 DEFAULT_BUILD_TIMEOUT_S = 30.0
+# How long a build child may take to start and import _CHILD_PRELOAD before its first build;
+# not part of any build's time limit.
+STARTUP_TIMEOUT_S = 120.0
+_CHILD_PRELOAD = ("torch", "torch.utils.data", "torch._dynamo", "workbench.scenario.contract")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,14 @@ def _child(sources: Sequence[ScenarioSource], conn: multiprocessing.connection.C
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the child
+    # What every build needs, imported before the clock starts: torch takes seconds to import
+    # (more on a busy machine), and again in every restarted child, and the first optimizer a
+    # scenario makes imports torch._dynamo (torch.optim's _disable_dynamo). Counted against
+    # the first build, they made `--timeout 4` fail scenarios that build in a second.
+    for name in _CHILD_PRELOAD:
+        with contextlib.suppress(Exception):  # a build that needs it reports its own error
+            importlib.import_module(name)
+    conn.send(("ready",))
     for i, source in enumerate(sources):
         conn.send(("start", i))
         try:
@@ -140,7 +153,6 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
         return infos
     method = _start_method()
     ctx: Any = multiprocessing.get_context(method)  # a SpawnContext/ForkContext: has Process
-    grace = 15.0 if method == "spawn" else 0.0  # a spawned child imports torch before its first build
     todo = list(range(len(sources)))
     while todo:
         parent, child = ctx.Pipe(duplex=False)
@@ -148,14 +160,19 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
         proc.start()
         child.close()
         current: int | None = None
+        ready = False  # the child has imported torch: from here on the clock is the build's
+        stuck = False
         started = time.monotonic()
         done: set[int] = set()
         try:
             while True:
-                limit = timeout_s + (grace if current in (None, 0) else 0.0)
+                limit = timeout_s if ready else STARTUP_TIMEOUT_S
                 if not parent.poll(max(limit - (time.monotonic() - started), 0.01)):
                     if time.monotonic() - started < limit:
                         continue
+                    if not ready:
+                        stuck = True  # reported below, as a child that could not start
+                        break
                     index = todo[current or 0]
                     infos[index] = replace(infos[index], error=(
                         f"{sources[index].where}: build() did not return within {timeout_s:g} s "
@@ -174,7 +191,9 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
                             f"{proc.exitcode}); nothing more is known about it."))
                         done.add(current)
                     break
-                if message[0] == "start":
+                if message[0] == "ready":
+                    ready, started = True, time.monotonic()
+                elif message[0] == "start":
                     current, started = message[1], time.monotonic()
                 else:
                     infos[todo[message[1]]] = message[2]
@@ -186,9 +205,10 @@ def describe_sources(sources: Sequence[ScenarioSource], *, build: bool = True,
                 proc.kill()
             proc.join(5.0)
         if not done:  # the child could not even start: do not retry forever
+            why = (f"did not get ready within {STARTUP_TIMEOUT_S:g} s (importing torch)" if stuck
+                   else f"failed to start (exit code {proc.exitcode})")
             for index in todo:
-                infos[index] = replace(infos[index], error=(
-                    f"{sources[index].where}: the build process failed to start (exit code {proc.exitcode})."))
+                infos[index] = replace(infos[index], error=f"{sources[index].where}: the build process {why}.")
             break
         todo = [index for j, index in enumerate(todo) if j not in done]
     return infos
