@@ -282,6 +282,37 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode} without reporting a result"
 
 
+def ensure_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with a real stderr.
+
+    It hands ``sys.stderr.fileno()`` to the tracker it spawns; under a running
+    Textual app ``sys.stderr`` is the app's capture object, with no file
+    descriptor, and the spawn fails. The swap lasts as long as that spawn.
+    """
+    from multiprocessing import resource_tracker
+
+    try:
+        sys.stderr.fileno()
+        resource_tracker.ensure_running()
+        return
+    except (AttributeError, OSError, ValueError):
+        pass
+    saved = sys.stderr
+    real = sys.__stderr__
+    devnull = None
+    try:
+        real.fileno()  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        real = devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    try:
+        sys.stderr = real
+        resource_tracker.ensure_running()
+    finally:
+        sys.stderr = saved
+        if devnull is not None:
+            devnull.close()
+
+
 def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = None,
                  preload: Sequence[str] = (), on_progress: Callable[[Any], None] | None = None) -> ChildOutcome:
     """Call ``fn(*args)`` in a child process; ``fn``, its arguments and its result must
@@ -294,6 +325,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
     process has it pending before the child can report its own KeyboardInterrupt: the
     wait below raises it first. SIGTERM reaches this process alone (cli's handler)."""
     ctx = _context(preload)
+    ensure_resource_tracker()  # under a Textual app too, whose sys.stderr has no descriptor
     receive, send = ctx.Pipe(duplex=False)
     handle, stack_path = tempfile.mkstemp(prefix="workbench-stacks-", suffix=".txt")
     os.close(handle)

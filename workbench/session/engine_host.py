@@ -453,37 +453,6 @@ def _interrupted_step(engine: Engine | None, exc: KeyboardInterrupt) -> BaseExce
 
 
 # -- the parent's handle -----------------------------------------------------------------------
-def _ensure_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker with a real stderr.
-
-    It hands ``sys.stderr.fileno()`` to the tracker it spawns; under a running
-    Textual app ``sys.stderr`` is the app's capture object, with no file
-    descriptor, and the spawn fails. The swap lasts as long as that spawn.
-    """
-    from multiprocessing import resource_tracker
-
-    try:
-        sys.stderr.fileno()
-        resource_tracker.ensure_running()
-        return
-    except (AttributeError, OSError, ValueError):
-        pass
-    saved = sys.stderr
-    real = sys.__stderr__
-    devnull = None
-    try:
-        real.fileno()  # type: ignore[union-attr]
-    except (AttributeError, OSError, ValueError):
-        real = devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    try:
-        sys.stderr = real
-        resource_tracker.ensure_running()
-    finally:
-        sys.stderr = saved
-        if devnull is not None:
-            devnull.close()
-
-
 _LIVE: weakref.WeakSet[HostProcess] = weakref.WeakSet()
 
 
@@ -535,11 +504,11 @@ class HostProcess:
 
     def start(self) -> None:
         """Start the child (blocks while the fork server starts: call it off the UI thread)."""
-        from workbench.isolation import _context
+        from workbench.isolation import _context, ensure_resource_tracker
 
         ctx = _context(self.preload)
         _register_exit_hook()
-        _ensure_resource_tracker()
+        ensure_resource_tracker()
         parent, child = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)

@@ -1,14 +1,19 @@
-"""The bench screen: pick variants, run them in a worker, watch the table fill in.
+"""The bench screen: pick variants, run them in a child process, watch the table fill in.
 
 ``r`` (or the Run button) benchmarks the checked variants on identical
 batches, exactly like ``workbench bench``; rows appear as they finish and a
-bar chart of speedups follows. Escape returns.
+bar chart of speedups follows. Escape returns, ``q`` quits; either stops a
+benchmark still running.
+
+The user's code runs in a child process of its own (``workbench.isolation``),
+never in the TUI's: a scenario that calls ``os._exit``, crashes or loops forever
+ends or hangs only its child, and the screen says what it did and where.
+``workbench.tui.jobs.ChildJob`` is that child seen from the screen (shared with the profile
+screen): it can be stopped from the UI thread, with whatever it started.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 
 from rich.segment import Segment
 from textual import on, work
@@ -20,12 +25,13 @@ from textual.strip import Strip
 from textual.widgets import Button, DataTable, Footer, Label, SelectionList, Static
 
 from workbench.bench.results import BenchRun, VariantResult
-from workbench.bench.runner import BenchProgress, run_bench
+from workbench.bench.runner import BenchProgress
 from workbench.bench.timing import DEFAULT_PLAN, Plan
 from workbench.bench.variants import DEFAULT
 from workbench.report.bench import hardware_line, is_inference, notes, quality, speedup_bars
 from workbench.report.numbers import fmt_ms, human_bytes, human_count
 from workbench.scenario import ScenarioSource
+from workbench.tui.jobs import ChildJob, JobError, bench_child
 from workbench.tui.messages import BenchFinished, BenchRowDone, BenchTick, JobFailed
 from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
 
@@ -36,7 +42,6 @@ CHOICES: tuple[tuple[str, bool], ...] = (
     ("compile", False),
 )
 assert all(name in DEFAULT or name == "compile" for name, _ in CHOICES)
-PROGRESS_INTERVAL_S = 0.1
 
 
 class VariantChecklist(SelectionList[str]):
@@ -70,6 +75,7 @@ class BenchScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "back", "back"),
         Binding("r", "run", "run the checked variants"),
+        Binding("q", "app.quit", "quit"),
     ]
 
     def __init__(self, source: ScenarioSource, device: str, plan: Plan = DEFAULT_PLAN) -> None:
@@ -79,7 +85,8 @@ class BenchScreen(Screen[None]):
         self.plan = plan
         self.running = False
         self.run_result: BenchRun | None = None
-        self._last_tick = 0.0
+        self.job: ChildJob | None = None  # the child of the run in progress (or of the last one)
+        self._doing: str | None = None  # what it was doing last (worker thread), for a failure
 
     def compose(self) -> ComposeResult:
         yield Label(f"Bench · {self.source.label} on {self.device}", id="bench-title")
@@ -108,7 +115,17 @@ class BenchScreen(Screen[None]):
         if error.shown:
             error.hide()
             return
+        self.stop()
         self.app.pop_screen()
+
+    def on_unmount(self) -> None:
+        self.stop()  # however the screen goes (q quits the app), its child goes with it
+
+    def stop(self) -> None:
+        """Stop a benchmark still running (its child process, at once)."""
+        if self.running and self.job is not None:
+            self.job.cancel()
+            self.running = False
 
     @on(Button.Pressed, "#run")
     def action_run(self) -> None:
@@ -126,27 +143,30 @@ class BenchScreen(Screen[None]):
         progress = self.query_one(ProgressPanel)
         progress.display = True
         progress.set_progress(0, None, "building the scenario")
-        self._bench(names)
+        self.job = ChildJob()
+        self._bench(self.job, names)
 
     # -- the worker ---------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False)
-    def _bench(self, names: list[str]) -> None:
+    def _bench(self, job: ChildJob, names: list[str]) -> None:
         def progress(p: BenchProgress) -> None:
+            self._doing = f"running {p.variant} (row {p.index + 1}/{p.count}; step {p.done}/{p.total} at its last report)"
             if p.result is not None:
                 self.post_message(BenchRowDone(p.result, p.index, p.count))
-                return
-            now = time.monotonic()
-            if now - self._last_tick >= PROGRESS_INTERVAL_S:  # throttle: ~10 messages/s
-                self._last_tick = now
+            else:  # the child sends ~10 a second
                 self.post_message(BenchTick(p))
 
-        try:
-            run = run_bench(self.source, names, device=self.device, plan=self.plan, progress=progress)
-        except Exception as exc:  # the user's scenario or a bad name: show it, keep the app alive
-            self.post_message(JobFailed(f"{type(exc).__name__}: {exc}".splitlines()[0],
-                                          traceback.format_exc()))
+        self._doing = "building the scenario"
+        outcome = job.run(bench_child, self.source, names, self.device, self.plan, on_progress=progress)
+        stderr = job.hand_output(getattr(self.app, "capture_output", None))  # to the log (l), if any
+        if job.cancelled:  # stopped from the screen: nothing to say
             return
-        self.post_message(BenchFinished(run))
+        if not outcome.returned:
+            self.post_message(JobFailed(*job.lost("benchmark", self._doing, outcome, stderr)))
+        elif isinstance(outcome.value, JobError):
+            self.post_message(JobFailed(outcome.value.title, outcome.value.details))
+        else:
+            self.post_message(BenchFinished(outcome.value))
 
     # -- handlers (UI thread) ------------------------------------------------------------
     def on_bench_tick(self, message: BenchTick) -> None:
@@ -220,3 +240,5 @@ def row_cells(r: VariantResult, baseline: VariantResult | None = None) -> tuple[
         human_count(t.throughput) if t.throughput else "·",
         speedup, human_bytes(r.peak_memory), quality(r, baseline), clip_words(notes(r, baseline)),
     )
+
+

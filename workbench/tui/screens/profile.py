@@ -1,15 +1,16 @@
-"""The profile screen: profile the current scenario in a worker, then show the analysis.
+"""The profile screen: profile the current scenario in a child process, then show the analysis.
 
 Shows the mean step as a stacked bar (one colour per category, the same
 colours as `workbench profile`), the per-step breakdown, the top operators,
 the recommendations and where the trace files went. ``r`` profiles again,
-Escape returns to the main screen.
+Escape returns to the main screen, ``q`` quits; either stops a profile still running.
+
+The scenario is profiled, and the trace analysed, in a child process
+(``jobs.ChildJob``): the user's code can end or hang only that process.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 from pathlib import Path
 
 from rich.console import Group, RenderableType
@@ -23,10 +24,9 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from workbench.engine.records import Finding
 from workbench.profiling.analysis import TraceAnalysis, top_operators
-from workbench.profiling.capture import ProfileRun, prepare_profiler
-from workbench.profiling.export import run_profile
+from workbench.profiling.capture import ProfileRun
 from workbench.profiling.options import ProfileOptions
-from workbench.profiling.runs import RunAnalysis, analyze_path
+from workbench.profiling.runs import RunAnalysis
 from workbench.profiling.tensorboard import tensorboard_command
 from workbench.report.profile import (
     bar_legend,
@@ -39,6 +39,7 @@ from workbench.report.profile import (
 from workbench.scenario import ScenarioSource
 from workbench.tui import theme
 from workbench.tui.messages import JobFailed, ProfileProgress, ProfileReady
+from workbench.tui.jobs import ChildJob, JobError, ProfileStep, profile_child
 from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
 
 # Profiling in the TUI records memory (for the peak) but not stacks: --stack
@@ -62,6 +63,7 @@ class ProfileScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "back", "back"),
         Binding("r", "rerun", "profile again"),
+        Binding("q", "app.quit", "quit"),
     ]
 
     def __init__(
@@ -81,6 +83,8 @@ class ProfileScreen(Screen[None]):
         self.result: ProfileRun | None = None
         self.analysis: RunAnalysis | None = None
         self.running = False
+        self.job: ChildJob | None = None  # the child of the profile in progress (or of the last one)
+        self._doing: str | None = None  # what it was doing last (worker thread), for a failure
 
     def compose(self) -> ComposeResult:
         yield Label(f"Profile · {self.source.label} on {self.device}", id="profile-title")
@@ -106,7 +110,17 @@ class ProfileScreen(Screen[None]):
         if error.shown:
             error.hide()
             return
+        self.stop()
         self.app.pop_screen()
+
+    def on_unmount(self) -> None:
+        self.stop()  # however the screen goes (q quits the app), its child goes with it
+
+    def stop(self) -> None:
+        """Stop a profile still running (its child process, at once)."""
+        if self.running and self.job is not None:
+            self.job.cancel()
+            self.running = False
 
     def action_rerun(self) -> None:
         if self.running:
@@ -116,45 +130,30 @@ class ProfileScreen(Screen[None]):
         self.query_one(ErrorPanel).hide()
         progress = self.query_one(ProgressPanel)
         progress.display = True
-        progress.set_progress(0, self.options.steps, "starting the profiler")
-        # Draw the panel first: the first prepare_profiler() blocks the UI thread briefly.
-        self.call_after_refresh(self._start)
-
-    def _start(self) -> None:
-        try:
-            prepare_profiler()  # on the UI (main) thread, or Kineto prints over the screen
-        except Exception as exc:  # a torch build without Kineto: the worker will say more
-            self.app.log(f"prepare_profiler: {exc}")
-        self.query_one(ProgressPanel).set_progress(
-            0, self.options.steps, "building the scenario and estimating the trace size")
-        self._profile(self.source, self.device, self.logdir, self.options)
+        progress.set_progress(0, self.options.steps, "building the scenario and estimating the trace size")
+        self.job = ChildJob()
+        self._profile(self.job)
 
     # -- the worker ------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="profile")
-    def _profile(self, source: ScenarioSource, device: str, logdir: Path, options: ProfileOptions) -> None:
-        last = 0.0
+    def _profile(self, job: ChildJob) -> None:
+        def progress(step: ProfileStep) -> None:
+            self._doing = f"profiling, {step.status} at its last report"
+            self.post_message(ProfileProgress(step.done, step.total, step.status))
 
-        def progress(done: int, total: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if done == total or now - last >= PROGRESS_INTERVAL_S:
-                last = now
-                phase = "warming up" if done <= options.wait + options.warmup else "recording"
-                self.post_message(ProfileProgress(done, total, f"step {done}/{total} ({phase})"))
-
-        try:
-            # Textual draws on fd 2, so no fd redirect here: workbench.tui set the
-            # quiet log levels before torch was imported.
-            result = run_profile(source, device, logdir, options, capture_stderr=False, on_progress=progress)
-            self.post_message(ProfileProgress(options.steps, options.steps, "analysing the trace"))
-            analysis = analyze_path(result.run_dir, findings=self.findings)
-        except Exception as exc:  # the user's code or a bad path: shown, never fatal
-            self.post_message(JobFailed(
-                f"profiling {source.label} failed: {type(exc).__name__}",
-                f"{exc}\n\n{''.join(traceback.format_exception(exc)[-3:])}",
-            ))
+        self._doing = "building the scenario"
+        outcome = job.run(profile_child, self.source, self.device, self.logdir, self.options, self.findings,
+                          on_progress=progress)
+        stderr = job.hand_output(getattr(self.app, "capture_output", None))  # to the log (l), if any
+        if job.cancelled:  # stopped from the screen: nothing to say
             return
-        self.post_message(ProfileReady(result, analysis))
+        if not outcome.returned:
+            self.post_message(JobFailed(*job.lost("profile", self._doing, outcome, stderr)))
+        elif isinstance(outcome.value, JobError):
+            self.post_message(JobFailed(outcome.value.title, outcome.value.details))
+        else:
+            result, analysis = outcome.value
+            self.post_message(ProfileReady(result, analysis))
 
     # -- handlers (UI thread) ---------------------------------------------------------------
     @on(ProfileProgress)
@@ -216,3 +215,5 @@ class ProfileScreen(Screen[None]):
         text.append(f"view: {tensorboard_command(run.logdir)}\n", theme.INFO)
         text.append(f"analyse again: workbench profile --analyze {run.run_dir}", theme.DIM)
         self.query_one("#files", Static).update(text)
+
+

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import traceback
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,6 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label, ProgressBar, Static
 
 from workbench.tui import theme
+from workbench.tui.jobs import failure_text  # noqa: F401 - where the screens took it from
 
 
 class ErrorPanel(Vertical):
@@ -65,46 +64,6 @@ class ErrorPanel(Vertical):
     @property
     def shown(self) -> bool:
         return self.has_class("shown")
-
-
-def failure_text(what: str, exc: BaseException) -> tuple[str, str]:
-    """(title, details) for an ErrorPanel when a screen's job raised: "profiling mlp failed: the
-    message", then the user's own frames (the workbench's are no help to them).
-
-    A step error (the engine's, the profiled loop's, the bench's) is told by its headline and
-    hint, not its CLI message (which points at ``--verbose``, a flag the TUI does not have).
-    """
-    errors = sys.modules.get("workbench.engine.errors")  # loaded with torch; a step error needs it
-    step_error = getattr(errors, "TrainingStepError", None)
-    if step_error is not None and isinstance(exc, step_error):
-        original: BaseException = exc.original
-        lines = [f"step {exc.step}, {exc.stage}"]
-        where = [w for w in (exc.call, f"module {exc.module}" if exc.module else None) if w]
-        if where:
-            lines.append(f"in {', inside '.join(where)}")
-        if exc.advice:
-            lines.append(f"hint: {exc.advice}")
-        kept = getattr(exc, "kept", "").strip()  # a profile keeps the traces of the steps before
-        if kept:
-            lines.append(kept)
-        frames = exc.user_traceback
-        message = f"{type(original).__name__}: {original}"
-    else:
-        from workbench.errors import user_frames
-
-        original = exc.__cause__ or exc
-        lines = []
-        mine = user_frames(original)
-        frames = "".join(traceback.format_list(mine)) if mine else "".join(traceback.format_tb(original.__traceback__))
-        message = str(original) or type(original).__name__
-        if type(original).__name__ not in message:
-            message = f"{type(original).__name__}: {message}"
-    first, _, rest = message.partition("\n")
-    title = f"{what} failed: {first}"
-    details = "\n".join([*([rest.strip()] if rest.strip() else []), *lines])
-    if frames:
-        details += ("\n\n" if details else "") + "Traceback (your code):\n" + frames.rstrip()
-    return title, details
 
 
 class ProgressPanel(Vertical):
