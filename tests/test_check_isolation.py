@@ -277,3 +277,17 @@ def test_a_scenario_child_ends_when_its_check_is_killed(tmp_path: Path) -> None:
         if child is not None and _state(child) not in (None, "Z"):
             os.kill(child, signal.SIGKILL)
     assert left in (None, "Z"), f"the scenario's child {child} still runs ({left}) after its check was killed"
+
+
+EXITS = SEGFAULTS.replace("import ctypes\n", "import os\n").replace("ctypes.string_at(0)", "os._exit(7)")
+EXIT_LINE = EXITS.splitlines().index("            os._exit(7)") + 1
+
+
+def test_an_os_exit_names_the_line_that_called_it(tmp_path: Path) -> None:
+    d = scenario_dir(tmp_path, {"exits.py": EXITS})
+    code, results = check_json([str(d), "--steps", "4"], tmp_path / "check.json")
+    assert code == 2
+    (exited,) = results
+    assert (exited["status"], exited["steps"]) == ("failed", 1), exited
+    assert exited["first_problem"] == (f"its process called os._exit(7) (in step 1, at {d / 'exits.py'}:{EXIT_LINE} "
+                                       "in forward)"), exited

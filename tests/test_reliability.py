@@ -214,7 +214,7 @@ def test_a_row_that_exits_fails_alone_in_bench(tmp_path, capsys) -> None:
 CHECK_CASES = [
     ("exit_in_build.py", "failed", "SystemExit: 3"),
     ("exit_in_forward.py", "failed", "SystemExit at step 2"),
-    ("os_exit_in_forward.py", "failed", "exited with status 7"),
+    ("os_exit_in_forward.py", "failed", "called os._exit(7)"),
     ("segfault_in_forward.py", "failed", "SIGSEGV"),
     ("hangs_in_forward.py", "failed", "timed out after 20 s"),
     ("leaks_global_state.py", "ok", ""),

@@ -69,7 +69,7 @@ class ChildOutcome:
     exitcode: int | None = None  # the child's exit status; -N: killed by signal N
     stray_threads: tuple[str, ...] = ()  # non-daemon threads still running when fn returned
     seconds: float = 0.0  # wall time, process start to result
-    stuck_at: str | None = None  # a hung or crashed child: "file:line in func", the user's innermost
+    stuck_at: str | None = None  # a hung or crashed child, or os._exit's caller: "file:line in func"
     stack: str = ""  # its main thread's stack then, innermost frame first (faulthandler's dump)
 
 
@@ -93,6 +93,7 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...], p
         forget_start_method()
         watch_parent(parent)
         arm_stack_dump(stack_path)
+        _report_exits()
         _to_parent = conn
         value = fn(*args)
         _to_parent = None
@@ -114,6 +115,35 @@ def _child(conn: Any, cwd: str, fn: Callable[..., Any], args: tuple[Any, ...], p
         except BaseException:  # the parent is gone already (its Ctrl-C): it reads nothing now
             code = 1
     leave_now(code)
+
+
+def _report_exits() -> None:
+    """Have ``os._exit`` in this child tell the parent who called it first (it leaves no stack
+    behind): the user's innermost frame, so the failure names its line, as a hang's does."""
+    real, me = os._exit, os.getpid()
+
+    def exit_now(status: int) -> NoReturn:
+        conn = _to_parent  # None once fn is done: the child's own leave_now
+        if conn is not None and os.getpid() == me:  # not in a forked DataLoader worker
+            try:
+                conn.send(("exit", status, _caller()))
+            except BaseException:  # noqa: S110 - the parent is gone: nothing to tell
+                pass
+        real(status)
+
+    os._exit = exit_now
+
+
+def _caller() -> str | None:
+    """'file:line in func' of the innermost user frame calling (see errors.is_user_file)."""
+    from workbench.errors import is_user_file
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        if is_user_file(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 def report_progress(value: Any) -> None:
@@ -335,6 +365,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
                        name="workbench-isolated")
     start = time.monotonic()
     message = None
+    exited: tuple[int, str | None] | None = None  # os._exit(code) called at, before the child went
     try:
         proc.start()
         send.close()  # the child holds its own end: EOF here once it is gone
@@ -345,6 +376,9 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
                 except (EOFError, OSError):  # the child died before (or while) sending
                     message = None
                     break
+                if message[0] == "exit":
+                    exited, message = (message[1], message[2]), None
+                    continue
                 if message[0] != "progress":
                     break
                 if on_progress is not None:
@@ -367,7 +401,10 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout_s: float | None = N
             return ChildOutcome(message[1], True, None, proc.exitcode, tuple(message[2]), seconds)
         if message is not None:
             return ChildOutcome(failure=message[1], exitcode=proc.exitcode, seconds=seconds)
-        # Died without a word: a crash (a segfault) left its stacks; an os._exit none.
+        if exited is not None:  # the user's code called os._exit: where, from the call itself
+            return ChildOutcome(failure=f"called os._exit({exited[0]})", exitcode=proc.exitcode, seconds=seconds,
+                                stuck_at=exited[1])
+        # Died without a word: a crash (a segfault) left its stacks.
         stuck_at, stack = read_stacks(stack_path) if (proc.exitcode or 0) < 0 else (None, "")
         return ChildOutcome(failure=describe_exit(proc.exitcode), exitcode=proc.exitcode, seconds=seconds,
                             stuck_at=stuck_at, stack=stack)

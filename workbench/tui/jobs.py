@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from workbench.isolation import ChildOutcome, describe_exit, report_progress, run_isolated
 
@@ -91,14 +91,6 @@ class ChildStarted:
 
 
 @dataclass(frozen=True)
-class ChildExited:
-    """The user's code called ``os._exit(code)``; ``where``: its line, 'file:line in func'."""
-
-    code: int
-    where: str | None
-
-
-@dataclass(frozen=True)
 class JobError:
     """What a child returns when the bench or profile raised: the error panel's title and text."""
 
@@ -110,7 +102,7 @@ def enter_child(stdout_path: str, stderr_path: str) -> None:
     """First thing in a bench or profile child: a process group of its own (so stopping it
     stops what it started: DataLoader workers, DDP ranks), stdin from /dev/null and
     stdout/stderr to files (the terminal is Textual's: a line there draws over the screen),
-    ``os._exit`` that says where it was called, then the pid to the parent."""
+    then the pid to the parent. (An ``os._exit`` names its caller: isolation reports it.)"""
     if hasattr(os, "setpgrp"):
         os.setpgrp()
     null = os.open(os.devnull, os.O_RDONLY)
@@ -120,33 +112,7 @@ def enter_child(stdout_path: str, stderr_path: str) -> None:
         target = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.dup2(target, fd)
         os.close(target)
-    _report_os_exit()
     report_progress(ChildStarted(os.getpid()))
-
-
-def _report_os_exit() -> None:
-    """Wrap ``os._exit`` in this process so the parent learns the user's line before the end
-    (an os._exit leaves no stack behind: isolation's ChildOutcome has no stuck_at for it)."""
-    real = os._exit
-    me = os.getpid()
-
-    def _exit(status: int) -> NoReturn:
-        if os.getpid() == me:  # not in a forked DataLoader worker: the pipe is this process's
-            report_progress(ChildExited(status, _user_caller()))
-        real(status)
-
-    os._exit = _exit
-
-
-def _user_caller() -> str | None:
-    from workbench.errors import is_user_file
-
-    frame = sys._getframe(2)
-    while frame is not None:
-        if is_user_file(frame.f_code.co_filename):
-            return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
 
 
 def bench_child(stdout_path: str, stderr_path: str, source: ScenarioSource, names: list[str], device: str,
@@ -182,7 +148,6 @@ class ChildJob:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.pid: int | None = None
-        self.exited: ChildExited | None = None  # the user's code called os._exit
         self.cancelled = False
         self._finished = False
         self.paths: list[str] = []
@@ -199,8 +164,6 @@ class ChildJob:
                     self.pid = value.pid
                     if self.cancelled:  # stopped before it could be: now
                         self._kill()
-            elif isinstance(value, ChildExited):
-                self.exited = value
             elif not self.cancelled:
                 on_progress(value)
 
@@ -254,13 +217,10 @@ class ChildJob:
     def lost(self, what: str, doing: str | None, outcome: ChildOutcome, stderr: list[str]) -> tuple[str, str]:
         """The error panel's title and details for a child that gave no result."""
         first, _, rest = (outcome.failure or "gave no result").partition("\n")
-        if self.exited is not None:
-            first = f"called os._exit({self.exited.code})"
-        else:
-            first = first.replace(" without reporting a result", "")
-        where = self.exited.where if self.exited is not None else outcome.stuck_at
+        first = first.replace(" without reporting a result", "")
+        where = outcome.stuck_at
         title = f"the {what}'s process {first}" + (f" at {where}" if where else "")
-        how = "" if self.exited is not None else f" ({describe_exit(outcome.exitcode)})"
+        how = "" if first.startswith("called os._exit") else f" ({describe_exit(outcome.exitcode)})"
         parts = [f"{title}{f', while {doing}' if doing else ''}.",
                  f"The TUI runs the {what} in a child process of its own{how}: only that process ended. "
                  f"Fix the scenario, then r runs the {what} again."]
