@@ -110,10 +110,15 @@ def floor(s: Scenario) -> tuple[Step, Callable[[], None]]:
     def step() -> None:
         _, loss = forward_loss(s, next(batches))
         backward(loss.total)
-        with torch.no_grad():
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
-        prepare_update(s)
+        norm = None
+        if s.clip_grad_norm is None:
+            with torch.no_grad():
+                grads = [p.grad for p in params if p.grad is not None]
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+        prep = prepare_update(s)
+        if norm is None:  # clipping computed the total norm already (the engine reads that one too)
+            assert prep.grad_norm is not None
+            norm = prep.grad_norm.detach().float()
         apply_update(s)
         scheduler_after_update(s, next(count) + 1, 0, loss.total.detach())
         torch.stack([loss.total.detach().float().reshape(()), norm]).tolist()  # the one read per step
