@@ -64,6 +64,15 @@ def test_a_library_warning_inside_the_loss_becomes_a_finding() -> None:
     assert "UserWarning" in f.message and "label smoothing ignored" in f.message and "silent_bugs.py" in f.message
 
 
+def test_a_loss_warning_first_raised_on_an_unwatched_step_becomes_a_finding_once() -> None:
+    # Steps 3.. are not watched (no TorchFunctionMode, no catch_warnings): the warning is seen
+    # as it is shown, under the filters the user has, and said once.
+    with pytest.warns(UserWarning, match="clipped"):
+        found = run("late_loss_warning", steps=12)
+    f = only(found, "loss_warning")
+    assert f.step == 6 and "targets past the last class were clipped" in f.message and "silent_bugs.py" in f.message
+
+
 # -- non-finite data -----------------------------------------------------------------------------
 def test_a_nan_target_is_a_data_finding_with_batch_and_sample_and_the_nan_loss_is_grouped_under_it() -> None:
     found = run("nan_target", steps=6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -431,6 +432,27 @@ def test_sparse_embedding_gradients() -> None:
     p = rec.param("emb.weight")
     assert p is not None and p.grad_norm == pytest.approx(expected, rel=1e-5)
     assert p.update_norm and not [f for f in rec.findings if f.severity == "error"]
+
+
+def test_sparse_embedding_gradients_on_an_unmeasured_step_give_the_total_norm() -> None:
+    from torch import nn
+
+    from workbench.scenario import Scenario
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(40, 1))
+    data = [(torch.randint(0, 50, (16, 5)), torch.randn(16, 1)) for _ in range(3)]
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        loss_fn=nn.MSELoss(), data=data)
+    with Engine(scenario, EngineConfig(stats_every=100)) as eng:
+        eng.step_once()  # step 0 is measured
+        for _ in range(3):  # step 1: forward, loss, backward
+            eng.advance()
+        grads = [p.grad for p in model.parameters()]
+        assert grads[0] is not None and grads[0].is_sparse
+        expected = math.sqrt(sum(float((g.coalesce().values() if g.is_sparse else g).norm()) ** 2 for g in grads))
+        rec = eng.step_once()
+    assert not rec.measured and rec.total_grad_norm == pytest.approx(expected, rel=1e-5)
 
 
 class _Poke(nn.Module):

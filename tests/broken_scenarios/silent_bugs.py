@@ -69,6 +69,22 @@ def build_loss_warning(device):
     return Scenario(model, torch.optim.Adam(model.parameters(), 1e-3), loss_fn, _batches())
 
 
+def build_late_loss_warning(device):
+    """A loss that warns first on step 6, a step whose loss calls are not watched."""
+    import warnings
+
+    model = _mlp().to(device)
+    calls = [0]
+
+    def loss_fn(out, y):
+        calls[0] += 1
+        if calls[0] >= 7:
+            warnings.warn("targets past the last class were clipped", UserWarning)
+        return nn.functional.cross_entropy(out, y)
+
+    return Scenario(model, torch.optim.Adam(model.parameters(), 1e-3), loss_fn, _batches())
+
+
 def build_nan_target(device):
     model = _mlp(out=1).to(device)
     data = _batches(classes=None)

@@ -41,6 +41,7 @@ from workbench.engine.records import (
     GRAD_CLIPPING,
     SCENARIO_CONFIG,
     BreakHit,
+    PHASES,
     Finding,
     ModuleNode,
     Phase,
@@ -66,6 +67,7 @@ from workbench.scenario.step import (
 )
 
 CLIP_WINDOW = 20  # steps over which "how often clipping bites" is judged
+_NEXT = {phase: PHASES[(i + 1) % len(PHASES)] for i, phase in enumerate(PHASES)}
 
 
 @dataclass(frozen=True)
@@ -265,13 +267,24 @@ class Engine:
     # -- stepping -------------------------------------------------------------------------
     def advance(self) -> PhaseResult:
         """Run exactly the next phase; a user exception becomes StepError."""
+        phase = self._next_phase
+        s = self._state
+        wall, found, hit, record = self._run_phase()
+        return PhaseResult(phase, s.step, wall, s.loss, found, hit, record)
+
+    def _run_phase(self) -> tuple[float, tuple[Finding, ...], BreakHit | None, StepRecord | None]:
+        """``advance`` without its PhaseResult: (wall seconds, findings, breakpoint hit, record).
+
+        ``step_once`` and ``run`` step through this: the phases and their bookkeeping are the
+        same, only the result object a caller of ``advance`` reads is not built.
+        """
         self._check_open()
         self._pending_break = None
         phase = self._next_phase
         s = self._state
         before = s.charged
-        start = time.perf_counter()
         self._inst.begin_phase()  # the findings of this phase start empty, whatever the phase
+        start = time.perf_counter()
         try:
             if phase is Phase.FORWARD:
                 self._forward(s)
@@ -334,30 +347,33 @@ class Engine:
         self._abort_step(s)
         raise error from exc
 
-    def _after_phase(self, phase: Phase, s: StepState, before: float, start: float) -> PhaseResult:
+    def _after_phase(self, phase: Phase, s: StepState, before: float,
+                     start: float) -> tuple[float, tuple[Finding, ...], BreakHit | None, StepRecord | None]:
         wall = time.perf_counter() - start
         spent = s.charged - before
         # Phase time is the user's work: the debugger's own cost is accounted separately.
         s.phase_seconds[phase] = max(wall - spent - (s.data_seconds if phase is Phase.FORWARD else 0.0), 0.0)
         s.phases_done.append(phase)
-        phase_findings = tuple(self._inst.phase_findings)
-        self._findings.extend(phase_findings)
-        hit = self._check_breakpoints(phase, s, phase_findings)
+        found = self._inst.phase_findings
+        phase_findings = tuple(found) if found else ()
+        if found:
+            self._findings.extend(found)
+        hit = self._check_breakpoints(phase, s, phase_findings) if self._breakpoints else None
         record = None
         if phase is Phase.OPTIMIZER_STEP:
             record = self._finish_step(s, skipped=False)
         else:
-            self._next_phase = phase.next
+            self._next_phase = _NEXT[phase]
         self._pending_break = hit
-        return PhaseResult(phase, s.step, wall, s.loss, phase_findings, hit, record)
+        return wall, phase_findings, hit, record
 
     def step_once(self) -> StepRecord:
         """Finish the current step from whatever phase is next (breakpoints do not stop it)."""
         while True:
-            result = self.advance()
-            if result.record is not None:
+            record = self._run_phase()[3]
+            if record is not None:
                 self._pending_break = None
-                return result.record
+                return record
 
     def run(
         self,
@@ -379,17 +395,17 @@ class Engine:
             try:
                 if should_stop is not None and should_stop():
                     return RunOutcome(done, StopReason.STOPPED)
-                result = self.advance()
-                if result.record is not None:
+                _, _, hit, record = self._run_phase()
+                if record is not None:
                     done += 1
                     if on_step is not None:
-                        on_step(result.record)
+                        on_step(record)
             except StepError as exc:
                 return RunOutcome(done, StopReason.ERROR, error=exc)
             except RuntimeError as exc:  # in should_stop or on_step
                 return RunOutcome(done, StopReason.ERROR, error=self.data_loading_error(exc))
-            if until_break and result.break_hit is not None:
-                return RunOutcome(done, StopReason.BREAKPOINT, result.break_hit)
+            if until_break and hit is not None:
+                return RunOutcome(done, StopReason.BREAKPOINT, hit)
         return RunOutcome(done, StopReason.STEPS)
 
     @property
@@ -645,14 +661,14 @@ class Engine:
         s.charge("memory", time.perf_counter() - t0)
         record = StepRecord(
             step=s.step, loss=s.loss, total_grad_norm=s.total_grad_norm, lrs=s.lrs,
-            phase_seconds=dict(s.phase_seconds), memory=mem, modules=s.modules, params=s.params,
+            phase_seconds=s.phase_seconds, memory=mem, modules=s.modules, params=s.params,
             findings=tuple(s.findings), skipped=skipped,
-            instrument_seconds=s.charged, instrument_breakdown=dict(s.instrument),
+            instrument_seconds=s.charged, instrument_breakdown=s.instrument,
             epoch=self._cycle.epoch, batch_size=s.batch_size, measured=s.measured,
-            data_seconds=s.data_seconds, loss_parts=dict(s.loss_parts), loss_source=s.loss_source,
+            data_seconds=s.data_seconds, loss_parts=s.loss_parts, loss_source=s.loss_source,
             grad_norm_before_clip=s.clip_before, grad_norm_after_clip=s.clip_after,
             clipped=None if s.clip_before is None else s.clip_before > float(self._scenario.clip_grad_norm or 0.0),
-            grad_scale=s.grad_scale, amp_skipped=s.amp_skipped, sub_phase_seconds=dict(s.sub_phase_seconds),
+            grad_scale=s.grad_scale, amp_skipped=s.amp_skipped, sub_phase_seconds=s.sub_phase_seconds,
         )
         if skipped:
             self._skipped_steps += 1

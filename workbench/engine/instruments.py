@@ -171,8 +171,9 @@ class Instruments:
         t0 = time.perf_counter()
         # Findings that follow from another one of the step (a NaN loss from NaN data) name it as cause.
         found = self.health.diagnosis.link(s.step, rule(), s.loss)
-        s.findings.extend(found)
-        self.phase_findings.extend(found)
+        if found:
+            s.findings.extend(found)
+            self.phase_findings.extend(found)
         s.charge("health", time.perf_counter() - t0)
 
     # -- forward --------------------------------------------------------------------------
@@ -295,13 +296,15 @@ class Instruments:
         else:
             clipping = total is not None
             if total is None:
-                total = total_grad_norm_tensor(refs)
+                total, have_grad = total_grad_norm_tensor(refs)
+            else:
+                have_grad = sum(1 for p in refs if p.param.grad is not None)
             # Sync point: the backward's one transfer on an unmeasured step (total grad norm only).
             s.total_grad_norm = float(total.item()) if total is not None else None
             if clipping:
                 s.clip_before = s.total_grad_norm
-            no_grad = [p for p in refs if p.param.grad is None]
-            if no_grad:  # a host-side check: no transfer needed to see a missing .grad
+            if have_grad < len(refs):  # a host-side check: no transfer needed to see a missing .grad
+                no_grad = [p for p in refs if p.param.grad is None]
                 s.params = tuple(ParamStats(p.name, p.module, tuple(p.param.shape), None, None, None,
                                             None, None, None, None, has_grad=False) for p in no_grad)
         s.charge("backward_stats", time.perf_counter() - t0)

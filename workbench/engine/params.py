@@ -186,17 +186,20 @@ def grad_readings(refs: list[ParamRef]) -> GradReadings | None:
     return GradReadings(scalars, with_grad, tuple(max(g.numel(), 1) for g in grads), split_abs)
 
 
-def total_grad_norm_tensor(refs: list[ParamRef]) -> torch.Tensor | None:
-    """The 2-norm of every gradient together, as a device tensor (an unmeasured step's one number)."""
+def total_grad_norm_tensor(refs: list[ParamRef]) -> tuple[torch.Tensor | None, int]:
+    """(the 2-norm of every gradient together as a device tensor, how many parameters have a
+    gradient): an unmeasured step's one number, and whether any parameter went without one."""
     with torch.no_grad():
-        grads = [r.param.grad for r in refs if r.param.grad is not None]
-        for g in grads:  # dense real gradients need no rewrite (a loop: this runs every step)
-            if g.is_sparse or g.is_complex():
-                grads = [_grad_values(r.param) for r in refs if r.param.grad is not None]
-                break
+        grads = [g for r in refs if (g := r.param.grad) is not None]
         if not grads:
-            return None
-        return torch.linalg.vector_norm(stack_f32(norms_f32(grads)))
+            return None, 0
+        try:
+            # Dense gradients as they are (a complex one's norm is its magnitudes' already);
+            # no per-gradient check of the layout on this path, which runs every step.
+            norms = norms_f32(grads)
+        except RuntimeError:  # a sparse gradient (no fused norm for it): the stored values
+            norms = norms_f32([_grad_values(r.param) for r in refs if r.param.grad is not None])
+        return torch.linalg.vector_norm(stack_f32(norms)), len(grads)
 
 
 def param_stats_from_rows(refs: list[ParamRef], rows: list[GradRow], with_grad: list[int]) -> list[ParamStats]:
