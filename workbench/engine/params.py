@@ -16,7 +16,7 @@ from workbench.engine.probe import (
     std_of,
     stack_f32,
 )
-from workbench.engine.records import ParamStats
+from workbench.engine.records import ParamStats, build
 
 
 
@@ -215,11 +215,11 @@ def param_stats_from_rows(refs: list[ParamRef], rows: list[GradRow], with_grad: 
         if row is None:
             out.append(ParamStats(name=ref.name, module=ref.module, shape=shape, grad_norm=None, grad_mean=None,
                                   grad_std=None, grad_abs_max=None, grad_nan=None, grad_inf=None,
-                                  weight_norm=None, has_grad=False))
+                                  weight_norm=None, has_grad=False))  # rare: the plain constructor
             continue
         nan, inf, _ = counts.get(i, (0.0, 0.0, 0.0))
-        out.append(ParamStats(
-            name=ref.name, module=ref.module, shape=shape, grad_norm=row.norm,
+        out.append(build(
+            ParamStats, name=ref.name, module=ref.module, shape=shape, grad_norm=row.norm,
             grad_mean=row.mean, grad_std=row.std, grad_abs_max=row.abs_max,
             grad_nan=int(nan), grad_inf=int(inf), weight_norm=row.weight_norm,
         ))

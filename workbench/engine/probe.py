@@ -220,9 +220,9 @@ class SampleIndex:
     A tensor larger than ``size`` gives ``size`` elements at a fixed
     pseudo-random set of positions per tensor size (sorted, for locality): an
     even stride aliases with NCHW layouts (a stride of H*W samples one pixel
-    of every plane). A smaller tensor is copied whole and zero-padded; its
-    length goes into ``SampleBatch`` so the padding never counts, and its
-    stats are exact.
+    of every plane). A smaller tensor is copied whole and padded with copies of
+    its first element; its length is kept with the sample, so the padding never
+    counts, and its stats are exact.
     """
 
     def __init__(self, size: int) -> None:
@@ -231,32 +231,36 @@ class SampleIndex:
         self._masks: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         self._lengths: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
 
-    def take(self, flat: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def take(self, flat: torch.Tensor, n: int | None = None,
+             device: torch.device | None = None) -> tuple[torch.Tensor, int]:
         """(a copy of ``size`` elements of the 1-D ``flat``, how many of them are real).
 
+        ``n`` and ``device``: ``flat``'s element count and device, when the caller has read them.
         A small tensor is padded with copies of its FIRST element (not zeros): shifted by that
-        element, the padding is exactly zero, so :func:`sample_sums` needs no mask pass.
+        element, the padding is exactly zero, so :func:`sample_sums` needs no mask pass. Either
+        way it is one gather with an index cached per size: a fixed set of positions, or for a
+        small tensor every position and then the first one repeated.
         """
-        n = flat.numel()
-        if n < self.size:
-            return torch.cat([flat, flat[:1].expand(self.size - n)]), n
-        if n == self.size:
-            return flat.clone(), n
-        return self._select(flat), self.size
-
-    def _select(self, flat: torch.Tensor) -> torch.Tensor:
-        n = flat.numel()
-        key = (n, flat.device)
+        if n is None:
+            n = flat.numel()
+        key = (n, flat.device if device is None else device)
         idx = self._cache.get(key)
         if idx is None:
+            idx = self._index(n, key[1])
+        return flat.index_select(0, idx), min(n, self.size)
+
+    def _index(self, n: int, device: torch.device) -> torch.Tensor:
+        if n > self.size:
             g = torch.Generator().manual_seed(n)  # its own generator: the user's RNG is untouched
             idx = torch.randint(0, n, (self.size,), generator=g).sort().values
-            if len(self._cache) > 512:  # shapes that change every step (variable lengths)
-                self._cache.clear()
-            # One host->device copy per tensor size (queued, not waited for), then reused.
-            idx = to_device(idx, flat.device)
-            self._cache[key] = idx
-        return flat.index_select(0, idx)
+        else:
+            idx = torch.cat([torch.arange(n), torch.zeros(self.size - n, dtype=torch.long)])
+        if len(self._cache) > 512:  # shapes that change every step (variable lengths)
+            self._cache.clear()
+        # One host->device copy per tensor size (queued, not waited for), then reused.
+        idx = to_device(idx, device)
+        self._cache[(n, device)] = idx
+        return idx
 
     def lengths(self, lengths: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """(rows,) float lengths on ``device``, cached per layout (no per-step host->device copy)."""
@@ -337,6 +341,7 @@ def nonfinite_counts(tensors: list[torch.Tensor]) -> list[tuple[float, float, fl
     return [(float(nan), float(inf), float(zero)) for nan, inf, zero in counts.tolist()]
 
 
+_DOT_DTYPES = (torch.float32, torch.float64)  # an output gradient whose squared norm is one dot()
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 _DEVICE_NAMES: dict[torch.device, str] = {}
 
@@ -611,24 +616,31 @@ class ActivationProbe:
         call.shape = tuple(out.shape)
 
     def _summarise(self, module: nn.Module, t: torch.Tensor, call: CallInfo) -> None:
-        call.shape = padded_shape(t)
-        call.dtype = _dtype_name(t.dtype)
-        call.device = _device_name(t.device)
-        call.numel = t.numel()
-        call.nbytes = t.numel() * t.element_size()
+        # Every attribute read below is a call into torch: read once, reused (this runs per module).
+        nested = t.is_nested
+        complex_ = t.is_complex()
+        n = t.numel()
+        call.shape = padded_shape(t) if nested else tuple(t.shape)
+        dtype, device = t.dtype, t.device
+        call.dtype = _DTYPE_NAMES.get(dtype) or _dtype_name(dtype)
+        call.device = _DEVICE_NAMES.get(device) or _device_name(device)
+        call.numel = n
+        call.nbytes = n * t.element_size()
         call.measured = True
         # A nested output (TransformerEncoder's padding-mask fast path) is read through its
         # flat buffer, which has no padding; a complex one through |z|. Neither has the
         # dense real layout the ReLU per-unit pass and the saturation bounds assume.
-        plain = not (t.is_nested or t.is_complex())
-        t = real_values(t)
+        plain = not (nested or complex_)
+        if not plain:
+            t = real_values(t)
+            n = t.numel()
         call.row = len(self._samples)
-        call.sampled = t.numel() > self.sample_size
+        call.sampled = n > self.sample_size
         # Now, not at phase end: the tensor may be modified in place by the next module.
         # A fixed-size copy serves the mean, std, zeros, NaN/Inf counts and saturation,
         # reduced together with every other call's at phase end.
-        flat = dense_flat(t)
-        sample, real = self._sampler.take(flat)
+        flat = t.view(-1) if t.is_contiguous() else dense_flat(t)
+        sample, real = self._sampler.take(flat, n, device)
         self._samples.append(sample)
         self._lengths.append(real)
         # Exactly ONE pass over the whole tensor: min/max (exact finiteness: a NaN anywhere
@@ -686,13 +698,14 @@ class ActivationProbe:
         # The squared norm (its root is taken on the host, after the phase's transfer): non-finite when
         # the gradient holds a NaN or an Inf (or its norm passes ~1.8e19 in float32, an
         # exploding gradient either way). dot() is one BLAS pass, about twice as fast as
-        # linalg.vector_norm on CPU. Detached, so no graph even under create_graph=True.
-        g = real_values(grad.detach())
-        if g.dtype in (torch.float32, torch.float64) and g.is_contiguous():
+        # linalg.vector_norm on CPU. Detached when it needs it, so no graph even under
+        # create_graph=True.
+        g = grad.detach() if grad.requires_grad else grad
+        if g.dtype in _DOT_DTYPES and not g.is_nested and g.is_contiguous():
             flat = g.view(-1)
             self.grad_norms.append(torch.dot(flat, flat))  # float32 or float64: stacked as float32
         else:
-            self.grad_norms.append(torch.linalg.vector_norm(g, dtype=torch.float32).square())
+            self.grad_norms.append(torch.linalg.vector_norm(real_values(g), dtype=torch.float32).square())
         self.grad_calls.append(call_index)
         self.seconds += time.perf_counter() - start
 

@@ -7,9 +7,11 @@ pickled, or written to JSON without touching the device again.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 
 class Vocabulary(enum.StrEnum):
@@ -418,3 +420,36 @@ class ModuleNode:
     own_params: int  # parameters registered directly on this module (a tied one only at its owner)
     total_params: int  # including every descendant (tied weights owned outside the subtree left out)
     shared_params: tuple[str, ...] = ()  # parameters it uses that another module owns (tied weights)
+
+
+# -- fast construction of the per-module and per-parameter records ---------------------------
+_R = TypeVar("_R", ModuleStats, ParamStats)
+_DEFAULTS: dict[type, tuple[dict[str, Any], int]] = {}
+
+
+def build(cls: type[_R], **values: Any) -> _R:
+    """``cls(**values)`` for ModuleStats/ParamStats without the frozen ``__init__``, which sets
+    each of their ~20 fields through ``object.__setattr__`` (about 4 us a record, and a measured
+    step makes one per module and per parameter). Defaults are filled in as ``__init__`` would."""
+    known = _DEFAULTS.get(cls)
+    if known is None:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        known = _DEFAULTS[cls] = ({f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
+                                  len(fields))
+    new = object.__new__(cls)
+    state = new.__dict__
+    state.update(known[0])
+    state.update(values)
+    assert len(state) == known[1], f"{cls.__name__}: missing or unknown fields in {sorted(values)}"
+    return new
+
+
+def evolve(record: _R, **changes: Any) -> _R:
+    """``dataclasses.replace`` for ModuleStats/ParamStats (frozen, no ``__post_init__``).
+
+    A copy of the instance dict instead of ``__init__`` field by field: replace() took about
+    5 us, and a measured step makes one per module and two per parameter.
+    """
+    new = object.__new__(type(record))
+    new.__dict__.update(record.__dict__, **changes)
+    return new
