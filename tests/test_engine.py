@@ -485,3 +485,21 @@ def test_nan_inf_counts_and_zero_fraction_are_exact() -> None:
         params = {p.name: p for p in eng.current.params}
         assert params["0.weight"].grad_nan == params["0.weight"].shape[0] * params["0.weight"].shape[1]
         assert params["0.bias"].grad_inf == 0 and params["3.weight"].grad_nan == 0
+
+
+def test_an_update_that_overflows_the_weights_is_named_at_the_optimizer_step() -> None:
+    from workbench.scenario import Scenario
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    data = [(torch.randn(16, 8), 1e10 * torch.randn(16, 1))]
+    # Large but finite gradients, and an lr that takes the weights past float32's range in one step.
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1e30),
+                        loss_fn=nn.MSELoss(), data=data)
+    with Engine(scenario) as eng:
+        rec = eng.step_once()
+    assert all(p.grad_norm is not None and math.isfinite(p.grad_norm) for p in rec.params)
+    found = [f for f in rec.findings if f.kind == "nan_inf" and f.phase is Phase.OPTIMIZER_STEP]
+    assert len(found) == 1 and "became non-finite in the optimizer step" in found[0].message
+    assert found[0].parameter in ("weight", "bias") and found[0].value is not None and not math.isfinite(found[0].value)
+    assert not torch.isfinite(model.weight).all()

@@ -338,7 +338,7 @@ class Instruments:
 
     def update_stats(self, s: StepState, before: list[torch.Tensor] | None, optimizer: Any, scheduler: Any,
                      epoch: int, params: list[ParamRef] | None = None, window_rules: bool = True) -> None:
-        """Update and weight norms after the optimizer step (its one transfer) and the update rules.
+        """Update norms after the optimizer step (its one transfer) and the update rules.
 
         ``window_rules``: run the once-per-step rules (lr, progress, oscillation) too; a loop
         with several optimizers runs them after the last one only.
@@ -359,18 +359,17 @@ class Instruments:
             now: list[torch.Tensor] = [r.param for r in refs]
             # In place on the copy: the copy's last use, and no second set of buffers.
             torch._foreach_sub_(before, now)
-            update_norms = norms_f32(before)
-            weight_norms = norms_f32(now)
-            both = stack_f32((*update_norms, *weight_norms))
-        # Sync point: the optimizer phase's one transfer (update and weight norms).
-        values = both.tolist()
-        n = len(refs)
-        updates, weights_after = values[:n], values[n:]
+            stacked = stack_f32(norms_f32(before))
+        # Sync point: the optimizer phase's one transfer (the update norms). The weights' own
+        # norms after the step are not read: they are finite exactly when the update is (the
+        # weights before were, or the backward said so), so a non-finite update norm is what
+        # says the step wrote NaN/Inf into them.
+        updates = stacked.tolist()
         by_name = {p.name: p for p in s.params}
         measured = {r.name for r in refs}
         params_out: list[ParamStats] = []
         non_finite: list[ParamStats] = []
-        for ref, upd, w_after in zip(refs, updates, weights_after):
+        for ref, upd in zip(refs, updates):
             p = by_name.get(ref.name)
             if p is None:
                 continue
@@ -378,8 +377,8 @@ class Instruments:
             ratio = upd / w if w is not None and w > 0 and math.isfinite(w) else None
             p = evolve(p, update_norm=upd, update_ratio=ratio)
             params_out.append(p)
-            if not math.isfinite(w_after) and (w is None or math.isfinite(w)):
-                non_finite.append(evolve(p, weight_norm=w_after))
+            if not math.isfinite(upd) and (w is None or math.isfinite(w)):
+                non_finite.append(evolve(p, weight_norm=upd))  # inf or NaN, as the weights' norm now is
         # Parameters measured by another optimizer's step of the same step keep their stats.
         s.params = tuple(params_out) + tuple(p for p in s.params if p.name not in measured)
         s.charge("update_stats", time.perf_counter() - t0)
