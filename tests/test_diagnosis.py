@@ -292,3 +292,14 @@ def test_a_rewind_replays_the_window_rules_from_their_saved_state() -> None:
         eng.run(3)
         again = [(f.kind, f.step, f.message) for f in eng.findings if f.kind == "lr_collapse"]
     assert first and again == first
+
+
+def test_a_loss_that_never_moves_is_stalled_even_with_no_minimum_gain() -> None:
+    from workbench.engine.diagnosis import Diagnosis
+    from workbench.engine.thresholds import HealthThresholds
+
+    d = Diagnosis(HealthThresholds(progress_min_gain=0.0))
+    for _ in range(2 * d.t.progress_window):
+        d._see_loss(0.1)  # 0.1 ten times sums to a hair below 1.0: the mean must not read as a gain
+        d._steps_seen += 1
+    assert d._stalled() is not None

@@ -503,3 +503,43 @@ def test_an_update_that_overflows_the_weights_is_named_at_the_optimizer_step() -
     assert len(found) == 1 and "became non-finite in the optimizer step" in found[0].message
     assert found[0].parameter in ("weight", "bias") and found[0].value is not None and not math.isfinite(found[0].value)
     assert not torch.isfinite(model.weight).all()
+
+
+class _ToComplex128(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.complex128) * (1 + 1j)
+
+
+class _Magnitude(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z.abs().float()
+
+
+def test_a_complex128_activation_is_measured_with_its_output_gradient() -> None:
+    from workbench.scenario import Scenario
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), _ToComplex128(), _Magnitude(), nn.Linear(6, 2))
+    data = [(torch.randn(8, 6), torch.randint(0, 2, (8,))) for _ in range(2)]
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        loss_fn=nn.CrossEntropyLoss(), data=data)
+    with Engine(scenario) as eng:
+        rec = eng.step_once()
+        eng.step_once()
+    m = rec.module("1")
+    assert m is not None and m.dtype == "complex128" and m.grad_norm is not None and math.isfinite(m.grad_norm)
+    assert m.max == pytest.approx(math.sqrt(2) * float(model[0](data[0][0]).abs().max()), rel=0.2)
+
+
+def test_a_small_output_sample_is_the_whole_tensor_padded_with_its_first_element() -> None:
+    from workbench.engine.probe import SampleIndex
+
+    index = SampleIndex(16)
+    for n in (1, 5, 16):
+        flat = torch.arange(1.0, n + 1)
+        sample, real = index.take(flat)
+        assert real == n and sample.shape == (16,)
+        assert torch.equal(sample[:n], flat) and torch.equal(sample[n:], torch.full((16 - n,), 1.0))
+    big = torch.arange(100.0)
+    sample, real = index.take(big)
+    assert real == 16 and torch.equal(sample, index.take(big.clone())[0])  # the same positions each time

@@ -216,16 +216,19 @@ def _shown_warnings() -> Iterator[list[warnings.WarningMessage]]:
     """
     shown: list[warnings.WarningMessage] = []
     original = warnings.showwarning
+    inside = [True]  # once out, a ``show`` left installed (two threads' losses interleaved) only forwards
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: Any = None, line: str | None = None) -> None:
-        shown.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+        if inside[0]:
+            shown.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
         original(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
     try:
         yield shown
     finally:
+        inside[0] = False
         if warnings.showwarning is show:
             warnings.showwarning = original
 
@@ -765,6 +768,7 @@ class Diagnosis:
         if self._baseline_moments is None:  # the first window's losses no longer change
             self._baseline_moments = (statistics.fmean(self._baseline), _pvariance(self._baseline))
         base, base_var = self._baseline_moments
+        recent = math.fsum(self._recent) / w  # what statistics.fmean computes
         sigma = self.t.progress_sigma
         if sigma >= 0:
             # The usual answer without the recent window's variance (this runs every step): it
@@ -772,9 +776,8 @@ class Diagnosis:
             # the exact one too, and the loss is not stalled.
             spread = max(self._recent) - min(self._recent)
             bound = max(sigma * math.sqrt((base_var + spread * spread / 4) / w), self.t.progress_min_gain * abs(base))
-            if base - sum(self._recent) / w > bound * (1 + 1e-9):
+            if bound > 0 and base - recent > bound * (1 + 1e-9):
                 return None
-        recent = statistics.fmean(self._recent)
         noise = math.sqrt((base_var + _pvariance(self._recent)) / w)
         allowed = max(self.t.progress_sigma * noise, self.t.progress_min_gain * abs(base))
         if base - recent > allowed:

@@ -197,6 +197,8 @@ def total_grad_norm_tensor(refs: list[ParamRef]) -> tuple[torch.Tensor | None, i
             # Dense gradients as they are (a complex one's norm is its magnitudes' already);
             # no per-gradient check of the layout on this path, which runs every step.
             norms = norms_f32(grads)
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError:  # a sparse gradient (no fused norm for it): the stored values
             norms = norms_f32([_grad_values(r.param) for r in refs if r.param.grad is not None])
         return torch.linalg.vector_norm(stack_f32(norms)), len(grads)

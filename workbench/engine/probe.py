@@ -228,6 +228,7 @@ class SampleIndex:
     def __init__(self, size: int) -> None:
         self.size = size
         self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._arange: dict[torch.device, torch.Tensor] = {}
         self._masks: dict[tuple[torch.device, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         self._lengths: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
 
@@ -253,12 +254,21 @@ class SampleIndex:
         if n > self.size:
             g = torch.Generator().manual_seed(n)  # its own generator: the user's RNG is untouched
             idx = torch.randint(0, n, (self.size,), generator=g).sort().values
+            if len(self._cache) > 512:  # shapes that change every step (variable lengths)
+                self._cache.clear()
+            # One host->device copy per tensor size (queued, not waited for), then reused.
+            idx = to_device(idx, device)
         else:
-            idx = torch.cat([torch.arange(n), torch.zeros(self.size - n, dtype=torch.long)])
-        if len(self._cache) > 512:  # shapes that change every step (variable lengths)
-            self._cache.clear()
-        # One host->device copy per tensor size (queued, not waited for), then reused.
-        idx = to_device(idx, device)
+            # Every position, then the first one again: made on the device from one kept
+            # arange (no host copy for a new length, which variable-length batches give often).
+            base = self._arange.get(device)
+            if base is None:
+                base = self._arange[device] = to_device(torch.arange(self.size), device)
+            idx = base.masked_fill(base >= n, 0)
+            small = [k for k in self._cache if k[0] <= self.size]
+            if len(small) > 512:
+                for k in small:
+                    del self._cache[k]
         self._cache[(n, device)] = idx
         return idx
 
@@ -701,11 +711,16 @@ class ActivationProbe:
         # linalg.vector_norm on CPU. Detached when it needs it, so no graph even under
         # create_graph=True.
         g = grad.detach() if grad.requires_grad else grad
-        if g.dtype in _DOT_DTYPES and not g.is_nested and g.is_contiguous():
+        if g.dtype not in _DOT_DTYPES or g.is_nested:
+            g = real_values(g)  # a complex gradient's magnitudes, a nested one's flat values
+        if g.dtype in _DOT_DTYPES and g.is_contiguous():
             flat = g.view(-1)
             self.grad_norms.append(torch.dot(flat, flat))  # float32 or float64: stacked as float32
         else:
-            self.grad_norms.append(torch.linalg.vector_norm(real_values(g), dtype=torch.float32).square())
+            # 16-bit: accumulated in float32 (an fp16 sum of squares overflows); float64 as it is
+            # (a float32 result from float64 input is a narrowing torch refuses).
+            wide = None if g.dtype == torch.float64 else torch.float32
+            self.grad_norms.append(torch.linalg.vector_norm(g, dtype=wide).square())
         self.grad_calls.append(call_index)
         self.seconds += time.perf_counter() - start
 

@@ -440,7 +440,8 @@ def build(cls: type[_R], **values: Any) -> _R:
     state = new.__dict__
     state.update(known[0])
     state.update(values)
-    assert len(state) == known[1], f"{cls.__name__}: missing or unknown fields in {sorted(values)}"
+    if len(state) != known[1]:
+        raise TypeError(f"{cls.__name__}: missing or unknown fields in {sorted(values)}")
     return new
 
 
