@@ -303,3 +303,40 @@ def test_a_loss_that_never_moves_is_stalled_even_with_no_minimum_gain() -> None:
         d._see_loss(0.1)  # 0.1 ten times sums to a hair below 1.0: the mean must not read as a gain
         d._steps_seen += 1
     assert d._stalled() is not None
+
+
+def test_the_warnings_stand_in_of_an_unwatched_loss_step_restores_and_then_only_forwards() -> None:
+    import warnings
+
+    from workbench.engine.diagnosis import Diagnosis
+    from workbench.engine.thresholds import HealthThresholds
+
+    d = Diagnosis(HealthThresholds())
+    seen: list[str] = []
+
+    def user_show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        seen.append(str(message))
+
+    before = warnings.showwarning
+    warnings.showwarning = user_show
+    try:
+        with pytest.raises(ValueError), d.watch_loss(None, None, step=7) as watch:  # step 7: not watched
+            warnings.warn_explicit("first", UserWarning, "loss.py", 1)
+            raise ValueError("the loss failed")
+        assert warnings.showwarning is user_show  # put back, even when the loss raised
+        assert [str(w.message) for w in watch.warnings] == ["first"] and seen == ["first"]
+        with d.watch_loss(None, None, step=8) as watch:
+            ours = warnings.showwarning
+            theirs_seen: list[str] = []
+
+            def theirs(message, *rest):  # type: ignore[no-untyped-def]
+                theirs_seen.append(str(message))
+                ours(message, *rest)  # the loss's own hook chains to whatever was there
+
+            warnings.showwarning = theirs
+        assert warnings.showwarning is theirs  # not ours to undo
+        warnings.warn_explicit("later", UserWarning, "train.py", 2)
+        # After the step the stand-in, still called through their hook, only forwards.
+        assert theirs_seen == ["later"] and seen == ["first", "later"] and watch.warnings == []
+    finally:
+        warnings.showwarning = before

@@ -28,6 +28,7 @@ snapshots can copy it with the rest of the health rules' state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import warnings
@@ -207,30 +208,40 @@ class LossWatch:
     warnings: list[warnings.WarningMessage] = field(default_factory=list)
 
 
-@contextmanager
-def _shown_warnings() -> Iterator[list[warnings.WarningMessage]]:
-    """The warnings shown while inside (those the filters let through), each still shown.
+class _ShownWarnings:
+    """Context manager around a loss call on a step whose loss calls are not watched: the
+    warnings shown inside (those the user's filters let through) go into the LossWatch it
+    gives, and are still shown. A class, not a generator: this runs every step.
 
-    Stands in for ``warnings.showwarning``, and puts the original back on the way out unless
-    something inside replaced it in turn (then that one stays).
+    It stands in for ``warnings.showwarning`` and puts the original back on the way out,
+    unless something inside replaced it in turn (then that one stays, and this stand-in,
+    still called through it, only forwards).
     """
-    shown: list[warnings.WarningMessage] = []
-    original = warnings.showwarning
-    inside = [True]  # once out, a ``show`` left installed (two threads' losses interleaved) only forwards
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    __slots__ = ("_hook", "_inside", "_original", "watch")
+
+    def __init__(self) -> None:
+        self.watch = LossWatch()
+        self._inside = False
+        self._original = warnings.showwarning
+        self._hook = self.show  # one bound method, so the identity check on the way out holds
+
+    def __enter__(self) -> LossWatch:
+        self._original = warnings.showwarning
+        self._inside = True
+        warnings.showwarning = self._hook
+        return self.watch
+
+    def show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: Any = None, line: str | None = None) -> None:
-        if inside[0]:
-            shown.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
-        original(message, category, filename, lineno, file, line)
+        if self._inside:
+            self.watch.warnings.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+        self._original(message, category, filename, lineno, file, line)
 
-    warnings.showwarning = show
-    try:
-        yield shown
-    finally:
-        inside[0] = False
-        if warnings.showwarning is show:
-            warnings.showwarning = original
+    def __exit__(self, *exc: object) -> None:
+        self._inside = False
+        if warnings.showwarning is self._hook:
+            warnings.showwarning = self._original
 
 
 def _tensor_ids(value: Any, depth: int = 0) -> set[int]:
@@ -444,8 +455,7 @@ class Diagnosis:
         return out
 
     # -- loss -------------------------------------------------------------------------
-    @contextmanager
-    def watch_loss(self, outputs: Any, targets: Any, step: int = 0) -> Iterator[LossWatch]:
+    def watch_loss(self, outputs: Any, targets: Any, step: int = 0) -> contextlib.AbstractContextManager[LossWatch]:
         """Run the user's loss_fn inside this: it records the loss calls and warnings.
 
         The loss calls are watched on the first ``loss_watch_steps`` steps and every
@@ -458,14 +468,14 @@ class Diagnosis:
         filters resets every module's warning cache, which cost about 40 us per step in a
         training loop.
         """
-        watch = LossWatch()
         t = self.t
-        watched = step < t.loss_watch_steps or step % t.loss_watch_every == 0
-        if not watched:
-            with _shown_warnings() as shown:
-                yield watch
-            watch.warnings = shown
-            return
+        if step < t.loss_watch_steps or step % t.loss_watch_every == 0:
+            return self._watched_loss(outputs, targets)
+        return _ShownWarnings()
+
+    @contextmanager
+    def _watched_loss(self, outputs: Any, targets: Any) -> Iterator[LossWatch]:
+        watch = LossWatch()
         mode = _LossMode(_tensor_ids(outputs), _tensor_ids(targets))
         # catch_warnings swaps the process-wide filters for the duration of loss_fn only;
         # the warnings are issued again afterwards so the user's own filters still decide.
