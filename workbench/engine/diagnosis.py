@@ -223,7 +223,7 @@ class _ShownWarnings:
     def __init__(self) -> None:
         self.watch = LossWatch()
         self._inside = False
-        self._original = warnings.showwarning
+        self._original = warnings.showwarning  # read again on the way in
         self._hook = self.show  # one bound method, so the identity check on the way out holds
 
     def __enter__(self) -> LossWatch:

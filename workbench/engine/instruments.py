@@ -412,9 +412,9 @@ class Instruments:
         type_name = type(call.module).__name__
         o = st.output
         if not call.measured or o is None:
-            return build(ModuleStats, name=call.name, type_name=type_name, shape=(), dtype="", device="", mean=None,
-                               std=None, min=None, max=None, abs_max=None, zero_fraction=None, nan_count=None,
-                               inf_count=None, bytes=0, calls=calls, inputs_finite=st.inputs_finite)
+            return build(ModuleStats, name=call.name, type_name=type_name, shape=(), dtype="", device="",
+                         mean=None, std=None, min=None, max=None, abs_max=None, zero_fraction=None,
+                         nan_count=None, inf_count=None, bytes=0, calls=calls, inputs_finite=st.inputs_finite)
         mn, mx = o.min, o.max
         finite = o.finite
         # NaN/Inf were counted in the sample: scaled to the whole tensor, at least 1 when min/max show one.
