@@ -282,6 +282,34 @@ def test_finished_session_opens_read_only(server: SessionServer) -> None:
         done.send(P.Continue())
 
 
+@pytest.mark.parametrize("bind", ["tcp", "unix"])
+def test_a_command_sent_as_the_host_ends_does_not_lose_its_ended(tmp_path: Path, bind: str) -> None:
+    # The TUI asks for a sample while a script finishes: the send fails on the closed socket,
+    # and the Ended the host wrote before closing must still be read ("finished", not
+    # "disconnected").
+    srv = SessionServer(tmp_path / "run", title="train.py",
+                        **({"bind": f"unix:{tmp_path / 's.sock'}"} if bind == "unix" else {}))
+    srv.publish(hello())
+    conn = connect(srv.run_dir)
+    assert isinstance(conn, ClientConnection)
+    assert isinstance(poll_until(conn, 1)[0], P.Hello)
+    srv.close(P.Ended(reason="finished", exit_code=0))
+    failures = []
+    deadline = time.monotonic() + 5
+    while not failures and time.monotonic() < deadline:
+        try:
+            conn.send(P.Pause())
+        except SessionError as exc:
+            failures.append(str(exc))
+        time.sleep(0.02)
+    assert failures and "did not reach it" in failures[0]
+    with pytest.raises(SessionError, match="did not reach it"):  # later sends say the same
+        conn.send(P.Continue())
+    got = poll_until(conn, 1)
+    assert [(P.type_name(m), m.reason) for m in got] == [("ended", "finished")]
+    assert conn.closed and conn.poll() == []
+
+
 CRASHING_HOST = """
 import os, sys
 from workbench.session import protocol as P

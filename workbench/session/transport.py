@@ -541,6 +541,7 @@ class ClientConnection:
         self._seq = 0
         self._ended = False
         self._held: list[Any] = []  # what arrived while connecting, returned by the first poll
+        self._send_failed: str | None = None  # why the last send failed: later ones fail alike
         self.closed = False
 
     def send(self, command: Any) -> None:
@@ -548,14 +549,17 @@ class ClientConnection:
             raise TypeError(f"send takes a command (Pause, Continue, ...), not {type(command).__name__}")
         if self.closed:
             raise SessionError(f"the connection to {self.target} is closed; connect again.")
+        if self._send_failed is not None:
+            raise SessionError(self._send_failed)
         self._seq += 1
         try:
             self._sock.settimeout(5.0)
             self._sock.sendall((P.encode(command, self._seq) + "\n").encode("utf-8"))
         except OSError as exc:
-            self._lost(f"sending failed: {exc}")
-            raise SessionError(f"the session at {self.target} is gone ({exc}); the command did not reach it."
-                               ) from exc
+            # The socket stays open for reading: a host that ended sent its Ended before it
+            # closed, and the next poll still reads it (closing here threw it away).
+            self._send_failed = f"the session at {self.target} is gone ({exc}); the command did not reach it."
+            raise SessionError(self._send_failed) from exc
 
     def poll(self, timeout: float = 0.0) -> list[Any]:
         """The messages that arrived (waiting up to ``timeout`` s for the first); raises SessionRefused."""
