@@ -365,15 +365,39 @@ def test_a_fifo_with_a_reader_gets_the_report(tmp_path, capsys) -> None:
     import os
     import stat
     import threading
+    import time
 
     fifo = tmp_path / "report.fifo"
     os.mkfifo(fifo)
+    # The read end is open before the run starts (as a shell's `jq <fifo &` has it by then); a
+    # thread left to open it itself may not have got there yet on a loaded machine.
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    finished = threading.Event()
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+
+    def read() -> None:
+        while True:
+            ended = finished.is_set()  # before the read: b"" after the run ended is the end of the report
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:  # the writer is there, nothing written yet
+                chunk = None
+            if chunk:
+                got.append(chunk)
+            elif chunk == b"" and ended:
+                return
+            else:
+                time.sleep(0.01)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert main(["run", str(CASES / "slow_steps.py"), "--steps", "2", "--json", str(fifo)]) == 0
-    reader.join(timeout=30)
-    assert json.loads(got[0])["summary"]["steps_done"] == 2
+    try:
+        assert main(["run", str(CASES / "slow_steps.py"), "--steps", "2", "--json", str(fifo)]) == 0
+    finally:
+        finished.set()
+        reader.join(timeout=30)
+        os.close(fd)
+    assert json.loads(b"".join(got))["summary"]["steps_done"] == 2
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert list(tmp_path.iterdir()) == [fifo]
 
