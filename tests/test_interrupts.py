@@ -27,9 +27,21 @@ pytestmark = pytest.mark.slow
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120", SLOW_STEPS_MARKER=str(_marker(cwd)))
     return subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _marker(cwd: Path) -> Path:
+    return cwd.parent / f"{cwd.name}.forwards"  # beside tmp_path: _no_temp_files looks inside it
+
+
+def _forwards_done(cwd: Path) -> int:
+    """How many forwards the slow scenario has run in the command started in ``cwd``."""
+    try:
+        return _marker(cwd).read_text().count("forward")
+    except FileNotFoundError:
+        return 0
 
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
@@ -86,9 +98,8 @@ def test_run_interrupted_writes_partial_json(sig, tmp_path: Path) -> None:
     tb = tmp_path / "tb"
     proc = _start(["run", str(SLOW), "--steps", "100000", "--json", str(report),
                    "--tensorboard", str(tb)], tmp_path)
-    # TensorBoard event files appear once steps are logged.
-    _wait_for(lambda: any(tb.glob("events.out.tfevents.*")), 120, proc)
-    time.sleep(4.0)  # the writer exists before the first step; let a few 50 ms steps run
+    # Three forwards begun: at least two whole steps done (a loaded machine can take seconds per step).
+    _wait_for(lambda: _forwards_done(tmp_path) >= 3, 120, proc)
     code, out, err = _stop(proc, sig)
     assert code == 130, err
     data = json.loads(report.read_text())
@@ -153,8 +164,8 @@ def test_profile_interrupted_keeps_what_was_written(sig, tmp_path: Path) -> None
     logdir = tmp_path / "prof"
     proc = _start(["profile", str(SLOW), "--logdir", str(logdir), "--run", "r", "--steps", "100000",
                    "--wait", "0", "--warmup", "1", "--active", "100000", "--force"], tmp_path)
-    _wait_for(lambda: (logdir / "r").exists(), 120, proc)
-    time.sleep(3.0)
+    # Warm-up and two recorded steps whole (the fourth forward has begun).
+    _wait_for(lambda: (logdir / "r").exists() and _forwards_done(tmp_path) >= 4, 120, proc)
     code, out, err = _stop(proc, sig)
     assert code == 130, err
     assert "interrupted" in (out + err)

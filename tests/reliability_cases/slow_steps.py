@@ -1,5 +1,9 @@
-"""A healthy but slow scenario (each step sleeps) for interrupt tests."""
+"""A healthy but slow scenario (each step sleeps) for interrupt tests.
 
+With SLOW_STEPS_MARKER set, each forward appends a line to that file, so a test can wait for
+steps to have run instead of guessing with a sleep."""
+
+import os
 import time
 
 import torch
@@ -15,6 +19,10 @@ class Slow(nn.Module):
 
     def forward(self, x):
         time.sleep(0.05)
+        marker = os.environ.get("SLOW_STEPS_MARKER")
+        if marker:
+            with open(marker, "a") as fh:
+                fh.write("forward\n")
         return self.fc(x)
 
 
