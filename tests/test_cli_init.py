@@ -70,3 +70,36 @@ def test_init_hf_refuses_a_class_transformers_does_not_have(name, says, tmp_path
     assert f"--hf --model {name}" in err and "nothing was written" in err and "Traceback" not in err, err
     for text in says:
         assert text in err, err
+
+
+@pytest.mark.parametrize("body, says", [
+    ("import sys\nsys.exit(3)\n", ["called sys.exit(3)", "wb_hostile_{n}.py:2"]),
+    ("import os\nos._exit(5)\n", ["called os._exit(5)", "wb_hostile_{n}.py:2"]),
+    ("import time\nwhile True:\n    time.sleep(0.05)\n", ["timed out after 3 s", "wb_hostile_{n}.py:3", "--timeout"]),
+    ("import torch\nfrom torch import nn\ntorch.set_default_dtype(torch.float64)\n\nclass Net(nn.Module):\n"
+     "    def __init__(self):\n        super().__init__()\n        raise SystemExit('no')\n", ["called sys.exit('no')",
+                                                                                  "wb_hostile_{n}.py:8"]),
+], ids=["exits-on-import", "os-exit", "hangs", "constructor-exits"])
+def test_init_survives_a_model_module_that_exits_or_hangs(body, says, tmp_path, capsys) -> None:
+    """The user's module runs in a child: its exit, os._exit or endless loop is reported with its
+    line, nothing is written, and this process is untouched (no module, no default dtype)."""
+    import sys
+
+    import torch
+
+    n = len(body)
+    name = f"wb_hostile_{n}"
+    (tmp_path / f"{name}.py").write_text(body)
+    target = tmp_path / "scn.py"
+    assert main(["init", "--model", f"{name}:Net", "--timeout", "3", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert not target.exists()
+    assert f"--model {name}:Net" in err and "nothing was written" in err and "Traceback" not in err, err
+    for text in says:
+        assert text.format(n=n) in err, err
+    assert name not in sys.modules and torch.get_default_dtype() is torch.float32
+
+
+def test_init_timeout_must_be_positive(tmp_path, capsys) -> None:
+    assert main(["init", "--model", "m:Net", "--timeout", "0", str(tmp_path / "s.py")]) == 2
+    assert "--timeout must be > 0" in capsys.readouterr().err

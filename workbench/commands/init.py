@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 NAME = "init"
 ORDER = 5
@@ -14,8 +15,11 @@ DESCRIPTION = (
     "in code, dict batches, the loss inside the model; the labels are the ones its head takes). "
     "The --model class must exist (nothing is written otherwise); a plain one that builds without "
     "arguments gets data shaped for its first layer and output, and what init cannot tell is "
-    "marked ADJUST in the file. An existing file is never overwritten."
+    "marked ADJUST in the file. Your module is imported and the class built in a child process of "
+    "its own, so a module that exits, crashes or hangs (past --timeout) is reported, not fatal. "
+    "An existing file is never overwritten."
 )
+DEFAULT_TIMEOUT_S = 120.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="pkg.module:Class",
                    help="your model class (with --hf: a transformers class such as BertForMaskedLM)")
     p.add_argument("--hf", action="store_true", help="Hugging Face style: config in code, dict batches, loss_fn=None")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"for importing and building --model's class (default {DEFAULT_TIMEOUT_S:g})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--model {args.model}: expected pkg.module:Class, e.g. mypkg.models:Net.")
     if args.model and args.hf and not (args.model.rpartition(":")[2] or args.model).isidentifier():
         raise UsageError(f"--model {args.model}: expected a transformers class name, e.g. BertForMaskedLM.")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}.")
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: no such directory; create it first or pick another path.")
     if path.exists():
@@ -51,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     fit = None
     try:
         if args.model and args.hf:
-            templates.resolve_hf_model(args.model)
+            templates.resolve_hf_model(args.model)  # a transformers class: the library's code, not the user's
         elif args.model:
-            fit = templates.fit_model(templates.resolve_model(args.model, path.parent), path.name)
+            fit = _fit_isolated(args.model, path, args.timeout)
     except templates.ModelNotFound as exc:
         raise UsageError(str(exc)) from None
     head_known = not (args.hf and args.model) or templates.hf_head(args.model.rpartition(":")[2]).known
@@ -80,6 +88,41 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path}: a {style}scenario template. Next: `{check}`, then `{run_it}` (headless) "
           f"or `{tui}` (the interactive workbench).")
     return 0
+
+
+def fit_in_child(spec: str, folder: str, filename: str) -> Any:
+    """In the child: the ModelFit for ``spec``, or ModelNotFound's message (a str) when it names
+    nothing usable. Module level, so the child can be handed it."""
+    from pathlib import Path
+
+    from workbench.scenario import templates
+
+    try:
+        return templates.fit_model(templates.resolve_model(spec, Path(folder)), filename)
+    except templates.ModelNotFound as exc:
+        return str(exc)
+
+
+def _fit_isolated(spec: str, path: Any, timeout_s: float) -> Any:
+    """How the template fits ``spec``'s class, found in a child process: the user's module runs
+    there (its import and the class's constructor and trial forward), so an exit, a crash or a
+    hang in it cannot take this command with it. ModelNotFound says what went wrong."""
+    from workbench.isolation import run_isolated
+    from workbench.scenario import templates
+
+    outcome = run_isolated(fit_in_child, spec, str(path.parent), path.name, timeout_s=timeout_s)
+    if outcome.returned:
+        if isinstance(outcome.value, str):
+            raise templates.ModelNotFound(outcome.value)
+        return outcome.value
+    first = (outcome.failure or "gave no result").partition("\n")[0]
+    where = f" at {outcome.stuck_at}" if outcome.stuck_at else ""
+    hint = (f"make the import and {spec.rpartition(':')[2]}() quick (no training or downloads at import), "
+            "or raise --timeout" if outcome.failure and outcome.failure.startswith("timed out")
+            else "fix the module or the class, then run workbench init again")
+    raise templates.ModelNotFound(
+        f"--model {spec}: importing the module and building the class (in a child process) {first}{where}; "
+        f"nothing was written. {hint[0].upper()}{hint[1:]}.")
 
 
 def _exists(path: object) -> Exception:
