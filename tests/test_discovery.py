@@ -52,9 +52,11 @@ def test_undecodable_and_broken_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "binary.py").write_bytes(b"x = '\xff\xfe'\n")
     (tmp_path / "notes.py").write_text("these are notes: not code\n")
     (tmp_path / "typo.py").write_text("def build(device)\n    return 1\n")
+    (tmp_path / "nul.py").write_bytes(b"x = 1\n\x00\x00")  # a ValueError from compile before Python 3.11.4
     labels, skipped = _labels(tmp_path)
     assert labels == ["typo"]  # it mentions build: listed, so loading it reports the line
     assert "cannot be decoded" in skipped["binary.py"] and "syntax error at line 1" in skipped["notes.py"]
+    assert "null bytes" in skipped["nul.py"] and "None" not in skipped["nul.py"], skipped["nul.py"]
     with pytest.raises(ScenarioError, match="typo.py:1: syntax error"):
         load(tmp_path / "typo.py")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
-from workbench.scenario.loader import ScenarioSource, read_source, top_level
+from workbench.scenario.loader import ScenarioSource, parse_source, read_source, top_level
 
 DEFAULT_BUILD_TIMEOUT_S = 30.0
 # How long a build child may take to start and import _CHILD_PRELOAD before its first build;
@@ -54,8 +54,8 @@ def static_info(source: ScenarioSource) -> ScenarioInfo:
     if source.path is None:
         return info
     try:
-        tree = ast.parse(read_source(Path(source.path)))
-    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        tree = parse_source(read_source(Path(source.path)))
+    except (OSError, UnicodeDecodeError, SyntaxError):
         return info
     top = top_level(tree)
     func = top.functions.get(source.function)

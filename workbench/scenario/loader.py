@@ -78,6 +78,15 @@ def read_source(path: Path) -> str:
     return importlib.util.decode_source(path.read_bytes())
 
 
+def parse_source(text: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``; a file holding NUL bytes raises SyntaxError (no line) on every Python:
+    before 3.11.4 or so, compile raised ValueError for it, which nobody here expects."""
+    try:
+        return ast.parse(text, filename=filename)
+    except ValueError as exc:  # "source code string cannot contain null bytes"
+        raise SyntaxError(str(exc)) from None
+
+
 def _is_main_guard(node: ast.AST) -> bool:
     return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
@@ -168,7 +177,7 @@ def _parse(path: Path) -> ast.Module:
     except (OSError, UnicodeDecodeError, SyntaxError) as exc:
         raise ScenarioError(f"{path}: cannot be read as Python source ({exc}).", path=str(path)) from exc
     try:
-        return ast.parse(text, filename=str(path))
+        return parse_source(text, str(path))
     except SyntaxError as exc:
         if exc.lineno is None:  # no line to show (a file holding NUL bytes)
             raise ScenarioError(f"{path}: cannot be parsed as Python: {exc.msg}. Is it a text file?",
@@ -615,10 +624,12 @@ def discover_all(directory: str | Path) -> Discovery:
             skipped.append(Skipped(str(path), f"cannot be decoded as Python source ({exc})"))
             continue
         try:
-            top = top_level(ast.parse(text, filename=str(path)))
+            top = top_level(parse_source(text, str(path)))
         except SyntaxError as exc:
             if _looks_like_scenario(text):
                 found.append(ScenarioSource(str(path), str(path.resolve()), None, "build"))
+            elif exc.lineno is None:  # NUL bytes: no line to name
+                skipped.append(Skipped(str(path), f"cannot be parsed as Python: {exc.msg}"))
             else:
                 skipped.append(Skipped(str(path), f"syntax error at line {exc.lineno}: {exc.msg}"))
             continue

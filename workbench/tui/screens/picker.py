@@ -19,6 +19,7 @@ from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from workbench.scenario import ScenarioError, ScenarioSource, default_scenario_dir, discover, load_source
+from workbench.scenario.loader import parse_source, read_source
 from workbench.tui import theme
 
 
@@ -64,7 +65,7 @@ def _entry(group: str, source: ScenarioSource) -> PickerEntry:
     if source.path is None:
         return PickerEntry(group, source, source.spec)
     try:
-        tree = ast.parse(Path(source.path).read_text(encoding="utf-8"))
+        tree = parse_source(read_source(Path(source.path)), source.path)
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         return PickerEntry(group, source, f"(cannot read: {exc})")
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
