@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 NAME = "init"
@@ -34,7 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
     import shlex
-    from pathlib import Path
 
     from workbench.errors import UsageError
     from workbench.scenario import templates
@@ -93,8 +93,6 @@ def run(args: argparse.Namespace) -> int:
 def fit_in_child(spec: str, folder: str, filename: str) -> Any:
     """In the child: the ModelFit for ``spec``, or ModelNotFound's message (a str) when it names
     nothing usable. Module level, so the child can be handed it."""
-    from pathlib import Path
-
     from workbench.scenario import templates
 
     try:
@@ -103,7 +101,7 @@ def fit_in_child(spec: str, folder: str, filename: str) -> Any:
         return str(exc)
 
 
-def _fit_isolated(spec: str, path: Any, timeout_s: float) -> Any:
+def _fit_isolated(spec: str, path: Path, timeout_s: float) -> Any:
     """How the template fits ``spec``'s class, found in a child process: the user's module runs
     there (its import and the class's constructor and trial forward), so an exit, a crash or a
     hang in it cannot take this command with it. ModelNotFound says what went wrong."""
@@ -117,12 +115,14 @@ def _fit_isolated(spec: str, path: Any, timeout_s: float) -> Any:
         return outcome.value
     first = (outcome.failure or "gave no result").partition("\n")[0]
     where = f" at {outcome.stuck_at}" if outcome.stuck_at else ""
-    hint = (f"make the import and {spec.rpartition(':')[2]}() quick (no training or downloads at import), "
-            "or raise --timeout" if outcome.failure and outcome.failure.startswith("timed out")
-            else "fix the module or the class, then run workbench init again")
+    if first.startswith("timed out"):
+        hint = (f"Make the import and {spec.rpartition(':')[2]}() quick (no training or downloads at import), "
+                "or raise --timeout.")
+    else:
+        hint = "Fix the module or the class, then run workbench init again."
     raise templates.ModelNotFound(
         f"--model {spec}: importing the module and building the class (in a child process) {first}{where}; "
-        f"nothing was written. {hint[0].upper()}{hint[1:]}.")
+        f"nothing was written. {hint}")
 
 
 def _exists(path: object) -> Exception:
