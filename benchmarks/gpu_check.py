@@ -109,13 +109,13 @@ def row_tax(c: Check, device: str, rounds: int) -> None:
         return start.elapsed_time(end) / 1e3
 
     timer = cuda_block if device == "cuda" else perf_block
-    columns = ["naive", "engine/1", "engine/16", "watch/1", "watch/16"]
+    columns = ["naive", "lean", "engine/1", "engine/16", "watch/1", "watch/16"]
     for line in table_header(columns, f"debugger tax on {device} ({'CUDA events' if device == 'cuda' else 'perf_counter'}, "
                                       f"{rounds} rounds interleaved step by step)"):
         c.say(line)
     targets = {"engine/1": 1.25, "engine/16": 1.05}
     for name in SCENARIOS:
-        variants = {k: VARIANTS[k] for k in ("bare", "naive", "engine/1", "engine/16")}
+        variants = {k: VARIANTS[k] for k in ("bare", "naive", "lean", "engine/1", "engine/16")}
         if name in ("cnn_image", "transformer_lm"):
             for every in (1, 16):
                 make = watch(every)

@@ -16,6 +16,10 @@ work):
 * ``naive``: per-layer statistics as one writes them by hand: mean/std/min/max
   ``.item()`` per module output, ``.norm().item()`` per output gradient and per
   parameter gradient (a device->host sync for every number).
+* ``lean``: ``naive``'s numbers computed the cheapest way (an ``aminmax``, a ``sum`` and a
+  ``dot`` per output, a ``dot`` per output gradient, one fused norm for all parameter
+  gradients, one transfer per phase) and nothing else: the least any instrument that
+  knows what ``naive`` knows can cost, so what a target below it asks is to measure less.
 * ``engine/1`` and ``engine/16``: ``Engine.step_once`` with stats every step / every
   16th step.
 * ``watch/1`` and ``watch/16`` (when ``workbench.watch`` exists): the bare user loop with
@@ -199,6 +203,55 @@ def naive(s: Scenario) -> tuple[Step, Callable[[], None]]:
     return step, lambda: [h.remove() for h in handles] and None
 
 
+def lean(s: Scenario) -> tuple[Step, Callable[[], None]]:
+    """``naive``'s numbers computed the cheapest way there is with module hooks: per output one
+    ``aminmax``, one ``sum`` and one ``dot`` (mean and std follow on the host), per output
+    gradient one ``dot``, one fused ``_foreach_norm`` for every parameter gradient, and one
+    transfer per phase instead of an ``.item()`` per number. Nothing else: no records, no
+    rules, no samples. What any instrument that knows what ``naive`` knows costs at least."""
+    outputs: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    wide = (torch.float32, torch.float64)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        f = t.detach().reshape(-1)
+        return f if f.dtype in wide else f.float()
+
+    def on_output(_name: str, t: torch.Tensor) -> None:
+        f = flat(t)
+        outputs.extend(torch.aminmax(f))
+        outputs.append(f.sum())
+        outputs.append(torch.dot(f, f))
+
+    def on_grad(_name: str, g: torch.Tensor) -> None:
+        f = flat(g)
+        grads.append(torch.dot(f, f))
+
+    handles = _module_hooks(s.model, on_output, on_grad)
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    torch.manual_seed(s.seed)
+    s.model.train()
+    batches = _batches(s)
+    count = itertools.count()
+
+    def step() -> None:
+        outputs.clear()
+        grads.clear()
+        _, loss = forward_loss(s, next(batches))
+        if outputs:
+            torch.stack([t.float() for t in outputs]).tolist()  # the forward's one transfer
+        loss.total.item()
+        backward(loss.total)
+        with torch.no_grad():
+            norms = torch._foreach_norm([p.grad for p in params if p.grad is not None])
+            torch.stack([t.float() for t in grads] + [t.float() for t in norms]).tolist()  # the backward's
+        prepare_update(s)
+        apply_update(s)
+        scheduler_after_update(s, next(count) + 1, 0, loss.total.detach())
+
+    return step, lambda: [h.remove() for h in handles] and None
+
+
 def engine(every: int) -> Callable[[Scenario], tuple[Step, Callable[[], None]]]:
     def make(s: Scenario) -> tuple[Step, Callable[[], None]]:
         eng = Engine(s, EngineConfig(stats_every=every, history=32))
@@ -237,7 +290,8 @@ def watch(every: int) -> Callable[[Scenario], tuple[Step, Callable[[], None]]] |
 
 
 VARIANTS: dict[str, Callable[[Scenario], tuple[Step, Callable[[], None]]]] = {
-    "bare": bare, "floor": floor, "refs": refs, "naive": naive, "engine/1": engine(1), "engine/16": engine(16),
+    "bare": bare, "floor": floor, "refs": refs, "naive": naive, "lean": lean, "engine/1": engine(1),
+    "engine/16": engine(16),
 }
 
 

@@ -8,7 +8,8 @@ naive per-layer ``.item()`` statistics; stats every 16th step <= 1.05x. Run with
 
 Columns (see tax_harness.py): ``floor`` the bare step plus the loss and the total
 gradient norm read together (the least an unmeasured step may cost), ``refs`` hooks that only keep references, ``naive``
-``.item()`` stats per layer, ``engine/1`` and ``engine/16`` the engine with stats every
+``.item()`` stats per layer, ``lean`` naive's numbers computed the cheapest way and
+nothing else (the least an instrument that knows what naive knows costs), ``engine/1`` and ``engine/16`` the engine with stats every
 step / every 16th step, ``watch/1`` and ``watch/16`` ``workbench.watch`` in a plain user
 loop when it exists. All variants of a row run in one process on copies of the same
 scenario and the same 8 batches, interleaved step by step in blocks of 16 steps (one step
@@ -50,7 +51,7 @@ def _scenarios() -> list[str]:
 def run_table(print_line=print) -> list[Row]:
     """Measure every row, printing each as it is done (the slow rows take a minute under load)."""
     names = _scenarios()
-    columns = ["floor", "refs", "naive", "engine/1", "engine/16"]
+    columns = ["floor", "refs", "naive", "lean", "engine/1", "engine/16"]
     if any(len(_variants(n)) > len(VARIANTS) for n in names):
         columns += ["watch/1", "watch/16"]
     threads = int(os.environ.get("WB_TAX_THREADS", "1"))
