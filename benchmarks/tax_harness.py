@@ -89,12 +89,16 @@ def _batches(s: Scenario) -> Iterator[Any]:
     return itertools.cycle([s.make_batch(item).to(device) for item in s.data])
 
 
-def bare(s: Scenario) -> tuple[Step, Callable[[], None]]:
-    """A user's loop on ``s`` (the step, and a no-op close)."""
+def _start(s: Scenario) -> tuple[Iterator[Any], Iterator[int]]:
+    """Every variant's loop starts alike: the scenario's seed, training mode, its batches, a step counter."""
     torch.manual_seed(s.seed)
     s.model.train()
-    batches = _batches(s)
-    count = itertools.count()
+    return _batches(s), itertools.count()
+
+
+def bare(s: Scenario) -> tuple[Step, Callable[[], None]]:
+    """A user's loop on ``s`` (the step, and a no-op close)."""
+    batches, count = _start(s)
 
     def step() -> None:
         loss = train_step(s, next(batches), step=next(count))
@@ -105,10 +109,7 @@ def bare(s: Scenario) -> tuple[Step, Callable[[], None]]:
 
 def floor(s: Scenario) -> tuple[Step, Callable[[], None]]:
     """The bare loop plus the total gradient norm, read with the loss (one transfer per step)."""
-    torch.manual_seed(s.seed)
-    s.model.train()
-    batches = _batches(s)
-    count = itertools.count()
+    batches, count = _start(s)
     params = [p for p in s.model.parameters() if p.requires_grad]
 
     def step() -> None:
@@ -177,10 +178,7 @@ def naive(s: Scenario) -> tuple[Step, Callable[[], None]]:
 
     handles = _module_hooks(s.model, on_output, on_grad)
     params = [(n, p) for n, p in s.model.named_parameters() if p.requires_grad]
-    torch.manual_seed(s.seed)
-    s.model.train()
-    batches = _batches(s)
-    count = itertools.count()
+    batches, count = _start(s)
 
     def step() -> None:
         stats.clear()
@@ -229,10 +227,7 @@ def lean(s: Scenario) -> tuple[Step, Callable[[], None]]:
 
     handles = _module_hooks(s.model, on_output, on_grad)
     params = [p for p in s.model.parameters() if p.requires_grad]
-    torch.manual_seed(s.seed)
-    s.model.train()
-    batches = _batches(s)
-    count = itertools.count()
+    batches, count = _start(s)
 
     def step() -> None:
         outputs.clear()
@@ -269,10 +264,7 @@ def watch(every: int) -> Callable[[Scenario], tuple[Step, Callable[[], None]]] |
 
     def make(s: Scenario) -> tuple[Step, Callable[[], None]]:
         wb = watch_fn(s.model, s.optimizer, every=every, history=32)
-        torch.manual_seed(s.seed)
-        s.model.train()
-        batches = _batches(s)
-        count = itertools.count()
+        batches, count = _start(s)
 
         def step() -> None:
             batch = next(batches)
