@@ -168,6 +168,12 @@ USER_EXIT_CASES = [
      "forward"),
     ("base_exception_in_forward.py", ["step 1, forward phase", "Abort", "base_exception_in_forward.py:12"], 1,
      "forward"),
+    # os._exit in the workbench's own process raises at the call (isolation.guard_process_exit):
+    # without that, `run` vanished with the scenario's status, 0 included, and wrote no report.
+    ("os_exit_in_forward.py", ["step 1, forward phase", "os._exit(7)", "os_exit_in_forward.py:10"], 1, "forward"),
+    ("os_exit_in_build.py", ["os_exit_in_build.py (line 7)", "os._exit(0)"], 0, None),
+    ("unprintable_error.py", ["step 1, forward phase", "Unprintable", "__str__ raised RuntimeError",
+                              "unprintable_error.py:13"], 1, "forward"),
 ]
 
 
@@ -194,20 +200,63 @@ EXIT_COMMANDS = [
 ]
 
 
+# os._exit in the workbench's own process raises at the call (isolation.guard_process_exit):
+# without that, os._exit(0) in build ended every command at once with a 'success' status.
+BUILD_EXITS = [("exit_in_build.py", "SystemExit: 3"), ("os_exit_in_build.py", "os._exit(0)")]
+
+
+@pytest.mark.parametrize("case, words", BUILD_EXITS, ids=[c for c, _ in BUILD_EXITS])
 @pytest.mark.parametrize("argv", EXIT_COMMANDS, ids=lambda a: a[0])
-def test_every_command_reports_a_build_that_exits(argv, tmp_path, capsys) -> None:
-    argv = [a.format(case=CASES / "exit_in_build.py", tmp=tmp_path) for a in argv]
+def test_every_command_reports_a_build_that_exits(argv, case, words, tmp_path, capsys) -> None:
+    argv = [a.format(case=CASES / case, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "exit_in_build.py (line 7)" in err and "SystemExit: 3" in err and "Traceback" not in err
+    assert f"{case} (line 7)" in err and words in err and "Traceback" not in err
 
 
-def test_a_row_that_exits_fails_alone_in_bench(tmp_path, capsys) -> None:
+def test_a_user_thread_that_calls_os_exit_ends_alone(tmp_path, capsys) -> None:
+    """A thread of the scenario's that calls os._exit ends with a warning naming it; the run goes on."""
+    report = tmp_path / "report.json"
+    assert main(["run", str(CASES / "os_exit_in_thread.py"), "--steps", "3", "--json", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert "thread 'quitter' called os._exit(5)" in err
+    assert len(json.loads(report.read_text())["steps"]) == 3
+
+
+def test_a_megabyte_error_message_is_cut_in_the_terminal_and_the_report(tmp_path, capsys) -> None:
+    from workbench.errors import MESSAGE_LIMIT
+
+    report = tmp_path / "report.json"
+    assert main(["run", str(CASES / "huge_error_message.py"), "--steps", "3", "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert "(998,000 more characters)" in err and "huge_error_message.py:8" in err
+    assert len(err) < 4 * MESSAGE_LIMIT + 4000  # the message twice at most (traceback, error line), cut
+    message = json.loads(report.read_text())["error"]["message"]
+    assert len(message) < MESSAGE_LIMIT + 100 and message.endswith("(998,000 more characters)")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("unprintable_error.py", ["Unprintable", "__str__ raised RuntimeError", "unprintable_error.py:13"]),
+    ("huge_error_message.py", ["ValueError", "(998,000 more characters)", "huge_error_message.py:8"]),
+])
+def test_diff_names_the_line_of_any_error_in_the_forward(case, words, capsys) -> None:
+    """diff wrapped only RuntimeError: a ValueError came out bare (no file, no line, no side), and an
+    exception whose __str__ raised crashed its report with a traceback."""
+    assert main(["diff", str(CASES / case)]) == 2
+    err = capsys.readouterr().err
+    assert "side of fp32 vs amp raised" in err and "Traceback" not in err
+    for word in words:
+        assert word in err, f"{word!r} not in:\n{err}"
+
+
+@pytest.mark.parametrize("case, words", [("exit_in_forward.py", "SystemExit"),
+                                         ("os_exit_in_forward.py", "os._exit(7)")])
+def test_a_row_that_exits_fails_alone_in_bench(case, words, tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
-    assert main(["bench", str(CASES / "exit_in_forward.py"), "--steps", "2", "--variants", "fp32",
+    assert main(["bench", str(CASES / case), "--steps", "2", "--variants", "fp32",
                  "--json", str(out)]) == 2
     rows = json.loads(out.read_text())["results"]
-    assert rows[0]["status"] == "failed" and "SystemExit" in rows[0]["reason"]
+    assert rows[0]["status"] == "failed" and words in rows[0]["reason"]
 
 
 # (case file, status, words in its "first problem" or detail)

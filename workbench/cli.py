@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     except ValueError:  # not in the main thread (tests calling main() from a worker)
         pass
+    from workbench.isolation import guard_process_exit
+
+    guard_process_exit()  # a scenario's os._exit is its failure, reported, never our silent end
     verbose = bool(getattr(args, "verbose", False))
     _report_on_stdout(args)
     if not verbose and args.command != "tui":

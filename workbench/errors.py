@@ -156,11 +156,49 @@ def leave_output_closed() -> int:
     return EXIT_OUTPUT_CLOSED
 
 
+# Characters of an exception's message that a report or the terminal shows; the rest is counted.
+MESSAGE_LIMIT = 2000
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, cut to MESSAGE_LIMIT characters, and never raising: user code's exception may
+    have a ``__str__`` that raises, or a message of megabytes."""
+    try:
+        text = str(exc)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as failed:  # noqa: BLE001 - whatever it raised, the failure is still reported
+        return f"<its message cannot be shown: {type(exc).__name__}.__str__ raised {type(failed).__name__}>"
+    if len(text) > MESSAGE_LIMIT:
+        return f"{text[:MESSAGE_LIMIT]}... ({len(text) - MESSAGE_LIMIT:,} more characters)"
+    return text
+
+
+def exception_text(exc: BaseException) -> str:
+    """'ValueError: boom', with :func:`message_of`'s message (the type alone when it is empty)."""
+    text = message_of(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ProcessExit(SystemExit):
+    """User code called ``os._exit(status)`` in the workbench's own process, which raised this
+    at the call instead (isolation.guard_process_exit): reported as the scenario's failure."""
+
+    def __init__(self, status: object) -> None:
+        super().__init__(status)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"os._exit({self.status!r}) was called"
+
+
 def exit_description(exc: BaseException) -> str:
-    """'called sys.exit(3)' / 'raised GeneratorExit: ...': what the user's code did."""
+    """'called sys.exit(3)' / 'called os._exit(7)' / 'raised GeneratorExit: ...': what the user's code did."""
+    if isinstance(exc, ProcessExit):
+        return f"called os._exit({exc.status!r})"
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})" if exc.code is not None else "called sys.exit()"
-    return f"raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+    return f"raised {exception_text(exc)}"
 
 
 class UserCodeExit(Exception):
@@ -198,8 +236,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def describe(exc: BaseException) -> tuple[str, int]:
     """The message a user sees and the exit code for an exception."""
     if isinstance(exc, user_errors()):
-        return str(exc), 2
-    return f"{type(exc).__name__}: {exc}", 2
+        return str(exc), 2  # the workbench's own words: whole (what they quote is cut where quoted)
+    return exception_text(exc), 2
 
 
 def report_exception(exc: BaseException, verbose: bool, prefix: str = "") -> int:

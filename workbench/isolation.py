@@ -167,7 +167,7 @@ def watch_parent(pid: int, every_s: float = PARENT_CHECK_S) -> None:
             try:
                 os.kill(pid, 0)
             except (ProcessLookupError, PermissionError):  # gone (or the pid reused by someone else's)
-                os._exit(0)
+                real_exit(0)
 
     threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
 
@@ -296,7 +296,45 @@ def leave_now(code: int) -> NoReturn:
             stream.flush()
         except BaseException:  # noqa: S110 - a closed pipe: nothing more can be said
             pass
-    os._exit(code)
+    real_exit(code)
+
+
+def real_exit(code: int) -> NoReturn:
+    """``os._exit`` itself, past :func:`guard_process_exit`: the workbench's own exits."""
+    exit_now = os._exit
+    while hasattr(exit_now, "__wrapped__"):
+        exit_now = exit_now.__wrapped__
+    exit_now(code)
+
+
+def guard_process_exit() -> None:
+    """Make ``os._exit`` in user code that runs in this process raise ``ProcessExit`` at the call.
+
+    The commands that run a scenario in their own process (run, bench, profile, summary,
+    diff) then report it like a ``sys.exit``: the scenario's failure, with its line, exit
+    2, and the reports gathered so far written. Without it the process would vanish with
+    the scenario's status (``os._exit(0)``: a green CI job and no report). Only this process
+    is guarded: a forked child (a DataLoader worker) exits for real, and so do the
+    workbench's own exits (:func:`real_exit`). A thread of the user's that calls it ends,
+    with a warning saying where (the main thread goes on). Installing it twice does nothing.
+    """
+    if hasattr(os._exit, "__wrapped__"):
+        return
+    real, me = os._exit, os.getpid()
+
+    def exit_guarded(status: int) -> NoReturn:
+        if os.getpid() != me:
+            real(status)
+        from workbench.errors import ProcessExit
+
+        if threading.current_thread() is not threading.main_thread():
+            at = _caller()
+            print(f"warning: thread {threading.current_thread().name!r} called os._exit({status!r})"
+                  f"{f' at {at}' if at else ''}; that thread ended, the workbench goes on.", file=sys.stderr)
+        raise ProcessExit(status)
+
+    exit_guarded.__wrapped__ = real  # type: ignore[attr-defined]
+    os._exit = exit_guarded
 
 
 def describe_exit(exitcode: int | None) -> str:

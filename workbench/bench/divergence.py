@@ -39,7 +39,7 @@ from torch import nn
 
 from workbench.bench.context import take_batches
 from workbench.engine.probe import dense, first_float_tensor
-from workbench.errors import UsageError
+from workbench.errors import UsageError, exception_text, user_location
 from workbench.scenario import Batch, Scenario, ScenarioSource, resolve_device
 from workbench.scenario.outputs import output_loss, output_tensors, prediction_tensor
 from workbench.scenario.step import forward_loss, instrumented
@@ -260,10 +260,12 @@ def tf32_settings(model: nn.Module, device: torch.device) -> tuple[str, ...]:
 
 class VariantFailed(RuntimeError):
     """One side's forward or backward raised; ``variant`` names it, ``reference_ran`` says whether
-    the other side had run the same batch (then the variant itself is what this device lacks)."""
+    the other side had run the same batch (then the variant itself is what this device lacks).
+    The message ends with the user's line that raised, when it is the user's code."""
 
-    def __init__(self, variant: str, error: RuntimeError, reference_ran: bool) -> None:
-        super().__init__(f"{type(error).__name__}: {str(error).rstrip('. ')}")
+    def __init__(self, variant: str, error: Exception, reference_ran: bool) -> None:
+        at = user_location(error)
+        super().__init__(exception_text(error).rstrip(". ") + (f" (at {at})" if at else ""))
         self.variant, self.error, self.reference_ran = variant, error, reference_ran
 
 
@@ -271,7 +273,7 @@ def _run_side(name: str, side: _Side, scenario: Scenario, batch: Batch,
               reference_ran: bool) -> tuple[dict[str, Captured], float, list[Any]]:
     try:
         return _run(side, scenario, batch)
-    except RuntimeError as exc:
+    except Exception as exc:  # the user's forward and loss may raise anything: said as this side's failure
         raise VariantFailed(name, exc, reference_ran) from exc
 
 

@@ -24,6 +24,7 @@ from workbench.bench.context import BenchContext, collect
 from workbench.bench.results import BenchRun, BenchSettings, VariantResult
 from workbench.bench.timing import DEFAULT_PLAN, BenchStepError, Plan, user_error, where_failed
 from workbench.bench.variants import BASELINE, Variant, resolve
+from workbench.errors import message_of
 from workbench.bench.variants.base import fp32_loss_after
 from workbench.scenario import ScenarioSource, resolve_device
 from workbench.scenario.torch_state import TorchState
@@ -214,7 +215,7 @@ def failure_reason(exc: BaseException, variant: Variant, ctx: BenchContext) -> s
     where = where_failed(exc)
     raised_at = _raised_at(exc, ctx)
     exc = user_error(exc)
-    text = str(exc).strip()
+    text = message_of(exc).strip()
     detail = text.splitlines()[0] if text else ""
     if is_oom(exc):  # the batch size is the point, not the line that happened to allocate
         head = f"out of memory {where}" if where else "out of memory"

@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from workbench.errors import exception_text
     from workbench.files import atomic_write_json, check_writable, scenario_inputs
 
     if args.json:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ScenarioError(f"{source.where}: the {exc.variant} side of {args.a} vs {args.b} raised {exc}. "
                             f"{advice}") from exc
     except RuntimeError as exc:
-        raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {type(exc).__name__}: {exc}. "
+        raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {exception_text(exc)}. "
                             "--verbose shows the traceback.") from exc
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         atomic_write_json(args.json, div.to_json(), schema="workbench.diff/1")

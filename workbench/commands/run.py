@@ -294,11 +294,11 @@ def _replay(engine: Any, hit: Any, n: int, report: Any, console: Any) -> tuple[A
 
 def _user_traceback(error: Any) -> str:
     """The traceback without torch's and the engine's own frames (--verbose shows them all)."""
-    import traceback
+    from workbench.errors import exception_text
 
-    exc = error.original
     if not error.user_traceback:
         return ""  # no user frame (a loss or layer of torch's raised): the error line says it all
-    lines = ["Traceback (user code; --verbose for all frames):\n", error.user_traceback]
-    lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
+    # The exception's line as the error line below says it: a message cut to its first
+    # MESSAGE_LIMIT characters (a user's message may be megabytes), never a __str__ that raises.
+    return "".join(["Traceback (user code; --verbose for all frames):\n", error.user_traceback,
+                    exception_text(error.original), "\n"])

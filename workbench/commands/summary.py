@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.errors import UsageError
+    from workbench.errors import UsageError, exception_text
     from workbench.files import atomic_write_json, check_writable, scenario_inputs
 
     if args.depth is not None and args.depth < 0:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         raise ScenarioError(
-            f"{args.scenario}: the summary's forward pass raised {type(exc).__name__}: {exc}. "
+            f"{args.scenario}: the summary's forward pass raised {exception_text(exc)}. "
             "Run `workbench run` on it for the traceback."
         ) from exc
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing

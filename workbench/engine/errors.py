@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from workbench.engine.records import Phase
-from workbench.errors import user_frames
+from workbench.errors import exception_text, message_of, user_frames
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class KnownError:
     def match(self, exc: BaseException, phase: Phase | None) -> re.Match[str] | None:
         if not isinstance(exc, self.types) or (self.phases and phase not in self.phases):
             return None
-        return self.pattern.search(str(exc))
+        return self.pattern.search(message_of(exc))
 
 
 def _batch(ctx: ErrorContext) -> str:
@@ -116,7 +116,7 @@ _DATALOADER_RE = re.compile(
 
 def is_data_loading_error(exc: BaseException) -> bool:
     """True when a DataLoader worker died or its dataset raised (whatever phase noticed it)."""
-    return isinstance(exc, Exception) and bool(_DATALOADER_RE.search(str(exc)))
+    return isinstance(exc, Exception) and bool(_DATALOADER_RE.search(message_of(exc)))
 
 
 def worker_death(exc: BaseException) -> RuntimeError | None:
@@ -157,7 +157,7 @@ def _raised_in_dataloader(exc: BaseException) -> bool:
 
 
 USER_EXIT = (
-    "the scenario's code called sys.exit() (or exit()) inside the training step: that would end the "
+    "the scenario's code called sys.exit() (or exit(), or os._exit()) inside the training step: that would end the "
     "workbench, so it counts as this step failing. Raise an exception to signal an error instead."
 )
 
@@ -345,11 +345,11 @@ class TrainingStepError(Exception):
     @property
     def headline(self) -> str:
         """One line: 'step 3, forward phase: RuntimeError: ...' (the first line of the message)."""
-        first = str(self.original).strip().partition("\n")[0]
-        return f"step {self.step}, {self.stage}: {type(self.original).__name__}: {first}"
+        first = exception_text(self.original).strip().partition("\n")[0]
+        return f"step {self.step}, {self.stage}: {first}"
 
     def _message(self) -> str:
-        lines = [f"step {self.step}, {self.stage}: {type(self.original).__name__}: {self.original}"]
+        lines = [f"step {self.step}, {self.stage}: {exception_text(self.original)}"]
         where = [w for w in (self.call, f"module {self.module}" if self.module else None) if w]
         if where:
             lines.append(f"  in {', inside '.join(where)}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from workbench.engine.errors import StepError
 from workbench.engine.records import Phase
-from workbench.errors import exit_description, is_user_exit
+from workbench.errors import exception_text, exit_description, is_user_exit
 
 # The loop's range names are the engine's phases, but for "dataloader": the engine fetches a
 # step's batch at the start of its forward phase, and so does this error (with data_loading).
@@ -60,7 +60,7 @@ class ProfileStepError(StepError):
             what = (f"{exit_description(self.original)}: user code must not end the workbench's process "
                     "(return or raise an exception instead)")
         else:
-            what = f"raised {type(self.original).__name__}: {self.original}"
+            what = f"raised {exception_text(self.original)}"
         return (f"{at}: the {self.range_name} phase of step {self.step} {what}. Fix the scenario "
                 f"(run with --verbose for the full traceback).{self.kept}")
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from workbench.engine.records import BreakHit, Finding, StepRecord
+from workbench.errors import message_of
 
 if TYPE_CHECKING:
     from workbench.engine.errors import StepError  # imports torch: only for the annotation
@@ -136,7 +137,7 @@ class RunTally:
 
 def error_json(exc: BaseException, traceback_text: str | None = None, *, phase: str | None = None,
                step: int | None = None) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc), "phase": phase, "step": step,
+    return {"type": type(exc).__name__, "message": message_of(exc), "phase": phase, "step": step,
             "traceback": traceback_text}
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.errors import exception_text
 from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
 
 if TYPE_CHECKING:  # torch loads on first build: listing, picking and --help never wait for it
@@ -289,7 +290,7 @@ class ScenarioSource:
             at = f" (line {line})" if line else ""
             raise ScenarioError(
                 f"{self.where}{at}: {self.function}(device) raised "
-                f"{type(exc).__name__}: {exc}\n{_short_traceback(exc, self.path)}"
+                f"{exception_text(exc)}\n{_short_traceback(exc, self.path)}"
                 "Fix the scenario's build function; run with --verbose for the full traceback.",
                 path=self.path,
                 line=line,
@@ -472,7 +473,7 @@ def _import_fresh(source: ScenarioSource) -> Any:
             line = _user_line(exc, str(path))
             at = f":{line}" if line else ""
             raise ScenarioError(
-                f"{path}{at}: importing the scenario raised {type(exc).__name__}: {exc}\n"
+                f"{path}{at}: importing the scenario raised {exception_text(exc)}\n"
                 "Fix the module-level code of the scenario (imports, constants).",
                 path=str(path),
                 line=line,
@@ -504,7 +505,7 @@ def _import_fresh(source: ScenarioSource) -> Any:
         raise
     except BaseException as exc:
         raise ScenarioError(
-            f"{source.module}: importing the scenario raised {type(exc).__name__}: {exc}"
+            f"{source.module}: importing the scenario raised {exception_text(exc)}"
         ) from exc
 
 

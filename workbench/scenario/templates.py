@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.errors import exception_text
+
 if TYPE_CHECKING:
     import torch
 
@@ -257,7 +259,7 @@ def resolve_model(spec: str, folder: Path) -> type:
             "Expected pkg.module:Class naming your model's module: write the scenario next to it, or "
             "install its package (pip install -e .).") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed on import: say how
-        raise ModelNotFound(f"--model {spec}: importing {module_name} raised {type(exc).__name__}: {exc}; "
+        raise ModelNotFound(f"--model {spec}: importing {module_name} raised {exception_text(exc)}; "
                             "nothing was written. Fix the module, then run workbench init again.") from None
     finally:
         sys.path[:] = saved
@@ -394,7 +396,7 @@ def fit_model(cls: type, filename: str) -> ModelFit:
         try:
             model = cls()
         except Exception as exc:  # noqa: BLE001 - the user's constructor: reported in the file
-            why = f"{cls.__name__}() raised {type(exc).__name__}: {exc}"
+            why = f"{cls.__name__}() raised {exception_text(exc)}"
             return ModelFit(data_lines=f"    # {unknown.format(cls=cls.__name__, why=why)}{PLAIN_DATA}",
                             note=f"{why}; the data is a placeholder: adjust it in {filename}")
         where, candidates = _input_candidates(model)
@@ -404,7 +406,7 @@ def fit_model(cls: type, filename: str) -> ModelFit:
                 with torch.no_grad():
                     out = model(cand.make(2))
             except Exception as exc:  # noqa: BLE001 - try the next input shape
-                why = f"{where} takes {cand.what}, but forward() raised {type(exc).__name__}: {exc}"
+                why = f"{where} takes {cand.what}, but forward() raised {exception_text(exc)}"
                 continue
             fit = _fit_output(cand, where, out)
             if fit is not None:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from workbench.engine.records import Finding, Phase, StepRecord
+from workbench.errors import exception_text
 from workbench.session.protocol import (
     Continue,
     Ended,
@@ -340,7 +341,7 @@ class EngineHost:
             sample = inspect_module(engine, command.module, command.id)
         except Exception as exc:  # a sample must never end the session
             sample = Sample(command.id, command.module, command.kind, engine.step,
-                            error=f"{type(exc).__name__}: {exc}")
+                            error=exception_text(exc))
         self.channel.publish(sample)
 
     # -- publishing ----------------------------------------------------------------------------

@@ -78,12 +78,12 @@ class Live:
 
     def error(self, exc: BaseException, text: str, step: int) -> None:
         """The loop raised: say what and where (the innermost frame of the user's code)."""
-        from workbench.errors import user_frames
+        from workbench.errors import message_of, user_frames
 
         frames = user_frames(exc, installed=True) or user_frames(exc)
         where = frames[-1] if frames else None
         with contextlib.suppress(Exception):
-            self.publish(protocol.Error(kind=type(exc).__name__, message=str(exc),
+            self.publish(protocol.Error(kind=type(exc).__name__, message=message_of(exc),
                                         file=where.filename if where else None,
                                         line=where.lineno if where else None, traceback=text, step=step))
 

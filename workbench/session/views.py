@@ -28,6 +28,7 @@ from workbench.engine.records import (
     StepProgress,
     StepRecord,
 )
+from workbench.errors import exception_text, message_of
 from workbench.scenario import ScenarioError
 from workbench.session.protocol import Histogram, RunSummary, Sample, ScenarioSummary  # noqa: F401 - re-exported
 
@@ -146,12 +147,12 @@ def format_error(exc: BaseException) -> tuple[str, str]:
     if step_error is not None and isinstance(exc, step_error):  # the user's step raised: where, when
         original = exc.original
         where = f"{PHASE_LABEL[exc.phase]} of step {exc.step}" if exc.phase is not None else f"step {exc.step}"
-        title = f"{type(original).__name__} in {where}: {original}"
+        title = f"{type(original).__name__} in {where}: {message_of(original)}"
         if exc.user_frame is not None:
             title += f"  (at {exc.user_frame})"
         return title, exc.traceback_text
     original = exc.__cause__ or exc
-    return f"{type(original).__name__}: {original}", "".join(traceback.format_exception(original))
+    return exception_text(original), "".join(traceback.format_exception(original))
 
 
 def _step_error_type() -> type[TrainingStepError] | None:
