@@ -18,6 +18,42 @@ from workbench.files import workbench_output
 MLP = str(ROOT / "scenarios" / "mlp_digits.py")
 
 
+WRITES_ITS_OWN = """
+import torch
+from torch import nn
+from workbench import Scenario
+
+def build(device):
+    with open({target!r}, "w") as f:
+        f.write("the scenario's own metrics\\n")
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    loss_fn=nn.CrossEntropyLoss(), data=data)
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "{scenario}", "--steps", "1", "--json"],
+    ["summary", "{scenario}", "--json"],
+], ids=["run", "summary"])
+def test_a_file_that_appears_while_the_command_runs_is_not_written_over(argv, tmp_path: Path, capsys) -> None:
+    """The path was free when it was checked; the scenario wrote its own file there meanwhile. The
+    report is kept beside it, under a free name, and the command says so (exit 2)."""
+    target = tmp_path / "metrics.json"
+    scenario = tmp_path / "writes_its_own.py"
+    scenario.write_text(WRITES_ITS_OWN.format(target=str(target)))
+    assert main([a.format(scenario=scenario) for a in argv] + [str(target)]) == 2
+    err = capsys.readouterr().err
+    kept = tmp_path / "metrics.workbench-1.json"
+    assert f"{target} appeared while the command ran" in err and str(kept) in err
+    assert target.read_text() == "the scenario's own metrics\n"
+    assert workbench_output(kept) and json.loads(kept.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "metrics.workbench-1.json",
+                                                          "writes_its_own.py"]  # no temp file left
+
+
 @pytest.mark.parametrize("argv", [
     ["run", MLP, "--steps", "1", "--json"],
     ["check", MLP, "--steps", "1", "--json"],

@@ -231,6 +231,7 @@ class AtomicFile:
                 os.fsync(self.fh.fileno())
             self.fh.close()
             if self.tmp is not None:
+                self._refuse_a_newcomer()
                 os.replace(self.tmp, self.target)
         except OSError as exc:
             self._fail(exc)
@@ -238,6 +239,30 @@ class AtomicFile:
             self.abort()
             raise
         return self.path
+
+    def _refuse_a_newcomer(self) -> None:
+        """The path was checked before the work began; a file that appeared there since (the
+        scenario wrote it, another program did) and that the workbench did not write is not
+        replaced either: what was written is kept beside it, under a free name, and the
+        OutputPathError says where."""
+        assert self.tmp is not None
+        if existing_kind(self.target) is None or workbench_output(self.target):
+            return
+        for n in range(1, 1000):
+            kept = self.target.with_name(f"{self.target.stem}.workbench-{n}{self.target.suffix}")
+            try:
+                os.link(self.tmp, kept)  # fails if the name is taken: nothing is written over
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links on this file system: the free name, then a rename
+                if kept.exists():
+                    continue
+                os.replace(self.tmp, kept)
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+            raise OutputPathError(
+                f"{self.path} appeared while the command ran and is not an output of the workbench, so it was "
+                f"not written over; what was to go there is in {kept}.")
 
     def abort(self) -> None:
         if not self.fh.closed:
