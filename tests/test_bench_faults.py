@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -373,6 +374,28 @@ def test_a_row_that_changes_the_default_dtype_does_not_break_the_rows_after_it(t
     assert [r.name for r in run.results] == ["fp32", "accum-2"]
     assert all(r.ok for r in run.results), [r.reason for r in run.results]
     assert after == torch.float32  # and the process is left as the bench found it
+
+
+def test_a_row_that_sets_the_thread_count_does_not_change_the_rows_after_it(tmp_path: Path) -> None:
+    """A forward's set_num_threads(1) timed every later row on one thread while the header said two."""
+    log = tmp_path / "threads.log"
+    path = tmp_path / "threads.py"
+    path.write_text(LEAKS.replace("torch.set_default_dtype(torch.float64)", "torch.set_num_threads(1)").replace(
+        "        self.calls += 1\n",
+        f"        self.calls += 1\n        open({str(log)!r}, 'a').write(f'{{self.calls}} {{torch.get_num_threads()}}\\n')\n"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = run_bench(load_source(str(path)), ["fp32", "accum-2"], plan=PLAN)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert all(r.ok for r in run.results), [r.reason for r in run.results]
+    assert run.settings.threads == 2 and after == 2
+    # Each row builds its model anew: its first forward runs on the bench's 2 threads (the 1 its
+    # first call set stays only for that row's later steps).
+    first_calls = [line.split()[1] for line in log.read_text().splitlines() if line.split()[0] == "1"]
+    assert len(first_calls) >= 2 and set(first_calls) == {"2"}, log.read_text()
 
 
 def test_a_failed_row_names_the_users_line_also_for_system_exit(tmp_path: Path) -> None:

@@ -66,10 +66,10 @@ def run_bench(
     chosen = _variants(variants)
     # Every row starts from torch's settings as the bench found them: a forward that changed the
     # default dtype or grad mode must not break the rows after it (each row builds anew).
-    start_state = TorchState.now()
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    start_state = TorchState.now()  # the threads the rows run on included (--threads, if given)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load_start = load_average()
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ class TorchState:
     grad_enabled: bool
     anomaly: tuple[bool, bool]  # detect_anomaly on, and its check_nan
     deterministic: tuple[bool, bool]  # use_deterministic_algorithms on, and its warn_only
+    threads: int  # intra-op threads: a forward's set_num_threads(1) would time every later row on one
     # Not the fp32 matmul precision: once a build() used the per-backend API, torch's one-value
     # getter raises ("a mix of the legacy and new APIs"), and setting it back would be the mix.
 
@@ -30,12 +31,13 @@ class TorchState:
             anomaly=(torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
             deterministic=(torch.are_deterministic_algorithms_enabled(),
                            torch.is_deterministic_algorithms_warn_only_enabled()),
+            threads=torch.get_num_threads(),
         )
 
     def changed(self) -> list[str]:
         """The settings that differ now from these, by name (for a note or a test)."""
         now = TorchState.now()
-        return [name for name in ("default_dtype", "grad_enabled", "anomaly", "deterministic")
+        return [name for name in ("default_dtype", "grad_enabled", "anomaly", "deterministic", "threads")
                 if getattr(now, name) != getattr(self, name)]
 
     def restore(self) -> None:
@@ -49,3 +51,5 @@ class TorchState:
             torch.set_anomaly_enabled(*self.anomaly)
         if "deterministic" in changed:
             torch.use_deterministic_algorithms(self.deterministic[0], warn_only=self.deterministic[1])
+        if "threads" in changed:
+            torch.set_num_threads(self.threads)
