@@ -505,6 +505,32 @@ def test_an_update_that_overflows_the_weights_is_named_at_the_optimizer_step() -
     assert not torch.isfinite(model.weight).all()
 
 
+def test_a_finite_update_whose_norm_overflows_float32_is_not_said_to_make_the_weights_non_finite() -> None:
+    """An update of 1e18 per element has an inf float32 norm; the weights stay finite (~1e18)."""
+    from workbench.scenario import Scenario
+
+    class Shove(torch.optim.Optimizer):
+        def __init__(self, params) -> None:  # noqa: ANN001
+            super().__init__(params, {})
+
+        @torch.no_grad()
+        def step(self, closure=None):  # noqa: ANN001, ANN201
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(1e18)
+
+    torch.manual_seed(0)
+    model = nn.Linear(4096, 1)
+    data = [(torch.randn(2, 4096), torch.randn(2, 1))]
+    scenario = Scenario(model=model, optimizer=Shove(model.parameters()), loss_fn=nn.MSELoss(), data=data)
+    with Engine(scenario) as eng:
+        rec = eng.step_once()
+    assert torch.isfinite(model.weight).all()
+    weight = next(p for p in rec.params if p.name == "weight")
+    assert weight.update_norm is not None and math.isinf(weight.update_norm)  # 1e18 * 64 past float32
+    assert not [f for f in rec.findings if f.kind == "nan_inf"], [f.message for f in rec.findings]
+
+
 class _ToComplex128(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.complex128) * (1 + 1j)

@@ -118,6 +118,20 @@ class Recording(Regressor):
         return loss
 
 
+def test_16_mixed_precision_records_the_loss_training_step_returned_not_the_scaled_one(tmp_path: Path) -> None:
+    """The plugin hands on_before_backward the loss times the scaler's scale: recorded as it came,
+    the loss read 65536x too large and jumped each time the scale grew (false loss_divergence)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    module = Recording()
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", growth_interval=1))
+    history = list(_fit(module, tmp_path, plugins=[plugin], every=1).watch.history)
+    scales = [r.grad_scale for r in history]
+    assert len(history) >= 2 and scales[0] == 65536.0 and scales[1] == 131072.0, scales  # the scale grew
+    assert [r.loss for r in history] == pytest.approx(module.losses[:len(history)], rel=1e-6)
+
+
 def test_with_accumulate_grad_batches_the_steps_loss_is_its_batches_mean_undivided(tmp_path: Path) -> None:
     from workbench.integrations.lightning import WorkbenchCallback
 

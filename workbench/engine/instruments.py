@@ -368,7 +368,7 @@ class Instruments:
         by_name = {p.name: p for p in s.params}
         measured = {r.name for r in refs}
         params_out: list[ParamStats] = []
-        non_finite: list[ParamStats] = []
+        suspects: list[tuple[ParamRef, ParamStats]] = []
         for ref, upd in zip(refs, updates):
             p = by_name.get(ref.name)
             if p is None:
@@ -378,12 +378,26 @@ class Instruments:
             p = evolve(p, update_norm=upd, update_ratio=ratio)
             params_out.append(p)
             if not math.isfinite(upd) and (w is None or math.isfinite(w)):
-                non_finite.append(evolve(p, weight_norm=upd))  # inf or NaN, as the weights' norm now is
+                suspects.append((ref, p))
+        non_finite = self._now_non_finite(suspects)
         # Parameters measured by another optimizer's step of the same step keep their stats.
         s.params = tuple(params_out) + tuple(p for p in s.params if p.name not in measured)
         s.charge("update_stats", time.perf_counter() - t0)
         updated = tuple(params_out)
         self.run_health(s, lambda: self.health.optimizer_step(s.step, updated, non_finite) + windows(s.params))
+
+    @staticmethod
+    def _now_non_finite(suspects: list[tuple[ParamRef, ParamStats]]) -> list[ParamStats]:
+        """Of the parameters whose update norm is inf or NaN, those whose weights now are (their
+        stats with that norm as the weights'). A finite update can have an inf float32 norm
+        (elements past ~1e19): then the weights are still finite, and saying they turned
+        non-finite would be false. Asked only on such a step: one deliberate extra sync."""
+        if not suspects:
+            return []
+        with torch.no_grad():
+            # Sync point (only when an update norm is not finite): are the weights themselves?
+            finite = stack_f32([torch.isfinite(ref.param).all() for ref, _ in suspects]).tolist()
+        return [evolve(p, weight_norm=p.update_norm) for (_, p), ok in zip(suspects, finite) if not ok]
 
     # -- helpers ---------------------------------------------------------------------------
     def _module_stats(self, calls: list[CallInfo], stats: list[CallStats]) -> tuple[tuple[ModuleStats, ...], tuple[str, bool] | None]:

@@ -56,6 +56,7 @@ class WorkbenchCallback(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any) -> None:
         if self._open():
+            loss = _unscaled(loss, getattr(trainer.precision_plugin, "scaler", None))
             k = trainer.accumulate_grad_batches
             if pl_module.automatic_optimization and k > 1 and hasattr(loss, "detach"):
                 # Lightning divides training_step's loss by k before the backward: this batch's own
@@ -77,3 +78,14 @@ class WorkbenchCallback(pl.Callback):
 
     def _open(self) -> bool:
         return self.watch is not None and not self.watch.closed
+
+
+def _unscaled(loss: Any, scaler: Any) -> Any:
+    """The loss as training_step returned it: under precision="16-mixed" the plugin hands this
+    hook the loss its GradScaler multiplied by the scale (65536, then more as it grows), which
+    read as the loss would be that much larger and jump at each growth of the scale. Divided by
+    the scale tensor the scaler multiplied by (a power of two: exact), on the device: no sync."""
+    scale = getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+    if scale is None or not hasattr(loss, "detach"):
+        return loss
+    return loss.detach() / scale.to(loss.device)
