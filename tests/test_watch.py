@@ -446,6 +446,34 @@ def test_a_script_that_dies_without_closing_the_watch_still_leaves_its_report(
     assert data["scenario"] == str(script)
 
 
+def test_an_error_left_from_before_the_watch_is_not_the_runs_at_exit(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -i` and notebooks keep the last uncaught error in sys.last_value: a typo before the
+    watch began must not turn a healthy run that was never closed into one that 'ended in error'."""
+    import sys
+
+    import workbench
+
+    monkeypatch.setattr(sys, "last_value", NameError("name 'undefined_typo' is not defined"), raising=False)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    report = tmp_path / "watch.json"
+    wb = workbench.watch(model, opt, every=1, report=report)
+    for _ in range(3):
+        model(torch.randn(8, 4)).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    wb._at_exit()  # what the interpreter's exit runs for a watch never closed
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["stopped_by"] == "finished" and summary["steps_done"] == 3
+    later = ValueError("raised while the watch was open")
+    monkeypatch.setattr(sys, "last_value", later)
+    wb2 = workbench.watch(model, opt, every=1, report=tmp_path / "second.json")
+    monkeypatch.setattr(sys, "last_value", RuntimeError("the script's own crash"))
+    wb2._at_exit()
+    assert json.loads((tmp_path / "second.json").read_text())["summary"]["stopped_by"] == "error"
+
+
 def test_a_nan_on_an_unmeasured_step_points_at_every_1_not_at_a_replay_the_loop_cannot_do() -> None:
     """A user loop has no replay: the finding says how this watch would see where it starts."""
     torch.manual_seed(0)

@@ -150,7 +150,9 @@ class Watch:
             raise
         self._arm()
         # A script that ends without close() (an uncaught exception outside a `with`) still
-        # leaves its report: written at interpreter exit, marked as such.
+        # leaves its report: written at interpreter exit, marked as such. The error that was
+        # last uncaught before the watch began (`python -i`, a notebook) is not this run's.
+        self._last_before = id(getattr(sys, "last_value", None))
         ref = weakref.ref(self)
 
         def at_exit() -> None:
@@ -722,7 +724,8 @@ class Watch:
         # An uncaught exception ending the script is left in sys.last_value by the interpreter;
         # without one the script simply ended without close(): its steps are complete.
         exc = getattr(sys, "last_value", None)
-        self.close(exc if isinstance(exc, BaseException) else None)
+        ours = isinstance(exc, BaseException) and id(exc) != self._last_before
+        self.close(exc if ours else None)
 
     def _check_open(self) -> None:
         if self._closed:
