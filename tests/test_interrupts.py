@@ -109,6 +109,25 @@ def test_run_interrupted_writes_partial_json(sig, tmp_path: Path) -> None:
     _no_temp_files(tmp_path)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_is_interrupted_even_if_the_scenario_ignores_the_signals(sig, tmp_path: Path) -> None:
+    """A build() that sets SIG_IGN for both made `run` stoppable by SIGKILL only, with no report:
+    the workbench's handlers are put back before each phase."""
+    scenario = tmp_path / "deaf.py"
+    scenario.write_text(SLOW.read_text().replace(
+        "def build(device):\n",
+        "def build(device):\n    import signal\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"))
+    report = tmp_path / "run.json"
+    proc = _start(["run", str(scenario), "--steps", "100000", "--json", str(report)], tmp_path)
+    _wait_for(lambda: _forwards_done(tmp_path) >= 3, 120, proc)
+    code, out, err = _stop(proc, sig)
+    assert code == 130, err
+    assert "changed the SIGINT and SIGTERM handlers" in err
+    data = json.loads(report.read_text())
+    assert data["summary"]["stopped_by"] == "interrupted" and len(data["steps"]) >= 1
+
+
 STUCK = """import pathlib, time
 import torch
 from torch import nn

@@ -299,6 +299,34 @@ def leave_now(code: int) -> NoReturn:
     real_exit(code)
 
 
+class InterruptGuard:
+    """Ctrl-C and SIGTERM keep stopping a command whatever the user's code does to their handlers.
+
+    Made when the command's handlers are in place; :meth:`check` (after a build, between
+    phases: a C call per signal) puts back a handler that user code replaced (``signal.signal(
+    SIGINT, SIG_IGN)`` in a build made the run impossible to stop but by SIGKILL, with no
+    report), and says so once. Only in the main thread, the one Python lets set handlers.
+    """
+
+    SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+
+    def __init__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self.saved = {s: signal.getsignal(s) for s in self.SIGNALS} if main else {}
+        self.told = False
+
+    def check(self) -> None:
+        changed = [sig for sig, handler in self.saved.items() if signal.getsignal(sig) is not handler]
+        for sig in changed:
+            signal.signal(sig, self.saved[sig])
+        if changed and not self.told:
+            self.told = True
+            names = " and ".join(signal.Signals(sig).name for sig in changed)
+            print(f"warning: the scenario's code changed the {names} handler{'s' if len(changed) > 1 else ''}; "
+                  "the workbench's are back, so Ctrl-C (and SIGTERM) still stop the command and keep its "
+                  "results.", file=sys.stderr)
+
+
 def real_exit(code: int) -> NoReturn:
     """``os._exit`` itself, past :func:`guard_process_exit`: the workbench's own exits."""
     exit_now = os._exit

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: Any) -> int:
     from workbench.engine import Engine, EngineConfig, StepError
     from workbench.errors import UsageError
+    from workbench.isolation import InterruptGuard
     from workbench.report import json_report
     from workbench.report.text import plain_console
 
@@ -125,6 +126,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                 tb = TensorBoardWriter(args.tensorboard, args.histogram_every)
             except TensorBoardMissing as exc:
                 raise UsageError(str(exc)) from None
+        interrupts = InterruptGuard()  # the handlers as the CLI set them, before any user code ran
         scenario = _build(args, report)
         engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints,
                                                snapshots=args.replay or 0))
@@ -134,7 +136,7 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
         report.add_findings(engine.findings)
         _announce(console, args, report, scenario)
         try:
-            stopped_by, hit, paused = _advance(engine, args, report, tb, console)
+            stopped_by, hit, paused = _advance(engine, args, report, tb, console, interrupts)
         except StepError as exc:
             stopped_by, error = "error", exc
         except RuntimeError as exc:  # raised in this loop's own bookkeeping, between the engine's phases
@@ -181,7 +183,8 @@ def _announce(console: Any, args: argparse.Namespace, report: Any, scenario: Any
     )
 
 
-def _advance(engine: Any, args: argparse.Namespace, report: Any, tb: Any, console: Any) -> tuple[str, Any, Any]:
+def _advance(engine: Any, args: argparse.Namespace, report: Any, tb: Any, console: Any,
+             interrupts: Any) -> tuple[str, Any, Any]:
     """Step until --steps or a breakpoint (then --replay); (stopped_by, break hit, paused step)."""
     from workbench.engine import Phase
     from workbench.report.numbers import fmt_float  # the progress line's loss: 2.304, not 2.3041393756866455
@@ -189,6 +192,7 @@ def _advance(engine: Any, args: argparse.Namespace, report: Any, tb: Any, consol
     done, hit, paused = 0, None, None
     with console.status("running...") as status:
         while done < args.steps:
+            interrupts.check()  # the build, or the phase before, may have replaced the handlers
             result = engine.advance()
             report.step = engine.step
             report.add_findings(result.findings)
