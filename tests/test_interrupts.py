@@ -123,7 +123,7 @@ def test_run_is_interrupted_even_if_the_scenario_ignores_the_signals(sig, tmp_pa
     _wait_for(lambda: _forwards_done(tmp_path) >= 3, 120, proc)
     code, out, err = _stop(proc, sig)
     assert code == 130, err
-    assert "changed the SIGINT and SIGTERM handlers" in err
+    assert "changed the SIGINT handler and the SIGTERM handler" in err
     data = json.loads(report.read_text())
     assert data["summary"]["stopped_by"] == "interrupted" and len(data["steps"]) >= 1
 

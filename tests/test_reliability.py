@@ -11,6 +11,7 @@ failure plus the error.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -803,3 +804,60 @@ def test_a_dataloader_worker_that_dies_is_a_data_loading_error(tmp_path, capsys)
     assert "num_workers=0" in err and " phase:" not in err and "model(" not in err
     error = json.loads(report.read_text())["error"]
     assert error["data_loading"] is True and error["stage"] == "data loading" and error["kind"] == "dataloader_worker"
+
+
+STREAMS = """
+import io, sys
+import torch
+from torch import nn
+from workbench import Scenario
+
+class Broken:
+    def write(self, text):
+        raise OSError("this stream is broken")
+    def flush(self):
+        raise OSError("this stream is broken")
+
+class Net(nn.Linear):
+    calls = 0
+    def forward(self, x):
+        Net.calls += 1
+        if Net.calls == 2:
+            {in_forward}
+        return super().forward(x)
+
+def build(device):
+    {in_build}
+    torch.manual_seed(0)
+    model = Net(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    loss_fn=nn.CrossEntropyLoss(), data=data)
+"""
+
+
+@pytest.mark.slow  # a child process importing torch, with real standard streams
+@pytest.mark.parametrize("in_build, in_forward, changed", [
+    ("sys.stdout = sys.stderr = Broken()", "pass", "sys.stdout and sys.stderr"),
+    ("sys.stdout = io.StringIO()", "pass", "sys.stdout"),
+    ("pass", "sys.stdout.close()", "sys.stdout (it closed it)"),
+], ids=["broken-in-build", "stringio-in-build", "closed-in-forward"])
+def test_a_scenario_that_takes_the_standard_streams_does_not_take_the_run_with_them(
+        in_build, in_forward, changed, tmp_path) -> None:
+    """The streams were the user code's to break: a finished run ended as a failure (exit 120, or
+    an OSError blamed on the run), or printed nothing at all. Now they are put back."""
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "streams.py"
+    scenario.write_text(STREAMS.format(in_build=in_build, in_forward=in_forward))
+    report = tmp_path / "run.json"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "run", str(scenario), "--steps", "3", "--json",
+                           str(report)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=dict(os.environ, COLUMNS="200"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"the scenario's code changed {changed}; the workbench put" in proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "3 steps, loss" in out and f"report written to {report}" in out
+    data = json.loads(report.read_text())
+    assert data["summary"]["stopped_by"] == "steps" and data["error"] is None

@@ -299,32 +299,68 @@ def leave_now(code: int) -> NoReturn:
     real_exit(code)
 
 
-class InterruptGuard:
-    """Ctrl-C and SIGTERM keep stopping a command whatever the user's code does to their handlers.
+class ProcessGuard:
+    """What user code running in the command's own process may take from it, put back.
 
-    Made when the command's handlers are in place; :meth:`check` (after a build, between
-    phases: a C call per signal) puts back a handler that user code replaced (``signal.signal(
-    SIGINT, SIG_IGN)`` in a build made the run impossible to stop but by SIGKILL, with no
-    report), and says so once. Only in the main thread, the one Python lets set handlers.
+    Made before any user code runs; :meth:`check` (after a build, between phases: a few
+    attribute reads) restores what was replaced since, and says so once:
+
+    * the SIGINT/SIGTERM handlers (``signal.signal(SIGINT, SIG_IGN)`` in a build made ``run``
+      impossible to stop but by SIGKILL, with no report); only in the main thread, the one
+      Python lets set handlers;
+    * ``sys.stdout`` and ``sys.stderr`` (a scenario that set them to an object whose write
+      raises, or to a StringIO, took the command's tables, its report's path and its errors
+      with it, and made a finished run end as a failure). The scenario's prints after that go
+      to the real streams too.
     """
 
     SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+    STREAMS = ("stdout", "stderr")
 
     def __init__(self) -> None:
         main = threading.current_thread() is threading.main_thread()
-        self.saved = {s: signal.getsignal(s) for s in self.SIGNALS} if main else {}
+        self.handlers = {s: signal.getsignal(s) for s in self.SIGNALS} if main else {}
+        self.streams = {name: getattr(sys, name) for name in self.STREAMS}
+        # A copy of each stream's file descriptor: a scenario that closes sys.stdout closes its
+        # descriptor too, and the command's output would have nowhere to go.
+        self.fds: dict[str, int] = {}
+        for name, stream in self.streams.items():
+            try:
+                self.fds[name] = os.dup(stream.fileno())  # not inherited by child processes
+            except (AttributeError, OSError, ValueError):  # no real file (a test's capture)
+                pass
         self.told = False
 
+    def __del__(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def check(self) -> None:
-        changed = [sig for sig, handler in self.saved.items() if signal.getsignal(sig) is not handler]
-        for sig in changed:
-            signal.signal(sig, self.saved[sig])
+        changed = []
+        for sig, handler in self.handlers.items():
+            if signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+                changed.append(f"the {signal.Signals(sig).name} handler")
+        for name, stream in self.streams.items():
+            if getattr(sys, name) is not stream:
+                setattr(sys, name, stream)
+                changed.append(f"sys.{name}")
+            if stream.closed and name in self.fds:
+                # Closed by the user's code: a new stream on the descriptor kept at the start.
+                reopened = os.fdopen(os.dup(self.fds[name]), "w", encoding=getattr(stream, "encoding", None),
+                                     errors="backslashreplace", buffering=1)
+                self.streams[name] = reopened
+                setattr(sys, name, reopened)
+                changed.append(f"sys.{name} (it closed it)")
         if changed and not self.told:
             self.told = True
-            names = " and ".join(signal.Signals(sig).name for sig in changed)
-            print(f"warning: the scenario's code changed the {names} handler{'s' if len(changed) > 1 else ''}; "
-                  "the workbench's are back, so Ctrl-C (and SIGTERM) still stop the command and keep its "
-                  "results.", file=sys.stderr)
+            print(f"warning: the scenario's code changed {' and '.join(changed)}; the workbench put "
+                  f"{'them' if len(changed) > 1 else 'it'} back, so Ctrl-C and SIGTERM still stop the command "
+                  "with its results kept, and its output (the scenario's prints too) reaches the terminal.",
+                  file=sys.stderr)
 
 
 def real_exit(code: int) -> NoReturn:

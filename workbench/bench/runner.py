@@ -109,8 +109,8 @@ def run_bench(
         except KeyboardInterrupt:
             interrupted = True
     finally:
-        torch.set_num_threads(previous_threads)
         start_state.restore()
+        torch.set_num_threads(previous_threads)  # last: the rows' state holds --threads, not the caller's
     return BenchRun(
         scenario=probe.name or source.label,
         device=str(dev),

@@ -132,6 +132,9 @@ def _bench(console: object, args: argparse.Namespace) -> int:
     variants = resolve(names)  # unknown names fail here, before any work
     if args.json:
         check_writable(args.json, inputs=scenario_inputs(args.scenario))
+    from workbench.isolation import ProcessGuard
+
+    guard = ProcessGuard()  # signal handlers and std streams: a row's user code may replace them
     source = load_source(args.scenario)
     plan = _plan(args)
 
@@ -141,12 +144,14 @@ def _bench(console: object, args: argparse.Namespace) -> int:
         task = bar.add_task("starting", total=len(variants) * plan.total, row="")
 
         def progress(p: object) -> None:
+            guard.check()
             done = p.index * plan.total + p.done  # type: ignore[attr-defined]
             row = f"row {p.index + 1}/{p.count}"  # type: ignore[attr-defined]
             bar.update(task, completed=done, description=p.variant, row=row)  # type: ignore[attr-defined]
 
         result = run_bench(source, variants, device=args.device, plan=plan, threads=args.threads,
                            progress=progress, isolate_memory=args.isolate_memory)
+    guard.check()
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         save_run(args.json, result)
     console.print(render_run(result))  # type: ignore[attr-defined]

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from workbench.report.divergence import divergence_view
     from workbench.scenario import ScenarioError, load_source
 
+    from workbench.isolation import ProcessGuard
+
+    guard = ProcessGuard()  # the build and both sides' forwards may replace the std streams
     source = load_source(args.scenario)
     try:
         div = compare_variants(source, args.a, args.b, device=args.device, batches=args.batches,
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ScenarioError(f"{source.where}: running {args.a} vs {args.b} raised {exception_text(exc)}. "
                             "--verbose shows the traceback.") from exc
+    finally:
+        guard.check()
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         atomic_write_json(args.json, div.to_json(), schema="workbench.diff/1")
     plain_console().print(divergence_view(div))

@@ -110,13 +110,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report: Any) -> int:
     from workbench.engine import Engine, EngineConfig, StepError
     from workbench.errors import UsageError
-    from workbench.isolation import InterruptGuard
+    from workbench.isolation import ProcessGuard
     from workbench.report import json_report
     from workbench.report.text import plain_console
 
     console = plain_console()
     tb = None
     engine = None
+    guard = None
     stopped_by, hit, error, paused = "steps", None, None, None
     try:
         if args.tensorboard:
@@ -126,8 +127,9 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
                 tb = TensorBoardWriter(args.tensorboard, args.histogram_every)
             except TensorBoardMissing as exc:
                 raise UsageError(str(exc)) from None
-        interrupts = InterruptGuard()  # the handlers as the CLI set them, before any user code ran
+        guard = ProcessGuard()  # signal handlers and std streams as the CLI set them, before user code ran
         scenario = _build(args, report)
+        guard.check()  # before the announcement: the build may have replaced the streams
         engine = Engine(scenario, EngineConfig(stats_every=args.every, breakpoints=breakpoints,
                                                snapshots=args.replay or 0))
         report.step = engine.step
@@ -136,12 +138,14 @@ def _run_session(args: argparse.Namespace, breakpoints: tuple[Any, ...], report:
         report.add_findings(engine.findings)
         _announce(console, args, report, scenario)
         try:
-            stopped_by, hit, paused = _advance(engine, args, report, tb, console, interrupts)
+            stopped_by, hit, paused = _advance(engine, args, report, tb, console, guard)
         except StepError as exc:
             stopped_by, error = "error", exc
         except RuntimeError as exc:  # raised in this loop's own bookkeeping, between the engine's phases
             stopped_by, error = "error", engine.data_loading_error(exc)
     finally:
+        if guard is not None:
+            guard.check()  # the last phase's changes too: the tables and the report's path go to our streams
         if engine is not None:
             engine.close()
         if tb is not None:
@@ -184,7 +188,7 @@ def _announce(console: Any, args: argparse.Namespace, report: Any, scenario: Any
 
 
 def _advance(engine: Any, args: argparse.Namespace, report: Any, tb: Any, console: Any,
-             interrupts: Any) -> tuple[str, Any, Any]:
+             guard: Any) -> tuple[str, Any, Any]:
     """Step until --steps or a breakpoint (then --replay); (stopped_by, break hit, paused step)."""
     from workbench.engine import Phase
     from workbench.report.numbers import fmt_float  # the progress line's loss: 2.304, not 2.3041393756866455
@@ -192,7 +196,7 @@ def _advance(engine: Any, args: argparse.Namespace, report: Any, tb: Any, consol
     done, hit, paused = 0, None, None
     with console.status("running...") as status:
         while done < args.steps:
-            interrupts.check()  # the build, or the phase before, may have replaced the handlers
+            guard.check()  # the build, or the phase before, may have replaced handlers or streams
             result = engine.advance()
             report.step = engine.step
             report.add_findings(result.findings)

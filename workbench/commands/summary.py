@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from workbench.report.text import plain_console
     from workbench.scenario import ScenarioError, load
 
+    from workbench.isolation import ProcessGuard
+
+    guard = ProcessGuard()  # the build and the forward may replace the std streams
     scenario = load(args.scenario, args.device)
     try:
         summary = summarize(scenario)
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.scenario}: the summary's forward pass raised {exception_text(exc)}. "
             "Run `workbench run` on it for the traceback."
         ) from exc
+    finally:
+        guard.check()
     if args.json:  # before the table: a reader of stdout that leaves early (`| head`) ends the printing
         atomic_write_json(args.json, summary, schema="workbench.summary/1")
     plain_console().print(summary_renderable(summary, args.depth))
