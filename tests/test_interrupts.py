@@ -163,6 +163,33 @@ def test_run_interrupted_in_a_hung_step_says_where_it_was(tmp_path: Path) -> Non
     assert len(data["steps"]) == 2 and data["error"]["message"] == where and data["error"]["step"] == 2
 
 
+def test_check_interrupted_keeps_the_running_scenarios_steps_in_its_reports(tmp_path: Path) -> None:
+    """The scenario running when Ctrl-C came is a row too ('stopped'), with the steps it had done:
+    the reports used to hold the finished scenarios only."""
+    import xml.etree.ElementTree as ET
+
+    quick = ROOT / "tests" / "reliability_cases" / "_tiny.py"
+    first = tmp_path / "first.py"
+    first.write_text(quick.read_text() + "\n\ndef build(device):\n    return tiny(device)\n")
+    slower = tmp_path / "slower.py"  # 20 steps of 0.5 s: still running when the signal comes
+    slower.write_text(SLOW.read_text().replace("time.sleep(0.05)", "time.sleep(0.5)"))
+    report, junit = tmp_path / "check.json", tmp_path / "check.xml"
+    proc = _start(["check", str(first), str(slower), "--steps", "20", "--timeout", "600",
+                   "--json", str(report), "--junit", str(junit)], tmp_path)
+    _wait_for(lambda: _forwards_done(tmp_path) >= 3, 240, proc)
+    code, out, err = _stop(proc, signal.SIGINT)
+    assert code == 130, err
+    data = json.loads(report.read_text())
+    assert data["stopped_by"] == "interrupted"
+    assert [r["label"] for r in data["results"]] == ["first", "slower"]
+    assert data["results"][0]["status"] != "interrupted" and data["results"][1]["status"] == "interrupted"
+    slow = data["results"][1]
+    assert slow["steps"] >= 1 and slow["first_problem"].startswith("interrupted in step")
+    suite = ET.parse(junit).getroot()
+    assert suite.get("skipped") == "1" and suite.find(".//testcase[2]/skipped") is not None
+    assert "stopped" in out
+
+
 def test_bench_interrupted_keeps_finished_rows_and_stops_ranks(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     proc = _start(["bench", str(SLOW), "--variants", "fp32,ddp-2", "--steps", "400", "--json", str(report)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -183,8 +184,14 @@ def _check_all(sources: list, device: Any, args: argparse.Namespace, results: li
         for i, source in enumerate(sources, 1):
             status.update(f"[{i}/{len(sources)}] {source.label}")
             progress = _Progress()
-            outcome = run_isolated(check_one, source, str(device), args.steps, args.every,
-                                   timeout_s=args.timeout, preload=CHILD_PRELOAD, on_progress=progress.update)
+            start = time.perf_counter()
+            try:
+                outcome = run_isolated(check_one, source, str(device), args.steps, args.every,
+                                       timeout_s=args.timeout, preload=CHILD_PRELOAD, on_progress=progress.update)
+            except KeyboardInterrupt:
+                # Its row, with the steps and findings it had reported: the reports keep them too.
+                results.append(_interrupted(source, progress, time.perf_counter() - start))
+                raise
             if outcome.returned:
                 result = outcome.value
                 if outcome.stray_threads:
@@ -219,6 +226,18 @@ class _Progress:
         self.built, self.steps, self.loss = True, sofar.steps, sofar.loss
         if sofar.findings is not None:
             self.findings = sofar.findings
+
+
+def _interrupted(source: Any, progress: _Progress, seconds: float) -> CheckResult:
+    """The scenario that was running when Ctrl-C (or SIGTERM) came: what it had done by then."""
+    from workbench.report.run import CheckResult
+
+    when = f"in step {progress.steps}" if progress.built else "while building the scenario"
+    what = f"interrupted {when}"
+    findings = tuple(progress.findings)
+    return CheckResult(source.label, source.where, "interrupted", progress.steps, seconds, progress.loss,
+                       sum(f.severity == "error" for f in findings), sum(f.severity == "warning" for f in findings),
+                       what, findings, detail=what)
 
 
 def _lost(source: Any, outcome: Any, progress: _Progress) -> CheckResult:
@@ -257,8 +276,6 @@ def _reporter(engine: Any) -> Any:
 
 def check_one(source: Any, device: str, steps: int, every: int) -> CheckResult:
     """One scenario's check (in its child process): build, run ``steps`` steps, summarise."""
-    import time
-
     from workbench.engine import Engine, EngineConfig, StepError
     from workbench.report.run import CheckResult, group_findings
     from workbench.scenario import ScenarioError

@@ -20,14 +20,17 @@ def junit_xml(results: Sequence[CheckResult], suite: str = "workbench check", st
     failing = ("findings", "warn") if strict else ("findings",)
     failures = sum(r.status in failing for r in results)
     errors = sum(r.status == "failed" for r in results)
+    skipped = sum(r.status == "interrupted" for r in results)
     root = ET.Element("testsuites", name=suite, tests=str(len(results)), failures=str(failures),
-                      errors=str(errors), time=f"{sum(r.seconds for r in results):.3f}")
+                      errors=str(errors), skipped=str(skipped), time=f"{sum(r.seconds for r in results):.3f}")
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures),
-                       errors=str(errors), skipped="0", time=f"{sum(r.seconds for r in results):.3f}")
+                       errors=str(errors), skipped=str(skipped), time=f"{sum(r.seconds for r in results):.3f}")
     for r in results:
         case = ET.SubElement(ts, "testcase", classname="workbench.check", name=r.label, file=r.path,
                              time=f"{r.seconds:.3f}")
-        if r.status == "failed":
+        if r.status == "interrupted":  # Ctrl-C stopped it: neither passed nor failed
+            ET.SubElement(case, "skipped", message=r.detail or r.first_problem)
+        elif r.status == "failed":
             # The first line only: str.splitlines() would also cut at \x0b, \x0c or \x1c, which are kept.
             message = (r.detail or r.first_problem).split("\n", 1)[0].rstrip("\r")
             el = ET.SubElement(case, "error", message=message, type="ScenarioFailed")

@@ -173,7 +173,7 @@ class CheckResult:
 
     label: str
     path: str
-    status: str  # "ok" | "warn" (warnings only) | "findings" (error findings) | "failed"
+    status: str  # "ok" | "warn" (warnings only) | "findings" (error findings) | "failed" | "interrupted"
     steps: int
     seconds: float
     final_loss: float | None
@@ -196,8 +196,8 @@ def check_table(results: Sequence[CheckResult]) -> Table:
     problems = any(r.first_problem for r in results)
     if problems:
         table.add_column("first problem", overflow="fold", min_width=20)
-    style = {"ok": "green", "warn": "yellow", "findings": "bold red", "failed": "bold red"}
-    word = {"ok": "ok", "warn": "warn", "findings": "errors", "failed": "FAILED"}
+    style = {"ok": "green", "warn": "yellow", "findings": "bold red", "failed": "bold red", "interrupted": "yellow"}
+    word = {"ok": "ok", "warn": "warn", "findings": "errors", "failed": "FAILED", "interrupted": "stopped"}
     for r in results:
         cells = [Text(r.label), Text(word[r.status], style=style[r.status]), str(r.steps), fmt_float(r.final_loss),
                  str(r.errors), str(r.warnings), fmt_ms(r.seconds)]
