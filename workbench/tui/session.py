@@ -50,6 +50,9 @@ POLL_S = 0.05
 # thread is (its stack, read every BUSY_STACK_S), each second while it stays quiet.
 BUSY_NOTICE_S = 5.0
 BUSY_STACK_S = 10.0
+# Records (and findings) a run sent after its last Progress reach the screen once the host has
+# been quiet this long (a step that hangs after steps that finished fast).
+RECORDS_QUIET_S = 0.5
 # An attached script publishes every step: its screen is redrawn at most this often (the latest
 # state then; a fast loop would otherwise redraw, and ask for a sample, once per step).
 ATTACHED_UPDATE_S = 0.2
@@ -129,6 +132,11 @@ class SessionState:
         if p is None:
             p = P.Progress(step=self.history[-1].step + 1 if self.history else 0, next_phase=Phase.FORWARD,
                            paused=False, busy=False)
+        elif self.history and self.history[-1].step >= p.step and self.hello.host == host.HOST_KIND:
+            # An engine host's run sends each record as its step ends, but where it is only every
+            # PROGRESS_INTERVAL_S: a newer record says the run has moved on to the next step (steps
+            # 0 and 1 done and step 2 hanging read as step 0, its forward, no step finished).
+            p = P.Progress(step=self.history[-1].step + 1, next_phase=Phase.FORWARD, paused=False, busy=True)
         current = p.current
         pending = p.pending_break
         hit = self.last_hit
@@ -271,6 +279,7 @@ class Session:
         self.doing: str | None = None  # the command in flight, in words (for a death notice)
         self.ended: P.Ended | None = None  # the host said it ended (and why)
         self._ended_pending = False
+        self._unshown = False  # records or findings came after the last Progress (engine host)
 
     @classmethod
     def attach(cls, target: str, token: str | None = None,
@@ -433,6 +442,7 @@ class Session:
             if messages:
                 self._news_at = time.monotonic()
             elif self._channel is None and self.doing is not None:
+                self._show_unshown()
                 self._say_where_busy(proc)
             if self._channel is not None:
                 self._attached_batch(messages)
@@ -443,6 +453,19 @@ class Session:
             if not self._closing.is_set() and self.ended is None:  # it went without saying why
                 self._lost(proc)
             return
+
+    def _show_unshown(self) -> None:
+        """Records a quiet host sent after its last Progress: the screen is shown them (a run's
+        Progress is throttled; a step that hangs next would hide the steps that finished)."""
+        listener = self._listener
+        if not self._unshown or not self._loaded or listener is None:
+            return
+        if time.monotonic() - self._news_at < RECORDS_QUIET_S:
+            return
+        self._unshown = False
+        view = self.state.view()
+        if view is not None:
+            listener.updated(view)
 
     def _say_where_busy(self, proc: Channel) -> None:
         """A command has had no news for BUSY_NOTICE_S (a forward that loops, a slow step): tell
@@ -488,7 +511,10 @@ class Session:
         elif isinstance(message, P.Sample):
             self._sampling = None
             listener.sample(inspector_data(message))
+        elif isinstance(message, (P.Step, P.Findings)):
+            self._unshown = True
         elif isinstance(message, P.Progress):
+            self._unshown = False  # the view it makes holds them
             view = self.state.view()
             if view is None:
                 return

@@ -26,7 +26,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Static
 
-from workbench.engine.records import FINDING_KINDS, ModuleStats
+from workbench.engine.records import FINDING_KINDS, Finding, ModuleStats
 from workbench.scenario import ScenarioError, ScenarioSource, load_source
 from workbench.session import protocol as P
 from workbench.tui import messages as msg
@@ -227,6 +227,8 @@ class MainScreen(Screen[None]):
 
     def load(self, source: ScenarioSource) -> None:
         old = self.session
+        if old is not None:  # R or s: keys meant for the old one (or its load) step nothing here
+            self._drop_queue(f"{source.label} is loading afresh")
         self._retry_load = None
         self.session = Session(source, self.device)
         self.request = None
@@ -244,6 +246,8 @@ class MainScreen(Screen[None]):
         """Show the session another process hosts (``workbench attach``): the same screen, fed
         by that session's messages instead of an engine child's."""
         old = self.session
+        if old is not None:
+            self._drop_queue(f"attaching to {target} afresh")
         self._retry_load = None
         self.session = Session.attach(target, token, connection)
         self.request = None
@@ -364,7 +368,11 @@ class MainScreen(Screen[None]):
             self.notify(f"{doing}: p pauses it first", severity="warning")
             return
         if action not in QUEUE_KEY:
-            self.notify(f"{doing}: wait for it to finish", severity="warning")
+            if self.starting or self.busy is Busy.LOADING:
+                what, keys = self._loading_words()
+                self.notify(f"{what} is in progress: wait for it, or {keys}", severity="warning")
+            else:
+                self.notify(f"{doing}: wait for it to finish", severity="warning")
             return
         if len(self.queue) >= QUEUE_LIMIT:
             self.notify(f"{doing}; {QUEUE_LIMIT} keys are queued already (esc clears them)",
@@ -382,6 +390,14 @@ class MainScreen(Screen[None]):
             keys = " ".join(QUEUE_KEY[a] for a in self.queue)
             self.queue.clear()
             self.notify(f"queued keys dropped ({keys}): {why}", severity="warning")
+
+    def _loading_words(self) -> tuple[str, str]:
+        """While a scenario loads: (what is in progress, what the keys can do meanwhile); a
+        build() that hangs never ends by itself."""
+        if self.starting:
+            return "the workbench's start", "q quits"
+        label = f" ({self.loading_label})" if self.loading_label else ""
+        return f"{self.doing}{label}", "R restarts it · s picks another scenario · q quits"
 
     def _doing_words(self) -> str:
         if self.starting:
@@ -565,6 +581,9 @@ class MainScreen(Screen[None]):
             self.session.pause()  # the host reads it between phases
             self.status = "pausing…"
             self._refresh_title()
+        elif self.starting or self.busy is Busy.LOADING:
+            doing, keys = self._loading_words()
+            self.notify(f"{doing} is in progress and cannot be paused: {keys}", severity="warning")
         else:
             self.notify("nothing is running", severity="information")
 
@@ -590,13 +609,22 @@ class MainScreen(Screen[None]):
             return
         from workbench.tui.screens.dialogs import BreakpointsScreen
 
+        view = self.view
+        modules = [m.name for m in view.modules] if view is not None else []
+        # Parameter names are known once a step measured them (none before the first backward).
+        measured = view.last_measured if view is not None else None
+        parameters = [p.name for p in measured.params] if measured is not None else []
+
         def saved(conditions: tuple[str, ...] | None) -> None:
             if conditions is None:
                 return
             self.conditions = conditions
             what = ", ".join(conditions) if conditions else "none"
+            # A glob that matches nothing is kept (modules may appear later), and said: a typo never fires.
+            notes = [note for note in (_glob_note(c, modules, parameters) for c in conditions) if note]
             self.notify(f"breakpoints saved: {what}" + ("" if self.view is not None else
-                        " (they apply once a scenario is loaded)"), title="breakpoints")
+                        " (they apply once a scenario is loaded)") + "".join(f"\n{n}" for n in notes),
+                        title="breakpoints", severity="warning" if notes else "information")
             if self.session is not None and self.view is not None:
                 self.busy = Busy.BREAKPOINTS
                 self.doing = "breakpoint update"
@@ -608,14 +636,17 @@ class MainScreen(Screen[None]):
                     self._show_error(*format_error(exc))
                     self._refresh_all()
 
-        self.app.push_screen(BreakpointsScreen(self.conditions, FINDING_KINDS), saved)
+        self.app.push_screen(BreakpointsScreen(self.conditions, FINDING_KINDS, modules, parameters), saved)
 
     def action_bench(self) -> None:
         from workbench.tui.screens.bench import BenchScreen
 
         source = self._tool_source("benchmarks")
         if source is not None and self.session is not None:
-            self.app.push_screen(BenchScreen(source, self.session.device))
+            # The device the loaded scenario runs on ("auto" resolved, as the title bar says): the
+            # bench's child would resolve it the same way, and its rows can say what skips there.
+            device = self.view.summary.device if self.view is not None else self.session.device
+            self.app.push_screen(BenchScreen(source, device))
 
     def action_profile(self) -> None:
         from workbench.tui.screens.profile import ProfileScreen
@@ -687,9 +718,12 @@ class MainScreen(Screen[None]):
     # -- findings, selection and the inspector ------------------------------------
     @on(FindingsPanel.Highlighted)
     def finding_highlighted(self, message: FindingsPanel.Highlighted) -> None:
+        self._show_finding_detail(message.finding)
+
+    def _show_finding_detail(self, finding: Finding | None) -> None:
         detail = self.query_one("#finding-detail", Static)
-        detail.set_class(message.finding is not None, "shown")
-        detail.update(finding_detail(message.finding) if message.finding is not None else "")
+        detail.set_class(finding is not None, "shown")
+        detail.update(finding_detail(finding) if finding is not None else "")
 
     @on(FindingsPanel.JumpToModule)
     def jump(self, message: FindingsPanel.JumpToModule) -> None:
@@ -794,10 +828,25 @@ class MainScreen(Screen[None]):
             self._refresh_title()
             # Flash what a phase changed; during a run everything changes ten times a second.
             self.query_one(ModelTable).show(view, flash=self.busy is None or not self.busy.running)
-            self.query_one(FindingsPanel).show(view)
+            findings = self.query_one(FindingsPanel)
+            findings.show(view)
+            # The detail follows the list as redrawn: a reset, rewind or another scenario
+            # leaves no finding of the old list in it (a cleared list posts no highlight).
+            self._show_finding_detail(findings.highlighted_finding)
             self.query_one(PhaseBar).failed_step = self.failed_step
             for panel in (self.query_one(PhaseBar), self.query_one(ChartsPanel), self.query_one(MemoryPanel)):
                 panel.view = view
+
+
+def _glob_note(condition: str, modules: list[str], parameters: list[str]) -> str:
+    """``unmatched_glob_note`` of a saved condition ("" for one that does not parse: the host says why)."""
+    from workbench.engine.breakpoints import Breakpoint
+    from workbench.tui.screens.dialogs import unmatched_glob_note
+
+    try:
+        return unmatched_glob_note(Breakpoint.parse(condition), modules, parameters)
+    except ValueError:
+        return ""
 
 
 def _key_label(key: str) -> str:

@@ -13,6 +13,27 @@ from workbench.tui import theme
 from workbench.tui.jobs import failure_text  # noqa: F401 - where the screens took it from
 
 
+# The message's share of the panel's title (a traceback in the details below ends with all of it).
+TITLE_LINES = 3
+TITLE_CHARS = 360
+
+
+def error_title(title: str) -> Text:
+    """The panel's title: the message, wrapped and bounded, then where it was raised on a line
+    of its own, so the file:line (the part that matters) is never cut off at the screen's edge."""
+    message, sep, where = title.rpartition("  (at ")  # format_error's "… (at path:12 in forward)"
+    if not sep or not where.endswith(")"):
+        message, where = title, ""
+    lines = message.rstrip().splitlines() or [""]
+    short = "\n".join(lines[:TITLE_LINES])
+    if len(lines) > TITLE_LINES or len(short) > TITLE_CHARS:
+        short = short[:TITLE_CHARS] + "…"
+    text = Text(short)
+    if where:
+        text.append(f"\nat {where[:-1]}")
+    return text
+
+
 class ErrorPanel(Vertical):
     """A traceback the user's code raised; hidden until there is one.
 
@@ -24,7 +45,7 @@ class ErrorPanel(Vertical):
     DEFAULT_CSS = """
     ErrorPanel { display: none; border: heavy $error; height: auto; max-height: 14; }
     ErrorPanel.shown { display: block; }
-    ErrorPanel > #error-title { color: $error; text-style: bold; }
+    ErrorPanel > #error-title { color: $error; text-style: bold; width: 100%; }
     ErrorPanel > VerticalScroll { height: auto; max-height: 10; }
     """
 
@@ -40,7 +61,7 @@ class ErrorPanel(Vertical):
 
     def show_error(self, title: str, details: str) -> None:
         self.border_title = "Error"
-        self.query_one("#error-title", Label).update(Text(title))
+        self.query_one("#error-title", Label).update(error_title(title))
         self.query_one("#error-details", Static).update(Text(details.rstrip()))
         self.query_one("#error-hint", Label).update(Text(self._hint(), theme.DIM))
         self.add_class("shown")

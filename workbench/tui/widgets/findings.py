@@ -39,7 +39,13 @@ class FindingsPanel(OptionList):
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()
-        self.post_message(self.Highlighted(self.finding_at(event.option_index)))
+        # What is highlighted when this is handled: the list may have been redrawn since.
+        self.post_message(self.Highlighted(self.highlighted_finding))
+
+    @property
+    def highlighted_finding(self) -> Finding | None:
+        """The finding under the cursor in the list as drawn now (None: none is)."""
+        return self.finding_at(self.highlighted) if self.highlighted is not None else None
 
     def show(self, view: EngineView | None) -> None:
         # Repeats over consecutive steps are one row (s3–s9 ×7); findings that follow from

@@ -47,6 +47,12 @@ class ViewPanel(Static):
         if self.view is None:
             self.watch_view(None)
 
+    def on_resize(self) -> None:
+        # Panels fit what they draw to their size: a new size lays them out again now, not at
+        # the next step (drawn for 200 columns and shown in 120, a line was cut at its end).
+        if self.view is not None:
+            self.watch_view(self.view)
+
     def render_view(self, view: EngineView) -> RenderableType:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -106,15 +112,19 @@ class PhaseBar(ViewPanel):
             else:
                 line.append("· ", theme.DIM).append(label, theme.DIM)
             line.append("   ")
-        info = Text()
+        # One line, cut at the end: wrapped, it would push the status line out of the bar.
+        info = Text(no_wrap=True, overflow="ellipsis")
         info.append(f"step {view.step}", theme.ACCENT)
         if self.failed_step is not None:
             info.append(f" (step {self.failed_step} raised)", theme.ERROR)
         last = view.last
+        # This step's loss once its loss phase ran; before that the last finished step's, named
+        # as such ("step 7  loss 4.769" read as step 7's when it was step 6's).
         loss = view.current.loss if view.current is not None else None
         if loss is None and last is not None:
-            loss = last.loss
-        info.append("  loss ").append(fmt_float(loss, 4), theme.ERROR if loss is not None and not math.isfinite(loss) else "")
+            info.append(f"  last loss (step {last.step}) ").append(_loss_text(last.loss))
+        else:
+            info.append("  loss ").append(_loss_text(loss))
         source = last.loss_source if last is not None else "loss_fn"
         if source and source != "loss_fn":  # the model computed its loss: the loss phase only reads it
             # ("" is a watched run whose script logged no loss: nothing to say where it came from)
@@ -136,45 +146,71 @@ class PhaseBar(ViewPanel):
         return Group(line, info, status)
 
 
+def _loss_text(loss: float | None) -> Text:
+    """4 significant digits, red when not finite, · when not measured."""
+    return Text(fmt_float(loss, 4), theme.ERROR if loss is not None and not math.isfinite(loss) else "")
+
+
 class ChartsPanel(ViewPanel):
-    """Loss and total grad norm sparklines, and a per-layer grad-norm heat strip."""
+    """Loss and total grad norm sparklines, and a per-layer grad-norm heat strip.
+
+    Laid out by hand to the panel's width (label, value, then as many of the newest steps as
+    fit): a grid left to shrink its columns cut the labels, the value and the newest steps.
+    """
 
     def render_view(self, view: EngineView) -> RenderableType:
-        width = max(self.size.width - 16, 8)
         history = view.history
         if not history:
             return Text("charts fill in after the first full step", theme.DIM)
-        losses = [r.loss for r in history]
-        norms = [r.total_grad_norm for r in history]
-        out = Table.grid(padding=(0, 1))
-        out.add_column(no_wrap=True)
-        out.add_column(no_wrap=True, justify="right")
-        out.add_column(no_wrap=True)
-        out.add_row(Text("loss", theme.DIM), fmt_float(losses[-1], 4), sparkline(losses, width))
-        out.add_row(Text("∇‖", theme.DIM), fmt_float(norms[-1], 3), sparkline(norms, width, log=True))
-        extra = 0
-        # A loss_fn that returns named parts: one line per part, under the total.
-        for part in history[-1].loss_parts:
-            values = [r.loss_parts.get(part) for r in history]
-            out.add_row(Text(_tail(part, 6), theme.DIM), fmt_float(values[-1], 4), sparkline(values, width))
-            extra += 1
-        if history[-1].grad_scale is not None:  # fp16 GradScaler: its scale, skipped steps show as drops
-            scales = [r.grad_scale for r in history]
-            out.add_row(Text("scale", theme.DIM), fmt_float(scales[-1], 3), sparkline(scales, width, log=True))
-            extra += 1
-        # Heat strip: layers with parameters (rows) × recent steps (columns).
-        rows = max(self.size.height - 3 - extra, 0)
+        last = history[-1]
+        # (label, value, sparkline values, log scale) per line above the heat strip; a loss_fn
+        # that returns named parts gets one line per part, under the total.
+        series: list[tuple[str, float | None, list[float | None], bool]] = [
+            ("loss", last.loss, [r.loss for r in history], False),
+            ("∇‖", last.total_grad_norm, [r.total_grad_norm for r in history], True),
+        ]
+        for part in last.loss_parts:
+            series.append((_tail(part, 6), last.loss_parts.get(part), [r.loss_parts.get(part) for r in history], False))
+        if last.grad_scale is not None:  # fp16 GradScaler: its scale, skipped steps show as drops
+            series.append(("scale", last.grad_scale, [r.grad_scale for r in history], True))
+        label_w = max(len(label) for label, *_ in series)
+        # Before the first layout the width is not known yet: a guess (a resize redraws).
+        content = self.size.width or 36
+        steps = max(content - label_w - CHART_VALUE_WIDTH - 2, 0)
+        lines: list[Text] = []
+        for label, value, values, log in series:
+            line = Text(label.ljust(label_w), theme.DIM, no_wrap=True, overflow="crop")
+            line.append(" " + fit_float(value, CHART_VALUE_WIDTH).rjust(CHART_VALUE_WIDTH) + " ")
+            lines.append(line.append_text(sparkline(values, steps, log=log)))
+        # Heat strip: layers with parameters (rows) × the same recent steps (columns); a layer
+        # row has no value, so its label takes the value's cells too.
+        rows = max(self.size.height - len(lines), 0)
         layers = [n.name for n in view.modules if n.num_params and not n.children][:rows]
-        recent = history[-width:]
-        per_step = [group_grad_norms(r.params) for r in recent]
+        per_step = [group_grad_norms(r.params) for r in history[-steps:]] if steps else []
         heat = [v for step in per_step for v in step.values() if v and math.isfinite(v) and v > 0]
         lo, hi = (math.log10(min(heat)), math.log10(max(heat))) if heat else (0.0, 0.0)
-        for layer, label in zip(layers, unique_labels(layers, 10)):
-            strip = Text()
+        layer_w = label_w + 1 + CHART_VALUE_WIDTH
+        for layer, label in zip(layers, unique_labels(layers, layer_w)):
+            line = Text(label.ljust(layer_w) + " ", theme.DIM, no_wrap=True, overflow="crop")
             for step in per_step:
-                strip.append_text(heat_cell(step.get(layer), lo, hi))
-            out.add_row(Text(label, theme.DIM), "", strip)
-        return out
+                line.append_text(heat_cell(step.get(layer), lo, hi))
+            lines.append(line)
+        return Group(*lines)
+
+
+# The latest value beside each sparkline, in at most this many cells ("-7.5e-5").
+CHART_VALUE_WIDTH = 7
+
+
+def fit_float(x: float | None, width: int) -> str:
+    """``fmt_float`` with as many significant digits as fit in ``width`` cells: fewer digits,
+    never a cut ("7.49e…" read as a different number)."""
+    text = "·"
+    for digits in (4, 3, 2, 1):
+        text = fmt_float(x, digits).replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+        if len(text) <= width:
+            break
+    return text
 
 
 def _tail(name: str, width: int) -> str:
@@ -281,6 +317,27 @@ def _total_memory() -> int:
     return _TOTAL_MEMORY[0]
 
 
+MEMORY_LABEL_WIDTH = 12  # "debugger tax"
+
+
+def rss_text(rss: int | None, total: int, width: int) -> Text:
+    """The process's RSS and its share of the machine's RAM, worded to fit ``width`` cells: a
+    shorter wording, never a cut unit ("1.6% of 23.5" read as a share of nothing)."""
+    used = human_bytes(rss)
+    if not total or not rss:
+        return Text(used)
+    share = rss / total
+    percent = f"{share:.1%}" if share < 0.1 else f"{share:.0%}"
+    style = theme.WARNING if share > 0.8 else theme.DIM
+    ram = human_bytes(total)
+    # Past the word RAM the share is left out first: the meter under this line shows it too.
+    for extra in (f"  {percent} of {ram} RAM", f"  {percent} of {ram}", f" of {ram} RAM", f" of {ram}",
+                  f"  {percent}"):
+        if len(used) + len(extra) <= width:
+            return Text(used).append(extra, style)
+    return Text(used)
+
+
 class MemoryPanel(ViewPanel):
     """RSS, CUDA when present, activation bytes, the debugger's own cost per instrument."""
 
@@ -289,22 +346,21 @@ class MemoryPanel(ViewPanel):
     def render_view(self, view: EngineView) -> RenderableType:
         record = view.last
         out = Table.grid(padding=(0, 1))
-        out.add_column(no_wrap=True, min_width=12)
+        out.add_column(no_wrap=True, min_width=MEMORY_LABEL_WIDTH)
         out.add_column(no_wrap=True, overflow="ellipsis")
         if record is None:
             return Text("memory is sampled once per step", theme.DIM)
         mem = record.memory
         vol = self.show_volatile
-        rss = Text(human_bytes(mem.rss_bytes) if vol else "—")
         total = _total_memory()
-        if vol and total and mem.rss_bytes:
-            share = mem.rss_bytes / total
-            rss.append(f"  {share:.1%} of {human_bytes(total)} RAM" if share < 0.1 else
-                       f"  {share:.0%} of {human_bytes(total)} RAM", theme.WARNING if share > 0.8 else theme.DIM)
+        # The value column's cells (the label column and its gap take the rest).
+        cells = self.size.width - MEMORY_LABEL_WIDTH - 1 if self.size.width else 40
+        rss = rss_text(mem.rss_bytes, total, cells) if vol else Text("—")
         out.add_row(Text("RSS", theme.DIM), rss)
         if vol and total and mem.rss_bytes:
             # How close the process is to the machine's RAM, at a glance.
-            out.add_row("", meter(mem.rss_bytes / total, 16, theme.WARNING if share > 0.8 else theme.INFO))
+            ram = mem.rss_bytes / total
+            out.add_row("", meter(ram, max(min(16, cells - 2), 4), theme.WARNING if ram > 0.8 else theme.INFO))
         if mem.cuda_allocated is not None:
             line = Text(human_bytes(mem.cuda_allocated) if vol else "—")
             if vol and mem.cuda_reserved:
