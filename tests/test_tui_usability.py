@@ -296,3 +296,189 @@ def test_bench_table_notes_are_cut_between_words_not_inside_one() -> None:
     assert len(clipped) <= 40 and clipped.endswith("…")
     assert text.startswith(clipped[:-1]) and text[len(clipped) - 1] in " ;"  # ends where a word ended
     assert clip_words("short", 40) == "short"
+
+
+# -- the second user test (tmux, 120x40 and 80x24) ---------------------------------------------
+
+CNN = str(ROOT / "scenarios" / "cnn_image.py")
+
+
+def panel_lines(widget) -> list[str]:  # noqa: ANN001
+    """A Static panel's content as laid out at its content width (what the terminal shows)."""
+    from rich.console import Console
+
+    console = Console(width=widget.size.width, record=True, file=open("/dev/null", "w"))
+    console.print(widget.content)
+    return console.export_text().splitlines()
+
+
+async def run_steps(pilot, k: int):  # noqa: ANN001
+    """Run k steps with N and wait until they are done."""
+    await pilot.press("N")
+    await pilot.pause()
+    await pilot.press("backspace", "backspace", *str(k), "enter")
+    main = pilot.app.main
+    target = main.view.step + k
+    for _ in range(20):
+        main = await settle(pilot)
+        if main.view.step >= target and main.busy is None:
+            break
+    assert main.view.step >= target
+    return main
+
+
+@pytest.mark.slow
+async def test_charts_show_the_newest_steps_and_whole_labels_after_a_resize() -> None:
+    from workbench.tui.render import sparkline
+    from workbench.tui.widgets.panels import ChartsPanel
+
+    app = create_app([CNN], device="cpu", show_volatile=False)
+    async with app.run_test(size=(200, 60)) as pilot:
+        await settle(pilot)
+        main = await run_steps(pilot, 26)  # more steps than the sparkline has cells at 120 columns
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        await pilot.pause()
+        charts = main.query_one(ChartsPanel)
+        lines = panel_lines(charts)
+        history = main.view.history
+        assert all(len(line.rstrip()) <= charts.size.width and "…" not in line for line in lines), lines
+        loss = next(line for line in lines if line.startswith("loss"))
+        value = float(loss.split()[1])  # the value whole ("7.49e…" before)
+        assert value == pytest.approx(history[-1].loss, rel=0.01)
+        spark = loss.rstrip().rsplit(" ", 1)[-1]
+        # As many steps as fit, and they are the newest: the line scrolls.
+        assert len(history) > len(spark) >= charts.size.width - 14
+        assert spark == sparkline([r.loss for r in history], len(spark)).plain
+        # One heat row per layer with parameters, each label whole and its own.
+        labels = [line.split(" ", 1)[0] for line in lines[2:] if line.strip()]
+        assert labels == ["features.0", "features.3", "classifier.1"]
+
+
+def test_chart_values_are_formatted_to_fit_never_cut() -> None:
+    from workbench.tui.widgets.panels import fit_float
+
+    for x in (7.4912e-5, -7.4912e-5, 12345.678, -123456.7, 2.3456, 0.0, float("nan"), None, -1.5e-12):
+        text = fit_float(x, 7)
+        assert len(text) <= 7 and "…" not in text, (x, text)
+    assert fit_float(7.4912e-5, 7) == "7.49e-5" and fit_float(2.3456, 7) == "2.346"
+
+
+def test_heat_labels_keep_the_part_that_tells_layers_apart() -> None:
+    labels = unique_labels(["features.0", "features.3", "classifier.1"], 8)
+    assert labels == ["…tures.0", "…tures.3", "…ifier.1"]
+
+
+async def test_a_breakpoint_glob_that_matches_no_module_is_kept_with_a_warning() -> None:
+    from textual.widgets import Input, Static
+
+    from workbench.tui.screens.dialogs import BreakpointsScreen
+
+    app = create_app([MLP], device="cpu", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        await pilot.press("B")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, BreakpointsScreen)
+        said = dialog.query_one("#bp-error", Static)
+        field = dialog.query_one("#bp-input", Input)
+        field.value = "dead_units@nosuch.*"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "added: dead_units@nosuch.*" in str(said.content)
+        assert "matches no module of this model (yet): nosuch.*" in str(said.content)
+        assert "dead_units@nosuch.*" in dialog.conditions  # still allowed: modules may appear later
+        field.value = "dead_units@fc*"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert str(said.content) == "added: dead_units@fc*"
+        await pilot.press("ctrl+s")
+        main = await settle(pilot)
+        assert main.conditions == ("dead_units@nosuch.*", "dead_units@fc*")
+
+
+def test_unmatched_glob_note_checks_modules_parameters_and_suggests_close_names() -> None:
+    from workbench.engine.breakpoints import Breakpoint
+    from workbench.tui.screens.dialogs import unmatched_glob_note
+
+    modules = ["", "features", "features.0", "features.3", "classifier", "classifier.1"]
+    note = unmatched_glob_note(Breakpoint.parse("dead_units@featurs.*"), modules)
+    assert note.startswith("matches no module of this model (yet): featurs.*") and "close: features" in note
+    assert unmatched_glob_note(Breakpoint.parse("dead_units@features.*"), modules) == ""
+    assert unmatched_glob_note(Breakpoint.parse("nan_inf"), modules) == ""  # no glob
+    assert unmatched_glob_note(Breakpoint.parse("dead_units@nosuch.*"), []) == ""  # no model to check
+    # A parameter's name: before the first backward none is known, so one that could be is let be;
+    # once they are known, the real names decide.
+    assert unmatched_glob_note(Breakpoint.parse("exploding_gradient@*.weight"), modules) == ""
+    params = ["features.0.weight", "features.0.bias"]
+    assert unmatched_glob_note(Breakpoint.parse("exploding_gradient@features.0.bias"), modules, params) == ""
+    assert unmatched_glob_note(Breakpoint.parse("exploding_gradient@features.0.wieght"), modules, params)
+
+
+def test_an_int8_rows_speedup_says_it_is_against_inference() -> None:
+    from workbench.bench.results import Timing, VariantResult
+    from workbench.tui.screens.bench import row_cells
+
+    int8 = VariantResult("int8-dynamic", "ok", timing=Timing((0.01, 0.011)), speedup=0.92,
+                         speedup_basis="fp32 inference")
+    assert row_cells(int8)[5] == "0.92× (inference)"
+
+
+async def test_bench_screen_names_the_resolved_device_and_leaves_cuda_rows_unchecked_on_cpu() -> None:
+    from workbench.tui.screens.bench import BenchScreen, VariantChecklist
+
+    app = create_app([MLP], device="auto", show_volatile=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = await settle(pilot)
+        device = main.view.summary.device
+        await pilot.press("b")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, BenchScreen)
+        title = str(screen.query_one("#bench-title").content)
+        assert title == f"Bench · mlp_digits on {device}"  # not "on auto"
+        if device.startswith("cuda"):
+            return
+        checklist = screen.query_one(VariantChecklist)
+        rows = ["".join(seg.text for seg in checklist.render_line(y)) for y in range(checklist.option_count)]
+        for name in ("amp-bf16", "dataparallel"):
+            assert name not in checklist.selected
+            row = next(r for r in rows if name in r)
+            assert f"{name} (needs CUDA)" in row and "✔" not in row
+        assert {"fp32", "amp", "ddp-2"} <= set(checklist.selected)
+
+
+def test_the_rss_line_is_worded_to_fit_never_cut_inside_a_unit() -> None:
+    from workbench.tui.widgets.panels import rss_text
+
+    rss, total = int(380.1 * 2**20), int(23.5 * 2**30)
+    assert rss_text(rss, total, 40).plain == "380.1 MB  1.6% of 23.5 GB RAM"
+    for width in range(8, 40):
+        text = rss_text(rss, total, width).plain
+        assert len(text) <= max(width, len("380.1 MB")), (width, text)
+        assert text.endswith(("MB", "GB", "RAM", "%")), text
+    assert rss_text(rss, total, 23).plain == "380.1 MB of 23.5 GB RAM"
+
+
+async def test_memory_and_model_table_fit_their_words_at_120_columns() -> None:
+    from workbench.tui.widgets.panels import MemoryPanel, _total_memory
+
+    app = create_app([CNN], device="cpu", show_volatile=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("n")
+        main = await settle(pilot)
+        memory = main.query_one(MemoryPanel)
+        lines = panel_lines(memory)
+        rss = next(line for line in lines if line.startswith("RSS")).rstrip()
+        if _total_memory():
+            assert rss.endswith(("GB", "RAM")), rss  # "… 1.6% of 23.5" before
+        assert all("…" not in line for line in lines[:3]), lines
+        # The rows fit the panel: the scrollbar's cells go to the names, and a type name is cut
+        # whole rather than to a letter ("features S…", "MaxPoo…" before).
+        table = main.query_one(ModelTable)
+        names = {row: table.get_cell(row, "module").plain for row in ("features", "features.2", "classifier")}
+        assert names["features.2"].strip() == "2 MaxPool2d"
+        assert not names["features"].rstrip().endswith("S…"), names
+        assert "classifier" in names["classifier"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 
 from rich.segment import Segment
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -31,6 +32,7 @@ from workbench.bench.variants import DEFAULT
 from workbench.report.bench import hardware_line, is_inference, notes, quality, speedup_bars
 from workbench.report.numbers import fmt_ms, human_bytes, human_count
 from workbench.scenario import ScenarioSource
+from workbench.tui import theme
 from workbench.tui.jobs import ChildJob, JobError, bench_child
 from workbench.tui.messages import BenchFinished, BenchRowDone, BenchTick, JobFailed
 from workbench.tui.widgets.common import ErrorPanel, ProgressPanel
@@ -42,6 +44,23 @@ CHOICES: tuple[tuple[str, bool], ...] = (
     ("compile", False),
 )
 assert all(name in DEFAULT or name == "compile" for name, _ in CHOICES)
+# Rows that only run on CUDA: on another device they can only skip, so there they start unchecked
+# and say why (checked anyway, the row's reason says it again).
+NEEDS_CUDA = {"amp-bf16": "needs CUDA", "dataparallel": "needs CUDA"}
+
+
+def choices(device: str) -> list[tuple[Text, str, bool]]:
+    """The checklist's (prompt, variant, checked) rows for a bench on ``device`` ("auto": not
+    resolved yet, so nothing is known to skip)."""
+    elsewhere = device != "auto" and not device.startswith("cuda")
+    rows = []
+    for name, checked in CHOICES:
+        why = NEEDS_CUDA.get(name) if elsewhere else None
+        prompt = Text(name)
+        if why is not None:
+            prompt.append(f" ({why})", theme.DIM)
+        rows.append((prompt, name, checked and why is None))
+    return rows
 
 
 class VariantChecklist(SelectionList[str]):
@@ -66,7 +85,7 @@ class VariantChecklist(SelectionList[str]):
 class BenchScreen(Screen[None]):
     DEFAULT_CSS = """
     BenchScreen #bench-title { text-style: bold; margin: 0 1; }
-    BenchScreen #picker { width: 30; height: auto; }
+    BenchScreen #picker { width: 34; height: auto; }  /* "dataparallel (needs CUDA)" whole */
     BenchScreen SelectionList { height: auto; max-height: 14; }
     BenchScreen #results { width: 1fr; }
     BenchScreen #bars, BenchScreen #hardware { height: auto; margin: 1 0 0 0; }
@@ -92,7 +111,7 @@ class BenchScreen(Screen[None]):
         yield Label(f"Bench · {self.source.label} on {self.device}", id="bench-title")
         with Horizontal():
             with Vertical(id="picker"):
-                yield VariantChecklist(*[(n, n, on_) for n, on_ in CHOICES], id="variants")
+                yield VariantChecklist(*choices(self.device), id="variants")
                 yield Button("Run (r)", id="run", variant="primary")
             with VerticalScroll(id="results"):
                 yield ProgressPanel("Benchmark", id="progress")
@@ -234,7 +253,7 @@ def row_cells(r: VariantResult, baseline: VariantResult | None = None) -> tuple[
     t = r.timing
     speedup = f"{r.speedup:.2f}×" if r.speedup is not None else "·"
     if is_inference(r):  # against fp32 inference, not the training step
-        speedup += " inf"
+        speedup += " (inference)"
     return (
         r.name, "ok", fmt_ms(t.median), fmt_ms(t.iqr),
         human_count(t.throughput) if t.throughput else "·",

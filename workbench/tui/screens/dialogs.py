@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import RenderableType
 from rich.table import Table
@@ -17,6 +20,9 @@ from textual.widgets.option_list import Option
 
 from workbench.tui import theme
 from workbench.tui.render import terminal_text
+
+if TYPE_CHECKING:
+    from workbench.engine.breakpoints import Breakpoint
 
 
 class HelpScreen(ModalScreen[None]):
@@ -91,10 +97,15 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         Binding("ctrl+s", "save", "save"),
     ]
 
-    def __init__(self, conditions: Sequence[str], kinds: Sequence[str] = ()) -> None:
+    def __init__(self, conditions: Sequence[str], kinds: Sequence[str] = (), modules: Sequence[str] = (),
+                 parameters: Sequence[str] = ()) -> None:
         super().__init__()
         self.conditions = list(conditions)
         self.kinds = list(kinds)
+        # The model's module (and, once measured, parameter) names: a glob that matches none is
+        # taken, and said (none: no model loaded, nothing to check against).
+        self.modules = tuple(modules)
+        self.parameters = tuple(parameters)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -141,7 +152,9 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
         except Exception as exc:  # the parser's message is the user's guide
             self.query_one("#bp-error", Static).update(Text(str(exc), theme.ERROR))
             return False
-        self.query_one("#bp-error", Static).update(Text(f"added: {bp.describe()}", theme.OK))
+        note = unmatched_glob_note(bp, self.modules, self.parameters)
+        self.query_one("#bp-error", Static).update(
+            Text(f"added: {bp.describe()}" + (f" · {note}" if note else ""), theme.WARNING if note else theme.OK))
         if text not in self.conditions:
             self.conditions.append(text)
         field.value = ""
@@ -174,6 +187,27 @@ class BreakpointsScreen(ModalScreen[tuple[str, ...] | None]):
 
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
+
+
+def unmatched_glob_note(bp: Breakpoint, modules: Sequence[str], parameters: Sequence[str] = ()) -> str:
+    """What to tell the user about a breakpoint whose module glob matches no module (nor
+    parameter) of the model: a typo that can never fire. "" when it matches one, has no glob,
+    or no model is loaded. The breakpoint is still taken: modules may appear later.
+
+    Before the first backward the parameters' names are not known (``parameters`` empty): a
+    glob's last part is then tried as a parameter of each module ("features.0.weight").
+    """
+    glob = bp.module_glob
+    names = [n for n in modules if n]
+    if not glob or not names:
+        return ""
+    if any(fnmatch.fnmatchcase(n, glob) for n in (*names, *parameters)):
+        return ""
+    tail = glob.rsplit(".", 1)[-1]
+    if not parameters and "." in glob and any(fnmatch.fnmatchcase(f"{n}.{tail}", glob) for n in names):
+        return ""
+    close = difflib.get_close_matches(glob.rstrip("*?.") or glob, names, n=3, cutoff=0.6)
+    return f"matches no module of this model (yet): {glob}" + (f"; close: {', '.join(close)}" if close else "")
 
 
 class LogScreen(ModalScreen[None]):

@@ -210,13 +210,16 @@ class ModelTable(DataTable):
         current = self.columns.get(ColumnKey("shape"))
         if current is not None:
             shape_width = max(shape_width, current.content_width)
-        # Room for a vertical scrollbar is kept even before one shows, so
-        # the last column never slides under it when the rows outgrow the panel.
-        usable = self.content_region.width - self.styles.scrollbar_size_vertical
+        # Room for a vertical scrollbar is kept once the rows (and the header) outgrow the
+        # panel, so the last column never slides under it; rows that fit give it to the names.
+        # (A fold or a resize that changes this redraws the rows: both come through here.)
+        usable = self.content_region.width
+        if len(cells) + 1 > self.content_region.height:
+            usable -= self.styles.scrollbar_size_vertical
         room = usable - shape_width - sum(WIDTH.values())
         width = max(room, MIN_NAME_WIDTH) if room > 0 or self.size.width else 10_000
         for row in cells.values():
-            row[0].truncate(width, overflow="ellipsis")
+            _cut_name(row[0], width)
         return width
 
     def _end_flash(self) -> None:
@@ -269,6 +272,19 @@ class ModelTable(DataTable):
         if name is not None and name != self._selected:
             self._selected = name
             self.post_message(self.ModuleSelected(name))
+
+
+def _cut_name(name: Text, width: int) -> None:
+    """Cut a module's cell to ``width``: the dim type name after it goes first, and whole
+    when less than three letters of it would show ("features S…" said nothing the fold did not)."""
+    if name.cell_len <= width:
+        return
+    kind = [span for span in name.spans if span.style == theme.DIM]  # " Sequential", from _row
+    start = kind[-1].start if kind else None
+    if start is not None and start <= width and width - 1 - (start + 1) < 3:
+        name.truncate(start)
+    else:
+        name.truncate(width, overflow="ellipsis")
 
 
 def _update_ratios(params: Iterable[ParamStats]) -> dict[str, float | None]:
