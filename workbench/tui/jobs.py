@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.errors import exception_text, message_of
 from workbench.isolation import ChildOutcome, describe_exit, report_progress, run_isolated
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def failure_text(what: str, exc: BaseException) -> tuple[str, str]:
         if kept:
             lines.append(kept)
         frames = exc.user_traceback
-        message = f"{type(original).__name__}: {original}"
+        message = exception_text(original)
     else:
         from workbench.errors import user_frames
 
@@ -69,7 +70,7 @@ def failure_text(what: str, exc: BaseException) -> tuple[str, str]:
         lines = []
         mine = user_frames(original)
         frames = "".join(traceback.format_list(mine)) if mine else "".join(traceback.format_tb(original.__traceback__))
-        message = str(original) or type(original).__name__
+        message = message_of(original) or type(original).__name__
         if type(original).__name__ not in message:
             message = f"{type(original).__name__}: {message}"
     first, _, rest = message.partition("\n")
