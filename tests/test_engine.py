@@ -505,6 +505,25 @@ def test_an_update_that_overflows_the_weights_is_named_at_the_optimizer_step() -
     assert not torch.isfinite(model.weight).all()
 
 
+def test_the_engine_measures_a_layer_from_the_step_it_is_unfrozen() -> None:
+    from workbench.scenario import Scenario
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+    scenario = Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        loss_fn=nn.CrossEntropyLoss(), data=data)
+    with Engine(scenario) as eng:
+        frozen = eng.step_once()
+        model[0].requires_grad_(True)
+        thawed = eng.step_once()
+    assert {p.name for p in frozen.params} == {"2.weight", "2.bias"}
+    assert {p.name for p in thawed.params} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    grads = [p.grad_norm for p in thawed.params if p.grad_norm is not None]
+    assert thawed.total_grad_norm == pytest.approx(math.sqrt(sum(g * g for g in grads)))
+
+
 def test_a_finite_update_whose_norm_overflows_float32_is_not_said_to_make_the_weights_non_finite() -> None:
     """An update of 1e18 per element has an inf float32 norm; the weights stay finite (~1e18)."""
     from workbench.scenario import Scenario

@@ -446,6 +446,34 @@ def test_a_script_that_dies_without_closing_the_watch_still_leaves_its_report(
     assert data["scenario"] == str(script)
 
 
+def test_a_layer_unfrozen_mid_run_is_measured_and_counted_from_then_on() -> None:
+    """Progressive unfreezing: a frozen backbone made trainable and added with add_param_group was
+    never measured, and the total gradient norm left its gradients out."""
+    import workbench
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    model[0].requires_grad_(False)
+    opt = torch.optim.Adam(model[2].parameters(), 1e-2)
+    true_norms = []
+    with workbench.watch(model, opt, every=2) as wb:
+        for i in range(6):
+            if i == 3:
+                model[0].requires_grad_(True)
+                opt.add_param_group({"params": list(model[0].parameters()), "lr": 1e-3})
+            loss = nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.randint(0, 2, (4,)))
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            true_norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+            opt.step()
+            opt.zero_grad()
+    history = wb.history
+    assert [r.total_grad_norm for r in history] == pytest.approx(true_norms, rel=1e-5)
+    assert {p.name for p in history[2].params} == {"2.weight", "2.bias"}  # measured, still frozen
+    assert {p.name for p in history[4].params} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert all(p.update_norm is not None and p.update_norm > 0 for p in history[4].params)
+
+
 def test_an_error_left_from_before_the_watch_is_not_the_runs_at_exit(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -i` and notebooks keep the last uncaught error in sys.last_value: a typo before the

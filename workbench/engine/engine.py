@@ -547,6 +547,7 @@ class Engine:
 
     def _backward(self, s: StepState) -> None:
         assert s.loss_tensor is not None
+        self._inst.refresh_params()  # a layer unfrozen since the last step is measured from this one
         self._probe.seconds = 0.0
         scaler = self._scaler
         if scaler is not None:

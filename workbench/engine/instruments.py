@@ -110,6 +110,8 @@ class Instruments:
         thresholds = thresholds or HealthThresholds()
         self.probe = ActivationProbe(model, sample_size, saturation_band=thresholds.saturation_band)
         self.params: list[ParamRef] = param_refs(model)
+        self._all = [p for _, p in model.named_parameters()]
+        self._trainable = self._trainable_now()
         self.health = HealthMonitor(thresholds)
         self.health.diagnosis.set_param_names(model)
         self.recurrent = recurrent_modules(model)
@@ -150,6 +152,21 @@ class Instruments:
                 shared_params=tuple(shared),
             )
         return tree
+
+    def _trainable_now(self) -> tuple[bool, ...]:
+        return tuple(p.requires_grad for p in self._all)
+
+    def refresh_params(self) -> bool:
+        """Measure the parameters trainable now: a frozen layer unfrozen later (progressive
+        unfreezing) is measured, and counted in the total gradient norm, from then on; one frozen
+        later is left out. A look at each parameter's requires_grad (host-side, about 0.1 us
+        apiece) per step. True when the set changed (the caller's per-optimizer split with it)."""
+        now = self._trainable_now()
+        if now == self._trainable:
+            return False
+        self._trainable = now
+        self.params = param_refs(self.model)
+        return True
 
     # -- health ---------------------------------------------------------------------------
     def begin_phase(self) -> None:

@@ -102,17 +102,9 @@ class Watch:
         self._inst.health.full_stats_hint = (f"take stats every step (workbench.watch(..., every=1)) to see which "
                                              f"module makes it (this watch measures one step in {every})")
         self._holder: Any = param_holder(self.model, self.optimizers)
-        ids = {id(r.param): r for r in self._inst.params}
-        # Each optimizer's share of the parameters; those no optimizer holds go with the first
-        # (the unowned-parameter rule names them).
         self._refs: list[list[ParamRef]] = []
-        claimed: set[int] = set()
-        for o in self.optimizers:
-            refs = [ids[id(p)] for g in o.param_groups for p in g["params"] if id(p) in ids and id(p) not in claimed]
-            claimed.update(id(r.param) for r in refs)
-            self._refs.append(refs)
-        if self._refs:
-            self._refs[0] += [r for r in self._inst.params if id(r.param) not in claimed]
+        self._groups_key: tuple[int, ...] = ()
+        self._split_params()
         self._history: deque[StepRecord] = deque(maxlen=history)
         self._findings: deque[Finding] = deque(maxlen=max_findings)
         self._logged: list[dict[str, float]] = []  # per emitted step, what wb.log gave (bounded like history)
@@ -430,6 +422,28 @@ class Watch:
         label = f"the batch of step {self._s.step}"
         return self._inst.health.diagnosis.non_finite_data(self._s.step, Phase.FORWARD, bad, label)
 
+    def _split_params(self) -> None:
+        """Each optimizer's share of the measured parameters; those no optimizer holds go with the
+        first (the unowned-parameter rule names them)."""
+        ids = {id(r.param): r for r in self._inst.params}
+        self._refs = []
+        claimed: set[int] = set()
+        for o in self.optimizers:
+            refs = [ids[id(p)] for g in o.param_groups for p in g["params"] if id(p) in ids and id(p) not in claimed]
+            claimed.update(id(r.param) for r in refs)
+            self._refs.append(refs)
+        if self._refs:
+            self._refs[0] += [r for r in self._inst.params if id(r.param) not in claimed]
+        self._groups_key = self._optimizer_groups()
+
+    def _optimizer_groups(self) -> tuple[int, ...]:
+        return tuple(len(g["params"]) for o in self.optimizers for g in o.param_groups)
+
+    def _refresh_params(self) -> None:
+        """A layer unfrozen (requires_grad, add_param_group) since the last step: measured from now."""
+        if self._inst.refresh_params() or self._optimizer_groups() != self._groups_key:
+            self._split_params()
+
     # -- boundaries -------------------------------------------------------------------------
     def _index_of(self, optimizer: Any) -> int:
         opt = unwrap_optimizer(optimizer)
@@ -456,6 +470,8 @@ class Watch:
         if self._forward_open:
             self._end_measured_forward()  # the root module was never called: end the forward here
         first = not self._stepped and Phase.BACKWARD not in s.phases_done
+        if first:
+            self._refresh_params()
         inst.begin_phase()
         total = self._loss.value() if first and s.loss is None else None
         if total is not None:
