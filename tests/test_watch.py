@@ -568,6 +568,38 @@ def test_with_the_loops_grad_scaler_the_output_gradient_norms_are_unscaled() -> 
         assert a.total_grad_norm == pytest.approx(b.total_grad_norm, rel=1e-6)  # parameters: unscaled either way
 
 
+def test_steps_the_grad_scaler_skips_are_their_own_skipped_steps() -> None:
+    """scaler.step() on inf gradients calls no optimizer.step(), so no step hook fires: those
+    iterations merged into the next real step (one loss the mean of seven, the scale of the wrong
+    backward) and the overflow read as a NaN in the model. Each is now its own skipped step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)  # overflows fp16 until it has halved enough
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    with workbench.watch(model, opt, every=2, scaler=scaler) as wb:
+        for _ in range(20):
+            x, y = torch.randn(16, 8, generator=g), 100 * torch.randn(16, 1, generator=g)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.mse_loss(model(x).float(), y)
+            scaler.scale(loss).backward()
+            wb.log(loss=loss)
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            seen.append((loss.item(), scale, scaler.get_scale() < scale))
+            opt.zero_grad()
+    history = wb.history
+    assert len(history) == 20 and any(skipped for *_, skipped in seen) and not all(s for *_, s in seen)
+    assert [r.skipped for r in history] == [skipped for *_, skipped in seen]
+    assert [r.amp_skipped for r in history] == [skipped for *_, skipped in seen]
+    assert [r.loss for r in history] == pytest.approx([loss for loss, *_ in seen], rel=1e-6)
+    assert [r.grad_scale for r in history] == [scale for _, scale, _ in seen]
+    kinds = {f.kind for f in wb.findings}
+    assert "amp_overflow" in kinds and "nan_inf" not in kinds
+
+
 def test_scaler_must_be_a_grad_scaler() -> None:
     with pytest.raises(TypeError, match="GradScaler"):
         workbench.watch(nn.Linear(2, 1), scaler=2.0)

@@ -125,6 +125,7 @@ class Watch:
         self._before: dict[int, list[torch.Tensor] | None] = {}
         self._hits: set[str] = set()  # breakpoints already fired this step
         self._skipped: set[int] = set()  # steps whose update did not happen (a Break, a client's skip)
+        self._pre_hooks_run = 0  # optimizer pre-step hooks so far: did scaler.step() call step()?
         self._pending: tuple[StepState, dict[str, Any], StepLoss] | None = None
         self._t_step = time.perf_counter()
         self._t_forward: float | None = None  # the step's training forward started
@@ -312,9 +313,31 @@ class Watch:
             if step_pre_hooks:
                 self._handles.append(opt.register_step_pre_hook(functools.partial(self._step_pre_hook, i)))
             self._handles.append(opt.register_step_post_hook(functools.partial(self._step_post_hook, i)))
+        if step_pre_hooks and self.scaler is not None and self.optimizers:
+            self._handles.append(_ScalerSteps(self))
 
     def _step_pre_hook(self, index: int, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._pre_hooks_run += 1
         self._backward_boundary(index)
+
+    def _skipped_by_scaler(self, optimizer: Any) -> None:
+        """``scaler.step(optimizer)`` found inf/NaN gradients and did not call ``optimizer.step()``:
+        no step hook ran, so the round is closed here, as the skipped step it is (its gradients
+        measured, the fp16 overflow said as such), instead of merging into the next one."""
+        if self._closed:
+            return
+        try:
+            index = self._index_of(optimizer)
+        except ValueError:  # an optimizer the watch does not know: not its step
+            return
+        self._backward_boundary(index)
+        self._s.amp_skipped = True
+        self._before.pop(index, None)
+        self._stepped.add(index)
+        if len(self._stepped) == len(self.optimizers):
+            self._skipped.add(self._s.step)
+            self._finish_step(skipped=False)  # written at the next step, as any: a loss logged after still counts
+            self._serve_commands()
 
     def _step_post_hook(self, index: int, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._after_update(index)
@@ -598,6 +621,7 @@ class Watch:
             instrument_seconds=s.charged, instrument_breakdown=dict(s.instrument),
             epoch=self.epoch, batch_size=0, measured=s.measured, data_seconds=s.data_seconds,
             loss_source=s.loss_source if s.loss is not None else "", grad_scale=s.grad_scale,
+            amp_skipped=s.amp_skipped,
         )
         self._history.append(record)
         self._logged.append(values)
@@ -770,3 +794,29 @@ def watch(
     files under ``run_dir`` (default runs/watch/SCRIPT-TIME-PID).
     """
     return Watch(model, optimizer, **options)
+
+
+class _ScalerSteps:
+    """The watched loop's ``scaler.step``, wrapped for as long as the watch is open (removed like
+    a hook handle): a step the GradScaler skips calls no ``optimizer.step()``, so no step hook
+    tells the watch; this does (see Watch._skipped_by_scaler)."""
+
+    def __init__(self, watched: Watch) -> None:
+        self.scaler = watched.scaler
+        original = self.scaler.step
+        ref = weakref.ref(watched)
+
+        def step(optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            w = ref()
+            before = w._pre_hooks_run if w is not None else 0
+            result = original(optimizer, *args, **kwargs)
+            if w is not None and w._pre_hooks_run == before and self.scaler.is_enabled():
+                w._skipped_by_scaler(optimizer)
+            return result
+
+        self.step = step
+        self.scaler.step = step  # the instance's attribute, in front of the class's method
+
+    def remove(self) -> None:
+        if self.scaler.__dict__.get("step") is self.step:
+            del self.scaler.step
