@@ -440,3 +440,17 @@ def test_a_reused_run_name_is_refused_and_append_analyses_only_the_new_traces(
     assert len(analysis.workers) == 1 and Path(analysis.workers[0].path).name not in first
     assert analysis.earlier_traces == tuple(first)
     assert analysis.scenario is not None and analysis.scenario.endswith("regression_mse.py")
+
+
+def test_a_users_file_under_the_sidecars_name_is_not_written_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--run into a directory of the user's that holds a workbench-profile.json of their own: refused
+    before any work (it was replaced by the run's sidecar)."""
+    run = tmp_path / "mine"
+    run.mkdir()
+    theirs = run / "workbench-profile.json"
+    theirs.write_text('{"mine": true}\n')
+    assert main(["profile", MLP, "--logdir", str(tmp_path), "--run", "mine", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert f"{theirs} exists and is not the workbench's" in err
+    assert theirs.read_text() == '{"mine": true}\n' and sorted(p.name for p in run.iterdir()) == [theirs.name]

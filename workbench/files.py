@@ -29,6 +29,7 @@ _OUR_HEADS = re.compile(
     r'\A\s*(?:\{\s*"(?:schema"\s*:\s*"workbench\.|format"\s*:\s*"torch-workbench-)'
     r'|\{\s*"scenario"\s*:\s*"[^"\n]*",\s*"(?:device"\s*:\s*"[^"\n]*",\s*"a"|model_class")\s*:'
     r'|\{\s*"run"\s*:\s*"[^"\n]*",\s*"run_dir"\s*:'
+    r'|\{\s*"scenario"\s*:\s*"[^"\n]*",\s*"label"\s*:'  # a profile run's sidecar (workbench-profile.json)
     r'|<\?xml[^>]*\?>\s*<testsuites name="workbench )')
 _HEAD_BYTES = 4096
 

@@ -90,7 +90,19 @@ def check_run_reuse(run_dir: Path, append: bool) -> None:
     both profiles' traces in one directory, each labelled by worker only: the
     analysis, ``--analyze`` and TensorBoard then read a mix with no warning.
     """
-    if append or not run_dir.is_dir():
+    if not run_dir.is_dir():
+        return
+    from workbench.files import workbench_output
+    from workbench.profiling.sidecar import METADATA_FILE
+
+    sidecar = run_dir / METADATA_FILE
+    if sidecar.is_file() and not workbench_output(sidecar):
+        from workbench.errors import OutputPathError
+
+        raise OutputPathError(f"{sidecar} exists and is not the workbench's (the sidecar a profile writes "
+                              "there), so it is not written over. Choose another --run name, or move that "
+                              "file away first.")
+    if append:
         return
     old = trace_files_in(run_dir)
     if not old:
