@@ -151,9 +151,14 @@ async def test_a_finished_run_dir_opens_read_only(tmp_path: Path) -> None:
         assert [r.step for r in main.view.history] == [0, 1, 2]
         assert ("nan_inf", "poison") in shown_findings(main)
         assert "read-only" in main.status
+        title = plain(main.query_one("#title"))
+        assert "ended" in title and "next forward" not in title  # it said "next forward" of a run long gone
         await pilot.press("r")
         await pilot.pause()
         assert any("read-only" in n.message for n in app._notifications)
+        await pilot.press("R")
+        await pilot.pause()
+        assert any("connecting to" in n.message for n in app._notifications)  # R said nothing
 
 
 async def test_a_finished_run_that_logged_no_loss_names_no_loss_source(tmp_path: Path) -> None:

@@ -482,3 +482,14 @@ async def test_memory_and_model_table_fit_their_words_at_120_columns() -> None:
         assert names["features.2"].strip() == "2 MaxPool2d"
         assert not names["features"].rstrip().endswith("S…"), names
         assert "classifier" in names["classifier"]
+
+
+def test_the_inspector_title_leaves_out_an_empty_description() -> None:
+    from workbench.tui.widgets.inspector import inspector_title
+
+    class Data:
+        module, description = "", ""
+
+    assert inspector_title(Data()) == "Inspector · model"  # was "Inspector · model · "
+    Data.description = "Linear(4, 2)"
+    assert inspector_title(Data()) == "Inspector · model · Linear(4, 2)"

@@ -596,6 +596,15 @@ class Session:
         who = f"{hello.host} pid {hello.pid}" if hello is not None else self.label
         return f"attached to {who} · step {view.step} · p pauses · B sets breakpoints"
 
+    def title_state(self) -> str:
+        """An attached session's state for the title: ended, paused or live (the keys are in the status)."""
+        if self.read_only or self.ended is not None:
+            return "ended" + (f" ({self.ended.reason})" if self.ended is not None and self.ended.reason else "")
+        p = self.state.progress
+        if p is not None and p.paused:
+            return "paused"
+        return "live"
+
     def _ended_text(self, ended: P.Ended) -> str:
         how = f" (exit code {ended.exit_code})" if ended.exit_code not in (None, 0) else ""
         what = f"the run ended: {ended.reason}{how}"

@@ -595,6 +595,7 @@ class MainScreen(Screen[None]):
                 self.action_switch()
             return
         if self.session.source is None:  # attached: connect again (a finished run reopens its log)
+            self.notify(f"connecting to {self.session.label} again", severity="information")
             self.attach(self.session.label)
             return
         self.load(self.session.source)
@@ -803,6 +804,9 @@ class MainScreen(Screen[None]):
             state = f"step {self.failed_step} raised · next: step {view.step}"
         elif self.query_one(ErrorPanel).shown:
             state = f"step {view.step} · error"
+        elif self.session is not None and self.session.attached:
+            # The script steps by itself: no "next forward" to offer, but whether it runs at all.
+            state = f"step {view.step} · {self.session.title_state()}"
         else:
             state = f"step {view.step} · next {PHASE_LABEL[view.next_phase]}"
         if self.queue:

@@ -33,7 +33,10 @@ class Inspector(Static):
 
 
 def inspector_title(data: InspectorData | None) -> str:
-    return "Inspector" if data is None else f"Inspector · {data.module or 'model'} · {data.description}"
+    if data is None:
+        return "Inspector"
+    # An attached script's sample may come without a description: no empty "· " then.
+    return f"Inspector · {data.module or 'model'}" + (f" · {data.description}" if data.description else "")
 
 
 def _stats_line(stats: ModuleStats | None, fresh: bool) -> Text | None:
