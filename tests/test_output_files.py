@@ -112,3 +112,15 @@ def test_a_report_on_stdout_comes_alone_and_the_table_goes_to_stderr(tmp_path: P
     report = json.loads(done.stdout)  # nothing but the report
     assert report["schema"] == "workbench.run/1" and len(report["steps"]) == 2
     assert "mlp_digits" in done.stderr and "loss" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", MLP, "--steps", "1", "--json", ""],
+    ["check", MLP, "--steps", "1", "--junit", ""],
+    ["summary", MLP, "--json", ""],
+    ["run", MLP, "--steps", "1", "--tensorboard", ""],
+], ids=["run-json", "check-junit", "summary-json", "run-tensorboard"])
+def test_an_empty_output_path_is_refused_not_silently_ignored(argv, capsys) -> None:
+    assert main(argv) == 2
+    flag = argv[-2]
+    assert f'{flag} is empty ("")' in capsys.readouterr().err

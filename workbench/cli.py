@@ -84,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     guard_process_exit()  # a scenario's os._exit is its failure, reported, never our silent end
     verbose = bool(getattr(args, "verbose", False))
+    empty = _empty_output_flag(args)
+    if empty is not None:
+        from workbench.errors import UsageError
+
+        return report_exception(UsageError(
+            f"--{empty} is empty (\"\"): expected a path to write to. Give one, or leave --{empty} out (an "
+            "empty argument is often an unset shell variable)."), verbose)
     _report_on_stdout(args)
     if not verbose and args.command != "tui":
         _short_warnings()
@@ -123,6 +130,14 @@ def stray_threads() -> list:  # list[threading.Thread]
 
     main_thread = threading.main_thread()
     return [t for t in threading.enumerate() if t is not main_thread and not t.daemon and t.is_alive()]
+
+
+def _empty_output_flag(args: argparse.Namespace) -> str | None:
+    """The output flag given as "" (``--json "$OUT"`` with OUT unset): it wrote nothing, silently."""
+    for flag in ("json", "junit", "tensorboard", "logdir"):
+        if getattr(args, flag, None) == "":
+            return flag
+    return None
 
 
 def _report_on_stdout(args: argparse.Namespace) -> None:
