@@ -31,9 +31,10 @@ class ForwardRoot:
     def message(self) -> str:
         where = f"module {self.module!r}" if self.module else "the model's forward()"
         if self.own_weights_non_finite:
-            return (f"{where} produced NaN/Inf because its own parameters are already non-finite "
-                    "(an earlier step's update or gradient went non-finite; see the first "
-                    "nan_inf finding). Restart from a checkpoint and fix that step.")
+            return (f"{where} produced NaN/Inf because its own parameters are already non-finite: an "
+                    "earlier optimizer step made them so (an earlier nan_inf finding then names that step), "
+                    "or code outside the optimizer step wrote them (a weight set by hand, a load_state_dict, "
+                    "a checkpoint). Restart from a checkpoint and fix what wrote them.")
         if self.inputs_finite:
             return (f"{where} produced NaN/Inf from finite inputs: the first non-finite "
                     "activation of this step. Look for log/sqrt/division of values that can "
