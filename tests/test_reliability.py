@@ -861,3 +861,37 @@ def test_a_scenario_that_takes_the_standard_streams_does_not_take_the_run_with_t
     assert "3 steps, loss" in out and f"report written to {report}" in out
     data = json.loads(report.read_text())
     assert data["summary"]["stopped_by"] == "steps" and data["error"] is None
+
+
+ALWAYS_RAISES = """
+import torch
+from torch import nn
+from workbench import Scenario
+
+class Net(nn.Linear):
+    def forward(self, x):
+        raise ValueError("boom in forward")
+
+def build(device):
+    model = Net(4, 2)
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    loss_fn=nn.CrossEntropyLoss(), data=[(torch.randn(8, 4), torch.randint(0, 2, (8,)))])
+"""
+
+INTERRUPTS_BUILD = """
+def build(device):
+    raise KeyboardInterrupt
+"""
+
+
+def test_summary_and_list_name_the_line_that_raised(tmp_path, capsys) -> None:
+    raises = tmp_path / "raises.py"
+    raises.write_text(ALWAYS_RAISES)
+    assert main(["summary", str(raises)]) == 2
+    assert f"raised ValueError: boom in forward at {raises}:8" in capsys.readouterr().err
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "stops.py").write_text(INTERRUPTS_BUILD)
+    main(["list", str(listed)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"KeyboardInterrupt (at {listed / 'stops.py'}:3)" in out

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.errors import UsageError, exception_text
+    from workbench.errors import UsageError, exception_text, user_location
     from workbench.files import atomic_write_json, check_writable, scenario_inputs
 
     if args.depth is not None and args.depth < 0:
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         raise ScenarioError(
-            f"{args.scenario}: the summary's forward pass raised {exception_text(exc)}. "
+            f"{args.scenario}: the summary's forward pass raised {exception_text(exc)}"
+            f"{f' at {at}' if (at := user_location(exc)) else ''}. "
             "Run `workbench run` on it for the traceback."
         ) from exc
     finally:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from workbench.errors import exception_text
+from workbench.errors import exception_text, user_location
 from workbench.scenario.errors import ScenarioError, ScenarioUnavailable
 from workbench.scenario.loader import ScenarioSource, parse_source, read_source, top_level
 
@@ -125,7 +125,8 @@ def _child(sources: Sequence[ScenarioSource], conn: multiprocessing.connection.C
         try:
             info = describe_source(source)
         except BaseException as exc:  # noqa: BLE001 - reported as the row's error
-            info = replace(static_info(source), error=exception_text(exc))
+            at = user_location(exc, source.path)
+            info = replace(static_info(source), error=exception_text(exc) + (f" (at {at})" if at else ""))
         conn.send(("done", i, info))
     conn.close()
     os._exit(0)  # no interpreter teardown: a user's thread must not keep the child alive
