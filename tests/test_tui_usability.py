@@ -493,3 +493,13 @@ def test_the_inspector_title_leaves_out_an_empty_description() -> None:
     assert inspector_title(Data()) == "Inspector · model"  # was "Inspector · model · "
     Data.description = "Linear(4, 2)"
     assert inspector_title(Data()) == "Inspector · model · Linear(4, 2)"
+
+
+def test_the_picker_names_the_files_a_directory_holds_that_are_not_scenarios(tmp_path: Path) -> None:
+    """As `workbench list` does: a helper module in the directory was left out without a word."""
+    (tmp_path / "good.py").write_text("def build(device):\n    raise NotImplementedError\n")
+    (tmp_path / "notes.py").write_text("NOTES = 'no build function here'\n")
+    entries = [e for e in picker_entries([str(tmp_path)]) if e.group == str(tmp_path)]
+    assert [e.label for e in entries] == ["good", "notes"]
+    assert entries[0].error is None and entries[1].source is None
+    assert entries[1].error is not None and entries[1].error.startswith("skipped: ")

@@ -18,7 +18,14 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from workbench.scenario import ScenarioError, ScenarioSource, default_scenario_dir, discover, load_source
+from workbench.scenario import (
+    ScenarioError,
+    ScenarioSource,
+    default_scenario_dir,
+    discover,
+    discover_all,
+    load_source,
+)
 from workbench.scenario.loader import parse_source, read_source
 from workbench.tui import theme
 
@@ -30,10 +37,11 @@ class PickerEntry:
     summary: str  # the Scenario's description when the file states it, else its docstring's first line
     error: str | None = None
     details: str = ""  # the module docstring: what the scenario is, and for the broken demos what to look for
+    name: str = ""  # the label when there is no source (a file the directory's discovery passed over)
 
     @property
     def label(self) -> str:
-        return self.source.label if self.source is not None else "?"
+        return self.source.label if self.source is not None else (self.name or "?")
 
 
 def picker_entries(paths: list[str]) -> list[PickerEntry]:
@@ -42,7 +50,13 @@ def picker_entries(paths: list[str]) -> list[PickerEntry]:
     for spec in paths:
         try:
             if Path(spec).is_dir():
-                entries.extend(_entry(spec, s) for s in discover(spec))
+                found = discover_all(spec)
+                if not found.sources:
+                    discover(spec)  # raises "no scenario files found", naming what was skipped
+                entries.extend(_entry(spec, s) for s in found.sources)
+                # As `workbench list` names them: a file that is not a scenario does not vanish unseen.
+                entries.extend(PickerEntry(spec, None, skip.path, error=f"skipped: {skip.reason}",
+                                           name=Path(skip.path).stem) for skip in found.skipped)
             else:
                 entries.append(_entry("given", load_source(spec)))
         except ScenarioError as exc:
@@ -54,10 +68,10 @@ def picker_entries(paths: list[str]) -> list[PickerEntry]:
             if not directory.is_dir():
                 continue
             try:
-                found = discover(directory)
+                bundled_found = discover(directory)
             except ScenarioError:
                 continue
-            entries.extend(_entry(group, s) for s in found if s not in given)
+            entries.extend(_entry(group, s) for s in bundled_found if s not in given)
     return entries
 
 
