@@ -220,3 +220,30 @@ def test_a_missing_onednn_kernel_met_while_running_fails_the_row_with_advice(
     assert amp.reason.startswith("RuntimeError: could not create a primitive descriptor for the matmul primitive")
     assert "no bf16 kernel in this CPU's oneDNN (an LSTM under CPU bf16 autocast is one)" in amp.reason
     assert "--device cuda" in amp.reason
+
+
+def test_every_row_starts_from_the_same_weights_when_build_does_not_seed(tmp_path) -> None:
+    """Each row's build drew its initial weights from the RNG the rows before it had moved: accum-2
+    read 'loss +0.057' against fp32 from the initialisation alone."""
+    from workbench.bench import Plan, run_bench
+    from workbench.scenario import load_source
+
+    path = tmp_path / "unseeded.py"
+    path.write_text(UNSEEDED)
+    run = run_bench(load_source(str(path)), ["fp32", "accum-2"], plan=Plan(warmup=1, steps=4))
+    fp32, accum = (r.final_loss for r in run.results)
+    assert fp32 is not None and accum == pytest.approx(fp32, rel=1e-5)
+
+
+UNSEEDED = """
+import torch
+from torch import nn
+from workbench import Scenario
+
+def build(device):
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).to(device)  # no manual_seed
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(6)]
+    return Scenario(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    loss_fn=nn.CrossEntropyLoss(), data=data)
+"""

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.bench.context import take_batches
+from workbench.bench.context import seeded_build, take_batches
 from workbench.engine.probe import dense, first_float_tensor
 from workbench.errors import UsageError, exception_text, user_location
 from workbench.scenario import Batch, Scenario, ScenarioSource, resolve_device
@@ -414,7 +414,7 @@ def compare_variants(
     if not threshold > 0:
         raise UsageError(f"--threshold must be > 0, got {threshold}.")
     dev = resolve_device(device)
-    first, second = source.build(dev), source.build(dev)  # same seed: identical weights
+    first, second = seeded_build(source, dev), seeded_build(source, dev)  # identical weights, seeded or not
     for s in (first, second):
         s.model.eval()  # numerics only: no dropout masks, BatchNorm on its running stats
     side_a, side_b = _side(a, first), _side(b, second)

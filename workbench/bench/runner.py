@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.bench import hardware as hw
-from workbench.bench.context import BenchContext, collect
+from workbench.bench.context import BenchContext, collect, seeded_build
 from workbench.bench.results import BenchRun, BenchSettings, VariantResult
 from workbench.bench.timing import DEFAULT_PLAN, BenchStepError, Plan, user_error, where_failed
 from workbench.bench.variants import BASELINE, Variant, resolve
@@ -77,7 +77,7 @@ def run_bench(
     interrupted = False
     try:
         hardware = hw.detect()
-        probe = source.build(dev)
+        probe = seeded_build(source, dev)  # as every row builds: the same weights as theirs
         data_rng = torch.get_rng_state()  # what a shuffled DataLoader draws the batches below from
         batches, eval_batches = collect(probe, plan.total)
         settings = BenchSettings(plan.warmup, plan.steps, plan.block, len(batches), batches[0].size,
