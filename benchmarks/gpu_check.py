@@ -6,7 +6,8 @@
 Rows (each through the project's own functions and commands; a row that cannot run says why):
 
 * ``tax``: the debugger tax on the five shapes of benchmarks/test_debugger_tax.py: the bare
-  step, naive ``.item()`` stats, the engine every step / every 16th step, ``workbench.watch``
+  step, naive ``.item()`` stats, ``lean`` (naive's numbers with one transfer per phase: on a
+  GPU, what the syncs alone cost naive), the engine every step / every 16th step, ``workbench.watch``
   every step / every 16th (cnn_image, transformer_lm); timed with CUDA events after a
   synchronize, steps interleaved across variants (tax_harness.measure).
 * ``bench``: ``run_bench`` rows fp32, amp (fp16 + GradScaler, with its skipped steps),
