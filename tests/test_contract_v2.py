@@ -108,6 +108,19 @@ def test_split_along_batch_dim_leaves_other_tensors_whole() -> None:
         b.split(8)
 
 
+def test_a_time_major_batchs_per_sample_vectors_are_cut_along_their_first_dimension() -> None:
+    """(T, B) tokens with (B,) targets and (B,) lengths: the vectors have no dim 1, so they went whole
+    into every micro-batch (accum-2 and ddp-2 failed with 'input batch_size (8) to match target (16)')."""
+    tokens = torch.arange(35).reshape(7, 5)
+    lengths, targets = torch.tensor([7, 6, 5, 4, 3]), torch.tensor([0, 1, 0, 1, 1])
+    steps = torch.arange(7.0)  # per time step, not per sample: whole
+    b = split_batch(((tokens, lengths, steps), targets), batch_dim=1)
+    parts = b.split(2)
+    assert [p.targets.tolist() for p in parts] == [[0, 1, 0], [1, 1]]
+    assert [p.inputs[1].tolist() for p in parts] == [[7, 6, 5], [4, 3]]
+    assert [p.inputs[0].shape for p in parts] == [(7, 3), (7, 2)] and all(p.inputs[2] is steps for p in parts)
+
+
 def _mask_scenario(**fields) -> Scenario:
     m = nn.Linear(4, 4)
     return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), loss_fn=nn.MSELoss(),

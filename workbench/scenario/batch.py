@@ -193,7 +193,10 @@ class Batch:
 
         Tensors whose length along ``dim`` is not the batch size (a causal mask, a
         carried hidden state, a scalar) go whole into every micro-batch, and so do the
-        inputs named in ``whole`` whatever their length.
+        inputs named in ``whole`` whatever their length. With ``dim`` >= 1 (time-major
+        batches) a tensor that has no such dimension but is batch-sized along its first one
+        (the targets ``(B,)`` of a ``(T, B)`` batch, the lengths of packed sequences) is cut
+        along that one: passed whole, each micro-batch's outputs met all the targets.
         """
         dim = self.batch_dim if dim is None else dim
         kept = {id(t) for t in self._whole_tensors()}
@@ -209,7 +212,11 @@ class Batch:
 
         def part(j: int) -> Callable[[torch.Tensor], torch.Tensor]:
             def cut(t: torch.Tensor) -> torch.Tensor:
-                if t.dim() <= dim or t.shape[dim] != n or id(t) in kept:
+                if id(t) in kept:
+                    return t
+                if t.dim() <= dim:  # per sample along its first dimension, or whole
+                    return t.narrow(0, starts[j], bounds[j]) if t.dim() and t.shape[0] == n else t
+                if t.shape[dim] != n:
                     return t
                 return t.narrow(dim, starts[j], bounds[j])
             return cut
