@@ -34,6 +34,33 @@ def test_cnn_summary_numbers() -> None:
     assert [layer.name for layer in summary.layers][:3] == ["", "features", "features.0"]
 
 
+def test_a_module_called_twice_counts_both_outputs_in_its_row(tmp_path: Path) -> None:
+    """One MaxPool used twice: its row showed the last call's bytes only, so the rows no longer
+    added up to the total (128 KB of the first call's output were in no row)."""
+    from workbench.scenario import load_source
+
+    path = tmp_path / "twice.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv1, self.conv2, self.pool = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1), nn.MaxPool2d(2)\n"
+        "        self.head = nn.Linear(8 * 4 * 4, 2)\n"
+        "    def forward(self, x):\n"
+        "        x = self.pool(self.conv1(x))\n"
+        "        x = self.pool(self.conv2(x))\n"
+        "        return self.head(x.flatten(1))\n"
+        "def build(device):\n"
+        "    m = Net()\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), loss_fn=nn.CrossEntropyLoss(),\n"
+        "                    data=[(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))])\n")
+    summary = summarize(load_source(str(path)).build("cpu"))
+    pool = next(layer for layer in summary.layers if layer.name == "pool")
+    assert pool.calls == 2 and pool.output_shape == (2, 8, 4, 4)  # the shape is the last call's
+    assert pool.activation_bytes == (2 * 4 * 8 * 8 + 2 * 8 * 4 * 4) * 4
+
+
 def test_summary_leaves_the_model_as_it_was() -> None:
     s = load(SCENARIOS / "cnn_image.py:build_batchnorm")
     bn = s.model.features[1]

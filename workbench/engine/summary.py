@@ -41,7 +41,7 @@ class LayerSummary:
     params: int  # own parameters for a leaf (a tied one counted at its owner only), all descendants' for a container
     trainable: int
     flops: int  # forward FLOPs of this module including its children
-    activation_bytes: int  # bytes of this module's (first floating) output
+    activation_bytes: int  # bytes of this module's (first floating) output, summed over its calls
     calls: int
     is_leaf: bool
     flops_counted: bool = True  # False: no formula for the kernel it ran (cuDNN's fused RNN)
@@ -105,6 +105,7 @@ def summarize(scenario: Scenario) -> ModelSummary:
     names = {m: n for n, m in model.named_modules()}
     leaf = {m: not any(True for _ in m.children()) for m in names}
     outputs: dict[str, _Output] = {}
+    output_bytes: dict[str, int] = {}  # per module: its outputs' bytes over all its calls
     calls: dict[str, int] = {}
     order: list[str] = []
     # Storage (by data_ptr) -> (bytes, the storage itself, first module whose output it is).
@@ -138,10 +139,12 @@ def summarize(scenario: Scenario) -> ModelSummary:
             ptr = storage.data_ptr()
             if ptr not in not_activations and ptr not in storages:
                 storages[ptr] = (storage.nbytes(), storage, name)
-        outputs[name] = _Output(padded_shape(t), t.numel() * t.element_size(), t.is_nested, ptr)
+        nbytes = t.numel() * t.element_size()
+        outputs[name] = _Output(padded_shape(t), nbytes, t.is_nested, ptr)  # the last call's shape
+        output_bytes[name] = output_bytes.get(name, 0) + nbytes  # every call's: the total counts them all
 
     def forward(grad: bool, count: bool) -> dict[str, dict[Any, int]]:
-        for d in (outputs, calls, storages):
+        for d in (outputs, calls, storages, output_bytes):
             d.clear()
         order.clear()
         torch.set_rng_state(rng)  # each attempt sees the same dropout masks as the first
@@ -208,7 +211,7 @@ def summarize(scenario: Scenario) -> ModelSummary:
             name=name, type_name=type(m).__name__, depth=0 if not name else name.count(".") + 1,
             output_shape=out.shape if out else None, params=sum(p.numel() for p in params),
             trainable=sum(p.numel() for p in params if p.requires_grad),
-            flops=layer_flops, activation_bytes=out.nbytes if out else 0, calls=calls.get(name, 0),
+            flops=layer_flops, activation_bytes=output_bytes.get(name, 0), calls=calls.get(name, 0),
             is_leaf=leaf[m],
             # An RNN whose kernel has no formula (cuDNN's fused RNN on CUDA) counts nothing;
             # on CPU GRU/RNN decompose into matmuls and LSTM has engine.flops: judge by the count.
