@@ -114,6 +114,17 @@ def test_the_dataloader_rule_fits_the_data() -> None:
     assert analyze_trace({"traceEvents": []}).data_type is None
 
 
+def test_the_dataloader_rule_knows_the_loader_already_has_workers(write_scenario, tmp_path: Path) -> None:  # noqa: ANN001
+    """It advised DataLoader(num_workers=N) to a loader with num_workers=2."""
+    from workbench.profiling.trace import LOADER_WORKERS_KEY
+
+    busy = rule_dataloader(Facts(dataloader_share=0.2, data_type="DataLoader", loader_workers=2))
+    assert busy is not None and "already has 2 workers" in busy.message and busy.variant == "dataloader"
+    assert "DataLoader(num_workers=N)" not in busy.message
+    assert analyze_trace({"traceEvents": [], DATA_TYPE_KEY: "DataLoader", LOADER_WORKERS_KEY: "2"}).loader_workers == 2
+    assert analyze_trace({"traceEvents": [], DATA_TYPE_KEY: "DataLoader"}).loader_workers is None
+
+
 # -- 2. --findings of another scenario ------------------------------------------------------
 
 

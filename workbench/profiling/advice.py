@@ -78,6 +78,7 @@ class Facts:
     gpus: tuple[GpuFacts, ...] = ()
     with_stack: bool = False  # Python tracing on: it inflates the time between ops
     data_type: str | None = None  # "DataLoader", "list", a class name; None: not known (an older trace)
+    loader_workers: int | None = None  # its num_workers, for a DataLoader whose trace says
 
     @classmethod
     def from_analysis(cls, a: TraceAnalysis) -> Facts:
@@ -109,6 +110,7 @@ class Facts:
             gpus=gpus,
             with_stack=a.with_stack,
             data_type=a.data_type,
+            loader_workers=a.loader_workers,
         )
 
 
@@ -139,6 +141,17 @@ def rule_dataloader(f: Facts) -> Recommendation | None:
     if f.dataloader_share <= DATALOADER_SHARE:
         return None
     threshold, measured = f"DataLoader share > {_pct(DATALOADER_SHARE)}", _pct(f.dataloader_share)
+    if f.data_type == "DataLoader" and f.loader_workers:
+        n = f.loader_workers
+        return Recommendation(
+            "dataloader",
+            f"{measured} of the step time is spent waiting for data although the DataLoader already has "
+            f"{n} worker{'s' if n > 1 else ''}: they do not keep up. Raise num_workers (up to the cores "
+            "free for it), make each sample cheaper to load (decode or augment less in __getitem__, or "
+            "once ahead of training), or keep them busy between epochs with persistent_workers=True and "
+            "a larger prefetch_factor.",
+            threshold, measured, "dataloader",
+        )
     if f.data_type is None or f.data_type == "DataLoader":
         return Recommendation(
             "dataloader",

@@ -53,6 +53,7 @@ from workbench.profiling import intervals
 from workbench.profiling.intervals import Span
 from workbench.profiling.trace import (
     DATA_TYPE_KEY,
+    LOADER_WORKERS_KEY,
     DEFAULT_MAX_READ_MB,
     LOSS_SOURCE_KEY,
     TraceFile,
@@ -237,6 +238,7 @@ class TraceAnalysis:
     loss_inside_model: bool = False  # the model computed the loss: its time is in forward
     # What Scenario.data was ("DataLoader", "list", a class name); None when the trace does not say.
     data_type: str | None = None
+    loader_workers: int | None = None  # the DataLoader's num_workers; None when not said
 
     @property
     def mean_step_us(self) -> float:
@@ -374,6 +376,7 @@ def analyze_trace(
     names = {str(e.get("name", "")) for e in ev.host_ops}
     loss_source = read_loss_source(data.get(LOSS_SOURCE_KEY))
     data_type = data.get(DATA_TYPE_KEY)
+    workers = data.get(LOADER_WORKERS_KEY)
     return TraceAnalysis(
         path=path,
         run=run,
@@ -402,6 +405,7 @@ def analyze_trace(
         loss_source=loss_source,
         loss_inside_model=loss_inside_model(loss_source),
         data_type=data_type if isinstance(data_type, str) and data_type else None,
+        loader_workers=int(workers) if isinstance(workers, str) and workers.isdigit() else None,
     )
 
 

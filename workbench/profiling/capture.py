@@ -30,7 +30,13 @@ from workbench.errors import UsageError
 from workbench.profiling.loop import train_steps
 from workbench.profiling.options import ProfileOptions
 from workbench.profiling.sidecar import safe_name
-from workbench.profiling.trace import DATA_TYPE_KEY, LOSS_SOURCE_KEY, WORKER_PATTERN, trace_loss_source
+from workbench.profiling.trace import (
+    DATA_TYPE_KEY,
+    LOADER_WORKERS_KEY,
+    LOSS_SOURCE_KEY,
+    WORKER_PATTERN,
+    trace_loss_source,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -204,6 +210,9 @@ def profile_scenario(
                 on_loss_source(source)
 
         add_metadata(DATA_TYPE_KEY, kind)
+        workers = getattr(scenario.data, "num_workers", None)
+        if kind == "DataLoader" and isinstance(workers, int):
+            add_metadata(LOADER_WORKERS_KEY, str(workers))  # the advice: more of them, or cheaper ones
         train_steps(scenario, options.steps, step_done, loss_source, shard)
     return tuple(sorted(set(run_dir.glob(pattern)) - before))
 

@@ -25,6 +25,7 @@ LOSS_SOURCE_KEY = "workbench_loss_source"
 # Another: what Scenario.data is ("DataLoader", or its type's name: "list", "MyStream"), so the
 # dataloader rule advises what fits it (a list has no loader workers to add).
 DATA_TYPE_KEY = "workbench_data_type"
+LOADER_WORKERS_KEY = "workbench_loader_workers"  # a DataLoader's num_workers (absent for other data)
 
 
 def trace_loss_source(source: str) -> str:
