@@ -163,18 +163,21 @@ def test_a_real_interrupt_stops_the_run_and_keeps_the_finished_scenarios(send, t
     assert code == 130, output
     assert "interrupted after 1 of 3 scenarios" in output
     assert data["stopped_by"] == "interrupted"
-    assert [(r["label"], r["status"]) for r in data["results"]] == [("a_tiny", "ok")]
-    assert suite.get("tests") == "1"
+    # The scenario that was running is a row too, stopped, with what it had done.
+    assert [(r["label"], r["status"]) for r in data["results"]] == [("a_tiny", "ok"), ("b_slow", "interrupted")]
+    assert suite.get("tests") == "2" and suite.get("skipped") == "1"
 
 
 @pytest.mark.slow
-def test_a_real_interrupt_while_building_writes_empty_reports(tmp_path: Path) -> None:
+def test_a_real_interrupt_while_building_keeps_that_scenario_as_stopped(tmp_path: Path) -> None:
     # Its build calls the waiting forward: the signal comes before any scenario has finished.
     slow_build = SLOW.replace("def build(device):\n", "def build(device):\n    Slow(4, 2)(torch.randn(1, 4))\n")
     code, output, data, suite = _interrupted_check(tmp_path, {"slow_build.py": slow_build}, _ctrl_c)
     assert code == 130, output
-    assert data["results"] == [] and data["stopped_by"] == "interrupted"
-    assert suite.get("tests") == "0"
+    assert data["stopped_by"] == "interrupted"
+    assert [(r["label"], r["status"], r["steps"]) for r in data["results"]] == [("slow_build", "interrupted", 0)]
+    assert data["results"][0]["first_problem"] == "interrupted while building the scenario"
+    assert suite.get("tests") == "1" and suite.get("skipped") == "1"
 
 
 # Steps twice (a per-epoch StepLR stepped per batch: a warning from the load), then hangs in its

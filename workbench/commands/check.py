@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             console.print(check_table(results))
             _print_lines(console, written)
-            console.print(f"interrupted after {len(results)} of {len(sources)} scenarios", highlight=False)
+            finished = sum(r.status != "interrupted" for r in results)  # the one stopped is a row, not a finish
+            console.print(f"interrupted after {finished} of {len(sources)} scenarios", highlight=False)
         finally:
             _print_unwritten(unwritten)
         raise
