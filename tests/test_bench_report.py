@@ -76,3 +76,25 @@ def test_uneven_micro_batches_are_named_by_their_sizes(tmp_path: Path) -> None:
     row = next(r for r in run.results if r.name == "accum-3")
     assert row.extras["micro_batch_sizes"] == [6, 5, 5]
     assert "micro-batches 6, 5, 5" in notes(row) and "5.33" not in notes(row)
+
+
+def test_an_accum_row_on_a_batchnorm_model_says_why_its_loss_differs(tmp_path) -> None:
+    """cnn models with BatchNorm: accum-2's 'loss +0.68' read as a bug of accumulation; its
+    normalisation simply sees each micro-batch alone."""
+    from workbench.bench import Plan, run_bench
+    from workbench.report.bench import notes
+    from workbench.scenario import load_source
+
+    path = tmp_path / "bn.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\nfrom workbench import Scenario\n"
+        "def build(device):\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))\n"
+        "    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(4)]\n"
+        "    return Scenario(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),\n"
+        "                    loss_fn=nn.CrossEntropyLoss(), data=data)\n")
+    run = run_bench(load_source(str(path)), ["fp32", "accum-2"], plan=Plan(warmup=1, steps=2))
+    fp32, accum = run.results
+    assert "BatchNorm statistics per micro-batch" in notes(accum, fp32)
+    assert "BatchNorm" not in notes(fp32, fp32)

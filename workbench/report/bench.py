@@ -88,6 +88,8 @@ def notes(r: VariantResult, baseline: VariantResult | None = None) -> str:
         parts.append(f"micro-batches {', '.join(map(str, sizes))}")
     elif "micro_batch_size" in e:
         parts.append(f"micro-batch {e['micro_batch_size']:g}")
+    if e.get("batchnorm_per_micro_batch"):
+        parts.append("BatchNorm statistics per micro-batch: the loss differs by that too")
     if "autocast_dtype" in e:
         parts.append(f"autocast {e['autocast_dtype']}")
     return "; ".join(parts)

@@ -187,7 +187,10 @@ class Accumulate(Variant):
             self, ctx,
             lambda s, b: Prepared(accum_step_fn(s, b, self.k),
                                   extras={"micro_batches": self.k, "micro_batch_size": micro,
-                                          "micro_batch_sizes": micro_batch_sizes(ctx.batch_size, self.k)}),
+                                          "micro_batch_sizes": micro_batch_sizes(ctx.batch_size, self.k),
+                                          # Its normalisation sees each micro-batch alone: the loss
+                                          # differs from fp32's by that, not only by rounding.
+                                          "batchnorm_per_micro_batch": has_batchnorm(s.model)}),
         )
 
 
@@ -205,6 +208,10 @@ def micro_batches(batch: int, k: int) -> str:
 def _first_batch_size(scenario: Scenario) -> int | None:
     size = getattr(scenario.data, "batch_size", None)
     return size if isinstance(size, int) else None
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def has_conv2d(model: nn.Module) -> bool:
