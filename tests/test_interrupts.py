@@ -208,13 +208,18 @@ def test_bench_interrupted_keeps_finished_rows_and_stops_ranks(tmp_path: Path) -
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_profile_interrupted_keeps_what_was_written(sig, tmp_path: Path) -> None:
     logdir = tmp_path / "prof"
+    analysis = tmp_path / "analysis.json"
     proc = _start(["profile", str(SLOW), "--logdir", str(logdir), "--run", "r", "--steps", "100000",
-                   "--wait", "0", "--warmup", "1", "--active", "100000", "--force"], tmp_path)
+                   "--wait", "0", "--warmup", "1", "--active", "100000", "--force", "--json", str(analysis)],
+                  tmp_path)
     # Warm-up and two recorded steps whole (the fourth forward has begun).
     _wait_for(lambda: (logdir / "r").exists() and _forwards_done(tmp_path) >= 4, 120, proc)
     code, out, err = _stop(proc, sig)
     assert code == 130, err
-    assert "interrupted" in (out + err)
+    # Where the user's code was, when the signal came while it ran (it said only "interrupted").
+    assert "interrupted" in err and ("interrupted at" not in err or f"interrupted at {SLOW}:" in err)
+    # --json holds the analysis of the steps kept (it was not written at all).
+    assert json.loads(analysis.read_text())["schema"] == "workbench.profile/1"
     # The profiler flushed the steps recorded so far: a trace that parses, with whole steps in it.
     (trace,) = (logdir / "r").glob("*.pt.trace.json")
     assert f"partial trace kept: {trace}" in " ".join(out.split()).replace(" ", "").replace(

@@ -895,3 +895,21 @@ def test_summary_and_list_name_the_line_that_raised(tmp_path, capsys) -> None:
     main(["list", str(listed)])
     out = " ".join(capsys.readouterr().out.split())
     assert f"KeyboardInterrupt (at {listed / 'stops.py'}:3)" in out
+
+
+def test_an_interrupt_raised_from_another_says_where_the_first_was() -> None:
+    """profile re-raises its own ProfileInterrupted from the Ctrl-C that came in the user's forward:
+    the message said 'interrupted', without the line the user's code was on."""
+    from workbench.errors import interrupted_at
+
+    def users_forward() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        try:
+            users_forward()
+        except KeyboardInterrupt as first:
+            raise KeyboardInterrupt from first
+    except KeyboardInterrupt as second:
+        said = interrupted_at(second)
+    assert said.startswith(f"interrupted at {__file__}:") and said.endswith("in users_forward")

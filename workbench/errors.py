@@ -92,7 +92,9 @@ def user_location(exc: BaseException, path: str | None = None) -> str | None:
 def interrupted_at(exc: BaseException) -> str:
     """'interrupted' and, when Ctrl-C (or SIGTERM) came while the user's code ran, where it was:
     'interrupted at /x/train.py:41 in forward' (what a hung step was doing)."""
-    frame = user_frame(exc)
+    # The first interrupt of the chain first: a command that keeps partial results raises its own
+    # from the one that came while the user's code ran (profile's ProfileInterrupted).
+    frame = next((f for e in reversed(_chain(exc)) if (f := user_frame(e)) is not None), None)
     return f"interrupted at {frame.filename}:{frame.lineno} in {frame.name}" if frame else "interrupted"
 
 

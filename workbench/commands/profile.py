@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                     console.print(f"partial trace kept: {f}", soft_wrap=True)
                 if stop.files:
                     console.print(f"analyse it with: workbench profile --analyze {stop.run_dir}", soft_wrap=True)
+                    _write_partial_analysis(console, args.json, stop.run_dir, findings)
                 raise
         console.print(files_view(result), soft_wrap=True)  # its paths and commands paste whole
         if not result.files:
@@ -188,6 +189,21 @@ def _check_findings_scenario(args: argparse.Namespace) -> None:
 
         check_findings_scenario(args.findings, load_source(args.scenario).label,
                                 f"{args.scenario} is scenario {{label}}", args.scenario)
+
+
+def _write_partial_analysis(console, path: str | None, run_dir: object, findings) -> None:  # noqa: ANN001
+    """--json of an interrupted profile: the analysis of the steps whose trace was kept."""
+    if not path:
+        return
+    from workbench.profiling.runs import analyze_path
+    from workbench.profiling.trace import TraceError
+
+    try:
+        written = _write_analysis(path, analyze_path(run_dir, findings=findings))  # type: ignore[arg-type]
+    except TraceError as exc:  # a trace cut short where it stopped: said, not raised over the interrupt
+        console.print(f"{path} not written: the partial trace cannot be analysed ({exc})", soft_wrap=True)
+        return
+    console.print(f"analysis of the partial trace written to {written}", soft_wrap=True)
 
 
 def _write_analysis(path: str | None, analysis: object) -> str | None:
