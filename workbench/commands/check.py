@@ -228,33 +228,33 @@ class _Progress:
         if sofar.findings is not None:
             self.findings = sofar.findings
 
+    def when(self) -> str:
+        return f"in step {self.steps}" if self.built else "while building the scenario"
+
+    def row(self, source: Any, status: str, seconds: float, what: str, **rest: Any) -> CheckResult:
+        """The scenario's row from what its child had reported (one that gave no result)."""
+        from workbench.report.run import CheckResult
+
+        findings = tuple(self.findings)
+        return CheckResult(source.label, source.where, status, self.steps, seconds, self.loss,
+                           sum(f.severity == "error" for f in findings),
+                           sum(f.severity == "warning" for f in findings), what, findings, **rest)
+
 
 def _interrupted(source: Any, progress: _Progress, seconds: float) -> CheckResult:
     """The scenario that was running when Ctrl-C (or SIGTERM) came: what it had done by then."""
-    from workbench.report.run import CheckResult
-
-    when = f"in step {progress.steps}" if progress.built else "while building the scenario"
-    what = f"interrupted {when}"
-    findings = tuple(progress.findings)
-    return CheckResult(source.label, source.where, "interrupted", progress.steps, seconds, progress.loss,
-                       sum(f.severity == "error" for f in findings), sum(f.severity == "warning" for f in findings),
-                       what, findings, detail=what)
+    what = f"interrupted {progress.when()}"
+    return progress.row(source, "interrupted", seconds, what, detail=what)
 
 
 def _lost(source: Any, outcome: Any, progress: _Progress) -> CheckResult:
     """A child that gave no result (died, hung): its failure with what it had done by then."""
-    from workbench.report.run import CheckResult
-
     first, _, rest = (outcome.failure or "gave no result").partition("\n")
-    when = f"in step {progress.steps}" if progress.built else "while building the scenario"
     where = f", at {outcome.stuck_at}" if outcome.stuck_at else ""
-    what = f"its process {first} ({when}{where})"
+    what = f"its process {first} ({progress.when()}{where})"
     detail = "\n".join(part for part in (
         what, rest, f"Its main thread then (innermost frame first):\n{outcome.stack}" if outcome.stack else "") if part)
-    findings = tuple(progress.findings)
-    return CheckResult(source.label, source.where, "failed", progress.steps, outcome.seconds, progress.loss,
-                       sum(f.severity == "error" for f in findings), sum(f.severity == "warning" for f in findings),
-                       what, findings, failure=detail, detail=what)
+    return progress.row(source, "failed", outcome.seconds, what, failure=detail, detail=what)
 
 
 def _reporter(engine: Any) -> Any:
