@@ -913,3 +913,20 @@ def test_an_interrupt_raised_from_another_says_where_the_first_was() -> None:
     except KeyboardInterrupt as second:
         said = interrupted_at(second)
     assert said.startswith(f"interrupted at {__file__}:") and said.endswith("in users_forward")
+
+
+@pytest.mark.slow  # a child process importing torch, with real standard streams
+def test_profile_keeps_its_output_when_the_scenario_breaks_the_streams(tmp_path) -> None:
+    """The status line's refresh wrote to the scenario's broken stream mid-profile: exit 2 and a
+    single line of output."""
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "streams.py"
+    scenario.write_text(STREAMS.format(in_build="sys.stdout = sys.stderr = Broken()", in_forward="pass"))
+    proc = subprocess.run([sys.executable, "-m", "workbench", "profile", str(scenario), "--steps", "3",
+                           "--logdir", str(tmp_path / "prof")], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=dict(os.environ, COLUMNS="200"))
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "step time breakdown" in out and "tensorboard --logdir" in out

@@ -135,15 +135,20 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError("--ddp spawns local ranks; under torchrun each process is already a rank. "
                                  "Leave --ddp out (torchrun --nproc-per-node sets the number of ranks).")
             _leave_now(_torchrun_rank_code(args, console, source, options, limit, findings))
+        from workbench.isolation import ProcessGuard
+
+        guard = ProcessGuard()  # the build and the profiled steps may replace the std streams
         with console.status(f"profiling {source.label}: estimating the trace size ...") as status:
 
             def on_estimate(size) -> None:  # noqa: ANN001 - SizeEstimate
+                guard.check()
                 console.print(estimate_line(size))
                 if size.total_bytes > limit * 2**20 and args.force:
                     console.print(Text(f"warning: over the {limit:g} MB limit; writing it anyway (--force)",
                                        style="yellow"))
 
             def on_progress(done: int, total: int) -> None:
+                guard.check()
                 status.update(f"profiling {source.label}: step {done}/{total}")
 
             assert options is not None  # set whenever a scenario is profiled (not --analyze)
@@ -154,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                     ranks=args.ddp or 1, append=args.append,
                 )
             except ProfileInterrupted as stop:
+                guard.check()
                 # soft_wrap: a path or command on one line, whatever the width, so it pastes whole
                 for f in stop.files:
                     console.print(f"partial trace kept: {f}", soft_wrap=True)
@@ -161,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
                     console.print(f"analyse it with: workbench profile --analyze {stop.run_dir}", soft_wrap=True)
                     _write_partial_analysis(console, args.json, stop.run_dir, findings)
                 raise
+            finally:
+                guard.check()
         console.print(files_view(result), soft_wrap=True)  # its paths and commands paste whole
         if not result.files:
             return 1

@@ -110,14 +110,20 @@ def prepare_profiler() -> None:
     _prepared = True
 
 
+def _flush_stderr() -> None:
+    with contextlib.suppress(Exception):  # a stream the scenario put there: its failure is not ours
+        sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def redirect_stderr_fd(log_path: Path) -> Iterator[Path]:
     """Send fd 2 (C++ log lines: profiler_start, CPUAllocator warnings) to a file.
 
     The profiler writes straight to the file descriptor, past sys.stderr, and
-    would draw over a TUI. fd 2 is restored in finally, whatever happens.
+    would draw over a TUI. fd 2 is restored in finally, whatever happens: also when
+    ``sys.stderr`` is by then an object of the scenario's whose flush raises.
     """
-    sys.stderr.flush()
+    _flush_stderr()
     saved = os.dup(2)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -125,7 +131,7 @@ def redirect_stderr_fd(log_path: Path) -> Iterator[Path]:
         os.dup2(fd, 2)
         yield log_path
     finally:
-        sys.stderr.flush()
+        _flush_stderr()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(fd)

@@ -12,7 +12,8 @@ off; styled words are ``Text`` objects with explicit styles.
 from __future__ import annotations
 
 import os
-from typing import IO, Any
+import sys
+from typing import IO, Any, cast
 
 from rich import table as _rich_table
 from rich.console import Console
@@ -52,14 +53,43 @@ def stdout_is_the_report() -> None:
     _stdout_is_the_report[0] = True
 
 
+class _Standard:
+    """``sys.stdout`` (or ``sys.stderr``) as it was when the console was made, and after that
+    stream is closed, whatever ``sys.stdout`` is then (isolation.ProcessGuard reopens it there)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stream: Any = getattr(sys, name)
+
+    def _target(self) -> Any:
+        if getattr(self.stream, "closed", False):
+            self.stream = getattr(sys, self.name)
+        return self.stream
+
+    def write(self, text: str) -> int:
+        return int(self._target().write(text) or 0)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding ...: the stream's own
+        return getattr(self._target(), name)
+
+
 def plain_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
     """The commands' Console: strings are never read as markup (user text is everywhere).
 
     Not a terminal and no ``COLUMNS`` set (``workbench check | tee log``, CI): print
     :data:`HEADLESS_WIDTH` wide instead of rich's 80. An explicit ``COLUMNS`` wins. After
     :func:`stdout_is_the_report`, stderr.
+
+    The stream is the one in place when the console is made, not whatever ``sys.stdout`` is at
+    each print: a scenario's code run since (it may set ``sys.stdout`` to anything) does not
+    take the command's output, nor a status line's refresh in the middle of a step.
     """
-    console = Console(stderr=stderr or _stdout_is_the_report[0], markup=False, file=file)
+    to_stderr = stderr or _stdout_is_the_report[0]
+    console = Console(stderr=to_stderr, markup=False,
+                      file=file if file is not None else cast(IO[str], _Standard("stderr" if to_stderr else "stdout")))
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = HEADLESS_WIDTH
     return console
